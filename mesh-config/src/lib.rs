@@ -1,0 +1,4 @@
+pub mod control;
+pub mod types;
+
+pub use types::{Cipher, Encap, Mode};
