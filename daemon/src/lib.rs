@@ -1,4 +1,18 @@
 #![deny(unsafe_code)]
 
+pub mod ctl;
+pub mod daemon;
+pub mod datapath;
+pub mod drops;
+pub mod error;
 pub mod esp;
+pub mod fdb;
+pub mod manual;
+pub mod netif;
+pub mod overhead;
+pub mod sadb;
+pub mod state;
+mod sys;
+pub mod tap;
+pub mod topology;
 pub mod wire;

@@ -1,1 +1,61 @@
-fn main() {}
+//! `meshd`: the mesh daemon. All logic lives in the library; this is the command line.
+
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meshd::daemon::{self, RunOptions};
+use mesh_config::control::DEFAULT_SOCKET;
+
+#[derive(Parser)]
+#[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Run this node of the mesh in the foreground (logs to stderr; RUST_LOG sets the level).
+    Run {
+        /// The mesh file, identical on every node.
+        #[arg(long)]
+        config: PathBuf,
+        /// Which node this is; default: the node whose address is on this host.
+        #[arg(long)]
+        node: Option<String>,
+        /// Where ikectl finds this daemon.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        ctl_socket: PathBuf,
+    },
+    /// Validate the mesh file and exit 0, or explain every problem and exit 1.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        CliCommand::Run { config, node, ctl_socket } => daemon::run(RunOptions { config, node, ctl_socket }),
+        CliCommand::Check { config, node } => daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("meshd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The control protocol between `ikectl` and `meshd`: one JSON request per line on the Unix
+//! socket, one JSON response per line back. Every message carries `version`; a daemon refuses a
+//! request of another version with a message that says which side to upgrade.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::types::{Cipher, Encap, Mode};
+
+/// Bumped whenever a request or reply changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Where `meshd run` listens and `ikectl` connects unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/meshd/meshd.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command) -> Self {
+        Request { version: PROTOCOL_VERSION, command }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Status,
+    SaList { peer: Option<String> },
+    SaFlush { peer: Option<String> },
+    Peers,
+    Fdb,
+    Drops { peer: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Reply),
+    Error(String),
+}
+
+impl Response {
+    pub fn ok(reply: Reply) -> Self {
+        Response { version: PROTOCOL_VERSION, outcome: Outcome::Ok(reply) }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Response { version: PROTOCOL_VERSION, outcome: Outcome::Error(message.into()) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Status),
+    SaList(Vec<SaInfo>),
+    SaFlush(FlushReport),
+    Peers(Vec<PeerInfo>),
+    Fdb(Vec<FdbEntry>),
+    Drops(DropReport),
+}
+
+/// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Spi(pub u32);
+
+impl fmt::Display for Spi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{:08x}", self.0)
+    }
+}
+
+impl FromStr for Spi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
+        let parsed = match hex {
+            Some(digits) => u32::from_str_radix(digits, 16),
+            None => s.parse::<u32>(),
+        };
+        parsed.map(Spi).map_err(|_| format!("\"{s}\" is not an SPI: write it as hex (0x00001001) or decimal"))
+    }
+}
+
+impl Serialize for Spi {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Spi {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        })
+    }
+}
+
+/// Where an SA's keys came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaOrigin {
+    /// A `[[manual_sa]]` entry of the mesh file.
+    Manual,
+    /// Negotiated by IKEv2.
+    Ike,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub mesh: String,
+    pub daemon_version: String,
+    pub config_path: String,
+    pub uptime_secs: u64,
+    pub underlay_address: IpAddr,
+    pub workers: usize,
+    pub peers_configured: usize,
+    /// Peers with an SA in both directions.
+    pub peers_with_sas: usize,
+    pub overlays: Vec<OverlayStatus>,
+    pub drops_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub name: String,
+    pub interface: String,
+    pub vni: u32,
+    pub mtu: u32,
+    /// How the MTU was chosen, e.g. "auto: eth0 1500 - 92".
+    pub mtu_reason: String,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayInfo {
+    /// Highest sequence number accepted so far (0: none yet).
+    pub highest_sequence: u64,
+    pub window_size: u32,
+    /// How many of the `window_size` numbers ending at `highest_sequence` were received.
+    pub received_in_window: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaInfo {
+    pub peer: String,
+    pub direction: Direction,
+    pub spi: Spi,
+    pub cipher: Cipher,
+    pub mode: Mode,
+    pub encap: Encap,
+    pub origin: SaOrigin,
+    pub esn: bool,
+    pub age_secs: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Seconds since the SA last carried a packet; `None` when it never did.
+    pub last_used_secs: Option<u64>,
+    /// Inbound only: the anti-replay window.
+    pub replay: Option<ReplayInfo>,
+    /// Outbound only: the last sequence number sent.
+    pub sequence: Option<u64>,
+    /// Packets dropped on this SA, by reason.
+    pub drops: BTreeMap<DropReason, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushReport {
+    /// SAs removed from the database.
+    pub removed: Vec<Spi>,
+    /// SAs installed again from `[[manual_sa]]` entries (fresh counters and replay windows).
+    pub reinstalled: Vec<Spi>,
+    /// What the operator should do next, if anything.
+    pub advice: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub name: String,
+    pub address: IpAddr,
+    pub mode: Mode,
+    pub encap: Encap,
+    pub outbound_spi: Option<Spi>,
+    pub inbound_spis: Vec<Spi>,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub last_rx_secs: Option<u64>,
+    pub drops: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdbEntry {
+    pub overlay: String,
+    pub vni: u32,
+    pub mac: String,
+    pub peer: String,
+    /// Seconds since a frame from this MAC (learned from decrypted traffic) was last seen.
+    pub age_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropReport {
+    pub total: u64,
+    pub by_reason: BTreeMap<DropReason, u64>,
+    /// Per peer, by reason; drops that could not be tied to a peer are under "-".
+    pub by_peer: BTreeMap<String, BTreeMap<DropReason, u64>>,
+    /// The most recent drops, oldest first.
+    pub recent: Vec<DropRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropRecord {
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub reason: DropReason,
+    pub peer: Option<String>,
+    pub spi: Option<Spi>,
+    pub sequence: Option<u64>,
+    pub outer_source: Option<SocketAddr>,
+    pub vni: Option<u32>,
+}
+
+/// Why a packet was dropped. Every drop path in the datapath names one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// ESP for an SPI that has no inbound SA here.
+    UnknownSpi,
+    /// ESP from an address that is not the SA's peer.
+    WrongPeer,
+    /// A sequence number already received.
+    Replay,
+    /// A sequence number older than the replay window.
+    TooOld,
+    /// The ICV did not verify: wrong key, or the packet was altered.
+    Authentication,
+    /// Decrypted, but the ESP padding is not the RFC 4303 sequence.
+    BadPadding,
+    /// A header could not be parsed (the detail is in the log).
+    Malformed,
+    /// Decrypted payload is not UDP/VXLAN to the overlay port, or the inner addresses are not the pair's.
+    UnexpectedPayload,
+    /// A VXLAN network identifier no overlay here uses.
+    UnknownVni,
+    /// A frame to send, but no outbound SA for the peer.
+    NoOutboundSa,
+    /// The outbound SA has used every sequence number; it must be replaced (rekeyed or flushed).
+    SequenceExhausted,
+    /// A datagram on the ESP-in-UDP port that is not ESP (IKE is not handled yet).
+    NotEsp,
+    /// A frame larger than the buffer or the path allows.
+    FrameTooLarge,
+    /// A frame from the overlay interface with no peer to go to.
+    NoPeer,
+    /// The kernel refused to send the ESP packet.
+    SendFailed,
+    /// The kernel refused the frame on the overlay interface.
+    TapWriteFailed,
+}
+
+impl DropReason {
+    pub const ALL: &'static [DropReason] = &[
+        DropReason::UnknownSpi,
+        DropReason::WrongPeer,
+        DropReason::Replay,
+        DropReason::TooOld,
+        DropReason::Authentication,
+        DropReason::BadPadding,
+        DropReason::Malformed,
+        DropReason::UnexpectedPayload,
+        DropReason::UnknownVni,
+        DropReason::NoOutboundSa,
+        DropReason::SequenceExhausted,
+        DropReason::NotEsp,
+        DropReason::FrameTooLarge,
+        DropReason::NoPeer,
+        DropReason::SendFailed,
+        DropReason::TapWriteFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::WrongPeer => "wrong_peer",
+            DropReason::Replay => "replay",
+            DropReason::TooOld => "too_old",
+            DropReason::Authentication => "authentication",
+            DropReason::BadPadding => "bad_padding",
+            DropReason::Malformed => "malformed",
+            DropReason::UnexpectedPayload => "unexpected_payload",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::NoOutboundSa => "no_outbound_sa",
+            DropReason::SequenceExhausted => "sequence_exhausted",
+            DropReason::NotEsp => "not_esp",
+            DropReason::FrameTooLarge => "frame_too_large",
+            DropReason::NoPeer => "no_peer",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TapWriteFailed => "tap_write_failed",
+        }
+    }
+
+    /// Dense index for per-reason counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_form() {
+        let request = Request::new(Command::SaList { peer: Some("n2".into()) });
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"version":1,"command":"sa_list","peer":"n2"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        let status: Request = serde_json::from_str(r#"{"version":1,"command":"status"}"#).unwrap();
+        assert_eq!(status.command, Command::Status);
+    }
+
+    #[test]
+    fn response_wire_form() {
+        let error = serde_json::to_string(&Response::error("no such peer")).unwrap();
+        assert_eq!(error, r#"{"version":1,"error":"no such peer"}"#);
+        let ok = Response::ok(Reply::Fdb(vec![]));
+        let text = serde_json::to_string(&ok).unwrap();
+        assert_eq!(text, r#"{"version":1,"ok":{"kind":"fdb","data":[]}}"#);
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
+    }
+
+    #[test]
+    fn spi_text() {
+        assert_eq!(Spi(0x1001).to_string(), "0x00001001");
+        assert_eq!("0x00001001".parse::<Spi>(), Ok(Spi(0x1001)));
+        assert_eq!("4097".parse::<Spi>(), Ok(Spi(4097)));
+        assert!("0xZZ".parse::<Spi>().is_err());
+        assert_eq!(serde_json::to_string(&Spi(0xabcd)).unwrap(), "\"0x0000abcd\"");
+    }
+
+    #[test]
+    fn drop_reasons_are_dense_and_named() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+            assert_eq!(serde_json::to_string(reason).unwrap(), format!("\"{}\"", reason.as_str()));
+        }
+    }
+}

@@ -1,4 +1,31 @@
+//! The `mesh.toml` schema and validation, and the control protocol shared by `meshd` and `ikectl`.
+//!
+//! [`MeshConfig::load`] reads and validates a mesh file and its psk_file; every problem found
+//! comes back at once as [`ConfigErrors`], each naming the file, line and key, what is wrong and
+//! what to do.
+
 pub mod control;
 pub mod types;
 
+mod config;
+mod duration;
+mod error;
+mod parse;
+mod reader;
+mod secret;
+mod validate;
+
 pub use types::{Cipher, Encap, Mode};
+
+pub use config::{
+    DhGroup, IfaceAddress, IkeSection, ManualSa, MeshConfig, MeshSection, Node, Overlay,
+    OverlayMtu, Prf, Proposal, DEFAULT_CHILD_LIFETIME, DEFAULT_DPD, DEFAULT_IKE_LIFETIME,
+    DEFAULT_PROPOSALS, DEFAULT_VXLAN_PORT, MAX_OVERLAY_MTU, MAX_VNI, MIN_MANUAL_SPI,
+    MIN_OVERLAY_MTU, MIN_PSK_LEN, PROPOSAL_FORM,
+};
+pub use duration::{format_duration, parse_duration, DURATION_FORM};
+pub use error::{ConfigError, ConfigErrors};
+pub use secret::{KeyBytes, Psk, MANUAL_KEY_LEN};
+
+#[cfg(test)]
+mod tests;

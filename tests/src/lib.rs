@@ -1,1 +1,27 @@
+//! `meshd-lab`: a network-namespace lab for meshd's integration tests.
+//!
+//! Everything here needs root: each test builds its own topology from network namespaces
+//! ([`Netns`]), a switch namespace with a Linux bridge and one veth pair per node ([`Lab`]),
+//! writes a mesh file ([`MeshFile`]), starts real `meshd` processes ([`Meshd`]) and looks at the
+//! wire with tshark ([`Capture`]). Every namespace is removed again when its guard drops, also
+//! when the test panics.
+//!
+//! Addresses (the only ones the lab ever uses): underlay 198.18.0.0/24 or 2001:db8:18::/64,
+//! overlay 10.244.0.0/24. Node index `i` (0-based) is mesh node `n{i+1}` with underlay address
+//! `198.18.0.{i+1}` and overlay address `10.244.0.{i+1}`.
 
+pub mod capture;
+pub mod inject;
+pub mod lab;
+pub mod meshd;
+pub mod meshfile;
+pub mod netns;
+pub mod util;
+
+pub use capture::{Capture, EspSaKeys};
+pub use inject::inject_frame;
+pub use lab::{Family, Lab, LabBuilder};
+pub use meshd::{ikectl_bin, meshd_bin, Meshd};
+pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
+pub use netns::Netns;
+pub use util::{require_root, wait_until};

@@ -1,0 +1,271 @@
+//! The control socket: a Unix socket (mode 0600, so root only) that answers one JSON request per
+//! line with one JSON response per line (`mesh_config::control`).
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_config::control::{
+    Command, Direction, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request,
+    Response, SaInfo, Spi, Status, PROTOCOL_VERSION,
+};
+use mesh_config::MeshConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::error::DaemonError;
+use crate::manual;
+use crate::sadb::{SaCounters, SaParams};
+use crate::state::MeshState;
+use crate::topology::PeerId;
+
+/// The socket file; removed when dropped, so that every way out of `meshd run` cleans it up.
+pub struct SocketFile {
+    path: PathBuf,
+    listener: Option<StdUnixListener>,
+}
+
+impl SocketFile {
+    /// Binds `path`, refusing when a live meshd answers there and replacing a stale file.
+    pub fn bind(path: &Path) -> Result<Self, DaemonError> {
+        let failed = |source| DaemonError::ControlSocket { path: path.to_path_buf(), source };
+        if path.exists() {
+            match StdUnixStream::connect(path) {
+                Ok(_) => return Err(DaemonError::ControlSocketInUse { path: path.to_path_buf() }),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "removing stale control socket");
+                    std::fs::remove_file(path).map_err(failed)?;
+                }
+                Err(error) => return Err(failed(error)),
+            }
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(failed)?;
+        }
+        let listener = StdUnixListener::bind(path).map_err(failed)?;
+        let socket = SocketFile { path: path.to_path_buf(), listener: Some(listener) };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+        Ok(socket)
+    }
+
+    fn take_listener(&mut self) -> io::Result<UnixListener> {
+        let listener = self.listener.take().ok_or_else(|| io::Error::other("control socket already serving"))?;
+        listener.set_nonblocking(true)?;
+        UnixListener::from_std(listener)
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the control socket");
+        }
+    }
+}
+
+/// What the control plane answers from.
+pub struct Control {
+    pub state: Arc<MeshState>,
+    pub config: Arc<MeshConfig>,
+    pub started: Instant,
+    pub workers: usize,
+    pub overlays: Vec<OverlayStatus>,
+}
+
+/// Serves requests until the runtime stops.
+pub async fn serve(socket: &mut SocketFile, control: Arc<Control>) -> io::Result<()> {
+    let listener = socket.take_listener()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(stream, &control).await {
+                tracing::debug!(%error, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) if request.version != PROTOCOL_VERSION => Response::error(format!(
+                "ikectl speaks control protocol version {}, this meshd speaks {PROTOCOL_VERSION}: use the ikectl that came with this meshd",
+                request.version
+            )),
+            Ok(request) => control.handle(request.command),
+            Err(error) => Response::error(format!(
+                "meshd could not read the request ({error}); use the ikectl that came with this meshd"
+            )),
+        };
+        let mut text = serde_json::to_string(&response).map_err(io::Error::other)?;
+        text.push('\n');
+        writer.write_all(text.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+impl Control {
+    pub fn handle(&self, command: Command) -> Response {
+        let result = match command {
+            Command::Status => Ok(Reply::Status(self.status())),
+            Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| Reply::SaList(self.sa_list(peer))),
+            Command::SaFlush { peer } => self.peer_filter(peer.as_deref()).and_then(|peer| self.flush(peer)).map(Reply::SaFlush),
+            Command::Peers => Ok(Reply::Peers(self.peers())),
+            Command::Fdb => Ok(Reply::Fdb(self.fdb())),
+            Command::Drops { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
+                let topology = &self.state.topology;
+                Reply::Drops(self.state.drops.report(|id| topology.peer(id).name.clone(), peer))
+            }),
+        };
+        match result {
+            Ok(reply) => Response::ok(reply),
+            Err(message) => Response::error(message),
+        }
+    }
+
+    fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
+        name.map(|name| self.state.topology.resolve_peer(name)).transpose()
+    }
+
+    fn status(&self) -> Status {
+        let topology = &self.state.topology;
+        let tables = self.state.sadb.load();
+        let peers_with_sas = topology
+            .peers
+            .iter()
+            .filter(|peer| {
+                tables.outbound(peer.id).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer.id)
+            })
+            .count();
+        Status {
+            node: topology.node_name.clone(),
+            mesh: topology.mesh_name.clone(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            config_path: self.config.path.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            underlay_address: topology.local_address,
+            workers: self.workers,
+            peers_configured: topology.peers.len(),
+            peers_with_sas,
+            overlays: self.overlays.clone(),
+            drops_total: self.state.drops.total(),
+        }
+    }
+
+    fn sa_info(&self, params: &SaParams, direction: Direction, counters: &SaCounters) -> SaInfo {
+        let clock = &self.state.clock;
+        SaInfo {
+            peer: self.state.topology.peer(params.peer).name.clone(),
+            direction,
+            spi: Spi(params.spi),
+            cipher: params.cipher,
+            mode: params.mode,
+            encap: params.encap,
+            origin: params.origin,
+            esn: params.esn,
+            age_secs: clock.secs_since(params.created_ms).unwrap_or(0),
+            packets: counters.packets.load(Ordering::Relaxed),
+            bytes: counters.bytes.load(Ordering::Relaxed),
+            last_used_secs: clock.secs_since(counters.last_used_ms.load(Ordering::Relaxed)),
+            replay: None,
+            sequence: None,
+            drops: counters.drops.snapshot(),
+        }
+    }
+
+    fn sa_list(&self, only: Option<PeerId>) -> Vec<SaInfo> {
+        let tables = self.state.sadb.load();
+        let wanted = |peer: PeerId| only.is_none_or(|o| o == peer);
+        let outbound = tables.outbound_sas().filter(|sa| wanted(sa.params.peer)).map(|sa| SaInfo {
+            sequence: Some(sa.last_sequence()),
+            ..self.sa_info(&sa.params, Direction::Out, &sa.counters)
+        });
+        let inbound = tables.inbound_sas().filter(|sa| wanted(sa.params.peer)).map(|sa| {
+            let replay = sa.replay().state();
+            SaInfo {
+                replay: Some(ReplayInfo {
+                    highest_sequence: replay.highest,
+                    window_size: replay.size,
+                    received_in_window: replay.received,
+                }),
+                ..self.sa_info(&sa.params, Direction::In, &sa.counters)
+            }
+        });
+        let mut list: Vec<SaInfo> = outbound.chain(inbound).collect();
+        list.sort_by(|a, b| (&a.peer, a.direction == Direction::In, a.spi).cmp(&(&b.peer, b.direction == Direction::In, b.spi)));
+        list
+    }
+
+    fn flush(&self, only: Option<PeerId>) -> Result<FlushReport, String> {
+        let removed = self.state.sadb.remove(only);
+        let reinstalled = manual::install(&self.config, &self.state, only).map_err(|e| e.to_string())?;
+        let target = only.map_or_else(|| "every peer".to_string(), |p| self.state.topology.peer(p).name.clone());
+        tracing::info!(peer = %target, removed = removed.len(), reinstalled = reinstalled.len(), "SAs flushed");
+        let advice = (!reinstalled.is_empty()).then(|| {
+            format!(
+                "manual SAs start again at sequence number 1: flush them on {target} too \
+                 (ikectl sa flush --peer {}), or it drops this node's packets as replays",
+                self.state.topology.node_name
+            )
+        });
+        Ok(FlushReport {
+            removed: removed.into_iter().map(Spi).collect(),
+            reinstalled: reinstalled.into_iter().map(Spi).collect(),
+            advice,
+        })
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let tables = self.state.sadb.load();
+        let clock = &self.state.clock;
+        self.state
+            .topology
+            .peers
+            .iter()
+            .map(|peer| {
+                let mut inbound_spis: Vec<Spi> =
+                    tables.inbound_sas().filter(|sa| sa.params.peer == peer.id).map(|sa| Spi(sa.params.spi)).collect();
+                inbound_spis.sort();
+                let counters = &peer.counters;
+                PeerInfo {
+                    name: peer.name.clone(),
+                    address: peer.address,
+                    mode: peer.mode,
+                    encap: self.state.topology.encap,
+                    outbound_spi: tables.outbound(peer.id).map(|sa| Spi(sa.params.spi)),
+                    inbound_spis,
+                    tx_packets: counters.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: counters.tx_bytes.load(Ordering::Relaxed),
+                    rx_packets: counters.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: counters.rx_bytes.load(Ordering::Relaxed),
+                    last_rx_secs: clock.secs_since(counters.last_rx_ms.load(Ordering::Relaxed)),
+                    drops: self.state.drops.peer_total(peer.id),
+                }
+            })
+            .collect()
+    }
+
+    fn fdb(&self) -> Vec<FdbEntry> {
+        let topology = &self.state.topology;
+        topology
+            .overlays
+            .iter()
+            .flat_map(|overlay| {
+                self.state.fdb(overlay.id).entries().into_iter().map(move |(mac, peer, seen_ms)| FdbEntry {
+                    overlay: overlay.name.clone(),
+                    vni: overlay.vni,
+                    mac: mac.to_string(),
+                    peer: topology.peer(peer).name.clone(),
+                    age_secs: self.state.clock.secs_since(seen_ms).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}

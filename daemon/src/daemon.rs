@@ -1,0 +1,166 @@
+//! `meshd run` and `meshd check`: assemble the node from its config, run until told to stop,
+//! and leave nothing behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_config::control::OverlayStatus;
+use mesh_config::{MeshConfig, Mode, OverlayMtu};
+use tun_rs::SyncDevice;
+
+use crate::ctl::{self, Control, SocketFile};
+use crate::datapath::Datapath;
+use crate::error::DaemonError;
+use crate::overhead::{Encapsulation, IpVersion};
+use crate::state::MeshState;
+use crate::topology::{Overlay, Topology};
+use crate::{manual, netif, tap};
+
+/// How often learned FDB entries are checked for age.
+const FDB_EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+/// At most this many datapath workers, whatever the core count.
+const MAX_WORKERS: usize = 8;
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub node: Option<String>,
+    pub ctl_socket: PathBuf,
+}
+
+/// Loads the config and finds which node this host is.
+fn load(config: &std::path::Path, node: Option<&str>) -> Result<(MeshConfig, Topology), DaemonError> {
+    let config = MeshConfig::load(config)?;
+    let local_addresses = netif::local_addresses().map_err(DaemonError::HostAddresses)?;
+    let node = config.local_node(node, &local_addresses)?;
+    let topology = Topology::new(&config, &node.name, node.address).map_err(DaemonError::Topology)?;
+    Ok((config, topology))
+}
+
+/// `meshd check`: validates the config (and that this host is one of its nodes); returns a summary.
+pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, DaemonError> {
+    let (config, topology) = load(config, node)?;
+    Ok(format!(
+        "{}: OK: mesh \"{}\", {} nodes, {} overlays, {} manual SAs; this host is node {} ({})",
+        config.path.display(),
+        config.mesh.name,
+        config.nodes.len(),
+        config.overlays.len(),
+        config.manual_sas.len(),
+        topology.node_name,
+        topology.local_address
+    ))
+}
+
+/// `meshd run`: runs in the foreground until SIGTERM or SIGINT.
+pub fn run(options: RunOptions) -> Result<(), DaemonError> {
+    let (config, topology) = load(&options.config, options.node.as_deref())?;
+    // Bind first: a second meshd must fail before it touches any interface.
+    let mut socket = SocketFile::bind(&options.ctl_socket)?;
+    let state = Arc::new(MeshState::new(topology));
+    let installed = manual::install(&config, &state, None)?;
+
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+    let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
+    let mut overlays = Vec::new();
+    let mut queues: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
+    for overlay in &state.topology.overlays {
+        let cipher = proposal_cipher.unwrap_or(mesh_config::Cipher::Aes256Gcm16);
+        let (mtu, mtu_reason) = overlay_mtu(overlay, &state.topology, cipher)?;
+        let devices = tap::create(&overlay.interface, mtu, overlay.address, workers)
+            .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
+        for (queue, device) in queues.iter_mut().zip(devices) {
+            queue.push(device);
+        }
+        tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, "overlay interface up");
+        overlays.push(OverlayStatus {
+            name: overlay.name.clone(),
+            interface: overlay.interface.clone(),
+            vni: overlay.vni,
+            mtu: u32::from(mtu),
+            mtu_reason,
+            address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
+        });
+    }
+    let datapath = Datapath::start(state.clone(), queues)?;
+    tracing::info!(
+        node = %state.topology.node_name,
+        address = %state.topology.local_address,
+        peers = state.topology.peers.len(),
+        manual_sas = installed.len(),
+        workers = datapath.workers(),
+        "meshd running"
+    );
+    let control = Arc::new(Control { state: state.clone(), config: Arc::new(config), started: Instant::now(), workers: datapath.workers(), overlays });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
+    let served = runtime.block_on(async {
+        tokio::spawn(expire_fdb(state.clone()));
+        tokio::select! {
+            served = ctl::serve(&mut socket, control) => served,
+            signal = wait_for_stop_signal() => signal,
+        }
+    });
+    datapath.stop();
+    drop(socket);
+    tracing::info!("meshd stopped");
+    served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket, source })
+}
+
+/// The MTU of an overlay interface and how it was chosen.
+fn overlay_mtu(overlay: &Overlay, topology: &Topology, cipher: mesh_config::Cipher) -> Result<(u16, String), DaemonError> {
+    if let OverlayMtu::Fixed(mtu) = overlay.mtu {
+        return Ok((mtu, "configured".to_string()));
+    }
+    let address = topology.local_address;
+    let failed = |problem: String| DaemonError::UnderlayMtu { overlay: overlay.name.clone(), address, problem };
+    let interface = netif::interface_with(address)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed("no interface holds it".to_string()))?;
+    let underlay_mtu = netif::interface_mtu(&interface).map_err(|e| failed(e.to_string()))?;
+    // The overlay must fit the most expensive pair; with no peers, the mesh-wide mode decides.
+    let modes: Vec<Mode> = topology.peers.iter().map(|p| p.mode).collect();
+    let worst = modes
+        .iter()
+        .map(|mode| Encapsulation { ip_version: IpVersion::of(address), encap: topology.encap, mode: *mode, cipher })
+        .max_by_key(|e| e.underlay_len(0))
+        .unwrap_or(Encapsulation { ip_version: IpVersion::of(address), encap: topology.encap, mode: Mode::Transport, cipher });
+    let mtu = worst
+        .overlay_mtu(underlay_mtu)
+        .and_then(|mtu| u16::try_from(mtu).ok())
+        .filter(|mtu| *mtu >= mesh_config::MIN_OVERLAY_MTU)
+        .ok_or_else(|| failed(format!("{interface} has MTU {underlay_mtu}, too small for any overlay MTU")))?;
+    let reason = format!(
+        "auto: {interface} MTU {underlay_mtu} - {} bytes ({}, {}, {:?})",
+        underlay_mtu - usize::from(mtu),
+        worst.encap,
+        worst.mode,
+        worst.ip_version
+    );
+    Ok((mtu, reason))
+}
+
+async fn expire_fdb(state: Arc<MeshState>) {
+    let mut interval = tokio::time::interval(FDB_EXPIRY_INTERVAL);
+    loop {
+        interval.tick().await;
+        let now = state.clock.now_ms();
+        for fdb in &state.fdbs {
+            fdb.expire(now);
+        }
+    }
+}
+
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Overlay frame -> VXLAN -> ESP -> underlay, in place in the worker's buffer.
+//!
+//! The frame is read from the TAP at `FRAME_OFFSET`, leaving room in front of it for the largest
+//! ESP header + IV + inner IP + UDP + VXLAN; the headers for a given peer are written backwards
+//! from the frame, so unicast never copies the frame.
+
+use std::io;
+
+use mesh_config::control::DropReason;
+use mesh_config::Mode;
+
+use crate::drops::DropContext;
+use crate::esp;
+use crate::sadb::{OutboundSa, SaTables};
+use crate::state::MeshState;
+use crate::topology::{Overlay, Path, PeerId};
+use crate::wire::ethernet::{self, EthernetAddress};
+use crate::wire::ipv4::{self, Ipv4Header};
+use crate::wire::ipv6::{self, Ipv6Header};
+use crate::wire::{udp, vxlan};
+
+use super::sockets::Underlay;
+
+/// Room in front of the frame: ESP header and IV, the largest inner IP header, UDP and VXLAN.
+pub const FRAME_OFFSET: usize = esp::PLAINTEXT_OFFSET + ipv6::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
+/// Room after the frame: ESP padding, trailer and ICV.
+pub const TRAILER_ROOM: usize = 3 + 2 + esp::ICV_LEN;
+/// The largest frame a TAP can hand us (64 KiB IP packet plus Ethernet header).
+pub const MAX_FRAME_LEN: usize = 65_535 + ethernet::HEADER_LEN;
+/// Size of every packet buffer a worker owns.
+pub const BUFFER_LEN: usize = FRAME_OFFSET + MAX_FRAME_LEN + TRAILER_ROOM;
+
+/// Hop limit of the inner IP header in tunnel mode.
+const TUNNEL_HOP_LIMIT: u8 = 64;
+
+/// What one worker needs to send frames during one batch.
+pub struct Egress<'a> {
+    pub state: &'a MeshState,
+    pub tables: &'a SaTables,
+    pub underlay: &'a Underlay,
+    pub now_ms: u64,
+}
+
+impl Egress<'_> {
+    /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]`, read from `overlay`'s TAP:
+    /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
+    /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
+    pub fn forward(&self, overlay: &Overlay, buf: &mut [u8], scratch: &mut [u8], frame_len: usize) {
+        let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
+        let Ok(frame) = ethernet::Frame::new_checked(frame) else {
+            self.drop(DropReason::Malformed, None, Some(overlay.vni));
+            return;
+        };
+        let destination: EthernetAddress = frame.destination();
+        let known = destination.is_unicast().then(|| self.state.fdb(overlay.id).lookup(destination)).flatten();
+        if let Some(peer) = known {
+            self.send(overlay, peer, buf, frame_len);
+            return;
+        }
+        let peers = &self.state.topology.peers;
+        let Some((last, others)) = peers.split_last() else {
+            self.drop(DropReason::NoPeer, None, Some(overlay.vni));
+            return;
+        };
+        for peer in others {
+            scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len].copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
+            self.send(overlay, peer.id, scratch, frame_len);
+        }
+        self.send(overlay, last.id, buf, frame_len);
+    }
+
+    fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
+        let Some(sa) = self.tables.outbound(peer_id) else {
+            self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni));
+            return;
+        };
+        let Some(sequence) = sa.next_sequence() else {
+            sa.counters.drop(DropReason::SequenceExhausted);
+            self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni));
+            return;
+        };
+        let peer = self.state.topology.peer(peer_id);
+        let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
+        let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
+        let sealed = sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
+        let Ok(esp_len) = sealed else {
+            // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
+            sa.counters.drop(DropReason::FrameTooLarge);
+            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
+            return;
+        };
+        match self.underlay.send(&buf[esp_start..esp_start + esp_len], peer.address) {
+            Ok(_) => {
+                sa.counters.count(frame_len, self.now_ms);
+                peer.counters.count_tx(frame_len);
+            }
+            Err(error) => {
+                let reason = if error.raw_os_error() == Some(libc::EMSGSIZE) {
+                    DropReason::FrameTooLarge
+                } else {
+                    DropReason::SendFailed
+                };
+                sa.counters.drop(reason);
+                self.drop(reason, Some(peer_id), Some(overlay.vni));
+                log_send_error(&error);
+            }
+        }
+    }
+
+    /// Writes [inner IP] | UDP | VXLAN in front of the frame for `sa`'s mode; returns where the ESP
+    /// packet starts and its next header value.
+    fn write_inner_headers(&self, sa: &OutboundSa, path: Path, vni: u32, buf: &mut [u8], frame_len: usize) -> (usize, u8) {
+        let port = self.state.topology.vxlan_port;
+        let vxlan_start = FRAME_OFFSET - vxlan::HEADER_LEN;
+        let udp_start = vxlan_start - udp::HEADER_LEN;
+        let udp_len = udp::HEADER_LEN + vxlan::HEADER_LEN + frame_len;
+        vxlan::emit(&mut buf[vxlan_start..FRAME_OFFSET], vni);
+        udp::UdpHeader { source_port: port, destination_port: port, payload_len: udp_len - udp::HEADER_LEN }
+            .emit(&mut buf[udp_start..vxlan_start]);
+        // IPv4 allows a zero UDP checksum and ESP's ICV already protects the datagram; IPv6 needs one.
+        if let Path::V6 { local, peer } = path {
+            udp::Packet::new_unchecked(&mut buf[udp_start..udp_start + udp_len]).fill_checksum_ipv6(local, peer);
+        }
+        let (ip_start, next_header) = match (sa.params.mode, path) {
+            (Mode::Transport, _) => (udp_start, ipv4::PROTOCOL_UDP),
+            (Mode::Tunnel, Path::V4 { local, peer }) => {
+                let start = udp_start - ipv4::HEADER_LEN;
+                Ipv4Header {
+                    source: local,
+                    destination: peer,
+                    protocol: ipv4::PROTOCOL_UDP,
+                    payload_len: udp_len,
+                    hop_limit: TUNNEL_HOP_LIMIT,
+                    dont_fragment: true,
+                    identification: 0,
+                }
+                .emit(&mut buf[start..udp_start]);
+                (start, ipv4::PROTOCOL_IPV4_IN_IP)
+            }
+            (Mode::Tunnel, Path::V6 { local, peer }) => {
+                let start = udp_start - ipv6::HEADER_LEN;
+                Ipv6Header { source: local, destination: peer, next_header: ipv4::PROTOCOL_UDP, payload_len: udp_len, hop_limit: TUNNEL_HOP_LIMIT }
+                    .emit(&mut buf[start..udp_start]);
+                (start, ipv4::PROTOCOL_IPV6_IN_IP)
+            }
+        };
+        (ip_start - esp::PLAINTEXT_OFFSET, next_header)
+    }
+
+    fn drop(&self, reason: DropReason, peer: Option<PeerId>, vni: Option<u32>) {
+        self.state.drops.record(reason, DropContext { peer, vni, ..DropContext::default() });
+    }
+}
+
+fn log_send_error(error: &io::Error) {
+    tracing::debug!(%error, "sending ESP failed");
+}

@@ -1,0 +1,147 @@
+//! Underlay -> ESP open with anti-replay -> VXLAN -> overlay TAP, in place in the worker's buffer.
+
+use std::net::{IpAddr, SocketAddr};
+
+use mesh_config::control::DropReason;
+use mesh_config::Mode;
+
+use crate::drops::DropContext;
+use crate::esp::{OpenError, ReplayError};
+use crate::sadb::{InboundSa, SaTables};
+use crate::state::MeshState;
+use crate::topology::{OverlayId, Path, PeerId};
+use crate::wire::{ethernet, ipv4, ipv6, udp, vxlan};
+
+/// Where a decrypted frame goes: the overlay's TAP queue owned by this worker.
+pub trait FrameSink {
+    fn deliver(&self, overlay: OverlayId, frame: &[u8]) -> std::io::Result<usize>;
+}
+
+/// What one worker needs to receive packets during one batch.
+pub struct Ingress<'a, S: FrameSink> {
+    pub state: &'a MeshState,
+    pub tables: &'a SaTables,
+    pub sink: &'a S,
+    pub now_ms: u64,
+}
+
+/// Why a packet did not make it, with what was known when it was dropped.
+struct Dropped {
+    reason: DropReason,
+    sequence: Option<u64>,
+    vni: Option<u32>,
+}
+
+impl From<DropReason> for Dropped {
+    fn from(reason: DropReason) -> Self {
+        Dropped { reason, sequence: None, vni: None }
+    }
+}
+
+impl<S: FrameSink> Ingress<'_, S> {
+    /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
+    pub fn receive(&self, packet: &mut [u8], source: SocketAddr) {
+        let peer_by_source = self.state.topology.peer_by_address(source.ip());
+        let context = |peer: Option<PeerId>, spi: Option<u32>| DropContext {
+            peer,
+            spi,
+            outer_source: Some(source),
+            ..DropContext::default()
+        };
+        let Ok(header) = crate::wire::esp::Packet::new_checked(&packet[..]) else {
+            self.state.drops.record(DropReason::Malformed, context(peer_by_source, None));
+            return;
+        };
+        let spi = header.spi();
+        let sequence_low = header.sequence_number();
+        let Some(sa) = self.tables.inbound(spi) else {
+            self.state.drops.record(DropReason::UnknownSpi, context(peer_by_source, Some(spi)));
+            return;
+        };
+        let peer = sa.params.peer;
+        if let Err(dropped) = self.open_and_deliver(sa, packet, source.ip(), sequence_low) {
+            sa.counters.drop(dropped.reason);
+            let mut context = context(Some(peer), Some(spi));
+            context.sequence = dropped.sequence;
+            context.vni = dropped.vni;
+            self.state.drops.record(dropped.reason, context);
+        }
+    }
+
+    fn open_and_deliver(&self, sa: &InboundSa, packet: &mut [u8], source: IpAddr, sequence_low: u32) -> Result<(), Dropped> {
+        let peer = self.state.topology.peer(sa.params.peer);
+        if peer.address != source {
+            return Err(DropReason::WrongPeer.into());
+        }
+        let esn = sa.params.esn;
+        let sequence = {
+            let replay = sa.replay();
+            let sequence = replay.infer_sequence(sequence_low, esn);
+            replay.check(sequence).map_err(|error| Dropped { reason: replay_reason(error), sequence: Some(sequence), vni: None })?;
+            sequence
+        };
+        let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None };
+        let opened = sa.opener.open(sequence, esn, packet).map_err(|error| with_sequence(open_reason(error)))?;
+        // Two workers may have raced on the same number; only the first to get here wins.
+        sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
+
+        let udp_datagram = inner_udp(sa.params.mode, peer.path, opened.next_header, opened.payload).map_err(with_sequence)?;
+        let udp = udp::Packet::new_checked(udp_datagram).map_err(|_| with_sequence(DropReason::Malformed))?;
+        if udp.destination_port() != self.state.topology.vxlan_port {
+            return Err(with_sequence(DropReason::UnexpectedPayload));
+        }
+        let vxlan = vxlan::Packet::new_checked(udp.payload()).map_err(|_| with_sequence(DropReason::Malformed))?;
+        let vni = vxlan.vni();
+        let in_vni = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: Some(vni) };
+        let overlay = self.state.topology.overlay_by_vni(vni).ok_or_else(|| in_vni(DropReason::UnknownVni))?;
+        let frame = vxlan.payload();
+        let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_vni(DropReason::Malformed))?;
+        self.state.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        self.sink.deliver(overlay, frame).map_err(|_| in_vni(DropReason::TapWriteFailed))?;
+        sa.counters.count(frame.len(), self.now_ms);
+        peer.counters.count_rx(frame.len(), self.now_ms);
+        Ok(())
+    }
+}
+
+/// The UDP datagram carried by a decrypted ESP payload: directly in transport mode, inside an IP
+/// header between the pair's own addresses in tunnel mode.
+fn inner_udp(mode: Mode, path: Path, next_header: u8, payload: &[u8]) -> Result<&[u8], DropReason> {
+    match (mode, path) {
+        (Mode::Transport, _) if next_header == ipv4::PROTOCOL_UDP => Ok(payload),
+        (Mode::Tunnel, Path::V4 { local, peer }) if next_header == ipv4::PROTOCOL_IPV4_IN_IP => {
+            let packet = ipv4::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            let ours = packet.source_address() == peer
+                && packet.destination_address() == local
+                && packet.protocol() == ipv4::PROTOCOL_UDP
+                && !packet.is_fragment();
+            // new_checked verified both lengths against the buffer.
+            let payload = &payload[packet.header_length()..usize::from(packet.total_length())];
+            ours.then_some(payload).ok_or(DropReason::UnexpectedPayload)
+        }
+        (Mode::Tunnel, Path::V6 { local, peer }) if next_header == ipv4::PROTOCOL_IPV6_IN_IP => {
+            let packet = ipv6::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            let ours = packet.source_address() == peer
+                && packet.destination_address() == local
+                && packet.next_header() == ipv4::PROTOCOL_UDP;
+            let payload = &payload[ipv6::HEADER_LEN..ipv6::HEADER_LEN + usize::from(packet.payload_length())];
+            ours.then_some(payload).ok_or(DropReason::UnexpectedPayload)
+        }
+        _ => Err(DropReason::UnexpectedPayload),
+    }
+}
+
+fn replay_reason(error: ReplayError) -> DropReason {
+    match error {
+        ReplayError::Replayed | ReplayError::Zero => DropReason::Replay,
+        ReplayError::TooOld => DropReason::TooOld,
+    }
+}
+
+fn open_reason(error: OpenError) -> DropReason {
+    match error {
+        OpenError::Authentication => DropReason::Authentication,
+        OpenError::BadPadding => DropReason::BadPadding,
+        OpenError::Truncated | OpenError::SequenceMismatch => DropReason::Malformed,
+    }
+}

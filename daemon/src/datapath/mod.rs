@@ -1,0 +1,72 @@
+//! The packet path: worker threads that move frames between the overlay TAPs and the underlay.
+//! Nothing here allocates, locks a shared lock or formats a log line per packet.
+
+mod egress;
+mod ingress;
+mod sockets;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mesh_config::Encap;
+use tun_rs::SyncDevice;
+
+pub use self::egress::{BUFFER_LEN, FRAME_OFFSET};
+pub use self::sockets::ESP_IN_UDP_PORT;
+
+use crate::error::DaemonError;
+use crate::state::MeshState;
+use self::sockets::{RawEspSocket, Underlay};
+use self::worker::Worker;
+
+/// The running workers; dropping it without `stop` leaves them running until the process exits.
+pub struct Datapath {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Datapath {
+    /// Starts one worker per element of `queues` (each holding one queue of every overlay TAP).
+    pub fn start(state: Arc<MeshState>, queues: Vec<Vec<SyncDevice>>) -> Result<Self, DaemonError> {
+        let local = state.topology.local_address;
+        let underlay_error = |source| DaemonError::Underlay { address: local, encap: state.topology.encap, source };
+        let raw = match state.topology.encap {
+            Encap::Esp => Some(Arc::new(RawEspSocket::new(local).map_err(underlay_error)?)),
+            Encap::Udp => None,
+        };
+        let mut underlays = Vec::with_capacity(queues.len());
+        for index in 0..queues.len() {
+            underlays.push(match &raw {
+                Some(socket) => Underlay::Esp { socket: socket.clone(), receives: index == 0 },
+                None => Underlay::Udp(sockets::udp_socket(local).map_err(underlay_error)?),
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(queues.len());
+        for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
+            let worker = Worker { index, state: state.clone(), taps, underlay, stop: stop.clone() };
+            let handle = std::thread::Builder::new()
+                .name(format!("meshd-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(DaemonError::Thread)?;
+            workers.push(handle);
+        }
+        Ok(Datapath { stop, workers })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops the workers and waits for them; their TAP queues and sockets close with them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            if worker.join().is_err() {
+                tracing::error!("a datapath worker panicked");
+            }
+        }
+    }
+}

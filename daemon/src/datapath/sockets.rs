@@ -1,0 +1,113 @@
+//! The underlay sockets ESP leaves and arrives on.
+//!
+//! `udp`: every worker has its own UDP socket on port 4500 (SO_REUSEPORT), so the kernel spreads
+//! peers over the workers and no socket is shared. `esp`: a raw IP protocol 50 socket receives a
+//! copy of every ESP packet, so there is exactly one; workers share it for sending and one worker
+//! reads it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{recvfrom, sendto, MsgFlags, SockaddrStorage};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::sys;
+
+/// RFC 3948: ESP in UDP, and IKE once it floated.
+pub const ESP_IN_UDP_PORT: u16 = 4500;
+/// IP protocol number of ESP.
+pub const IP_PROTOCOL_ESP: i32 = 50;
+/// Large enough for bursts at 10 Gbit/s without drops in the socket queue.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+fn configure(socket: &Socket, local: IpAddr) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    // The kernel may cap these (net.core.rmem_max); a smaller buffer only costs burst tolerance.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    match local {
+        IpAddr::V4(_) => sys::forbid_fragmentation_v4(socket.as_fd()),
+        IpAddr::V6(_) => sys::forbid_fragmentation_v6(socket.as_fd()),
+    }
+}
+
+/// A worker's ESP-in-UDP socket, bound to the node address and port 4500.
+pub fn udp_socket(local: IpAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(SocketAddr::new(local, 0)), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    configure(&socket, local)?;
+    socket.bind(&SocketAddr::new(local, ESP_IN_UDP_PORT).into())?;
+    Ok(socket.into())
+}
+
+/// The raw ESP socket (IP protocol 50), bound to the node address.
+pub struct RawEspSocket {
+    fd: OwnedFd,
+    ipv4: bool,
+}
+
+impl RawEspSocket {
+    pub fn new(local: IpAddr) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::for_address(SocketAddr::new(local, 0)),
+            Type::RAW,
+            Some(Protocol::from(IP_PROTOCOL_ESP)),
+        )?;
+        configure(&socket, local)?;
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+        Ok(RawEspSocket { fd: socket.into(), ipv4: local.is_ipv4() })
+    }
+
+    pub fn send_to(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
+        let address = SockaddrStorage::from(SocketAddr::new(peer, 0));
+        sendto(self.fd.as_raw_fd(), packet, &address, MsgFlags::empty()).map_err(io::Error::from)
+    }
+
+    /// Reads one packet. IPv4 raw sockets deliver the IP header too; the caller parses it
+    /// (`ipv4` tells), IPv6 ones deliver the ESP packet alone.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        let (len, from) = recvfrom::<SockaddrStorage>(self.fd.as_raw_fd(), buf).map_err(io::Error::from)?;
+        let source = from.and_then(|address| {
+            address
+                .as_sockaddr_in()
+                .map(|a| IpAddr::V4(a.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        });
+        Ok((len, source))
+    }
+
+    pub fn delivers_ip_header(&self) -> bool {
+        self.ipv4
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// How a worker reaches the underlay.
+pub enum Underlay {
+    /// ESP in UDP: this worker's own socket.
+    Udp(UdpSocket),
+    /// Raw ESP: the node's one socket, shared; `receives` is true for the worker that reads it.
+    Esp { socket: std::sync::Arc<RawEspSocket>, receives: bool },
+}
+
+impl Underlay {
+    pub fn send(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
+        match self {
+            Underlay::Udp(socket) => socket.send_to(packet, SocketAddr::new(peer, ESP_IN_UDP_PORT)),
+            Underlay::Esp { socket, .. } => socket.send_to(packet, peer),
+        }
+    }
+
+    /// The descriptor to poll for received packets, if this worker receives.
+    pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Underlay::Udp(socket) => Some(socket.as_fd()),
+            Underlay::Esp { socket, receives: true } => Some(socket.fd()),
+            Underlay::Esp { receives: false, .. } => None,
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! What the daemon needs to know about this host's interfaces.
+
+use std::io;
+use std::net::IpAddr;
+
+use nix::ifaddrs::getifaddrs;
+
+/// Every address configured on this host (in this network namespace).
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+    Ok(addresses()?.into_iter().map(|(_, address)| address).collect())
+}
+
+/// The interface that holds `address`, if any.
+pub fn interface_with(address: IpAddr) -> io::Result<Option<String>> {
+    Ok(addresses()?.into_iter().find(|(_, a)| *a == address).map(|(name, _)| name))
+}
+
+/// The MTU of interface `name`.
+pub fn interface_mtu(name: &str) -> io::Result<usize> {
+    let path = format!("/sys/class/net/{name}/mtu");
+    let text = std::fs::read_to_string(&path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{path} does not hold a number: {text:?}")))
+}
+
+fn addresses() -> io::Result<Vec<(String, IpAddr)>> {
+    let list = getifaddrs().map_err(io::Error::from)?;
+    Ok(list
+        .filter_map(|entry| {
+            let address = entry.address?;
+            let ip = address
+                .as_sockaddr_in()
+                .map(|a| IpAddr::V4(a.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))?;
+            Some((entry.interface_name, ip))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_local() {
+        let addresses = local_addresses().unwrap();
+        assert!(addresses.contains(&IpAddr::from([127, 0, 0, 1])), "{addresses:?}");
+        assert_eq!(interface_with(IpAddr::from([127, 0, 0, 1])).unwrap().as_deref(), Some("lo"));
+        assert!(interface_mtu("lo").unwrap() >= 1500);
+    }
+}

@@ -1,0 +1,272 @@
+//! The security association database: the only owner of SA state.
+//!
+//! Inbound SAs are found by SPI, outbound SAs by peer. The tables are an immutable snapshot behind
+//! an `ArcSwap`: workers load the snapshot once per batch without taking any lock, and the control
+//! plane (manual keying now, IKE later) installs or removes SAs by publishing a new snapshot. Per-SA
+//! state that changes per packet lives in atomics, except the replay window, which has a lock of
+//! its own per SA (never a global one).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::{ArcSwap, Guard};
+use mesh_config::control::{DropReason, SaOrigin};
+use mesh_config::{Cipher, Encap, Mode};
+
+use crate::drops::ReasonCounters;
+use crate::esp::{Opener, ReplayWindow, Sealer};
+use crate::topology::PeerId;
+
+/// Properties common to both directions.
+#[derive(Debug, Clone, Copy)]
+pub struct SaParams {
+    pub spi: u32,
+    pub peer: PeerId,
+    pub cipher: Cipher,
+    pub mode: Mode,
+    pub encap: Encap,
+    pub esn: bool,
+    pub origin: SaOrigin,
+    pub created_ms: u64,
+}
+
+/// Traffic and drop counters of one SA.
+#[derive(Debug, Default)]
+pub struct SaCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub last_used_ms: AtomicU64,
+    pub drops: ReasonCounters,
+}
+
+impl SaCounters {
+    pub fn count(&self, bytes: usize, now_ms: u64) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.last_used_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn drop(&self, reason: DropReason) {
+        self.drops.add(reason);
+    }
+}
+
+pub struct OutboundSa {
+    pub params: SaParams,
+    pub sealer: Sealer,
+    /// The last sequence number handed out (0: none yet).
+    sequence: AtomicU64,
+    pub counters: SaCounters,
+}
+
+impl OutboundSa {
+    pub fn new(params: SaParams, sealer: Sealer) -> Self {
+        OutboundSa { params, sealer, sequence: AtomicU64::new(0), counters: SaCounters::default() }
+    }
+
+    /// Reserves the next sequence number, or `None` once the SA is used up (a 32-bit sequence
+    /// number must never wrap without ESN, RFC 4303 §3.3.3).
+    pub fn next_sequence(&self) -> Option<u64> {
+        let limit = if self.params.esn { u64::MAX } else { u64::from(u32::MAX) };
+        let previous = self.sequence.fetch_add(1, Ordering::Relaxed);
+        (previous < limit).then_some(previous + 1)
+    }
+
+    pub fn last_sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
+    }
+}
+
+pub struct InboundSa {
+    pub params: SaParams,
+    pub opener: Opener,
+    replay: Mutex<ReplayWindow>,
+    pub counters: SaCounters,
+}
+
+impl InboundSa {
+    pub fn new(params: SaParams, opener: Opener, replay: ReplayWindow) -> Self {
+        InboundSa { params, opener, replay: Mutex::new(replay), counters: SaCounters::default() }
+    }
+
+    /// The replay window of this SA. A worker that panicked while holding it cannot have left it
+    /// in a state that accepts a replay (accept only sets bits), so poisoning is ignored.
+    pub fn replay(&self) -> MutexGuard<'_, ReplayWindow> {
+        self.replay.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One immutable version of the SA tables.
+#[derive(Default)]
+pub struct SaTables {
+    inbound: HashMap<u32, Arc<InboundSa>>,
+    /// Indexed by `PeerId`.
+    outbound: Vec<Option<Arc<OutboundSa>>>,
+}
+
+impl SaTables {
+    pub fn inbound(&self, spi: u32) -> Option<&Arc<InboundSa>> {
+        self.inbound.get(&spi)
+    }
+
+    pub fn outbound(&self, peer: PeerId) -> Option<&Arc<OutboundSa>> {
+        self.outbound.get(peer.0).and_then(Option::as_ref)
+    }
+
+    pub fn inbound_sas(&self) -> impl Iterator<Item = &Arc<InboundSa>> {
+        self.inbound.values()
+    }
+
+    pub fn outbound_sas(&self) -> impl Iterator<Item = &Arc<OutboundSa>> {
+        self.outbound.iter().flatten()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SadbError {
+    #[error("SPI 0x{0:08x} is already used by another inbound SA on this node; pick another SPI")]
+    DuplicateSpi(u32),
+}
+
+pub struct Sadb {
+    tables: ArcSwap<SaTables>,
+    /// Serialises writers so that no update is lost between load and store.
+    writer: Mutex<()>,
+}
+
+impl Sadb {
+    pub fn new(peer_count: usize) -> Self {
+        let tables = SaTables { inbound: HashMap::new(), outbound: vec![None; peer_count] };
+        Sadb { tables: ArcSwap::from_pointee(tables), writer: Mutex::new(()) }
+    }
+
+    /// The current tables; the hot path calls this once per batch.
+    pub fn load(&self) -> Guard<Arc<SaTables>> {
+        self.tables.load()
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&mut SaTables) -> R) -> R {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.tables.load_full();
+        let mut next = SaTables { inbound: current.inbound.clone(), outbound: current.outbound.clone() };
+        let result = change(&mut next);
+        self.tables.store(Arc::new(next));
+        result
+    }
+
+    pub fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
+        let spi = sa.params.spi;
+        self.update(|tables| {
+            if tables.inbound.contains_key(&spi) {
+                return Err(SadbError::DuplicateSpi(spi));
+            }
+            tables.inbound.insert(spi, Arc::new(sa));
+            Ok(())
+        })
+    }
+
+    /// Installs the outbound SA for its peer, replacing (and returning) the previous one.
+    pub fn install_outbound(&self, sa: OutboundSa) -> Option<Arc<OutboundSa>> {
+        let peer = sa.params.peer;
+        self.update(|tables| {
+            if tables.outbound.len() <= peer.0 {
+                tables.outbound.resize(peer.0 + 1, None);
+            }
+            tables.outbound[peer.0].replace(Arc::new(sa))
+        })
+    }
+
+    /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
+    pub fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
+        let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
+        self.update(|tables| {
+            let mut removed: Vec<u32> = Vec::new();
+            for slot in tables.outbound.iter_mut() {
+                if slot.as_ref().is_some_and(|sa| matches(sa.params.peer)) {
+                    removed.extend(slot.take().map(|sa| sa.params.spi));
+                }
+            }
+            tables.inbound.retain(|spi, sa| {
+                let remove = matches(sa.params.peer);
+                if remove {
+                    removed.push(*spi);
+                }
+                !remove
+            });
+            removed.sort_unstable();
+            removed
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esp::{KeyMaterial, DEFAULT_REPLAY_WINDOW};
+
+    fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
+        SaParams {
+            spi,
+            peer: PeerId(peer),
+            cipher: Cipher::Aes256Gcm16,
+            mode: Mode::Transport,
+            encap: Encap::Udp,
+            esn,
+            origin: SaOrigin::Manual,
+            created_ms: 1,
+        }
+    }
+
+    fn key() -> KeyMaterial {
+        KeyMaterial::from_bytes(&[7u8; 36]).unwrap()
+    }
+
+    fn inbound(spi: u32, peer: usize) -> InboundSa {
+        let opener = Opener::new(Cipher::Aes256Gcm16, &key()).unwrap();
+        InboundSa::new(params(spi, peer, false), opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW))
+    }
+
+    fn outbound(spi: u32, peer: usize, esn: bool) -> OutboundSa {
+        OutboundSa::new(params(spi, peer, esn), Sealer::new(Cipher::Aes256Gcm16, &key()).unwrap())
+    }
+
+    #[test]
+    fn install_lookup_remove() {
+        let sadb = Sadb::new(2);
+        sadb.install_inbound(inbound(0x1001, 0)).unwrap();
+        sadb.install_inbound(inbound(0x1002, 1)).unwrap();
+        assert_eq!(sadb.install_inbound(inbound(0x1001, 1)), Err(SadbError::DuplicateSpi(0x1001)));
+        assert!(sadb.install_outbound(outbound(0x2001, 0, false)).is_none());
+        let old = sadb.install_outbound(outbound(0x2002, 0, false)).unwrap();
+        assert_eq!(old.params.spi, 0x2001);
+
+        let before = sadb.load();
+        assert_eq!(before.inbound(0x1001).unwrap().params.peer, PeerId(0));
+        assert_eq!(before.outbound(PeerId(0)).unwrap().params.spi, 0x2002);
+        assert!(before.outbound(PeerId(1)).is_none());
+
+        assert_eq!(sadb.remove(Some(PeerId(0))), vec![0x1001, 0x2002]);
+        // A reader holding the old snapshot keeps a consistent view.
+        assert!(before.inbound(0x1001).is_some());
+        let after = sadb.load();
+        assert!(after.inbound(0x1001).is_none());
+        assert!(after.inbound(0x1002).is_some());
+        assert_eq!(sadb.remove(None), vec![0x1002]);
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap() {
+        let sa = outbound(0x3001, 0, false);
+        assert_eq!(sa.next_sequence(), Some(1));
+        assert_eq!(sa.next_sequence(), Some(2));
+        sa.sequence.store(u64::from(u32::MAX) - 1, Ordering::Relaxed);
+        assert_eq!(sa.next_sequence(), Some(u64::from(u32::MAX)));
+        assert_eq!(sa.next_sequence(), None);
+        assert_eq!(sa.next_sequence(), None);
+
+        let esn = outbound(0x3002, 0, true);
+        esn.sequence.store(u64::from(u32::MAX), Ordering::Relaxed);
+        assert_eq!(esn.next_sequence(), Some(u64::from(u32::MAX) + 1));
+    }
+}

@@ -1,0 +1,32 @@
+//! What the datapath workers and the control plane share.
+
+use crate::drops::Drops;
+use crate::fdb::Fdb;
+use crate::sadb::Sadb;
+use crate::topology::{Clock, OverlayId, Topology};
+
+pub struct MeshState {
+    pub topology: Topology,
+    pub sadb: Sadb,
+    /// One per overlay, indexed by `OverlayId`.
+    pub fdbs: Vec<Fdb>,
+    pub drops: Drops,
+    pub clock: Clock,
+}
+
+impl MeshState {
+    pub fn new(topology: Topology) -> Self {
+        let peers = topology.peers.len();
+        MeshState {
+            sadb: Sadb::new(peers),
+            fdbs: topology.overlays.iter().map(|_| Fdb::default()).collect(),
+            drops: Drops::new(peers),
+            clock: Clock::new(),
+            topology,
+        }
+    }
+
+    pub fn fdb(&self, overlay: OverlayId) -> &Fdb {
+        &self.fdbs[overlay.0]
+    }
+}

@@ -1,0 +1,27 @@
+//! The overlay interfaces: one multi-queue TAP per overlay, one queue per datapath worker.
+
+use std::io;
+use std::net::IpAddr;
+
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+/// Creates TAP `name` with `queues` queues (IFF_MULTI_QUEUE), sets its MTU and host address, and
+/// brings it up. The interface disappears when the last queue is closed.
+pub fn create(name: &str, mtu: u16, address: Option<(IpAddr, u8)>, queues: usize) -> io::Result<Vec<SyncDevice>> {
+    let mut builder = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).multi_queue(true);
+    builder = match address {
+        Some((IpAddr::V4(ip), prefix)) => builder.ipv4(ip, prefix, None),
+        Some((IpAddr::V6(ip), prefix)) => builder.ipv6(ip, prefix),
+        None => builder,
+    };
+    let first = builder.build_sync()?;
+    let mut devices = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        devices.push(first.try_clone()?);
+    }
+    devices.insert(0, first);
+    for device in &devices {
+        device.set_nonblocking(true)?;
+    }
+    Ok(devices)
+}

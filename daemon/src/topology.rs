@@ -1,0 +1,199 @@
+//! This node's view of the mesh: who it is, its peers and its overlays, resolved once from the
+//! validated config so the datapath works with small integer ids instead of names.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use mesh_config::{MeshConfig, OverlayMtu};
+use mesh_config::{Encap, Mode};
+
+/// Index of a peer in `Topology::peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub usize);
+
+/// Index of an overlay in `Topology::overlays`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OverlayId(pub usize);
+
+/// Monotonic milliseconds since the daemon started; cheap to store in an atomic.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock { start: Instant::now() }
+    }
+
+    /// Milliseconds since start, never 0 (0 means "never" in the atomics that store it).
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Seconds since `at_ms`, or `None` when `at_ms` is 0 (never).
+    pub fn secs_since(&self, at_ms: u64) -> Option<u64> {
+        (at_ms != 0).then(|| self.now_ms().saturating_sub(at_ms) / 1000)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Traffic counters of one peer, across all its SAs (they survive rekeys and flushes).
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub last_rx_ms: AtomicU64,
+}
+
+impl PeerCounters {
+    pub fn count_tx(&self, bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_rx(&self, bytes: usize, now_ms: u64) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// The underlay addresses of this node and a peer; both ends of a pair share an IP version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    V4 { local: Ipv4Addr, peer: Ipv4Addr },
+    V6 { local: Ipv6Addr, peer: Ipv6Addr },
+}
+
+impl Path {
+    pub fn new(local: IpAddr, peer: IpAddr) -> Option<Path> {
+        match (local, peer) {
+            (IpAddr::V4(local), IpAddr::V4(peer)) => Some(Path::V4 { local, peer }),
+            (IpAddr::V6(local), IpAddr::V6(peer)) => Some(Path::V6 { local, peer }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    pub id: PeerId,
+    pub name: String,
+    pub address: IpAddr,
+    pub path: Path,
+    /// ESP mode for this pair (tunnel when either side asks for it).
+    pub mode: Mode,
+    pub counters: PeerCounters,
+}
+
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub id: OverlayId,
+    pub name: String,
+    pub interface: String,
+    pub vni: u32,
+    pub mtu: OverlayMtu,
+    /// This node's host address on the overlay interface, with prefix length.
+    pub address: Option<(IpAddr, u8)>,
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    pub mesh_name: String,
+    pub node_name: String,
+    pub local_address: IpAddr,
+    pub encap: Encap,
+    pub vxlan_port: u16,
+    pub peers: Vec<Peer>,
+    pub overlays: Vec<Overlay>,
+    peers_by_address: HashMap<IpAddr, PeerId>,
+    peers_by_name: HashMap<String, PeerId>,
+    overlays_by_vni: HashMap<u32, OverlayId>,
+}
+
+impl Topology {
+    /// Resolves `config` from the point of view of node `node_name`, whose underlay address is
+    /// `local_address`. Fails when a peer's address is of the other IP version.
+    pub fn new(config: &MeshConfig, node_name: &str, local_address: IpAddr) -> Result<Self, String> {
+        let peers = config
+            .peers_of(node_name)
+            .enumerate()
+            .map(|(index, node)| {
+                let path = Path::new(local_address, node.address).ok_or_else(|| {
+                    format!(
+                        "node {node_name} ({local_address}) and its peer {} ({}) use different IP versions; \
+                         give every node an address of the same version",
+                        node.name, node.address
+                    )
+                })?;
+                Ok(Peer {
+                    id: PeerId(index),
+                    name: node.name.clone(),
+                    address: node.address,
+                    path,
+                    mode: config.mode_between(node_name, &node.name),
+                    counters: PeerCounters::default(),
+                })
+            })
+            .collect::<Result<Vec<Peer>, String>>()?;
+        let overlays: Vec<Overlay> = config
+            .overlays
+            .iter()
+            .enumerate()
+            .map(|(index, overlay)| Overlay {
+                id: OverlayId(index),
+                name: overlay.name.clone(),
+                interface: overlay.interface.clone(),
+                vni: overlay.vni,
+                mtu: overlay.mtu,
+                address: overlay.addresses.get(node_name).map(|a| (a.addr, a.prefix_len)),
+            })
+            .collect();
+        Ok(Topology {
+            mesh_name: config.mesh.name.clone(),
+            node_name: node_name.to_string(),
+            local_address,
+            encap: config.mesh.encap,
+            vxlan_port: config.mesh.vxlan_port,
+            peers_by_address: peers.iter().map(|p| (p.address, p.id)).collect(),
+            peers_by_name: peers.iter().map(|p| (p.name.clone(), p.id)).collect(),
+            overlays_by_vni: overlays.iter().map(|o| (o.vni, o.id)).collect(),
+            peers,
+            overlays,
+        })
+    }
+
+    pub fn peer(&self, id: PeerId) -> &Peer {
+        &self.peers[id.0]
+    }
+
+    pub fn peer_by_address(&self, address: IpAddr) -> Option<PeerId> {
+        self.peers_by_address.get(&address).copied()
+    }
+
+    pub fn peer_by_name(&self, name: &str) -> Option<PeerId> {
+        self.peers_by_name.get(name).copied()
+    }
+
+    pub fn overlay_by_vni(&self, vni: u32) -> Option<OverlayId> {
+        self.overlays_by_vni.get(&vni).copied()
+    }
+
+    /// Resolves an operator-given peer name, with an error that lists the valid ones.
+    pub fn resolve_peer(&self, name: &str) -> Result<PeerId, String> {
+        self.peer_by_name(name).ok_or_else(|| {
+            let known: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+            format!("\"{name}\" is not a peer of node {}; peers are: {}", self.node_name, known.join(", "))
+        })
+    }
+}

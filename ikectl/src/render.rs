@@ -1,0 +1,234 @@
+//! Tables for people, JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use mesh_config::control::{DropReason, DropReport, FdbEntry, FlushReport, PeerInfo, Reply, SaInfo, Status};
+
+/// The reply's data as pretty JSON (the `data` of the control protocol's reply).
+pub fn json(reply: &Reply) -> String {
+    let value = match reply {
+        Reply::Status(v) => serde_json::to_value(v),
+        Reply::SaList(v) => serde_json::to_value(v),
+        Reply::SaFlush(v) => serde_json::to_value(v),
+        Reply::Peers(v) => serde_json::to_value(v),
+        Reply::Fdb(v) => serde_json::to_value(v),
+        Reply::Drops(v) => serde_json::to_value(v),
+    };
+    let mut text = value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+pub fn text(reply: &Reply) -> String {
+    match reply {
+        Reply::Status(status) => render_status(status),
+        Reply::SaList(sas) => render_sas(sas),
+        Reply::SaFlush(report) => render_flush(report),
+        Reply::Peers(peers) => render_peers(peers),
+        Reply::Fdb(entries) => render_fdb(entries),
+        Reply::Drops(report) => render_drops(report),
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
+    table
+}
+
+fn finish(table: Table) -> String {
+    format!("{table}\n")
+}
+
+fn ago(secs: Option<u64>) -> String {
+    secs.map_or_else(|| "never".to_string(), |s| format!("{}s ago", s))
+}
+
+fn counts(drops: &BTreeMap<DropReason, u64>) -> String {
+    if drops.is_empty() {
+        return "0".to_string();
+    }
+    drops.iter().map(|(reason, count)| format!("{reason}={count}")).collect::<Vec<_>>().join(" ")
+}
+
+fn render_status(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node {} of mesh \"{}\" at {}", status.node, status.mesh, status.underlay_address);
+    let _ = writeln!(out, "meshd {}, up {}s, {} datapath workers, config {}", status.daemon_version, status.uptime_secs, status.workers, status.config_path);
+    let _ = writeln!(out, "peers: {} configured, {} with SAs both ways", status.peers_configured, status.peers_with_sas);
+    let _ = writeln!(out, "drops: {} (ikectl drops for details)", status.drops_total);
+    if status.peers_with_sas < status.peers_configured {
+        let _ = writeln!(out, "warning: {} peer(s) have no SA pair: see ikectl peers", status.peers_configured - status.peers_with_sas);
+    }
+    let mut overlays = table(&["overlay", "interface", "VNI", "MTU", "MTU from", "address"]);
+    for o in &status.overlays {
+        overlays.add_row(vec![
+            o.name.clone(),
+            o.interface.clone(),
+            o.vni.to_string(),
+            o.mtu.to_string(),
+            o.mtu_reason.clone(),
+            o.address.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out + &finish(overlays)
+}
+
+fn render_sas(sas: &[SaInfo]) -> String {
+    if sas.is_empty() {
+        return "no SAs\n".to_string();
+    }
+    let mut t = table(&["peer", "dir", "SPI", "cipher", "mode", "encap", "origin", "age", "packets", "bytes", "seq / replay window", "last used", "drops"]);
+    for sa in sas {
+        let sequence = match (&sa.replay, sa.sequence) {
+            (Some(r), _) => format!("top {} ({}/{} in window)", r.highest_sequence, r.received_in_window, r.window_size),
+            (None, Some(seq)) => format!("sent {seq}"),
+            (None, None) => "-".to_string(),
+        };
+        t.add_row(vec![
+            sa.peer.clone(),
+            sa.direction.to_string(),
+            sa.spi.to_string(),
+            format!("{}{}", sa.cipher, if sa.esn { " esn" } else { "" }),
+            sa.mode.to_string(),
+            sa.encap.to_string(),
+            format!("{:?}", sa.origin).to_lowercase(),
+            format!("{}s", sa.age_secs),
+            sa.packets.to_string(),
+            sa.bytes.to_string(),
+            sequence,
+            ago(sa.last_used_secs),
+            counts(&sa.drops),
+        ]);
+    }
+    finish(t)
+}
+
+fn spis(list: &[mesh_config::control::Spi]) -> String {
+    if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn render_flush(report: &FlushReport) -> String {
+    let mut out = format!("removed: {}\nreinstalled: {}\n", spis(&report.removed), spis(&report.reinstalled));
+    if let Some(advice) = &report.advice {
+        let _ = writeln!(out, "note: {advice}");
+    }
+    out
+}
+
+fn render_peers(peers: &[PeerInfo]) -> String {
+    let mut t = table(&["peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes", "last rx", "drops"]);
+    for p in peers {
+        t.add_row(vec![
+            p.name.clone(),
+            p.address.to_string(),
+            p.mode.to_string(),
+            p.encap.to_string(),
+            p.outbound_spi.map_or_else(|| "none".to_string(), |s| s.to_string()),
+            spis(&p.inbound_spis),
+            p.tx_packets.to_string(),
+            p.tx_bytes.to_string(),
+            p.rx_packets.to_string(),
+            p.rx_bytes.to_string(),
+            ago(p.last_rx_secs),
+            p.drops.to_string(),
+        ]);
+    }
+    finish(t)
+}
+
+fn render_fdb(entries: &[FdbEntry]) -> String {
+    if entries.is_empty() {
+        return "no MAC learned yet (entries appear when frames arrive from peers)\n".to_string();
+    }
+    let mut t = table(&["overlay", "VNI", "MAC", "peer", "last seen"]);
+    for e in entries {
+        t.add_row(vec![e.overlay.clone(), e.vni.to_string(), e.mac.clone(), e.peer.clone(), format!("{}s ago", e.age_secs)]);
+    }
+    finish(t)
+}
+
+fn render_drops(report: &DropReport) -> String {
+    if report.total == 0 {
+        return "no drops\n".to_string();
+    }
+    let mut by_reason = table(&["reason", "count"]);
+    for (reason, count) in &report.by_reason {
+        by_reason.add_row(vec![reason.to_string(), count.to_string()]);
+    }
+    let mut by_peer = table(&["peer", "drops by reason"]);
+    for (peer, drops) in &report.by_peer {
+        by_peer.add_row(vec![peer.clone(), counts(drops)]);
+    }
+    let mut recent = table(&["time (unix ms)", "reason", "peer", "SPI", "seq", "from", "VNI"]);
+    for d in &report.recent {
+        let dash = || "-".to_string();
+        recent.add_row(vec![
+            d.at_unix_ms.to_string(),
+            d.reason.to_string(),
+            d.peer.clone().unwrap_or_else(dash),
+            d.spi.map_or_else(dash, |s| s.to_string()),
+            d.sequence.map_or_else(dash, |s| s.to_string()),
+            d.outer_source.map_or_else(dash, |s| s.to_string()),
+            d.vni.map_or_else(dash, |v| v.to_string()),
+        ]);
+    }
+    format!("{} drops\n{}{}recent:\n{}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_config::control::{Direction, ReplayInfo, SaOrigin, Spi};
+    use mesh_config::{Cipher, Encap, Mode};
+
+    fn inbound_sa() -> SaInfo {
+        SaInfo {
+            peer: "n2".into(),
+            direction: Direction::In,
+            spi: Spi(0x1002),
+            cipher: Cipher::Aes256Gcm16,
+            mode: Mode::Transport,
+            encap: Encap::Udp,
+            origin: SaOrigin::Manual,
+            esn: false,
+            age_secs: 12,
+            packets: 3,
+            bytes: 294,
+            last_used_secs: Some(1),
+            replay: Some(ReplayInfo { highest_sequence: 3, window_size: 4096, received_in_window: 3 }),
+            sequence: None,
+            drops: BTreeMap::from([(DropReason::Authentication, 2)]),
+        }
+    }
+
+    #[test]
+    fn sa_table_shows_what_the_operator_needs() {
+        let out = text(&Reply::SaList(vec![inbound_sa()]));
+        for needle in ["n2", "in", "0x00001002", "aes256gcm16", "transport", "udp", "manual", "top 3 (3/4096 in window)", "1s ago", "authentication=2"] {
+            assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+        }
+        assert_eq!(text(&Reply::SaList(vec![])), "no SAs\n");
+    }
+
+    #[test]
+    fn json_is_the_bare_data() {
+        let value: serde_json::Value = serde_json::from_str(&json(&Reply::SaList(vec![inbound_sa()]))).unwrap();
+        assert_eq!(value[0]["spi"], "0x00001002");
+        assert_eq!(value[0]["drops"]["authentication"], 2);
+        assert_eq!(value[0]["replay"]["highest_sequence"], 3);
+    }
+
+    #[test]
+    fn flush_advice_is_printed() {
+        let out = text(&Reply::SaFlush(FlushReport { removed: vec![Spi(1)], reinstalled: vec![], advice: Some("do this".into()) }));
+        assert_eq!(out, "removed: 0x00000001\nreinstalled: none\nnote: do this\n");
+    }
+}

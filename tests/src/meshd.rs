@@ -1,0 +1,244 @@
+//! A `meshd run` process inside a lab namespace, and `ikectl` against its control socket.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::netns::Netns;
+use crate::util::{describe_output, send_signal, wait_until};
+
+/// The cargo target directory the test executable was built into (`target/debug`): the test
+/// binary is `target/debug/deps/<name>-<hash>`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a parent directory");
+    if deps.file_name() == Some(OsStr::new("deps")) {
+        deps.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+fn workspace_bin(name: &str, env_override: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_override) {
+        return PathBuf::from(path);
+    }
+    let path = target_dir().join(name);
+    if !path.is_file() {
+        panic!("{} not found: build them first: cargo build --workspace (or set {env_override})", path.display());
+    }
+    path
+}
+
+/// `target/debug/meshd` (or `$MESHD_BIN`).
+pub fn meshd_bin() -> PathBuf {
+    workspace_bin("meshd", "MESHD_BIN")
+}
+
+/// `target/debug/ikectl` (or `$IKECTL_BIN`).
+pub fn ikectl_bin() -> PathBuf {
+    workspace_bin("ikectl", "IKECTL_BIN")
+}
+
+/// A running `meshd run` in a namespace. Its stdout and stderr go to a log file, printed when
+/// the test panics. Dropping it sends SIGTERM, and SIGKILL after 5 s.
+#[derive(Debug)]
+pub struct Meshd {
+    child: Option<Child>,
+    netns: String,
+    node: String,
+    socket: PathBuf,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+    _dir: TempDir,
+}
+
+impl Meshd {
+    /// Starts `meshd run --config CONFIG --node NODE --ctl-socket <tempdir>/NODE.sock` in `ns`
+    /// and waits (at most 10 s) until `ikectl status` answers; panics with the log otherwise.
+    pub fn start(ns: &Netns, config: &Path, node: &str) -> Meshd {
+        let dir = tempfile::Builder::new().prefix("meshd-run-").tempdir().expect("tempdir");
+        let socket = dir.path().join(format!("{node}.sock"));
+        let log = dir.path().join(format!("{node}.log"));
+        let child = spawn_meshd(ns, config, node, &socket, &log);
+        let mut meshd =
+            Meshd { child: Some(child), netns: ns.name().to_string(), node: node.to_string(), socket, log, exit: None, _dir: dir };
+        meshd.wait_ready(Duration::from_secs(10));
+        meshd
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.exit = Some(status);
+                    self.child = None;
+                    panic!(
+                        "meshd {} in {} exited during startup ({status})\n--- meshd log ---\n{}",
+                        self.node,
+                        self.netns,
+                        self.log()
+                    );
+                }
+            }
+            if self.socket.exists() && self.ikectl(&["status"]).status.success() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let status = self.ikectl(&["status"]);
+                panic!(
+                    "meshd {} in {}: `ikectl status` did not succeed within {timeout:?}\n{}\n--- meshd log ---\n{}",
+                    self.node,
+                    self.netns,
+                    describe_output(&status),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `ikectl --socket SOCK args...`, run inside the daemon's namespace.
+    pub fn ikectl(&self, args: &[&str]) -> Output {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(ikectl_bin()).arg("--socket").arg(&self.socket).args(args);
+        command.stdin(Stdio::null()).output().expect("run ikectl")
+    }
+
+    /// `ikectl --socket SOCK --json args...`, parsed; panics (with the daemon log) when ikectl
+    /// fails or prints something that is not JSON. A reply still in its protocol envelope
+    /// (`{"version":1,"ok":{"kind":..,"data":..}}`) is unwrapped to its data.
+    pub fn ikectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let output = self.ikectl(&full);
+        if !output.status.success() {
+            panic!(
+                "meshd {}: ikectl {} failed\n{}\n--- meshd log ---\n{}",
+                self.node,
+                full.join(" "),
+                describe_output(&output),
+                self.log()
+            );
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!("meshd {}: ikectl {} printed no JSON ({e}):\n{text}", self.node, full.join(" "))
+        });
+        match value.get("ok").and_then(|ok| ok.get("data")) {
+            Some(data) if value.get("version").is_some() => data.clone(),
+            _ => value,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit (SIGKILL after 5 s); returns the exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let mut child = self.child.take().expect("meshd child");
+        let status = terminate(&mut child, Duration::from_secs(5));
+        self.exit = Some(status);
+        status
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    self.exit = Some(status);
+                    self.child = None;
+                    false
+                }
+                Err(_) => false,
+            },
+            None => false,
+        }
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = terminate(&mut child, Duration::from_secs(5));
+            self.exit = Some(status);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "===== meshd {} (netns {}, exit {:?}) log {} =====\n{}\n===== end of meshd {} log =====",
+                self.node,
+                self.netns,
+                self.exit,
+                self.log.display(),
+                self.log(),
+                self.node
+            );
+        }
+    }
+}
+
+/// Spawns `ip netns exec NS meshd run ...` with stdout and stderr appended to `log`, without
+/// waiting for anything (for tests of startup failures). `ip netns exec` execs the command in
+/// place, so the child's pid is meshd's.
+pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &Path) -> Child {
+    let out = File::options().create(true).append(true).open(log).expect("open meshd log");
+    let err = out.try_clone().expect("dup log fd");
+    let mut command = ns.command([meshd_bin().as_os_str()]);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(node)
+        .arg("--ctl-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    command.spawn().expect("spawn meshd")
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; returns the exit status.
+pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    send_signal(child.id(), libc::SIGTERM);
+    if let Some(status) = wait_until(grace, || child.try_wait().ok().flatten()) {
+        return status;
+    }
+    eprintln!("process {} did not exit within {grace:?} of SIGTERM: SIGKILL", child.id());
+    let _ = child.kill();
+    child.wait().expect("wait for killed child")
+}

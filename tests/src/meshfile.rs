@@ -1,0 +1,236 @@
+//! Writes a `mesh.toml` (and its psk file) for a lab, with `[[manual_sa]]` entries for every
+//! ordered pair of nodes, and keeps the keys so tests can hand them to tshark.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use crate::capture::EspSaKeys;
+use crate::lab::{overlay_addr, Lab};
+use crate::util::{hex, random_bytes};
+
+/// The overlay every lab mesh has.
+pub const OVERLAY_NAME: &str = "ovl0";
+pub const OVERLAY_VNI: u32 = 4242;
+
+/// One `[[manual_sa]]` entry. Node indexes are 0-based (`from = 0` is node `n1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualSa {
+    pub from: usize,
+    pub to: usize,
+    pub from_name: String,
+    pub to_name: String,
+    /// Underlay addresses of `from` and `to`.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub spi: u32,
+    /// "aes256gcm16" or "chacha20poly1305".
+    pub cipher: String,
+    /// 32-byte key followed by the 4-byte salt (nonce prefix).
+    pub key: Vec<u8>,
+}
+
+impl ManualSa {
+    /// `0x0000abcd`, as in `mesh.toml` and `ikectl` output.
+    pub fn spi_text(&self) -> String {
+        format!("0x{:08x}", self.spi)
+    }
+
+    /// 72 hex digits.
+    pub fn key_hex(&self) -> String {
+        hex(&self.key)
+    }
+
+    /// The keys in the form [`crate::Capture::read_decrypted`] takes.
+    pub fn esp_keys(&self) -> EspSaKeys {
+        EspSaKeys { src: self.src, dst: self.dst, spi: self.spi, cipher: self.cipher.clone(), key: self.key.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshFileBuilder {
+    name: String,
+    addresses: Vec<IpAddr>,
+    encap: String,
+    mode: String,
+    cipher: String,
+    extra: String,
+}
+
+impl MeshFileBuilder {
+    /// "udp" (default) or "esp".
+    pub fn encap(mut self, encap: &str) -> Self {
+        self.encap = encap.to_string();
+        self
+    }
+
+    /// "transport" (default) or "tunnel".
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.mode = mode.to_string();
+        self
+    }
+
+    /// "aes256gcm16" (default) or "chacha20poly1305", for every manual SA.
+    pub fn cipher(mut self, cipher: &str) -> Self {
+        self.cipher = cipher.to_string();
+        self
+    }
+
+    /// Verbatim TOML appended at the end of the file (after the last `[[manual_sa]]`, so start
+    /// it with a table header), for tests of other keys.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    pub fn write(self) -> MeshFile {
+        let dir = tempfile::Builder::new().prefix("meshd-lab-").tempdir().expect("create tempdir");
+        let psk = dir.path().join("psk");
+        fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
+        fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
+
+        let n = self.addresses.len();
+        let mut sas = Vec::new();
+        for from in 0..n {
+            for to in 0..n {
+                if from == to {
+                    continue;
+                }
+                sas.push(ManualSa {
+                    from,
+                    to,
+                    from_name: node_name(from),
+                    to_name: node_name(to),
+                    src: self.addresses[from],
+                    dst: self.addresses[to],
+                    spi: spi_for(from, to),
+                    cipher: self.cipher.clone(),
+                    key: random_bytes(36),
+                });
+            }
+        }
+        let file = MeshFile { path: dir.path().join("mesh.toml"), dir, options: self, sas };
+        fs::write(&file.path, file.render(&file.sas)).expect("write mesh.toml");
+        file
+    }
+}
+
+/// `0x1000 + 0x100 * from + to` with 1-based node numbers: n1 -> n2 is 0x1102.
+pub fn spi_for(from: usize, to: usize) -> u32 {
+    0x1000 + 0x100 * (from as u32 + 1) + (to as u32 + 1)
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// A mesh file in its own tempdir (removed on drop).
+#[derive(Debug)]
+pub struct MeshFile {
+    dir: TempDir,
+    path: PathBuf,
+    options: MeshFileBuilder,
+    sas: Vec<ManualSa>,
+}
+
+impl MeshFile {
+    /// A mesh file for every node of `lab`: nodes `n1..nN` at the lab's underlay addresses,
+    /// overlay `ovl0` (VNI 4242) with 10.244.0.{i+1}/24, manual SAs for every ordered pair.
+    pub fn builder(lab: &Lab) -> MeshFileBuilder {
+        MeshFile::for_addresses((0..lab.len()).map(|i| lab.addr(i)).collect())
+    }
+
+    /// Like [`MeshFile::builder`] for nodes at `addresses` (node `i` is `n{i+1}`), no lab needed.
+    pub fn for_addresses(addresses: Vec<IpAddr>) -> MeshFileBuilder {
+        MeshFileBuilder {
+            name: "lab".to_string(),
+            addresses,
+            encap: "udp".into(),
+            mode: "transport".into(),
+            cipher: "aes256gcm16".into(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn sas(&self) -> &[ManualSa] {
+        &self.sas
+    }
+
+    /// The SA `from -> to` (0-based node indexes).
+    pub fn sa(&self, from: usize, to: usize) -> &ManualSa {
+        self.sas
+            .iter()
+            .find(|sa| sa.from == from && sa.to == to)
+            .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1))
+    }
+
+    /// Every SA's keys, for [`crate::Capture::read_decrypted`].
+    pub fn esp_keys(&self) -> Vec<EspSaKeys> {
+        self.sas.iter().map(ManualSa::esp_keys).collect()
+    }
+
+    pub fn text(&self) -> String {
+        fs::read_to_string(&self.path).expect("read mesh.toml")
+    }
+
+    /// Writes a second mesh file `file_name` next to this one (same psk) that differs only in
+    /// the key of the SA `from -> to`. Give it to one node to make that node's view of the SA
+    /// disagree with the others' (e.g. a wrong inbound key).
+    pub fn variant_with_key(&self, file_name: &str, from: usize, to: usize, key: &[u8]) -> PathBuf {
+        assert_eq!(key.len(), 36, "a manual SA key is 32 bytes of key + 4 bytes of salt");
+        let mut sas = self.sas.clone();
+        let sa = sas
+            .iter_mut()
+            .find(|sa| sa.from == from && sa.to == to)
+            .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1));
+        sa.key = key.to_vec();
+        let path = self.dir.path().join(file_name);
+        fs::write(&path, self.render(&sas)).expect("write mesh file variant");
+        path
+    }
+
+    fn render(&self, sas: &[ManualSa]) -> String {
+        let o = &self.options;
+        let mut t = String::new();
+        let _ = writeln!(t, "# written by meshd-lab");
+        let _ = writeln!(t, "[mesh]");
+        let _ = writeln!(t, "name = \"{}\"", o.name);
+        let _ = writeln!(t, "psk_file = \"psk\"");
+        let _ = writeln!(t, "encap = \"{}\"", o.encap);
+        let _ = writeln!(t, "mode = \"{}\"", o.mode);
+        for (i, addr) in o.addresses.iter().enumerate() {
+            let _ = writeln!(t, "\n[[node]]\nname = \"{}\"\naddress = \"{}\"", node_name(i), addr);
+        }
+        let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}\n[overlay.address]");
+        for i in 0..o.addresses.len() {
+            let _ = writeln!(t, "{} = \"{}/24\"", node_name(i), overlay_addr(i));
+        }
+        for sa in sas {
+            let _ = writeln!(
+                t,
+                "\n[[manual_sa]]\nfrom = \"{}\"\nto = \"{}\"\nspi = \"{}\"\ncipher = \"{}\"\nkey = \"{}\"",
+                sa.from_name,
+                sa.to_name,
+                sa.spi_text(),
+                sa.cipher,
+                sa.key_hex()
+            );
+        }
+        if !o.extra.is_empty() {
+            let _ = writeln!(t, "\n{}", o.extra);
+        }
+        t
+    }
+}
