@@ -34,3 +34,11 @@ pub fn forbid_fragmentation_v4(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn forbid_fragmentation_v6(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
 }
+
+/// Sets the socket's receive and send buffers to `bytes`, above net.core.rmem_max/wmem_max
+/// (SO_RCVBUFFORCE/SO_SNDBUFFORCE need CAP_NET_ADMIN, which meshd has).
+pub fn force_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)?;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
+}

@@ -16,10 +16,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(packet) = Packet::new_checked(data) else {
         return;
     };
-    black_box((packet.source_port(), packet.destination_port(), packet.checksum()));
+    black_box((
+        packet.source_port(),
+        packet.destination_port(),
+        packet.checksum(),
+    ));
     black_box(packet.verify_checksum_ipv4(V4.0, V4.1));
     black_box(packet.verify_checksum_ipv6(V6.0, V6.1));
-    assert_eq!(packet.payload().len() + HEADER_LEN, usize::from(packet.length()));
+    assert_eq!(
+        packet.payload().len() + HEADER_LEN,
+        usize::from(packet.length())
+    );
 
     // A filled checksum must verify and never be 0 (which means "none" on the wire).
     let mut copy = data.to_vec();

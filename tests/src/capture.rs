@@ -149,6 +149,9 @@ impl Capture {
                 capture.stderr()
             );
         }
+        // tshark says "Capturing on" a few milliseconds before the packet socket really sees
+        // traffic (measured: the first ~10 ms of packets are missing), so let it settle.
+        std::thread::sleep(Duration::from_millis(300));
         capture
     }
 

@@ -15,6 +15,10 @@ use std::os::fd::AsRawFd;
 use crate::netns::Netns;
 
 /// Sends `frame` (a complete Ethernet frame: destination MAC first) out of `iface` in `ns`.
+///
+/// A frame captured on the sending side of a veth usually carries a partial UDP checksum
+/// (checksum offload: the kernel never filled it in); the receiver would drop it as a bad
+/// checksum. Pass such frames through [`fix_udp_checksum`] first.
 pub fn inject_frame(ns: &Netns, iface: &str, frame: &[u8]) {
     assert!(frame.len() >= 14, "an Ethernet frame has at least 14 bytes");
     let ns_path = format!("/run/netns/{}", ns.name());
@@ -78,4 +82,56 @@ fn send_raw(ns_fd: libc::c_int, iface: &CString, frame: &[u8]) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// Recomputes the UDP checksum of an Ethernet/IPv4 or Ethernet/IPv6 frame carrying UDP (no
+/// extension headers), in place; other frames are left alone. This is the value a NIC doing
+/// checksum offload would have put on the wire.
+pub fn fix_udp_checksum(frame: &mut [u8]) {
+    if frame.len() < 14 {
+        return;
+    }
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let ip = 14;
+    let (udp, pseudo): (usize, Vec<u8>) = match ethertype {
+        0x0800 if frame.len() >= ip + 20 && frame[ip + 9] == 17 => {
+            let ihl = usize::from(frame[ip] & 0x0f) * 4;
+            let udp = ip + ihl;
+            if frame.len() < udp + 8 {
+                return;
+            }
+            let mut pseudo = frame[ip + 12..ip + 20].to_vec();
+            pseudo.extend_from_slice(&[0, 17]);
+            pseudo.extend_from_slice(&frame[udp + 4..udp + 6]);
+            (udp, pseudo)
+        }
+        0x86dd if frame.len() >= ip + 48 && frame[ip + 6] == 17 => {
+            let udp = ip + 40;
+            let mut pseudo = frame[ip + 8..ip + 40].to_vec();
+            pseudo.extend_from_slice(&[0, 0]);
+            pseudo.extend_from_slice(&frame[udp + 4..udp + 6]);
+            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+            (udp, pseudo)
+        }
+        _ => return,
+    };
+    let len = usize::from(u16::from_be_bytes([frame[udp + 4], frame[udp + 5]]));
+    if len < 8 || udp + len > frame.len() {
+        return;
+    }
+    frame[udp + 6] = 0;
+    frame[udp + 7] = 0;
+    let mut sum: u32 = 0;
+    for chunk in pseudo.chunks(2).chain(frame[udp..udp + len].chunks(2)) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut checksum = !(sum as u16);
+    if checksum == 0 {
+        checksum = 0xffff;
+    }
+    frame[udp + 6..udp + 8].copy_from_slice(&checksum.to_be_bytes());
 }

@@ -19,9 +19,9 @@ pub mod netns;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
-pub use inject::inject_frame;
+pub use inject::{fix_udp_checksum, inject_frame};
 pub use lab::{Family, Lab, LabBuilder};
-pub use meshd::{ikectl_bin, meshd_bin, Meshd};
+pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
 pub use util::{require_root, wait_until};

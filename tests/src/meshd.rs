@@ -157,6 +157,18 @@ impl Meshd {
         }
     }
 
+    /// The interface of overlay `overlay` (from `ikectl --json status`).
+    pub fn overlay_interface(&self, overlay: &str) -> String {
+        let status = self.ikectl_json(&["status"]);
+        let overlays = status["overlays"].as_array().cloned().unwrap_or_default();
+        overlays
+            .iter()
+            .find(|o| o["name"].as_str() == Some(overlay))
+            .and_then(|o| o["interface"].as_str())
+            .unwrap_or_else(|| panic!("meshd {}: no overlay {overlay:?} in `ikectl --json status`: {status}", self.node))
+            .to_string()
+    }
+
     /// Sends SIGTERM and waits for the exit (SIGKILL after 5 s); returns the exit status.
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
@@ -223,6 +235,8 @@ pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &P
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    // Plain text logs in the file (tracing-subscriber honours NO_COLOR).
+    command.env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
     }
@@ -241,4 +255,10 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     eprintln!("process {} did not exit within {grace:?} of SIGTERM: SIGKILL", child.id());
     let _ = child.kill();
     child.wait().expect("wait for killed child")
+}
+
+/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, and waits until each
+/// answers `ikectl status`.
+pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
+    (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
 }

@@ -101,6 +101,12 @@ impl Netns {
             .unwrap_or_else(|e| panic!("in netns {}: cannot start {:?}: {e}", self.name, args))
     }
 
+    /// `ping -c COUNT -W 2 -i 0.2 ADDR` (IPv4 or IPv6 by the address); the caller checks the
+    /// status.
+    pub fn ping(&self, addr: &str, count: u32) -> Output {
+        self.exec(["ping", "-n", "-c", &count.to_string(), "-W", "2", "-i", "0.2", addr])
+    }
+
     /// The pids of every process in the namespace.
     pub fn pids(&self) -> Vec<u32> {
         Command::new("ip")

@@ -23,9 +23,12 @@ const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 fn configure(socket: &Socket, local: IpAddr) -> io::Result<()> {
     socket.set_nonblocking(true)?;
-    // The kernel may cap these (net.core.rmem_max); a smaller buffer only costs burst tolerance.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    if let Err(error) = sys::force_buffer_sizes(socket.as_fd(), SOCKET_BUFFER_BYTES) {
+        // Without CAP_NET_ADMIN the kernel caps the size at net.core.rmem_max: only burst tolerance suffers.
+        tracing::debug!(%error, "could not raise the socket buffers; using what the kernel allows");
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    }
     match local {
         IpAddr::V4(_) => sys::forbid_fragmentation_v4(socket.as_fd()),
         IpAddr::V6(_) => sys::forbid_fragmentation_v6(socket.as_fd()),

@@ -31,9 +31,12 @@ impl AeadKey {
             Cipher::Chacha20Poly1305 => &CHACHA20_POLY1305,
         };
         debug_assert_eq!(algorithm.tag_len(), ICV_LEN);
-        let unbound =
-            UnboundKey::new(algorithm, km.key()).map_err(|_| CryptoError::KeyRejected)?;
-        Ok(AeadKey { cipher, key: LessSafeKey::new(unbound), salt: km.salt() })
+        let unbound = UnboundKey::new(algorithm, km.key()).map_err(|_| CryptoError::KeyRejected)?;
+        Ok(AeadKey {
+            cipher,
+            key: LessSafeKey::new(unbound),
+            salt: km.salt(),
+        })
     }
 
     pub(crate) fn cipher(&self) -> Cipher {
@@ -93,7 +96,9 @@ impl Drop for AeadKey {
 
 impl fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AeadKey").field("cipher", &self.cipher.as_str()).finish_non_exhaustive()
+        f.debug_struct("AeadKey")
+            .field("cipher", &self.cipher.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +109,10 @@ pub(crate) mod tests {
     /// Decodes hex, ignoring whitespace. Test vectors only.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        assert!(digits.len() % 2 == 0, "odd number of hex digits");
+        assert!(
+            digits.chunks_exact(2).remainder().is_empty(),
+            "odd number of hex digits"
+        );
         digits
             .chunks(2)
             .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
@@ -190,7 +198,12 @@ pub(crate) mod tests {
 
             data.extend_from_slice(&tag);
             k.open(&iv, &aad, &mut data).unwrap();
-            assert_eq!(&data[..data.len() - ICV_LEN], &hex(case.plaintext)[..], "{}", case.name);
+            assert_eq!(
+                &data[..data.len() - ICV_LEN],
+                &hex(case.plaintext)[..],
+                "{}",
+                case.name
+            );
 
             // Any flipped bit in ciphertext or tag, or a different AAD, fails.
             let mut sealed = hex(case.ciphertext);
@@ -198,12 +211,22 @@ pub(crate) mod tests {
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert_eq!(k.open(&iv, &aad, &mut bad), Err(AeadFailure), "{} byte {i}", case.name);
+                assert_eq!(
+                    k.open(&iv, &aad, &mut bad),
+                    Err(AeadFailure),
+                    "{} byte {i}",
+                    case.name
+                );
             }
             let mut other_aad = aad.clone();
             other_aad.push(0);
             let mut bad = sealed.clone();
-            assert_eq!(k.open(&iv, &other_aad, &mut bad), Err(AeadFailure), "{}", case.name);
+            assert_eq!(
+                k.open(&iv, &other_aad, &mut bad),
+                Err(AeadFailure),
+                "{}",
+                case.name
+            );
         }
     }
 

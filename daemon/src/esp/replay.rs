@@ -55,7 +55,6 @@ pub struct ReplayState {
 /// Not synchronized: the SA keeps it behind its own lock. [`check`](Self::check) (before
 /// authentication) takes `&self`; [`accept`](Self::accept) (after) takes `&mut self` and
 /// checks again, since another worker may have accepted the same number in between.
-#[derive(Clone)]
 pub struct ReplayWindow {
     /// The window size in sequence numbers: a multiple of 64.
     size: u32,
@@ -162,7 +161,10 @@ impl ReplayWindow {
     /// Word index and bit mask of `seq`.
     fn position(&self, seq: u64) -> (usize, u64) {
         let pos = seq % u64::from(self.size);
-        ((pos / u64::from(WORD_BITS)) as usize, 1u64 << (pos % u64::from(WORD_BITS)))
+        (
+            (pos / u64::from(WORD_BITS)) as usize,
+            1u64 << (pos % u64::from(WORD_BITS)),
+        )
     }
 
     /// Moves the top to `new_top` (> top), clearing the bits of the numbers passed over: they
@@ -181,7 +183,11 @@ impl ReplayWindow {
                 let word = (pos / u64::from(WORD_BITS)) as usize;
                 let bit = pos % u64::from(WORD_BITS);
                 let n = remaining.min(u64::from(WORD_BITS) - bit);
-                let mask = if n == u64::from(WORD_BITS) { !0 } else { ((1u64 << n) - 1) << bit };
+                let mask = if n == u64::from(WORD_BITS) {
+                    !0
+                } else {
+                    ((1u64 << n) - 1) << bit
+                };
                 self.bits[word] &= !mask;
                 remaining -= n;
                 if remaining == 0 {
@@ -245,11 +251,25 @@ mod tests {
         // The window is 37 ..= 100.
         assert_eq!(w.check(36), Err(ReplayError::TooOld));
         assert_eq!(w.accept(37), Ok(()));
-        assert_eq!(w.state(), ReplayState { highest: 100, size: 64, received: 3 });
+        assert_eq!(
+            w.state(),
+            ReplayState {
+                highest: 100,
+                size: 64,
+                received: 3
+            }
+        );
         // One step forward pushes 37 out.
         assert_eq!(w.accept(101), Ok(()));
         assert_eq!(w.check(37), Err(ReplayError::TooOld));
-        assert_eq!(w.state(), ReplayState { highest: 101, size: 64, received: 3 });
+        assert_eq!(
+            w.state(),
+            ReplayState {
+                highest: 101,
+                size: 64,
+                received: 3
+            }
+        );
         // A jump past the window forgets everything.
         assert_eq!(w.accept(1_000_000), Ok(()));
         assert_eq!(w.check(101), Err(ReplayError::TooOld));
@@ -291,10 +311,10 @@ mod tests {
         assert_eq!(w.infer_sequence(937, true), (1 << 32) + 937);
         assert_eq!(w.infer_sequence(936, true), (2 << 32) + 936);
         assert_eq!(w.infer_sequence(5000, true), (1 << 32) + 5000);
-        // Case B: top = 2^33 + 10; window spans 2^33 - 54 ..= 2^33 + 10.
+        // Case B: top = 2^33 + 10; window spans 2^33 - 53 ..= 2^33 + 10.
         w.accept((2 << 32) + 10).unwrap();
-        assert_eq!(w.infer_sequence(0xffff_ffca, true), (1 << 32) + 0xffff_ffca);
-        assert_eq!(w.infer_sequence(0xffff_ffc9, true), (2 << 32) + 0xffff_ffc9);
+        assert_eq!(w.infer_sequence(0xffff_ffcb, true), (1 << 32) + 0xffff_ffcb);
+        assert_eq!(w.infer_sequence(0xffff_ffca, true), (2 << 32) + 0xffff_ffca);
         assert_eq!(w.infer_sequence(3, true), (2 << 32) + 3);
     }
 
@@ -302,7 +322,10 @@ mod tests {
     fn debug_shows_state() {
         let mut w = ReplayWindow::new(64);
         w.accept(3).unwrap();
-        assert_eq!(format!("{w:?}"), "ReplayWindow { highest: 3, size: 64, received: 1 }");
+        assert_eq!(
+            format!("{w:?}"),
+            "ReplayWindow { highest: 3, size: 64, received: 1 }"
+        );
     }
 
     /// The reference: every number ever accepted, and the highest.
@@ -333,7 +356,10 @@ mod tests {
         }
 
         fn received(&self) -> u32 {
-            self.seen.iter().filter(|&&s| s + self.size > self.top).count() as u32
+            self.seen
+                .iter()
+                .filter(|&&s| s + self.size > self.top)
+                .count() as u32
         }
     }
 
@@ -344,12 +370,12 @@ mod tests {
 
     fn next_seq(top: u64, (kind, x): (u8, u64)) -> u64 {
         match kind {
-            0..=2 => top + 1 + x % 4,         // in order, small gaps
-            3 => top.saturating_sub(x),       // reordered or repeated, maybe too old
-            4 => top + x,                     // jump (x may exceed the window)
-            5 => top.saturating_sub(x % 70),  // near the bottom of a 64 window
-            6 => x % 8,                       // very old, or 0
-            _ => top,                         // duplicate of the top
+            0..=2 => top + 1 + x % 4,        // in order, small gaps
+            3 => top.saturating_sub(x),      // reordered or repeated, maybe too old
+            4 => top + x,                    // jump (x may exceed the window)
+            5 => top.saturating_sub(x % 70), // near the bottom of a 64 window
+            6 => x % 8,                      // very old, or 0
+            _ => top,                        // duplicate of the top
         }
     }
 

@@ -6,7 +6,7 @@ use mesh_config::Cipher;
 
 use super::cipher::AeadKey;
 use super::key::{CryptoError, KeyMaterial};
-use super::trailer;
+use super::trailer::{self, sealed_len};
 use super::{ESP_HEADER_LEN, ICV_LEN, IV_LEN, MIN_PACKET_LEN, PLAINTEXT_OFFSET};
 
 /// The AAD of RFC 4303 §2.2.1 / RFC 4106 §5 / RFC 7634 §2.1: `SPI || seq` (8 bytes), or with
@@ -67,7 +67,9 @@ pub enum SealError {
 impl Sealer {
     /// A sealer for `cipher` with the SA's key material.
     pub fn new(cipher: Cipher, key: &KeyMaterial) -> Result<Self, CryptoError> {
-        Ok(Sealer { aead: AeadKey::new(cipher, key)? })
+        Ok(Sealer {
+            aead: AeadKey::new(cipher, key)?,
+        })
     }
 
     /// The SA's cipher.
@@ -94,7 +96,15 @@ impl Sealer {
         buf: &mut [u8],
         plaintext_len: usize,
     ) -> Result<usize, SealError> {
-        self.seal_with_iv(spi, seq, esn, next_header, seq.to_be_bytes(), buf, plaintext_len)
+        self.seal_with_iv(
+            spi,
+            seq,
+            esn,
+            next_header,
+            seq.to_be_bytes(),
+            buf,
+            plaintext_len,
+        )
     }
 
     /// [`seal`](Self::seal) with an explicit IV, for known-answer tests against published
@@ -116,13 +126,15 @@ impl Sealer {
         if !esn && seq > u64::from(u32::MAX) {
             return Err(SealError::SequenceExhausted(seq));
         }
-        let pad_and_trailer = trailer::padding_len(plaintext_len) + 2;
-        let too_short = SealError::BufferTooShort { needed: usize::MAX, available: buf.len() };
-        let ct_len = plaintext_len.checked_add(pad_and_trailer).ok_or(too_short)?;
-        let total = ct_len.checked_add(PLAINTEXT_OFFSET + ICV_LEN).ok_or(too_short)?;
+        // Saturates for absurd lengths; no slice is usize::MAX bytes long.
+        let total = sealed_len(plaintext_len);
         if buf.len() < total {
-            return Err(SealError::BufferTooShort { needed: total, available: buf.len() });
+            return Err(SealError::BufferTooShort {
+                needed: total,
+                available: buf.len(),
+            });
         }
+        let ct_len = total - PLAINTEXT_OFFSET - ICV_LEN;
         let packet = &mut buf[..total];
 
         let spi = spi.to_be_bytes();
@@ -133,7 +145,10 @@ impl Sealer {
         trailer::write(&mut body[plaintext_len..], next_header);
 
         let aad = EspAad::new(spi, seq, esn);
-        let tag = self.aead.seal(&iv, aad.as_slice(), body).map_err(|_| SealError::Crypto)?;
+        let tag = self
+            .aead
+            .seal(&iv, aad.as_slice(), body)
+            .map_err(|_| SealError::Crypto)?;
         icv.copy_from_slice(&tag);
         Ok(total)
     }
@@ -141,7 +156,9 @@ impl Sealer {
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealer").field("cipher", &self.cipher().as_str()).finish_non_exhaustive()
+        f.debug_struct("Sealer")
+            .field("cipher", &self.cipher().as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -196,7 +213,9 @@ impl OpenError {
 impl Opener {
     /// An opener for `cipher` with the SA's key material.
     pub fn new(cipher: Cipher, key: &KeyMaterial) -> Result<Self, CryptoError> {
-        Ok(Opener { aead: AeadKey::new(cipher, key)? })
+        Ok(Opener {
+            aead: AeadKey::new(cipher, key)?,
+        })
     }
 
     /// The SA's cipher.
@@ -232,24 +251,31 @@ impl Opener {
 
         let aad = EspAad::new(spi, seq, esn);
         let body = &mut packet[PLAINTEXT_OFFSET..];
-        self.aead.open(&iv, aad.as_slice(), body).map_err(|_| OpenError::Authentication)?;
+        self.aead
+            .open(&iv, aad.as_slice(), body)
+            .map_err(|_| OpenError::Authentication)?;
         let plaintext_len = body.len() - ICV_LEN;
         let (payload_len, next_header) =
             trailer::parse(&body[..plaintext_len]).map_err(|_| OpenError::BadPadding)?;
-        Ok(Opened { next_header, payload: &mut body[..payload_len] })
+        Ok(Opened {
+            next_header,
+            payload: &mut body[..payload_len],
+        })
     }
 }
 
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Opener").field("cipher", &self.cipher().as_str()).finish_non_exhaustive()
+        f.debug_struct("Opener")
+            .field("cipher", &self.cipher().as_str())
+            .finish_non_exhaustive()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::cipher::tests::hex;
-    use super::super::{sealed_len, trailer_len, ReplayWindow};
+    use super::super::{trailer_len, ReplayWindow};
     use super::*;
 
     fn km(bytes: &[u8]) -> KeyMaterial {
@@ -257,7 +283,10 @@ mod tests {
     }
 
     fn pair(cipher: Cipher, key: &[u8]) -> (Sealer, Opener) {
-        (Sealer::new(cipher, &km(key)).unwrap(), Opener::new(cipher, &km(key)).unwrap())
+        (
+            Sealer::new(cipher, &km(key)).unwrap(),
+            Opener::new(cipher, &km(key)).unwrap(),
+        )
     }
 
     const CIPHERS: [Cipher; 2] = [Cipher::Aes256Gcm16, Cipher::Chacha20Poly1305];
@@ -300,7 +329,7 @@ mod tests {
                      cbec163fac469b502773f6fb94e664da 9165b82829f641e0
                      76aaa8266b7fb0f7b11b369907e1ad43",
         },
-        // draft-mcgrew-gcm-test-01 §5 (AES-GCM test cases for ESP), the packet with a 256-bit
+        // draft-mcgrew-gcm-test-01 (AES-GCM test cases for ESP), the first packet with a 256-bit
         // key: SPI 0x4a2cbfe3, 32-bit seq 2, salt 11223344, IV 0102030405060708. Its trailer
         // is 01 02 | 02 | 01 (next header 1).
         EspVector {
@@ -320,7 +349,7 @@ mod tests {
                      748a637985771d347f0545659f14e99d ef842d8eb335f4eecfdbf831824b4c49
                      15956c96",
         },
-        // draft-mcgrew-gcm-test-01 §5, 256-bit key with a 64-bit (extended) sequence number
+        // draft-mcgrew-gcm-test-01, 256-bit key with a 64-bit (extended) sequence number
         // 0x156f3126dd0db99b, so the AAD is SPI || seq high || seq low.
         EspVector {
             source: "draft-mcgrew-gcm-test-01, SPI 17405e67 (ESN)",
@@ -340,7 +369,7 @@ mod tests {
                      d0a6df10e5487df074113e14c641024e 3e6773d91a62ee429b043a10e3efe6b0
                      12a49363412364f8c0cac587f249e56b 11e24f30e44ccc76",
         },
-        // draft-mcgrew-gcm-test-01 §5, 256-bit key, extended sequence number 2^64 - 1.
+        // draft-mcgrew-gcm-test-01, 256-bit key, extended sequence number 2^64 - 1.
         EspVector {
             source: "draft-mcgrew-gcm-test-01, SPI 796b6963 (ESN)",
             cipher: Cipher::Aes256Gcm16,
@@ -370,12 +399,24 @@ mod tests {
             buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload.len()].copy_from_slice(&payload);
             let iv: [u8; IV_LEN] = hex(v.iv).try_into().unwrap();
             let n = sealer
-                .seal_with_iv(v.spi, v.seq, v.esn, v.next_header, iv, &mut buf, payload.len())
+                .seal_with_iv(
+                    v.spi,
+                    v.seq,
+                    v.esn,
+                    v.next_header,
+                    iv,
+                    &mut buf,
+                    payload.len(),
+                )
                 .unwrap();
             assert_eq!(n, want.len(), "{}", v.source);
             assert_eq!(n, sealed_len(payload.len()), "{}", v.source);
             assert_eq!(hex_string(&buf[..n]), hex_string(&want), "{}", v.source);
-            assert!(buf[n..].iter().all(|&b| b == 0), "{}: wrote past the packet", v.source);
+            assert!(
+                buf[n..].iter().all(|&b| b == 0),
+                "{}: wrote past the packet",
+                v.source
+            );
         }
     }
 
@@ -408,7 +449,10 @@ mod tests {
             let (_, opener) = pair(v.cipher, &hex(v.key_material));
             let mut packet = hex(v.packet);
             let seq = if v.esn { v.seq & 0xffff_ffff } else { v.seq };
-            assert_eq!(opener.open(seq, !v.esn, &mut packet), Err(OpenError::Authentication));
+            assert_eq!(
+                opener.open(seq, !v.esn, &mut packet),
+                Err(OpenError::Authentication)
+            );
         }
     }
 
@@ -417,13 +461,17 @@ mod tests {
     }
 
     fn key_bytes(seed: u8) -> Vec<u8> {
-        (0..36u8).map(|i| i.wrapping_mul(7).wrapping_add(seed)).collect()
+        (0..36u8)
+            .map(|i| i.wrapping_mul(7).wrapping_add(seed))
+            .collect()
     }
 
     fn sealed(sealer: &Sealer, spi: u32, seq: u64, esn: bool, payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; sealed_len(payload.len())];
         buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload.len()].copy_from_slice(payload);
-        let n = sealer.seal(spi, seq, esn, 17, &mut buf, payload.len()).unwrap();
+        let n = sealer
+            .seal(spi, seq, esn, 17, &mut buf, payload.len())
+            .unwrap();
         assert_eq!(n, buf.len());
         buf
     }
@@ -434,13 +482,20 @@ mod tests {
             let (sealer, opener) = pair(cipher, &key_bytes(1));
             for len in 0..70usize {
                 let payload: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
-                for (seq, esn) in [(1u64, false), (u32::MAX as u64, false), (0x1_0000_0003, true)]
-                {
+                for (seq, esn) in [
+                    (1u64, false),
+                    (u32::MAX as u64, false),
+                    (0x1_0000_0003, true),
+                ] {
                     let mut packet = sealed(&sealer, 0xdead_beef, seq, esn, &payload);
                     assert_eq!(packet.len() % 4, 0);
                     assert_eq!(&packet[..4], &0xdead_beefu32.to_be_bytes());
                     assert_eq!(&packet[4..8], &(seq as u32).to_be_bytes());
-                    assert_eq!(&packet[8..16], &seq.to_be_bytes(), "IV is the sequence number");
+                    assert_eq!(
+                        &packet[8..16],
+                        &seq.to_be_bytes(),
+                        "IV is the sequence number"
+                    );
                     if len >= 16 {
                         assert_ne!(&packet[16..32], &payload[..16], "payload is encrypted");
                     }
@@ -468,7 +523,13 @@ mod tests {
             for esn in [false, true] {
                 let (sealer, opener) = pair(cipher, &key_bytes(3));
                 let seq = if esn { 0x7_0000_0010 } else { 0x10 };
-                let good = sealed(&sealer, 0x0102_0304, seq, esn, b"an overlay frame, 31 bytes long");
+                let good = sealed(
+                    &sealer,
+                    0x0102_0304,
+                    seq,
+                    esn,
+                    b"an overlay frame, 31 bytes long",
+                );
                 for i in 0..good.len() {
                     for flip in [0x01u8, 0x80] {
                         let mut bad = good.clone();
@@ -504,13 +565,22 @@ mod tests {
         let mut other_key = key_bytes(4);
         other_key[0] ^= 1;
         let (_, wrong_key) = pair(Cipher::Chacha20Poly1305, &other_key);
-        assert_eq!(wrong_key.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
+        assert_eq!(
+            wrong_key.open(1, false, &mut good.clone()),
+            Err(OpenError::Authentication)
+        );
         let mut other_salt = key_bytes(4);
         other_salt[35] ^= 1;
         let (_, wrong_salt) = pair(Cipher::Chacha20Poly1305, &other_salt);
-        assert_eq!(wrong_salt.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
+        assert_eq!(
+            wrong_salt.open(1, false, &mut good.clone()),
+            Err(OpenError::Authentication)
+        );
         let (_, wrong_cipher) = pair(Cipher::Aes256Gcm16, &key_bytes(4));
-        assert_eq!(wrong_cipher.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
+        assert_eq!(
+            wrong_cipher.open(1, false, &mut good.clone()),
+            Err(OpenError::Authentication)
+        );
     }
 
     #[test]
@@ -522,8 +592,14 @@ mod tests {
             let esn = sealed(&sealer, 42, 77, true, b"same bytes");
             assert_eq!(non_esn[..PLAINTEXT_OFFSET], esn[..PLAINTEXT_OFFSET]);
             assert_ne!(non_esn, esn);
-            assert_eq!(opener.open(77, true, &mut non_esn.clone()), Err(OpenError::Authentication));
-            assert_eq!(opener.open(77, false, &mut esn.clone()), Err(OpenError::Authentication));
+            assert_eq!(
+                opener.open(77, true, &mut non_esn.clone()),
+                Err(OpenError::Authentication)
+            );
+            assert_eq!(
+                opener.open(77, false, &mut esn.clone()),
+                Err(OpenError::Authentication)
+            );
             assert!(opener.open(77, false, &mut non_esn.clone()).is_ok());
             assert!(opener.open(77, true, &mut esn.clone()).is_ok());
         }
@@ -549,19 +625,25 @@ mod tests {
         for cipher in CIPHERS {
             let (sealer, opener) = pair(cipher, &key_bytes(6));
             let cases: &[&[u8]] = &[
-                b"ab\x01\x03\x02\x11",     // pad bytes 1,3
-                b"ab\x00\x00\x02\x11",     // pad bytes 0,0
+                b"ab\x01\x03\x02\x11",    // pad bytes 1,3
+                b"ab\x00\x00\x02\x11",    // pad bytes 0,0
                 b"a\x01\x02\x03\x04\x11", // pad length 4 > available 3
                 b"\x05\x11",              // pad length 5, nothing before it
             ];
             for (i, pt) in cases.iter().enumerate() {
                 let mut packet = seal_raw_plaintext(&sealer, 9, 3, pt);
-                assert_eq!(opener.open(3, false, &mut packet), Err(OpenError::BadPadding), "{i}");
+                assert_eq!(
+                    opener.open(3, false, &mut packet),
+                    Err(OpenError::BadPadding),
+                    "{i}"
+                );
             }
             // The same construction with a valid trailer opens, and longer padding is fine.
-            let mut packet = seal_raw_plaintext(&sealer, 9, 3, b"ab\x01\x02\x03\x04\x05\x06\x06\x11");
+            let mut packet =
+                seal_raw_plaintext(&sealer, 9, 3, b"ab\x01\x02\x03\x04\x05\x06\x06\x11");
             let opened = opener.open(3, false, &mut packet).unwrap();
-            assert_eq!((opened.payload.as_ref(), opened.next_header), (&b"ab"[..], 17));
+            assert_eq!(opened.payload, b"ab");
+            assert_eq!(opened.next_header, 17);
         }
     }
 
@@ -572,12 +654,19 @@ mod tests {
         assert_eq!(good.len(), MIN_PACKET_LEN + 2);
         for len in 0..MIN_PACKET_LEN {
             let mut short = good[..len].to_vec();
-            assert_eq!(opener.open(1, false, &mut short), Err(OpenError::Truncated), "{len}");
+            assert_eq!(
+                opener.open(1, false, &mut short),
+                Err(OpenError::Truncated),
+                "{len}"
+            );
         }
         // Cut at or past the minimum: the ICV no longer verifies.
         for len in MIN_PACKET_LEN..good.len() {
             let mut short = good[..len].to_vec();
-            assert_eq!(opener.open(1, false, &mut short), Err(OpenError::Authentication));
+            assert_eq!(
+                opener.open(1, false, &mut short),
+                Err(OpenError::Authentication)
+            );
         }
     }
 
@@ -585,7 +674,10 @@ mod tests {
     fn sequence_mismatch_is_reported() {
         let (sealer, opener) = pair(Cipher::Aes256Gcm16, &key_bytes(8));
         let packet = sealed(&sealer, 1, 5, false, b"x");
-        assert_eq!(opener.open(6, false, &mut packet.clone()), Err(OpenError::SequenceMismatch));
+        assert_eq!(
+            opener.open(6, false, &mut packet.clone()),
+            Err(OpenError::SequenceMismatch)
+        );
         assert_eq!(
             opener.open(5 + (1 << 32), false, &mut packet.clone()),
             Err(OpenError::SequenceMismatch)
@@ -601,7 +693,10 @@ mod tests {
                 let mut buf = vec![0u8; len];
                 assert_eq!(
                     sealer.seal(1, 1, false, 17, &mut buf, pt_len),
-                    Err(SealError::BufferTooShort { needed: need, available: len })
+                    Err(SealError::BufferTooShort {
+                        needed: need,
+                        available: len
+                    })
                 );
             }
             let mut buf = vec![0u8; need];
@@ -620,14 +715,22 @@ mod tests {
     fn invalid_sequence_numbers_are_refused() {
         let (sealer, _) = pair(Cipher::Aes256Gcm16, &key_bytes(10));
         let mut buf = [0u8; 64];
-        assert_eq!(sealer.seal(1, 0, false, 17, &mut buf, 4), Err(SealError::SequenceZero));
-        assert_eq!(sealer.seal(1, 0, true, 17, &mut buf, 4), Err(SealError::SequenceZero));
+        assert_eq!(
+            sealer.seal(1, 0, false, 17, &mut buf, 4),
+            Err(SealError::SequenceZero)
+        );
+        assert_eq!(
+            sealer.seal(1, 0, true, 17, &mut buf, 4),
+            Err(SealError::SequenceZero)
+        );
         assert_eq!(
             sealer.seal(1, 1 << 32, false, 17, &mut buf, 4),
             Err(SealError::SequenceExhausted(1 << 32))
         );
         assert!(sealer.seal(1, 1 << 32, true, 17, &mut buf, 4).is_ok());
-        assert!(sealer.seal(1, u32::MAX.into(), false, 17, &mut buf, 4).is_ok());
+        assert!(sealer
+            .seal(1, u32::MAX.into(), false, 17, &mut buf, 4)
+            .is_ok());
     }
 
     #[test]
@@ -636,8 +739,14 @@ mod tests {
         send_sync::<Sealer>();
         send_sync::<Opener>();
         let (sealer, opener) = pair(Cipher::Chacha20Poly1305, &[0xab; 36]);
-        assert_eq!(format!("{sealer:?}"), "Sealer { cipher: \"chacha20poly1305\", .. }");
-        assert_eq!(format!("{opener:?}"), "Opener { cipher: \"chacha20poly1305\", .. }");
+        assert_eq!(
+            format!("{sealer:?}"),
+            "Sealer { cipher: \"chacha20poly1305\", .. }"
+        );
+        assert_eq!(
+            format!("{opener:?}"),
+            "Opener { cipher: \"chacha20poly1305\", .. }"
+        );
         assert_eq!(sealer.cipher(), Cipher::Chacha20Poly1305);
     }
 
@@ -663,11 +772,19 @@ mod tests {
     #[test]
     fn error_messages_and_codes() {
         assert!(OpenError::Truncated.to_string().contains("34"));
-        assert!(OpenError::Authentication.to_string().contains("integrity check failed"));
+        assert!(OpenError::Authentication
+            .to_string()
+            .contains("integrity check failed"));
         assert_eq!(OpenError::BadPadding.code(), "esp_bad_padding");
-        let e = SealError::BufferTooShort { needed: 100, available: 50 }.to_string();
+        let e = SealError::BufferTooShort {
+            needed: 100,
+            available: 50,
+        }
+        .to_string();
         assert!(e.contains("100") && e.contains("50"), "{e}");
-        assert!(SealError::SequenceExhausted(1 << 32).to_string().contains("rekeyed"));
+        assert!(SealError::SequenceExhausted(1 << 32)
+            .to_string()
+            .contains("rekeyed"));
         assert_eq!(trailer_len(0), 2 + 2 + ICV_LEN);
     }
 }

@@ -9,7 +9,7 @@ use super::{ICV_LEN, PLAINTEXT_OFFSET};
 /// Padding bytes for a payload of `plaintext_len` bytes: the fewest that make
 /// `plaintext_len + padding + 2` a multiple of 4.
 pub(crate) fn padding_len(plaintext_len: usize) -> usize {
-    (4 - (plaintext_len + 2) % 4) % 4
+    (4 - (plaintext_len % 4 + 2) % 4) % 4
 }
 
 /// Bytes that sealing appends after a payload of `plaintext_len` bytes: padding, pad length,
@@ -18,9 +18,10 @@ pub fn trailer_len(plaintext_len: usize) -> usize {
     padding_len(plaintext_len) + 2 + ICV_LEN
 }
 
-/// Length of the whole ESP packet that sealing `plaintext_len` bytes produces.
+/// Length of the whole ESP packet that sealing `plaintext_len` bytes produces (saturating at
+/// `usize::MAX` for absurd lengths, which no buffer can hold anyway).
 pub fn sealed_len(plaintext_len: usize) -> usize {
-    PLAINTEXT_OFFSET + plaintext_len + trailer_len(plaintext_len)
+    plaintext_len.saturating_add(PLAINTEXT_OFFSET + trailer_len(plaintext_len))
 }
 
 /// Writes padding, pad length and next header into `out`, which must be exactly
@@ -49,7 +50,11 @@ pub(crate) fn parse(plaintext: &[u8]) -> Result<(usize, u8), BadPadding> {
     let pad = usize::from(plaintext[n - 2]);
     let payload_len = n.checked_sub(pad + 2).ok_or(BadPadding)?;
     let padding = &plaintext[payload_len..n - 2];
-    if padding.iter().enumerate().any(|(i, &b)| usize::from(b) != i + 1) {
+    if padding
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| usize::from(b) != i + 1)
+    {
         return Err(BadPadding);
     }
     Ok((payload_len, next_header))
@@ -73,6 +78,8 @@ mod tests {
             assert_eq!(trailer_len(n), p + 2 + ICV_LEN);
             assert_eq!(sealed_len(n), 16 + n + p + 2 + 16);
         }
+        assert_eq!(padding_len(usize::MAX), 3); // usize::MAX % 4 == 3, like 3
+        assert_eq!(sealed_len(usize::MAX), usize::MAX);
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl Ipv4Header {
         packet.set_ecn(0);
         packet.set_total_length(total_length);
         packet.set_identification(self.identification);
+        // Flags and offset in one write: DF as asked, MF clear, offset 0 (not a fragment).
         let flags = if self.dont_fragment {
             FLAG_DONT_FRAGMENT
         } else {

@@ -1,0 +1,43 @@
+# Shared by scripts/demo, scripts/test and scripts/bench: installs what they need, once.
+# Sourced, not run.
+
+# Debian packages the demo, the tests and the benchmark use.
+MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps build-essential pkg-config)
+
+meshd_require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "$0: run this as root (it creates network namespaces and TAP interfaces): sudo $0 $*" >&2
+        exit 1
+    fi
+}
+
+meshd_install_packages() {
+    local missing=()
+    for package in "${MESHD_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing Debian packages: ${missing[*]}"
+        # tshark asks whether non-root users may capture; answer no without a prompt.
+        echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+meshd_require_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "$0: cargo is not installed. meshd needs Rust 1.85 or newer: install it with rustup (https://rustup.rs), then run this again." >&2
+        exit 1
+    fi
+}
+
+meshd_install_cargo_fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "==> installing cargo-fuzz"
+        cargo install --locked cargo-fuzz >/dev/null
+    fi
+}
