@@ -31,7 +31,7 @@ pub enum DaemonError {
     Thread(io::Error),
 
     // Control socket
-    #[error("control socket {}: another meshd is running and answering on it; stop it first, or give this one its own --ctl-socket", path.display())]
+    #[error("control socket {} is in use by another running meshd; stop that one first, or give this one its own --ctl-socket", path.display())]
     ControlSocketInUse { path: PathBuf },
     #[error("control socket {}: {source}; {}", path.display(), fix_for(source))]
     ControlSocket { path: PathBuf, source: io::Error },

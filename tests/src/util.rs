@@ -49,7 +49,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses hex digits (no prefix) into bytes; panics on bad input (test helper).
 pub fn unhex(text: &str) -> Vec<u8> {
     let text = text.trim();
-    assert!(text.len() % 2 == 0, "odd number of hex digits: {text:?}");
+    assert!(text.len() & 1 == 0, "odd number of hex digits: {text:?}");
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap_or_else(|_| panic!("bad hex: {text:?}")))

@@ -34,8 +34,10 @@ fn star_pings_underlay(prefix: &str, family: Family) {
         assert!(listed.contains(name.as_str()), "{name} not in ip netns list:\n{listed}");
     }
     // A process left running inside must not keep the namespace alive.
-    let _sleeper = lab.node(0).spawn(["sleep", "60"]);
+    let mut sleeper = lab.node(0).spawn(["sleep", "60"]);
     drop(lab);
+    let status = sleeper.wait().expect("wait for sleep");
+    assert!(!status.success(), "the process inside was killed, not left running");
     let listed = netns_list();
     for name in &names {
         assert!(!listed.contains(name.as_str()), "{name} still exists after drop:\n{listed}");

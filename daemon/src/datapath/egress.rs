@@ -5,6 +5,7 @@
 //! from the frame, so unicast never copies the frame.
 
 use std::io;
+use std::net::IpAddr;
 
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
@@ -19,7 +20,6 @@ use crate::wire::ipv4::{self, Ipv4Header};
 use crate::wire::ipv6::{self, Ipv6Header};
 use crate::wire::{udp, vxlan};
 
-use super::sockets::Underlay;
 
 /// Room in front of the frame: ESP header and IV, the largest inner IP header, UDP and VXLAN.
 pub const FRAME_OFFSET: usize = esp::PLAINTEXT_OFFSET + ipv6::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
@@ -33,15 +33,20 @@ pub const BUFFER_LEN: usize = FRAME_OFFSET + MAX_FRAME_LEN + TRAILER_ROOM;
 /// Hop limit of the inner IP header in tunnel mode.
 const TUNNEL_HOP_LIMIT: u8 = 64;
 
+/// Where sealed ESP packets go: the worker's underlay socket.
+pub trait EspSender {
+    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize>;
+}
+
 /// What one worker needs to send frames during one batch.
-pub struct Egress<'a> {
+pub struct Egress<'a, U: EspSender> {
     pub state: &'a MeshState,
     pub tables: &'a SaTables,
-    pub underlay: &'a Underlay,
+    pub underlay: &'a U,
     pub now_ms: u64,
 }
 
-impl Egress<'_> {
+impl<U: EspSender> Egress<'_, U> {
     /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]`, read from `overlay`'s TAP:
     /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
     /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
@@ -89,7 +94,7 @@ impl Egress<'_> {
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
             return;
         };
-        match self.underlay.send(&buf[esp_start..esp_start + esp_len], peer.address) {
+        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], peer.address) {
             Ok(_) => {
                 sa.counters.count(frame_len, self.now_ms);
                 peer.counters.count_tx(frame_len);

@@ -6,6 +6,11 @@ mod ingress;
 mod sockets;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+#[cfg(any(test, fuzzing))]
+pub mod testkit;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,7 +18,8 @@ use std::thread::JoinHandle;
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
 
-pub use self::egress::{BUFFER_LEN, FRAME_OFFSET};
+pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+pub use self::ingress::{FrameSink, Ingress};
 pub use self::sockets::ESP_IN_UDP_PORT;
 
 use crate::error::DaemonError;

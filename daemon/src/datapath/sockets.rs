@@ -14,6 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sys;
 
+use super::egress::EspSender;
+
 /// RFC 3948: ESP in UDP, and IKE once it floated.
 pub const ESP_IN_UDP_PORT: u16 = 4500;
 /// IP protocol number of ESP.
@@ -97,14 +99,16 @@ pub enum Underlay {
     Esp { socket: std::sync::Arc<RawEspSocket>, receives: bool },
 }
 
-impl Underlay {
-    pub fn send(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
+impl EspSender for Underlay {
+    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
         match self {
             Underlay::Udp(socket) => socket.send_to(packet, SocketAddr::new(peer, ESP_IN_UDP_PORT)),
             Underlay::Esp { socket, .. } => socket.send_to(packet, peer),
         }
     }
+}
 
+impl Underlay {
     /// The descriptor to poll for received packets, if this worker receives.
     pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {

@@ -1,0 +1,122 @@
+//! Two or more nodes' datapaths wired together in memory, for unit tests and fuzz targets:
+//! egress seals into a `Wire`, ingress delivers into `Taps`, no sockets or interfaces.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use mesh_config::{Cipher, Encap, MeshConfig, Mode};
+
+use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_OFFSET};
+use crate::manual;
+use crate::state::MeshState;
+use crate::topology::{OverlayId, Topology};
+
+#[derive(Default)]
+pub struct Wire(pub RefCell<Vec<(Vec<u8>, IpAddr)>>);
+
+impl EspSender for Wire {
+    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
+        self.0.borrow_mut().push((packet.to_vec(), peer));
+        Ok(packet.len())
+    }
+}
+
+#[derive(Default)]
+pub struct Taps(pub RefCell<Vec<(OverlayId, Vec<u8>)>>);
+
+impl FrameSink for Taps {
+    fn deliver(&self, overlay: OverlayId, frame: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().push((overlay, frame.to_vec()));
+        Ok(frame.len())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Setup {
+    pub nodes: usize,
+    pub ipv6: bool,
+    pub encap: Encap,
+    pub mode: Mode,
+    pub cipher: Cipher,
+    pub vni: u32,
+}
+
+pub const DEFAULT: Setup = Setup { nodes: 2, ipv6: false, encap: Encap::Udp, mode: Mode::Transport, cipher: Cipher::Aes256Gcm16, vni: 4242 };
+
+pub fn address(setup: &Setup, node: usize) -> IpAddr {
+    if setup.ipv6 {
+        format!("2001:db8:18::{}", node + 1).parse().unwrap()
+    } else {
+        format!("198.18.0.{}", node + 1).parse().unwrap()
+    }
+}
+
+pub fn spi(from: usize, to: usize) -> u32 {
+    0x1000 + 0x100 * from as u32 + to as u32
+}
+
+/// A mesh file with manual SAs between every pair; node `i` is `n{i}`.
+pub fn mesh_file(setup: &Setup) -> MeshConfig {
+    let mut text = format!("[mesh]\nname = \"t\"\nencap = \"{}\"\nmode = \"{}\"\n", setup.encap, setup.mode);
+    for node in 0..setup.nodes {
+        text += &format!("[[node]]\nname = \"n{node}\"\naddress = \"{}\"\n", address(setup, node));
+    }
+    text += &format!("[[overlay]]\nname = \"ovl0\"\nvni = {}\n", setup.vni);
+    for from in 0..setup.nodes {
+        for to in (0..setup.nodes).filter(|to| *to != from) {
+            let key = format!("{:02x}", from * 16 + to).repeat(36);
+            text += &format!(
+                "[[manual_sa]]\nfrom = \"n{from}\"\nto = \"n{to}\"\nspi = \"{:#x}\"\ncipher = \"{}\"\nkey = \"{key}\"\n",
+                spi(from, to),
+                setup.cipher
+            );
+        }
+    }
+    MeshConfig::parse(Path::new("/nonexistent/mesh.toml"), &text).unwrap()
+}
+
+/// Node `index` of the mesh, with its manual SAs installed.
+pub fn node(setup: &Setup, index: usize) -> MeshState {
+    let config = mesh_file(setup);
+    let name = format!("n{index}");
+    let state = MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap());
+    manual::install(&config, &state, None).unwrap();
+    state
+}
+
+pub fn frame(destination: [u8; 6], source: [u8; 6], payload_len: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&destination);
+    frame.extend_from_slice(&source);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend((0..payload_len).map(|i| i as u8));
+    frame
+}
+
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+/// What `state` sends for `frame` read from its first overlay.
+pub fn send(state: &MeshState, frame: &[u8]) -> Vec<(Vec<u8>, IpAddr)> {
+    let wire = Wire::default();
+    let tables = state.sadb.load();
+    let egress = Egress { state, tables: &tables, underlay: &wire, now_ms: 5 };
+    let mut buf = vec![0u8; BUFFER_LEN];
+    let mut scratch = vec![0u8; BUFFER_LEN];
+    buf[FRAME_OFFSET..FRAME_OFFSET + frame.len()].copy_from_slice(frame);
+    egress.forward(&state.topology.overlays[0], &mut buf, &mut scratch, frame.len());
+    wire.0.into_inner()
+}
+
+/// What `state` delivers to its overlays for `packet` from `from`.
+pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
+    let taps = Taps::default();
+    let tables = state.sadb.load();
+    let ingress = Ingress { state, tables: &tables, sink: &taps, now_ms: 7 };
+    let mut packet = packet.to_vec();
+    ingress.receive(&mut packet, SocketAddr::new(from, 4500));
+    taps.0.into_inner()
+}

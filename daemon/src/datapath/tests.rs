@@ -1,0 +1,118 @@
+//! The whole encapsulation, both ways, on byte buffers: one node's egress seals a frame, another
+//! node's ingress opens it, for every encapsulation, mode, IP version and cipher.
+
+use std::net::IpAddr;
+
+use mesh_config::control::DropReason;
+use mesh_config::{Cipher, Encap, Mode};
+
+use super::testkit::{address, frame, node, receive, send, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B};
+use crate::state::MeshState;
+use crate::topology::{OverlayId, PeerId};
+use crate::wire::ethernet::EthernetAddress;
+
+fn drops(state: &MeshState, reason: DropReason) -> u64 {
+    state.drops.report(|id| id.0.to_string(), None).by_reason.get(&reason).copied().unwrap_or(0)
+}
+
+#[test]
+fn round_trip_in_every_encapsulation() {
+    for ipv6 in [false, true] {
+        for encap in [Encap::Udp, Encap::Esp] {
+            for mode in [Mode::Transport, Mode::Tunnel] {
+                for cipher in [Cipher::Aes256Gcm16, Cipher::Chacha20Poly1305] {
+                    let setup = Setup { ipv6, encap, mode, cipher, ..DEFAULT };
+                    let (n0, n1) = (node(&setup, 0), node(&setup, 1));
+                    let sent_frame = frame(MAC_B, MAC_A, 100);
+                    let sent = send(&n0, &sent_frame);
+                    assert_eq!(sent.len(), 1, "unknown unicast goes to the one peer");
+                    let (packet, to) = &sent[0];
+                    assert_eq!(*to, address(&setup, 1));
+                    assert_eq!(&packet[..4], &spi(0, 1).to_be_bytes());
+                    assert_eq!(&packet[4..8], &1u32.to_be_bytes(), "first sequence number is 1");
+                    let inner_ip = if mode == Mode::Tunnel { if ipv6 { 40 } else { 20 } } else { 0 };
+                    let plaintext = inner_ip + 16 + sent_frame.len();
+                    assert_eq!(packet.len(), 16 + (plaintext + 2).next_multiple_of(4) + 16);
+
+                    let delivered = receive(&n1, packet, address(&setup, 0));
+                    assert_eq!(delivered, vec![(OverlayId(0), sent_frame.clone())], "{ipv6} {encap} {mode} {cipher}");
+                    assert_eq!(n1.fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A)), Some(PeerId(0)));
+                    assert_eq!(n1.topology.peers[0].counters.rx_packets.load(std::sync::atomic::Ordering::Relaxed), 1);
+                    assert_eq!(n1.drops.total(), 0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn broadcast_goes_to_every_peer_and_unicast_to_the_learned_one() {
+    let setup = Setup { nodes: 3, ..DEFAULT };
+    let nodes: Vec<MeshState> = (0..3).map(|i| node(&setup, i)).collect();
+    let broadcast = frame(BROADCAST, MAC_A, 60);
+    let sent = send(&nodes[0], &broadcast);
+    let destinations: Vec<IpAddr> = sent.iter().map(|(_, to)| *to).collect();
+    assert_eq!(destinations, vec![address(&setup, 1), address(&setup, 2)]);
+    for (packet, to) in &sent {
+        let index = if *to == address(&setup, 1) { 1 } else { 2 };
+        assert_eq!(receive(&nodes[index], packet, address(&setup, 0)), vec![(OverlayId(0), broadcast.clone())]);
+    }
+
+    // n2 answers from MAC_B; n0 learns it, then unicast to MAC_B goes to n2 only.
+    let reply = send(&nodes[2], &frame(MAC_A, MAC_B, 60));
+    let (packet, _) = reply.iter().find(|(_, to)| *to == address(&setup, 0)).unwrap();
+    assert_eq!(receive(&nodes[0], packet, address(&setup, 2)).len(), 1);
+    let unicast = send(&nodes[0], &frame(MAC_B, MAC_A, 60));
+    assert_eq!(unicast.iter().map(|(_, to)| *to).collect::<Vec<_>>(), vec![address(&setup, 2)]);
+}
+
+#[test]
+fn replayed_tampered_and_misaddressed_packets_are_dropped_with_their_reason() {
+    let (n0, n1) = (node(&DEFAULT, 0), node(&DEFAULT, 1));
+    let sent = send(&n0, &frame(MAC_B, MAC_A, 64));
+    let packet = &sent[0].0;
+    let from = address(&DEFAULT, 0);
+
+    assert_eq!(receive(&n1, packet, from).len(), 1);
+    assert!(receive(&n1, packet, from).is_empty());
+    assert_eq!(drops(&n1, DropReason::Replay), 1);
+
+    let mut tampered = send(&n0, &frame(MAC_B, MAC_A, 64)).remove(0).0;
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(receive(&n1, &tampered, from).is_empty());
+    assert_eq!(drops(&n1, DropReason::Authentication), 1);
+    let sa = n1.sadb.load().inbound(spi(0, 1)).cloned().unwrap();
+    assert_eq!(sa.counters.drops.get(DropReason::Authentication), 1);
+
+    let mut unknown = packet.clone();
+    unknown[..4].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    assert!(receive(&n1, &unknown, from).is_empty());
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 1);
+
+    let fresh = send(&n0, &frame(MAC_B, MAC_A, 64)).remove(0).0;
+    assert!(receive(&n1, &fresh, "198.18.0.99".parse().unwrap()).is_empty());
+    assert_eq!(drops(&n1, DropReason::WrongPeer), 1);
+
+    assert!(receive(&n1, &packet[..20], from).is_empty());
+    assert_eq!(drops(&n1, DropReason::Malformed), 1);
+}
+
+#[test]
+fn a_vni_no_overlay_uses_is_dropped() {
+    let sender = node(&Setup { vni: 7, ..DEFAULT }, 0);
+    let receiver = node(&DEFAULT, 1);
+    let sent = send(&sender, &frame(MAC_B, MAC_A, 64));
+    assert!(receive(&receiver, &sent[0].0, address(&DEFAULT, 0)).is_empty());
+    assert_eq!(drops(&receiver, DropReason::UnknownVni), 1);
+    let recent = receiver.drops.report(|id| id.0.to_string(), None).recent;
+    assert_eq!(recent[0].vni, Some(7));
+}
+
+#[test]
+fn a_peer_without_outbound_sa_is_counted() {
+    let state = node(&DEFAULT, 0);
+    state.sadb.remove(None);
+    assert!(send(&state, &frame(MAC_B, MAC_A, 64)).is_empty());
+    assert_eq!(drops(&state, DropReason::NoOutboundSa), 1);
+}
