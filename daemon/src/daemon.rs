@@ -134,11 +134,11 @@ fn overlay_mtu(overlay: &Overlay, topology: &Topology, cipher: mesh_config::Ciph
         .filter(|mtu| *mtu >= mesh_config::MIN_OVERLAY_MTU)
         .ok_or_else(|| failed(format!("{interface} has MTU {underlay_mtu}, too small for any overlay MTU")))?;
     let reason = format!(
-        "auto: {interface} MTU {underlay_mtu} - {} bytes ({}, {}, {:?})",
+        "auto: {interface} MTU {underlay_mtu} - {} bytes ({}, {}, {})",
         underlay_mtu - usize::from(mtu),
         worst.encap,
         worst.mode,
-        worst.ip_version
+        worst.ip_version.name()
     );
     Ok((mtu, reason))
 }

@@ -30,6 +30,13 @@ impl IpVersion {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "IPv4",
+            IpVersion::V6 => "IPv6",
+        }
+    }
+
     pub fn header_len(self) -> usize {
         match self {
             IpVersion::V4 => wire::ipv4::HEADER_LEN,
