@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_config::control::{
-    Command, Direction, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request,
-    Response, SaInfo, Spi, Status, PROTOCOL_VERSION,
+    Command, Direction, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request, Response, SaInfo,
+    Spi, Status, PROTOCOL_VERSION,
 };
 use mesh_config::MeshConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -116,7 +116,9 @@ impl Control {
         let result = match command {
             Command::Status => Ok(Reply::Status(self.status())),
             Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| Reply::SaList(self.sa_list(peer))),
-            Command::SaFlush { peer } => self.peer_filter(peer.as_deref()).and_then(|peer| self.flush(peer)).map(Reply::SaFlush),
+            Command::SaFlush { peer } => {
+                self.peer_filter(peer.as_deref()).and_then(|peer| self.flush(peer)).map(Reply::SaFlush)
+            }
             Command::Peers => Ok(Reply::Peers(self.peers())),
             Command::Fdb => Ok(Reply::Fdb(self.fdb())),
             Command::Drops { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
@@ -199,7 +201,9 @@ impl Control {
             }
         });
         let mut list: Vec<SaInfo> = outbound.chain(inbound).collect();
-        list.sort_by(|a, b| (&a.peer, a.direction == Direction::In, a.spi).cmp(&(&b.peer, b.direction == Direction::In, b.spi)));
+        list.sort_by(|a, b| {
+            (&a.peer, a.direction == Direction::In, a.spi).cmp(&(&b.peer, b.direction == Direction::In, b.spi))
+        });
         list
     }
 

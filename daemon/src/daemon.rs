@@ -91,7 +91,13 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         workers = datapath.workers(),
         "meshd running"
     );
-    let control = Arc::new(Control { state: state.clone(), config: Arc::new(config), started: Instant::now(), workers: datapath.workers(), overlays });
+    let control = Arc::new(Control {
+        state: state.clone(),
+        config: Arc::new(config),
+        started: Instant::now(),
+        workers: datapath.workers(),
+        overlays,
+    });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,7 +117,11 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
 }
 
 /// The MTU of an overlay interface and how it was chosen.
-fn overlay_mtu(overlay: &Overlay, topology: &Topology, cipher: mesh_config::Cipher) -> Result<(u16, String), DaemonError> {
+fn overlay_mtu(
+    overlay: &Overlay,
+    topology: &Topology,
+    cipher: mesh_config::Cipher,
+) -> Result<(u16, String), DaemonError> {
     if let OverlayMtu::Fixed(mtu) = overlay.mtu {
         return Ok((mtu, "configured".to_string()));
     }
@@ -127,7 +137,12 @@ fn overlay_mtu(overlay: &Overlay, topology: &Topology, cipher: mesh_config::Ciph
         .iter()
         .map(|mode| Encapsulation { ip_version: IpVersion::of(address), encap: topology.encap, mode: *mode, cipher })
         .max_by_key(|e| e.underlay_len(0))
-        .unwrap_or(Encapsulation { ip_version: IpVersion::of(address), encap: topology.encap, mode: Mode::Transport, cipher });
+        .unwrap_or(Encapsulation {
+            ip_version: IpVersion::of(address),
+            encap: topology.encap,
+            mode: Mode::Transport,
+            cipher,
+        });
     let mtu = worst
         .overlay_mtu(underlay_mtu)
         .and_then(|mtu| u16::try_from(mtu).ok())

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mesh_config::control::{DropRecord, DropReason, DropReport, Spi};
+use mesh_config::control::{DropReason, DropRecord, DropReport, Spi};
 
 use crate::topology::PeerId;
 
@@ -41,11 +41,7 @@ impl ReasonCounters {
 
     /// The non-zero counters.
     pub fn snapshot(&self) -> BTreeMap<DropReason, u64> {
-        DropReason::ALL
-            .iter()
-            .map(|reason| (*reason, self.get(*reason)))
-            .filter(|(_, count)| *count > 0)
-            .collect()
+        DropReason::ALL.iter().map(|reason| (*reason, self.get(*reason))).filter(|(_, count)| *count > 0).collect()
     }
 }
 
@@ -87,7 +83,11 @@ impl Drops {
             by_reason: ReasonCounters::default(),
             by_peer: (0..peer_count).map(|_| ReasonCounters::default()).collect(),
             unattributed: ReasonCounters::default(),
-            ring: Mutex::new(Ring { entries: VecDeque::with_capacity(RING_CAPACITY), second: 0, recorded_this_second: 0 }),
+            ring: Mutex::new(Ring {
+                entries: VecDeque::with_capacity(RING_CAPACITY),
+                second: 0,
+                recorded_this_second: 0,
+            }),
         }
     }
 
@@ -179,7 +179,8 @@ mod tests {
     #[test]
     fn counts_by_reason_and_peer() {
         let drops = Drops::new(2);
-        drops.record(DropReason::Replay, DropContext { peer: Some(PeerId(1)), spi: Some(0x1001), ..Default::default() });
+        drops
+            .record(DropReason::Replay, DropContext { peer: Some(PeerId(1)), spi: Some(0x1001), ..Default::default() });
         drops.record(DropReason::Replay, DropContext { peer: Some(PeerId(1)), ..Default::default() });
         drops.record(DropReason::UnknownSpi, DropContext::default());
         assert_eq!(drops.total(), 3);

@@ -41,10 +41,16 @@ pub enum DaemonError {
 fn fix_for(error: &io::Error) -> &'static str {
     match error.kind() {
         io::ErrorKind::PermissionDenied => "run meshd as root (it needs CAP_NET_ADMIN and CAP_NET_RAW)",
-        io::ErrorKind::AddrInUse => "another program uses this address and port; stop it or run meshd in its own network namespace",
-        io::ErrorKind::AddrNotAvailable => "the node's address is not configured on this host; check `address` of this node in the mesh file",
+        io::ErrorKind::AddrInUse => {
+            "another program uses this address and port; stop it or run meshd in its own network namespace"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "the node's address is not configured on this host; check `address` of this node in the mesh file"
+        }
         io::ErrorKind::NotFound => "check that /dev/net/tun exists (modprobe tun) and the path is right",
-        io::ErrorKind::ResourceBusy => "an interface of that name already exists; remove it or rename the overlay's `interface`",
+        io::ErrorKind::ResourceBusy => {
+            "an interface of that name already exists; remove it or rename the overlay's `interface`"
+        }
         _ => "see the error above",
     }
 }

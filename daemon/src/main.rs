@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshd::daemon::{self, RunOptions};
 use mesh_config::control::DEFAULT_SOCKET;
+use meshd::daemon::{self, RunOptions};
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
@@ -44,14 +44,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         CliCommand::Run { config, node, ctl_socket } => daemon::run(RunOptions { config, node, ctl_socket }),
-        CliCommand::Check { config, node } => daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}")),
+        CliCommand::Check { config, node } => {
+            daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

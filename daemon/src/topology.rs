@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use mesh_config::{MeshConfig, OverlayMtu};
 use mesh_config::{Encap, Mode};
+use mesh_config::{MeshConfig, OverlayMtu};
 
 /// Index of a peer in `Topology::peers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

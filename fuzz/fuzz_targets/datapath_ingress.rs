@@ -6,11 +6,11 @@
 //! Ethernet) see arbitrary input too.
 
 use libfuzzer_sys::fuzz_target;
+use mesh_config::Mode;
 use meshd::datapath::testkit::{address, node, receive, Setup, DEFAULT};
 use meshd::esp::{trailer_len, PLAINTEXT_OFFSET};
 use meshd::state::MeshState;
 use meshd::topology::PeerId;
-use mesh_config::Mode;
 
 struct Pair {
     sender: MeshState,

@@ -3,9 +3,7 @@
 use std::hint::black_box;
 
 use libfuzzer_sys::fuzz_target;
-use meshd::wire::esp::{
-    classify_udp_encap, Packet, UdpEncapKind, HEADER_LEN, IV_LEN, NON_ESP_MARKER_LEN,
-};
+use meshd::wire::esp::{classify_udp_encap, Packet, UdpEncapKind, HEADER_LEN, IV_LEN, NON_ESP_MARKER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     // As on UDP 4500: classify, then parse what the classification says.

@@ -10,11 +10,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let destination = frame.destination();
-    black_box((
-        destination.is_broadcast(),
-        destination.is_multicast(),
-        destination.is_unicast(),
-    ));
+    black_box((destination.is_broadcast(), destination.is_multicast(), destination.is_unicast()));
     black_box((frame.source(), frame.ethertype()));
     assert_eq!(frame.payload().len(), data.len() - HEADER_LEN);
     // Display and FromStr must round-trip any address.

@@ -9,11 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(packet) = Packet::new_checked(data) else {
         return;
     };
-    black_box((
-        packet.version(),
-        packet.traffic_class(),
-        packet.flow_label(),
-    ));
+    black_box((packet.version(), packet.traffic_class(), packet.flow_label()));
     black_box((packet.next_header(), packet.hop_limit()));
     black_box((packet.source_address(), packet.destination_address()));
     assert_eq!(packet.payload().len(), usize::from(packet.payload_length()));

@@ -14,11 +14,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(packet.vni() <= VNI_MAX);
     // The datapath parses the inner frame next.
     if let Ok(frame) = ethernet::Frame::new_checked(packet.payload()) {
-        black_box((
-            frame.destination(),
-            frame.source(),
-            frame.ethertype(),
-            frame.payload(),
-        ));
+        black_box((frame.destination(), frame.source(), frame.ethertype(), frame.payload()));
     }
 });

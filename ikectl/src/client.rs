@@ -23,7 +23,9 @@ fn connect_error(path: &Path, error: io::Error) -> ClientError {
             format!("no meshd control socket at {path}: is meshd running? (start it with `meshd run --config mesh.toml`, or pass --socket PATH)")
         }
         io::ErrorKind::PermissionDenied => {
-            format!("permission denied on {path}: the control socket is root's only; run ikectl as root (sudo ikectl ...)")
+            format!(
+                "permission denied on {path}: the control socket is root's only; run ikectl as root (sudo ikectl ...)"
+            )
         }
         io::ErrorKind::ConnectionRefused => {
             format!("nothing answers on {path}: meshd is not running (a stale socket file); start meshd again")
@@ -42,7 +44,10 @@ pub fn request(socket: &Path, command: Command) -> Result<Reply, ClientError> {
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).map_err(broken)?;
     if answer.is_empty() {
-        return Err(ClientError(format!("meshd at {} closed the connection without answering; see its log", socket.display())));
+        return Err(ClientError(format!(
+            "meshd at {} closed the connection without answering; see its log",
+            socket.display()
+        )));
     }
     let response: Response = serde_json::from_str(&answer).map_err(|e| {
         ClientError(format!("cannot read meshd's answer ({e}); ikectl and meshd are probably different versions"))

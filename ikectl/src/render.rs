@@ -17,7 +17,8 @@ pub fn json(reply: &Reply) -> String {
         Reply::Fdb(v) => serde_json::to_value(v),
         Reply::Drops(v) => serde_json::to_value(v),
     };
-    let mut text = value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text =
+        value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -57,11 +58,20 @@ fn counts(drops: &BTreeMap<DropReason, u64>) -> String {
 fn render_status(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "node {} of mesh \"{}\" at {}", status.node, status.mesh, status.underlay_address);
-    let _ = writeln!(out, "meshd {}, up {}s, {} datapath workers, config {}", status.daemon_version, status.uptime_secs, status.workers, status.config_path);
-    let _ = writeln!(out, "peers: {} configured, {} with SAs both ways", status.peers_configured, status.peers_with_sas);
+    let _ = writeln!(
+        out,
+        "meshd {}, up {}s, {} datapath workers, config {}",
+        status.daemon_version, status.uptime_secs, status.workers, status.config_path
+    );
+    let _ =
+        writeln!(out, "peers: {} configured, {} with SAs both ways", status.peers_configured, status.peers_with_sas);
     let _ = writeln!(out, "drops: {} (ikectl drops for details)", status.drops_total);
     if status.peers_with_sas < status.peers_configured {
-        let _ = writeln!(out, "warning: {} peer(s) have no SA pair: see ikectl peers", status.peers_configured - status.peers_with_sas);
+        let _ = writeln!(
+            out,
+            "warning: {} peer(s) have no SA pair: see ikectl peers",
+            status.peers_configured - status.peers_with_sas
+        );
     }
     let mut overlays = table(&["overlay", "interface", "VNI", "MTU", "MTU from", "address"]);
     for o in &status.overlays {
@@ -81,10 +91,26 @@ fn render_sas(sas: &[SaInfo]) -> String {
     if sas.is_empty() {
         return "no SAs\n".to_string();
     }
-    let mut t = table(&["peer", "dir", "SPI", "cipher", "mode", "encap", "origin", "age", "packets", "bytes", "seq / replay window", "last used", "drops"]);
+    let mut t = table(&[
+        "peer",
+        "dir",
+        "SPI",
+        "cipher",
+        "mode",
+        "encap",
+        "origin",
+        "age",
+        "packets",
+        "bytes",
+        "seq / replay window",
+        "last used",
+        "drops",
+    ]);
     for sa in sas {
         let sequence = match (&sa.replay, sa.sequence) {
-            (Some(r), _) => format!("top {} ({}/{} in window)", r.highest_sequence, r.received_in_window, r.window_size),
+            (Some(r), _) => {
+                format!("top {} ({}/{} in window)", r.highest_sequence, r.received_in_window, r.window_size)
+            }
             (None, Some(seq)) => format!("sent {seq}"),
             (None, None) => "-".to_string(),
         };
@@ -124,7 +150,10 @@ fn render_flush(report: &FlushReport) -> String {
 }
 
 fn render_peers(peers: &[PeerInfo]) -> String {
-    let mut t = table(&["peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes", "last rx", "drops"]);
+    let mut t = table(&[
+        "peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes",
+        "last rx", "drops",
+    ]);
     for p in peers {
         t.add_row(vec![
             p.name.clone(),
@@ -150,7 +179,13 @@ fn render_fdb(entries: &[FdbEntry]) -> String {
     }
     let mut t = table(&["overlay", "VNI", "MAC", "peer", "last seen"]);
     for e in entries {
-        t.add_row(vec![e.overlay.clone(), e.vni.to_string(), e.mac.clone(), e.peer.clone(), format!("{}s ago", e.age_secs)]);
+        t.add_row(vec![
+            e.overlay.clone(),
+            e.vni.to_string(),
+            e.mac.clone(),
+            e.peer.clone(),
+            format!("{}s ago", e.age_secs),
+        ]);
     }
     finish(t)
 }
@@ -212,7 +247,18 @@ mod tests {
     #[test]
     fn sa_table_shows_what_the_operator_needs() {
         let out = text(&Reply::SaList(vec![inbound_sa()]));
-        for needle in ["n2", "in", "0x00001002", "aes256gcm16", "transport", "udp", "manual", "top 3 (3/4096 in window)", "1s ago", "authentication=2"] {
+        for needle in [
+            "n2",
+            "in",
+            "0x00001002",
+            "aes256gcm16",
+            "transport",
+            "udp",
+            "manual",
+            "top 3 (3/4096 in window)",
+            "1s ago",
+            "authentication=2",
+        ] {
             assert!(out.contains(needle), "missing {needle:?} in\n{out}");
         }
         assert_eq!(text(&Reply::SaList(vec![])), "no SAs\n");
@@ -228,7 +274,11 @@ mod tests {
 
     #[test]
     fn flush_advice_is_printed() {
-        let out = text(&Reply::SaFlush(FlushReport { removed: vec![Spi(1)], reinstalled: vec![], advice: Some("do this".into()) }));
+        let out = text(&Reply::SaFlush(FlushReport {
+            removed: vec![Spi(1)],
+            reinstalled: vec![],
+            advice: Some("do this".into()),
+        }));
         assert_eq!(out, "removed: 0x00000001\nreinstalled: none\nnote: do this\n");
     }
 }

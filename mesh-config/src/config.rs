@@ -15,10 +15,7 @@ use crate::types::{Cipher, Encap, Mode};
 /// 4790 is the port of the SmartOS/illumos overlay this mesh replaces.
 pub const DEFAULT_VXLAN_PORT: u16 = 4790;
 /// Default IKE proposals, in preference order.
-pub const DEFAULT_PROPOSALS: [&str; 2] = [
-    "aes256gcm16-prfsha256-x25519",
-    "chacha20poly1305-prfsha256-x25519",
-];
+pub const DEFAULT_PROPOSALS: [&str; 2] = ["aes256gcm16-prfsha256-x25519", "chacha20poly1305-prfsha256-x25519"];
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DPD: Duration = Duration::from_secs(10);
@@ -79,10 +76,7 @@ pub struct IkeSection {
 impl Default for IkeSection {
     fn default() -> IkeSection {
         IkeSection {
-            proposals: DEFAULT_PROPOSALS
-                .iter()
-                .map(|p| p.parse().expect("valid default"))
-                .collect(),
+            proposals: DEFAULT_PROPOSALS.iter().map(|p| p.parse().expect("valid default")).collect(),
             proposals_explicit: false,
             ike_lifetime: DEFAULT_IKE_LIFETIME,
             child_lifetime: DEFAULT_CHILD_LIFETIME,
@@ -157,39 +151,26 @@ impl FromStr for Proposal {
                 parts.len()
             ));
         };
-        let cipher = cipher.parse::<Cipher>().map_err(|_| {
-            format!(
-                "\"{s}\": \"{cipher}\" is not a known cipher (choices: {})",
-                Cipher::choices()
-            )
-        })?;
+        let cipher = cipher
+            .parse::<Cipher>()
+            .map_err(|_| format!("\"{s}\": \"{cipher}\" is not a known cipher (choices: {})", Cipher::choices()))?;
         let prf = Prf::ALL
             .iter()
             .copied()
             .find(|p| p.as_str() == prf)
-            .ok_or_else(|| {
-                format!("\"{s}\": \"{prf}\" is not a known PRF (the only one is \"prfsha256\")")
-            })?;
+            .ok_or_else(|| format!("\"{s}\": \"{prf}\" is not a known PRF (the only one is \"prfsha256\")"))?;
         let group = DhGroup::ALL
             .iter()
             .copied()
             .find(|g| g.as_str() == group)
-            .ok_or_else(|| {
-                format!("\"{s}\": \"{group}\" is not a known DH group (the only one is \"x25519\")")
-            })?;
+            .ok_or_else(|| format!("\"{s}\": \"{group}\" is not a known DH group (the only one is \"x25519\")"))?;
         Ok(Proposal { cipher, prf, group })
     }
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{}-{}",
-            self.cipher,
-            self.prf.as_str(),
-            self.group.as_str()
-        )
+        write!(f, "{}-{}-{}", self.cipher, self.prf.as_str(), self.group.as_str())
     }
 }
 
@@ -251,15 +232,11 @@ impl IfaceAddress {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
                 u32::from(a) & mask == u32::from(b) & mask
             }
             (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
                 u128::from(a) & mask == u128::from(b) & mask
             }
             _ => false,
@@ -274,9 +251,7 @@ impl FromStr for IfaceAddress {
         let Some((addr, len)) = s.split_once('/') else {
             return Err(format!("\"{s}\" has no prefix length"));
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("\"{addr}\" is not an IP address"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("\"{addr}\" is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len: u8 = match len.parse::<u8>() {
             Ok(n) if n <= max && !len.starts_with('+') => n,
@@ -314,9 +289,7 @@ impl MeshConfig {
                 Ok(t) => zeroize::Zeroizing::new(t),
                 Err(e) => {
                     let bytes = zeroize::Zeroizing::new(e.into_bytes());
-                    let good = std::str::from_utf8(&bytes)
-                        .err()
-                        .map_or(0, |u| u.valid_up_to());
+                    let good = std::str::from_utf8(&bytes).err().map_or(0, |u| u.valid_up_to());
                     let line = bytes[..good].iter().filter(|b| **b == b'\n').count() + 1;
                     return Err(ConfigError::new(
                         path,
@@ -362,19 +335,12 @@ impl MeshConfig {
 
     /// Where the psk_file is: relative paths are taken from the mesh file's folder.
     pub fn psk_path(&self) -> Option<PathBuf> {
-        self.mesh
-            .psk_file
-            .as_deref()
-            .map(|p| resolve_relative(&self.path, p))
+        self.mesh.psk_file.as_deref().map(|p| resolve_relative(&self.path, p))
     }
 
     /// Which node am I: by `--node NAME` if given, else the one node whose address is in
     /// `local_addresses`.
-    pub fn local_node(
-        &self,
-        explicit: Option<&str>,
-        local_addresses: &[IpAddr],
-    ) -> Result<&Node, ConfigError> {
+    pub fn local_node(&self, explicit: Option<&str>, local_addresses: &[IpAddr]) -> Result<&Node, ConfigError> {
         if let Some(name) = explicit {
             return self.node(name).ok_or_else(|| {
                 ConfigError::new(
@@ -382,18 +348,11 @@ impl MeshConfig {
                     None,
                     "--node",
                     format!("there is no node named \"{name}\" in this mesh"),
-                    format!(
-                        "pass one of the node names: {}",
-                        list(self.nodes.iter().map(|n| n.name.as_str()))
-                    ),
+                    format!("pass one of the node names: {}", list(self.nodes.iter().map(|n| n.name.as_str()))),
                 )
             });
         }
-        let found: Vec<&Node> = self
-            .nodes
-            .iter()
-            .filter(|n| local_addresses.contains(&n.address))
-            .collect();
+        let found: Vec<&Node> = self.nodes.iter().filter(|n| local_addresses.contains(&n.address)).collect();
         match found[..] {
             [one] => Ok(one),
             [] => Err(ConfigError::new(
@@ -427,11 +386,7 @@ impl MeshConfig {
     /// The ESP mode between two nodes: each node's mode is its override or `[mesh] mode`;
     /// if either side's mode is tunnel, the pair uses tunnel.
     pub fn mode_between(&self, a: &str, b: &str) -> Mode {
-        let mode_of = |name: &str| {
-            self.node(name)
-                .and_then(|n| n.mode)
-                .unwrap_or(self.mesh.mode)
-        };
+        let mode_of = |name: &str| self.node(name).and_then(|n| n.mode).unwrap_or(self.mesh.mode);
         if mode_of(a) == Mode::Tunnel || mode_of(b) == Mode::Tunnel {
             Mode::Tunnel
         } else {
@@ -441,9 +396,7 @@ impl MeshConfig {
 
     /// The manual SA carrying traffic from `from` to `to`.
     pub fn manual_sa(&self, from: &str, to: &str) -> Option<&ManualSa> {
-        self.manual_sas
-            .iter()
-            .find(|sa| sa.from == from && sa.to == to)
+        self.manual_sas.iter().find(|sa| sa.from == from && sa.to == to)
     }
 }
 

@@ -20,13 +20,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!(
-                "\"{text}\" is not a duration: expected a number at \"{rest}\""
-            ));
+            return Err(format!("\"{text}\" is not a duration: expected a number at \"{rest}\""));
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("\"{text}\" is too long a duration"))?;
+        let number: u64 = rest[..digits].parse().map_err(|_| format!("\"{text}\" is too long a duration"))?;
         rest = &rest[digits..];
         let Some(unit_char) = rest.chars().next() else {
             return Err(format!("\"{text}\" has a number without a unit at the end"));
@@ -36,9 +32,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         if let Some(last) = last_unit {
             if unit <= last {
-                return Err(format!(
-                    "\"{text}\" repeats a unit or puts a smaller unit before a larger one"
-                ));
+                return Err(format!("\"{text}\" repeats a unit or puts a smaller unit before a larger one"));
             }
         }
         last_unit = Some(unit);
@@ -79,10 +73,7 @@ mod tests {
         assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(
-            parse_duration("1d2h3m4s"),
-            Ok(Duration::from_secs(86_400 + 7200 + 180 + 4))
-        );
+        assert_eq!(parse_duration("1d2h3m4s"), Ok(Duration::from_secs(86_400 + 7200 + 180 + 4)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
     }
 

@@ -31,13 +31,7 @@ impl ConfigError {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
-            file: file.into(),
-            line,
-            key: key.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        ConfigError { file: file.into(), line, key: key.into(), problem: problem.into(), fix: fix.into() }
     }
 }
 
@@ -132,17 +126,8 @@ mod tests {
             e.to_string(),
             "mesh.toml:14: node[1].address: 198.18.0.1 is already the address of node \"n1\" (line 9); give every node its own address"
         );
-        let e2 = ConfigError::new(
-            "/etc/meshd/mesh.toml",
-            None,
-            "mesh",
-            "missing [mesh] section",
-            "add it",
-        );
-        assert_eq!(
-            e2.to_string(),
-            "/etc/meshd/mesh.toml: mesh: missing [mesh] section; add it"
-        );
+        let e2 = ConfigError::new("/etc/meshd/mesh.toml", None, "mesh", "missing [mesh] section", "add it");
+        assert_eq!(e2.to_string(), "/etc/meshd/mesh.toml: mesh: missing [mesh] section; add it");
         let all = ConfigErrors(vec![e, e2]);
         assert_eq!(all.to_string().lines().count(), 2);
     }

@@ -92,12 +92,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors>
         }
         return Err(ctx.into_errors());
     }
-    let root = Tab {
-        t: doc.get_ref(),
-        path: String::new(),
-        span: 0..0,
-        header: "the top level of the file".into(),
-    };
+    let root = Tab { t: doc.get_ref(), path: String::new(), span: 0..0, header: "the top level of the file".into() };
     root.check_keys(&mut ctx, TOP_KEYS);
 
     let mesh = parse_mesh(&mut ctx, &root);
@@ -109,10 +104,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors>
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
     validate::manual_sas(&mut ctx, &sas, &nodes);
-    let psk = mesh
-        .psk_file
-        .as_ref()
-        .and_then(|f| validate::read_psk(&mut ctx, f));
+    let psk = mesh.psk_file.as_ref().and_then(|f| validate::read_psk(&mut ctx, f));
 
     if !ctx.errors.is_empty() {
         return Err(ctx.into_errors());
@@ -139,11 +131,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors>
             vni: o.vni.expect("validated").v,
             interface: o.interface.expect("validated").v,
             mtu: o.mtu,
-            addresses: o
-                .addresses
-                .into_iter()
-                .map(|(n, a)| (n.v, a.expect("validated").v))
-                .collect::<BTreeMap<_, _>>(),
+            addresses: o.addresses.into_iter().map(|(n, a)| (n.v, a.expect("validated").v)).collect::<BTreeMap<_, _>>(),
             line: o.line,
         })
         .collect();
@@ -213,14 +201,8 @@ pub(crate) fn check_name(s: &str) -> Result<(), String> {
     if s.chars().count() > 32 {
         return Err(format!("\"{s}\" is longer than 32 characters"));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'))
-    {
-        return Err(format!(
-            "\"{s}\" contains '{}', which is not allowed in a name",
-            c.escape_default()
-        ));
+    if let Some(c) = s.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_')) {
+        return Err(format!("\"{s}\" contains '{}', which is not allowed in a name", c.escape_default()));
     }
     Ok(())
 }
@@ -231,21 +213,13 @@ pub(crate) fn check_ifname(s: &str) -> Result<(), String> {
         return Err("the interface name is empty".into());
     }
     if s.len() > 15 {
-        return Err(format!(
-            "interface name \"{s}\" is longer than 15 bytes (the Linux limit)"
-        ));
+        return Err(format!("interface name \"{s}\" is longer than 15 bytes (the Linux limit)"));
     }
     if s == "." || s == ".." {
         return Err(format!("\"{s}\" is not a valid interface name"));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "interface name \"{s}\" contains '{}', which Linux does not allow",
-            c.escape_default()
-        ));
+    if let Some(c) = s.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control()) {
+        return Err(format!("interface name \"{s}\" contains '{}', which Linux does not allow", c.escape_default()));
     }
     Ok(())
 }
@@ -268,19 +242,9 @@ fn choice<T: std::str::FromStr<Err = String>>(
 }
 
 fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
-    let mut m = MeshP {
-        name: None,
-        psk_file: None,
-        vxlan_port: DEFAULT_VXLAN_PORT,
-        encap: Encap::Udp,
-        mode: Mode::Transport,
-    };
-    let Some(t) = root.table(
-        ctx,
-        "mesh",
-        "[mesh]",
-        "[mesh] followed by name = \"lab\" on the next line",
-    ) else {
+    let mut m =
+        MeshP { name: None, psk_file: None, vxlan_port: DEFAULT_VXLAN_PORT, encap: Encap::Udp, mode: Mode::Transport };
+    let Some(t) = root.table(ctx, "mesh", "[mesh]", "[mesh] followed by name = \"lab\" on the next line") else {
         if root.raw("mesh").is_none() {
             ctx.err_line(
                 None,
@@ -317,10 +281,7 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
                 "name the file holding the pre-shared key, e.g. psk_file = \"psk\" (relative to this file's folder)",
             );
         } else {
-            m.psk_file = Some(At {
-                v: PathBuf::from(p.v),
-                span: p.span,
-            });
+            m.psk_file = Some(At { v: PathBuf::from(p.v), span: p.span });
         }
     }
     if let Some(port) = t.int(ctx, "vxlan_port", "vxlan_port = 4790") {
@@ -329,18 +290,14 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
                 &port.span,
                 t.key("vxlan_port"),
                 "vxlan_port 0 is not a usable UDP port",
-                format!(
-                    "remove the line to use {DEFAULT_VXLAN_PORT}, or pick a port from 1 to 65535"
-                ),
+                format!("remove the line to use {DEFAULT_VXLAN_PORT}, or pick a port from 1 to 65535"),
             ),
             1..=65535 => m.vxlan_port = port.v as u16,
             n => ctx.err(
                 &port.span,
                 t.key("vxlan_port"),
                 format!("{n} is not a UDP port"),
-                format!(
-                    "remove the line to use {DEFAULT_VXLAN_PORT}, or pick a port from 1 to 65535"
-                ),
+                format!("remove the line to use {DEFAULT_VXLAN_PORT}, or pick a port from 1 to 65535"),
             ),
         }
     }
@@ -367,18 +324,12 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
 
 fn parse_ike(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> IkeSection {
     let mut ike = IkeSection::default();
-    let Some(t) = root.table(
-        ctx,
-        "ike",
-        "[ike]",
-        "[ike] followed by dpd = \"10s\" on the next line",
-    ) else {
+    let Some(t) = root.table(ctx, "ike", "[ike]", "[ike] followed by dpd = \"10s\" on the next line") else {
         return ike;
     };
     t.check_keys(ctx, IKE_KEYS);
 
-    let example =
-        "proposals = [\"aes256gcm16-prfsha256-x25519\", \"chacha20poly1305-prfsha256-x25519\"]";
+    let example = "proposals = [\"aes256gcm16-prfsha256-x25519\", \"chacha20poly1305-prfsha256-x25519\"]";
     if let Some(v) = t.raw("proposals") {
         match v.get_ref() {
             DeValue::Array(items) if items.is_empty() => ctx.err(
@@ -404,12 +355,7 @@ fn parse_ike(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> IkeSection {
                     };
                     match s.parse::<Proposal>() {
                         Ok(p) if list.contains(&p) => {
-                            ctx.err(
-                                &item.span(),
-                                key,
-                                format!("\"{s}\" is listed twice"),
-                                "list each proposal once",
-                            );
+                            ctx.err(&item.span(), key, format!("\"{s}\" is listed twice"), "list each proposal once");
                             ok = false;
                         }
                         Ok(p) => list.push(p),
@@ -490,55 +436,25 @@ fn parse_nodes(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<NodeP> {
     }
     let mut nodes = Vec::new();
     for (idx, item, table) in items {
-        let t = Tab {
-            t: table,
-            path: format!("node[{idx}]"),
-            span: item.span(),
-            header: "[[node]]".into(),
-        };
+        let t = Tab { t: table, path: format!("node[{idx}]"), span: item.span(), header: "[[node]]".into() };
         t.check_keys(ctx, NODE_KEYS);
-        let mut n = NodeP {
-            idx,
-            line: ctx.line(&t.span),
-            name: None,
-            address: None,
-            ssh: None,
-            mode: None,
-        };
+        let mut n = NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None };
         if let Some(name) = t.req_str(ctx, "name", "name = \"n1\"") {
             if let Err(problem) = check_name(name.v) {
-                ctx.err(
-                    &name.span,
-                    t.key("name"),
-                    problem,
-                    format!("{NAME_RULE}, e.g. name = \"n1\""),
-                );
+                ctx.err(&name.span, t.key("name"), problem, format!("{NAME_RULE}, e.g. name = \"n1\""));
             }
-            n.name = Some(At {
-                v: name.v.to_string(),
-                span: name.span,
-            });
+            n.name = Some(At { v: name.v.to_string(), span: name.span });
         }
         if let Some(addr) = t.req_str(ctx, "address", "address = \"198.18.0.1\"") {
             match addr.v.parse::<IpAddr>() {
-                Ok(ip)
-                    if ip.is_unspecified()
-                        || ip.is_multicast()
-                        || ip == IpAddr::from([255, 255, 255, 255]) =>
-                {
-                    ctx.err(
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) => ctx
+                    .err(
                         &addr.span,
                         t.key("address"),
                         format!("{ip} is not a unicast address"),
                         "write the node's underlay unicast address, e.g. address = \"198.18.0.1\"",
-                    )
-                }
-                Ok(ip) => {
-                    n.address = Some(At {
-                        v: ip,
-                        span: addr.span,
-                    })
-                }
+                    ),
+                Ok(ip) => n.address = Some(At { v: ip, span: addr.span }),
                 Err(_) if addr.v.contains('/') => ctx.err(
                     &addr.span,
                     t.key("address"),
@@ -554,9 +470,7 @@ fn parse_nodes(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<NodeP> {
             }
         }
         if let Some(ssh) = t.str(ctx, "ssh", "ssh = \"root@198.18.0.1\"") {
-            if ssh.v.is_empty()
-                || ssh.v.chars().any(|c| c.is_whitespace() || c.is_control())
-                || ssh.v.starts_with('-')
+            if ssh.v.is_empty() || ssh.v.chars().any(|c| c.is_whitespace() || c.is_control()) || ssh.v.starts_with('-')
             {
                 ctx.err(
                     &ssh.span,
@@ -588,27 +502,14 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
     let mut overlays = Vec::new();
     for (idx, item, table) in items {
         // Name first: it names the overlay in every other key.
-        let mut t = Tab {
-            t: table,
-            path: format!("overlay[{idx}]"),
-            span: item.span(),
-            header: "[[overlay]]".into(),
-        };
+        let mut t = Tab { t: table, path: format!("overlay[{idx}]"), span: item.span(), header: "[[overlay]]".into() };
         let mut name = None;
         if let Some(n) = t.req_str(ctx, "name", "name = \"ovl0\"") {
             match check_name(n.v) {
                 Ok(()) => t.path = format!("overlay.{}", n.v),
-                Err(problem) => ctx.err(
-                    &n.span,
-                    t.key("name"),
-                    problem,
-                    format!("{NAME_RULE}, e.g. name = \"ovl0\""),
-                ),
+                Err(problem) => ctx.err(&n.span, t.key("name"), problem, format!("{NAME_RULE}, e.g. name = \"ovl0\"")),
             }
-            name = Some(At {
-                v: n.v.to_string(),
-                span: n.span,
-            });
+            name = Some(At { v: n.v.to_string(), span: n.span });
         }
         t.check_keys(ctx, OVERLAY_KEYS);
         let mut o = OverlayP {
@@ -623,10 +524,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
         };
         if let Some(vni) = t.req_int(ctx, "vni", "vni = 4242") {
             if (0..=i128::from(MAX_VNI)).contains(&vni.v) {
-                o.vni = Some(At {
-                    v: vni.v as u32,
-                    span: vni.span,
-                });
+                o.vni = Some(At { v: vni.v as u32, span: vni.span });
             } else {
                 ctx.err(
                     &vni.span,
@@ -638,12 +536,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
         }
         match t.str(ctx, "interface", "interface = \"ovl0\"") {
             Some(ifname) => match check_ifname(ifname.v) {
-                Ok(()) => {
-                    o.interface = Some(At {
-                        v: ifname.v.to_string(),
-                        span: ifname.span,
-                    })
-                }
+                Ok(()) => o.interface = Some(At { v: ifname.v.to_string(), span: ifname.span }),
                 Err(problem) => ctx.err(
                     &ifname.span,
                     t.key("interface"),
@@ -661,7 +554,10 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                         Err(_) if check_name(&n.v).is_ok() => ctx.err(
                             &n.span,
                             t.key("name"),
-                            format!("\"{}\" is also the interface name, and Linux interface names are at most 15 bytes", n.v),
+                            format!(
+                                "\"{}\" is also the interface name, and Linux interface names are at most 15 bytes",
+                                n.v
+                            ),
                             "use a name of at most 15 characters, or set interface = \"...\" to a shorter one",
                         ),
                         Err(_) => {} // the bad name is reported already
@@ -671,63 +567,41 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
             None => {} // wrong type, reported
         }
         if let Some(v) = t.raw("mtu") {
-            let fix = format!("write mtu = \"auto\" or a number from {MIN_OVERLAY_MTU} to {MAX_OVERLAY_MTU}, e.g. mtu = 1400");
+            let fix = format!(
+                "write mtu = \"auto\" or a number from {MIN_OVERLAY_MTU} to {MAX_OVERLAY_MTU}, e.g. mtu = 1400"
+            );
             match v.get_ref() {
                 DeValue::String(s) if s == "auto" => o.mtu = OverlayMtu::Auto,
                 DeValue::String(s) => ctx.err(
                     &v.span(),
                     t.key("mtu"),
-                    format!(
-                        "\"{}\" is neither \"auto\" nor a number",
-                        s.escape_default()
-                    ),
+                    format!("\"{}\" is neither \"auto\" nor a number", s.escape_default()),
                     fix,
                 ),
                 DeValue::Integer(_) => match integer(v.get_ref()).flatten() {
-                    Some(n)
-                        if (i128::from(MIN_OVERLAY_MTU)..=i128::from(MAX_OVERLAY_MTU))
-                            .contains(&n) =>
-                    {
+                    Some(n) if (i128::from(MIN_OVERLAY_MTU)..=i128::from(MAX_OVERLAY_MTU)).contains(&n) => {
                         o.mtu = OverlayMtu::Fixed(n as u16)
                     }
-                    Some(n) => ctx.err(
-                        &v.span(),
-                        t.key("mtu"),
-                        format!("MTU {n} is out of range"),
-                        fix,
-                    ),
+                    Some(n) => ctx.err(&v.span(), t.key("mtu"), format!("MTU {n} is out of range"), fix),
                     None => ctx.err(&v.span(), t.key("mtu"), "the MTU is far too large", fix),
                 },
                 other => ctx.err(
                     &v.span(),
                     t.key("mtu"),
-                    format!(
-                        "expected \"auto\" or an integer, found {}",
-                        type_name(other)
-                    ),
+                    format!("expected \"auto\" or an integer, found {}", type_name(other)),
                     fix,
                 ),
             }
         }
-        if let Some(addrs) = t.table(
-            ctx,
-            "address",
-            "[overlay.address]",
-            "[overlay.address] followed by n1 = \"10.244.0.1/24\"",
-        ) {
+        if let Some(addrs) =
+            t.table(ctx, "address", "[overlay.address]", "[overlay.address] followed by n1 = \"10.244.0.1/24\"")
+        {
             for (k, v) in addrs.t.iter() {
-                let node = At {
-                    v: k.get_ref().to_string(),
-                    span: k.span(),
-                };
+                let node = At { v: k.get_ref().to_string(), span: k.span() };
                 let key = addrs.key(&node.v);
                 let addr = match v.get_ref() {
                     DeValue::String(s) => match s.parse::<IfaceAddress>() {
-                        Ok(a)
-                            if a.addr.is_unspecified()
-                                || a.addr.is_multicast()
-                                || a.addr.is_loopback() =>
-                        {
+                        Ok(a) if a.addr.is_unspecified() || a.addr.is_multicast() || a.addr.is_loopback() => {
                             ctx.err(
                                 &v.span(),
                                 key,
@@ -736,10 +610,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                             );
                             None
                         }
-                        Ok(a) => Some(At {
-                            v: a,
-                            span: v.span(),
-                        }),
+                        Ok(a) => Some(At { v: a, span: v.span() }),
                         Err(problem) => {
                             ctx.err(
                                 &v.span(),
@@ -775,12 +646,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
     };
     let mut sas = Vec::new();
     for (idx, item, table) in items {
-        let t = Tab {
-            t: table,
-            path: format!("manual_sa[{idx}]"),
-            span: item.span(),
-            header: "[[manual_sa]]".into(),
-        };
+        let t = Tab { t: table, path: format!("manual_sa[{idx}]"), span: item.span(), header: "[[manual_sa]]".into() };
         t.check_keys(ctx, MANUAL_SA_KEYS);
         let mut sa = ManualSaP {
             line: ctx.line(&t.span),
@@ -791,14 +657,8 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
             cipher: None,
             key: None,
         };
-        sa.from = t.req_str(ctx, "from", "from = \"n1\"").map(|s| At {
-            v: s.v.to_string(),
-            span: s.span,
-        });
-        sa.to = t.req_str(ctx, "to", "to = \"n2\"").map(|s| At {
-            v: s.v.to_string(),
-            span: s.span,
-        });
+        sa.from = t.req_str(ctx, "from", "from = \"n1\"").map(|s| At { v: s.v.to_string(), span: s.span });
+        sa.to = t.req_str(ctx, "to", "to = \"n2\"").map(|s| At { v: s.v.to_string(), span: s.span });
 
         let spi_fix = format!(
             "write the SPI as hex or decimal, from {MIN_MANUAL_SPI} (0x100) to 4294967295 (0xffffffff), e.g. spi = \"0x00001001\""
@@ -811,9 +671,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
                 DeValue::String(s) => {
                     let s: &str = s;
                     let n = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                        Some(hex)
-                            if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                        {
+                        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
                             Some(i128::from_str_radix(hex, 16).unwrap_or(i128::MAX))
                         }
                         Some(_) => None,
@@ -826,10 +684,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
                         ctx.err(
                             &v.span(),
                             t.key("spi"),
-                            format!(
-                                "\"{}\" is not a hex (0x...) or decimal number",
-                                s.escape_default()
-                            ),
+                            format!("\"{}\" is not a hex (0x...) or decimal number", s.escape_default()),
                             spi_fix.clone(),
                         );
                     }
@@ -839,10 +694,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
                     ctx.err(
                         &v.span(),
                         t.key("spi"),
-                        format!(
-                            "expected a string or an integer, found {}",
-                            type_name(other)
-                        ),
+                        format!("expected a string or an integer, found {}", type_name(other)),
                         spi_fix.clone(),
                     );
                     None
@@ -850,10 +702,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
             };
             match parsed {
                 Some(n) if (i128::from(MIN_MANUAL_SPI)..=i128::from(u32::MAX)).contains(&n) => {
-                    sa.spi = Some(At {
-                        v: n as u32,
-                        span: v.span(),
-                    })
+                    sa.spi = Some(At { v: n as u32, span: v.span() })
                 }
                 Some(n) if (0..i128::from(MIN_MANUAL_SPI)).contains(&n) => ctx.err(
                     &v.span(),
@@ -861,12 +710,7 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
                     format!("SPI {n} is reserved (0 is invalid and 1-255 are reserved by IANA)"),
                     spi_fix,
                 ),
-                Some(_) => ctx.err(
-                    &v.span(),
-                    t.key("spi"),
-                    "the SPI does not fit in 32 bits",
-                    spi_fix,
-                ),
+                Some(_) => ctx.err(&v.span(), t.key("spi"), "the SPI does not fit in 32 bits", spi_fix),
                 None => {}
             }
         }
@@ -889,12 +733,9 @@ fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {
                     Ok(k) => sa.key = Some(k),
                     Err(problem) => ctx.err(&v.span(), t.key("key"), problem, key_fix),
                 },
-                other => ctx.err(
-                    &v.span(),
-                    t.key("key"),
-                    format!("expected a string, found {}", type_name(other)),
-                    key_fix,
-                ),
+                other => {
+                    ctx.err(&v.span(), t.key("key"), format!("expected a string, found {}", type_name(other)), key_fix)
+                }
             },
         }
         sas.push(sa);

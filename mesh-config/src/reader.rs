@@ -27,33 +27,19 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Ctx<'a> {
-        Ctx {
-            file,
-            text,
-            errors: Vec::new(),
-        }
+        Ctx { file, text, errors: Vec::new() }
     }
 
     /// 1-based line of a byte offset.
     pub fn line(&self, span: &Span) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
     }
 
     pub fn column(&self, span: &Span) -> usize {
         let end = span.start.min(self.text.len());
-        let line_start = self.text.as_bytes()[..end]
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |p| p + 1);
-        String::from_utf8_lossy(&self.text.as_bytes()[line_start..end])
-            .chars()
-            .count()
-            + 1
+        let line_start = self.text.as_bytes()[..end].iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        String::from_utf8_lossy(&self.text.as_bytes()[line_start..end]).chars().count() + 1
     }
 
     /// The source text of a span (for syntax errors only: never for values that may be secret).
@@ -61,13 +47,7 @@ impl<'a> Ctx<'a> {
         self.text.get(span.clone()).unwrap_or("")
     }
 
-    pub fn err(
-        &mut self,
-        span: &Span,
-        key: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
+    pub fn err(&mut self, span: &Span, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
         let line = self.line(span);
         self.err_line(Some(line), key, problem, fix);
     }
@@ -79,8 +59,7 @@ impl<'a> Ctx<'a> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.errors
-            .push(ConfigError::new(self.file, line, key, problem, fix));
+        self.errors.push(ConfigError::new(self.file, line, key, problem, fix));
     }
 
     /// Every error, file-wide ones (no line) first, then by line; stable otherwise.
@@ -137,20 +116,11 @@ impl<'t, 'i> Tab<'t, 'i> {
             if accepted.contains(&name) {
                 continue;
             }
-            let mut fix = format!(
-                "the keys accepted in {} are: {}",
-                self.header,
-                accepted.join(", ")
-            );
+            let mut fix = format!("the keys accepted in {} are: {}", self.header, accepted.join(", "));
             if let Some(near) = accepted.iter().find(|a| edit_distance(a, name) <= 2) {
                 fix = format!("did you mean `{near}`? {fix}");
             }
-            ctx.err(
-                &k.span(),
-                self.key(name),
-                format!("unknown key `{name}` in {}", self.header),
-                fix,
-            );
+            ctx.err(&k.span(), self.key(name), format!("unknown key `{name}` in {}", self.header), fix);
         }
     }
 
@@ -177,14 +147,7 @@ impl<'t, 'i> Tab<'t, 'i> {
         );
     }
 
-    pub fn wrong_type(
-        &self,
-        ctx: &mut Ctx<'_>,
-        k: &str,
-        v: &Spanned<DeValue<'_>>,
-        expected: &str,
-        example: &str,
-    ) {
+    pub fn wrong_type(&self, ctx: &mut Ctx<'_>, k: &str, v: &Spanned<DeValue<'_>>, expected: &str, example: &str) {
         ctx.err(
             &v.span(),
             self.key(k),
@@ -197,10 +160,7 @@ impl<'t, 'i> Tab<'t, 'i> {
     pub fn str(&self, ctx: &mut Ctx<'_>, k: &str, example: &str) -> Option<At<&'t str>> {
         let v = self.raw(k)?;
         match v.get_ref() {
-            DeValue::String(s) => Some(At {
-                v: s.as_ref(),
-                span: v.span(),
-            }),
+            DeValue::String(s) => Some(At { v: s.as_ref(), span: v.span() }),
             _ => {
                 self.wrong_type(ctx, k, v, "a string", example);
                 None
@@ -221,17 +181,9 @@ impl<'t, 'i> Tab<'t, 'i> {
     pub fn int(&self, ctx: &mut Ctx<'_>, k: &str, example: &str) -> Option<At<i128>> {
         let v = self.raw(k)?;
         match integer(v.get_ref()) {
-            Some(Some(n)) => Some(At {
-                v: n,
-                span: v.span(),
-            }),
+            Some(Some(n)) => Some(At { v: n, span: v.span() }),
             Some(None) => {
-                ctx.err(
-                    &v.span(),
-                    self.key(k),
-                    "the number is far too large",
-                    format!("write it like {example}"),
-                );
+                ctx.err(&v.span(), self.key(k), "the number is far too large", format!("write it like {example}"));
                 None
             }
             None => {
@@ -250,21 +202,10 @@ impl<'t, 'i> Tab<'t, 'i> {
     }
 
     /// An optional sub-table, read as `path.k` and named `header` in messages.
-    pub fn table(
-        &self,
-        ctx: &mut Ctx<'_>,
-        k: &str,
-        header: &str,
-        example: &str,
-    ) -> Option<Tab<'t, 'i>> {
+    pub fn table(&self, ctx: &mut Ctx<'_>, k: &str, header: &str, example: &str) -> Option<Tab<'t, 'i>> {
         let v = self.raw(k)?;
         match v.get_ref() {
-            DeValue::Table(t) => Some(Tab {
-                t,
-                path: self.key(k),
-                span: v.span(),
-                header: header.to_string(),
-            }),
+            DeValue::Table(t) => Some(Tab { t, path: self.key(k), span: v.span(), header: header.to_string() }),
             _ => {
                 self.wrong_type(ctx, k, v, &format!("a table ({header})"), example);
                 None
@@ -285,13 +226,8 @@ impl<'t, 'i> Tab<'t, 'i> {
             ctx.err(
                 &v.span(),
                 self.key(k),
-                format!(
-                    "expected an array of tables ([[{k}]]), found {}",
-                    type_name(v.get_ref())
-                ),
-                format!(
-                    "write each entry as its own [[{k}]] section (double brackets), e.g. {example}"
-                ),
+                format!("expected an array of tables ([[{k}]]), found {}", type_name(v.get_ref())),
+                format!("write each entry as its own [[{k}]] section (double brackets), e.g. {example}"),
             );
             return None;
         };

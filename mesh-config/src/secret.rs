@@ -64,10 +64,7 @@ impl KeyBytes {
     /// Decodes 72 hex digits (an optional `0x` prefix is allowed). The error never contains the
     /// text: it says how many digits there were, or where the first non-hex character is.
     pub fn from_hex(text: &str) -> Result<KeyBytes, String> {
-        let digits = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .unwrap_or(text);
+        let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
         let count = digits.chars().count();
         if count != MANUAL_KEY_LEN * 2 {
             return Err(format!(
@@ -127,10 +124,7 @@ mod tests {
         assert_eq!(k.salt(), &[32, 33, 34, 35]);
         assert_eq!(KeyBytes::from_hex(&format!("0x{hex}")).unwrap(), k);
         let e = KeyBytes::from_hex("abcd").unwrap_err();
-        assert!(
-            e.contains("has 4 characters") && e.contains("4-byte salt"),
-            "{e}"
-        );
+        assert!(e.contains("has 4 characters") && e.contains("4-byte salt"), "{e}");
         let mut bad = hex.clone();
         bad.replace_range(10..11, "g");
         let e = KeyBytes::from_hex(&bad).unwrap_err();

@@ -65,12 +65,7 @@ fn errors(text: &str) -> Vec<ConfigError> {
 #[track_caller]
 fn one(text: &str, key: &str, line: Option<usize>, says: &[&str]) -> ConfigError {
     let errs = errors(text);
-    assert_eq!(
-        errs.len(),
-        1,
-        "expected one error, got:\n{}",
-        ConfigErrors(errs.clone())
-    );
+    assert_eq!(errs.len(), 1, "expected one error, got:\n{}", ConfigErrors(errs.clone()));
     check(&errs[0], key, line, says);
     errs[0].clone()
 }
@@ -109,29 +104,17 @@ fn full_example_loads() {
     assert_eq!(c.mesh.vxlan_port, 4790);
     assert_eq!(c.mesh.encap, Encap::Udp);
     assert_eq!(c.mesh.mode, Mode::Transport);
-    assert_eq!(
-        c.ike,
-        IkeSection {
-            proposals_explicit: true,
-            ..IkeSection::default()
-        }
-    );
+    assert_eq!(c.ike, IkeSection { proposals_explicit: true, ..IkeSection::default() });
     assert_eq!(c.nodes.len(), 3);
     assert_eq!(c.nodes[0].ssh, "root@198.18.0.1");
     assert_eq!(c.nodes[1].ssh, "root@198.18.0.2");
     assert_eq!(c.nodes[2].ssh, "admin@n3.lab.example");
     assert_eq!(c.nodes[2].mode, Some(Mode::Tunnel));
-    assert_eq!(
-        c.node("n2").unwrap().address,
-        "198.18.0.2".parse::<IpAddr>().unwrap()
-    );
+    assert_eq!(c.node("n2").unwrap().address, "198.18.0.2".parse::<IpAddr>().unwrap());
     assert!(c.node("n4").is_none());
     assert_eq!(c.overlays.len(), 2);
     let o = c.overlay("ovl0").unwrap();
-    assert_eq!(
-        (o.vni, o.interface.as_str(), o.mtu),
-        (4242, "ovl0", OverlayMtu::Auto)
-    );
+    assert_eq!((o.vni, o.interface.as_str(), o.mtu), (4242, "ovl0", OverlayMtu::Auto));
     assert_eq!(o.addresses["n3"], "10.244.0.3/24".parse().unwrap());
     assert!(o.addresses["n1"].contains("10.244.0.200".parse().unwrap()));
     assert_eq!(c.overlays[1].interface, "ovl-storage");
@@ -149,10 +132,7 @@ fn full_example_loads() {
     assert_eq!(c.mode_between("n3", "n2"), Mode::Tunnel);
     let peers: Vec<&str> = c.peers_of("n2").map(|n| n.name.as_str()).collect();
     assert_eq!(peers, ["n1", "n3"]);
-    assert_eq!(
-        c.psk.as_ref().unwrap().as_bytes(),
-        &GOOD_PSK[..GOOD_PSK.len() - 1]
-    );
+    assert_eq!(c.psk.as_ref().unwrap().as_bytes(), &GOOD_PSK[..GOOD_PSK.len() - 1]);
     // Secrets never show.
     let debug = format!("{c:?}");
     assert!(debug.contains("Psk(..redacted..)") && debug.contains("KeyBytes(..redacted..)"));
@@ -186,10 +166,7 @@ vni = 0
     assert_eq!(c.mesh.encap, Encap::Udp);
     assert_eq!(c.mesh.mode, Mode::Transport);
     assert_eq!(c.ike.proposals.len(), 2);
-    assert_eq!(
-        c.ike.proposals[0].to_string(),
-        "aes256gcm16-prfsha256-x25519"
-    );
+    assert_eq!(c.ike.proposals[0].to_string(), "aes256gcm16-prfsha256-x25519");
     assert_eq!(c.ike.proposals[1].cipher, Cipher::Chacha20Poly1305);
     assert!(!c.ike.proposals_explicit);
     assert_eq!(c.ike.ike_lifetime, Duration::from_secs(4 * 3600));
@@ -208,10 +185,10 @@ vni = 0
 
 #[test]
 fn mesh_mode_tunnel_and_overrides() {
-    let c = parse_ok(&BASE.replace(
-        "psk_file = \"psk\"",
-        "psk_file = \"psk\"\nmode = \"tunnel\"\nencap = \"esp\"\nvxlan_port = 4789",
-    ));
+    let c = parse_ok(
+        &BASE
+            .replace("psk_file = \"psk\"", "psk_file = \"psk\"\nmode = \"tunnel\"\nencap = \"esp\"\nvxlan_port = 4789"),
+    );
     assert_eq!(c.mesh.encap, Encap::Esp);
     assert_eq!(c.mesh.vxlan_port, 4789);
     assert_eq!(c.mode_between("n1", "n2"), Mode::Tunnel);
@@ -228,11 +205,7 @@ fn custom_ike() {
     assert!(c.ike.proposals_explicit);
     assert_eq!(
         c.ike.proposals,
-        [Proposal {
-            cipher: Cipher::Chacha20Poly1305,
-            prf: Prf::HmacSha256,
-            group: DhGroup::X25519
-        }]
+        [Proposal { cipher: Cipher::Chacha20Poly1305, prf: Prf::HmacSha256, group: DhGroup::X25519 }]
     );
     assert_eq!(c.ike.ike_lifetime, Duration::from_secs(86_400));
     assert_eq!(c.ike.child_lifetime, Duration::from_secs(5400));
@@ -251,12 +224,7 @@ fn load_reads_the_file_and_reports_unreadable_ones() {
     let missing = dir.path().join("nope.toml");
     let e = MeshConfig::load(&missing).unwrap_err();
     assert_eq!(e.len(), 1);
-    check(
-        &e.0[0],
-        "file",
-        None,
-        &["cannot read the mesh file", "--config"],
-    );
+    check(&e.0[0], "file", None, &["cannot read the mesh file", "--config"]);
 
     fs::write(&path, b"[mesh]\nname = \"\xff\"\n").unwrap();
     let e = MeshConfig::load(&path).unwrap_err();
@@ -267,10 +235,7 @@ fn load_reads_the_file_and_reports_unreadable_ones() {
 fn psk_file_absolute_path() {
     let dir = dir_with_psk(GOOD_PSK, 0o600);
     let other = TempDir::new().unwrap();
-    let text = BASE.replace(
-        "\"psk\"",
-        &format!("\"{}\"", dir.path().join("psk").display()),
-    );
+    let text = BASE.replace("\"psk\"", &format!("\"{}\"", dir.path().join("psk").display()));
     let path = other.path().join("mesh.toml");
     let c = MeshConfig::parse(&path, &text).unwrap();
     assert!(c.psk.is_some());
@@ -291,21 +256,13 @@ fn toml_syntax_error_has_its_line() {
 
 #[test]
 fn toml_duplicate_key() {
-    one(
-        &with("name = \"n3\"\n"),
-        "syntax",
-        Some(12),
-        &["`name` is set a second time", "keep only one"],
-    );
+    one(&with("name = \"n3\"\n"), "syntax", Some(12), &["`name` is set a second time", "keep only one"]);
 }
 
 #[test]
 fn several_syntax_errors_at_once() {
     let errs = errors("[mesh]\nname = lab\n\n[[node]]\nname = n1\n");
-    assert_eq!(
-        errs.iter().map(|e| e.line).collect::<Vec<_>>(),
-        [Some(2), Some(5)]
-    );
+    assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), [Some(2), Some(5)]);
 }
 
 #[test]
@@ -320,12 +277,7 @@ fn missing_mesh_section() {
 
 #[test]
 fn missing_nodes() {
-    one(
-        "[mesh]\nname = \"lab\"\n",
-        "node",
-        None,
-        &["no [[node]] sections", "add one [[node]]"],
-    );
+    one("[mesh]\nname = \"lab\"\n", "node", None, &["no [[node]] sections", "add one [[node]]"]);
 }
 
 #[test]
@@ -334,10 +286,7 @@ fn node_written_as_plain_table() {
         "[mesh]\nname = \"lab\"\n\n[node]\nname = \"n1\"\naddress = \"198.18.0.1\"\n",
         "node",
         Some(4),
-        &[
-            "expected an array of tables ([[node]]), found a table",
-            "double brackets",
-        ],
+        &["expected an array of tables ([[node]]), found a table", "double brackets"],
     );
 }
 
@@ -353,10 +302,7 @@ fn missing_required_keys() {
         &BASE.replace("address = \"198.18.0.2\"\n", ""),
         "node[1].address",
         Some(9),
-        &[
-            "missing required key `address`",
-            "add a line like address =",
-        ],
+        &["missing required key `address`", "add a line like address ="],
     );
     one(
         &with("\n[[overlay]]\nname = \"ovl0\"\n"),
@@ -366,15 +312,7 @@ fn missing_required_keys() {
     );
     let errs = errors(&with("\n[[manual_sa]]\nfrom = \"n1\"\n"));
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "manual_sa[0].to",
-            "manual_sa[0].spi",
-            "manual_sa[0].cipher",
-            "manual_sa[0].key"
-        ]
-    );
+    assert_eq!(keys, ["manual_sa[0].to", "manual_sa[0].spi", "manual_sa[0].cipher", "manual_sa[0].key"]);
     for e in &errs {
         check(e, &e.key, Some(13), &["missing required key"]);
     }
@@ -386,10 +324,7 @@ fn wrong_types() {
         &BASE.replace("\"198.18.0.2\"", "198"),
         "node[1].address",
         Some(11),
-        &[
-            "expected a string, found an integer",
-            "address = \"198.18.0.1\"",
-        ],
+        &["expected a string, found an integer", "address = \"198.18.0.1\""],
     );
     one(
         &with("\n[[overlay]]\nname = \"ovl0\"\nvni = \"4242\"\n"),
@@ -397,30 +332,15 @@ fn wrong_types() {
         Some(15),
         &["expected an integer, found a string", "vni = 4242"],
     );
-    one(
-        &BASE.replace("name = \"lab\"", "name = true"),
-        "mesh.name",
-        Some(2),
-        &["expected a string, found a boolean"],
-    );
+    one(&BASE.replace("name = \"lab\"", "name = true"), "mesh.name", Some(2), &["expected a string, found a boolean"]);
     one(
         &with("\n[ike]\nproposals = \"aes256gcm16-prfsha256-x25519\"\n"),
         "ike.proposals",
         Some(14),
         &["expected an array of strings"],
     );
-    one(
-        &with("\n[ike]\nproposals = [1]\n"),
-        "ike.proposals[0]",
-        Some(14),
-        &["expected a string, found an integer"],
-    );
-    one(
-        &format!("ike = 3\n{BASE}"),
-        "ike",
-        Some(1),
-        &["expected a table ([ike]), found an integer"],
-    );
+    one(&with("\n[ike]\nproposals = [1]\n"), "ike.proposals[0]", Some(14), &["expected a string, found an integer"]);
+    one(&format!("ike = 3\n{BASE}"), "ike", Some(1), &["expected a table ([ike]), found an integer"]);
 }
 
 #[test]
@@ -429,30 +349,20 @@ fn unknown_keys_are_named_with_the_accepted_ones() {
         &with("adress = \"x\"\n"),
         "node[1].adress",
         Some(12),
-        &[
-            "unknown key `adress` in [[node]]",
-            "did you mean `address`?",
-        ],
+        &["unknown key `adress` in [[node]]", "did you mean `address`?"],
     );
     assert!(e.fix.contains("name, address, ssh, mode"), "{e}");
     one(
         "[mesh]\nname = \"lab\"\nport = 1\n[[node]]\nname = \"n\"\naddress = \"198.18.0.1\"\n",
         "mesh.port",
         Some(3),
-        &[
-            "unknown key `port` in [mesh]",
-            "name, psk_file, vxlan_port, encap, mode",
-        ],
+        &["unknown key `port` in [mesh]", "name, psk_file, vxlan_port, encap, mode"],
     );
     one(
         &with("\n[nodes]\nx = 1\n"),
         "nodes",
         Some(13),
-        &[
-            "unknown key `nodes` in the top level",
-            "did you mean `node`?",
-            "mesh, ike, node, overlay, manual_sa",
-        ],
+        &["unknown key `nodes` in the top level", "did you mean `node`?", "mesh, ike, node, overlay, manual_sa"],
     );
     one(
         &with("\n[ike]\nlifetime = \"1h\"\n"),
@@ -493,17 +403,10 @@ fn vxlan_port_zero_and_out_of_range() {
         &BASE.replace("psk_file = \"psk\"", "psk_file = \"psk\"\nvxlan_port = 0"),
         "mesh.vxlan_port",
         Some(4),
-        &[
-            "vxlan_port 0 is not a usable UDP port",
-            "4790",
-            "1 to 65535",
-        ],
+        &["vxlan_port 0 is not a usable UDP port", "4790", "1 to 65535"],
     );
     one(
-        &BASE.replace(
-            "psk_file = \"psk\"",
-            "psk_file = \"psk\"\nvxlan_port = 65536",
-        ),
+        &BASE.replace("psk_file = \"psk\"", "psk_file = \"psk\"\nvxlan_port = 65536"),
         "mesh.vxlan_port",
         Some(4),
         &["65536 is not a UDP port"],
@@ -519,20 +422,12 @@ fn encap_and_mode_choices() {
         &["\"gre\" is not one of \"udp\", \"esp\"", "encap = \"udp\""],
     );
     one(
-        &BASE.replace(
-            "psk_file = \"psk\"",
-            "psk_file = \"psk\"\nmode = \"Tunnel\"",
-        ),
+        &BASE.replace("psk_file = \"psk\"", "psk_file = \"psk\"\nmode = \"Tunnel\""),
         "mesh.mode",
         Some(4),
         &["\"Tunnel\" is not one of", "mode = \"tunnel\""],
     );
-    one(
-        &with("mode = \"bump\"\n"),
-        "node[1].mode",
-        Some(12),
-        &["\"bump\" is not one of", "[mesh] mode"],
-    );
+    one(&with("mode = \"bump\"\n"), "node[1].mode", Some(12), &["\"bump\" is not one of", "[mesh] mode"]);
 }
 
 // ---------------------------------------------------------------- psk_file
@@ -543,17 +438,7 @@ fn psk_missing() {
     let e = parse_in(&dir, BASE).unwrap_err();
     assert_eq!(e.len(), 1);
     let psk = dir.path().join("psk").display().to_string();
-    check(
-        &e.0[0],
-        "mesh.psk_file",
-        Some(3),
-        &[
-            "does not exist",
-            &psk,
-            "head -c 32 /dev/urandom",
-            "chmod 600",
-        ],
-    );
+    check(&e.0[0], "mesh.psk_file", Some(3), &["does not exist", &psk, "head -c 32 /dev/urandom", "chmod 600"]);
 }
 
 #[test]
@@ -561,12 +446,7 @@ fn psk_not_a_file() {
     let dir = TempDir::new().unwrap();
     fs::create_dir(dir.path().join("psk")).unwrap();
     let e = parse_in(&dir, BASE).unwrap_err();
-    check(
-        &e.0[0],
-        "mesh.psk_file",
-        Some(3),
-        &["is a directory", "regular file"],
-    );
+    check(&e.0[0], "mesh.psk_file", Some(3), &["is a directory", "regular file"]);
 }
 
 #[test]
@@ -580,11 +460,7 @@ fn psk_readable_by_others() {
             &e.0[0],
             "mesh.psk_file",
             Some(3),
-            &[
-                &format!("mode {mode:04o}"),
-                "group or others",
-                &format!("chmod 600 {psk}"),
-            ],
+            &[&format!("mode {mode:04o}"), "group or others", &format!("chmod 600 {psk}")],
         );
         assert!(!e.to_string().contains("0123456789abcdef"));
     }
@@ -597,12 +473,7 @@ fn psk_too_short() {
     let short = b"0123456789abcdef0123456789abcde\n"; // 31 bytes and a newline
     let dir = dir_with_psk(short, 0o600);
     let e = parse_in(&dir, BASE).unwrap_err();
-    check(
-        &e.0[0],
-        "mesh.psk_file",
-        Some(3),
-        &["holds 31 bytes", "at least 32", "head -c 32 /dev/urandom"],
-    );
+    check(&e.0[0], "mesh.psk_file", Some(3), &["holds 31 bytes", "at least 32", "head -c 32 /dev/urandom"]);
     assert!(!e.to_string().contains("0123456789abcde"));
 
     let exact = b"0123456789abcdef0123456789abcdef\r\n";
@@ -626,9 +497,7 @@ fn psk_short_and_open_gives_both_problems() {
 #[test]
 fn bad_proposals() {
     let e = one(
-        &with(
-            "\n[ike]\nproposals = [\"aes256gcm16-prfsha256-x25519\", \"aes128-sha1-modp2048\"]\n",
-        ),
+        &with("\n[ike]\nproposals = [\"aes256gcm16-prfsha256-x25519\", \"aes128-sha1-modp2048\"]\n"),
         "ike.proposals[1]",
         Some(14),
         &["\"aes128\" is not a known cipher", "CIPHER-PRF-GROUP"],
@@ -668,12 +537,7 @@ fn bad_proposals() {
 
 #[test]
 fn bad_durations() {
-    one(
-        &with("\n[ike]\ndpd = \"10\"\n"),
-        "ike.dpd",
-        Some(14),
-        &["without a unit", "\"1h30m\""],
-    );
+    one(&with("\n[ike]\ndpd = \"10\"\n"), "ike.dpd", Some(14), &["without a unit", "\"1h30m\""]);
     one(
         &with("\n[ike]\nike_lifetime = \"4 hours\"\n"),
         "ike.ike_lifetime",
@@ -686,24 +550,9 @@ fn bad_durations() {
         Some(14),
         &["smaller unit before a larger"],
     );
-    one(
-        &with("\n[ike]\ndpd = 10\n"),
-        "ike.dpd",
-        Some(14),
-        &["bare number (10) has no unit", "dpd = \"10s\""],
-    );
-    one(
-        &with("\n[ike]\ndpd = \"0s\"\n"),
-        "ike.dpd",
-        Some(14),
-        &["longer than 0s"],
-    );
-    one(
-        &with("\n[ike]\ndpd = 1.5\n"),
-        "ike.dpd",
-        Some(14),
-        &["expected a string, found a float", "dpd = \"10s\""],
-    );
+    one(&with("\n[ike]\ndpd = 10\n"), "ike.dpd", Some(14), &["bare number (10) has no unit", "dpd = \"10s\""]);
+    one(&with("\n[ike]\ndpd = \"0s\"\n"), "ike.dpd", Some(14), &["longer than 0s"]);
+    one(&with("\n[ike]\ndpd = 1.5\n"), "ike.dpd", Some(14), &["expected a string, found a float", "dpd = \"10s\""]);
 }
 
 // ---------------------------------------------------------------- [[node]]
@@ -714,10 +563,7 @@ fn duplicate_node_name() {
         &BASE.replace("name = \"n2\"", "name = \"n1\""),
         "node[1].name",
         Some(10),
-        &[
-            "\"n1\" is already the name of node[0] (line 5)",
-            "give every node its own name",
-        ],
+        &["\"n1\" is already the name of node[0] (line 5)", "give every node its own name"],
     );
 }
 
@@ -767,24 +613,14 @@ fn node_name_syntax() {
         Some(10),
         &["contains 'N'", "1-32 characters from a-z, 0-9, '-' and '_'"],
     );
-    one(
-        &BASE.replace("\"n2\"", "\"\""),
-        "node[1].name",
-        Some(10),
-        &["the name is empty", "1-32 characters"],
-    );
+    one(&BASE.replace("\"n2\"", "\"\""), "node[1].name", Some(10), &["the name is empty", "1-32 characters"]);
     one(
         &BASE.replace("\"n2\"", &format!("\"{}\"", "n".repeat(33))),
         "node[1].name",
         Some(10),
         &["longer than 32 characters"],
     );
-    one(
-        &BASE.replace("\"n2\"", "\"n 2\""),
-        "node[1].name",
-        Some(10),
-        &["contains ' '"],
-    );
+    one(&BASE.replace("\"n2\"", "\"n 2\""), "node[1].name", Some(10), &["contains ' '"]);
     parse_ok(&BASE.replace("\"n2\"", &format!("\"{}\"", "a-_9".repeat(8))));
 }
 
@@ -802,30 +638,18 @@ fn node_address_syntax() {
         Some(11),
         &["has a prefix length", "without /prefix"],
     );
-    one(
-        &BASE.replace("198.18.0.2", "0.0.0.0"),
-        "node[1].address",
-        Some(11),
-        &["not a unicast address"],
-    );
+    one(&BASE.replace("198.18.0.2", "0.0.0.0"), "node[1].address", Some(11), &["not a unicast address"]);
 }
 
 #[test]
 fn node_ssh_syntax() {
-    one(
-        &with("ssh = \"root@ host\"\n"),
-        "node[1].ssh",
-        Some(12),
-        &["not an ssh destination", "root@ADDRESS"],
-    );
+    one(&with("ssh = \"root@ host\"\n"), "node[1].ssh", Some(12), &["not an ssh destination", "root@ADDRESS"]);
 }
 
 // ---------------------------------------------------------------- [[overlay]]
 
 fn overlay(body: &str) -> String {
-    with(&format!(
-        "\n[[overlay]]\nname = \"ovl0\"\nvni = 4242\n{body}"
-    ))
+    with(&format!("\n[[overlay]]\nname = \"ovl0\"\nvni = 4242\n{body}"))
 }
 
 #[test]
@@ -836,16 +660,9 @@ fn vni_out_of_range() {
         Some(15),
         &["VNI 16777216 is out of range", "0 to 16777215"],
     );
+    one(&with("\n[[overlay]]\nname = \"ovl0\"\nvni = -1\n"), "overlay.ovl0.vni", Some(15), &["VNI -1 is out of range"]);
     one(
-        &with("\n[[overlay]]\nname = \"ovl0\"\nvni = -1\n"),
-        "overlay.ovl0.vni",
-        Some(15),
-        &["VNI -1 is out of range"],
-    );
-    one(
-        &with(
-            "\n[[overlay]]\nname = \"ovl0\"\nvni = 99999999999999999999999999999999999999999999\n",
-        ),
+        &with("\n[[overlay]]\nname = \"ovl0\"\nvni = 99999999999999999999999999999999999999999999\n"),
         "overlay.ovl0.vni",
         Some(15),
         &["far too large"],
@@ -859,10 +676,7 @@ fn duplicate_vni() {
         &overlay("\n[[overlay]]\nname = \"ovl1\"\nvni = 4242\n"),
         "overlay.ovl1.vni",
         Some(19),
-        &[
-            "VNI 4242 is already used by overlay \"ovl0\" (line 13)",
-            "its own VNI",
-        ],
+        &["VNI 4242 is already used by overlay \"ovl0\" (line 13)", "its own VNI"],
     );
 }
 
@@ -894,24 +708,9 @@ fn interface_name_invalid() {
         Some(16),
         &["longer than 15 bytes", "1-15 characters"],
     );
-    one(
-        &overlay("interface = \"ovl/0\"\n"),
-        "overlay.ovl0.interface",
-        Some(16),
-        &["contains '/'"],
-    );
-    one(
-        &overlay("interface = \"ovl 0\"\n"),
-        "overlay.ovl0.interface",
-        Some(16),
-        &["contains ' '"],
-    );
-    one(
-        &overlay("interface = \"\"\n"),
-        "overlay.ovl0.interface",
-        Some(16),
-        &["empty"],
-    );
+    one(&overlay("interface = \"ovl/0\"\n"), "overlay.ovl0.interface", Some(16), &["contains '/'"]);
+    one(&overlay("interface = \"ovl 0\"\n"), "overlay.ovl0.interface", Some(16), &["contains ' '"]);
+    one(&overlay("interface = \"\"\n"), "overlay.ovl0.interface", Some(16), &["empty"]);
     // The default interface is the name: a long name needs an explicit interface.
     one(
         &with("\n[[overlay]]\nname = \"storage-network-1\"\nvni = 1\n"),
@@ -919,9 +718,7 @@ fn interface_name_invalid() {
         Some(14),
         &["also the interface name", "at most 15 bytes", "interface ="],
     );
-    let c = parse_ok(&with(
-        "\n[[overlay]]\nname = \"storage-network-1\"\nvni = 1\ninterface = \"stor1\"\n",
-    ));
+    let c = parse_ok(&with("\n[[overlay]]\nname = \"storage-network-1\"\nvni = 1\ninterface = \"stor1\"\n"));
     assert_eq!(c.overlays[0].interface, "stor1");
 }
 
@@ -931,10 +728,7 @@ fn duplicate_interface() {
         &overlay("\n[[overlay]]\nname = \"ovl1\"\nvni = 1\ninterface = \"ovl0\"\n"),
         "overlay.ovl1.interface",
         Some(20),
-        &[
-            "interface \"ovl0\" is already the interface of overlay \"ovl0\" (line 13)",
-            "interface =",
-        ],
+        &["interface \"ovl0\" is already the interface of overlay \"ovl0\" (line 13)", "interface ="],
     );
     one(
         &overlay("interface = \"x\"\n\n[[overlay]]\nname = \"x\"\nvni = 1\n"),
@@ -946,38 +740,17 @@ fn duplicate_interface() {
 
 #[test]
 fn mtu_values() {
-    one(
-        &overlay("mtu = 575\n"),
-        "overlay.ovl0.mtu",
-        Some(16),
-        &["MTU 575 is out of range", "576 to 65535"],
-    );
-    one(
-        &overlay("mtu = 65536\n"),
-        "overlay.ovl0.mtu",
-        Some(16),
-        &["MTU 65536 is out of range"],
-    );
+    one(&overlay("mtu = 575\n"), "overlay.ovl0.mtu", Some(16), &["MTU 575 is out of range", "576 to 65535"]);
+    one(&overlay("mtu = 65536\n"), "overlay.ovl0.mtu", Some(16), &["MTU 65536 is out of range"]);
     one(
         &overlay("mtu = \"1400\"\n"),
         "overlay.ovl0.mtu",
         Some(16),
         &["\"1400\" is neither \"auto\" nor a number", "mtu = 1400"],
     );
-    one(
-        &overlay("mtu = 1.5\n"),
-        "overlay.ovl0.mtu",
-        Some(16),
-        &["found a float"],
-    );
-    assert_eq!(
-        parse_ok(&overlay("mtu = 576\n")).overlays[0].mtu,
-        OverlayMtu::Fixed(576)
-    );
-    assert_eq!(
-        parse_ok(&overlay("mtu = \"auto\"\n")).overlays[0].mtu,
-        OverlayMtu::Auto
-    );
+    one(&overlay("mtu = 1.5\n"), "overlay.ovl0.mtu", Some(16), &["found a float"]);
+    assert_eq!(parse_ok(&overlay("mtu = 576\n")).overlays[0].mtu, OverlayMtu::Fixed(576));
+    assert_eq!(parse_ok(&overlay("mtu = \"auto\"\n")).overlays[0].mtu, OverlayMtu::Auto);
 }
 
 #[test]
@@ -986,10 +759,7 @@ fn overlay_address_unknown_node() {
         &overlay("[overlay.address]\nn1 = \"10.0.0.1/24\"\nn9 = \"10.0.0.9/24\"\n"),
         "overlay.ovl0.address.n9",
         Some(18),
-        &[
-            "\"n9\" is not a node of this mesh",
-            "use one of the node names: n1, n2",
-        ],
+        &["\"n9\" is not a node of this mesh", "use one of the node names: n1, n2"],
     );
 }
 
@@ -999,11 +769,7 @@ fn overlay_address_bad_cidr() {
         &overlay("[overlay.address]\nn1 = \"10.0.0.1\"\n"),
         "overlay.ovl0.address.n1",
         Some(17),
-        &[
-            "has no prefix length",
-            "ADDRESS/PREFIX-LENGTH",
-            "10.244.0.1/24",
-        ],
+        &["has no prefix length", "ADDRESS/PREFIX-LENGTH", "10.244.0.1/24"],
     );
     one(
         &overlay("[overlay.address]\nn1 = \"10.0.0.1/33\"\n"),
@@ -1017,12 +783,7 @@ fn overlay_address_bad_cidr() {
         Some(17),
         &["\"10.0.0\" is not an IP address"],
     );
-    one(
-        &overlay("[overlay.address]\nn1 = 10\n"),
-        "overlay.ovl0.address.n1",
-        Some(17),
-        &["expected a string"],
-    );
+    one(&overlay("[overlay.address]\nn1 = 10\n"), "overlay.ovl0.address.n1", Some(17), &["expected a string"]);
     let c = parse_ok(&overlay("[overlay.address]\nn1 = \"fd01::1/64\"\n"));
     assert_eq!(c.overlays[0].addresses["n1"].prefix_len, 64);
 }
@@ -1033,10 +794,7 @@ fn overlay_address_duplicate() {
         &overlay("[overlay.address]\nn1 = \"10.0.0.1/24\"\nn2 = \"10.0.0.1/24\"\n"),
         "overlay.ovl0.address.n2",
         Some(18),
-        &[
-            "10.0.0.1 is already the address of node \"n1\" on this overlay (line 17)",
-            "its own overlay address",
-        ],
+        &["10.0.0.1 is already the address of node \"n1\" on this overlay (line 17)", "its own overlay address"],
     );
     // The same address on two overlays is not a conflict.
     parse_ok(&overlay("[overlay.address]\nn1 = \"10.0.0.1/24\"\n\n[[overlay]]\nname = \"ovl1\"\nvni = 1\n[overlay.address]\nn1 = \"10.0.0.1/24\"\n"));
@@ -1075,12 +833,7 @@ fn manual_sa_unknown_node() {
         Some(15),
         &["\"n7\" is not a node of this mesh", "n1, n2"],
     );
-    one(
-        &with(&sa("x", "n2", "4096", "aes256gcm16", KEY1)),
-        "manual_sa[0].from",
-        Some(14),
-        &["\"x\" is not a node"],
-    );
+    one(&with(&sa("x", "n2", "4096", "aes256gcm16", KEY1)), "manual_sa[0].from", Some(14), &["\"x\" is not a node"]);
 }
 
 #[test]
@@ -1103,11 +856,7 @@ fn manual_sa_duplicate_direction() {
         )),
         "manual_sa[1]",
         Some(20),
-        &[
-            "already a manual SA from \"n1\" to \"n2\" (line 13)",
-            "one [[manual_sa]] per direction",
-            "swapped",
-        ],
+        &["already a manual SA from \"n1\" to \"n2\" (line 13)", "one [[manual_sa]] per direction", "swapped"],
     );
 }
 
@@ -1118,63 +867,16 @@ fn manual_sa_spi_syntax_and_range() {
         &bad("\"0xzz\""),
         "manual_sa[0].spi",
         Some(16),
-        &[
-            "\"0xzz\" is not a hex (0x...) or decimal number",
-            "spi = \"0x00001001\"",
-        ],
+        &["\"0xzz\" is not a hex (0x...) or decimal number", "spi = \"0x00001001\""],
     );
-    one(
-        &bad("\"10k\""),
-        "manual_sa[0].spi",
-        Some(16),
-        &["is not a hex"],
-    );
-    one(
-        &bad("\"\""),
-        "manual_sa[0].spi",
-        Some(16),
-        &["is not a hex"],
-    );
-    one(
-        &bad("1"),
-        "manual_sa[0].spi",
-        Some(16),
-        &[
-            "SPI 1 is reserved",
-            "1-255 are reserved",
-            "from 256 (0x100)",
-        ],
-    );
-    one(
-        &bad("\"0xff\""),
-        "manual_sa[0].spi",
-        Some(16),
-        &["SPI 255 is reserved"],
-    );
-    one(
-        &bad("\"0\""),
-        "manual_sa[0].spi",
-        Some(16),
-        &["SPI 0 is reserved"],
-    );
-    one(
-        &bad("\"0x100000000\""),
-        "manual_sa[0].spi",
-        Some(16),
-        &["does not fit in 32 bits"],
-    );
-    one(
-        &bad("-5"),
-        "manual_sa[0].spi",
-        Some(16),
-        &["does not fit in 32 bits"],
-    );
-    one(
-        &bad("1.0"),
-        "manual_sa[0].spi",
-        Some(16),
-        &["expected a string or an integer, found a float"],
-    );
+    one(&bad("\"10k\""), "manual_sa[0].spi", Some(16), &["is not a hex"]);
+    one(&bad("\"\""), "manual_sa[0].spi", Some(16), &["is not a hex"]);
+    one(&bad("1"), "manual_sa[0].spi", Some(16), &["SPI 1 is reserved", "1-255 are reserved", "from 256 (0x100)"]);
+    one(&bad("\"0xff\""), "manual_sa[0].spi", Some(16), &["SPI 255 is reserved"]);
+    one(&bad("\"0\""), "manual_sa[0].spi", Some(16), &["SPI 0 is reserved"]);
+    one(&bad("\"0x100000000\""), "manual_sa[0].spi", Some(16), &["does not fit in 32 bits"]);
+    one(&bad("-5"), "manual_sa[0].spi", Some(16), &["does not fit in 32 bits"]);
+    one(&bad("1.0"), "manual_sa[0].spi", Some(16), &["expected a string or an integer, found a float"]);
 }
 
 #[test]
@@ -1187,7 +889,10 @@ fn manual_sa_duplicate_spi_for_one_receiver() {
         ),
         "manual_sa[1].spi",
         Some(27),
-        &["SPI 0x00001000 is already used by the manual SA from \"n1\" to \"n2\" (line 17); \"n2\" receives both", "its own SPI"],
+        &[
+            "SPI 0x00001000 is already used by the manual SA from \"n1\" to \"n2\" (line 17); \"n2\" receives both",
+            "its own SPI",
+        ],
     );
     // The same SPI towards two different receivers is fine.
     parse_ok(&with(&format!(
@@ -1203,10 +908,7 @@ fn manual_sa_unknown_cipher() {
         &with(&sa("n1", "n2", "4096", "aes128gcm", KEY1)),
         "manual_sa[0].cipher",
         Some(17),
-        &[
-            "\"aes128gcm\" is not one of",
-            "use one of \"aes256gcm16\", \"chacha20poly1305\"",
-        ],
+        &["\"aes128gcm\" is not one of", "use one of \"aes256gcm16\", \"chacha20poly1305\""],
     );
 }
 
@@ -1217,10 +919,7 @@ fn manual_sa_key_length_and_digits() {
         &with(&sa("n1", "n2", "4096", "aes256gcm16", short)),
         "manual_sa[0].key",
         Some(18),
-        &[
-            "the key has 64 characters where 72 hex digits are needed",
-            "32-byte key followed by a 4-byte salt",
-        ],
+        &["the key has 64 characters where 72 hex digits are needed", "32-byte key followed by a 4-byte salt"],
     );
     assert!(!e.to_string().contains(short), "key leaked: {e}");
     let bad = format!("{}xy", &KEY1[..70]);
@@ -1232,9 +931,7 @@ fn manual_sa_key_length_and_digits() {
     );
     assert!(!e.to_string().contains(&KEY1[..70]));
     let e = one(
-        &with(
-            &sa("n1", "n2", "4096", "aes256gcm16", KEY1).replace(&format!("\"{KEY1}\""), "12345"),
-        ),
+        &with(&sa("n1", "n2", "4096", "aes256gcm16", KEY1).replace(&format!("\"{KEY1}\""), "12345")),
         "manual_sa[0].key",
         Some(18),
         &["expected a string, found an integer", "72 hex digits"],
@@ -1287,9 +984,7 @@ mtu = 10
 // ---------------------------------------------------------------- local_node
 
 fn three() -> MeshConfig {
-    parse_ok(&format!(
-        "{BASE}\n[[node]]\nname = \"n3\"\naddress = \"198.18.0.3\"\n"
-    ))
+    parse_ok(&format!("{BASE}\n[[node]]\nname = \"n3\"\naddress = \"198.18.0.3\"\n"))
 }
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
@@ -1301,22 +996,9 @@ fn local_node_by_name() {
     let c = three();
     assert_eq!(c.local_node(Some("n2"), &[]).unwrap().name, "n2");
     // --node wins over local addresses.
-    assert_eq!(
-        c.local_node(Some("n3"), &ips(&["198.18.0.1"]))
-            .unwrap()
-            .name,
-        "n3"
-    );
+    assert_eq!(c.local_node(Some("n3"), &ips(&["198.18.0.1"])).unwrap().name, "n3");
     let e = c.local_node(Some("n9"), &[]).unwrap_err();
-    check(
-        &e,
-        "--node",
-        None,
-        &[
-            "no node named \"n9\"",
-            "pass one of the node names: n1, n2, n3",
-        ],
-    );
+    check(&e, "--node", None, &["no node named \"n9\"", "pass one of the node names: n1, n2, n3"]);
 }
 
 #[test]
@@ -1329,37 +1011,20 @@ fn local_node_by_address() {
 #[test]
 fn local_node_none_found() {
     let c = three();
-    let e = c
-        .local_node(None, &ips(&["127.0.0.1", "10.1.2.3"]))
-        .unwrap_err();
+    let e = c.local_node(None, &ips(&["127.0.0.1", "10.1.2.3"])).unwrap_err();
     check(
         &e,
         "--node",
         None,
-        &[
-            "none of the node addresses",
-            "n1 198.18.0.1, n2 198.18.0.2, n3 198.18.0.3",
-            "pass --node NAME",
-        ],
+        &["none of the node addresses", "n1 198.18.0.1, n2 198.18.0.2, n3 198.18.0.3", "pass --node NAME"],
     );
 }
 
 #[test]
 fn local_node_two_found() {
     let c = three();
-    let e = c
-        .local_node(None, &ips(&["198.18.0.1", "198.18.0.3"]))
-        .unwrap_err();
-    check(
-        &e,
-        "--node",
-        None,
-        &[
-            "several node addresses",
-            "n1 198.18.0.1, n3 198.18.0.3",
-            "pass --node NAME",
-        ],
-    );
+    let e = c.local_node(None, &ips(&["198.18.0.1", "198.18.0.3"])).unwrap_err();
+    check(&e, "--node", None, &["several node addresses", "n1 198.18.0.1, n3 198.18.0.3", "pass --node NAME"]);
 }
 
 #[test]
@@ -1368,11 +1033,6 @@ fn peers_and_lookups() {
     let peers: Vec<&str> = c.peers_of("n1").map(|n| n.name.as_str()).collect();
     assert_eq!(peers, ["n2", "n3"]);
     assert_eq!(c.peers_of("zz").count(), 3);
-    assert_eq!(
-        c.node_by_address("198.18.0.3".parse().unwrap())
-            .unwrap()
-            .name,
-        "n3"
-    );
+    assert_eq!(c.node_by_address("198.18.0.3".parse().unwrap()).unwrap().name, "n3");
     assert_eq!(c.mode_between("n1", "unknown"), Mode::Transport);
 }

@@ -23,10 +23,7 @@ pub(crate) fn nodes(ctx: &mut Ctx<'_>, nodes: &[NodeP]) {
                 Some(prev) => ctx.err(
                     &name.span,
                     format!("node[{}].name", n.idx),
-                    format!(
-                        "\"{}\" is already the name of node[{}] (line {})",
-                        name.v, prev.idx, prev.line
-                    ),
+                    format!("\"{}\" is already the name of node[{}] (line {})", name.v, prev.idx, prev.line),
                     "give every node its own name",
                 ),
                 None => {
@@ -37,18 +34,11 @@ pub(crate) fn nodes(ctx: &mut Ctx<'_>, nodes: &[NodeP]) {
         let Some(addr) = &n.address else { continue };
         let key = format!("node[{}].address", n.idx);
         if let Some(prev) = by_addr.get(&addr.v) {
-            let prev_line = prev
-                .address
-                .as_ref()
-                .map_or(prev.line, |a| ctx.line(&a.span));
+            let prev_line = prev.address.as_ref().map_or(prev.line, |a| ctx.line(&a.span));
             ctx.err(
                 &addr.span,
                 key,
-                format!(
-                    "{} is already the address of {} (line {prev_line})",
-                    addr.v,
-                    prev.label()
-                ),
+                format!("{} is already the address of {} (line {prev_line})", addr.v, prev.label()),
                 "give every node its own address",
             );
             continue;
@@ -81,10 +71,7 @@ pub(crate) fn nodes(ctx: &mut Ctx<'_>, nodes: &[NodeP]) {
 }
 
 fn node_names(nodes: &[NodeP]) -> Vec<&str> {
-    nodes
-        .iter()
-        .filter_map(|n| n.name.as_ref().map(|a| a.v.as_str()))
-        .collect()
+    nodes.iter().filter_map(|n| n.name.as_ref().map(|a| a.v.as_str())).collect()
 }
 
 pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]) {
@@ -100,10 +87,7 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
                 ctx.err(
                     &name.span,
                     format!("{}.name", o.prefix),
-                    format!(
-                        "\"{}\" is already the name of the overlay at line {}",
-                        name.v, prev.line
-                    ),
+                    format!("\"{}\" is already the name of the overlay at line {}", name.v, prev.line),
                     "give every overlay its own name",
                 );
             } else {
@@ -115,12 +99,7 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
                 ctx.err(
                     &vni.span,
                     format!("{}.vni", o.prefix),
-                    format!(
-                        "VNI {} is already used by {} (line {})",
-                        vni.v,
-                        prev.label(),
-                        prev.line
-                    ),
+                    format!("VNI {} is already used by {} (line {})", vni.v, prev.label(), prev.line),
                     "give every overlay its own VNI",
                 );
             } else {
@@ -129,11 +108,7 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
         }
         // An interface named after a duplicate name is the same problem, reported once.
         let default_ifname = o.interface_key.ends_with(".name");
-        if let Some(ifname) = o
-            .interface
-            .as_ref()
-            .filter(|_| !(name_taken && default_ifname))
-        {
+        if let Some(ifname) = o.interface.as_ref().filter(|_| !(name_taken && default_ifname)) {
             if let Some(prev) = by_ifname.get(ifname.v.as_str()) {
                 ctx.err(
                     &ifname.span,
@@ -252,12 +227,7 @@ pub(crate) fn read_psk(ctx: &mut Ctx<'_>, file: &At<PathBuf>) -> Option<Psk> {
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            ctx.err(
-                &file.span,
-                key,
-                format!("the psk file {shown} does not exist"),
-                create,
-            );
+            ctx.err(&file.span, key, format!("the psk file {shown} does not exist"), create);
             return None;
         }
         Err(e) => {
@@ -271,11 +241,7 @@ pub(crate) fn read_psk(ctx: &mut Ctx<'_>, file: &At<PathBuf>) -> Option<Psk> {
         }
     };
     if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
         ctx.err(
             &file.span,
             key,
@@ -290,9 +256,7 @@ pub(crate) fn read_psk(ctx: &mut Ctx<'_>, file: &At<PathBuf>) -> Option<Psk> {
         ctx.err(
             &file.span,
             key,
-            format!(
-                "the psk file {shown} has mode {mode:04o}: group or others may read or write it"
-            ),
+            format!("the psk file {shown} has mode {mode:04o}: group or others may read or write it"),
             format!("run `chmod 600 {shown}`"),
         );
         ok = false;

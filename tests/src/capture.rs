@@ -139,8 +139,14 @@ impl Capture {
                 }
             });
         }
-        let mut capture =
-            Capture { child: Some(child), file, stderr, netns: ns.name().to_string(), iface: iface.to_string(), _dir: dir };
+        let mut capture = Capture {
+            child: Some(child),
+            file,
+            stderr,
+            netns: ns.name().to_string(),
+            iface: iface.to_string(),
+            _dir: dir,
+        };
         if ready_rx.recv_timeout(Duration::from_secs(15)).is_err() {
             capture.stop();
             panic!(

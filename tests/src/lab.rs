@@ -65,7 +65,17 @@ impl LabBuilder {
             let node = Netns::new(&self.prefix, &format!("n{}", i + 1));
             let port = format!("p{}", i + 1);
             lab.switch.run_ok([
-                "ip", "link", "add", &port, "type", "veth", "peer", "name", NODE_IFACE, "netns", node.name(),
+                "ip",
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_IFACE,
+                "netns",
+                node.name(),
             ]);
             if let Some(mtu) = self.mtu {
                 lab.switch.run_ok(["ip", "link", "set", &port, "mtu", &mtu.to_string()]);

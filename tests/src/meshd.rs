@@ -65,8 +65,15 @@ impl Meshd {
         let socket = dir.path().join(format!("{node}.sock"));
         let log = dir.path().join(format!("{node}.log"));
         let child = spawn_meshd(ns, config, node, &socket, &log);
-        let mut meshd =
-            Meshd { child: Some(child), netns: ns.name().to_string(), node: node.to_string(), socket, log, exit: None, _dir: dir };
+        let mut meshd = Meshd {
+            child: Some(child),
+            netns: ns.name().to_string(),
+            node: node.to_string(),
+            socket,
+            log,
+            exit: None,
+            _dir: dir,
+        };
         meshd.wait_ready(Duration::from_secs(10));
         meshd
     }
@@ -165,7 +172,9 @@ impl Meshd {
             .iter()
             .find(|o| o["name"].as_str() == Some(overlay))
             .and_then(|o| o["interface"].as_str())
-            .unwrap_or_else(|| panic!("meshd {}: no overlay {overlay:?} in `ikectl --json status`: {status}", self.node))
+            .unwrap_or_else(|| {
+                panic!("meshd {}: no overlay {overlay:?} in `ikectl --json status`: {status}", self.node)
+            })
             .to_string()
     }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 use meshd_lab::lab::Family;
 use meshd_lab::meshfile::{spi_for, OVERLAY_NAME};
 use meshd_lab::util::{describe_output, random_bytes, wait_until};
-use meshd_lab::{fix_udp_checksum, inject_frame, require_root, spawn_meshd, start_all, Capture, Lab, Meshd, MeshFile, Netns};
+use meshd_lab::{
+    fix_udp_checksum, inject_frame, require_root, spawn_meshd, start_all, Capture, Lab, MeshFile, Meshd, Netns,
+};
 use serde_json::Value;
 
 struct Case {
@@ -57,7 +59,12 @@ fn ping_ok(ns: &Netns, addr: &str, daemons: &[Meshd], what: &str) {
     if !out.status.success() {
         let drops: Vec<String> =
             daemons.iter().map(|d| format!("{}: {}", d.node(), d.ikectl_json(&["drops"]))).collect();
-        panic!("{what}: ping {addr} from {} failed\n{}\ndrops:\n{}", ns.name(), describe_output(&out), drops.join("\n"));
+        panic!(
+            "{what}: ping {addr} from {} failed\n{}\ndrops:\n{}",
+            ns.name(),
+            describe_output(&out),
+            drops.join("\n")
+        );
     }
 }
 
@@ -78,7 +85,12 @@ fn ping_mesh(case: Case) {
         assert_eq!(status["peers_with_sas"].as_u64(), Some(2), "manual SAs are installed at start: {status}");
         let overlay_addr = lab.overlay_addr(i).to_string();
         assert!(lab.node(i).has_link(&ifaces[i]), "{}: no overlay interface {}", d.node(), ifaces[i]);
-        assert!(has_address(lab.node(i), &ifaces[i], &overlay_addr), "{}: {overlay_addr} not on {}", d.node(), ifaces[i]);
+        assert!(
+            has_address(lab.node(i), &ifaces[i], &overlay_addr),
+            "{}: {overlay_addr} not on {}",
+            d.node(),
+            ifaces[i]
+        );
     }
 
     // ARP: nothing known before the first ping.
@@ -98,8 +110,8 @@ fn ping_mesh(case: Case) {
 
     // ARP resolved through the flooded request: n1 has n2's overlay MAC.
     let n2_mac = lab.node(1).mac(&ifaces[1]).to_lowercase();
-    let (mac, states) =
-        neighbour(lab.node(0), &ifaces[0], &n2_addr).unwrap_or_else(|| panic!("n1 has no neighbour entry for {n2_addr}"));
+    let (mac, states) = neighbour(lab.node(0), &ifaces[0], &n2_addr)
+        .unwrap_or_else(|| panic!("n1 has no neighbour entry for {n2_addr}"));
     assert_eq!(mac, n2_mac, "n1's ARP entry for {n2_addr} is n2's overlay MAC");
     assert!(
         states.iter().any(|s| ["REACHABLE", "STALE", "DELAY", "PROBE"].contains(&s.as_str())),
@@ -182,7 +194,13 @@ fn ping_udp_transport_aes_v4() {
 
 #[test]
 fn ping_udp_transport_chacha_v4() {
-    ping_mesh(Case { prefix: "msuc4", family: Family::V4, encap: "udp", mode: "transport", cipher: "chacha20poly1305" });
+    ping_mesh(Case {
+        prefix: "msuc4",
+        family: Family::V4,
+        encap: "udp",
+        mode: "transport",
+        cipher: "chacha20poly1305",
+    });
 }
 
 #[test]
@@ -203,6 +221,11 @@ fn ping_esp_tunnel_aes_v4() {
 #[test]
 fn ping_udp_transport_aes_v6() {
     ping_mesh(Case { prefix: "msut6", family: Family::V6, encap: "udp", mode: "transport", cipher: "aes256gcm16" });
+}
+
+#[test]
+fn ping_esp_tunnel_aes_v6() {
+    ping_mesh(Case { prefix: "msen6", family: Family::V6, encap: "esp", mode: "tunnel", cipher: "aes256gcm16" });
 }
 
 /// Node 3 has another inbound key for n1 -> n3 than n1 uses: n1 cannot reach n3, and n3 counts
@@ -227,7 +250,10 @@ fn wrong_key_is_an_authentication_drop() {
     let sas = n3.ikectl_json(&["sa", "list"]);
     let from_n1 = find_sa(&sas, "n1", "in");
     assert_eq!(from_n1["spi"].as_str(), Some("0x00001103"), "{from_n1:#}");
-    assert!(count(&from_n1["drops"], "authentication") > 0, "n3's inbound SA from n1 has no authentication drops: {from_n1:#}");
+    assert!(
+        count(&from_n1["drops"], "authentication") > 0,
+        "n3's inbound SA from n1 has no authentication drops: {from_n1:#}"
+    );
     assert_eq!(from_n1["packets"].as_u64(), Some(0), "n3 accepted packets on the SA with the wrong key: {from_n1:#}");
 
     let drops = n3.ikectl_json(&["drops"]);
@@ -236,7 +262,9 @@ fn wrong_key_is_an_authentication_drop() {
     assert!(drops["total"].as_u64().unwrap_or(0) >= count(&drops["by_reason"], "authentication"), "{drops:#}");
     let recent_auth = drops["recent"]
         .as_array()
-        .map(|r| r.iter().any(|d| d["reason"].as_str() == Some("authentication") && d["spi"].as_str() == Some("0x00001103")))
+        .map(|r| {
+            r.iter().any(|d| d["reason"].as_str() == Some("authentication") && d["spi"].as_str() == Some("0x00001103"))
+        })
         .unwrap_or(false);
     assert!(recent_auth, "no recent authentication drop on SPI 0x00001103: {drops:#}");
 
@@ -290,10 +318,16 @@ fn replay_is_dropped(prefix: &str, encap: &str) {
         let drops = n2.ikectl_json(&["drops"]);
         (count(&drops["by_reason"], "replay") > 0).then_some(drops)
     })
-    .unwrap_or_else(|| panic!("n2 counted no replay drop for the re-sent ESP packet (SPI {spi}, seq {sequence}): {:#}", n2.ikectl_json(&["drops"])));
+    .unwrap_or_else(|| {
+        panic!(
+            "n2 counted no replay drop for the re-sent ESP packet (SPI {spi}, seq {sequence}): {:#}",
+            n2.ikectl_json(&["drops"])
+        )
+    });
     assert_eq!(count(&after["by_reason"], "replay"), 1, "one replayed packet, one drop: {after:#}");
     assert_eq!(count(&after["by_peer"]["n1"], "replay"), 1, "replay drop attributed to n1: {after:#}");
-    let record = after["recent"].as_array().and_then(|r| r.iter().rev().find(|d| d["reason"].as_str() == Some("replay")));
+    let record =
+        after["recent"].as_array().and_then(|r| r.iter().rev().find(|d| d["reason"].as_str() == Some("replay")));
     let record = record.unwrap_or_else(|| panic!("no replay in recent drops: {after:#}"));
     assert_eq!(record["spi"].as_str(), Some("0x00001102"), "{record:#}");
     assert_eq!(record["sequence"].as_u64(), Some(sequence), "{record:#}");
@@ -301,7 +335,11 @@ fn replay_is_dropped(prefix: &str, encap: &str) {
     let sa = n2.ikectl_json(&["sa", "list"]);
     let from_n1 = find_sa(&sa, "n1", "in");
     assert_eq!(count(&from_n1["drops"], "replay"), 1, "{from_n1:#}");
-    assert_eq!(from_n1["packets"].as_u64(), packets_before, "the replayed packet was not counted as received: {from_n1:#}");
+    assert_eq!(
+        from_n1["packets"].as_u64(),
+        packets_before,
+        "the replayed packet was not counted as received: {from_n1:#}"
+    );
 }
 
 #[test]

@@ -20,7 +20,6 @@ use crate::wire::ipv4::{self, Ipv4Header};
 use crate::wire::ipv6::{self, Ipv6Header};
 use crate::wire::{udp, vxlan};
 
-
 /// Room in front of the frame: ESP header and IV, the largest inner IP header, UDP and VXLAN.
 pub const FRAME_OFFSET: usize = esp::PLAINTEXT_OFFSET + ipv6::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
 /// Room after the frame: ESP padding, trailer and ICV.
@@ -68,7 +67,8 @@ impl<U: EspSender> Egress<'_, U> {
             return;
         };
         for peer in others {
-            scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len].copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
+            scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len]
+                .copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
             self.send(overlay, peer.id, scratch, frame_len);
         }
         self.send(overlay, last.id, buf, frame_len);
@@ -87,7 +87,8 @@ impl<U: EspSender> Egress<'_, U> {
         let peer = self.state.topology.peer(peer_id);
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
-        let sealed = sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
+        let sealed =
+            sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
         let Ok(esp_len) = sealed else {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
             sa.counters.drop(DropReason::FrameTooLarge);
@@ -114,7 +115,14 @@ impl<U: EspSender> Egress<'_, U> {
 
     /// Writes [inner IP] | UDP | VXLAN in front of the frame for `sa`'s mode; returns where the ESP
     /// packet starts and its next header value.
-    fn write_inner_headers(&self, sa: &OutboundSa, path: Path, vni: u32, buf: &mut [u8], frame_len: usize) -> (usize, u8) {
+    fn write_inner_headers(
+        &self,
+        sa: &OutboundSa,
+        path: Path,
+        vni: u32,
+        buf: &mut [u8],
+        frame_len: usize,
+    ) -> (usize, u8) {
         let port = self.state.topology.vxlan_port;
         let vxlan_start = FRAME_OFFSET - vxlan::HEADER_LEN;
         let udp_start = vxlan_start - udp::HEADER_LEN;
@@ -144,8 +152,14 @@ impl<U: EspSender> Egress<'_, U> {
             }
             (Mode::Tunnel, Path::V6 { local, peer }) => {
                 let start = udp_start - ipv6::HEADER_LEN;
-                Ipv6Header { source: local, destination: peer, next_header: ipv4::PROTOCOL_UDP, payload_len: udp_len, hop_limit: TUNNEL_HOP_LIMIT }
-                    .emit(&mut buf[start..udp_start]);
+                Ipv6Header {
+                    source: local,
+                    destination: peer,
+                    next_header: ipv4::PROTOCOL_UDP,
+                    payload_len: udp_len,
+                    hop_limit: TUNNEL_HOP_LIMIT,
+                }
+                .emit(&mut buf[start..udp_start]);
                 (start, ipv4::PROTOCOL_IPV6_IN_IP)
             }
         };

@@ -68,7 +68,13 @@ impl<S: FrameSink> Ingress<'_, S> {
         }
     }
 
-    fn open_and_deliver(&self, sa: &InboundSa, packet: &mut [u8], source: IpAddr, sequence_low: u32) -> Result<(), Dropped> {
+    fn open_and_deliver(
+        &self,
+        sa: &InboundSa,
+        packet: &mut [u8],
+        source: IpAddr,
+        sequence_low: u32,
+    ) -> Result<(), Dropped> {
         let peer = self.state.topology.peer(sa.params.peer);
         if peer.address != source {
             return Err(DropReason::WrongPeer.into());
@@ -77,7 +83,11 @@ impl<S: FrameSink> Ingress<'_, S> {
         let sequence = {
             let replay = sa.replay();
             let sequence = replay.infer_sequence(sequence_low, esn);
-            replay.check(sequence).map_err(|error| Dropped { reason: replay_reason(error), sequence: Some(sequence), vni: None })?;
+            replay.check(sequence).map_err(|error| Dropped {
+                reason: replay_reason(error),
+                sequence: Some(sequence),
+                vni: None,
+            })?;
             sequence
         };
         let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None };
@@ -85,7 +95,8 @@ impl<S: FrameSink> Ingress<'_, S> {
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
 
-        let udp_datagram = inner_udp(sa.params.mode, peer.path, opened.next_header, opened.payload).map_err(with_sequence)?;
+        let udp_datagram =
+            inner_udp(sa.params.mode, peer.path, opened.next_header, opened.payload).map_err(with_sequence)?;
         let udp = udp::Packet::new_checked(udp_datagram).map_err(|_| with_sequence(DropReason::Malformed))?;
         if udp.destination_port() != self.state.topology.vxlan_port {
             return Err(with_sequence(DropReason::UnexpectedPayload));

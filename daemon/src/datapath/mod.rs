@@ -6,10 +6,10 @@ mod ingress;
 mod sockets;
 mod worker;
 
-#[cfg(test)]
-mod tests;
 #[cfg(any(test, fuzzing))]
 pub mod testkit;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,10 +22,10 @@ pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LE
 pub use self::ingress::{FrameSink, Ingress};
 pub use self::sockets::ESP_IN_UDP_PORT;
 
-use crate::error::DaemonError;
-use crate::state::MeshState;
 use self::sockets::{RawEspSocket, Underlay};
 use self::worker::Worker;
+use crate::error::DaemonError;
+use crate::state::MeshState;
 
 /// The running workers; dropping it without `stop` leaves them running until the process exits.
 pub struct Datapath {

@@ -43,7 +43,8 @@ pub struct Setup {
     pub vni: u32,
 }
 
-pub const DEFAULT: Setup = Setup { nodes: 2, ipv6: false, encap: Encap::Udp, mode: Mode::Transport, cipher: Cipher::Aes256Gcm16, vni: 4242 };
+pub const DEFAULT: Setup =
+    Setup { nodes: 2, ipv6: false, encap: Encap::Udp, mode: Mode::Transport, cipher: Cipher::Aes256Gcm16, vni: 4242 };
 
 pub fn address(setup: &Setup, node: usize) -> IpAddr {
     if setup.ipv6 {

@@ -30,7 +30,15 @@ fn round_trip_in_every_encapsulation() {
                     assert_eq!(*to, address(&setup, 1));
                     assert_eq!(&packet[..4], &spi(0, 1).to_be_bytes());
                     assert_eq!(&packet[4..8], &1u32.to_be_bytes(), "first sequence number is 1");
-                    let inner_ip = if mode == Mode::Tunnel { if ipv6 { 40 } else { 20 } } else { 0 };
+                    let inner_ip = if mode == Mode::Tunnel {
+                        if ipv6 {
+                            40
+                        } else {
+                            20
+                        }
+                    } else {
+                        0
+                    };
                     let plaintext = inner_ip + 16 + sent_frame.len();
                     assert_eq!(packet.len(), 16 + (plaintext + 2).next_multiple_of(4) + 16);
 

@@ -49,7 +49,8 @@ impl Worker {
         let mut frame_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
         let mut scratch_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
         let mut packet_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
-        let mut fds: Vec<PollFd<'_>> = self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
+        let mut fds: Vec<PollFd<'_>> =
+            self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
         let receive_fd = self.underlay.receive_fd();
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));

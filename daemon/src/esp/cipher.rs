@@ -32,11 +32,7 @@ impl AeadKey {
         };
         debug_assert_eq!(algorithm.tag_len(), ICV_LEN);
         let unbound = UnboundKey::new(algorithm, km.key()).map_err(|_| CryptoError::KeyRejected)?;
-        Ok(AeadKey {
-            cipher,
-            key: LessSafeKey::new(unbound),
-            salt: km.salt(),
-        })
+        Ok(AeadKey { cipher, key: LessSafeKey::new(unbound), salt: km.salt() })
     }
 
     pub(crate) fn cipher(&self) -> Cipher {
@@ -51,16 +47,8 @@ impl AeadKey {
     }
 
     /// Encrypts `data` in place and returns the tag.
-    pub(crate) fn seal(
-        &self,
-        iv: &[u8; IV_LEN],
-        aad: &[u8],
-        data: &mut [u8],
-    ) -> Result<[u8; ICV_LEN], AeadFailure> {
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(self.nonce(iv), Aad::from(aad), data)
-            .map_err(|_| AeadFailure)?;
+    pub(crate) fn seal(&self, iv: &[u8; IV_LEN], aad: &[u8], data: &mut [u8]) -> Result<[u8; ICV_LEN], AeadFailure> {
+        let tag = self.key.seal_in_place_separate_tag(self.nonce(iv), Aad::from(aad), data).map_err(|_| AeadFailure)?;
         let tag = tag.as_ref();
         if tag.len() != ICV_LEN {
             return Err(AeadFailure);
@@ -72,19 +60,11 @@ impl AeadKey {
 
     /// Verifies and decrypts `ciphertext_and_tag` in place; on success the first
     /// `len - ICV_LEN` bytes hold the plaintext. On failure the bytes are unspecified.
-    pub(crate) fn open(
-        &self,
-        iv: &[u8; IV_LEN],
-        aad: &[u8],
-        ciphertext_and_tag: &mut [u8],
-    ) -> Result<(), AeadFailure> {
+    pub(crate) fn open(&self, iv: &[u8; IV_LEN], aad: &[u8], ciphertext_and_tag: &mut [u8]) -> Result<(), AeadFailure> {
         if ciphertext_and_tag.len() < ICV_LEN {
             return Err(AeadFailure);
         }
-        self.key
-            .open_in_place(self.nonce(iv), Aad::from(aad), ciphertext_and_tag)
-            .map(|_| ())
-            .map_err(|_| AeadFailure)
+        self.key.open_in_place(self.nonce(iv), Aad::from(aad), ciphertext_and_tag).map(|_| ()).map_err(|_| AeadFailure)
     }
 }
 
@@ -96,9 +76,7 @@ impl Drop for AeadKey {
 
 impl fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AeadKey")
-            .field("cipher", &self.cipher.as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("AeadKey").field("cipher", &self.cipher.as_str()).finish_non_exhaustive()
     }
 }
 
@@ -109,14 +87,8 @@ pub(crate) mod tests {
     /// Decodes hex, ignoring whitespace. Test vectors only.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        assert!(
-            digits.chunks_exact(2).remainder().is_empty(),
-            "odd number of hex digits"
-        );
-        digits
-            .chunks(2)
-            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-            .collect()
+        assert!(digits.chunks_exact(2).remainder().is_empty(), "odd number of hex digits");
+        digits.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap()).collect()
     }
 
     fn key(cipher: Cipher, key: &str, salt: &str) -> AeadKey {
@@ -198,12 +170,7 @@ pub(crate) mod tests {
 
             data.extend_from_slice(&tag);
             k.open(&iv, &aad, &mut data).unwrap();
-            assert_eq!(
-                &data[..data.len() - ICV_LEN],
-                &hex(case.plaintext)[..],
-                "{}",
-                case.name
-            );
+            assert_eq!(&data[..data.len() - ICV_LEN], &hex(case.plaintext)[..], "{}", case.name);
 
             // Any flipped bit in ciphertext or tag, or a different AAD, fails.
             let mut sealed = hex(case.ciphertext);
@@ -211,22 +178,12 @@ pub(crate) mod tests {
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert_eq!(
-                    k.open(&iv, &aad, &mut bad),
-                    Err(AeadFailure),
-                    "{} byte {i}",
-                    case.name
-                );
+                assert_eq!(k.open(&iv, &aad, &mut bad), Err(AeadFailure), "{} byte {i}", case.name);
             }
             let mut other_aad = aad.clone();
             other_aad.push(0);
             let mut bad = sealed.clone();
-            assert_eq!(
-                k.open(&iv, &other_aad, &mut bad),
-                Err(AeadFailure),
-                "{}",
-                case.name
-            );
+            assert_eq!(k.open(&iv, &other_aad, &mut bad), Err(AeadFailure), "{}", case.name);
         }
     }
 

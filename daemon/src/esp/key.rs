@@ -76,10 +76,7 @@ mod tests {
 
     #[test]
     fn from_bytes_checks_length() {
-        assert_eq!(
-            KeyMaterial::from_bytes(&[0; 35]).unwrap_err(),
-            CryptoError::KeyLength { got: 35 }
-        );
+        assert_eq!(KeyMaterial::from_bytes(&[0; 35]).unwrap_err(), CryptoError::KeyLength { got: 35 });
         assert!(KeyMaterial::from_bytes(&[0; 37]).is_err());
         assert!(KeyMaterial::from_bytes(&[]).is_err());
         let bytes: Vec<u8> = (0..36).collect();

@@ -35,25 +35,13 @@ mod seal;
 mod trailer;
 
 pub use self::key::{CryptoError, KeyMaterial, KEY_LEN, KEY_MATERIAL_LEN, SALT_LEN};
-pub use self::replay::{
-    ReplayError, ReplayState, ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW,
-};
+pub use self::replay::{ReplayError, ReplayState, ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
 pub use self::seal::{OpenError, Opened, Opener, SealError, Sealer};
 pub use self::trailer::{sealed_len, trailer_len};
 
-/// Length of the ESP header: SPI (4) and sequence number low half (4).
-pub const ESP_HEADER_LEN: usize = 8;
-/// Length of the explicit IV after the ESP header (RFC 4106 §3.1, RFC 7634 §2).
-pub const IV_LEN: usize = 8;
-/// Length of the ICV (the AEAD tag) at the end of the packet.
-pub const ICV_LEN: usize = 16;
+/// The header lengths are the wire format's (`crate::wire::esp`); named here for the crypto code.
+pub use crate::wire::esp::{HEADER_LEN as ESP_HEADER_LEN, ICV_LEN, IV_LEN};
 /// Bytes before the plaintext in a sealed packet (SPI, seq, IV).
 pub const PLAINTEXT_OFFSET: usize = ESP_HEADER_LEN + IV_LEN;
 /// The shortest packet [`Opener::open`] can accept: header, IV, pad length, next header, ICV.
 pub const MIN_PACKET_LEN: usize = PLAINTEXT_OFFSET + 2 + ICV_LEN;
-/// The most bytes sealing adds to a payload: header, IV, up to 3 bytes of padding, pad length,
-/// next header and ICV. The outer IP and UDP headers are not included.
-pub const MAX_OVERHEAD: usize = PLAINTEXT_OFFSET + 3 + 2 + ICV_LEN;
-
-/// Next header value of a dummy packet (RFC 4303 §2.6), to be dropped after opening.
-pub const NEXT_HEADER_NO_NEXT: u8 = 59;

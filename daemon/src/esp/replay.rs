@@ -69,11 +69,7 @@ impl ReplayWindow {
     /// 64 ..= [`MAX_REPLAY_WINDOW`]. Allocates the bitmap once, here.
     pub fn new(size: u32) -> Self {
         let size = size.clamp(WORD_BITS, MAX_REPLAY_WINDOW).div_ceil(WORD_BITS) * WORD_BITS;
-        ReplayWindow {
-            size,
-            top: 0,
-            bits: vec![0u64; (size / WORD_BITS) as usize].into_boxed_slice(),
-        }
+        ReplayWindow { size, top: 0, bits: vec![0u64; (size / WORD_BITS) as usize].into_boxed_slice() }
     }
 
     /// The window size in sequence numbers.
@@ -151,20 +147,13 @@ impl ReplayWindow {
 
     /// The window for `ikectl sa list`. Counts bits: O(size / 64).
     pub fn state(&self) -> ReplayState {
-        ReplayState {
-            highest: self.top,
-            size: self.size,
-            received: self.bits.iter().map(|w| w.count_ones()).sum(),
-        }
+        ReplayState { highest: self.top, size: self.size, received: self.bits.iter().map(|w| w.count_ones()).sum() }
     }
 
     /// Word index and bit mask of `seq`.
     fn position(&self, seq: u64) -> (usize, u64) {
         let pos = seq % u64::from(self.size);
-        (
-            (pos / u64::from(WORD_BITS)) as usize,
-            1u64 << (pos % u64::from(WORD_BITS)),
-        )
+        ((pos / u64::from(WORD_BITS)) as usize, 1u64 << (pos % u64::from(WORD_BITS)))
     }
 
     /// Moves the top to `new_top` (> top), clearing the bits of the numbers passed over: they
@@ -183,11 +172,7 @@ impl ReplayWindow {
                 let word = (pos / u64::from(WORD_BITS)) as usize;
                 let bit = pos % u64::from(WORD_BITS);
                 let n = remaining.min(u64::from(WORD_BITS) - bit);
-                let mask = if n == u64::from(WORD_BITS) {
-                    !0
-                } else {
-                    ((1u64 << n) - 1) << bit
-                };
+                let mask = if n == u64::from(WORD_BITS) { !0 } else { ((1u64 << n) - 1) << bit };
                 self.bits[word] &= !mask;
                 remaining -= n;
                 if remaining == 0 {
@@ -251,25 +236,11 @@ mod tests {
         // The window is 37 ..= 100.
         assert_eq!(w.check(36), Err(ReplayError::TooOld));
         assert_eq!(w.accept(37), Ok(()));
-        assert_eq!(
-            w.state(),
-            ReplayState {
-                highest: 100,
-                size: 64,
-                received: 3
-            }
-        );
+        assert_eq!(w.state(), ReplayState { highest: 100, size: 64, received: 3 });
         // One step forward pushes 37 out.
         assert_eq!(w.accept(101), Ok(()));
         assert_eq!(w.check(37), Err(ReplayError::TooOld));
-        assert_eq!(
-            w.state(),
-            ReplayState {
-                highest: 101,
-                size: 64,
-                received: 3
-            }
-        );
+        assert_eq!(w.state(), ReplayState { highest: 101, size: 64, received: 3 });
         // A jump past the window forgets everything.
         assert_eq!(w.accept(1_000_000), Ok(()));
         assert_eq!(w.check(101), Err(ReplayError::TooOld));
@@ -322,10 +293,7 @@ mod tests {
     fn debug_shows_state() {
         let mut w = ReplayWindow::new(64);
         w.accept(3).unwrap();
-        assert_eq!(
-            format!("{w:?}"),
-            "ReplayWindow { highest: 3, size: 64, received: 1 }"
-        );
+        assert_eq!(format!("{w:?}"), "ReplayWindow { highest: 3, size: 64, received: 1 }");
     }
 
     /// The reference: every number ever accepted, and the highest.
@@ -356,10 +324,7 @@ mod tests {
         }
 
         fn received(&self) -> u32 {
-            self.seen
-                .iter()
-                .filter(|&&s| s + self.size > self.top)
-                .count() as u32
+            self.seen.iter().filter(|&&s| s + self.size > self.top).count() as u32
         }
     }
 

@@ -67,9 +67,7 @@ pub enum SealError {
 impl Sealer {
     /// A sealer for `cipher` with the SA's key material.
     pub fn new(cipher: Cipher, key: &KeyMaterial) -> Result<Self, CryptoError> {
-        Ok(Sealer {
-            aead: AeadKey::new(cipher, key)?,
-        })
+        Ok(Sealer { aead: AeadKey::new(cipher, key)? })
     }
 
     /// The SA's cipher.
@@ -96,15 +94,7 @@ impl Sealer {
         buf: &mut [u8],
         plaintext_len: usize,
     ) -> Result<usize, SealError> {
-        self.seal_with_iv(
-            spi,
-            seq,
-            esn,
-            next_header,
-            seq.to_be_bytes(),
-            buf,
-            plaintext_len,
-        )
+        self.seal_with_iv(spi, seq, esn, next_header, seq.to_be_bytes(), buf, plaintext_len)
     }
 
     /// [`seal`](Self::seal) with an explicit IV, for known-answer tests against published
@@ -129,10 +119,7 @@ impl Sealer {
         // Saturates for absurd lengths; no slice is usize::MAX bytes long.
         let total = sealed_len(plaintext_len);
         if buf.len() < total {
-            return Err(SealError::BufferTooShort {
-                needed: total,
-                available: buf.len(),
-            });
+            return Err(SealError::BufferTooShort { needed: total, available: buf.len() });
         }
         let ct_len = total - PLAINTEXT_OFFSET - ICV_LEN;
         let packet = &mut buf[..total];
@@ -145,10 +132,7 @@ impl Sealer {
         trailer::write(&mut body[plaintext_len..], next_header);
 
         let aad = EspAad::new(spi, seq, esn);
-        let tag = self
-            .aead
-            .seal(&iv, aad.as_slice(), body)
-            .map_err(|_| SealError::Crypto)?;
+        let tag = self.aead.seal(&iv, aad.as_slice(), body).map_err(|_| SealError::Crypto)?;
         icv.copy_from_slice(&tag);
         Ok(total)
     }
@@ -156,9 +140,7 @@ impl Sealer {
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealer")
-            .field("cipher", &self.cipher().as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("Sealer").field("cipher", &self.cipher().as_str()).finish_non_exhaustive()
     }
 }
 
@@ -189,9 +171,7 @@ pub enum OpenError {
     #[error("the sequence number given to open does not match the ESP header (internal error)")]
     SequenceMismatch,
     /// The ICV did not verify: wrong key or cipher, or the packet was corrupted or forged.
-    #[error(
-        "ESP integrity check failed: the packet was corrupted or forged, or the peers disagree on key or cipher"
-    )]
+    #[error("ESP integrity check failed: the packet was corrupted or forged, or the peers disagree on key or cipher")]
     Authentication,
     /// The ICV verified but the trailer is not padding 1, 2, 3, ..., pad length, next header.
     #[error("ESP padding is malformed after decryption (the peer's ESP trailer is broken)")]
@@ -213,9 +193,7 @@ impl OpenError {
 impl Opener {
     /// An opener for `cipher` with the SA's key material.
     pub fn new(cipher: Cipher, key: &KeyMaterial) -> Result<Self, CryptoError> {
-        Ok(Opener {
-            aead: AeadKey::new(cipher, key)?,
-        })
+        Ok(Opener { aead: AeadKey::new(cipher, key)? })
     }
 
     /// The SA's cipher.
@@ -230,12 +208,7 @@ impl Opener {
     /// half must equal the packet's sequence number field. The SPI and IV are read from the
     /// packet. Checks the ICV, then the padding. After an error the packet bytes past the IV are
     /// unspecified. Never panics.
-    pub fn open<'a>(
-        &self,
-        seq: u64,
-        esn: bool,
-        packet: &'a mut [u8],
-    ) -> Result<Opened<'a>, OpenError> {
+    pub fn open<'a>(&self, seq: u64, esn: bool, packet: &'a mut [u8]) -> Result<Opened<'a>, OpenError> {
         if packet.len() < MIN_PACKET_LEN {
             return Err(OpenError::Truncated);
         }
@@ -251,24 +224,16 @@ impl Opener {
 
         let aad = EspAad::new(spi, seq, esn);
         let body = &mut packet[PLAINTEXT_OFFSET..];
-        self.aead
-            .open(&iv, aad.as_slice(), body)
-            .map_err(|_| OpenError::Authentication)?;
+        self.aead.open(&iv, aad.as_slice(), body).map_err(|_| OpenError::Authentication)?;
         let plaintext_len = body.len() - ICV_LEN;
-        let (payload_len, next_header) =
-            trailer::parse(&body[..plaintext_len]).map_err(|_| OpenError::BadPadding)?;
-        Ok(Opened {
-            next_header,
-            payload: &mut body[..payload_len],
-        })
+        let (payload_len, next_header) = trailer::parse(&body[..plaintext_len]).map_err(|_| OpenError::BadPadding)?;
+        Ok(Opened { next_header, payload: &mut body[..payload_len] })
     }
 }
 
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Opener")
-            .field("cipher", &self.cipher().as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("Opener").field("cipher", &self.cipher().as_str()).finish_non_exhaustive()
     }
 }
 
@@ -283,10 +248,7 @@ mod tests {
     }
 
     fn pair(cipher: Cipher, key: &[u8]) -> (Sealer, Opener) {
-        (
-            Sealer::new(cipher, &km(key)).unwrap(),
-            Opener::new(cipher, &km(key)).unwrap(),
-        )
+        (Sealer::new(cipher, &km(key)).unwrap(), Opener::new(cipher, &km(key)).unwrap())
     }
 
     const CIPHERS: [Cipher; 2] = [Cipher::Aes256Gcm16, Cipher::Chacha20Poly1305];
@@ -398,25 +360,11 @@ mod tests {
             let mut buf = vec![0u8; want.len() + 7];
             buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload.len()].copy_from_slice(&payload);
             let iv: [u8; IV_LEN] = hex(v.iv).try_into().unwrap();
-            let n = sealer
-                .seal_with_iv(
-                    v.spi,
-                    v.seq,
-                    v.esn,
-                    v.next_header,
-                    iv,
-                    &mut buf,
-                    payload.len(),
-                )
-                .unwrap();
+            let n = sealer.seal_with_iv(v.spi, v.seq, v.esn, v.next_header, iv, &mut buf, payload.len()).unwrap();
             assert_eq!(n, want.len(), "{}", v.source);
             assert_eq!(n, sealed_len(payload.len()), "{}", v.source);
             assert_eq!(hex_string(&buf[..n]), hex_string(&want), "{}", v.source);
-            assert!(
-                buf[n..].iter().all(|&b| b == 0),
-                "{}: wrote past the packet",
-                v.source
-            );
+            assert!(buf[n..].iter().all(|&b| b == 0), "{}: wrote past the packet", v.source);
         }
     }
 
@@ -449,10 +397,7 @@ mod tests {
             let (_, opener) = pair(v.cipher, &hex(v.key_material));
             let mut packet = hex(v.packet);
             let seq = if v.esn { v.seq & 0xffff_ffff } else { v.seq };
-            assert_eq!(
-                opener.open(seq, !v.esn, &mut packet),
-                Err(OpenError::Authentication)
-            );
+            assert_eq!(opener.open(seq, !v.esn, &mut packet), Err(OpenError::Authentication));
         }
     }
 
@@ -461,17 +406,13 @@ mod tests {
     }
 
     fn key_bytes(seed: u8) -> Vec<u8> {
-        (0..36u8)
-            .map(|i| i.wrapping_mul(7).wrapping_add(seed))
-            .collect()
+        (0..36u8).map(|i| i.wrapping_mul(7).wrapping_add(seed)).collect()
     }
 
     fn sealed(sealer: &Sealer, spi: u32, seq: u64, esn: bool, payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; sealed_len(payload.len())];
         buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload.len()].copy_from_slice(payload);
-        let n = sealer
-            .seal(spi, seq, esn, 17, &mut buf, payload.len())
-            .unwrap();
+        let n = sealer.seal(spi, seq, esn, 17, &mut buf, payload.len()).unwrap();
         assert_eq!(n, buf.len());
         buf
     }
@@ -482,20 +423,12 @@ mod tests {
             let (sealer, opener) = pair(cipher, &key_bytes(1));
             for len in 0..70usize {
                 let payload: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
-                for (seq, esn) in [
-                    (1u64, false),
-                    (u32::MAX as u64, false),
-                    (0x1_0000_0003, true),
-                ] {
+                for (seq, esn) in [(1u64, false), (u32::MAX as u64, false), (0x1_0000_0003, true)] {
                     let mut packet = sealed(&sealer, 0xdead_beef, seq, esn, &payload);
                     assert_eq!(packet.len() % 4, 0);
                     assert_eq!(&packet[..4], &0xdead_beefu32.to_be_bytes());
                     assert_eq!(&packet[4..8], &(seq as u32).to_be_bytes());
-                    assert_eq!(
-                        &packet[8..16],
-                        &seq.to_be_bytes(),
-                        "IV is the sequence number"
-                    );
+                    assert_eq!(&packet[8..16], &seq.to_be_bytes(), "IV is the sequence number");
                     if len >= 16 {
                         assert_ne!(&packet[16..32], &payload[..16], "payload is encrypted");
                     }
@@ -523,13 +456,7 @@ mod tests {
             for esn in [false, true] {
                 let (sealer, opener) = pair(cipher, &key_bytes(3));
                 let seq = if esn { 0x7_0000_0010 } else { 0x10 };
-                let good = sealed(
-                    &sealer,
-                    0x0102_0304,
-                    seq,
-                    esn,
-                    b"an overlay frame, 31 bytes long",
-                );
+                let good = sealed(&sealer, 0x0102_0304, seq, esn, b"an overlay frame, 31 bytes long");
                 for i in 0..good.len() {
                     for flip in [0x01u8, 0x80] {
                         let mut bad = good.clone();
@@ -547,10 +474,7 @@ mod tests {
                 // A different high half (ESN) is also part of the AAD.
                 if esn {
                     let mut bad = good.clone();
-                    assert_eq!(
-                        opener.open(seq + (1 << 32), esn, &mut bad),
-                        Err(OpenError::Authentication)
-                    );
+                    assert_eq!(opener.open(seq + (1 << 32), esn, &mut bad), Err(OpenError::Authentication));
                 }
                 let mut ok = good.clone();
                 assert!(opener.open(seq, esn, &mut ok).is_ok());
@@ -565,22 +489,13 @@ mod tests {
         let mut other_key = key_bytes(4);
         other_key[0] ^= 1;
         let (_, wrong_key) = pair(Cipher::Chacha20Poly1305, &other_key);
-        assert_eq!(
-            wrong_key.open(1, false, &mut good.clone()),
-            Err(OpenError::Authentication)
-        );
+        assert_eq!(wrong_key.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
         let mut other_salt = key_bytes(4);
         other_salt[35] ^= 1;
         let (_, wrong_salt) = pair(Cipher::Chacha20Poly1305, &other_salt);
-        assert_eq!(
-            wrong_salt.open(1, false, &mut good.clone()),
-            Err(OpenError::Authentication)
-        );
+        assert_eq!(wrong_salt.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
         let (_, wrong_cipher) = pair(Cipher::Aes256Gcm16, &key_bytes(4));
-        assert_eq!(
-            wrong_cipher.open(1, false, &mut good.clone()),
-            Err(OpenError::Authentication)
-        );
+        assert_eq!(wrong_cipher.open(1, false, &mut good.clone()), Err(OpenError::Authentication));
     }
 
     #[test]
@@ -592,14 +507,8 @@ mod tests {
             let esn = sealed(&sealer, 42, 77, true, b"same bytes");
             assert_eq!(non_esn[..PLAINTEXT_OFFSET], esn[..PLAINTEXT_OFFSET]);
             assert_ne!(non_esn, esn);
-            assert_eq!(
-                opener.open(77, true, &mut non_esn.clone()),
-                Err(OpenError::Authentication)
-            );
-            assert_eq!(
-                opener.open(77, false, &mut esn.clone()),
-                Err(OpenError::Authentication)
-            );
+            assert_eq!(opener.open(77, true, &mut non_esn.clone()), Err(OpenError::Authentication));
+            assert_eq!(opener.open(77, false, &mut esn.clone()), Err(OpenError::Authentication));
             assert!(opener.open(77, false, &mut non_esn.clone()).is_ok());
             assert!(opener.open(77, true, &mut esn.clone()).is_ok());
         }
@@ -632,15 +541,10 @@ mod tests {
             ];
             for (i, pt) in cases.iter().enumerate() {
                 let mut packet = seal_raw_plaintext(&sealer, 9, 3, pt);
-                assert_eq!(
-                    opener.open(3, false, &mut packet),
-                    Err(OpenError::BadPadding),
-                    "{i}"
-                );
+                assert_eq!(opener.open(3, false, &mut packet), Err(OpenError::BadPadding), "{i}");
             }
             // The same construction with a valid trailer opens, and longer padding is fine.
-            let mut packet =
-                seal_raw_plaintext(&sealer, 9, 3, b"ab\x01\x02\x03\x04\x05\x06\x06\x11");
+            let mut packet = seal_raw_plaintext(&sealer, 9, 3, b"ab\x01\x02\x03\x04\x05\x06\x06\x11");
             let opened = opener.open(3, false, &mut packet).unwrap();
             assert_eq!(opened.payload, b"ab");
             assert_eq!(opened.next_header, 17);
@@ -654,19 +558,12 @@ mod tests {
         assert_eq!(good.len(), MIN_PACKET_LEN + 2);
         for len in 0..MIN_PACKET_LEN {
             let mut short = good[..len].to_vec();
-            assert_eq!(
-                opener.open(1, false, &mut short),
-                Err(OpenError::Truncated),
-                "{len}"
-            );
+            assert_eq!(opener.open(1, false, &mut short), Err(OpenError::Truncated), "{len}");
         }
         // Cut at or past the minimum: the ICV no longer verifies.
         for len in MIN_PACKET_LEN..good.len() {
             let mut short = good[..len].to_vec();
-            assert_eq!(
-                opener.open(1, false, &mut short),
-                Err(OpenError::Authentication)
-            );
+            assert_eq!(opener.open(1, false, &mut short), Err(OpenError::Authentication));
         }
     }
 
@@ -674,14 +571,8 @@ mod tests {
     fn sequence_mismatch_is_reported() {
         let (sealer, opener) = pair(Cipher::Aes256Gcm16, &key_bytes(8));
         let packet = sealed(&sealer, 1, 5, false, b"x");
-        assert_eq!(
-            opener.open(6, false, &mut packet.clone()),
-            Err(OpenError::SequenceMismatch)
-        );
-        assert_eq!(
-            opener.open(5 + (1 << 32), false, &mut packet.clone()),
-            Err(OpenError::SequenceMismatch)
-        );
+        assert_eq!(opener.open(6, false, &mut packet.clone()), Err(OpenError::SequenceMismatch));
+        assert_eq!(opener.open(5 + (1 << 32), false, &mut packet.clone()), Err(OpenError::SequenceMismatch));
     }
 
     #[test]
@@ -693,10 +584,7 @@ mod tests {
                 let mut buf = vec![0u8; len];
                 assert_eq!(
                     sealer.seal(1, 1, false, 17, &mut buf, pt_len),
-                    Err(SealError::BufferTooShort {
-                        needed: need,
-                        available: len
-                    })
+                    Err(SealError::BufferTooShort { needed: need, available: len })
                 );
             }
             let mut buf = vec![0u8; need];
@@ -704,10 +592,7 @@ mod tests {
         }
         let mut buf = [0u8; 64];
         for huge in [usize::MAX, usize::MAX - 1, usize::MAX - 40, usize::MAX / 2] {
-            assert!(matches!(
-                sealer.seal(1, 1, false, 17, &mut buf, huge),
-                Err(SealError::BufferTooShort { .. })
-            ));
+            assert!(matches!(sealer.seal(1, 1, false, 17, &mut buf, huge), Err(SealError::BufferTooShort { .. })));
         }
     }
 
@@ -715,22 +600,11 @@ mod tests {
     fn invalid_sequence_numbers_are_refused() {
         let (sealer, _) = pair(Cipher::Aes256Gcm16, &key_bytes(10));
         let mut buf = [0u8; 64];
-        assert_eq!(
-            sealer.seal(1, 0, false, 17, &mut buf, 4),
-            Err(SealError::SequenceZero)
-        );
-        assert_eq!(
-            sealer.seal(1, 0, true, 17, &mut buf, 4),
-            Err(SealError::SequenceZero)
-        );
-        assert_eq!(
-            sealer.seal(1, 1 << 32, false, 17, &mut buf, 4),
-            Err(SealError::SequenceExhausted(1 << 32))
-        );
+        assert_eq!(sealer.seal(1, 0, false, 17, &mut buf, 4), Err(SealError::SequenceZero));
+        assert_eq!(sealer.seal(1, 0, true, 17, &mut buf, 4), Err(SealError::SequenceZero));
+        assert_eq!(sealer.seal(1, 1 << 32, false, 17, &mut buf, 4), Err(SealError::SequenceExhausted(1 << 32)));
         assert!(sealer.seal(1, 1 << 32, true, 17, &mut buf, 4).is_ok());
-        assert!(sealer
-            .seal(1, u32::MAX.into(), false, 17, &mut buf, 4)
-            .is_ok());
+        assert!(sealer.seal(1, u32::MAX.into(), false, 17, &mut buf, 4).is_ok());
     }
 
     #[test]
@@ -739,14 +613,8 @@ mod tests {
         send_sync::<Sealer>();
         send_sync::<Opener>();
         let (sealer, opener) = pair(Cipher::Chacha20Poly1305, &[0xab; 36]);
-        assert_eq!(
-            format!("{sealer:?}"),
-            "Sealer { cipher: \"chacha20poly1305\", .. }"
-        );
-        assert_eq!(
-            format!("{opener:?}"),
-            "Opener { cipher: \"chacha20poly1305\", .. }"
-        );
+        assert_eq!(format!("{sealer:?}"), "Sealer { cipher: \"chacha20poly1305\", .. }");
+        assert_eq!(format!("{opener:?}"), "Opener { cipher: \"chacha20poly1305\", .. }");
         assert_eq!(sealer.cipher(), Cipher::Chacha20Poly1305);
     }
 
@@ -772,19 +640,11 @@ mod tests {
     #[test]
     fn error_messages_and_codes() {
         assert!(OpenError::Truncated.to_string().contains("34"));
-        assert!(OpenError::Authentication
-            .to_string()
-            .contains("integrity check failed"));
+        assert!(OpenError::Authentication.to_string().contains("integrity check failed"));
         assert_eq!(OpenError::BadPadding.code(), "esp_bad_padding");
-        let e = SealError::BufferTooShort {
-            needed: 100,
-            available: 50,
-        }
-        .to_string();
+        let e = SealError::BufferTooShort { needed: 100, available: 50 }.to_string();
         assert!(e.contains("100") && e.contains("50"), "{e}");
-        assert!(SealError::SequenceExhausted(1 << 32)
-            .to_string()
-            .contains("rekeyed"));
+        assert!(SealError::SequenceExhausted(1 << 32).to_string().contains("rekeyed"));
         assert_eq!(trailer_len(0), 2 + 2 + ICV_LEN);
     }
 }

@@ -50,11 +50,7 @@ pub(crate) fn parse(plaintext: &[u8]) -> Result<(usize, u8), BadPadding> {
     let pad = usize::from(plaintext[n - 2]);
     let payload_len = n.checked_sub(pad + 2).ok_or(BadPadding)?;
     let padding = &plaintext[payload_len..n - 2];
-    if padding
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| usize::from(b) != i + 1)
-    {
+    if padding.iter().enumerate().any(|(i, &b)| usize::from(b) != i + 1) {
         return Err(BadPadding);
     }
     Ok((payload_len, next_header))

@@ -22,9 +22,7 @@ pub fn data(data: &[u8]) -> u16 {
     let mut acc: u64 = 0;
     let mut words = data.chunks_exact(8);
     for w in &mut words {
-        let (sum, carry) = acc.overflowing_add(u64::from_be_bytes([
-            w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
-        ]));
+        let (sum, carry) = acc.overflowing_add(u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
         // Cannot overflow: after a carry, `sum` is at most 2^64 - 2.
         acc = sum + u64::from(carry);
     }
@@ -47,22 +45,12 @@ pub fn combine(sums: &[u16]) -> u16 {
 
 /// The partial sum of an IPv4 pseudo-header (RFC 768): addresses, protocol, upper-layer length.
 pub fn pseudo_header_v4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, length: u16) -> u16 {
-    combine(&[
-        data(&source.octets()),
-        data(&destination.octets()),
-        u16::from(protocol),
-        length,
-    ])
+    combine(&[data(&source.octets()), data(&destination.octets()), u16::from(protocol), length])
 }
 
 /// The partial sum of an IPv6 pseudo-header (RFC 8200 §8.1): addresses, 32-bit upper-layer
 /// length, next header.
-pub fn pseudo_header_v6(
-    source: Ipv6Addr,
-    destination: Ipv6Addr,
-    next_header: u8,
-    length: u32,
-) -> u16 {
+pub fn pseudo_header_v6(source: Ipv6Addr, destination: Ipv6Addr, next_header: u8, length: u32) -> u16 {
     combine(&[
         data(&source.octets()),
         data(&destination.octets()),
@@ -100,8 +88,8 @@ mod tests {
     fn real_ipv4_header() {
         // 192.168.0.1 -> 192.168.0.199, UDP, TTL 64, DF, total length 115, checksum b861.
         let mut header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         assert_eq!(data(&header), 0xFFFF, "a correct header sums to all ones");
         header[10] = 0;

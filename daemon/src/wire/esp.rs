@@ -180,22 +180,14 @@ mod tests {
     fn emit_round_trip() {
         let mut buf = PACKET;
         buf[..8].fill(0xEE);
-        EspHeader {
-            spi: 0x1001,
-            sequence_number: 1,
-        }
-        .emit(&mut buf);
+        EspHeader { spi: 0x1001, sequence_number: 1 }.emit(&mut buf);
         assert_eq!(buf, PACKET);
     }
 
     #[test]
     #[should_panic(expected = "reserved")]
     fn emit_rejects_spi_zero() {
-        EspHeader {
-            spi: 0,
-            sequence_number: 1,
-        }
-        .emit(&mut [0u8; 8]);
+        EspHeader { spi: 0, sequence_number: 1 }.emit(&mut [0u8; 8]);
     }
 
     #[test]
@@ -206,10 +198,7 @@ mod tests {
         p.set_sequence_number(0xFFFF_FFFF);
         p.iv_mut().copy_from_slice(&[1; IV_LEN]);
         p.payload_mut()[IV_LEN] = 0x42;
-        assert_eq!(
-            buf[..17],
-            [0xc0, 0xff, 0xee, 0x01, 0xff, 0xff, 0xff, 0xff, 1, 1, 1, 1, 1, 1, 1, 1, 0x42]
-        );
+        assert_eq!(buf[..17], [0xc0, 0xff, 0xee, 0x01, 0xff, 0xff, 0xff, 0xff, 1, 1, 1, 1, 1, 1, 1, 1, 0x42]);
     }
 
     #[test]
@@ -219,27 +208,18 @@ mod tests {
         assert_eq!(check(&PACKET[..MIN_LEN - 1]), Err(Error::Truncated));
         let mut bytes = PACKET;
         bytes[2..4].fill(0);
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed("ESP SPI 0 is reserved"))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("ESP SPI 0 is reserved")));
     }
 
     #[test]
     fn classify() {
         assert_eq!(classify_udp_encap(&[0xFF]), Ok(UdpEncapKind::NatKeepalive));
-        assert!(matches!(
-            classify_udp_encap(&[0x00]),
-            Err(Error::Malformed(_))
-        ));
+        assert!(matches!(classify_udp_encap(&[0x00]), Err(Error::Malformed(_))));
         assert_eq!(classify_udp_encap(&[]), Err(Error::Truncated));
         assert_eq!(classify_udp_encap(&[0xFF, 0xFF]), Err(Error::Truncated));
         assert_eq!(classify_udp_encap(&[0, 0, 0]), Err(Error::Truncated));
         // Non-ESP marker, then the start of an IKE header (initiator SPI).
-        assert_eq!(
-            classify_udp_encap(&[0, 0, 0, 0, 0x8a, 0x3e]),
-            Ok(UdpEncapKind::Ike)
-        );
+        assert_eq!(classify_udp_encap(&[0, 0, 0, 0, 0x8a, 0x3e]), Ok(UdpEncapKind::Ike));
         assert_eq!(classify_udp_encap(&[0, 0, 0, 0]), Ok(UdpEncapKind::Ike));
         assert_eq!(classify_udp_encap(&PACKET), Ok(UdpEncapKind::Esp));
         // Classification does not check ESP lengths; Packet::new_checked does.

@@ -187,10 +187,7 @@ mod tests {
     fn parse_arp_frame() {
         let frame = Frame::new_checked(&ARP_FRAME[..]).unwrap();
         assert_eq!(frame.destination(), EthernetAddress::BROADCAST);
-        assert_eq!(
-            frame.source(),
-            EthernetAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
-        );
+        assert_eq!(frame.source(), EthernetAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
         assert_eq!(frame.ethertype(), ETHERTYPE_ARP);
         assert_eq!(frame.payload(), &ARP_FRAME[14..]);
         assert_eq!(frame.into_inner(), &ARP_FRAME[..]);
@@ -217,18 +214,12 @@ mod tests {
         frame.set_source(EthernetAddress([7, 8, 9, 10, 11, 12]));
         frame.set_ethertype(ETHERTYPE_IPV6);
         frame.payload_mut().copy_from_slice(&[0xaa, 0xbb]);
-        assert_eq!(
-            buf,
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x86, 0xdd, 0xaa, 0xbb]
-        );
+        assert_eq!(buf, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x86, 0xdd, 0xaa, 0xbb]);
     }
 
     #[test]
     fn rejects_truncation() {
-        assert_eq!(
-            Frame::new_checked(&ARP_FRAME[..13]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Frame::new_checked(&ARP_FRAME[..13]).unwrap_err(), Error::Truncated);
         assert_eq!(Frame::new_checked(&[][..]).unwrap_err(), Error::Truncated);
         let header_only = Frame::new_checked(&ARP_FRAME[..14]).unwrap();
         assert!(header_only.payload().is_empty());

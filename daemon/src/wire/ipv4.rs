@@ -68,9 +68,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let total_len = usize::from(self.total_length());
         if total_len < header_len {
-            return Err(Error::Malformed(
-                "IPv4 total length is shorter than the header",
-            ));
+            return Err(Error::Malformed("IPv4 total length is shorter than the header"));
         }
         if total_len > len {
             return Err(Error::Truncated);
@@ -169,10 +167,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Sets the IHL from a length in bytes, which must be a multiple of 4 up to 60.
     pub fn set_header_length(&mut self, value: usize) {
-        debug_assert!(
-            value & 3 == 0 && value <= 60,
-            "bad IPv4 header length {value}"
-        );
+        debug_assert!(value & 3 == 0 && value <= 60, "bad IPv4 header length {value}");
         let b = &mut self.buffer.as_mut()[field::VERSION_IHL];
         *b = (*b & 0xF0) | ((value / 4) as u8 & 0x0F);
     }
@@ -271,8 +266,8 @@ impl Ipv4Header {
     /// # Panics
     /// If `buf` is shorter than `HEADER_LEN`, or the total length exceeds 65535.
     pub fn emit(&self, buf: &mut [u8]) {
-        let total_length = u16::try_from(HEADER_LEN + self.payload_len)
-            .expect("IPv4 payload_len exceeds the 65535-byte total length");
+        let total_length =
+            u16::try_from(HEADER_LEN + self.payload_len).expect("IPv4 payload_len exceeds the 65535-byte total length");
         let mut packet = Packet::new_unchecked(&mut buf[..HEADER_LEN]);
         packet.set_version(4);
         packet.set_header_length(HEADER_LEN);
@@ -281,11 +276,7 @@ impl Ipv4Header {
         packet.set_total_length(total_length);
         packet.set_identification(self.identification);
         // Flags and offset in one write: DF as asked, MF clear, offset 0 (not a fragment).
-        let flags = if self.dont_fragment {
-            FLAG_DONT_FRAGMENT
-        } else {
-            0
-        };
+        let flags = if self.dont_fragment { FLAG_DONT_FRAGMENT } else { 0 };
         write_u16(packet.buffer, field::FLAGS_FRAGMENT_OFFSET, flags);
         packet.set_hop_limit(self.hop_limit);
         packet.set_protocol(self.protocol);
@@ -315,11 +306,10 @@ mod tests {
         0xc6, 0x12, 0x00, 0x02, // destination 198.18.0.2
         // UDP: 4790 -> 4790, length 58, checksum 0x7a65
         0x12, 0xb6, 0x12, 0xb6, 0x00, 0x3a, 0x7a, 0x65, // VXLAN: I flag, VNI 4242
-        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00,
-        // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00,
-        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4,
-        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00, // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00, 0x01, 0x08, 0x00,
+        0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
     ];
 
     fn header() -> Ipv4Header {
@@ -392,12 +382,7 @@ mod tests {
     #[test]
     fn emit_without_df() {
         let mut buf = [0u8; 20];
-        Ipv4Header {
-            dont_fragment: false,
-            identification: 7,
-            ..header()
-        }
-        .emit(&mut buf);
+        Ipv4Header { dont_fragment: false, identification: 7, ..header() }.emit(&mut buf);
         let p = Packet::new_unchecked(&buf[..]);
         assert!(!p.dont_fragment() && !p.is_fragment());
         assert_eq!(p.identification(), 7);
@@ -408,11 +393,7 @@ mod tests {
     #[should_panic(expected = "65535")]
     fn emit_rejects_oversized_payload() {
         let mut buf = [0u8; 20];
-        Ipv4Header {
-            payload_len: 65516,
-            ..header()
-        }
-        .emit(&mut buf);
+        Ipv4Header { payload_len: 65516, ..header() }.emit(&mut buf);
     }
 
     #[test]
@@ -462,29 +443,18 @@ mod tests {
 
         let mut bytes = PACKET;
         bytes[0] = 0x65;
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed("IPv4 version is not 4"))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("IPv4 version is not 4")));
 
         let mut bytes = PACKET;
         bytes[0] = 0x44;
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed("IPv4 header length (IHL) is below 5"))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("IPv4 header length (IHL) is below 5")));
 
         // IHL 15 (60 bytes) with a total length of 78 is fine; with total length 40 it is not.
         let mut bytes = PACKET;
         bytes[0] = 0x4f;
         assert!(check(&bytes).is_ok());
         bytes[3] = 40;
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed(
-                "IPv4 total length is shorter than the header"
-            ))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("IPv4 total length is shorter than the header")));
 
         // IHL 15 but the buffer ends before the options do.
         let mut bytes = PACKET[..40].to_vec();
@@ -494,20 +464,9 @@ mod tests {
     }
 
     fn read_everything(p: &Packet<&[u8]>) {
-        let _ = (
-            p.version(),
-            p.header_length(),
-            p.dscp(),
-            p.ecn(),
-            p.total_length(),
-        );
+        let _ = (p.version(), p.header_length(), p.dscp(), p.ecn(), p.total_length());
         let _ = (p.identification(), p.dont_fragment(), p.more_fragments());
-        let _ = (
-            p.fragment_offset(),
-            p.is_fragment(),
-            p.hop_limit(),
-            p.protocol(),
-        );
+        let _ = (p.fragment_offset(), p.is_fragment(), p.hop_limit(), p.protocol());
         let _ = (p.checksum(), p.source_address(), p.destination_address());
         let _ = (p.verify_checksum(), p.payload());
     }

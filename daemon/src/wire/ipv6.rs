@@ -110,9 +110,7 @@ fn address(bytes: &[u8]) -> Ipv6Addr {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     fn set_version_tc_flow(&mut self, version: u8, traffic_class: u8, flow_label: u32) {
-        let raw = (u32::from(version) << 28)
-            | (u32::from(traffic_class) << 20)
-            | (flow_label & FLOW_LABEL_MAX);
+        let raw = (u32::from(version) << 28) | (u32::from(traffic_class) << 20) | (flow_label & FLOW_LABEL_MAX);
         write_u32(self.buffer.as_mut(), field::VERSION_TC_FLOW, raw);
     }
 
@@ -173,8 +171,7 @@ impl Ipv6Header {
     /// # Panics
     /// If `buf` is shorter than `HEADER_LEN`, or `payload_len` exceeds 65535 (no jumbograms).
     pub fn emit(&self, buf: &mut [u8]) {
-        let payload_length =
-            u16::try_from(self.payload_len).expect("IPv6 payload_len exceeds 65535");
+        let payload_length = u16::try_from(self.payload_len).expect("IPv6 payload_len exceeds 65535");
         let mut packet = Packet::new_unchecked(&mut buf[..HEADER_LEN]);
         packet.set_version_tc_flow(6, 0, 0);
         packet.set_payload_length(payload_length);
@@ -204,11 +201,10 @@ mod tests {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, //
         // UDP: 4790 -> 4790, length 58, checksum 0xab18
         0x12, 0xb6, 0x12, 0xb6, 0x00, 0x3a, 0xab, 0x18, // VXLAN: I flag, VNI 4242
-        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00,
-        // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00,
-        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4,
-        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00, // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00, 0x01, 0x08, 0x00,
+        0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
     ];
 
     fn source() -> Ipv6Addr {
@@ -262,20 +258,11 @@ mod tests {
         let mut bytes = PACKET;
         let mut p = Packet::new_unchecked(&mut bytes[..]);
         p.set_traffic_class(0xb8); // DSCP EF
-        assert_eq!(
-            (p.version(), p.traffic_class(), p.flow_label()),
-            (6, 0xb8, 0x6b2f1)
-        );
+        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (6, 0xb8, 0x6b2f1));
         p.set_flow_label(0xFFF_FFFF);
-        assert_eq!(
-            (p.version(), p.traffic_class(), p.flow_label()),
-            (6, 0xb8, FLOW_LABEL_MAX)
-        );
+        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (6, 0xb8, FLOW_LABEL_MAX));
         p.set_version(4);
-        assert_eq!(
-            (p.version(), p.traffic_class(), p.flow_label()),
-            (4, 0xb8, FLOW_LABEL_MAX)
-        );
+        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (4, 0xb8, FLOW_LABEL_MAX));
         p.set_version(6);
         p.set_next_header(50);
         p.set_hop_limit(1);
@@ -298,10 +285,7 @@ mod tests {
         assert_eq!(check(&PACKET[..97]), Err(Error::Truncated));
         let mut bytes = PACKET;
         bytes[0] = 0x40;
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed("IPv6 version is not 6"))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("IPv6 version is not 6")));
     }
 
     #[test]
@@ -318,18 +302,8 @@ mod tests {
     }
 
     fn read_everything(p: &Packet<&[u8]>) {
-        let _ = (
-            p.version(),
-            p.traffic_class(),
-            p.flow_label(),
-            p.payload_length(),
-        );
-        let _ = (
-            p.next_header(),
-            p.hop_limit(),
-            p.source_address(),
-            p.destination_address(),
-        );
+        let _ = (p.version(), p.traffic_class(), p.flow_label(), p.payload_length());
+        let _ = (p.next_header(), p.hop_limit(), p.source_address(), p.destination_address());
         let _ = p.payload();
     }
 

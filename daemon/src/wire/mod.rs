@@ -79,9 +79,6 @@ mod tests {
     #[test]
     fn error_display_names_the_problem() {
         assert_eq!(Error::Truncated.to_string(), "truncated packet");
-        assert_eq!(
-            Error::Malformed("IPv4 version is not 4").to_string(),
-            "malformed packet: IPv4 version is not 4"
-        );
+        assert_eq!(Error::Malformed("IPv4 version is not 4").to_string(), "malformed packet: IPv4 version is not 4");
     }
 }

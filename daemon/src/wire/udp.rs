@@ -97,8 +97,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if self.checksum() == 0 {
             return false;
         }
-        let pseudo =
-            checksum::pseudo_header_v6(source, destination, PROTOCOL_UDP, u32::from(self.length()));
+        let pseudo = checksum::pseudo_header_v6(source, destination, PROTOCOL_UDP, u32::from(self.length()));
         checksum::combine(&[pseudo, checksum::data(self.datagram())]) == 0xFFFF
     }
 }
@@ -144,8 +143,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Computes the checksum over the IPv6 pseudo-header, header and payload (as far as the
     /// length field says).
     pub fn fill_checksum_ipv6(&mut self, source: Ipv6Addr, destination: Ipv6Addr) {
-        let pseudo =
-            checksum::pseudo_header_v6(source, destination, PROTOCOL_UDP, u32::from(self.length()));
+        let pseudo = checksum::pseudo_header_v6(source, destination, PROTOCOL_UDP, u32::from(self.length()));
         self.store_checksum(pseudo);
     }
 }
@@ -166,8 +164,8 @@ impl UdpHeader {
     /// # Panics
     /// If `buf` is shorter than `HEADER_LEN`, or the length exceeds 65535.
     pub fn emit(&self, buf: &mut [u8]) {
-        let length = u16::try_from(HEADER_LEN + self.payload_len)
-            .expect("UDP payload_len exceeds the 65535-byte length");
+        let length =
+            u16::try_from(HEADER_LEN + self.payload_len).expect("UDP payload_len exceeds the 65535-byte length");
         let mut packet = Packet::new_unchecked(&mut buf[..HEADER_LEN]);
         packet.set_source_port(self.source_port);
         packet.set_destination_port(self.destination_port);
@@ -190,19 +188,15 @@ mod tests {
         0x00, 0x3a, // length 58
         0x7a, 0x65, // checksum (IPv4)
         // VXLAN: I flag, VNI 4242
-        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00,
-        // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00,
-        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4,
-        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x10, 0x92, 0x00, // Ethernet: broadcast <- 52:54:00:12:34:56, ARP
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00, 0x01, 0x08, 0x00,
+        0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x0a, 0xf4, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x0a, 0xf4, 0x00, 0x02,
     ];
     const V4: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
 
     fn v6() -> (Ipv6Addr, Ipv6Addr) {
-        (
-            "2001:db8::1".parse().unwrap(),
-            "2001:db8::2".parse().unwrap(),
-        )
+        ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap())
     }
 
     #[test]
@@ -229,12 +223,7 @@ mod tests {
     #[test]
     fn emit_and_fill_round_trip_ipv4() {
         let mut buf = [0xEEu8; 58];
-        UdpHeader {
-            source_port: 4790,
-            destination_port: 4790,
-            payload_len: 50,
-        }
-        .emit(&mut buf);
+        UdpHeader { source_port: 4790, destination_port: 4790, payload_len: 50 }.emit(&mut buf);
         assert_eq!(buf[..8], [0x12, 0xb6, 0x12, 0xb6, 0x00, 0x3a, 0x00, 0x00]);
         buf[8..].copy_from_slice(&DATAGRAM[8..]);
         Packet::new_unchecked(&mut buf[..]).fill_checksum_ipv4(V4.0, V4.1);
@@ -260,10 +249,7 @@ mod tests {
         let mut buf = DATAGRAM;
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.set_checksum(0);
-        assert!(
-            p.verify_checksum_ipv4(V4.0, V4.1),
-            "0 means no checksum over IPv4"
-        );
+        assert!(p.verify_checksum_ipv4(V4.0, V4.1), "0 means no checksum over IPv4");
         assert!(!p.verify_checksum_ipv6(s, d), "0 is invalid over IPv6");
     }
 
@@ -272,12 +258,7 @@ mod tests {
         // Choose payload bytes so that the datagram and pseudo-header sum to 0xFFFF, whose
         // checksum would be 0.
         let mut buf = [0u8; 10];
-        UdpHeader {
-            source_port: 1,
-            destination_port: 2,
-            payload_len: 2,
-        }
-        .emit(&mut buf);
+        UdpHeader { source_port: 1, destination_port: 2, payload_len: 2 }.emit(&mut buf);
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.fill_checksum_ipv4(V4.0, V4.1);
         let missing = p.checksum();
@@ -296,10 +277,7 @@ mod tests {
         p.set_length(10);
         p.set_checksum(0xbeef);
         p.payload_mut().copy_from_slice(&[0xff, 0xfe]);
-        assert_eq!(
-            buf,
-            [0x11, 0x94, 0x01, 0xf4, 0x00, 0x0a, 0xbe, 0xef, 0xff, 0xfe]
-        );
+        assert_eq!(buf, [0x11, 0x94, 0x01, 0xf4, 0x00, 0x0a, 0xbe, 0xef, 0xff, 0xfe]);
     }
 
     #[test]
@@ -310,37 +288,20 @@ mod tests {
         assert_eq!(check(&DATAGRAM[..57]), Err(Error::Truncated));
         let mut bytes = DATAGRAM;
         bytes[5] = 7;
-        assert_eq!(
-            check(&bytes),
-            Err(Error::Malformed("UDP length is shorter than the header"))
-        );
+        assert_eq!(check(&bytes), Err(Error::Malformed("UDP length is shorter than the header")));
         bytes[5] = 8;
-        assert!(Packet::new_checked(&bytes[..])
-            .unwrap()
-            .payload()
-            .is_empty());
+        assert!(Packet::new_checked(&bytes[..]).unwrap().payload().is_empty());
     }
 
     #[test]
     #[should_panic(expected = "65535")]
     fn emit_rejects_oversized_payload() {
-        UdpHeader {
-            source_port: 1,
-            destination_port: 2,
-            payload_len: 65528,
-        }
-        .emit(&mut [0u8; 8]);
+        UdpHeader { source_port: 1, destination_port: 2, payload_len: 65528 }.emit(&mut [0u8; 8]);
     }
 
     fn read_everything(p: &Packet<&[u8]>) {
         let (s6, d6) = v6();
-        let _ = (
-            p.source_port(),
-            p.destination_port(),
-            p.length(),
-            p.checksum(),
-            p.payload(),
-        );
+        let _ = (p.source_port(), p.destination_port(), p.length(), p.checksum(), p.payload());
         let _ = p.verify_checksum_ipv4(V4.0, V4.1);
         let _ = p.verify_checksum_ipv6(s6, d6);
     }

@@ -20,7 +20,13 @@ fn main() -> ExitCode {
     section("network namespaces: a switch with a bridge, and 3 nodes on 198.18.0.0/24");
     let lab = Lab::new("demo", nodes);
     for i in 0..nodes {
-        println!("{}  node {}  underlay {}  overlay {}", lab.node(i).name(), lab.node_name(i), lab.addr(i), lab.overlay_addr(i));
+        println!(
+            "{}  node {}  underlay {}  overlay {}",
+            lab.node(i).name(),
+            lab.node_name(i),
+            lab.addr(i),
+            lab.overlay_addr(i)
+        );
     }
 
     let mesh = MeshFile::builder(&lab).write();
@@ -61,7 +67,10 @@ fn main() -> ExitCode {
         let names: Vec<String> = lab.nodes().iter().chain([lab.switch()]).map(|ns| ns.name().to_string()).collect();
         println!("look around:   ip netns exec {} ping 10.244.0.2", names[0]);
         println!("               ikectl --socket {} sa list", daemons[0].socket().display());
-        println!("remove it all: for ns in {}; do ip netns pids $ns | xargs -r kill; ip netns del $ns; done", names.join(" "));
+        println!(
+            "remove it all: for ns in {}; do ip netns pids $ns | xargs -r kill; ip netns del $ns; done",
+            names.join(" ")
+        );
         std::mem::forget(daemons);
         std::mem::forget(mesh);
         std::mem::forget(lab);
