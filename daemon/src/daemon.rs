@@ -82,7 +82,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
         });
     }
-    let datapath = Datapath::start(state.clone(), queues)?;
+    let datapath = Datapath::start(state.clone(), queues, None)?;
     tracing::info!(
         node = %state.topology.node_name,
         address = %state.topology.local_address,

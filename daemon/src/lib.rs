@@ -7,6 +7,7 @@ pub mod drops;
 pub mod error;
 pub mod esp;
 pub mod fdb;
+pub mod ike;
 pub mod manual;
 pub mod netif;
 pub mod overhead;

@@ -3,6 +3,7 @@
 use mesh_config::control::SaOrigin;
 use mesh_config::MeshConfig;
 
+use crate::datapath::ESP_IN_UDP_PORT;
 use crate::error::DaemonError;
 use crate::esp::{KeyMaterial, Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
@@ -40,6 +41,7 @@ pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> 
             esn: false,
             origin: SaOrigin::Manual,
             created_ms: state.clock.now_ms(),
+            remote_port: ESP_IN_UDP_PORT,
         };
         if outbound {
             let sealer = Sealer::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;

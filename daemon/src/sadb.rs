@@ -29,6 +29,8 @@ pub struct SaParams {
     pub esn: bool,
     pub origin: SaOrigin,
     pub created_ms: u64,
+    /// Where ESP-in-UDP goes: the peer's port 4500, or the port its NAT shows (ignored for raw ESP).
+    pub remote_port: u16,
 }
 
 /// Traffic and drop counters of one SA.
@@ -215,6 +217,7 @@ mod tests {
             esn,
             origin: SaOrigin::Manual,
             created_ms: 1,
+            remote_port: 4500,
         }
     }
 

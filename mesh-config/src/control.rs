@@ -280,8 +280,10 @@ pub enum DropReason {
     NoOutboundSa,
     /// The outbound SA has used every sequence number; it must be replaced (rekeyed or flushed).
     SequenceExhausted,
-    /// A datagram on the ESP-in-UDP port that is not ESP (IKE is not handled yet).
+    /// An IKE message on the ESP-in-UDP port while IKE is not running on this node.
     NotEsp,
+    /// An IKE message arrived while the queue to the IKE control plane was full.
+    IkeBacklog,
     /// A frame larger than the buffer or the path allows.
     FrameTooLarge,
     /// A frame from the overlay interface with no peer to go to.
@@ -306,6 +308,7 @@ impl DropReason {
         DropReason::NoOutboundSa,
         DropReason::SequenceExhausted,
         DropReason::NotEsp,
+        DropReason::IkeBacklog,
         DropReason::FrameTooLarge,
         DropReason::NoPeer,
         DropReason::SendFailed,
@@ -326,6 +329,7 @@ impl DropReason {
             DropReason::NoOutboundSa => "no_outbound_sa",
             DropReason::SequenceExhausted => "sequence_exhausted",
             DropReason::NotEsp => "not_esp",
+            DropReason::IkeBacklog => "ike_backlog",
             DropReason::FrameTooLarge => "frame_too_large",
             DropReason::NoPeer => "no_peer",
             DropReason::SendFailed => "send_failed",

@@ -5,7 +5,7 @@
 //! from the frame, so unicast never copies the frame.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
@@ -34,7 +34,8 @@ const TUNNEL_HOP_LIMIT: u8 = 64;
 
 /// Where sealed ESP packets go: the worker's underlay socket.
 pub trait EspSender {
-    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize>;
+    /// Sends to `peer` (its port matters only for ESP in UDP).
+    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize>;
 }
 
 /// What one worker needs to send frames during one batch.
@@ -95,7 +96,8 @@ impl<U: EspSender> Egress<'_, U> {
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
             return;
         };
-        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], peer.address) {
+        let destination = SocketAddr::new(peer.address, sa.params.remote_port);
+        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], destination) {
             Ok(_) => {
                 sa.counters.count(frame_len, self.now_ms);
                 peer.counters.count_tx(frame_len);

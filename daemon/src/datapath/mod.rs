@@ -2,6 +2,7 @@
 //! Nothing here allocates, locks a shared lock or formats a log line per packet.
 
 mod egress;
+mod ike_inbox;
 mod ingress;
 mod sockets;
 mod worker;
@@ -19,6 +20,7 @@ use mesh_config::Encap;
 use tun_rs::SyncDevice;
 
 pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 pub use self::ingress::{FrameSink, Ingress};
 pub use self::sockets::ESP_IN_UDP_PORT;
 
@@ -35,7 +37,11 @@ pub struct Datapath {
 
 impl Datapath {
     /// Starts one worker per element of `queues` (each holding one queue of every overlay TAP).
-    pub fn start(state: Arc<MeshState>, queues: Vec<Vec<SyncDevice>>) -> Result<Self, DaemonError> {
+    pub fn start(
+        state: Arc<MeshState>,
+        queues: Vec<Vec<SyncDevice>>,
+        ike: Option<IkeInbox>,
+    ) -> Result<Self, DaemonError> {
         let local = state.topology.local_address;
         let underlay_error = |source| DaemonError::Underlay { address: local, encap: state.topology.encap, source };
         let raw = match state.topology.encap {
@@ -52,7 +58,7 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(queues.len());
         for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
-            let worker = Worker { index, state: state.clone(), taps, underlay, stop: stop.clone() };
+            let worker = Worker { index, state: state.clone(), taps, underlay, ike: ike.clone(), stop: stop.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())

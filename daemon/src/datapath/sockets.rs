@@ -100,10 +100,10 @@ pub enum Underlay {
 }
 
 impl EspSender for Underlay {
-    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
+    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
         match self {
-            Underlay::Udp(socket) => socket.send_to(packet, SocketAddr::new(peer, ESP_IN_UDP_PORT)),
-            Underlay::Esp { socket, .. } => socket.send_to(packet, peer),
+            Underlay::Udp(socket) => socket.send_to(packet, peer),
+            Underlay::Esp { socket, .. } => socket.send_to(packet, peer.ip()),
         }
     }
 }

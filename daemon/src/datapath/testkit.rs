@@ -17,8 +17,8 @@ use crate::topology::{OverlayId, Topology};
 pub struct Wire(pub RefCell<Vec<(Vec<u8>, IpAddr)>>);
 
 impl EspSender for Wire {
-    fn send_esp(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
-        self.0.borrow_mut().push((packet.to_vec(), peer));
+    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.0.borrow_mut().push((packet.to_vec(), peer.ip()));
         Ok(packet.len())
     }
 }

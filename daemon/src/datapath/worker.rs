@@ -14,12 +14,13 @@ use tun_rs::SyncDevice;
 use crate::drops::DropContext;
 use crate::state::MeshState;
 use crate::topology::OverlayId;
-use crate::wire::esp::{classify_udp_encap, UdpEncapKind};
+use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 use crate::wire::ipv4;
 
 use super::egress::{Egress, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+use super::ike_inbox::IkeInbox;
 use super::ingress::{FrameSink, Ingress};
-use super::sockets::Underlay;
+use super::sockets::{Underlay, ESP_IN_UDP_PORT};
 
 /// Packets handled per ready descriptor before polling again, so that one busy direction cannot
 /// starve the other.
@@ -33,6 +34,8 @@ pub struct Worker {
     /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
     pub taps: Vec<SyncDevice>,
     pub underlay: Underlay,
+    /// Where IKE messages on port 4500 go; `None` when this node runs no IKE.
+    pub ike: Option<IkeInbox>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -108,7 +111,13 @@ impl Worker {
                 match classify_udp_encap(&buf[..len]) {
                     Ok(UdpEncapKind::Esp) => ingress.receive(&mut buf[..len], source),
                     Ok(UdpEncapKind::NatKeepalive) => {}
-                    Ok(UdpEncapKind::Ike) => self.drop_unattributed(DropReason::NotEsp, source),
+                    Ok(UdpEncapKind::Ike) => match &self.ike {
+                        Some(inbox) if !inbox.forward(&buf[NON_ESP_MARKER_LEN..len], source, ESP_IN_UDP_PORT) => {
+                            self.drop_unattributed(DropReason::IkeBacklog, source)
+                        }
+                        Some(_) => {}
+                        None => self.drop_unattributed(DropReason::NotEsp, source),
+                    },
                     Err(_) => self.drop_unattributed(DropReason::Malformed, source),
                 }
                 true

@@ -1,0 +1,398 @@
+//! Two endpoints driven pairwise in memory with a virtual clock: every datagram one sends is
+//! handed to the other (or lost, or duplicated, as a test says), and the SADB each would have is
+//! modelled from the events.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mesh_config::{Cipher, DhGroup, Mode, Prf, Proposal};
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::esp::{trailer_len, Opener, Sealer, PLAINTEXT_OFFSET};
+use crate::ike::types::PeerSettings;
+
+const A: &str = "198.18.0.1";
+const B: &str = "198.18.0.2";
+
+fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettings {
+    IkeSettings {
+        local: local.parse().unwrap(),
+        psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        proposals: ciphers
+            .iter()
+            .map(|cipher| Proposal { cipher: *cipher, prf: Prf::HmacSha256, group: DhGroup::X25519 })
+            .collect(),
+        ike_lifetime: Duration::from_secs(3600),
+        child_lifetime: Duration::from_secs(600),
+        dpd: Duration::from_secs(10),
+        force_udp_encap: true,
+        esn: true,
+        vxlan_port: 4790,
+        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport }],
+    }
+}
+
+const PSK: &str = "a mesh-wide pre-shared key of 32+ bytes";
+const BOTH: &[Cipher] = &[Cipher::Aes256Gcm16, Cipher::Chacha20Poly1305];
+
+/// One node: its endpoint and the SADB its events would have built.
+struct Node {
+    endpoint: Endpoint,
+    address: IpAddr,
+    inbound: HashMap<u32, ChildSaKeys>,
+    outbound: Option<ChildSaKeys>,
+    failures: Vec<Failure>,
+    established: usize,
+}
+
+impl Node {
+    fn new(settings: IkeSettings, now: Instant) -> Node {
+        let address = settings.local;
+        Node {
+            endpoint: Endpoint::new(settings, now).unwrap(),
+            address,
+            inbound: HashMap::new(),
+            outbound: None,
+            failures: Vec::new(),
+            established: 0,
+        }
+    }
+
+    fn apply_events(&mut self) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::InstallInbound { sa, .. } => {
+                    assert!(self.inbound.insert(sa.spi, sa).is_none(), "inbound SPI installed twice");
+                }
+                Event::InstallOutbound { sa, .. } => self.outbound = Some(sa),
+                Event::RemoveInbound { spi, .. } => {
+                    self.inbound.remove(&spi);
+                }
+                Event::RemoveOutbound { spi, .. } => {
+                    if self.outbound.as_ref().is_some_and(|o| o.spi == spi) {
+                        self.outbound = None;
+                    }
+                }
+                Event::Established { .. } => self.established += 1,
+                Event::Failed { failure, .. } => self.failures.push(failure),
+            }
+        }
+    }
+
+    fn established_sas(&self, now: Instant) -> Vec<IkeSaStatus> {
+        self.endpoint.status(now).into_iter().filter(|s| s.state == "established").collect()
+    }
+}
+
+/// What happens to a datagram on the way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Deliver,
+    Lose,
+    Duplicate,
+}
+
+struct Pair {
+    a: Node,
+    b: Node,
+    now: Instant,
+}
+
+impl Pair {
+    fn new(a: IkeSettings, b: IkeSettings) -> Pair {
+        let now = Instant::now();
+        Pair { a: Node::new(a, now), b: Node::new(b, now), now }
+    }
+
+    fn standard() -> Pair {
+        Pair::new(settings(A, B, PSK, BOTH), settings(B, A, PSK, BOTH))
+    }
+
+    /// Moves datagrams both ways until none is left; `fate` decides each one's fate.
+    fn pump(&mut self, fate: &mut dyn FnMut(&Transmit) -> Fate) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            for from_a in [true, false] {
+                let (sender, receiver) = if from_a { (&mut self.a, &mut self.b) } else { (&mut self.b, &mut self.a) };
+                while let Some(transmit) = sender.endpoint.poll_transmit() {
+                    moved = true;
+                    assert_eq!(transmit.destination.ip(), receiver.address);
+                    let from = SocketAddr::new(sender.address, transmit.source_port);
+                    let copies = match fate(&transmit) {
+                        Fate::Deliver => 1,
+                        Fate::Lose => 0,
+                        Fate::Duplicate => 2,
+                    };
+                    for _ in 0..copies {
+                        receiver.endpoint.handle(&transmit.bytes, from, transmit.destination.port(), self.now);
+                    }
+                }
+            }
+            self.a.apply_events();
+            self.b.apply_events();
+            if !moved {
+                return;
+            }
+        }
+        panic!("the endpoints never stop talking");
+    }
+
+    /// Advances the clock in steps, firing timers and moving datagrams.
+    fn run_for(&mut self, duration: Duration, fate: &mut dyn FnMut(&Transmit) -> Fate) {
+        let end = self.now + duration;
+        loop {
+            self.a.endpoint.handle_timeout(self.now);
+            self.b.endpoint.handle_timeout(self.now);
+            self.pump(fate);
+            if self.now >= end {
+                return;
+            }
+            let next = [self.a.endpoint.poll_timeout(), self.b.endpoint.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end)
+                .clamp(self.now + Duration::from_millis(10), end);
+            self.now = next;
+        }
+    }
+
+    fn run(&mut self, duration: Duration) {
+        self.run_for(duration, &mut |_| Fate::Deliver);
+    }
+
+    /// Exactly one IKE SA and one Child SA pair, and each side's outbound SA is the other's
+    /// inbound SA with the same key.
+    fn assert_one_pair(&self) {
+        let (a_sas, b_sas) = (self.a.established_sas(self.now), self.b.established_sas(self.now));
+        assert_eq!(a_sas.len(), 1, "A: {a_sas:#?}");
+        assert_eq!(b_sas.len(), 1, "B: {b_sas:#?}");
+        assert_eq!(a_sas[0].children.len(), 1, "A: {a_sas:#?}");
+        assert_eq!(b_sas[0].children.len(), 1, "B: {b_sas:#?}");
+        assert_eq!((a_sas[0].initiator_spi, a_sas[0].responder_spi), (b_sas[0].initiator_spi, b_sas[0].responder_spi));
+        for (sender, receiver) in [(&self.a, &self.b), (&self.b, &self.a)] {
+            let outbound = sender.outbound.as_ref().expect("an outbound SA");
+            let inbound = receiver.inbound.get(&outbound.spi).expect("the peer has our outbound SPI as inbound");
+            assert_eq!((outbound.cipher, outbound.esn, outbound.mode), (inbound.cipher, inbound.esn, inbound.mode));
+            assert_keys_match(outbound, inbound);
+        }
+        let (a_child, b_child) = (a_sas[0].children[0], b_sas[0].children[0]);
+        assert_eq!((a_child.0, a_child.1), (b_child.1, b_child.0), "Child SA SPIs cross over");
+    }
+}
+
+/// A packet sealed with the sender's key opens with the receiver's.
+fn assert_keys_match(outbound: &ChildSaKeys, inbound: &ChildSaKeys) {
+    let sealer = Sealer::new(outbound.cipher, &outbound.key).unwrap();
+    let opener = Opener::new(inbound.cipher, &inbound.key).unwrap();
+    let payload = b"vxlan frame";
+    let mut buf = vec![0u8; PLAINTEXT_OFFSET + payload.len() + trailer_len(payload.len())];
+    buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload.len()].copy_from_slice(payload);
+    let len = sealer.seal(outbound.spi, 1, outbound.esn, 17, &mut buf, payload.len()).unwrap();
+    let opened = opener.open(1, inbound.esn, &mut buf[..len]).unwrap();
+    assert_eq!(opened.payload, payload);
+}
+
+#[test]
+fn handshake_installs_one_child_sa_pair() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let status = &pair.a.established_sas(pair.now)[0];
+    assert!(status.we_initiated, "the lower address initiates");
+    assert_eq!(status.cipher, Some(Cipher::Aes256Gcm16));
+    assert!(status.nat_detected, "encap = udp floats to 4500");
+    assert_eq!(status.remote.port(), NAT_T_PORT);
+    let outbound = pair.a.outbound.as_ref().unwrap();
+    assert_eq!((outbound.mode, outbound.esn, outbound.remote_port), (Mode::Transport, true, NAT_T_PORT));
+    assert_eq!((pair.a.established, pair.b.established), (1, 1));
+}
+
+#[test]
+fn without_forced_encapsulation_and_nat_ike_stays_on_500() {
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.force_udp_encap = false;
+    b.force_udp_encap = false;
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let status = &pair.a.established_sas(pair.now)[0];
+    assert!(!status.nat_detected);
+    assert_eq!(status.remote.port(), IKE_PORT);
+}
+
+#[test]
+fn lost_messages_are_retransmitted() {
+    let mut pair = Pair::standard();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    // Every distinct datagram is lost the first time it is sent.
+    pair.run_for(Duration::from_secs(10), &mut |t| {
+        if seen.contains(&t.bytes) {
+            Fate::Deliver
+        } else {
+            seen.push(t.bytes.clone());
+            Fate::Lose
+        }
+    });
+    pair.assert_one_pair();
+}
+
+#[test]
+fn duplicated_messages_are_answered_from_the_cache() {
+    let mut pair = Pair::standard();
+    pair.run_for(Duration::from_secs(2), &mut |_| Fate::Duplicate);
+    pair.assert_one_pair();
+    assert_eq!((pair.a.established, pair.b.established), (1, 1));
+}
+
+#[test]
+fn simultaneous_initiation_ends_with_one_ike_sa() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    pair.a.endpoint.connect(0, now);
+    pair.b.endpoint.connect(0, now);
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+    let winner = &pair.b.established_sas(pair.now)[0];
+    assert!(!winner.we_initiated, "the IKE SA initiated by the lower address wins");
+}
+
+#[test]
+fn wrong_psk_fails_on_both_sides_with_authentication_failed() {
+    let mut pair =
+        Pair::new(settings(A, B, PSK, BOTH), settings(B, A, "another pre-shared key, also long enough", BOTH));
+    pair.run(Duration::from_secs(1));
+    assert!(pair.a.failures.contains(&Failure::Authentication { peer_said: true }), "{:?}", pair.a.failures);
+    assert!(pair.b.failures.contains(&Failure::Authentication { peer_said: false }), "{:?}", pair.b.failures);
+    assert!(pair.a.inbound.is_empty() && pair.a.outbound.is_none());
+    assert!(pair.b.inbound.is_empty() && pair.b.outbound.is_none());
+    assert!(pair.a.established_sas(pair.now).is_empty() && pair.b.established_sas(pair.now).is_empty());
+}
+
+#[test]
+fn no_common_proposal_is_reported() {
+    let mut pair =
+        Pair::new(settings(A, B, PSK, &[Cipher::Aes256Gcm16]), settings(B, A, PSK, &[Cipher::Chacha20Poly1305]));
+    pair.run(Duration::from_secs(1));
+    assert!(pair.a.failures.contains(&Failure::NoProposalChosen { peer_said: true }), "{:?}", pair.a.failures);
+    assert!(pair.b.failures.contains(&Failure::NoProposalChosen { peer_said: false }), "{:?}", pair.b.failures);
+    assert!(pair.a.outbound.is_none());
+}
+
+#[test]
+fn child_sas_are_rekeyed_before_expiry_without_a_gap() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let first = pair.a.outbound.as_ref().unwrap().spi;
+    // Past the rekey point (at most 80% of 600 s), and the inbound grace period.
+    pair.run(Duration::from_secs(500));
+    pair.assert_one_pair();
+    assert_ne!(pair.a.outbound.as_ref().unwrap().spi, first, "rekeyed");
+    assert_eq!(pair.a.inbound.len(), 1, "old inbound SAs are gone after the grace period");
+    assert_eq!(pair.b.inbound.len(), 1);
+    // Many lifetimes later it is still one pair.
+    pair.run(Duration::from_secs(3000));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn the_responder_can_rekey_too() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let spi = pair.b.endpoint.sas.keys().copied().next().unwrap();
+    let inbound = pair.b.endpoint.sas[&spi].children[0].inbound_spi;
+    let now = pair.now;
+    pair.b.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
+    assert!(!pair.b.inbound.contains_key(&inbound));
+}
+
+#[test]
+fn simultaneous_child_rekeys_end_with_one_child_sa() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    for node in [&mut pair.a, &mut pair.b] {
+        let spi = node.endpoint.sas.keys().copied().next().unwrap();
+        let inbound = node.endpoint.sas[&spi].children[0].inbound_spi;
+        node.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+    }
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn the_ike_sa_is_rekeyed_and_keeps_its_child_sa() {
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.ike_lifetime = Duration::from_secs(100);
+    b.ike_lifetime = Duration::from_secs(100);
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+    pair.run(Duration::from_secs(90));
+    pair.assert_one_pair();
+    assert_ne!(pair.a.established_sas(pair.now)[0].initiator_spi, before);
+    // And liveness still works on the new one.
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn a_dead_peer_is_noticed_and_the_sas_removed() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    // The path dies. Within 3 liveness intervals both notice and remove their SAs.
+    pair.run_for(Duration::from_secs(30), &mut |_| Fate::Lose);
+    for node in [&pair.a, &pair.b] {
+        assert!(node.failures.contains(&Failure::Timeout), "{:?}", node.failures);
+        assert!(node.outbound.is_none() && node.inbound.is_empty());
+    }
+    // When it comes back, so do the SAs.
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn a_restarted_peer_is_back_with_initial_contact() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    // B restarts: all its state is gone; it initiates (after its delay) with INITIAL_CONTACT.
+    let now = pair.now;
+    pair.b = Node::new(settings(B, A, PSK, BOTH), now);
+    pair.b.endpoint.unknown_spi_from(0, now);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn flush_deletes_on_both_sides_and_renegotiates() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let old = pair.a.outbound.as_ref().unwrap().spi;
+    let now = pair.now;
+    pair.a.endpoint.flush(0, now);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
+    assert_ne!(pair.a.outbound.as_ref().unwrap().spi, old);
+    assert!(!pair.b.inbound.contains_key(&old));
+}
+
+#[test]
+fn garbage_is_counted_not_fatal() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let from: SocketAddr = "198.18.0.2:4500".parse().unwrap();
+    let now = pair.now;
+    pair.a.endpoint.handle(&[0u8; 10], from, 4500, now);
+    let mut forged = pair.a.endpoint.sas.values().next().unwrap().handshake.init_request.clone();
+    forged[20] ^= 0xff;
+    pair.a.endpoint.handle(&forged, from, 4500, now);
+    assert!(pair.a.endpoint.counters.malformed + pair.a.endpoint.counters.unknown_spi >= 1);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+}

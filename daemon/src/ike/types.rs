@@ -1,0 +1,127 @@
+//! What the IKE endpoint is configured with, and what it hands back to its driver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mesh_config::{Cipher, Mode, Proposal};
+use zeroize::Zeroizing;
+
+use crate::esp::KeyMaterial;
+
+/// Index of a peer in `IkeSettings::peers` (the daemon uses the same order as its topology).
+pub type PeerIndex = usize;
+
+/// One peer as IKE sees it.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    pub address: IpAddr,
+    pub mode: Mode,
+}
+
+/// Everything the endpoint needs from the mesh file.
+#[derive(Clone)]
+pub struct IkeSettings {
+    pub local: IpAddr,
+    pub psk: Zeroizing<Vec<u8>>,
+    /// IKE SA proposals, preferred first; their ciphers, in order, are also the ESP offer.
+    pub proposals: Vec<Proposal>,
+    pub ike_lifetime: Duration,
+    pub child_lifetime: Duration,
+    /// Liveness: an idle IKE SA is checked this often.
+    pub dpd: Duration,
+    /// Float to UDP 4500 and encapsulate ESP even without NAT (`encap = "udp"`).
+    pub force_udp_encap: bool,
+    /// Offer and accept extended sequence numbers.
+    pub esn: bool,
+    /// The overlay port of the traffic selectors.
+    pub vxlan_port: u16,
+    pub peers: Vec<PeerSettings>,
+}
+
+impl IkeSettings {
+    pub fn ciphers(&self) -> Vec<Cipher> {
+        let mut ciphers: Vec<Cipher> = Vec::new();
+        for proposal in &self.proposals {
+            if !ciphers.contains(&proposal.cipher) {
+                ciphers.push(proposal.cipher);
+            }
+        }
+        ciphers
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    /// 500, or 4500 after floating (the driver then prepends the non-ESP marker).
+    pub source_port: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// One direction of a Child SA, ready for the SADB.
+pub struct ChildSaKeys {
+    pub spi: u32,
+    pub cipher: Cipher,
+    pub esn: bool,
+    pub mode: Mode,
+    /// The peer's IKE port: 4500 (or what its NAT shows) for ESP in UDP.
+    pub remote_port: u16,
+    pub key: KeyMaterial,
+}
+
+impl std::fmt::Debug for ChildSaKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChildSaKeys(spi {:#010x}, {}, esn {}, {})", self.spi, self.cipher, self.esn, self.mode)
+    }
+}
+
+/// Why an IKE SA attempt or an IKE SA ended, for logs and `ikectl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer's AUTH did not verify, or the peer said AUTHENTICATION_FAILED.
+    Authentication { peer_said: bool },
+    /// No proposal in common.
+    NoProposalChosen { peer_said: bool },
+    /// The peer did not answer.
+    Timeout,
+    /// The peer refused the Child SA's traffic selectors.
+    TrafficSelectors,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Authentication { peer_said: true } => f.write_str(
+                "AUTHENTICATION_FAILED: the peer could not verify our AUTH; the pre-shared keys differ: copy the same psk_file to both nodes",
+            ),
+            Failure::Authentication { peer_said: false } => f.write_str(
+                "AUTHENTICATION_FAILED: the peer's AUTH does not verify with our pre-shared key; copy the same psk_file to both nodes",
+            ),
+            Failure::NoProposalChosen { .. } => {
+                f.write_str("NO_PROPOSAL_CHOSEN: no proposal in common; make [ike] proposals overlap on both nodes")
+            }
+            Failure::Timeout => f.write_str("no answer from the peer (is meshd running there, and UDP 500/4500 open?)"),
+            Failure::TrafficSelectors => {
+                f.write_str("TS_UNACCEPTABLE: the peer refused the traffic selectors; check vxlan_port on both nodes")
+            }
+        }
+    }
+}
+
+/// What the driver must do to the SADB, or report.
+#[derive(Debug)]
+pub enum Event {
+    /// Start accepting ESP on this SA (before the peer may use it).
+    InstallInbound { peer: PeerIndex, sa: ChildSaKeys },
+    /// Send to the peer on this SA from now on (it replaces the previous outbound SA).
+    InstallOutbound { peer: PeerIndex, sa: ChildSaKeys },
+    /// Stop accepting ESP on this inbound SPI.
+    RemoveInbound { peer: PeerIndex, spi: u32 },
+    /// The outbound SA with this SPI is gone (remove it if it is still the current one).
+    RemoveOutbound { peer: PeerIndex, spi: u32 },
+    /// An IKE SA with the peer is up.
+    Established { peer: PeerIndex },
+    /// An attempt failed or an IKE SA died.
+    Failed { peer: Option<PeerIndex>, from: SocketAddr, failure: Failure },
+}
