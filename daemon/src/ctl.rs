@@ -7,17 +7,18 @@ use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixS
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mesh_config::control::{
     Command, Direction, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request, Response, SaInfo,
-    Spi, Status, PROTOCOL_VERSION,
+    SaList, Spi, Status, PROTOCOL_VERSION,
 };
 use mesh_config::MeshConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::error::DaemonError;
+use crate::keying::Keying;
 use crate::manual;
 use crate::sadb::{SaCounters, SaParams};
 use crate::state::MeshState;
@@ -67,10 +68,15 @@ impl Drop for SocketFile {
     }
 }
 
+/// How long `sa flush` waits for renegotiated SAs.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 /// What the control plane answers from.
 pub struct Control {
     pub state: Arc<MeshState>,
     pub config: Arc<MeshConfig>,
+    /// IKE, when some peer is keyed by it.
+    pub keying: Option<Arc<Keying>>,
     pub started: Instant,
     pub workers: usize,
     pub overlays: Vec<OverlayStatus>,
@@ -99,6 +105,7 @@ async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<(
                 "ikectl speaks control protocol version {}, this meshd speaks {PROTOCOL_VERSION}: use the ikectl that came with this meshd",
                 request.version
             )),
+            Ok(Request { command: Command::SaFlush { peer }, .. }) => control.flush_and_wait(peer.as_deref()).await,
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
                 "meshd could not read the request ({error}); use the ikectl that came with this meshd"
@@ -115,7 +122,10 @@ impl Control {
     pub fn handle(&self, command: Command) -> Response {
         let result = match command {
             Command::Status => Ok(Reply::Status(self.status())),
-            Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| Reply::SaList(self.sa_list(peer))),
+            Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
+                let ike_sas = self.keying.as_ref().map(|k| k.ike_sas(&self.state, peer)).unwrap_or_default();
+                Reply::SaList(SaList { ike_sas, child_sas: self.sa_list(peer) })
+            }),
             Command::SaFlush { peer } => {
                 self.peer_filter(peer.as_deref()).and_then(|peer| self.flush(peer)).map(Reply::SaFlush)
             }
@@ -207,8 +217,55 @@ impl Control {
         list
     }
 
+    /// `sa flush`, then waits (up to `FLUSH_WAIT`) until IKE peers have SAs both ways again.
+    async fn flush_and_wait(&self, peer: Option<&str>) -> Response {
+        let started = Instant::now();
+        let (only, mut report) = match self.peer_filter(peer).and_then(|only| self.flush(only).map(|r| (only, r))) {
+            Ok(flushed) => flushed,
+            Err(message) => return Response::error(message),
+        };
+        let ike_peers: Vec<PeerId> = match &self.keying {
+            Some(keying) => self
+                .state
+                .topology
+                .peers
+                .iter()
+                .map(|p| p.id)
+                .filter(|p| keying.is_ike_peer(*p) && only.is_none_or(|o| o == *p))
+                .collect(),
+            None => Vec::new(),
+        };
+        if ike_peers.is_empty() {
+            return Response::ok(Reply::SaFlush(report));
+        }
+        while started.elapsed() < FLUSH_WAIT {
+            let tables = self.state.sadb.load();
+            let back = ike_peers
+                .iter()
+                .all(|p| tables.outbound(*p).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == *p));
+            if back {
+                report.traffic_back_ms = Some(started.elapsed().as_millis() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if report.traffic_back_ms.is_none() {
+            report.advice = Some(format!(
+                "no new SAs within {}s: see `ikectl peers` (keying column) and the meshd log",
+                FLUSH_WAIT.as_secs()
+            ));
+        }
+        Response::ok(Reply::SaFlush(report))
+    }
+
+    /// Removes the SAs of `only` (or all peers), reinstalls manual ones and renegotiates IKE ones.
     fn flush(&self, only: Option<PeerId>) -> Result<FlushReport, String> {
         let removed = self.state.sadb.remove(only);
+        if let Some(keying) = &self.keying {
+            for peer in self.state.topology.peers.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
+                keying.flush(peer.id);
+            }
+        }
         let reinstalled = manual::install(&self.config, &self.state, only).map_err(|e| e.to_string())?;
         let target = only.map_or_else(|| "every peer".to_string(), |p| self.state.topology.peer(p).name.clone());
         tracing::info!(peer = %target, removed = removed.len(), reinstalled = reinstalled.len(), "SAs flushed");
@@ -223,6 +280,7 @@ impl Control {
             removed: removed.into_iter().map(Spi).collect(),
             reinstalled: reinstalled.into_iter().map(Spi).collect(),
             advice,
+            traffic_back_ms: None,
         })
     }
 
@@ -251,6 +309,11 @@ impl Control {
                     rx_bytes: counters.rx_bytes.load(Ordering::Relaxed),
                     last_rx_secs: clock.secs_since(counters.last_rx_ms.load(Ordering::Relaxed)),
                     drops: self.state.drops.peer_total(peer.id),
+                    keying: self
+                        .keying
+                        .as_ref()
+                        .and_then(|k| k.state_of(peer.id))
+                        .unwrap_or_else(|| "manual".to_string()),
                 }
             })
             .collect()

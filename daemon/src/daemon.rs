@@ -10,8 +10,9 @@ use mesh_config::{MeshConfig, Mode, OverlayMtu};
 use tun_rs::SyncDevice;
 
 use crate::ctl::{self, Control, SocketFile};
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, IkeInbox};
 use crate::error::DaemonError;
+use crate::keying::{self, Keying};
 use crate::overhead::{Encapsulation, IpVersion};
 use crate::state::MeshState;
 use crate::topology::{Overlay, Topology};
@@ -82,7 +83,9 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
         });
     }
-    let datapath = Datapath::start(state.clone(), queues, None)?;
+    let keying = Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?.map(Arc::new);
+    let (inbox, inbox_receiver) = IkeInbox::channel();
+    let mut datapath = Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox))?;
     tracing::info!(
         node = %state.topology.node_name,
         address = %state.topology.local_address,
@@ -94,10 +97,12 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let control = Arc::new(Control {
         state: state.clone(),
         config: Arc::new(config),
+        keying: keying.clone(),
         started: Instant::now(),
         workers: datapath.workers(),
         overlays,
     });
+    let udp_4500 = datapath.take_udp_4500();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,15 +110,25 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
-        tokio::select! {
+        if let Some(keying) = keying {
+            let local = state.topology.local_address;
+            let sockets = keying::bind(local, udp_4500).await.map_err(|source| DaemonError::Underlay {
+                address: local,
+                encap: state.topology.encap,
+                source,
+            })?;
+            tokio::spawn(keying::run(keying, state.clone(), sockets, inbox_receiver));
+        }
+        let served = tokio::select! {
             served = ctl::serve(&mut socket, control) => served,
             signal = wait_for_stop_signal() => signal,
-        }
+        };
+        served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
     });
     datapath.stop();
     drop(socket);
     tracing::info!("meshd stopped");
-    served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket, source })
+    served
 }
 
 /// The MTU of an overlay interface and how it was chosen.

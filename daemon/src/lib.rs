@@ -8,6 +8,7 @@ pub mod error;
 pub mod esp;
 pub mod fdb;
 pub mod ike;
+pub mod keying;
 pub mod manual;
 pub mod netif;
 pub mod overhead;

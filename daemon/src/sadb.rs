@@ -179,6 +179,19 @@ impl Sadb {
         })
     }
 
+    /// Removes one inbound SA; true when it existed.
+    pub fn remove_inbound(&self, spi: u32) -> bool {
+        self.update(|tables| tables.inbound.remove(&spi).is_some())
+    }
+
+    /// Removes `peer`'s outbound SA if it is still the one with `spi` (a newer one stays).
+    pub fn remove_outbound(&self, peer: PeerId, spi: u32) -> bool {
+        self.update(|tables| match tables.outbound.get_mut(peer.0) {
+            Some(slot) if slot.as_ref().is_some_and(|sa| sa.params.spi == spi) => slot.take().is_some(),
+            _ => false,
+        })
+    }
+
     /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
     pub fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
         let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
@@ -256,6 +269,20 @@ mod tests {
         assert!(after.inbound(0x1001).is_none());
         assert!(after.inbound(0x1002).is_some());
         assert_eq!(sadb.remove(None), vec![0x1002]);
+    }
+
+    #[test]
+    fn single_removals_leave_newer_sas_alone() {
+        let sadb = Sadb::new(1);
+        sadb.install_inbound(inbound(0x1001, 0)).unwrap();
+        sadb.install_outbound(outbound(0x2001, 0, false));
+        sadb.install_outbound(outbound(0x2002, 0, false));
+        assert!(!sadb.remove_outbound(PeerId(0), 0x2001), "replaced already");
+        assert_eq!(sadb.load().outbound(PeerId(0)).unwrap().params.spi, 0x2002);
+        assert!(sadb.remove_outbound(PeerId(0), 0x2002));
+        assert!(sadb.load().outbound(PeerId(0)).is_none());
+        assert!(sadb.remove_inbound(0x1001));
+        assert!(!sadb.remove_inbound(0x1001));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use mesh_config::control::{DropReason, DropReport, FdbEntry, FlushReport, PeerInfo, Reply, SaInfo, Status};
+use mesh_config::control::{DropReason, DropReport, FdbEntry, FlushReport, IkeSaInfo, PeerInfo, Reply, SaInfo, Status};
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
 pub fn json(reply: &Reply) -> String {
@@ -26,7 +26,7 @@ pub fn json(reply: &Reply) -> String {
 pub fn text(reply: &Reply) -> String {
     match reply {
         Reply::Status(status) => render_status(status),
-        Reply::SaList(sas) => render_sas(sas),
+        Reply::SaList(list) => render_ike_sas(&list.ike_sas) + &render_sas(&list.child_sas),
         Reply::SaFlush(report) => render_flush(report),
         Reply::Peers(peers) => render_peers(peers),
         Reply::Fdb(entries) => render_fdb(entries),
@@ -87,9 +87,43 @@ fn render_status(status: &Status) -> String {
     out + &finish(overlays)
 }
 
+fn render_ike_sas(sas: &[IkeSaInfo]) -> String {
+    if sas.is_empty() {
+        return String::new();
+    }
+    let mut t = table(&[
+        "peer",
+        "IKE SA (SPIi / SPIr)",
+        "state",
+        "role",
+        "AEAD / PRF / group",
+        "remote",
+        "NAT / encap",
+        "up",
+        "rekey in",
+        "Child SAs (in / out)",
+    ]);
+    for sa in sas {
+        let dash = || "-".to_string();
+        t.add_row(vec![
+            sa.peer.clone(),
+            format!("{} / {}", sa.initiator_spi, sa.responder_spi),
+            sa.state.clone(),
+            if sa.we_initiated { "initiator" } else { "responder" }.to_string(),
+            format!("{} / {} / {}", sa.cipher.map_or_else(dash, |c| c.to_string()), sa.prf, sa.group),
+            sa.remote.to_string(),
+            if sa.nat_detected { "udp 4500 (NAT or forced)" } else { "none" }.to_string(),
+            sa.established_secs.map_or_else(dash, |s| format!("{s}s")),
+            sa.rekey_in_secs.map_or_else(dash, |s| format!("{s}s")),
+            sa.child_spis.iter().map(|(i, o)| format!("{i} / {o}")).collect::<Vec<_>>().join(", "),
+        ]);
+    }
+    format!("IKE SAs\n{}Child SAs\n", finish(t))
+}
+
 fn render_sas(sas: &[SaInfo]) -> String {
     if sas.is_empty() {
-        return "no SAs\n".to_string();
+        return "no Child SAs\n".to_string();
     }
     let mut t = table(&[
         "peer",
@@ -143,6 +177,9 @@ fn spis(list: &[mesh_config::control::Spi]) -> String {
 
 fn render_flush(report: &FlushReport) -> String {
     let mut out = format!("removed: {}\nreinstalled: {}\n", spis(&report.removed), spis(&report.reinstalled));
+    if let Some(ms) = report.traffic_back_ms {
+        let _ = writeln!(out, "renegotiated: SAs both ways again after {ms} ms");
+    }
     if let Some(advice) = &report.advice {
         let _ = writeln!(out, "note: {advice}");
     }
@@ -152,7 +189,7 @@ fn render_flush(report: &FlushReport) -> String {
 fn render_peers(peers: &[PeerInfo]) -> String {
     let mut t = table(&[
         "peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes",
-        "last rx", "drops",
+        "last rx", "drops", "keying",
     ]);
     for p in peers {
         t.add_row(vec![
@@ -168,6 +205,7 @@ fn render_peers(peers: &[PeerInfo]) -> String {
             p.rx_bytes.to_string(),
             ago(p.last_rx_secs),
             p.drops.to_string(),
+            p.keying.clone(),
         ]);
     }
     finish(t)
@@ -221,7 +259,7 @@ fn render_drops(report: &DropReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_config::control::{Direction, ReplayInfo, SaOrigin, Spi};
+    use mesh_config::control::{Direction, ReplayInfo, SaList, SaOrigin, Spi};
     use mesh_config::{Cipher, Encap, Mode};
 
     fn inbound_sa() -> SaInfo {
@@ -246,7 +284,7 @@ mod tests {
 
     #[test]
     fn sa_table_shows_what_the_operator_needs() {
-        let out = text(&Reply::SaList(vec![inbound_sa()]));
+        let out = text(&Reply::SaList(SaList { ike_sas: vec![], child_sas: vec![inbound_sa()] }));
         for needle in [
             "n2",
             "in",
@@ -261,15 +299,18 @@ mod tests {
         ] {
             assert!(out.contains(needle), "missing {needle:?} in\n{out}");
         }
-        assert_eq!(text(&Reply::SaList(vec![])), "no SAs\n");
+        assert_eq!(text(&Reply::SaList(SaList { ike_sas: vec![], child_sas: vec![] })), "no Child SAs\n");
     }
 
     #[test]
     fn json_is_the_bare_data() {
-        let value: serde_json::Value = serde_json::from_str(&json(&Reply::SaList(vec![inbound_sa()]))).unwrap();
-        assert_eq!(value[0]["spi"], "0x00001002");
-        assert_eq!(value[0]["drops"]["authentication"], 2);
-        assert_eq!(value[0]["replay"]["highest_sequence"], 3);
+        let value: serde_json::Value =
+            serde_json::from_str(&json(&Reply::SaList(SaList { ike_sas: vec![], child_sas: vec![inbound_sa()] })))
+                .unwrap();
+        let sa = &value["child_sas"][0];
+        assert_eq!(sa["spi"], "0x00001002");
+        assert_eq!(sa["drops"]["authentication"], 2);
+        assert_eq!(sa["replay"]["highest_sequence"], 3);
     }
 
     #[test]
@@ -278,7 +319,11 @@ mod tests {
             removed: vec![Spi(1)],
             reinstalled: vec![],
             advice: Some("do this".into()),
+            traffic_back_ms: Some(120),
         }));
-        assert_eq!(out, "removed: 0x00000001\nreinstalled: none\nnote: do this\n");
+        assert_eq!(
+            out,
+            "removed: 0x00000001\nreinstalled: none\nrenegotiated: SAs both ways again after 120 ms\nnote: do this\n"
+        );
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::types::{Cipher, Encap, Mode};
 
 /// Bumped whenever a request or reply changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Where `meshd run` listens and `ikectl` connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -69,7 +69,7 @@ impl Response {
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
     Status(Status),
-    SaList(Vec<SaInfo>),
+    SaList(SaList),
     SaFlush(FlushReport),
     Peers(Vec<PeerInfo>),
     Fdb(Vec<FdbEntry>),
@@ -196,6 +196,35 @@ pub struct SaInfo {
     pub drops: BTreeMap<DropReason, u64>,
 }
 
+/// `ikectl sa list`: the IKE SAs and the Child SAs (ESP SAs, one per direction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaList {
+    pub ike_sas: Vec<IkeSaInfo>,
+    pub child_sas: Vec<SaInfo>,
+}
+
+/// One IKE SA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IkeSaInfo {
+    /// The peer's name, or its address while it is not authenticated yet.
+    pub peer: String,
+    /// As `0x` and 16 hex digits.
+    pub initiator_spi: String,
+    pub responder_spi: String,
+    pub we_initiated: bool,
+    pub state: String,
+    pub cipher: Option<Cipher>,
+    pub prf: String,
+    pub group: String,
+    /// The peer's IKE address and port as this node sees it (NAT shows here).
+    pub remote: SocketAddr,
+    pub nat_detected: bool,
+    pub established_secs: Option<u64>,
+    pub rekey_in_secs: Option<u64>,
+    /// (inbound SPI, outbound SPI) of each Child SA.
+    pub child_spis: Vec<(Spi, Spi)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlushReport {
     /// SAs removed from the database.
@@ -204,6 +233,9 @@ pub struct FlushReport {
     pub reinstalled: Vec<Spi>,
     /// What the operator should do next, if anything.
     pub advice: Option<String>,
+    /// How long after the flush the peer had SAs both ways again (IKE peers), if it did within
+    /// the wait.
+    pub traffic_back_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +252,9 @@ pub struct PeerInfo {
     pub rx_bytes: u64,
     pub last_rx_secs: Option<u64>,
     pub drops: u64,
+    /// How this peer is keyed: "manual", or the IKE state ("established", "connecting",
+    /// or the last failure with what to do).
+    pub keying: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,19 +392,19 @@ mod tests {
     fn request_wire_form() {
         let request = Request::new(Command::SaList { peer: Some("n2".into()) });
         let text = serde_json::to_string(&request).unwrap();
-        assert_eq!(text, r#"{"version":1,"command":"sa_list","peer":"n2"}"#);
+        assert_eq!(text, r#"{"version":2,"command":"sa_list","peer":"n2"}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
-        let status: Request = serde_json::from_str(r#"{"version":1,"command":"status"}"#).unwrap();
+        let status: Request = serde_json::from_str(r#"{"version":2,"command":"status"}"#).unwrap();
         assert_eq!(status.command, Command::Status);
     }
 
     #[test]
     fn response_wire_form() {
         let error = serde_json::to_string(&Response::error("no such peer")).unwrap();
-        assert_eq!(error, r#"{"version":1,"error":"no such peer"}"#);
+        assert_eq!(error, r#"{"version":2,"error":"no such peer"}"#);
         let ok = Response::ok(Reply::Fdb(vec![]));
         let text = serde_json::to_string(&ok).unwrap();
-        assert_eq!(text, r#"{"version":1,"ok":{"kind":"fdb","data":[]}}"#);
+        assert_eq!(text, r#"{"version":2,"ok":{"kind":"fdb","data":[]}}"#);
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
     }
 

@@ -31,8 +31,9 @@ fn count(map: &Value, reason: &str) -> u64 {
 
 /// The SA of `sa list` output for `peer` in `direction` ("in" / "out").
 fn find_sa<'a>(sas: &'a Value, peer: &str, direction: &str) -> &'a Value {
-    sas.as_array()
-        .unwrap_or_else(|| panic!("`sa list` is not an array: {sas}"))
+    sas["child_sas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`sa list` has no child_sas array: {sas}"))
         .iter()
         .find(|sa| sa["peer"].as_str() == Some(peer) && sa["direction"].as_str() == Some(direction))
         .unwrap_or_else(|| panic!("no {direction}bound SA for peer {peer} in `sa list`: {sas:#}"))

@@ -33,6 +33,8 @@ use crate::state::MeshState;
 pub struct Datapath {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// A handle on a worker's ESP-in-UDP socket, for IKE to send on port 4500.
+    udp_4500: Option<std::net::UdpSocket>,
 }
 
 impl Datapath {
@@ -55,6 +57,10 @@ impl Datapath {
                 None => Underlay::Udp(sockets::udp_socket(local).map_err(underlay_error)?),
             });
         }
+        let udp_4500 = match underlays.first() {
+            Some(Underlay::Udp(socket)) => Some(socket.try_clone().map_err(underlay_error)?),
+            _ => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(queues.len());
         for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
@@ -65,7 +71,12 @@ impl Datapath {
                 .map_err(DaemonError::Thread)?;
             workers.push(handle);
         }
-        Ok(Datapath { stop, workers })
+        Ok(Datapath { stop, workers, udp_4500 })
+    }
+
+    /// The socket IKE sends on for port 4500 when the workers own that port.
+    pub fn take_udp_4500(&mut self) -> Option<std::net::UdpSocket> {
+        self.udp_4500.take()
     }
 
     pub fn workers(&self) -> usize {

@@ -1,0 +1,335 @@
+//! The IKE driver: runs the sans-IO [`Endpoint`] on the control plane's runtime, gives it the
+//! datagrams of UDP 500 and 4500 and the time, sends what it says, and applies its events to
+//! the SADB.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mesh_config::control::{DropReason, IkeSaInfo, SaOrigin, Spi};
+use mesh_config::{Cipher, MeshConfig, Proposal};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
+use zeroize::Zeroizing;
+
+use crate::datapath::IkeDatagram;
+use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::ike::{ChildSaKeys, Endpoint, Event, IkeSettings, PeerSettings, IKE_PORT, NAT_T_PORT};
+use crate::sadb::{InboundSa, OutboundSa, SaParams};
+use crate::state::MeshState;
+use crate::topology::PeerId;
+use crate::wire::esp::NON_ESP_MARKER_LEN;
+
+/// How often ESP for unknown SPIs is looked at (each one triggers a liveness check or a new IKE SA).
+const UNKNOWN_SPI_CHECK: Duration = Duration::from_secs(1);
+
+/// The IKE state shared by the driver task and the control socket.
+pub struct Keying {
+    endpoint: Mutex<Endpoint>,
+    /// The topology's id of each IKE peer (index = the endpoint's peer index).
+    peers: Vec<PeerId>,
+    by_peer: HashMap<PeerId, usize>,
+    /// The last failure of each IKE peer, cleared when an IKE SA comes up.
+    failures: Mutex<Vec<Option<String>>>,
+    wake: Notify,
+}
+
+/// Where IKE leaves and arrives.
+pub struct IkeSockets {
+    pub port_500: UdpSocket,
+    /// Sends on port 4500: a worker's ESP-in-UDP socket (those receive on 4500 and hand IKE
+    /// over through the inbox), or, with raw ESP, a socket of our own that also receives.
+    pub port_4500: Port4500,
+}
+
+pub enum Port4500 {
+    SharedWithDatapath(StdUdpSocket),
+    Own(UdpSocket),
+}
+
+/// AES-GCM first where the CPU has AES-NI and PCLMULQDQ, else ChaCha20-Poly1305 first.
+fn proposals_for_this_cpu(mut proposals: Vec<Proposal>) -> Vec<Proposal> {
+    #[cfg(target_arch = "x86_64")]
+    let aes_fast = std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes_fast = std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes_fast = false;
+    let first = if aes_fast { Cipher::Aes256Gcm16 } else { Cipher::Chacha20Poly1305 };
+    proposals.sort_by_key(|p| p.cipher != first);
+    proposals
+}
+
+impl Keying {
+    /// The IKE state for the peers that have no manual SAs; `None` when there are none.
+    pub fn new(config: &MeshConfig, state: &MeshState, now: Instant) -> Result<Option<Keying>, String> {
+        let topology = &state.topology;
+        let me = topology.node_name.as_str();
+        let ike_peers: Vec<PeerId> = topology
+            .peers
+            .iter()
+            .filter(|peer| config.manual_sa(me, &peer.name).is_none() && config.manual_sa(&peer.name, me).is_none())
+            .map(|peer| peer.id)
+            .collect();
+        if ike_peers.is_empty() {
+            return Ok(None);
+        }
+        let Some(psk) = &config.psk else {
+            let names: Vec<&str> = ike_peers.iter().map(|id| topology.peer(*id).name.as_str()).collect();
+            return Err(format!(
+                "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs the pre-shared key: set psk_file in [mesh]",
+                names.join(", ")
+            ));
+        };
+        let proposals = if config.ike.proposals_explicit {
+            config.ike.proposals.clone()
+        } else {
+            proposals_for_this_cpu(config.ike.proposals.clone())
+        };
+        let settings = IkeSettings {
+            local: topology.local_address,
+            psk: Zeroizing::new(psk.as_bytes().to_vec()),
+            proposals,
+            ike_lifetime: config.ike.ike_lifetime,
+            child_lifetime: config.ike.child_lifetime,
+            dpd: config.ike.dpd,
+            force_udp_encap: topology.encap == mesh_config::Encap::Udp,
+            esn: true,
+            vxlan_port: topology.vxlan_port,
+            peers: ike_peers
+                .iter()
+                .map(|id| PeerSettings { address: topology.peer(*id).address, mode: topology.peer(*id).mode })
+                .collect(),
+        };
+        let endpoint = Endpoint::new(settings, now).map_err(|e| e.to_string())?;
+        Ok(Some(Keying {
+            endpoint: Mutex::new(endpoint),
+            failures: Mutex::new(vec![None; ike_peers.len()]),
+            by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
+            peers: ike_peers,
+            wake: Notify::new(),
+        }))
+    }
+
+    fn endpoint(&self) -> MutexGuard<'_, Endpoint> {
+        self.endpoint.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_ike_peer(&self, peer: PeerId) -> bool {
+        self.by_peer.contains_key(&peer)
+    }
+
+    /// Deletes the SAs with `peer` (telling it) and negotiates anew; false for a manual peer.
+    pub fn flush(&self, peer: PeerId) -> bool {
+        let Some(index) = self.by_peer.get(&peer) else { return false };
+        self.endpoint().flush(*index, Instant::now());
+        self.wake.notify_one();
+        true
+    }
+
+    /// "established", "connecting", or the last failure.
+    pub fn state_of(&self, peer: PeerId) -> Option<String> {
+        let index = *self.by_peer.get(&peer)?;
+        let failure = self.failures.lock().ok().and_then(|f| f.get(index).cloned().flatten());
+        let statuses = self.endpoint().status(Instant::now());
+        let established = statuses.iter().any(|s| s.peer == Some(index) && s.state == "established");
+        Some(match (established, failure) {
+            (true, _) => "ike: established".to_string(),
+            (false, Some(failure)) => format!("ike: {failure}"),
+            (false, None) => "ike: connecting".to_string(),
+        })
+    }
+
+    pub fn ike_sas(&self, state: &MeshState, only: Option<PeerId>) -> Vec<IkeSaInfo> {
+        let cipher_prf_group = ("prfsha256".to_string(), "x25519".to_string());
+        self.endpoint()
+            .status(Instant::now())
+            .into_iter()
+            .filter(|s| only.is_none() || s.peer.map(|i| self.peers[i]) == only)
+            .map(|s| IkeSaInfo {
+                peer: s
+                    .peer
+                    .map_or_else(|| s.remote.ip().to_string(), |i| state.topology.peer(self.peers[i]).name.clone()),
+                initiator_spi: format!("0x{:016x}", s.initiator_spi),
+                responder_spi: format!("0x{:016x}", s.responder_spi),
+                we_initiated: s.we_initiated,
+                state: s.state.to_string(),
+                cipher: s.cipher,
+                prf: cipher_prf_group.0.clone(),
+                group: cipher_prf_group.1.clone(),
+                remote: s.remote,
+                nat_detected: s.nat_detected,
+                established_secs: s.established_secs,
+                rekey_in_secs: s.rekey_in_secs,
+                child_spis: s.children.iter().map(|(i, o)| (Spi(*i), Spi(*o))).collect(),
+            })
+            .collect()
+    }
+
+    /// Applies the endpoint's events to the SADB and sends its datagrams.
+    fn drain(&self, state: &MeshState, sockets: &IkeSockets) {
+        let mut endpoint = self.endpoint();
+        while let Some(transmit) = endpoint.poll_transmit() {
+            let sent = match (transmit.source_port, &sockets.port_4500) {
+                (IKE_PORT, _) => sockets.port_500.try_send_to(&transmit.bytes, transmit.destination),
+                (_, Port4500::SharedWithDatapath(socket)) => {
+                    socket.send_to(&with_marker(&transmit.bytes), transmit.destination)
+                }
+                (_, Port4500::Own(socket)) => socket.try_send_to(&with_marker(&transmit.bytes), transmit.destination),
+            };
+            if let Err(error) = sent {
+                // IKE retransmits; a lost datagram only costs time.
+                tracing::debug!(%error, destination = %transmit.destination, "sending an IKE message failed");
+            }
+        }
+        while let Some(event) = endpoint.poll_event() {
+            self.apply(state, event);
+        }
+    }
+
+    fn apply(&self, state: &MeshState, event: Event) {
+        match event {
+            Event::InstallInbound { peer, sa } => {
+                let peer = self.peers[peer];
+                let (params, key) = sa_params(state, peer, sa);
+                match Opener::new(params.cipher, &key) {
+                    Ok(opener) => {
+                        if let Err(error) = state.sadb.install_inbound(InboundSa::new(
+                            params,
+                            opener,
+                            ReplayWindow::new(DEFAULT_REPLAY_WINDOW),
+                        )) {
+                            tracing::error!(%error, "IKE Child SA not installed");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
+                }
+            }
+            Event::InstallOutbound { peer, sa } => {
+                let peer = self.peers[peer];
+                let (params, key) = sa_params(state, peer, sa);
+                match Sealer::new(params.cipher, &key) {
+                    Ok(sealer) => {
+                        state.sadb.install_outbound(OutboundSa::new(params, sealer));
+                    }
+                    Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
+                }
+            }
+            Event::RemoveInbound { spi, .. } => {
+                state.sadb.remove_inbound(spi);
+            }
+            Event::RemoveOutbound { peer, spi } => {
+                state.sadb.remove_outbound(self.peers[peer], spi);
+            }
+            Event::Established { peer } => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures[peer] = None;
+                }
+            }
+            Event::Failed { peer, from, failure } => {
+                let name = peer.map_or_else(|| from.to_string(), |p| state.topology.peer(self.peers[p]).name.clone());
+                tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
+                if let (Some(peer), Ok(mut failures)) = (peer, self.failures.lock()) {
+                    failures[peer] = Some(failure.to_string());
+                }
+            }
+        }
+    }
+
+    fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
+        self.endpoint().handle(bytes, from, local_port, Instant::now());
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.endpoint().poll_timeout()
+    }
+}
+
+fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, crate::esp::KeyMaterial) {
+    let params = SaParams {
+        spi: sa.spi,
+        peer,
+        cipher: sa.cipher,
+        mode: sa.mode,
+        encap: state.topology.encap,
+        esn: sa.esn,
+        origin: SaOrigin::Ike,
+        created_ms: state.clock.now_ms(),
+        remote_port: sa.remote_port,
+    };
+    (params, sa.key)
+}
+
+fn with_marker(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; NON_ESP_MARKER_LEN];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Binds the IKE sockets: UDP 500, and 4500 unless the datapath has it.
+pub async fn bind(local: IpAddr, datapath_4500: Option<StdUdpSocket>) -> io::Result<IkeSockets> {
+    let port_500 = UdpSocket::bind(SocketAddr::new(local, IKE_PORT)).await?;
+    let port_4500 = match datapath_4500 {
+        Some(socket) => Port4500::SharedWithDatapath(socket),
+        None => Port4500::Own(UdpSocket::bind(SocketAddr::new(local, NAT_T_PORT)).await?),
+    };
+    Ok(IkeSockets { port_500, port_4500 })
+}
+
+/// Runs IKE until the runtime stops.
+pub async fn run(
+    keying: Arc<Keying>,
+    state: Arc<MeshState>,
+    sockets: IkeSockets,
+    mut inbox: mpsc::Receiver<IkeDatagram>,
+) {
+    let mut buf_500 = vec![0u8; 65_536];
+    let mut buf_4500 = vec![0u8; 65_536];
+    let mut unknown_spi_seen: Vec<u64> = vec![0; keying.peers.len()];
+    let mut unknown_spi_tick = tokio::time::interval(UNKNOWN_SPI_CHECK);
+    loop {
+        keying.endpoint().handle_timeout(Instant::now());
+        keying.drain(&state, &sockets);
+        let deadline = keying.deadline().map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let own_4500 = async {
+            match &sockets.port_4500 {
+                Port4500::Own(socket) => socket.recv_from(&mut buf_4500).await,
+                Port4500::SharedWithDatapath(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = sockets.port_500.recv_from(&mut buf_500) => match received {
+                Ok((len, from)) => keying.handle(&buf_500[..len], from, IKE_PORT),
+                Err(error) => tracing::debug!(%error, "receiving on UDP 500 failed"),
+            },
+            received = own_4500 => match received {
+                // Only messages with the non-ESP marker are IKE; raw ESP has its own socket.
+                Ok((len, from)) if len > NON_ESP_MARKER_LEN && buf_4500[..NON_ESP_MARKER_LEN] == [0; NON_ESP_MARKER_LEN] => {
+                    keying.handle(&buf_4500[NON_ESP_MARKER_LEN..len], from, NAT_T_PORT)
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "receiving on UDP 4500 failed"),
+            },
+            Some(datagram) = inbox.recv() => keying.handle(&datagram.bytes, datagram.from, datagram.local_port),
+            _ = sleep => {}
+            _ = keying.wake.notified() => {}
+            _ = unknown_spi_tick.tick() => {
+                for (index, peer) in keying.peers.iter().enumerate() {
+                    let count = state.drops.peer_count(*peer, DropReason::UnknownSpi);
+                    if count > unknown_spi_seen[index] {
+                        unknown_spi_seen[index] = count;
+                        keying.endpoint().unknown_spi_from(index, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
