@@ -161,6 +161,7 @@ impl Keying {
                 group: cipher_prf_group.1.clone(),
                 remote: s.remote,
                 nat_detected: s.nat_detected,
+                udp_encap: s.udp_encap,
                 established_secs: s.established_secs,
                 rekey_in_secs: s.rekey_in_secs,
                 child_spis: s.children.iter().map(|(i, o)| (Spi(*i), Spi(*o))).collect(),
@@ -257,7 +258,7 @@ fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, cra
         esn: sa.esn,
         origin: SaOrigin::Ike,
         created_ms: state.clock.now_ms(),
-        remote_port: sa.remote_port,
+        remote: sa.remote,
     };
     (params, sa.key)
 }

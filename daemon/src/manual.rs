@@ -1,5 +1,7 @@
 //! Manual keying: installs the `[[manual_sa]]` entries of the mesh file that concern this node.
 
+use std::net::SocketAddr;
+
 use mesh_config::control::SaOrigin;
 use mesh_config::MeshConfig;
 
@@ -41,7 +43,7 @@ pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> 
             esn: false,
             origin: SaOrigin::Manual,
             created_ms: state.clock.now_ms(),
-            remote_port: ESP_IN_UDP_PORT,
+            remote: SocketAddr::new(topology.peer(peer).address, ESP_IN_UDP_PORT),
         };
         if outbound {
             let sealer = Sealer::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;

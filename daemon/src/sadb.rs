@@ -7,6 +7,7 @@
 //! its own per SA (never a global one).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,8 +30,9 @@ pub struct SaParams {
     pub esn: bool,
     pub origin: SaOrigin,
     pub created_ms: u64,
-    /// Where ESP-in-UDP goes: the peer's port 4500, or the port its NAT shows (ignored for raw ESP).
-    pub remote_port: u16,
+    /// Where the peer's ESP comes from and ours goes: its address and port 4500, or what its
+    /// NAT shows (the port is ignored for raw ESP).
+    pub remote: SocketAddr,
 }
 
 /// Traffic and drop counters of one SA.
@@ -230,7 +232,7 @@ mod tests {
             esn,
             origin: SaOrigin::Manual,
             created_ms: 1,
-            remote_port: 4500,
+            remote: "198.18.0.2:4500".parse().unwrap(),
         }
     }
 

@@ -112,7 +112,12 @@ fn render_ike_sas(sas: &[IkeSaInfo]) -> String {
             if sa.we_initiated { "initiator" } else { "responder" }.to_string(),
             format!("{} / {} / {}", sa.cipher.map_or_else(dash, |c| c.to_string()), sa.prf, sa.group),
             sa.remote.to_string(),
-            if sa.nat_detected { "udp 4500 (NAT or forced)" } else { "none" }.to_string(),
+            match (sa.nat_detected, sa.udp_encap) {
+                (true, _) => "this node behind NAT, udp 4500",
+                (false, true) => "no NAT, udp 4500",
+                (false, false) => "no NAT, udp 500",
+            }
+            .to_string(),
             sa.established_secs.map_or_else(dash, |s| format!("{s}s")),
             sa.rekey_in_secs.map_or_else(dash, |s| format!("{s}s")),
             sa.child_spis.iter().map(|(i, o)| format!("{i} / {o}")).collect::<Vec<_>>().join(", "),

@@ -218,7 +218,10 @@ pub struct IkeSaInfo {
     pub group: String,
     /// The peer's IKE address and port as this node sees it (NAT shows here).
     pub remote: SocketAddr,
+    /// This node is behind NAT: the peer sees another address or port than this node sends from.
     pub nat_detected: bool,
+    /// IKE and ESP travel in UDP 4500.
+    pub udp_encap: bool,
     pub established_secs: Option<u64>,
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.

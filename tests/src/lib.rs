@@ -16,6 +16,7 @@ pub mod lab;
 pub mod meshd;
 pub mod meshfile;
 pub mod netns;
+pub mod strongswan;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
@@ -24,4 +25,5 @@ pub use lab::{Family, Lab, LabBuilder};
 pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
+pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
 pub use util::{require_root, wait_until};

@@ -59,9 +59,16 @@ pub struct MeshFileBuilder {
     mode: String,
     cipher: String,
     extra: String,
+    manual: bool,
 }
 
 impl MeshFileBuilder {
+    /// No `[[manual_sa]]` entries: every pair is keyed by IKEv2 with the mesh PSK.
+    pub fn ike(mut self) -> Self {
+        self.manual = false;
+        self
+    }
+
     /// "udp" (default) or "esp".
     pub fn encap(mut self, encap: &str) -> Self {
         self.encap = encap.to_string();
@@ -93,7 +100,7 @@ impl MeshFileBuilder {
         fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
         fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
 
-        let n = self.addresses.len();
+        let n = if self.manual { self.addresses.len() } else { 0 };
         let mut sas = Vec::new();
         for from in 0..n {
             for to in 0..n {
@@ -114,7 +121,7 @@ impl MeshFileBuilder {
             }
         }
         let file = MeshFile { path: dir.path().join("mesh.toml"), dir, options: self, sas };
-        fs::write(&file.path, file.render(&file.sas)).expect("write mesh.toml");
+        fs::write(&file.path, file.render(&file.sas, "psk")).expect("write mesh.toml");
         file
     }
 }
@@ -153,6 +160,7 @@ impl MeshFile {
             mode: "transport".into(),
             cipher: "aes256gcm16".into(),
             extra: String::new(),
+            manual: true,
         }
     }
 
@@ -197,17 +205,28 @@ impl MeshFile {
             .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1));
         sa.key = key.to_vec();
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&sas)).expect("write mesh file variant");
+        fs::write(&path, self.render(&sas, "psk")).expect("write mesh file variant");
         path
     }
 
-    fn render(&self, sas: &[ManualSa]) -> String {
+    /// Writes a second mesh file `file_name` next to this one that names another, different
+    /// pre-shared key: a node given it cannot authenticate with the others.
+    pub fn variant_with_other_psk(&self, file_name: &str) -> PathBuf {
+        let psk = self.dir.path().join("other-psk");
+        fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
+        fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
+        let path = self.dir.path().join(file_name);
+        fs::write(&path, self.render(&self.sas, "other-psk")).expect("write mesh file variant");
+        path
+    }
+
+    fn render(&self, sas: &[ManualSa], psk_file: &str) -> String {
         let o = &self.options;
         let mut t = String::new();
         let _ = writeln!(t, "# written by meshd-lab");
         let _ = writeln!(t, "[mesh]");
         let _ = writeln!(t, "name = \"{}\"", o.name);
-        let _ = writeln!(t, "psk_file = \"psk\"");
+        let _ = writeln!(t, "psk_file = \"{psk_file}\"");
         let _ = writeln!(t, "encap = \"{}\"", o.encap);
         let _ = writeln!(t, "mode = \"{}\"", o.mode);
         for (i, addr) in o.addresses.iter().enumerate() {

@@ -96,8 +96,7 @@ impl<U: EspSender> Egress<'_, U> {
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
             return;
         };
-        let destination = SocketAddr::new(peer.address, sa.params.remote_port);
-        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], destination) {
+        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], sa.params.remote) {
             Ok(_) => {
                 sa.counters.count(frame_len, self.now_ms);
                 peer.counters.count_tx(frame_len);

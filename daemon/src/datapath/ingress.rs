@@ -76,7 +76,7 @@ impl<S: FrameSink> Ingress<'_, S> {
         sequence_low: u32,
     ) -> Result<(), Dropped> {
         let peer = self.state.topology.peer(sa.params.peer);
-        if peer.address != source {
+        if sa.params.remote.ip() != source {
             return Err(DropReason::WrongPeer.into());
         }
         let esn = sa.params.esn;

@@ -234,7 +234,10 @@ pub struct IkeSaStatus {
     pub state: &'static str,
     pub cipher: Option<Cipher>,
     pub remote: SocketAddr,
+    /// This node is behind NAT (its address or port is translated on the way to the peer).
     pub nat_detected: bool,
+    /// IKE and ESP travel in UDP 4500.
+    pub udp_encap: bool,
     pub established_secs: Option<u64>,
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.
@@ -363,6 +366,7 @@ impl Endpoint {
                     cipher: sa.cipher,
                     remote: sa.remote,
                     nat_detected: sa.nat_detected,
+                    udp_encap: sa.local_port == NAT_T_PORT,
                     established_secs: sa.established.map(|at| now.saturating_duration_since(at).as_secs()),
                     rekey_in_secs: sa.rekey_at.map(|at| at.saturating_duration_since(now).as_secs()),
                     children: sa.children.iter().map(|c| (c.inbound_spi, c.outbound_spi)).collect(),
@@ -462,27 +466,12 @@ impl Endpoint {
         ]
     }
 
-    /// Whether the NAT_DETECTION notifies of a message show NAT (or forced encapsulation).
-    fn detect_nat(&self, payloads: &[Payload], spis: &SpiPair, from: SocketAddr, to: SocketAddr) -> bool {
-        if self.settings.force_udp_encap {
-            return true;
-        }
+    /// Whether this node is behind NAT: the peer's NAT_DETECTION_DESTINATION_IP hash of where
+    /// it sent the message differs from where it arrived (RFC 7296 §2.23). The source hash is
+    /// not used: a peer that forces encapsulation makes it differ on purpose.
+    fn detect_nat(&self, payloads: &[Payload], spis: &SpiPair, to: SocketAddr) -> bool {
         let ours = nat_detection_hash(&spis.initiator, &spis.responder, to);
-        let theirs = nat_detection_hash(&spis.initiator, &spis.responder, from);
-        let mut source_seen = false;
-        let mut source_matches = false;
-        let mut destination_matches = true;
-        for notify in notifies(payloads) {
-            match notify.notify_type {
-                notify::NAT_DETECTION_SOURCE_IP => {
-                    source_seen = true;
-                    source_matches |= notify.data == theirs;
-                }
-                notify::NAT_DETECTION_DESTINATION_IP => destination_matches &= notify.data == ours,
-                _ => {}
-            }
-        }
-        source_seen && (!source_matches || !destination_matches)
+        notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_DESTINATION_IP && n.data != ours)
     }
 
     fn start_initiator(&mut self, peer: PeerIndex, now: Instant, cookie: Option<Vec<u8>>) {
@@ -700,7 +689,7 @@ impl Endpoint {
         };
         let request_spis = SpiPair { initiator: spis.initiator, responder: [0; 8] };
         let local = SocketAddr::new(self.settings.local, local_port);
-        let nat_detected = self.detect_nat(payloads, &request_spis, from, local);
+        let nat_detected = self.detect_nat(payloads, &request_spis, local);
         let mut response_payloads = vec![
             Payload::SecurityAssociation(proposal::ike_answer(&chosen, &[])),
             Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: our_public }),
@@ -828,10 +817,10 @@ impl Endpoint {
         sa.handshake.init_response = datagram.to_vec();
         sa.last_heard = now;
         let local = SocketAddr::new(self.settings.local, local_port);
-        let nat = self.detect_nat(payloads, &spis, from, local);
+        let nat = self.detect_nat(payloads, &spis, local);
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         sa.nat_detected = nat;
-        if nat {
+        if nat || self.settings.force_udp_encap {
             sa.remote = SocketAddr::new(from.ip(), NAT_T_PORT);
             sa.local_port = NAT_T_PORT;
         }
@@ -1142,9 +1131,8 @@ impl Endpoint {
         let Ok(derived) = keys.child_sa_keys(chosen.cipher, new_shared_secret, ni, nr) else { return };
         let role = if sa.initiator_of_exchange(install) { Role::Initiator } else { Role::Responder };
         let (inbound_key, outbound_key) = split_keys(derived, role);
-        let remote_port = if sa.local_port == NAT_T_PORT { sa.remote.port() } else { NAT_T_PORT };
-        let keys_for =
-            |spi: u32, key| ChildSaKeys { spi, cipher: chosen.cipher, esn: chosen.esn, mode, remote_port, key };
+        let remote = if sa.local_port == NAT_T_PORT { sa.remote } else { SocketAddr::new(sa.remote.ip(), NAT_T_PORT) };
+        let keys_for = |spi: u32, key| ChildSaKeys { spi, cipher: chosen.cipher, esn: chosen.esn, mode, remote, key };
         let fraction = if sa.initiator { REKEY_FRACTION } else { RESPONDER_REKEY_FRACTION };
         let mut child = Child {
             inbound_spi,

@@ -65,8 +65,9 @@ pub struct ChildSaKeys {
     pub cipher: Cipher,
     pub esn: bool,
     pub mode: Mode,
-    /// The peer's IKE port: 4500 (or what its NAT shows) for ESP in UDP.
-    pub remote_port: u16,
+    /// Where the peer's ESP comes from and ours goes: its address and port 4500 as IKE saw
+    /// them (behind NAT, the NAT's).
+    pub remote: SocketAddr,
     pub key: KeyMaterial,
 }
 
