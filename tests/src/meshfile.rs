@@ -60,6 +60,10 @@ pub struct MeshFileBuilder {
     cipher: String,
     extra: String,
     manual: bool,
+    /// Per-node `mode` overrides: (node index, mode).
+    node_modes: Vec<(usize, String)>,
+    /// `[ike]` keys in order: (key, TOML value).
+    ike: Vec<(String, String)>,
 }
 
 impl MeshFileBuilder {
@@ -78,6 +82,38 @@ impl MeshFileBuilder {
     /// "transport" (default) or "tunnel".
     pub fn mode(mut self, mode: &str) -> Self {
         self.mode = mode.to_string();
+        self
+    }
+
+    /// `mode = "MODE"` in node `index`'s `[[node]]` entry (0-based: `0` is `n1`), the per-node
+    /// override (e.g. `"tunnel"` for a strongSwan peer with kernel-libipsec).
+    pub fn node_mode(mut self, index: usize, mode: &str) -> Self {
+        self.node_modes.retain(|(i, _)| *i != index);
+        self.node_modes.push((index, mode.to_string()));
+        self
+    }
+
+    /// `[ike] proposals = [...]`, e.g. `["chacha20poly1305-prfsha256-x25519"]`.
+    pub fn ike_proposals(self, proposals: &[&str]) -> Self {
+        let list: Vec<String> = proposals.iter().map(|p| format!("\"{p}\"")).collect();
+        self.ike_key("proposals", &format!("[{}]", list.join(", ")))
+    }
+
+    /// `[ike] ike_lifetime = "…"`, e.g. `"60s"`.
+    pub fn ike_lifetime(self, lifetime: &str) -> Self {
+        self.ike_key("ike_lifetime", &format!("\"{lifetime}\""))
+    }
+
+    /// `[ike] child_lifetime = "…"`, e.g. `"30s"`.
+    pub fn child_lifetime(self, lifetime: &str) -> Self {
+        self.ike_key("child_lifetime", &format!("\"{lifetime}\""))
+    }
+
+    /// One key of the `[ike]` table (the value as TOML); the table is written only when a key
+    /// is set. Do not combine with an `[ike]` table in [`MeshFileBuilder::extra`].
+    pub fn ike_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.ike.retain(|(k, _)| k != key);
+        self.ike.push((key.to_string(), toml_value.to_string()));
         self
     }
 
@@ -161,6 +197,8 @@ impl MeshFile {
             cipher: "aes256gcm16".into(),
             extra: String::new(),
             manual: true,
+            node_modes: Vec::new(),
+            ike: Vec::new(),
         }
     }
 
@@ -187,6 +225,20 @@ impl MeshFile {
     /// Every SA's keys, for [`crate::Capture::read_decrypted`].
     pub fn esp_keys(&self) -> Vec<EspSaKeys> {
         self.sas.iter().map(ManualSa::esp_keys).collect()
+    }
+
+    /// The pre-shared key as meshd uses it: the psk file's bytes without one trailing newline
+    /// (`\n` or `\r\n`), as mesh-config reads it. Hand these bytes to another IKE
+    /// implementation (e.g. [`crate::CharonConfig::new`]).
+    pub fn psk(&self) -> Vec<u8> {
+        let mut bytes = fs::read(self.dir.path().join("psk")).expect("read psk");
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        bytes
     }
 
     pub fn text(&self) -> String {
@@ -229,8 +281,17 @@ impl MeshFile {
         let _ = writeln!(t, "psk_file = \"{psk_file}\"");
         let _ = writeln!(t, "encap = \"{}\"", o.encap);
         let _ = writeln!(t, "mode = \"{}\"", o.mode);
+        if !o.ike.is_empty() {
+            let _ = writeln!(t, "\n[ike]");
+            for (key, value) in &o.ike {
+                let _ = writeln!(t, "{key} = {value}");
+            }
+        }
         for (i, addr) in o.addresses.iter().enumerate() {
             let _ = writeln!(t, "\n[[node]]\nname = \"{}\"\naddress = \"{}\"", node_name(i), addr);
+            if let Some((_, mode)) = o.node_modes.iter().find(|(index, _)| *index == i) {
+                let _ = writeln!(t, "mode = \"{mode}\"");
+            }
         }
         let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}\n[overlay.address]");
         for i in 0..o.addresses.len() {

@@ -1,0 +1,218 @@
+//! Multi-node tests of meshd keyed by IKEv2: a full mesh started at once converges to one IKE SA
+//! and one Child SA pair per node pair; rekeys under a ping flood lose nothing; a node killed with
+//! SIGKILL and restarted heals on its own; a wrong PSK is reported; flush renegotiates; NAT in a
+//! router namespace is detected and crossed over UDP 4500.
+//!
+//! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test ike`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meshd_lab::util::{describe_output, send_signal, wait_until};
+use meshd_lab::{require_root, start_all, Capture, Lab, MeshFile, Meshd, Netns};
+use serde_json::Value;
+
+/// Established IKE SAs of a node, from `ikectl --json sa list`.
+fn established(d: &Meshd) -> Vec<Value> {
+    let list = d.ikectl_json(&["sa", "list"]);
+    list["ike_sas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|sa| sa["state"] == "established")
+        .collect()
+}
+
+/// Child SA SPIs of a node by direction.
+fn child_spis(d: &Meshd, direction: &str) -> BTreeSet<String> {
+    let list = d.ikectl_json(&["sa", "list"]);
+    list["child_sas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|sa| sa["direction"] == direction)
+        .filter_map(|sa| sa["spi"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until every node has one established IKE SA with one Child SA per peer, and the Child
+/// SAs match crosswise (every node's outbound SPIs are inbound SPIs of the others).
+fn wait_converged(daemons: &[Meshd], timeout: Duration) {
+    let peers = daemons.len() - 1;
+    let converged = wait_until(timeout, || {
+        let ok = daemons.iter().all(|d| {
+            let sas = established(d);
+            sas.len() == peers && sas.iter().all(|sa| sa["child_spis"].as_array().is_some_and(|c| c.len() == 1))
+        });
+        let outbound: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "out")).collect();
+        let inbound: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+        (ok && outbound.len() == daemons.len() * peers && outbound == inbound).then_some(())
+    });
+    if converged.is_none() {
+        let state: Vec<String> = daemons
+            .iter()
+            .map(|d| format!("{}: {:#}\n--- log ---\n{}", d.node(), d.ikectl_json(&["sa", "list"]), d.log()))
+            .collect();
+        panic!("the mesh did not converge within {timeout:?}:\n{}", state.join("\n"));
+    }
+}
+
+fn ping_ok(ns: &Netns, addr: &str, what: &str) {
+    let out = ns.ping(addr, 2);
+    assert!(out.status.success(), "{what}: ping {addr} from {} failed\n{}", ns.name(), describe_output(&out));
+}
+
+#[test]
+fn six_nodes_started_at_once_converge_to_fifteen_ike_sas() {
+    require_root();
+    let lab = Lab::new("ik6", 6);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let daemons = start_all(&lab, mesh.path());
+    wait_converged(&daemons, Duration::from_secs(30));
+    // Each IKE SA is counted once, by the node that initiated it.
+    let initiated: usize =
+        daemons.iter().map(|d| established(d).iter().filter(|sa| sa["we_initiated"] == true).count()).sum();
+    assert_eq!(initiated, 15);
+    for from in 0..lab.len() {
+        for to in (0..lab.len()).filter(|to| *to != from) {
+            ping_ok(lab.node(from), &lab.overlay_addr(to).to_string(), "full mesh");
+        }
+    }
+    for d in &daemons {
+        let peers = d.ikectl_json(&["peers"]);
+        for peer in peers.as_array().unwrap() {
+            assert_eq!(peer["keying"], "ike: established", "{}: {peer:#}", d.node());
+        }
+    }
+}
+
+#[test]
+fn rekeys_under_a_ping_flood_lose_nothing() {
+    require_root();
+    let lab = Lab::new("ikrk", 2);
+    let mesh = MeshFile::builder(&lab).ike().extra("[ike]\nchild_lifetime = \"12s\"\nike_lifetime = \"20s\"\n").write();
+    let daemons = start_all(&lab, mesh.path());
+    wait_converged(&daemons, Duration::from_secs(15));
+    let before = child_spis(&daemons[0], "out");
+    let ike_before = established(&daemons[0])[0]["initiator_spi"].clone();
+    // 25 s at 100 packets a second: at least two Child SA rekeys and one IKE SA rekey.
+    let out = lab.node(0).exec(["ping", "-n", "-q", "-i", "0.01", "-c", "2500", "-W", "1", "10.244.0.2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "packets were lost across rekeys:\n{text}\n--- n1 ---\n{}\n--- n2 ---\n{}",
+        daemons[0].log(),
+        daemons[1].log()
+    );
+    wait_converged(&daemons, Duration::from_secs(10));
+    assert!(child_spis(&daemons[0], "out").is_disjoint(&before), "the Child SA was rekeyed");
+    assert_ne!(established(&daemons[0])[0]["initiator_spi"], ike_before, "the IKE SA was rekeyed");
+}
+
+#[test]
+fn a_node_killed_and_restarted_heals_on_its_own() {
+    require_root();
+    let lab = Lab::new("ikkl", 3);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let mut daemons = start_all(&lab, mesh.path());
+    wait_converged(&daemons, Duration::from_secs(15));
+    // n2 dies without a word and comes back with no state.
+    send_signal(daemons[1].pid().expect("n2 runs"), libc::SIGKILL);
+    daemons[1].kill();
+    daemons[1] = Meshd::start(lab.node(1), mesh.path(), "n2");
+    // Within three liveness intervals (dpd 10 s), without operator action.
+    wait_converged(&daemons, Duration::from_secs(30));
+    ping_ok(lab.node(0), "10.244.0.2", "n1 -> restarted n2");
+    ping_ok(lab.node(2), "10.244.0.2", "n3 -> restarted n2");
+    ping_ok(lab.node(1), "10.244.0.1", "restarted n2 -> n1");
+}
+
+#[test]
+fn a_wrong_psk_is_reported_as_authentication_failed() {
+    require_root();
+    let lab = Lab::new("ikpsk", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let other = mesh.variant_with_other_psk("other.toml");
+    let n1 = Meshd::start(lab.node(0), mesh.path(), "n1");
+    let n2 = Meshd::start(lab.node(1), &other, "n2");
+    let failed = wait_until(Duration::from_secs(10), || {
+        let peers = n1.ikectl_json(&["peers"]);
+        let keying = peers[0]["keying"].as_str().unwrap_or_default().to_string();
+        keying.contains("AUTHENTICATION_FAILED").then_some(keying)
+    });
+    let keying =
+        failed.unwrap_or_else(|| panic!("n1 does not report AUTHENTICATION_FAILED: {}", n1.ikectl_json(&["peers"])));
+    assert!(keying.contains("psk_file"), "the state says what to do: {keying}");
+    assert!(n1.log().contains("AUTHENTICATION_FAILED") && n2.log().contains("AUTHENTICATION_FAILED"));
+    assert!(!n1.log().contains(&std::fs::read_to_string(mesh.dir().join("psk")).unwrap()), "the PSK is never logged");
+    assert!(!lab.node(0).ping("10.244.0.2", 1).status.success());
+}
+
+#[test]
+fn flush_deletes_on_both_sides_and_traffic_is_back() {
+    require_root();
+    let lab = Lab::new("ikfl", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let daemons = start_all(&lab, mesh.path());
+    wait_converged(&daemons, Duration::from_secs(15));
+    let before: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+    let report = daemons[0].ikectl_json(&["sa", "flush", "--peer", "n2"]);
+    assert!(report["traffic_back_ms"].as_u64().is_some(), "{report:#}");
+    wait_converged(&daemons, Duration::from_secs(10));
+    let after: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+    assert!(before.is_disjoint(&after), "both sides flushed: {before:?} -> {after:?}");
+    ping_ok(lab.node(0), "10.244.0.2", "after flush");
+    // The text form says when traffic was back.
+    let text = daemons[1].ikectl(&["sa", "flush"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("renegotiated: SAs both ways again after"));
+}
+
+/// n1 (198.18.1.1) -- router (masquerade towards n2) -- n2 (198.18.2.1).
+#[test]
+fn nat_between_the_nodes_is_detected_and_crossed_over_udp_4500() {
+    require_root();
+    let n1 = Netns::new("iknat", "n1");
+    let router = Netns::new("iknat", "r");
+    let n2 = Netns::new("iknat", "n2");
+    for (node, side, subnet) in [(&n1, "rn1", 1), (&n2, "rn2", 2)] {
+        let outside = format!("{side}x");
+        router.run_ok(["ip", "link", "add", side, "type", "veth", "peer", "name", &outside]);
+        router.run_ok(["ip", "link", "set", &outside, "netns", node.name()]);
+        node.run_ok(["ip", "link", "set", &outside, "name", "eth0"]);
+        node.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.1/24"), "dev", "eth0"]);
+        node.run_ok(["ip", "link", "set", "eth0", "up"]);
+        node.run_ok(["ip", "link", "set", "lo", "up"]);
+        node.run_ok(["ip", "route", "add", "default", "via", &format!("198.18.{subnet}.254")]);
+        router.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.254/24"), "dev", side]);
+        router.run_ok(["ip", "link", "set", side, "up"]);
+    }
+    router.run_ok(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    router.run_ok(["nft", "add table ip nat"]);
+    router.run_ok(["nft", "add chain ip nat post { type nat hook postrouting priority 100 ; }"]);
+    router.run_ok(["nft", "add rule ip nat post oifname rn2 masquerade"]);
+
+    let mesh =
+        MeshFile::for_addresses(vec!["198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap()]).ike().write();
+    let mut capture = Capture::start(&router, "rn2");
+    let daemons = vec![Meshd::start(&n1, mesh.path(), "n1"), Meshd::start(&n2, mesh.path(), "n2")];
+    wait_converged(&daemons, Duration::from_secs(15));
+    ping_ok(&n1, "10.244.0.2", "through NAT");
+    ping_ok(&n2, "10.244.0.1", "back through NAT");
+    capture.stop();
+
+    let behind = &established(&daemons[0])[0];
+    assert_eq!(behind["nat_detected"], true, "n1 knows it is behind NAT: {behind:#}");
+    assert_eq!(behind["udp_encap"], true, "{behind:#}");
+    let outside = &established(&daemons[1])[0];
+    assert_eq!(outside["nat_detected"], false, "n2 is not behind NAT: {outside:#}");
+    let remote = outside["remote"].as_str().unwrap_or_default();
+    assert!(remote.starts_with("198.18.2.254:"), "n2 sees n1 as the NAT's address: {outside:#}");
+    let esp_in_udp = capture.read(&["-Y", "udp.port == 4500 && esp"]);
+    assert!(!esp_in_udp.trim().is_empty(), "ESP crosses the NAT in UDP 4500");
+    assert!(
+        capture.read(&["-Y", "udp.port == 4790 || ip.proto == 50"]).trim().is_empty(),
+        "no plaintext VXLAN and no raw ESP"
+    );
+}
