@@ -22,8 +22,14 @@ use crate::state::MeshState;
 use crate::topology::PeerId;
 use crate::wire::esp::NON_ESP_MARKER_LEN;
 
-/// How often ESP for unknown SPIs is looked at (each one triggers a liveness check or a new IKE SA).
-const UNKNOWN_SPI_CHECK: Duration = Duration::from_secs(1);
+/// How often the datapath is looked at: ESP for unknown SPIs (a liveness check or a new IKE
+/// SA), and outbound SAs whose sequence numbers run out (a rekey).
+const DATAPATH_CHECK: Duration = Duration::from_secs(1);
+/// Without ESN, rekey once this many sequence numbers are used (the 32-bit space must never wrap;
+/// at 10 Gbit/s of small packets the rest lasts minutes).
+const SEQUENCE_REKEY_AT: u64 = 3 << 30;
+/// Refused IKE messages are summed up in the log at most this often.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The IKE state shared by the driver task and the control socket.
 pub struct Keying {
@@ -289,7 +295,9 @@ pub async fn run(
     let mut buf_500 = vec![0u8; 65_536];
     let mut buf_4500 = vec![0u8; 65_536];
     let mut unknown_spi_seen: Vec<u64> = vec![0; keying.peers.len()];
-    let mut unknown_spi_tick = tokio::time::interval(UNKNOWN_SPI_CHECK);
+    let mut datapath_tick = tokio::time::interval(DATAPATH_CHECK);
+    let mut refused_logged = keying.endpoint().counters;
+    let mut refused_logged_at = Instant::now();
     loop {
         keying.endpoint().handle_timeout(Instant::now());
         keying.drain(&state, &sockets);
@@ -322,13 +330,31 @@ pub async fn run(
             Some(datagram) = inbox.recv() => keying.handle(&datagram.bytes, datagram.from, datagram.local_port),
             _ = sleep => {}
             _ = keying.wake.notified() => {}
-            _ = unknown_spi_tick.tick() => {
+            _ = datapath_tick.tick() => {
+                let now = Instant::now();
+                let tables = state.sadb.load();
+                let mut endpoint = keying.endpoint();
                 for (index, peer) in keying.peers.iter().enumerate() {
                     let count = state.drops.peer_count(*peer, DropReason::UnknownSpi);
                     if count > unknown_spi_seen[index] {
                         unknown_spi_seen[index] = count;
-                        keying.endpoint().unknown_spi_from(index, Instant::now());
+                        endpoint.unknown_spi_from(index, now);
                     }
+                    if let Some(sa) = tables.outbound(*peer).filter(|sa| !sa.params.esn && sa.last_sequence() >= SEQUENCE_REKEY_AT) {
+                        endpoint.rekey_child(index, sa.params.spi, now);
+                    }
+                }
+                let counters = endpoint.counters;
+                if counters != refused_logged && now >= refused_logged_at + REFUSED_LOG_INTERVAL {
+                    tracing::warn!(
+                        malformed = counters.malformed - refused_logged.malformed,
+                        unauthentic = counters.unauthentic - refused_logged.unauthentic,
+                        unknown_ike_sa = counters.unknown_spi - refused_logged.unknown_spi,
+                        cookies_sent = counters.cookies_sent - refused_logged.cookies_sent,
+                        "IKE messages refused since the last report"
+                    );
+                    refused_logged = counters;
+                    refused_logged_at = now;
                 }
             }
         }

@@ -382,7 +382,7 @@ impl Endpoint {
         if peer >= self.settings.peers.len() || self.has_sa_with(peer) {
             return;
         }
-        self.start_initiator(peer, now, None);
+        self.start_initiator(peer, now);
     }
 
     /// ESP arrived for an SPI we do not know from `peer`: our state and the peer's differ.
@@ -390,13 +390,24 @@ impl Endpoint {
     pub fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant) {
         if !self.has_sa_with(peer) {
             if self.peers.get(peer).is_some_and(|p| now >= p.next_attempt) {
-                self.start_initiator(peer, now, None);
+                self.start_initiator(peer, now);
             }
             return;
         }
         let spis: Vec<u64> = self.established_with(peer);
         for spi in spis {
             self.queue(spi, Queued::Liveness, now);
+        }
+    }
+
+    /// Rekeys the Child SA that sends on `outbound_spi` now (its sequence numbers run out).
+    pub fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant) {
+        let found = self.sas.iter().find_map(|(spi, sa)| {
+            let child = sa.children.iter().find(|c| c.outbound_spi == outbound_spi && !c.rekeyed)?;
+            (sa.peer == Some(peer) && sa.state == State::Established).then_some((*spi, child.inbound_spi))
+        });
+        if let Some((our_spi, inbound_spi)) = found {
+            self.queue(our_spi, Queued::RekeyChild(inbound_spi), now);
         }
     }
 
@@ -421,7 +432,7 @@ impl Endpoint {
                 self.forget(spi);
             }
         }
-        self.start_initiator(peer, now, None);
+        self.start_initiator(peer, now);
     }
 
     fn has_sa_with(&self, peer: PeerIndex) -> bool {
@@ -474,27 +485,25 @@ impl Endpoint {
         notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_DESTINATION_IP && n.data != ours)
     }
 
-    fn start_initiator(&mut self, peer: PeerIndex, now: Instant, cookie: Option<Vec<u8>>) {
-        let Some(settings) = self.settings.peers.get(peer) else { return };
-        let remote = SocketAddr::new(settings.address, IKE_PORT);
-        let our_spi = self.new_our_spi();
-        let Ok(dh) = X25519KeyPair::generate() else {
-            tracing::error!("cannot generate a Curve25519 key pair");
-            return;
-        };
-        let ni = random_bytes::<NONCE_LEN>().to_vec();
+    /// The IKE_SA_INIT request; sent again with the same SPI, nonce and KE when the responder
+    /// demands a cookie (RFC 7296 §2.6).
+    fn init_request(
+        &self,
+        our_spi: u64,
+        ni: &[u8],
+        public: &[u8],
+        cookie: Option<&[u8]>,
+        remote: SocketAddr,
+    ) -> Vec<u8> {
         let spis = SpiPair { initiator: our_spi.to_be_bytes(), responder: [0; 8] };
         let local = SocketAddr::new(self.settings.local, IKE_PORT);
         let mut payloads = Vec::new();
-        if let Some(cookie) = &cookie {
-            payloads.push(Payload::Notify(Notify::new(notify::COOKIE, cookie.clone())));
+        if let Some(cookie) = cookie {
+            payloads.push(Payload::Notify(Notify::new(notify::COOKIE, cookie.to_vec())));
         }
         payloads.push(Payload::SecurityAssociation(proposal::ike_offer(&self.settings.proposals, &[])));
-        payloads.push(Payload::KeyExchange(KeyExchange {
-            group: diffie_hellman::CURVE25519,
-            data: dh.public_key().to_vec(),
-        }));
-        payloads.push(Payload::Nonce(Nonce { data: ni.clone() }));
+        payloads.push(Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: public.to_vec() }));
+        payloads.push(Payload::Nonce(Nonce { data: ni.to_vec() }));
         payloads.extend(self.nat_notifies(&spis, local, remote));
         let header = Header {
             initiator_spi: our_spi,
@@ -504,7 +513,19 @@ impl Endpoint {
             response: false,
             message_id: 0,
         };
-        let request = encode_message(&header, &payloads);
+        encode_message(&header, &payloads)
+    }
+
+    fn start_initiator(&mut self, peer: PeerIndex, now: Instant) {
+        let Some(settings) = self.settings.peers.get(peer) else { return };
+        let remote = SocketAddr::new(settings.address, IKE_PORT);
+        let our_spi = self.new_our_spi();
+        let Ok(dh) = X25519KeyPair::generate() else {
+            tracing::error!("cannot generate a Curve25519 key pair");
+            return;
+        };
+        let ni = random_bytes::<NONCE_LEN>().to_vec();
+        let request = self.init_request(our_spi, &ni, dh.public_key(), None, remote);
         let sa = IkeSa {
             peer: Some(peer),
             initiator: true,
@@ -520,7 +541,7 @@ impl Endpoint {
                 nr: Vec::new(),
                 init_request: request.clone(),
                 init_response: Vec::new(),
-                cookie,
+                cookie: None,
             },
             next_request_id: 1,
             expected_request_id: 0,
@@ -760,17 +781,24 @@ impl Endpoint {
         now: Instant,
     ) {
         let payloads = &message.payloads;
-        let Some(sa) = self.sas.get_mut(&our_spi) else { return };
-        let peer = sa.peer;
+        let Some(sa) = self.sas.get(&our_spi) else { return };
         if let Some(cookie) = notifies(payloads).find(|n| n.notify_type == notify::COOKIE) {
-            // Start again with the cookie (RFC 7296 §2.6), once.
-            let cookie = cookie.data.clone();
-            if sa.handshake.cookie.is_none() {
-                self.sas.remove(&our_spi);
-                if let Some(peer) = peer {
-                    self.start_initiator(peer, now, Some(cookie));
-                }
+            // The same request again with the cookie in front (RFC 7296 §2.6), once.
+            let Some(Outstanding { purpose: Purpose::Init { dh }, .. }) = &sa.outstanding else { return };
+            if sa.handshake.cookie.is_some() {
+                return;
             }
+            let request = self.init_request(our_spi, &sa.handshake.ni, dh.public_key(), Some(&cookie.data), sa.remote);
+            let cookie = cookie.data.clone();
+            let Some(sa) = self.sas.get_mut(&our_spi) else { return };
+            sa.handshake.cookie = Some(cookie);
+            sa.handshake.init_request = request.clone();
+            if let Some(outstanding) = &mut sa.outstanding {
+                outstanding.bytes = request.clone();
+                outstanding.retransmits = 0;
+                outstanding.next_send = now + RETRANSMIT_BASE;
+            }
+            self.transmits.push_back(Transmit { destination: sa.remote, source_port: sa.local_port, bytes: request });
             return;
         }
         if let Some(error) = notifies(payloads).find(|n| n.is_error()) {
@@ -1740,7 +1768,7 @@ impl Endpoint {
         }
         for index in 0..self.peers.len() {
             if !self.has_sa_with(index) && now >= self.peers[index].next_attempt {
-                self.start_initiator(index, now, None);
+                self.start_initiator(index, now);
             }
         }
         let due: Vec<(PeerIndex, u32)> =

@@ -387,6 +387,36 @@ fn flush_deletes_on_both_sides_and_renegotiates() {
 }
 
 #[test]
+fn past_the_half_open_cap_a_cookie_is_demanded_and_honoured() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    // Flood B with IKE_SA_INIT requests from initiators that never come back.
+    for i in 0..HALF_OPEN_LIMIT {
+        let mut stranger = Endpoint::new(settings("198.18.9.1", B, PSK, BOTH), now).unwrap();
+        stranger.connect(0, now);
+        let init = stranger.poll_transmit().unwrap();
+        let from = SocketAddr::new(format!("198.18.9.{}", i % 250 + 1).parse().unwrap(), 500);
+        pair.b.endpoint.handle(&init.bytes, from, 500, now);
+        while pair.b.endpoint.poll_transmit().is_some() {}
+    }
+    pair.run(Duration::from_secs(2));
+    assert!(pair.b.endpoint.counters.cookies_sent >= 1, "B demanded a cookie");
+    pair.assert_one_pair();
+}
+
+#[test]
+fn a_child_sa_running_out_of_sequence_numbers_is_rekeyed_on_request() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let old = pair.b.outbound.as_ref().unwrap().spi;
+    let now = pair.now;
+    pair.b.endpoint.rekey_child(0, old, now);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
+    assert_ne!(pair.b.outbound.as_ref().unwrap().spi, old);
+}
+
+#[test]
 fn garbage_is_counted_not_fatal() {
     let mut pair = Pair::standard();
     pair.run(Duration::from_secs(1));
