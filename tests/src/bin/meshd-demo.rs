@@ -1,11 +1,15 @@
-//! The README's first command: a 3-node mesh in network namespaces on this machine, with manual
-//! SAs, pings across every pair of overlay addresses, and what `ikectl` shows.
+//! The README's first command: a 3-node mesh in network namespaces on this machine, keyed by
+//! IKEv2 with the mesh's pre-shared key, pings across every pair of overlay addresses, and what
+//! `ikectl` shows.
 //!
 //!   meshd-demo          # build it, show it, tear it down
 //!   meshd-demo --keep   # leave it running and print how to look around and remove it
 
 use std::process::ExitCode;
 
+use std::time::{Duration, Instant};
+
+use meshd_lab::util::wait_until;
 use meshd_lab::{require_root, start_all, Lab, MeshFile};
 
 fn section(title: &str) {
@@ -29,7 +33,7 @@ fn main() -> ExitCode {
         );
     }
 
-    let mesh = MeshFile::builder(&lab).write();
+    let mesh = MeshFile::builder(&lab).ike().write();
     section(&format!("mesh.toml (identical on every node): {}", mesh.path().display()));
     print!("{}", mesh.text());
 
@@ -37,6 +41,26 @@ fn main() -> ExitCode {
     let daemons = start_all(&lab, mesh.path());
     for daemon in &daemons {
         println!("meshd {} running, control socket {}", daemon.node(), daemon.socket().display());
+    }
+
+    section("IKEv2: waiting until every node has an IKE SA and a Child SA pair with every peer");
+    let started = Instant::now();
+    let established = wait_until(Duration::from_secs(20), || {
+        daemons
+            .iter()
+            .all(|d| {
+                let peers = d.ikectl_json(&["peers"]);
+                peers.as_array().is_some_and(|list| {
+                    list.iter().all(|p| p["keying"] == "ike: established" && !p["outbound_spi"].is_null())
+                })
+            })
+            .then_some(())
+    });
+    match established {
+        Some(()) => {
+            println!("all {} pairs established in {} ms", nodes * (nodes - 1) / 2, started.elapsed().as_millis())
+        }
+        None => println!("not every pair is established after 20 s: see ikectl peers below"),
     }
 
     section("ping across the overlay, every pair");
