@@ -112,7 +112,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         tokio::spawn(expire_fdb(state.clone()));
         if let Some(keying) = keying {
             let local = state.topology.local_address;
-            let sockets = keying::bind(local, udp_4500).await.map_err(|source| DaemonError::Underlay {
+            let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
                 address: local,
                 encap: state.topology.encap,
                 source,

@@ -42,9 +42,11 @@ pub struct Keying {
     wake: Notify,
 }
 
-/// Where IKE leaves and arrives.
+/// Where IKE leaves and arrives. Sends go through plain non-blocking sockets (a tokio socket
+/// refuses `try_send` until it has seen the socket writable, which loses the first message).
 pub struct IkeSockets {
     pub port_500: UdpSocket,
+    pub port_500_send: StdUdpSocket,
     /// Sends on port 4500: a worker's ESP-in-UDP socket (those receive on 4500 and hand IKE
     /// over through the inbox), or, with raw ESP, a socket of our own that also receives.
     pub port_4500: Port4500,
@@ -52,7 +54,8 @@ pub struct IkeSockets {
 
 pub enum Port4500 {
     SharedWithDatapath(StdUdpSocket),
-    Own(UdpSocket),
+    /// Received through tokio, sent through the plain clone.
+    Own(UdpSocket, StdUdpSocket),
 }
 
 /// AES-GCM first where the CPU has AES-NI and PCLMULQDQ, else ChaCha20-Poly1305 first.
@@ -180,11 +183,10 @@ impl Keying {
         let mut endpoint = self.endpoint();
         while let Some(transmit) = endpoint.poll_transmit() {
             let sent = match (transmit.source_port, &sockets.port_4500) {
-                (IKE_PORT, _) => sockets.port_500.try_send_to(&transmit.bytes, transmit.destination),
-                (_, Port4500::SharedWithDatapath(socket)) => {
+                (IKE_PORT, _) => sockets.port_500_send.send_to(&transmit.bytes, transmit.destination),
+                (_, Port4500::SharedWithDatapath(socket) | Port4500::Own(_, socket)) => {
                     socket.send_to(&with_marker(&transmit.bytes), transmit.destination)
                 }
-                (_, Port4500::Own(socket)) => socket.try_send_to(&with_marker(&transmit.bytes), transmit.destination),
             };
             if let Err(error) = sent {
                 // IKE retransmits; a lost datagram only costs time.
@@ -275,14 +277,25 @@ fn with_marker(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Binds the IKE sockets: UDP 500, and 4500 unless the datapath has it.
-pub async fn bind(local: IpAddr, datapath_4500: Option<StdUdpSocket>) -> io::Result<IkeSockets> {
-    let port_500 = UdpSocket::bind(SocketAddr::new(local, IKE_PORT)).await?;
+/// A UDP socket on `port` as a tokio socket to receive on and a plain clone to send with.
+fn bind_pair(local: IpAddr, port: u16) -> io::Result<(UdpSocket, StdUdpSocket)> {
+    let socket = StdUdpSocket::bind(SocketAddr::new(local, port))?;
+    socket.set_nonblocking(true)?;
+    let sender = socket.try_clone()?;
+    Ok((UdpSocket::from_std(socket)?, sender))
+}
+
+/// Binds the IKE sockets: UDP 500, and 4500 unless the datapath has it. Needs the runtime.
+pub fn bind(local: IpAddr, datapath_4500: Option<StdUdpSocket>) -> io::Result<IkeSockets> {
+    let (port_500, port_500_send) = bind_pair(local, IKE_PORT)?;
     let port_4500 = match datapath_4500 {
         Some(socket) => Port4500::SharedWithDatapath(socket),
-        None => Port4500::Own(UdpSocket::bind(SocketAddr::new(local, NAT_T_PORT)).await?),
+        None => {
+            let (receiver, sender) = bind_pair(local, NAT_T_PORT)?;
+            Port4500::Own(receiver, sender)
+        }
     };
-    Ok(IkeSockets { port_500, port_4500 })
+    Ok(IkeSockets { port_500, port_500_send, port_4500 })
 }
 
 /// Runs IKE until the runtime stops.
@@ -310,7 +323,7 @@ pub async fn run(
         };
         let own_4500 = async {
             match &sockets.port_4500 {
-                Port4500::Own(socket) => socket.recv_from(&mut buf_4500).await,
+                Port4500::Own(socket, _) => socket.recv_from(&mut buf_4500).await,
                 Port4500::SharedWithDatapath(_) => std::future::pending().await,
             }
         };

@@ -40,6 +40,9 @@ const RETRANSMIT_BASE: Duration = Duration::from_millis(500);
 /// Retransmissions before the peer counts as gone: after 0.5+1+2+4+8 s, so that a dead peer is
 /// noticed within three 10 s liveness intervals.
 const MAX_RETRANSMITS: u32 = 4;
+/// How long the initiator of a losing duplicate IKE SA has to delete it before we do (peers
+/// that do not resolve duplicates, e.g. strongSwan, never do).
+const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
 /// How long the node with the higher address waits before initiating itself.
 const HIGHER_ADDRESS_DELAY: Duration = Duration::from_secs(3);
 /// Between attempts to reach a peer we have no IKE SA with.
@@ -184,6 +187,8 @@ struct IkeSa {
     initiator_address: IpAddr,
     /// Nonces of the peer's Child SA rekeys that crossed ours: (Ni, Nr, our request's Ni).
     collision_nonces: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// A duplicate the peer should delete; we do it ourselves if it has not by then.
+    delete_at: Option<Instant>,
 }
 
 impl IkeSa {
@@ -324,6 +329,9 @@ impl Endpoint {
                 State::ExpectAuthRequest => consider(sa.created + HALF_OPEN_TIMEOUT),
                 State::Established => {
                     consider(sa.last_heard + self.settings.dpd);
+                    if let Some(at) = sa.delete_at {
+                        consider(at);
+                    }
                     if let Some(at) = sa.rekey_at {
                         consider(at);
                     }
@@ -563,6 +571,7 @@ impl Endpoint {
             from_rekey: false,
             initiator_address: self.settings.local,
             collision_nonces: Vec::new(),
+            delete_at: None,
         };
         tracing::debug!(peer = %settings.address, spi = format_args!("{our_spi:016x}"), "IKE_SA_INIT ->");
         self.transmits.push_back(Transmit { destination: remote, source_port: IKE_PORT, bytes: request });
@@ -752,6 +761,7 @@ impl Endpoint {
             from_rekey: false,
             initiator_address: from.ip(),
             collision_nonces: Vec::new(),
+            delete_at: None,
         };
         self.sas.insert(our_spi, sa);
         self.half_open.insert((from, header.initiator_spi), our_spi);
@@ -1107,7 +1117,11 @@ impl Endpoint {
         // The winner: lowest initiator address, then the newest.
         established.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)));
         for (spi, _, _, we_initiated) in established.into_iter().skip(1) {
-            if we_initiated {
+            if !we_initiated {
+                if let Some(sa) = self.sas.get_mut(&spi) {
+                    sa.delete_at.get_or_insert(now + DUPLICATE_GRACE);
+                }
+            } else {
                 tracing::debug!(peer, "deleting a duplicate IKE SA from simultaneous initiation");
                 self.remove_children(spi, now, false);
                 self.queue(spi, Queued::DeleteIke, now);
@@ -1173,6 +1187,7 @@ impl Endpoint {
         };
         self.events.push_back(Event::InstallInbound { peer, sa: keys_for(inbound_spi, inbound_key) });
         let outbound = keys_for(chosen.spi, outbound_key);
+        let sends_now = matches!(install, ChildInstall::Both | ChildInstall::RekeyInitiator) && outbound_allowed;
         match install {
             ChildInstall::Both | ChildInstall::RekeyInitiator if outbound_allowed => {
                 self.events.push_back(Event::InstallOutbound { peer, sa: outbound })
@@ -1187,6 +1202,7 @@ impl Endpoint {
             cipher = %chosen.cipher,
             %mode,
             esn = chosen.esn,
+            outbound_in_use = sends_now,
             "Child SA installed"
         );
         if let Some(sa) = self.sas.get_mut(&our_spi) {
@@ -1620,6 +1636,7 @@ impl Endpoint {
             from_rekey: true,
             initiator_address: if we_initiated { local } else { old.remote.ip() },
             collision_nonces: Vec::new(),
+            delete_at: None,
         };
         old.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");
@@ -1813,6 +1830,16 @@ impl Endpoint {
             _ => return,
         }
         let Some(peer) = sa.peer else { return };
+        if sa.delete_at.is_some_and(|at| now >= at) {
+            tracing::debug!(peer, "the peer did not delete its duplicate IKE SA; deleting it");
+            self.remove_children(our_spi, now, false);
+            if let Some(sa) = self.sas.get_mut(&our_spi) {
+                sa.state = State::Deleting;
+                sa.delete_at = None;
+            }
+            self.queue(our_spi, Queued::DeleteIke, now);
+            return;
+        }
         // Held-back outbound SAs whose DELETE did not come.
         for child in sa.children.iter_mut() {
             if child.pending_outbound.as_ref().is_some_and(|(_, at)| now >= *at) {
