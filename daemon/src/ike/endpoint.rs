@@ -659,10 +659,7 @@ impl Endpoint {
             return;
         }
         let payloads = &message.payloads;
-        let Some(ni) = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(nonce) => Some(nonce.data.clone()),
-            _ => None,
-        }) else {
+        let Some(ni) = Parts::of(&payloads).nonce.map(<[u8]>::to_vec) else {
             self.counters.malformed += 1;
             return;
         };
@@ -678,10 +675,7 @@ impl Endpoint {
                 return;
             }
         }
-        let offer = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(sa) => Some(sa),
-            _ => None,
-        });
+        let offer = Parts::of(&payloads).security_association;
         let Some(chosen) = offer.and_then(|offer| proposal::choose_ike(offer, &self.ciphers)) else {
             tracing::warn!(%from, "IKE_SA_INIT: no proposal in common; answering NO_PROPOSAL_CHOSEN");
             self.reply_unprotected(header, Notify::new(notify::NO_PROPOSAL_CHOSEN, Vec::new()), from, local_port);
@@ -692,10 +686,7 @@ impl Endpoint {
             });
             return;
         };
-        let Some(ke) = payloads.iter().find_map(|p| match p {
-            Payload::KeyExchange(ke) => Some(ke),
-            _ => None,
-        }) else {
+        let Some(ke) = Parts::of(payloads).key_exchange else {
             self.counters.malformed += 1;
             return;
         };
@@ -820,18 +811,10 @@ impl Endpoint {
             self.fail(our_spi, failure, now);
             return;
         }
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(offer) => proposal::choose_ike(offer, &self.ciphers),
-            _ => None,
-        });
-        let ke = payloads.iter().find_map(|p| match p {
-            Payload::KeyExchange(ke) => Some(ke.data.clone()),
-            _ => None,
-        });
-        let nr = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(nonce) => Some(nonce.data.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let chosen = parts.security_association.and_then(|offer| proposal::choose_ike(offer, &self.ciphers));
+        let ke = parts.key_exchange.map(|ke| ke.data.clone());
+        let nr = parts.nonce.map(<[u8]>::to_vec);
         let (Some(chosen), Some(ke), Some(nr)) = (chosen, ke, nr) else {
             self.counters.malformed += 1;
             return;
@@ -910,14 +893,9 @@ impl Endpoint {
     fn handle_auth_request(&mut self, our_spi: u64, header: Header, payloads: Vec<Payload>, now: Instant) {
         let Some(sa) = self.sas.get(&our_spi) else { return };
         let from = sa.remote;
-        let id = payloads.iter().find_map(|p| match p {
-            Payload::IdentificationInitiator(id) => Some(id.clone()),
-            _ => None,
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Authentication(auth) => Some(auth.data.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let id = parts.identification_initiator.cloned();
+        let auth = parts.authentication.map(|auth| auth.data.clone());
         let (Some(id), Some(auth)) = (id, auth) else {
             self.counters.malformed += 1;
             return;
@@ -1004,10 +982,7 @@ impl Endpoint {
         peer_address: &IpAddr,
         port: u16,
     ) -> Result<(ChosenEsp, bool), u16> {
-        let offer = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(sa) => Some(sa),
-            _ => None,
-        });
+        let offer = Parts::of(&payloads).security_association;
         let chosen = offer
             .and_then(|offer| proposal::choose_esp(offer, &self.ciphers, self.settings.esn))
             .ok_or(notify::NO_PROPOSAL_CHOSEN)?;
@@ -1032,14 +1007,9 @@ impl Endpoint {
         }
         let Some(peer) = sa.peer else { return };
         let peer_address = self.settings.peers[peer].address;
-        let id = payloads.iter().find_map(|p| match p {
-            Payload::IdentificationResponder(id) => Some(id.clone()),
-            _ => None,
-        });
-        let auth = payloads.iter().find_map(|p| match p {
-            Payload::Authentication(auth) => Some(auth.data.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let id = parts.identification_responder.cloned();
+        let auth = parts.authentication.map(|auth| auth.data.clone());
         let verified = match (&id, &auth, sa.keys.as_ref()) {
             (Some(id), Some(auth), Some(keys)) if id.ip() == Some(peer_address) => {
                 let mut id_body = Vec::new();
@@ -1060,10 +1030,9 @@ impl Endpoint {
             return;
         }
         self.establish(our_spi, now);
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(answer) => proposal::choose_esp(answer, &self.ciphers, self.settings.esn),
-            _ => None,
-        });
+        let chosen = Parts::of(&payloads)
+            .security_association
+            .and_then(|answer| proposal::choose_esp(answer, &self.ciphers, self.settings.esn));
         let Some(chosen) = chosen else {
             let error = notifies(&payloads).find(|n| n.is_error()).map(|n| n.notify_type);
             tracing::error!(peer = %remote, ?error, "IKE SA up, but the peer accepted no Child SA");
@@ -1437,14 +1406,9 @@ impl Endpoint {
             }
             _ => None,
         });
-        let ni = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(nonce) => Some(nonce.data.clone()),
-            _ => None,
-        });
-        let ke = payloads.iter().find_map(|p| match p {
-            Payload::KeyExchange(ke) => Some(ke.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let ni = parts.nonce.map(<[u8]>::to_vec);
+        let ke = parts.key_exchange.cloned();
         let Some(ni) = ni else {
             self.send_response(our_spi, header, &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))]);
             return;
@@ -1673,14 +1637,11 @@ impl Endpoint {
         ni: &[u8],
         now: Instant,
     ) {
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(answer) => proposal::choose_esp(answer, &self.ciphers, self.settings.esn),
-            _ => None,
-        });
-        let nr = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(nonce) => Some(nonce.data.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let chosen = parts
+            .security_association
+            .and_then(|answer| proposal::choose_esp(answer, &self.ciphers, self.settings.esn));
+        let nr = parts.nonce.map(<[u8]>::to_vec);
         let (Some(chosen), Some(nr)) = (chosen, nr) else {
             // The peer refused (it may be rekeying itself); the child stays as it is.
             if let Some(child) = self
@@ -1745,18 +1706,10 @@ impl Endpoint {
         dh: X25519KeyPair,
         now: Instant,
     ) {
-        let chosen = payloads.iter().find_map(|p| match p {
-            Payload::SecurityAssociation(answer) => proposal::choose_ike(answer, &self.ciphers),
-            _ => None,
-        });
-        let nr = payloads.iter().find_map(|p| match p {
-            Payload::Nonce(nonce) => Some(nonce.data.clone()),
-            _ => None,
-        });
-        let ke = payloads.iter().find_map(|p| match p {
-            Payload::KeyExchange(ke) => Some(ke.data.clone()),
-            _ => None,
-        });
+        let parts = Parts::of(&payloads);
+        let chosen = parts.security_association.and_then(|offer| proposal::choose_ike(offer, &self.ciphers));
+        let nr = parts.nonce.map(<[u8]>::to_vec);
+        let ke = parts.key_exchange.map(|ke| ke.data.clone());
         let (Some(chosen), Some(nr), Some(ke)) = (chosen, nr, ke) else {
             // Refused (a collision, or the peer is busy): try again later.
             if let Some(sa) = self.sas.get_mut(&our_spi) {
@@ -1938,6 +1891,41 @@ impl IkeSa {
 fn split_keys(keys: DerivedChildKeys, role: Role) -> (crate::esp::KeyMaterial, crate::esp::KeyMaterial) {
     let (outbound, inbound) = keys.into_directions(role);
     (inbound, outbound)
+}
+
+/// The payloads a message has at most one of, found in one pass.
+#[derive(Default)]
+struct Parts<'a> {
+    security_association: Option<&'a SecurityAssociation>,
+    key_exchange: Option<&'a KeyExchange>,
+    nonce: Option<&'a [u8]>,
+    identification_initiator: Option<&'a Identification>,
+    identification_responder: Option<&'a Identification>,
+    authentication: Option<&'a Authentication>,
+}
+
+impl<'a> Parts<'a> {
+    fn of(payloads: &'a [Payload]) -> Parts<'a> {
+        let mut parts = Parts::default();
+        for payload in payloads {
+            match payload {
+                Payload::SecurityAssociation(sa) => {
+                    parts.security_association = parts.security_association.or(Some(sa))
+                }
+                Payload::KeyExchange(ke) => parts.key_exchange = parts.key_exchange.or(Some(ke)),
+                Payload::Nonce(nonce) => parts.nonce = parts.nonce.or(Some(&nonce.data)),
+                Payload::IdentificationInitiator(id) => {
+                    parts.identification_initiator = parts.identification_initiator.or(Some(id))
+                }
+                Payload::IdentificationResponder(id) => {
+                    parts.identification_responder = parts.identification_responder.or(Some(id))
+                }
+                Payload::Authentication(auth) => parts.authentication = parts.authentication.or(Some(auth)),
+                _ => {}
+            }
+        }
+        parts
+    }
 }
 
 fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
