@@ -659,7 +659,7 @@ impl Endpoint {
             return;
         }
         let payloads = &message.payloads;
-        let Some(ni) = Parts::of(&payloads).nonce.map(<[u8]>::to_vec) else {
+        let Some(ni) = Parts::of(payloads).nonce.map(<[u8]>::to_vec) else {
             self.counters.malformed += 1;
             return;
         };
@@ -675,7 +675,7 @@ impl Endpoint {
                 return;
             }
         }
-        let offer = Parts::of(&payloads).security_association;
+        let offer = Parts::of(payloads).security_association;
         let Some(chosen) = offer.and_then(|offer| proposal::choose_ike(offer, &self.ciphers)) else {
             tracing::warn!(%from, "IKE_SA_INIT: no proposal in common; answering NO_PROPOSAL_CHOSEN");
             self.reply_unprotected(header, Notify::new(notify::NO_PROPOSAL_CHOSEN, Vec::new()), from, local_port);
@@ -811,7 +811,7 @@ impl Endpoint {
             self.fail(our_spi, failure, now);
             return;
         }
-        let parts = Parts::of(&payloads);
+        let parts = Parts::of(payloads);
         let chosen = parts.security_association.and_then(|offer| proposal::choose_ike(offer, &self.ciphers));
         let ke = parts.key_exchange.map(|ke| ke.data.clone());
         let nr = parts.nonce.map(<[u8]>::to_vec);
@@ -982,7 +982,7 @@ impl Endpoint {
         peer_address: &IpAddr,
         port: u16,
     ) -> Result<(ChosenEsp, bool), u16> {
-        let offer = Parts::of(&payloads).security_association;
+        let offer = Parts::of(payloads).security_association;
         let chosen = offer
             .and_then(|offer| proposal::choose_esp(offer, &self.ciphers, self.settings.esn))
             .ok_or(notify::NO_PROPOSAL_CHOSEN)?;
