@@ -11,6 +11,7 @@ pub mod ike;
 pub mod keying;
 pub mod manual;
 pub mod netif;
+pub mod offload;
 pub mod overhead;
 pub mod sadb;
 pub mod state;

@@ -42,3 +42,248 @@ pub fn force_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)?;
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Batched and segmented socket IO for `datapath::batch_io` (issue 4). `nix::sys::socket::sendmsg`
+// allocates its control-message buffer on every call and its mmsg API ties the headers to the
+// buffers' lifetime, so these wrap the syscalls directly. Every header, iovec, address and
+// control buffer lives on the stack of the call that uses it: nothing here allocates, and no
+// pointer outlives the syscall it was built for.
+
+/// The most messages one [`send_mmsg`] or [`recv_mmsg`] call handles.
+pub const MMSG_MAX: usize = 64;
+
+/// Control-message space aligned for `cmsghdr` (CMSG_FIRSTHDR needs `size_t` alignment).
+#[repr(C, align(8))]
+struct CmsgSpace([u8; 128]);
+
+/// What one received datagram (or GRO-coalesced run of datagrams) was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// The sender; `None` only if the kernel gave no IPv4/IPv6 address.
+    pub from: Option<std::net::SocketAddr>,
+    /// The datagram was larger than the buffer (MSG_TRUNC); its tail is lost.
+    pub truncated: bool,
+    /// With UDP_GRO enabled: the kernel coalesced datagrams of this size (the last may be shorter).
+    pub gro_segment_size: Option<u16>,
+}
+
+/// Reads an IPv4 or IPv6 socket address the kernel wrote into `storage` (`len` bytes).
+fn socket_addr_from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    let len = len as usize;
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the kernel wrote a sockaddr_in, `len` says it wrote all of
+            // it, and sockaddr_storage is larger than and at least as aligned as sockaddr_in.
+            let address = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(
+                SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)),
+                    u16::from_be(address.sin_port),
+                )
+                .into(),
+            )
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let address = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(
+                SocketAddrV6::new(
+                    Ipv6Addr::from(address.sin6_addr.s6_addr),
+                    u16::from_be(address.sin6_port),
+                    u32::from_be(address.sin6_flowinfo),
+                    address.sin6_scope_id,
+                )
+                .into(),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain data (pointers, lengths, flags); all zeros is the valid empty header
+    // (null name, no iovecs, no control data), and the only way to build one on musl, whose
+    // msghdr has private padding fields.
+    unsafe { std::mem::zeroed() }
+}
+
+/// One `sendmsg(2)` of `data` to `destination`; with `segment_size`, a UDP_SEGMENT control message
+/// asks the kernel to split `data` into datagrams of that size (UDP GSO). Flags: none.
+pub fn send_msg(
+    fd: BorrowedFd<'_>,
+    destination: &socket2::SockAddr,
+    data: &[u8],
+    segment_size: Option<u16>,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    let mut control = CmsgSpace([0; 128]);
+    let mut header = zeroed_msghdr();
+    header.msg_name = destination.as_ptr().cast_mut().cast();
+    header.msg_namelen = destination.len();
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    if let Some(size) = segment_size {
+        const DATA_LEN: libc::c_uint = std::mem::size_of::<u16>() as libc::c_uint;
+        header.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+        header.msg_controllen = unsafe { libc::CMSG_SPACE(DATA_LEN) } as _;
+        // SAFETY: msg_control points at `control`, 128 zeroed bytes aligned for cmsghdr, and
+        // msg_controllen (CMSG_SPACE(2) = 24 on 64-bit) fits in it, so CMSG_FIRSTHDR returns a
+        // non-null header inside it with room for CMSG_LEN(2) bytes; the u16 is written unaligned.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&header);
+            debug_assert!(!cmsg.is_null());
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(DATA_LEN) as _;
+            libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(size);
+        }
+    }
+    // SAFETY: `fd` is a live descriptor borrowed for the call; `header` points at `iov` (which
+    // points at `data`), at `destination`'s storage with its length, and at `control`; all of them
+    // outlive the call, and sendmsg only reads through these pointers.
+    let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &header, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// One `recvmsg(2)` into `buf`, with the sender's address and the UDP_GRO control message (if the
+/// socket has UDP_GRO enabled and the kernel coalesced datagrams).
+pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = CmsgSpace([0; 128]);
+    // SAFETY: sockaddr_storage is plain data; all zeros is a valid (AF_UNSPEC) value.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut header = zeroed_msghdr();
+    header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.0.as_mut_ptr().cast();
+    header.msg_controllen = control.0.len() as _;
+    // SAFETY: `fd` is a live descriptor borrowed for the call; `header` points at `iov` (which
+    // points at `buf`, writable for `buf.len()` bytes), at `name` and at `control` with their true
+    // sizes; all of them outlive the call and nothing else references them meanwhile.
+    let rc = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut gro_segment_size = None;
+    // SAFETY: after a successful recvmsg, msg_control/msg_controllen describe the control data
+    // the kernel wrote into `control` (still alive and unaliased); CMSG_FIRSTHDR/CMSG_NXTHDR stay
+    // within msg_controllen and return null at the end, and the int is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP
+                && (*cmsg).cmsg_type == libc::UDP_GRO
+                && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as _) as usize
+            {
+                let size = libc::CMSG_DATA(cmsg).cast::<libc::c_int>().read_unaligned();
+                gro_segment_size = u16::try_from(size).ok().filter(|&size| size > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+    }
+    Ok(RecvMeta {
+        len: rc as usize,
+        from: socket_addr_from_storage(&name, header.msg_namelen),
+        truncated: header.msg_flags & libc::MSG_TRUNC != 0,
+        gro_segment_size,
+    })
+}
+
+/// One `sendmmsg(2)` of up to [`MMSG_MAX`] messages (more are ignored), each one datagram to its
+/// own address. Returns how many the kernel took from the front; an error means the first failed.
+pub fn send_mmsg<'a>(
+    fd: BorrowedFd<'_>,
+    messages: impl IntoIterator<Item = (&'a [u8], &'a socket2::SockAddr)>,
+) -> io::Result<usize> {
+    let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MMSG_MAX];
+    // SAFETY: mmsghdr is plain data; all zeros is a valid empty header.
+    let mut headers: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    for (data, destination) in messages.into_iter().take(MMSG_MAX) {
+        iovecs[count] = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+        headers[count].msg_hdr.msg_name = destination.as_ptr().cast_mut().cast();
+        headers[count].msg_hdr.msg_namelen = destination.len();
+        count += 1;
+    }
+    if count == 0 {
+        return Ok(0);
+    }
+    let iovec_base = iovecs.as_mut_ptr();
+    for (index, header) in headers[..count].iter_mut().enumerate() {
+        header.msg_hdr.msg_iov = iovec_base.wrapping_add(index);
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `fd` is a live descriptor borrowed for the call; the first `count` headers each point
+    // at their own element of `iovecs` (alive on this stack frame), which points at a message
+    // borrowed for 'a, and at a destination borrowed for 'a with its length. sendmmsg reads those
+    // and writes only the headers' msg_len.
+    let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), count as libc::c_uint, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// One `recvmmsg(2)` into up to [`MMSG_MAX`] of `bufs` (one datagram each), with MSG_WAITFORONE:
+/// on a blocking socket it waits for the first datagram only. Fills `out[..n]` and returns `n`.
+pub fn recv_mmsg<B: AsMut<[u8]>>(fd: BorrowedFd<'_>, bufs: &mut [B], out: &mut [RecvMeta]) -> io::Result<usize> {
+    let count = bufs.len().min(out.len()).min(MMSG_MAX);
+    if count == 0 {
+        return Ok(0);
+    }
+    let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MMSG_MAX];
+    // SAFETY: sockaddr_storage and mmsghdr are plain data; all zeros is valid for both.
+    let mut names: [libc::sockaddr_storage; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    for (iovec, buf) in iovecs.iter_mut().zip(bufs.iter_mut()).take(count) {
+        let buf = buf.as_mut();
+        *iovec = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    }
+    let iovec_base = iovecs.as_mut_ptr();
+    let name_base = names.as_mut_ptr();
+    for (index, header) in headers[..count].iter_mut().enumerate() {
+        header.msg_hdr.msg_iov = iovec_base.wrapping_add(index);
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = name_base.wrapping_add(index).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+    // SAFETY: `fd` is a live descriptor borrowed for the call; the first `count` headers each point
+    // at their own iovec (pointing at one of `bufs`, mutably borrowed and writable for its length)
+    // and their own `names` element with its true size; all live on this frame or are borrowed
+    // for the call, and nothing else touches them until it returns. The null timeout is allowed.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let received = rc as usize;
+    for ((meta, header), name) in out.iter_mut().zip(&headers).zip(&names).take(received) {
+        *meta = RecvMeta {
+            len: header.msg_len as usize,
+            from: socket_addr_from_storage(name, header.msg_hdr.msg_namelen),
+            truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            gro_segment_size: None,
+        };
+    }
+    Ok(received)
+}

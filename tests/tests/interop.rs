@@ -458,7 +458,7 @@ impl Drop for Pinger {
     }
 }
 
-/// 1. strongSwan initiates, AES-GCM: IKE SA and Child SA pair up on both sides, tunnel mode,
+/// Case 1: strongSwan initiates, AES-GCM: IKE SA and Child SA pair up on both sides, tunnel mode,
 /// no ESN, SPIs match crosswise; overlay pings both ways; only ESP-in-UDP on the wire. meshd's
 /// own (held back) IKE_SA_INIT times out after ~15 s without disturbing the SA charon made.
 #[test]
@@ -493,7 +493,7 @@ fn strongswan_initiates_aes_gcm() {
     eprintln!("strongswan_initiates_aes_gcm: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// 2. meshd initiates (charon waits), ChaCha20-Poly1305 only on both sides.
+/// Case 2: meshd initiates (charon waits), ChaCha20-Poly1305 only on both sides.
 #[test]
 fn meshd_initiates_chacha20poly1305() {
     let started = Instant::now();
@@ -556,7 +556,7 @@ fn wait_only(t: &Interop, est: &Established, timeout: Duration) {
     }
 }
 
-/// 3. strongSwan rekeys the Child SA, then the IKE SA, under `ping -i 0.05` from n1: no loss
+/// Case 3: strongSwan rekeys the Child SA, then the IKE SA, under `ping -i 0.05` from n1: no loss
 /// (or at most 2, see the assertion), and `ikectl` shows the new SPIs.
 #[test]
 fn strongswan_rekeys_child_and_ike_without_loss() {
@@ -623,7 +623,7 @@ fn wait_replaced_ike(t: &Interop, before: &Established, timeout: Duration) -> Es
     })
 }
 
-/// 4. meshd rekeys by itself (`child_lifetime = "30s"`, `ike_lifetime = "60s"`: as the
+/// Case 4: meshd rekeys by itself (`child_lifetime = "30s"`, `ike_lifetime = "60s"`: as the
 /// initiator it rekeys at 70-80 % of each) under `ping -i 0.05` from n2: charon sees new
 /// SPIs, no echo request is lost.
 #[test]
@@ -673,7 +673,7 @@ fn meshd_rekeys_child_and_ike_without_loss() {
     assert!(missing.is_empty(), "echo requests lost across meshd's Child and IKE SA rekeys: {missing:?} of {sent}");
 }
 
-/// 5. charon has another PSK: meshd initiates, charon refuses its AUTH, and `ikectl peers`
+/// Case 5: charon has another PSK: meshd initiates, charon refuses its AUTH, and `ikectl peers`
 /// says AUTHENTICATION_FAILED.
 #[test]
 fn wrong_psk_on_strongswan_is_reported() {

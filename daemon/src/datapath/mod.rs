@@ -1,6 +1,7 @@
 //! The packet path: worker threads that move frames between the overlay TAPs and the underlay.
 //! Nothing here allocates, locks a shared lock or formats a log line per packet.
 
+pub mod batch_io;
 mod egress;
 mod ike_inbox;
 mod ingress;

@@ -14,6 +14,7 @@ pub mod esp;
 pub mod ethernet;
 pub mod ipv4;
 pub mod ipv6;
+pub mod tcp;
 pub mod udp;
 pub mod vxlan;
 
