@@ -34,8 +34,13 @@ const TUNNEL_HOP_LIMIT: u8 = 64;
 
 /// Where sealed ESP packets go: the worker's underlay socket.
 pub trait EspSender {
-    /// Sends to `peer` (its port matters only for ESP in UDP).
+    /// Sends (or queues) to `peer` (its port matters only for ESP in UDP).
     fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize>;
+
+    /// Sends what is queued.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What one worker needs to send frames during one batch.

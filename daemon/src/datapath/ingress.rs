@@ -1,20 +1,26 @@
 //! Underlay -> ESP open with anti-replay -> VXLAN -> overlay TAP, in place in the worker's buffer.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
 
 use crate::drops::DropContext;
-use crate::esp::{OpenError, ReplayError};
+use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Path, PeerId};
 use crate::wire::{ethernet, ipv4, ipv6, udp, vxlan};
 
+/// Bytes in front of a delivered frame that the sink may overwrite (the TAP's virtio-net header
+/// goes there; after decryption they held the VXLAN and UDP headers).
+pub const FRAME_HEADROOM: usize = crate::offload::virtio_net::HEADER_LEN;
+
 /// Where a decrypted frame goes: the overlay's TAP queue owned by this worker.
 pub trait FrameSink {
-    fn deliver(&self, overlay: OverlayId, frame: &[u8]) -> std::io::Result<usize>;
+    /// `with_headroom` is `FRAME_HEADROOM` scratch bytes followed by the Ethernet frame.
+    fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> std::io::Result<()>;
 }
 
 /// What one worker needs to receive packets during one batch.
@@ -95,31 +101,39 @@ impl<S: FrameSink> Ingress<'_, S> {
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
 
-        let udp_datagram =
+        // The payload starts at PLAINTEXT_OFFSET; from here on, positions in `packet`.
+        let udp_range =
             inner_udp(sa.params.mode, peer.path, opened.next_header, opened.payload).map_err(with_sequence)?;
-        let udp = udp::Packet::new_checked(udp_datagram).map_err(|_| with_sequence(DropReason::Malformed))?;
-        if udp.destination_port() != self.state.topology.vxlan_port {
-            return Err(with_sequence(DropReason::UnexpectedPayload));
-        }
-        let vxlan = vxlan::Packet::new_checked(udp.payload()).map_err(|_| with_sequence(DropReason::Malformed))?;
-        let vni = vxlan.vni();
+        let udp_start = PLAINTEXT_OFFSET + udp_range.start;
+        let (vni, frame_len) = {
+            let udp = udp::Packet::new_checked(&packet[udp_start..PLAINTEXT_OFFSET + udp_range.end])
+                .map_err(|_| with_sequence(DropReason::Malformed))?;
+            if udp.destination_port() != self.state.topology.vxlan_port {
+                return Err(with_sequence(DropReason::UnexpectedPayload));
+            }
+            let vxlan = vxlan::Packet::new_checked(udp.payload()).map_err(|_| with_sequence(DropReason::Malformed))?;
+            (vxlan.vni(), vxlan.payload().len())
+        };
         let in_vni = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: Some(vni) };
         let overlay = self.state.topology.overlay_by_vni(vni).ok_or_else(|| in_vni(DropReason::UnknownVni))?;
-        let frame = vxlan.payload();
+        let frame_start = udp_start + udp::HEADER_LEN + vxlan::HEADER_LEN;
+        let frame = &packet[frame_start..frame_start + frame_len];
         let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_vni(DropReason::Malformed))?;
         self.state.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
-        self.sink.deliver(overlay, frame).map_err(|_| in_vni(DropReason::TapWriteFailed))?;
-        sa.counters.count(frame.len(), self.now_ms);
-        peer.counters.count_rx(frame.len(), self.now_ms);
+        // The VXLAN and UDP headers in front of the frame are no longer needed.
+        let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_start + frame_len];
+        self.sink.deliver(overlay, with_headroom).map_err(|_| in_vni(DropReason::TapWriteFailed))?;
+        sa.counters.count(frame_len, self.now_ms);
+        peer.counters.count_rx(frame_len, self.now_ms);
         Ok(())
     }
 }
 
-/// The UDP datagram carried by a decrypted ESP payload: directly in transport mode, inside an IP
-/// header between the pair's own addresses in tunnel mode.
-fn inner_udp(mode: Mode, path: Path, next_header: u8, payload: &[u8]) -> Result<&[u8], DropReason> {
+/// Where in a decrypted ESP payload the UDP datagram is: all of it in transport mode, behind an
+/// IP header between the pair's own addresses in tunnel mode.
+fn inner_udp(mode: Mode, path: Path, next_header: u8, payload: &[u8]) -> Result<Range<usize>, DropReason> {
     match (mode, path) {
-        (Mode::Transport, _) if next_header == ipv4::PROTOCOL_UDP => Ok(payload),
+        (Mode::Transport, _) if next_header == ipv4::PROTOCOL_UDP => Ok(0..payload.len()),
         (Mode::Tunnel, Path::V4 { local, peer }) if next_header == ipv4::PROTOCOL_IPV4_IN_IP => {
             let packet = ipv4::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
             let ours = packet.source_address() == peer
@@ -127,16 +141,16 @@ fn inner_udp(mode: Mode, path: Path, next_header: u8, payload: &[u8]) -> Result<
                 && packet.protocol() == ipv4::PROTOCOL_UDP
                 && !packet.is_fragment();
             // new_checked verified both lengths against the buffer.
-            let payload = &payload[packet.header_length()..usize::from(packet.total_length())];
-            ours.then_some(payload).ok_or(DropReason::UnexpectedPayload)
+            let udp = packet.header_length()..usize::from(packet.total_length());
+            ours.then_some(udp).ok_or(DropReason::UnexpectedPayload)
         }
         (Mode::Tunnel, Path::V6 { local, peer }) if next_header == ipv4::PROTOCOL_IPV6_IN_IP => {
             let packet = ipv6::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
             let ours = packet.source_address() == peer
                 && packet.destination_address() == local
                 && packet.next_header() == ipv4::PROTOCOL_UDP;
-            let payload = &payload[ipv6::HEADER_LEN..ipv6::HEADER_LEN + usize::from(packet.payload_length())];
-            ours.then_some(payload).ok_or(DropReason::UnexpectedPayload)
+            let udp = ipv6::HEADER_LEN..ipv6::HEADER_LEN + usize::from(packet.payload_length());
+            ours.then_some(udp).ok_or(DropReason::UnexpectedPayload)
         }
         _ => Err(DropReason::UnexpectedPayload),
     }

@@ -22,7 +22,7 @@ use tun_rs::SyncDevice;
 
 pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
-pub use self::ingress::{FrameSink, Ingress};
+pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 pub use self::sockets::ESP_IN_UDP_PORT;
 
 use self::sockets::{RawEspSocket, Underlay};
@@ -55,11 +55,15 @@ impl Datapath {
         for index in 0..queues.len() {
             underlays.push(match &raw {
                 Some(socket) => Underlay::Esp { socket: socket.clone(), receives: index == 0 },
-                None => Underlay::Udp(sockets::udp_socket(local).map_err(underlay_error)?),
+                None => {
+                    let socket = sockets::udp_socket(local).map_err(underlay_error)?;
+                    let batch = std::cell::RefCell::new(sockets::GsoBatch::new(&socket));
+                    Underlay::Udp(socket, batch)
+                }
             });
         }
         let udp_4500 = match underlays.first() {
-            Some(Underlay::Udp(socket)) => Some(socket.try_clone().map_err(underlay_error)?),
+            Some(Underlay::Udp(socket, _)) => Some(socket.try_clone().map_err(underlay_error)?),
             _ => None,
         };
         let stop = Arc::new(AtomicBool::new(false));

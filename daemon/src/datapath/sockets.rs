@@ -14,7 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sys;
 
-use super::egress::EspSender;
+use std::cell::RefCell;
+
+use super::batch_io::{enable_gro, SegmentSender, MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
+use super::egress::{EspSender, BUFFER_LEN};
 
 /// RFC 3948: ESP in UDP, and IKE once it floated.
 pub const ESP_IN_UDP_PORT: u16 = 4500;
@@ -43,7 +46,12 @@ pub fn udp_socket(local: IpAddr) -> io::Result<UdpSocket> {
     socket.set_reuse_port(true)?;
     configure(&socket, local)?;
     socket.bind(&SocketAddr::new(local, ESP_IN_UDP_PORT).into())?;
-    Ok(socket.into())
+    let socket: UdpSocket = socket.into();
+    // Many datagrams per read where the kernel can; without UDP_GRO (before Linux 5.0) one each.
+    if let Err(error) = enable_gro(&socket) {
+        tracing::debug!(%error, "UDP GRO not available; receiving datagrams one by one");
+    }
+    Ok(socket)
 }
 
 /// The raw ESP socket (IP protocol 50), bound to the node address.
@@ -93,8 +101,9 @@ impl RawEspSocket {
 
 /// How a worker reaches the underlay.
 pub enum Underlay {
-    /// ESP in UDP: this worker's own socket.
-    Udp(UdpSocket),
+    /// ESP in UDP: this worker's own socket, and the run of ESP packets waiting to go out in one
+    /// GSO send.
+    Udp(UdpSocket, RefCell<GsoBatch>),
     /// Raw ESP: the node's one socket, shared; `receives` is true for the worker that reads it.
     Esp { socket: std::sync::Arc<RawEspSocket>, receives: bool },
 }
@@ -102,9 +111,68 @@ pub enum Underlay {
 impl EspSender for Underlay {
     fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
         match self {
-            Underlay::Udp(socket) => socket.send_to(packet, peer),
+            Underlay::Udp(socket, batch) => batch.borrow_mut().push(socket, packet, peer),
             Underlay::Esp { socket, .. } => socket.send_to(packet, peer.ip()),
         }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match self {
+            Underlay::Udp(socket, batch) => batch.borrow_mut().flush(socket),
+            Underlay::Esp { .. } => Ok(()),
+        }
+    }
+}
+
+/// Consecutive ESP packets to one peer, all of one size but the last, sent with one `sendmsg`
+/// and UDP_SEGMENT: the segments of a TSO super-frame leave in one or two syscalls.
+pub struct GsoBatch {
+    buf: Vec<u8>,
+    destination: Option<SocketAddr>,
+    segment_size: usize,
+    segments: usize,
+    /// A shorter packet ended the run.
+    closed: bool,
+    sender: SegmentSender,
+}
+
+impl GsoBatch {
+    pub fn new(socket: &UdpSocket) -> Self {
+        GsoBatch {
+            buf: Vec::with_capacity(MAX_UDP_PAYLOAD_V4 + BUFFER_LEN),
+            destination: None,
+            segment_size: 0,
+            segments: 0,
+            closed: false,
+            sender: SegmentSender::new(socket),
+        }
+    }
+
+    /// Adds `packet` for `destination`, sending what was queued first if it does not fit the run.
+    fn push(&mut self, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        let fits = self.destination == Some(destination)
+            && !self.closed
+            && packet.len() <= self.segment_size
+            && self.buf.len() + packet.len() <= MAX_UDP_PAYLOAD_V6
+            && self.segments < UDP_MAX_SEGMENTS;
+        if !fits {
+            self.flush(socket)?;
+            self.destination = Some(destination);
+            self.segment_size = packet.len();
+        }
+        self.buf.extend_from_slice(packet);
+        self.segments += 1;
+        self.closed = packet.len() < self.segment_size;
+        Ok(packet.len())
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        let Some(destination) = self.destination.take() else { return Ok(()) };
+        let sent = self.sender.send(socket, destination, &self.buf, self.segment_size as u16);
+        self.buf.clear();
+        self.segments = 0;
+        self.closed = false;
+        sent.map(|_| ())
     }
 }
 
@@ -112,7 +180,7 @@ impl Underlay {
     /// The descriptor to poll for received packets, if this worker receives.
     pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Underlay::Udp(socket) => Some(socket.as_fd()),
+            Underlay::Udp(socket, _) => Some(socket.as_fd()),
             Underlay::Esp { socket, receives: true } => Some(socket.fd()),
             Underlay::Esp { receives: false, .. } => None,
         }

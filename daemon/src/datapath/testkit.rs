@@ -8,7 +8,7 @@ use std::path::Path;
 
 use mesh_config::{Cipher, Encap, MeshConfig, Mode};
 
-use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_OFFSET};
+use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
 use crate::manual;
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Topology};
@@ -27,9 +27,9 @@ impl EspSender for Wire {
 pub struct Taps(pub RefCell<Vec<(OverlayId, Vec<u8>)>>);
 
 impl FrameSink for Taps {
-    fn deliver(&self, overlay: OverlayId, frame: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().push((overlay, frame.to_vec()));
-        Ok(frame.len())
+    fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
+        self.0.borrow_mut().push((overlay, with_headroom[FRAME_HEADROOM..].to_vec()));
+        Ok(())
     }
 }
 

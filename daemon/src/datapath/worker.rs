@@ -1,6 +1,7 @@
 //! One datapath worker: owns one queue of every overlay TAP, its underlay socket and its packet
 //! buffers, and moves packets both ways until told to stop.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -12,12 +13,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tun_rs::SyncDevice;
 
 use crate::drops::DropContext;
+use crate::offload::virtio_net::{self, Gso, VirtioNetHeader};
+use crate::offload::{complete_checksum, CoalesceConfig, Coalescer, Segmenter};
 use crate::state::MeshState;
-use crate::topology::OverlayId;
+use crate::topology::{Overlay, OverlayId};
 use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 use crate::wire::ipv4;
 
-use super::egress::{Egress, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+use super::batch_io::recv_segments;
+use super::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
 use super::ike_inbox::IkeInbox;
 use super::ingress::{FrameSink, Ingress};
 use super::sockets::{Underlay, ESP_IN_UDP_PORT};
@@ -39,26 +43,101 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
 }
 
-struct TapQueues<'a>(&'a [SyncDevice]);
+/// This worker's TAP queues, with a coalescer each: consecutive TCP segments of a flow received
+/// in one batch are written to the TAP as one super-frame (the TAP has IFF_VNET_HDR).
+struct TapSink<'a> {
+    taps: &'a [SyncDevice],
+    coalescers: RefCell<Vec<Coalescer>>,
+    write_failures: Cell<u64>,
+}
 
-impl FrameSink for TapQueues<'_> {
-    fn deliver(&self, overlay: OverlayId, frame: &[u8]) -> io::Result<usize> {
-        self.0[overlay.0].send(frame)
+impl<'a> TapSink<'a> {
+    fn new(taps: &'a [SyncDevice]) -> Self {
+        let coalescers = taps.iter().map(|_| Coalescer::new(CoalesceConfig::default())).collect();
+        TapSink { taps, coalescers: RefCell::new(coalescers), write_failures: Cell::new(0) }
+    }
+
+    fn write(&self, overlay: usize, out: &[u8]) {
+        if self.taps[overlay].send(out).is_err() {
+            self.write_failures.set(self.write_failures.get() + 1);
+        }
+    }
+
+    /// Writes out what the coalescers hold; returns how many TAP writes failed since last time.
+    fn flush(&self) -> u64 {
+        for (overlay, coalescer) in self.coalescers.borrow_mut().iter_mut().enumerate() {
+            coalescer.flush(&mut |out| self.write(overlay, out));
+        }
+        self.write_failures.replace(0)
+    }
+}
+
+impl FrameSink for TapSink<'_> {
+    fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
+        let mut coalescers = self.coalescers.borrow_mut();
+        coalescers[overlay.0].push(with_headroom, &mut |out| self.write(overlay.0, out));
+        Ok(())
+    }
+}
+
+/// Sends one frame read from a TAP with offloads: a TSO super-frame is cut into overlay-MTU
+/// segments (each sent on its own), a frame with a partial checksum gets it completed.
+fn transmit_from_tap<U: EspSender>(
+    egress: &Egress<'_, U>,
+    overlay: &Overlay,
+    buffers: &mut Buffers,
+    read_len: usize,
+) -> Result<(), DropReason> {
+    let header_start = FRAME_OFFSET - virtio_net::HEADER_LEN;
+    let frame_len = read_len.checked_sub(virtio_net::HEADER_LEN).ok_or(DropReason::Malformed)?;
+    let packet = virtio_net::Packet::new_checked(&buffers.frame[header_start..header_start + read_len])
+        .map_err(|_| DropReason::Malformed)?;
+    let header = VirtioNetHeader::parse(&packet).map_err(|_| DropReason::Malformed)?;
+    if header.gso == Gso::None {
+        let frame = &mut buffers.frame[FRAME_OFFSET..FRAME_OFFSET + frame_len];
+        if header.flags & virtio_net::flags::NEEDS_CSUM != 0 {
+            complete_checksum(&header, frame).map_err(|_| DropReason::Malformed)?;
+        }
+        egress.forward(overlay, &mut buffers.frame, &mut buffers.scratch, frame_len);
+        return Ok(());
+    }
+    let mut segments = Segmenter::new(&header, &buffers.frame[FRAME_OFFSET..FRAME_OFFSET + frame_len])
+        .map_err(|_| DropReason::Malformed)?;
+    while let Some(len) = segments.write_next(&mut buffers.segment[FRAME_OFFSET..]) {
+        egress.forward(overlay, &mut buffers.segment, &mut buffers.scratch, len);
+    }
+    Ok(())
+}
+
+/// A worker's packet buffers, allocated once.
+struct Buffers {
+    /// Frames read from the TAP (virtio-net header just before `FRAME_OFFSET`).
+    frame: Box<[u8]>,
+    /// One segment of a super-frame at a time.
+    segment: Box<[u8]>,
+    /// Copies for head-end replication.
+    scratch: Box<[u8]>,
+    /// Datagrams from the underlay.
+    packet: Box<[u8]>,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        let buffer = || vec![0u8; BUFFER_LEN].into_boxed_slice();
+        Buffers { frame: buffer(), segment: buffer(), scratch: buffer(), packet: buffer() }
     }
 }
 
 impl Worker {
     pub fn run(self) {
-        let mut frame_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
-        let mut scratch_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
-        let mut packet_buf = vec![0u8; BUFFER_LEN].into_boxed_slice();
+        let mut buffers = Buffers::new();
         let mut fds: Vec<PollFd<'_>> =
             self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
         let receive_fd = self.underlay.receive_fd();
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        let sink = TapQueues(&self.taps);
+        let sink = TapSink::new(&self.taps);
         tracing::debug!(worker = self.index, "datapath worker started");
         while !self.stop.load(Ordering::Relaxed) {
             match poll(&mut fds, PollTimeout::from(POLL_TIMEOUT_MS)) {
@@ -78,8 +157,14 @@ impl Worker {
                 }
                 let overlay = &self.state.topology.overlays[index];
                 for _ in 0..BATCH {
-                    match tap.recv(&mut frame_buf[FRAME_OFFSET..FRAME_OFFSET + MAX_FRAME_LEN]) {
-                        Ok(len) => egress.forward(overlay, &mut frame_buf, &mut scratch_buf, len),
+                    let header_start = FRAME_OFFSET - virtio_net::HEADER_LEN;
+                    match tap.recv(&mut buffers.frame[header_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
+                        Ok(len) => {
+                            if let Err(reason) = transmit_from_tap(&egress, overlay, &mut buffers, len) {
+                                let context = DropContext { vni: Some(overlay.vni), ..DropContext::default() };
+                                self.state.drops.record(reason, context);
+                            }
+                        }
                         Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                         Err(error) => {
                             tracing::warn!(interface = %overlay.interface, %error, "reading the overlay interface failed");
@@ -88,12 +173,20 @@ impl Worker {
                     }
                 }
             }
+            // Whatever the reads queued for GSO leaves now.
+            if let Err(error) = self.underlay.flush() {
+                self.state.drops.record(DropReason::SendFailed, DropContext::default());
+                tracing::debug!(%error, "sending a batch of ESP packets failed");
+            }
             if receive_fd.is_some() && fds[self.taps.len()].any() == Some(true) {
                 let ingress = Ingress { state: &self.state, tables: &tables, sink: &sink, now_ms };
                 for _ in 0..BATCH {
-                    if !self.receive_one(&ingress, &mut packet_buf) {
+                    if !self.receive_one(&ingress, &mut buffers.packet) {
                         break;
                     }
+                }
+                for _ in 0..sink.flush() {
+                    self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
                 }
             }
         }
@@ -101,24 +194,20 @@ impl Worker {
     }
 
     /// Reads and handles one underlay packet; false when there was none.
-    fn receive_one(&self, ingress: &Ingress<'_, TapQueues<'_>>, buf: &mut [u8]) -> bool {
+    fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buf: &mut [u8]) -> bool {
         match &self.underlay {
-            Underlay::Udp(socket) => {
-                let (len, source) = match socket.recv_from(buf) {
+            Underlay::Udp(socket, _) => {
+                // With UDP GRO one read may hold many datagrams of one size from one sender.
+                let received = match recv_segments(socket, buf) {
                     Ok(received) => received,
                     Err(error) => return log_receive_error(&error),
                 };
-                match classify_udp_encap(&buf[..len]) {
-                    Ok(UdpEncapKind::Esp) => ingress.receive(&mut buf[..len], source),
-                    Ok(UdpEncapKind::NatKeepalive) => {}
-                    Ok(UdpEncapKind::Ike) => match &self.ike {
-                        Some(inbox) if !inbox.forward(&buf[NON_ESP_MARKER_LEN..len], source, ESP_IN_UDP_PORT) => {
-                            self.drop_unattributed(DropReason::IkeBacklog, source)
-                        }
-                        Some(_) => {}
-                        None => self.drop_unattributed(DropReason::NotEsp, source),
-                    },
-                    Err(_) => self.drop_unattributed(DropReason::Malformed, source),
+                let step = received.segment_size.map_or(received.len, usize::from).max(1);
+                let mut start = 0;
+                while start < received.len {
+                    let end = (start + step).min(received.len);
+                    self.receive_datagram(ingress, &mut buf[start..end], received.from);
+                    start = end;
                 }
                 true
             }
@@ -143,6 +232,22 @@ impl Worker {
                 ingress.receive(&mut buf[esp_range], source);
                 true
             }
+        }
+    }
+
+    /// One datagram from UDP 4500: ESP, IKE (to the control plane) or a NAT keepalive.
+    fn receive_datagram(&self, ingress: &Ingress<'_, TapSink<'_>>, datagram: &mut [u8], source: SocketAddr) {
+        match classify_udp_encap(datagram) {
+            Ok(UdpEncapKind::Esp) => ingress.receive(datagram, source),
+            Ok(UdpEncapKind::NatKeepalive) => {}
+            Ok(UdpEncapKind::Ike) => match &self.ike {
+                Some(inbox) if !inbox.forward(&datagram[NON_ESP_MARKER_LEN..], source, ESP_IN_UDP_PORT) => {
+                    self.drop_unattributed(DropReason::IkeBacklog, source)
+                }
+                Some(_) => {}
+                None => self.drop_unattributed(DropReason::NotEsp, source),
+            },
+            Err(_) => self.drop_unattributed(DropReason::Malformed, source),
         }
     }
 
