@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub node: Option<String>,
     pub ctl_socket: PathBuf,
+    /// TAP offloads (TSO super-frames, coalescing); off only for debugging and comparison.
+    pub offload: bool,
 }
 
 /// Loads the config and finds which node this host is.
@@ -68,7 +70,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     for overlay in &state.topology.overlays {
         let cipher = proposal_cipher.unwrap_or(mesh_config::Cipher::Aes256Gcm16);
         let (mtu, mtu_reason) = overlay_mtu(overlay, &state.topology, cipher)?;
-        let devices = tap::create(&overlay.interface, mtu, overlay.address, workers)
+        let devices = tap::create(&overlay.interface, mtu, overlay.address, workers, options.offload)
             .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
         for (queue, device) in queues.iter_mut().zip(devices) {
             queue.push(device);
@@ -85,7 +87,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
     let keying = Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?.map(Arc::new);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox))?;
+    let mut datapath = Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox), options.offload)?;
     tracing::info!(
         node = %state.topology.node_name,
         address = %state.topology.local_address,

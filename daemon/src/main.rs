@@ -30,6 +30,10 @@ enum CliCommand {
         /// Where ikectl finds this daemon.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         ctl_socket: PathBuf,
+        /// Turn the overlay interfaces' offloads off (no TSO super-frames, no coalescing of
+        /// received segments): slower, for debugging and comparison.
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -51,7 +55,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket } => daemon::run(RunOptions { config, node, ctl_socket }),
+        CliCommand::Run { config, node, ctl_socket, no_offload } => {
+            daemon::run(RunOptions { config, node, ctl_socket, offload: !no_offload })
+        }
         CliCommand::Check { config, node } => {
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }

@@ -61,10 +61,15 @@ impl Meshd {
     /// Starts `meshd run --config CONFIG --node NODE --ctl-socket <tempdir>/NODE.sock` in `ns`
     /// and waits (at most 10 s) until `ikectl status` answers; panics with the log otherwise.
     pub fn start(ns: &Netns, config: &Path, node: &str) -> Meshd {
+        Meshd::start_with(ns, config, node, &[])
+    }
+
+    /// Like [`Meshd::start`] with more `meshd run` arguments (e.g. `--no-offload`).
+    pub fn start_with(ns: &Netns, config: &Path, node: &str, extra: &[&str]) -> Meshd {
         let dir = tempfile::Builder::new().prefix("meshd-run-").tempdir().expect("tempdir");
         let socket = dir.path().join(format!("{node}.sock"));
         let log = dir.path().join(format!("{node}.log"));
-        let child = spawn_meshd(ns, config, node, &socket, &log);
+        let child = spawn_meshd(ns, config, node, &socket, &log, extra);
         let mut meshd = Meshd {
             child: Some(child),
             netns: ns.name().to_string(),
@@ -229,7 +234,7 @@ impl Drop for Meshd {
 /// Spawns `ip netns exec NS meshd run ...` with stdout and stderr appended to `log`, without
 /// waiting for anything (for tests of startup failures). `ip netns exec` execs the command in
 /// place, so the child's pid is meshd's.
-pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &Path) -> Child {
+pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &Path, extra: &[&str]) -> Child {
     let out = File::options().create(true).append(true).open(log).expect("open meshd log");
     let err = out.try_clone().expect("dup log fd");
     let mut command = ns.command([meshd_bin().as_os_str()]);
@@ -241,6 +246,7 @@ pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &P
         .arg(node)
         .arg("--ctl-socket")
         .arg(socket)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

@@ -366,7 +366,7 @@ fn second_instance_refused_and_sigterm_cleans_up() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("second.log");
-    let mut second = spawn_meshd(lab.node(0), mesh.path(), "n1", first.socket(), &log);
+    let mut second = spawn_meshd(lab.node(0), mesh.path(), "n1", first.socket(), &log, &[]);
     let status = wait_until(Duration::from_secs(10), || second.try_wait().ok().flatten());
     let second_log = std::fs::read_to_string(&log).unwrap_or_default();
     let status = match status {

@@ -44,6 +44,7 @@ impl Datapath {
         state: Arc<MeshState>,
         queues: Vec<Vec<SyncDevice>>,
         ike: Option<IkeInbox>,
+        offload: bool,
     ) -> Result<Self, DaemonError> {
         let local = state.topology.local_address;
         let underlay_error = |source| DaemonError::Underlay { address: local, encap: state.topology.encap, source };
@@ -69,7 +70,8 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(queues.len());
         for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
-            let worker = Worker { index, state: state.clone(), taps, underlay, ike: ike.clone(), stop: stop.clone() };
+            let worker =
+                Worker { index, state: state.clone(), taps, underlay, ike: ike.clone(), offload, stop: stop.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())

@@ -23,7 +23,7 @@ use crate::wire::ipv4;
 use super::batch_io::recv_segments;
 use super::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
 use super::ike_inbox::IkeInbox;
-use super::ingress::{FrameSink, Ingress};
+use super::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 use super::sockets::{Underlay, ESP_IN_UDP_PORT};
 
 /// Packets handled per ready descriptor before polling again, so that one busy direction cannot
@@ -40,20 +40,26 @@ pub struct Worker {
     pub underlay: Underlay,
     /// Where IKE messages on port 4500 go; `None` when this node runs no IKE.
     pub ike: Option<IkeInbox>,
+    /// The TAPs have the virtio-net header and TSO on (see `crate::tap::create`).
+    pub offload: bool,
     pub stop: Arc<AtomicBool>,
 }
 
-/// This worker's TAP queues, with a coalescer each: consecutive TCP segments of a flow received
-/// in one batch are written to the TAP as one super-frame (the TAP has IFF_VNET_HDR).
+/// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
+/// flow received in one batch are written to the TAP as one super-frame (IFF_VNET_HDR).
 struct TapSink<'a> {
     taps: &'a [SyncDevice],
+    /// Empty without offloads.
     coalescers: RefCell<Vec<Coalescer>>,
     write_failures: Cell<u64>,
 }
 
 impl<'a> TapSink<'a> {
-    fn new(taps: &'a [SyncDevice]) -> Self {
-        let coalescers = taps.iter().map(|_| Coalescer::new(CoalesceConfig::default())).collect();
+    fn new(taps: &'a [SyncDevice], offload: bool) -> Self {
+        let coalescers = match offload {
+            true => taps.iter().map(|_| Coalescer::new(CoalesceConfig::default())).collect(),
+            false => Vec::new(),
+        };
         TapSink { taps, coalescers: RefCell::new(coalescers), write_failures: Cell::new(0) }
     }
 
@@ -75,7 +81,10 @@ impl<'a> TapSink<'a> {
 impl FrameSink for TapSink<'_> {
     fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
         let mut coalescers = self.coalescers.borrow_mut();
-        coalescers[overlay.0].push(with_headroom, &mut |out| self.write(overlay.0, out));
+        match coalescers.get_mut(overlay.0) {
+            Some(coalescer) => coalescer.push(with_headroom, &mut |out| self.write(overlay.0, out)),
+            None => self.write(overlay.0, &with_headroom[FRAME_HEADROOM..]),
+        }
         Ok(())
     }
 }
@@ -137,7 +146,9 @@ impl Worker {
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        let sink = TapSink::new(&self.taps);
+        let sink = TapSink::new(&self.taps, self.offload);
+        // With offloads the TAP's virtio-net header is read just in front of the frame.
+        let read_start = if self.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
         tracing::debug!(worker = self.index, "datapath worker started");
         while !self.stop.load(Ordering::Relaxed) {
             match poll(&mut fds, PollTimeout::from(POLL_TIMEOUT_MS)) {
@@ -157,8 +168,10 @@ impl Worker {
                 }
                 let overlay = &self.state.topology.overlays[index];
                 for _ in 0..BATCH {
-                    let header_start = FRAME_OFFSET - virtio_net::HEADER_LEN;
-                    match tap.recv(&mut buffers.frame[header_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
+                    match tap.recv(&mut buffers.frame[read_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
+                        Ok(len) if !self.offload => {
+                            egress.forward(overlay, &mut buffers.frame, &mut buffers.scratch, len)
+                        }
                         Ok(len) => {
                             if let Err(reason) = transmit_from_tap(&egress, overlay, &mut buffers, len) {
                                 let context = DropContext { vni: Some(overlay.vni), ..DropContext::default() };
