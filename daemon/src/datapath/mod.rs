@@ -55,7 +55,9 @@ impl Datapath {
         let mut underlays = Vec::with_capacity(queues.len());
         for index in 0..queues.len() {
             underlays.push(match &raw {
-                Some(socket) => Underlay::Esp { socket: socket.clone(), receives: index == 0 },
+                Some(socket) => {
+                    Underlay::Esp { socket: socket.clone(), receives: index == 0, batch: Default::default() }
+                }
                 None => {
                     let socket = sockets::udp_socket(local).map_err(underlay_error)?;
                     let batch = std::cell::RefCell::new(sockets::GsoBatch::new(&socket));

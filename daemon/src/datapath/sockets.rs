@@ -9,14 +9,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{recvfrom, sendto, MsgFlags, SockaddrStorage};
+use nix::sys::socket::{recvfrom, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sys;
 
 use std::cell::RefCell;
 
-use super::batch_io::{enable_gro, SegmentSender, MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
+use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
 use super::egress::{EspSender, BUFFER_LEN};
 
 /// RFC 3948: ESP in UDP, and IKE once it floated.
@@ -72,11 +72,6 @@ impl RawEspSocket {
         Ok(RawEspSocket { fd: socket.into(), ipv4: local.is_ipv4() })
     }
 
-    pub fn send_to(&self, packet: &[u8], peer: IpAddr) -> io::Result<usize> {
-        let address = SockaddrStorage::from(SocketAddr::new(peer, 0));
-        sendto(self.fd.as_raw_fd(), packet, &address, MsgFlags::empty()).map_err(io::Error::from)
-    }
-
     /// Reads one packet. IPv4 raw sockets deliver the IP header too; the caller parses it
     /// (`ipv4` tells), IPv6 ones deliver the ESP packet alone.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
@@ -105,21 +100,22 @@ pub enum Underlay {
     /// GSO send.
     Udp(UdpSocket, RefCell<GsoBatch>),
     /// Raw ESP: the node's one socket, shared; `receives` is true for the worker that reads it.
-    Esp { socket: std::sync::Arc<RawEspSocket>, receives: bool },
+    /// Raw IP has no GSO: packets are queued and leave with one `sendmmsg` per batch.
+    Esp { socket: std::sync::Arc<RawEspSocket>, receives: bool, batch: RefCell<MmsgQueue> },
 }
 
 impl EspSender for Underlay {
     fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
         match self {
             Underlay::Udp(socket, batch) => batch.borrow_mut().push(socket, packet, peer),
-            Underlay::Esp { socket, .. } => socket.send_to(packet, peer.ip()),
+            Underlay::Esp { socket, batch, .. } => batch.borrow_mut().push(socket, packet, peer),
         }
     }
 
     fn flush(&self) -> io::Result<()> {
         match self {
             Underlay::Udp(socket, batch) => batch.borrow_mut().flush(socket),
-            Underlay::Esp { .. } => Ok(()),
+            Underlay::Esp { socket, batch, .. } => batch.borrow_mut().flush(socket),
         }
     }
 }
@@ -176,12 +172,55 @@ impl GsoBatch {
     }
 }
 
+/// Raw ESP packets waiting for one `sendmmsg`: their bytes back to back, and where each goes.
+pub struct MmsgQueue {
+    buf: Vec<u8>,
+    batch: MmsgBatch,
+}
+
+impl Default for MmsgQueue {
+    fn default() -> Self {
+        MmsgQueue { buf: Vec::with_capacity(MMSG_QUEUE_BYTES + BUFFER_LEN), batch: MmsgBatch::new() }
+    }
+}
+
+/// Bytes queued before a batch of raw ESP packets is sent anyway.
+const MMSG_QUEUE_BYTES: usize = 256 << 10;
+
+impl MmsgQueue {
+    fn push(&mut self, socket: &RawEspSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        if self.batch.is_full() || self.buf.len() + packet.len() > MMSG_QUEUE_BYTES {
+            self.flush(socket)?;
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(packet);
+        if !self.batch.push(start..self.buf.len(), SocketAddr::new(destination.ip(), 0)) {
+            // Only if the flush above could not empty it.
+            self.buf.truncate(start);
+            return Err(io::Error::other("the raw ESP send queue is full"));
+        }
+        Ok(packet.len())
+    }
+
+    fn flush(&mut self, socket: &RawEspSocket) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let sent = self.batch.send(socket.fd(), &self.buf);
+        self.buf.clear();
+        match sent.error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Underlay {
     /// The descriptor to poll for received packets, if this worker receives.
     pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Underlay::Udp(socket, _) => Some(socket.as_fd()),
-            Underlay::Esp { socket, receives: true } => Some(socket.fd()),
+            Underlay::Esp { socket, receives: true, .. } => Some(socket.fd()),
             Underlay::Esp { receives: false, .. } => None,
         }
     }
