@@ -7,9 +7,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{recvfrom, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sys;
@@ -72,19 +71,7 @@ impl RawEspSocket {
         Ok(RawEspSocket { fd: socket.into(), ipv4: local.is_ipv4() })
     }
 
-    /// Reads one packet. IPv4 raw sockets deliver the IP header too; the caller parses it
-    /// (`ipv4` tells), IPv6 ones deliver the ESP packet alone.
-    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
-        let (len, from) = recvfrom::<SockaddrStorage>(self.fd.as_raw_fd(), buf).map_err(io::Error::from)?;
-        let source = from.and_then(|address| {
-            address
-                .as_sockaddr_in()
-                .map(|a| IpAddr::V4(a.ip()))
-                .or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
-        });
-        Ok((len, source))
-    }
-
+    /// IPv4 raw sockets deliver the IP header with each packet, IPv6 ones the ESP packet alone.
     pub fn delivers_ip_header(&self) -> bool {
         self.ipv4
     }

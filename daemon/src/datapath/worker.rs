@@ -20,7 +20,7 @@ use crate::topology::{Overlay, OverlayId};
 use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 use crate::wire::ipv4;
 
-use super::batch_io::recv_segments;
+use super::batch_io::{recv_segments, MmsgBatch, MMSG_BATCH};
 use super::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
 use super::ike_inbox::IkeInbox;
 use super::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
@@ -126,20 +126,37 @@ struct Buffers {
     segment: Box<[u8]>,
     /// Copies for head-end replication.
     scratch: Box<[u8]>,
-    /// Datagrams from the underlay.
+    /// Datagrams from the UDP underlay (up to 64 KiB of them with GRO).
     packet: Box<[u8]>,
+    /// Packets from the raw ESP socket, one per buffer (only for the worker that reads it).
+    raw: Vec<Box<[u8]>>,
+    raw_batch: MmsgBatch,
 }
 
+/// Size of each raw ESP receive buffer: a jumbo-frame underlay's packets fit.
+const RAW_BUFFER_LEN: usize = 16 << 10;
+
 impl Buffers {
-    fn new() -> Self {
+    fn new(raw_receiver: bool) -> Self {
         let buffer = || vec![0u8; BUFFER_LEN].into_boxed_slice();
-        Buffers { frame: buffer(), segment: buffer(), scratch: buffer(), packet: buffer() }
+        let raw = match raw_receiver {
+            true => (0..MMSG_BATCH).map(|_| vec![0u8; RAW_BUFFER_LEN].into_boxed_slice()).collect(),
+            false => Vec::new(),
+        };
+        Buffers {
+            frame: buffer(),
+            segment: buffer(),
+            scratch: buffer(),
+            packet: buffer(),
+            raw,
+            raw_batch: MmsgBatch::new(),
+        }
     }
 }
 
 impl Worker {
     pub fn run(self) {
-        let mut buffers = Buffers::new();
+        let mut buffers = Buffers::new(matches!(self.underlay, Underlay::Esp { receives: true, .. }));
         let mut fds: Vec<PollFd<'_>> =
             self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
         let receive_fd = self.underlay.receive_fd();
@@ -194,7 +211,7 @@ impl Worker {
             if receive_fd.is_some() && fds[self.taps.len()].any() == Some(true) {
                 let ingress = Ingress { state: &self.state, tables: &tables, sink: &sink, now_ms };
                 for _ in 0..BATCH {
-                    if !self.receive_one(&ingress, &mut buffers.packet) {
+                    if !self.receive_one(&ingress, &mut buffers) {
                         break;
                     }
                 }
@@ -207,11 +224,12 @@ impl Worker {
     }
 
     /// Reads and handles one underlay packet; false when there was none.
-    fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buf: &mut [u8]) -> bool {
+    fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buffers: &mut Buffers) -> bool {
         match &self.underlay {
             Underlay::Udp(socket, _) => {
                 // With UDP GRO one read may hold many datagrams of one size from one sender.
-                let received = match recv_segments(socket, buf) {
+                let buf = &mut buffers.packet;
+                let received = match recv_segments(socket, &mut buf[..]) {
                     Ok(received) => received,
                     Err(error) => return log_receive_error(&error),
                 };
@@ -225,27 +243,31 @@ impl Worker {
                 true
             }
             Underlay::Esp { socket, .. } => {
-                let (len, source) = match socket.recv_from(buf) {
-                    Ok((len, Some(source))) => (len, source),
-                    Ok((_, None)) => return true,
+                // Raw IP has no GRO: up to MMSG_BATCH packets per recvmmsg instead.
+                let count = match buffers.raw_batch.recv(socket.fd(), &mut buffers.raw) {
+                    Ok(count) => count,
                     Err(error) => return log_receive_error(&error),
                 };
-                let source = SocketAddr::new(source, 0);
-                if !socket.delivers_ip_header() {
-                    ingress.receive(&mut buf[..len], source);
-                    return true;
+                for (datagram, buf) in buffers.raw_batch.received().iter().zip(buffers.raw.iter_mut()) {
+                    let Some(source) = datagram.from else { continue };
+                    self.receive_raw(ingress, &mut buf[..datagram.len], source, socket.delivers_ip_header());
                 }
-                let esp_range = match ipv4::Packet::new_checked(&buf[..len]) {
-                    Ok(packet) if !packet.is_fragment() => packet.header_length()..usize::from(packet.total_length()),
-                    _ => {
-                        self.drop_unattributed(DropReason::Malformed, source);
-                        return true;
-                    }
-                };
-                ingress.receive(&mut buf[esp_range], source);
-                true
+                count > 0
             }
         }
+    }
+
+    /// One packet from the raw ESP socket; IPv4 raw sockets deliver the IP header too.
+    fn receive_raw(&self, ingress: &Ingress<'_, TapSink<'_>>, packet: &mut [u8], source: SocketAddr, ip_header: bool) {
+        if !ip_header {
+            ingress.receive(packet, source);
+            return;
+        }
+        let esp_range = match ipv4::Packet::new_checked(&packet[..]) {
+            Ok(ip) if !ip.is_fragment() => ip.header_length()..usize::from(ip.total_length()),
+            _ => return self.drop_unattributed(DropReason::Malformed, source),
+        };
+        ingress.receive(&mut packet[esp_range], source);
     }
 
     /// One datagram from UDP 4500: ESP, IKE (to the control plane) or a NAT keepalive.
