@@ -93,25 +93,16 @@ fn write_le16(data: &mut [u8], field: Field, value: u16) {
     data[field].copy_from_slice(&value.to_le_bytes());
 }
 
-/// A read/write view of a virtio-net header followed by an Ethernet frame, as one `read` from
-/// a TAP with `IFF_VNET_HDR` returns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of a virtio-net header followed by an Ethernet frame, as one `read` from
+    /// a TAP with `IFF_VNET_HDR` returns it.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters panic if it is shorter than `HEADER_LEN`.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer that holds at least the header. The fields are not validated: see
-    /// [`VirtioNetHeader::parse`].
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
+    /// Nothing beyond the length to refuse; [`VirtioNetHeader::parse`] checks the fields.
+    fn check_fields(&self) -> Result<()> {
+        Ok(())
     }
 
     pub fn check_len(&self) -> Result<()> {
@@ -119,10 +110,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn flags(&self) -> u8 {

@@ -32,28 +32,18 @@ mod field {
     pub const PAYLOAD: Rest = super::HEADER_LEN..;
 }
 
-/// A read/write view of an ESP packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of an ESP packet.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters panic if it is shorter than
-    /// `HEADER_LEN + IV_LEN`.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking that it is at least `MIN_LEN` long and that the SPI is
-    /// not the reserved value 0.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        if packet.spi() == 0 {
+    /// SPI 0 is reserved (RFC 4303 §2.1).
+    fn check_fields(&self) -> Result<()> {
+        if self.spi() == 0 {
             return Err(Error::Malformed("ESP SPI 0 is reserved"));
         }
-        Ok(packet)
+        Ok(())
     }
 
     pub fn check_len(&self) -> Result<()> {
@@ -61,10 +51,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn spi(&self) -> u32 {

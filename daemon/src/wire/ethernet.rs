@@ -83,22 +83,15 @@ mod field {
     pub const PAYLOAD: Rest = 14..;
 }
 
-/// A read/write view of an Ethernet II frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of an Ethernet II frame.
+    Frame
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// Wraps a buffer without checking it; getters panic if it is shorter than `HEADER_LEN`.
-    pub fn new_unchecked(buffer: T) -> Frame<T> {
-        Frame { buffer }
-    }
-
-    pub fn new_checked(buffer: T) -> Result<Frame<T>> {
-        let frame = Self::new_unchecked(buffer);
-        frame.check_len()?;
-        Ok(frame)
+    /// Nothing beyond the length to refuse.
+    fn check_fields(&self) -> Result<()> {
+        Ok(())
     }
 
     pub fn check_len(&self) -> Result<()> {
@@ -106,10 +99,6 @@ impl<T: AsRef<[u8]>> Frame<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn destination(&self) -> EthernetAddress {

@@ -32,28 +32,20 @@ const FLAG_DONT_FRAGMENT: u16 = 0x4000;
 const FLAG_MORE_FRAGMENTS: u16 = 0x2000;
 const FRAGMENT_OFFSET_MASK: u16 = 0x1FFF;
 
-/// A read/write view of an IPv4 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of an IPv4 packet.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters may panic on a short or inconsistent one.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking the version and every length. Does not verify the header
-    /// checksum: call [`Packet::verify_checksum`] for that. The buffer may extend past the total
-    /// length (link-layer padding); the payload stops at the total length.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        if packet.version() != 4 {
+    /// The version must be 4. The header checksum is not verified here: see
+    /// [`Packet::verify_checksum`]. The buffer may extend past the total length (link-layer
+    /// padding); the payload stops at the total length.
+    fn check_fields(&self) -> Result<()> {
+        if self.version() != 4 {
             return Err(Error::Malformed("IPv4 version is not 4"));
         }
-        Ok(packet)
+        Ok(())
     }
 
     /// Checks that the header, its options and the total length fit in the buffer.
@@ -74,10 +66,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn version(&self) -> u8 {

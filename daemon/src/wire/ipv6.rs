@@ -23,26 +23,18 @@ mod field {
     pub const DESTINATION: Field = 24..40;
 }
 
-/// A read/write view of an IPv6 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of an IPv6 packet.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters may panic on a short or inconsistent one.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking the version and the payload length.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        if packet.version() != 6 {
+    /// The version must be 6.
+    fn check_fields(&self) -> Result<()> {
+        if self.version() != 6 {
             return Err(Error::Malformed("IPv6 version is not 6"));
         }
-        Ok(packet)
+        Ok(())
     }
 
     /// Checks that the fixed header and the payload length fit in the buffer. The buffer may
@@ -53,10 +45,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     fn version_tc_flow(&self) -> u32 {

@@ -9,6 +9,39 @@
 use core::fmt;
 use core::ops::{Range, RangeFrom};
 
+/// What every view is: a struct around a buffer, wrapped with or without checks and given back.
+/// A view type adds `check_len` (the lengths that make its getters safe) and `check_fields`
+/// (anything else `new_checked` must refuse, e.g. a version); both run in `new_checked`.
+macro_rules! view {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// Wraps a buffer without checking it; getters may panic on a short or inconsistent one.
+            pub fn new_unchecked(buffer: T) -> $name<T> {
+                $name { buffer }
+            }
+
+            /// Wraps a buffer after checking its lengths and fields.
+            pub fn new_checked(buffer: T) -> $crate::wire::Result<$name<T>> {
+                let view = Self::new_unchecked(buffer);
+                view.check_len()?;
+                view.check_fields()?;
+                Ok(view)
+            }
+
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+        }
+    };
+}
+pub(crate) use view;
+
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;

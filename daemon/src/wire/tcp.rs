@@ -46,25 +46,17 @@ mod field {
 
 const FLAGS_MASK: u16 = 0x01FF;
 
-/// A read/write view of a TCP segment: header, options and payload up to the end of the buffer
-/// (TCP has no length field; the caller cuts the buffer at the IP payload's end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of a TCP segment: header, options and payload up to the end of the buffer
+    /// (TCP has no length field; the caller cuts the buffer at the IP payload's end).
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters may panic on a short or inconsistent one.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking the data offset against it. Does not verify the checksum,
-    /// which needs the IP addresses: see `verify_checksum_ipv4` / `verify_checksum_ipv6`.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
+    /// Nothing beyond the lengths to refuse. The checksum needs the IP addresses: see the
+    /// `verify_checksum_*` methods.
+    fn check_fields(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Checks that the fixed header and the options the data offset announces fit in the buffer.
@@ -81,10 +73,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn source_port(&self) -> u16 {

@@ -16,24 +16,16 @@ mod field {
     pub const CHECKSUM: Field = 6..8;
 }
 
-/// A read/write view of a UDP datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of a UDP datagram.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters may panic on a short or inconsistent one.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking the length field. Does not verify the checksum, which
-    /// needs the IP addresses: see `verify_checksum_ipv4` / `verify_checksum_ipv6`.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
+    /// Nothing beyond the lengths to refuse. The checksum needs the IP addresses: see
+    /// `verify_checksum_ipv4` / `verify_checksum_ipv6`.
+    fn check_fields(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Checks that the length field covers at least the header and fits in the buffer.
@@ -50,10 +42,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn source_port(&self) -> u16 {

@@ -19,26 +19,18 @@ mod field {
     pub const PAYLOAD: Rest = super::HEADER_LEN..;
 }
 
-/// A read/write view of a VXLAN packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of a VXLAN packet.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters panic if it is shorter than `HEADER_LEN`.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking its length and that the I flag is set.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        if packet.flags() & FLAG_I == 0 {
+    /// The I flag must be set (RFC 7348 §5).
+    fn check_fields(&self) -> Result<()> {
+        if self.flags() & FLAG_I == 0 {
             return Err(Error::Malformed("VXLAN I flag is not set"));
         }
-        Ok(packet)
+        Ok(())
     }
 
     pub fn check_len(&self) -> Result<()> {
@@ -46,10 +38,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn flags(&self) -> u8 {

@@ -28,28 +28,18 @@ mod field {
     pub const LENGTH: Field = 24..28;
 }
 
-/// A read/write view of an IKE message: the header and the payload bytes after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::wire::view! {
+    /// A read/write view of an IKE message: the header and the payload bytes after it.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it; getters panic on a short one.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps a buffer after checking the lengths ([`Packet::check_len`]) and that the major
-    /// version is 2. A caller that must answer other versions with INVALID_MAJOR_VERSION uses
-    /// `new_unchecked` and `check_len`, then reads the version itself.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        if packet.major_version() != MAJOR_VERSION {
+    /// The major version must be 2 (RFC 7296 §3.1).
+    fn check_fields(&self) -> Result<()> {
+        if self.major_version() != MAJOR_VERSION {
             return Err(Error::Malformed("IKE major version is not 2"));
         }
-        Ok(packet)
+        Ok(())
     }
 
     /// Checks that the header fits and that the Length field covers the header and no more
@@ -67,10 +57,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     pub fn initiator_spi(&self) -> u64 {
