@@ -220,6 +220,36 @@ impl IkeSa {
         Some(message)
     }
 
+    /// The signer's message and the other side's nonce, for AUTH (RFC 7296 §2.15): the
+    /// initiator signs its IKE_SA_INIT request and Nr, the responder its response and Ni.
+    fn signed_by(&self, initiator: bool) -> (&[u8], &[u8]) {
+        let handshake = &self.handshake;
+        match initiator {
+            true => (&handshake.init_request, &handshake.nr),
+            false => (&handshake.init_response, &handshake.ni),
+        }
+    }
+
+    /// Our ID payload (our address) and the AUTH data over it.
+    fn our_auth(&self, psk: &[u8], local: IpAddr) -> Option<(Identification, Vec<u8>)> {
+        let id = Identification::from_ip(local);
+        let mut id_payload_body = Vec::new();
+        id.emit(&mut id_payload_body);
+        let (real_message, peer_nonce) = self.signed_by(self.initiator);
+        let octets = SignedOctets { real_message, peer_nonce, id_payload_body: &id_payload_body };
+        let auth = self.keys.as_ref()?.psk_auth(psk, &octets);
+        Some((id, auth.to_vec()))
+    }
+
+    /// Whether the peer's AUTH data over its ID payload verifies with our PSK.
+    fn peer_auth_verifies(&self, psk: &[u8], id: &Identification, auth: &[u8]) -> bool {
+        let mut id_payload_body = Vec::new();
+        id.emit(&mut id_payload_body);
+        let (real_message, peer_nonce) = self.signed_by(!self.initiator);
+        let octets = SignedOctets { real_message, peer_nonce, id_payload_body: &id_payload_body };
+        self.keys.as_ref().is_some_and(|keys| keys.verify_peer_psk_auth(psk, &octets, auth).is_ok())
+    }
+
     fn child_by_outbound(&self, spi: u32) -> Option<usize> {
         self.children.iter().position(|c| c.outbound_spi == spi)
     }
@@ -862,23 +892,14 @@ impl Endpoint {
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         let Some(peer) = sa.peer else { return };
         let peer_settings = &self.settings.peers[peer];
-        let id = Identification::from_ip(local);
-        let mut id_body = Vec::new();
-        id.emit(&mut id_body);
-        let Some(keys) = sa.keys.as_ref() else { return };
-        let octets = SignedOctets {
-            real_message: &sa.handshake.init_request,
-            peer_nonce: &sa.handshake.nr,
-            id_payload_body: &id_body,
-        };
-        let auth = keys.psk_auth(&psk, &octets);
+        let Some((id, auth)) = sa.our_auth(&psk, local) else { return };
         let mut payloads = vec![Payload::IdentificationInitiator(id)];
         if initial_contact {
             payloads.push(Payload::Notify(Notify::new(notify::INITIAL_CONTACT, Vec::new())));
         }
         payloads.push(Payload::Authentication(Authentication {
             method: authentication::SHARED_KEY_MESSAGE_INTEGRITY_CODE,
-            data: auth.to_vec(),
+            data: auth,
         }));
         if peer_settings.mode == Mode::Transport {
             payloads.push(Payload::Notify(Notify::new(notify::USE_TRANSPORT_MODE, Vec::new())));
@@ -901,16 +922,7 @@ impl Endpoint {
             return;
         };
         let peer = id.ip().and_then(|address| self.peer_by_address(address));
-        let mut id_body = Vec::new();
-        id.emit(&mut id_body);
-        let verified = sa.keys.as_ref().is_some_and(|keys| {
-            let octets = SignedOctets {
-                real_message: &sa.handshake.init_request,
-                peer_nonce: &sa.handshake.nr,
-                id_payload_body: &id_body,
-            };
-            keys.verify_peer_psk_auth(&self.settings.psk, &octets, &auth).is_ok()
-        });
+        let verified = sa.peer_auth_verifies(&self.settings.psk, &id, &auth);
         let Some(peer) = peer.filter(|_| verified) else {
             let failure = Failure::Authentication { peer_said: false };
             tracing::error!(%from, identity = ?id.ip(), "IKE_AUTH from {from}: {failure}");
@@ -929,21 +941,12 @@ impl Endpoint {
         let psk = self.settings.psk.clone();
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         sa.peer = Some(peer);
-        let id_r = Identification::from_ip(local);
-        let mut id_r_body = Vec::new();
-        id_r.emit(&mut id_r_body);
-        let Some(keys) = sa.keys.as_ref() else { return };
-        let octets = SignedOctets {
-            real_message: &sa.handshake.init_response,
-            peer_nonce: &sa.handshake.ni,
-            id_payload_body: &id_r_body,
-        };
-        let our_auth = keys.psk_auth(&psk, &octets);
+        let Some((id_r, our_auth)) = sa.our_auth(&psk, local) else { return };
         let mut response = vec![
             Payload::IdentificationResponder(id_r),
             Payload::Authentication(Authentication {
                 method: authentication::SHARED_KEY_MESSAGE_INTEGRITY_CODE,
-                data: our_auth.to_vec(),
+                data: our_auth,
             }),
         ];
         let child = self.negotiate_child(&payloads, &peer_settings.address, port);
@@ -1010,16 +1013,9 @@ impl Endpoint {
         let parts = Parts::of(&payloads);
         let id = parts.identification_responder.cloned();
         let auth = parts.authentication.map(|auth| auth.data.clone());
-        let verified = match (&id, &auth, sa.keys.as_ref()) {
-            (Some(id), Some(auth), Some(keys)) if id.ip() == Some(peer_address) => {
-                let mut id_body = Vec::new();
-                id.emit(&mut id_body);
-                let octets = SignedOctets {
-                    real_message: &sa.handshake.init_response,
-                    peer_nonce: &sa.handshake.ni,
-                    id_payload_body: &id_body,
-                };
-                keys.verify_peer_psk_auth(&self.settings.psk, &octets, auth).is_ok()
+        let verified = match (&id, &auth) {
+            (Some(id), Some(auth)) if id.ip() == Some(peer_address) => {
+                sa.peer_auth_verifies(&self.settings.psk, id, auth)
             }
             _ => false,
         };
