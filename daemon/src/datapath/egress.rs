@@ -29,6 +29,9 @@ pub const MAX_FRAME_LEN: usize = 65_535 + ethernet::HEADER_LEN;
 /// Size of every packet buffer a worker owns.
 pub const BUFFER_LEN: usize = FRAME_OFFSET + MAX_FRAME_LEN + TRAILER_ROOM;
 
+/// The largest frame whose inner IP, UDP and VXLAN headers still fit their 16-bit length fields.
+const MAX_ENCAPSULATED_FRAME_LEN: usize = 65_535 - ipv6::HEADER_LEN - udp::HEADER_LEN - vxlan::HEADER_LEN;
+
 /// Hop limit of the inner IP header in tunnel mode.
 const TUNNEL_HOP_LIMIT: u8 = 64;
 
@@ -81,6 +84,12 @@ impl<U: EspSender> Egress<'_, U> {
     }
 
     fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
+        if frame_len > MAX_ENCAPSULATED_FRAME_LEN {
+            // Only an overlay MTU near 64 KiB without offloads gets here; the underlay could not
+            // carry such a packet anyway.
+            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
+            return;
+        }
         let Some(sa) = self.tables.outbound(peer_id) else {
             self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni));
             return;

@@ -124,3 +124,10 @@ fn a_peer_without_outbound_sa_is_counted() {
     assert!(send(&state, &frame(MAC_B, MAC_A, 64)).is_empty());
     assert_eq!(drops(&state, DropReason::NoOutboundSa), 1);
 }
+
+#[test]
+fn a_frame_too_large_to_encapsulate_is_dropped_not_a_panic() {
+    let state = node(&DEFAULT, 0);
+    assert!(send(&state, &frame(MAC_B, MAC_A, 65_535 - 14)).is_empty());
+    assert_eq!(drops(&state, DropReason::FrameTooLarge), 1);
+}
