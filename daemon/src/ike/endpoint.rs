@@ -721,7 +721,7 @@ impl Endpoint {
             return;
         };
         if ke.group != diffie_hellman::CURVE25519 {
-            let data = diffie_hellman::CURVE25519.to_be_bytes().to_vec();
+            let data = our_group();
             self.reply_unprotected(header, Notify::new(notify::INVALID_KE_PAYLOAD, data), from, local_port);
             return;
         }
@@ -1271,6 +1271,11 @@ impl Endpoint {
             Some(Outstanding { message_id, bytes, retransmits: 0, next_send: now + RETRANSMIT_BASE, purpose });
     }
 
+    /// Answers a request with one notify (an error, or INVALID_KE_PAYLOAD naming our group).
+    fn refuse(&mut self, our_spi: u64, request: Header, notify_type: u16, data: Vec<u8>) {
+        self.send_response(our_spi, request, &[Payload::Notify(Notify::new(notify_type, data))]);
+    }
+
     fn send_response(&mut self, our_spi: u64, request: Header, payloads: &[Payload]) {
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         let Some(bytes) = sa.encrypt(request.exchange_type, true, request.message_id, payloads) else { return };
@@ -1406,7 +1411,7 @@ impl Endpoint {
         let ni = parts.nonce.map(<[u8]>::to_vec);
         let ke = parts.key_exchange.cloned();
         let Some(ni) = ni else {
-            self.send_response(our_spi, header, &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))]);
+            self.refuse(our_spi, header, notify::INVALID_SYNTAX, Vec::new());
             return;
         };
         if let Some(offer) = ike_offer {
@@ -1417,7 +1422,7 @@ impl Endpoint {
             rekey_child.and_then(|spi| <[u8; 4]>::try_from(spi.as_slice()).ok()).map(u32::from_be_bytes)
         else {
             // New Child SAs beyond the one per pair are not part of this mesh.
-            self.send_response(our_spi, header, &[Payload::Notify(Notify::new(notify::NO_ADDITIONAL_SAS, Vec::new()))]);
+            self.refuse(our_spi, header, notify::NO_ADDITIONAL_SAS, Vec::new());
             return;
         };
         let Some(sa) = self.sas.get(&our_spi) else { return };
@@ -1444,14 +1449,7 @@ impl Endpoint {
         let mut shared = None;
         if chosen.dh {
             let (Some(ke), Ok(dh)) = (ke, X25519KeyPair::generate()) else {
-                self.send_response(
-                    our_spi,
-                    header,
-                    &[Payload::Notify(Notify::new(
-                        notify::INVALID_KE_PAYLOAD,
-                        diffie_hellman::CURVE25519.to_be_bytes().to_vec(),
-                    ))],
-                );
+                self.refuse(our_spi, header, notify::INVALID_KE_PAYLOAD, our_group());
                 return;
             };
             response.push(Payload::KeyExchange(KeyExchange {
@@ -1461,11 +1459,7 @@ impl Endpoint {
             match dh.agree(&ke.data) {
                 Ok(secret) => shared = Some(secret),
                 Err(_) => {
-                    self.send_response(
-                        our_spi,
-                        header,
-                        &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))],
-                    );
+                    self.refuse(our_spi, header, notify::INVALID_SYNTAX, Vec::new());
                     return;
                 }
             }
@@ -1509,26 +1503,15 @@ impl Endpoint {
         now: Instant,
     ) {
         let Some(chosen) = proposal::choose_ike(offer, &self.ciphers) else {
-            self.send_response(
-                our_spi,
-                header,
-                &[Payload::Notify(Notify::new(notify::NO_PROPOSAL_CHOSEN, Vec::new()))],
-            );
+            self.refuse(our_spi, header, notify::NO_PROPOSAL_CHOSEN, Vec::new());
             return;
         };
         let (Some(ke), Ok(dh)) = (ke, X25519KeyPair::generate()) else {
-            self.send_response(
-                our_spi,
-                header,
-                &[Payload::Notify(Notify::new(
-                    notify::INVALID_KE_PAYLOAD,
-                    diffie_hellman::CURVE25519.to_be_bytes().to_vec(),
-                ))],
-            );
+            self.refuse(our_spi, header, notify::INVALID_KE_PAYLOAD, our_group());
             return;
         };
         let Ok(their_new_spi) = <[u8; 8]>::try_from(chosen.spi.as_slice()) else {
-            self.send_response(our_spi, header, &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))]);
+            self.refuse(our_spi, header, notify::INVALID_SYNTAX, Vec::new());
             return;
         };
         let our_public = dh.public_key().to_vec();
@@ -1922,6 +1905,11 @@ impl<'a> Parts<'a> {
         }
         parts
     }
+}
+
+/// INVALID_KE_PAYLOAD's data: the one group we do.
+fn our_group() -> Vec<u8> {
+    diffie_hellman::CURVE25519.to_be_bytes().to_vec()
 }
 
 fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
