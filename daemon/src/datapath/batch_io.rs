@@ -201,17 +201,21 @@ pub struct Received {
 }
 
 impl Received {
+    /// Bytes per datagram: `segment_size`, or all of the read if `None` (never 0, so an empty
+    /// read, a zero-length datagram, yields no datagram).
+    fn step(&self) -> usize {
+        self.segment_size.map_or(self.len, usize::from).max(1)
+    }
+
     /// The datagrams in `buf` (the buffer this read filled).
     pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
-        datagrams(&buf[..self.len], self.segment_size)
+        buf[..self.len].chunks(self.step())
     }
-}
 
-/// Splits a GRO read into its datagrams: pieces of `segment_size` bytes, or all of it if `None`
-/// (an empty buffer, i.e. a zero-length datagram, yields nothing).
-pub fn datagrams(buf: &[u8], segment_size: Option<u16>) -> std::slice::Chunks<'_, u8> {
-    let size = segment_size.map_or(buf.len(), usize::from).max(1);
-    buf.chunks(size)
+    /// The same, to open in place.
+    pub fn datagrams_mut<'a>(&self, buf: &'a mut [u8]) -> std::slice::ChunksMut<'a, u8> {
+        buf[..self.len].chunks_mut(self.step())
+    }
 }
 
 /// Reads one datagram, or with UDP GRO enabled one coalesced run of them, into `buf`.

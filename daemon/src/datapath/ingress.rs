@@ -47,7 +47,8 @@ impl From<DropReason> for Dropped {
 impl<S: FrameSink> Ingress<'_, S> {
     /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
     pub fn receive(&self, packet: &mut [u8], source: SocketAddr) {
-        let peer_by_source = self.state.topology.peer_by_address(source.ip());
+        // Only drops without an SA need the peer looked up by address; not the hot path.
+        let peer_by_source = || self.state.topology.peer_by_address(source.ip());
         let context = |peer: Option<PeerId>, spi: Option<u32>| DropContext {
             peer,
             spi,
@@ -55,13 +56,13 @@ impl<S: FrameSink> Ingress<'_, S> {
             ..DropContext::default()
         };
         let Ok(header) = crate::wire::esp::Packet::new_checked(&packet[..]) else {
-            self.state.drops.record(DropReason::Malformed, context(peer_by_source, None));
+            self.state.drops.record(DropReason::Malformed, context(peer_by_source(), None));
             return;
         };
         let spi = header.spi();
         let sequence_low = header.sequence_number();
         let Some(sa) = self.tables.inbound(spi) else {
-            self.state.drops.record(DropReason::UnknownSpi, context(peer_by_source, Some(spi)));
+            self.state.drops.record(DropReason::UnknownSpi, context(peer_by_source(), Some(spi)));
             return;
         };
         let peer = sa.params.peer;

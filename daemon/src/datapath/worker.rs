@@ -233,12 +233,8 @@ impl Worker {
                     Ok(received) => received,
                     Err(error) => return log_receive_error(&error),
                 };
-                let step = received.segment_size.map_or(received.len, usize::from).max(1);
-                let mut start = 0;
-                while start < received.len {
-                    let end = (start + step).min(received.len);
-                    self.receive_datagram(ingress, &mut buf[start..end], received.from);
-                    start = end;
+                for datagram in received.datagrams_mut(buf) {
+                    self.receive_datagram(ingress, datagram, received.from);
                 }
                 true
             }

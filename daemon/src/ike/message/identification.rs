@@ -44,17 +44,14 @@ impl Identification {
     }
 
     pub fn parse(body: &[u8]) -> Result<Identification> {
-        let mut reader = Reader::new(body);
-        let id_type = reader.u8()?;
-        reader.skip(3)?;
-        Ok(Identification { id_type, data: reader.rest().to_vec() })
+        let (id_type, data) = parse_kind_and_data(body)?;
+        Ok(Identification { id_type, data })
     }
 
     /// Appends the payload body; this is also the RestOfIDPayload that AUTH signs
     /// (RFC 7296 §2.15).
     pub fn emit(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[self.id_type, 0, 0, 0]);
-        out.extend_from_slice(&self.data);
+        emit_kind_and_data(out, self.id_type, &self.data);
     }
 }
 
@@ -67,17 +64,27 @@ pub struct Authentication {
 
 impl Authentication {
     pub fn parse(body: &[u8]) -> Result<Authentication> {
-        let mut reader = Reader::new(body);
-        let method = reader.u8()?;
-        reader.skip(3)?;
-        Ok(Authentication { method, data: reader.rest().to_vec() })
+        let (method, data) = parse_kind_and_data(body)?;
+        Ok(Authentication { method, data })
     }
 
     /// Appends the payload body.
     pub fn emit(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[self.method, 0, 0, 0]);
-        out.extend_from_slice(&self.data);
+        emit_kind_and_data(out, self.method, &self.data);
     }
+}
+
+/// Both bodies are one type byte, 3 reserved bytes and the data.
+fn parse_kind_and_data(body: &[u8]) -> Result<(u8, Vec<u8>)> {
+    let mut reader = Reader::new(body);
+    let kind = reader.u8()?;
+    reader.skip(3)?;
+    Ok((kind, reader.rest().to_vec()))
+}
+
+fn emit_kind_and_data(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(data);
 }
 
 #[cfg(test)]
