@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use meshd_lab::util::random_bytes;
+use meshd_lab::util::{random_bytes, wait_until};
 use meshd_lab::{inject_frame, require_root, Capture, EspSaKeys, Family, Lab, MeshFile};
 
 fn netns_list() -> String {
@@ -35,6 +36,9 @@ fn star_pings_underlay(prefix: &str, family: Family) {
     }
     // A process left running inside must not keep the namespace alive.
     let mut sleeper = lab.node(0).spawn(["sleep", "60"]);
+    // `ip netns exec` enters the namespace just after the spawn returns: wait until it has.
+    let inside = wait_until(Duration::from_secs(5), || lab.node(0).pids().contains(&sleeper.id()).then_some(()));
+    assert!(inside.is_some(), "the sleeper never showed up in {}", lab.node(0).name());
     drop(lab);
     let status = sleeper.wait().expect("wait for sleep");
     assert!(!status.success(), "the process inside was killed, not left running");
