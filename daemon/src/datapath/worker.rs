@@ -258,7 +258,10 @@ impl Worker {
                     Err(error) => return log_receive_error(&error),
                 };
                 for (datagram, buf) in buffers.raw_batch.received().iter().zip(buffers.raw.iter_mut()) {
-                    let Some(source) = datagram.from else { continue };
+                    let Some(source) = datagram.from else {
+                        self.state.drops.record(DropReason::Malformed, DropContext::default());
+                        continue;
+                    };
                     self.receive_raw(ingress, &mut buf[..datagram.len], source, socket.delivers_ip_header());
                 }
                 count > 0
