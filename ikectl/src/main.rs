@@ -42,6 +42,9 @@ enum CliCommand {
         #[arg(long)]
         peer: Option<String>,
     },
+    /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
+    /// A file that does not validate is refused (exit status 1) and the running config stays.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer } => Command::Drops { peer },
+        CliCommand::Reload => Command::Reload,
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {

@@ -16,6 +16,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::Peers(v) => serde_json::to_value(v),
         Reply::Fdb(v) => serde_json::to_value(v),
         Reply::Drops(v) => serde_json::to_value(v),
+        Reply::Reload(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -31,6 +32,7 @@ pub fn text(reply: &Reply) -> String {
         Reply::Peers(peers) => render_peers(peers),
         Reply::Fdb(entries) => render_fdb(entries),
         Reply::Drops(report) => render_drops(report),
+        Reply::Reload(plan) => plan.to_string(),
     }
 }
 

@@ -34,11 +34,19 @@ impl Request {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Status,
-    SaList { peer: Option<String> },
-    SaFlush { peer: Option<String> },
+    SaList {
+        peer: Option<String>,
+    },
+    SaFlush {
+        peer: Option<String>,
+    },
     Peers,
     Fdb,
-    Drops { peer: Option<String> },
+    Drops {
+        peer: Option<String>,
+    },
+    /// Re-read the mesh file meshd was started with and apply it live.
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +82,7 @@ pub enum Reply {
     Peers(Vec<PeerInfo>),
     Fdb(Vec<FdbEntry>),
     Drops(DropReport),
+    Reload(crate::reload::ReloadPlan),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
