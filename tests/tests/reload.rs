@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use meshd_lab::util::{describe_output, send_signal, wait_until};
@@ -77,6 +78,23 @@ fn ping_all(lab: &Lab, nodes: &[usize], subnet: u8) {
     }
 }
 
+/// A ping of `count` packets every 50 ms from lab node `from` to `address`, running while the
+/// caller reloads; `lossless` waits for it and checks that every reply came back.
+struct BackgroundPing(Child);
+
+impl BackgroundPing {
+    fn start(lab: &Lab, from: usize, address: &str, count: u32) -> Self {
+        let args = ["ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.05", address];
+        BackgroundPing(lab.node(from).command(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("ping"))
+    }
+
+    fn assert_lossless(self, what: &str) {
+        let out = self.0.wait_with_output().expect("wait for ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(" 0% packet loss"), "{what}: packets lost:\n{text}");
+    }
+}
+
 fn reload(daemon: &Meshd) -> String {
     let out = daemon.ikectl(&["reload"]);
     assert!(
@@ -126,9 +144,11 @@ fn add_and_remove_a_node(prefix: &str, ike: bool) {
     ping_all(&lab, &[0, 1, 2], 0);
 
     mesh.rewrite_with(&[0, 1, 2, 3], "");
+    let flowing = BackgroundPing::start(&lab, 0, "10.244.0.2", 40);
     for daemon in &first {
         assert_eq!(reload(daemon), "peers added: n4\n");
     }
+    flowing.assert_lossless("n1 -> n2 while a node is added");
     let fourth = Meshd::start(lab.node(3), mesh.path(), "n4");
     let four: Vec<&Meshd> = first.iter().chain([&fourth]).collect();
     let after = wait_keyed(&four);
@@ -192,10 +212,14 @@ fn overlay_added_and_removed_live() {
     let before = wait_keyed(&all);
 
     mesh.rewrite_with(&[0, 1, 2], SECOND_OVERLAY);
+    ping_all(&lab, &[0, 1, 2], 0);
+    // The workers pause to take the new interface over; packets wait meanwhile.
+    let flowing = BackgroundPing::start(&lab, 0, "10.244.0.2", 40);
     for daemon in &daemons {
         assert_eq!(reload(daemon), "overlays added: ovl1\n");
         assert_eq!(daemon.overlay_interface("ovl1"), "ovl1");
     }
+    flowing.assert_lossless("n1 -> n2 on ovl0 while ovl1 is added");
     ping_all(&lab, &[0, 1, 2], 1);
     ping_all(&lab, &[0, 1, 2], 0);
     assert_untouched(&before, &wait_keyed(&all), &["n1", "n2", "n3"]);
