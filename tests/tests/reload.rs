@@ -1,6 +1,7 @@
 //! Live reload (`ikectl reload` and SIGHUP) of real meshd processes: a node added and removed
 //! (IKE and manual SAs) while the SAs of the other pairs stay exactly as they were, an overlay
-//! added and removed, and a bad mesh file refused while the old one keeps forwarding.
+//! added and removed, a new PSK re-keying every pair, and a bad mesh file refused while the old
+//! one keeps forwarding.
 //!
 //! Each test uses its own namespace prefix, so the tests of this file run in parallel.
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test reload`.
@@ -280,4 +281,29 @@ fn bad_config_is_refused_and_the_old_one_keeps_running() {
     assert_eq!(before, vec![spis(&daemons[0]), spis(&daemons[1])]);
     fs::write(mesh.path(), good).expect("write mesh.toml");
     assert_eq!(reload(&daemons[0]), "no changes\n");
+}
+
+#[test]
+fn a_new_psk_rekeys_every_ike_pair() {
+    require_root();
+    let lab = Lab::new("rlp", 3);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let daemons: Vec<Meshd> = (0..3).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect();
+    let all: Vec<&Meshd> = daemons.iter().collect();
+    let before = wait_keyed(&all);
+
+    let psk = mesh.dir().join("psk");
+    fs::write(&psk, meshd_lab::util::hex(&meshd_lab::util::random_bytes(32))).expect("write the new psk");
+    for (i, daemon) in daemons.iter().enumerate() {
+        let others: Vec<String> =
+            (0..3).filter(|j| *j != i).map(|j| format!("n{} (pre-shared key changed)", j + 1)).collect();
+        assert_eq!(reload(daemon), format!("peers re-keyed: {}\n", others.join(", ")));
+    }
+    let after = wait_keyed(&all);
+    for (node, (before, after)) in before.iter().zip(&after).enumerate() {
+        for (peer, spis) in before {
+            assert_ne!(Some(spis), after.get(peer), "n{}'s SAs with {peer} were not made anew", node + 1);
+        }
+    }
+    ping_all(&lab, &[0, 1, 2], 0);
 }
