@@ -173,6 +173,11 @@ fn add_and_remove_a_node(prefix: &str, ike: bool) {
         assert!(gone.is_some(), "{}: SAs with n4 stay: {:#}", daemon.node(), daemon.ikectl_json(&["sa", "list"]));
         assert!(daemon.log().contains("reload: peers removed: n4"), "{}", daemon.log());
     }
+    if ike {
+        let told =
+            wait_until(CONVERGE, || (fourth.log().matches("the peer deleted the IKE SA").count() >= 3).then_some(()));
+        assert!(told.is_some(), "n4 was not told by IKE DELETE:\n{}", fourth.log());
+    }
     ping_all(&lab, &[0, 1, 2], 0);
     assert!(!lab.node(0).ping("10.244.0.4", 1).status.success(), "n1 still reaches the removed n4");
 }
