@@ -96,6 +96,11 @@ impl BackgroundPing {
     }
 }
 
+/// Starts meshd on the first `count` lab nodes with `mesh`.
+fn start(lab: &Lab, mesh: &MeshFile, count: usize) -> Vec<Meshd> {
+    (0..count).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect()
+}
+
 fn reload(daemon: &Meshd) -> String {
     let out = daemon.ikectl(&["reload"]);
     assert!(
@@ -139,7 +144,7 @@ fn add_and_remove_a_node(prefix: &str, ike: bool) {
     let builder = MeshFile::builder(&lab);
     let mesh = if ike { builder.ike() } else { builder }.write();
     mesh.rewrite_with(&[0, 1, 2], "");
-    let first: Vec<Meshd> = (0..3).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect();
+    let first: Vec<Meshd> = start(&lab, &mesh, 3);
     let three: Vec<&Meshd> = first.iter().collect();
     let before = wait_keyed(&three);
     ping_all(&lab, &[0, 1, 2], 0);
@@ -213,7 +218,7 @@ fn overlay_added_and_removed_live() {
     require_root();
     let lab = Lab::new("rlo", 3);
     let mesh = MeshFile::builder(&lab).ike().write();
-    let daemons: Vec<Meshd> = (0..3).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect();
+    let daemons: Vec<Meshd> = start(&lab, &mesh, 3);
     let all: Vec<&Meshd> = daemons.iter().collect();
     let before = wait_keyed(&all);
 
@@ -251,7 +256,7 @@ fn bad_config_is_refused_and_the_old_one_keeps_running() {
     require_root();
     let lab = Lab::new("rlb", 2);
     let mesh = MeshFile::builder(&lab).write();
-    let daemons: Vec<Meshd> = (0..2).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect();
+    let daemons: Vec<Meshd> = start(&lab, &mesh, 2);
     let all: Vec<&Meshd> = daemons.iter().collect();
     let before = wait_keyed(&all);
     ping_all(&lab, &[0, 1], 0);
@@ -293,7 +298,7 @@ fn a_new_psk_rekeys_every_ike_pair() {
     require_root();
     let lab = Lab::new("rlp", 3);
     let mesh = MeshFile::builder(&lab).ike().write();
-    let daemons: Vec<Meshd> = (0..3).map(|i| Meshd::start(lab.node(i), mesh.path(), &lab.node_name(i))).collect();
+    let daemons: Vec<Meshd> = start(&lab, &mesh, 3);
     let all: Vec<&Meshd> = daemons.iter().collect();
     let before = wait_keyed(&all);
 
