@@ -46,6 +46,9 @@ enum CliCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
+    /// A file that does not validate is refused (exit status 1) and the running config stays.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer, .. } => Command::Drops { peer },
+        CliCommand::Reload => Command::Reload,
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {
         print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
