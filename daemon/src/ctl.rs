@@ -166,8 +166,9 @@ impl Control {
             workers: self.workers,
             peers_configured: topology.peers.len(),
             peers_with_sas,
-            overlays: self.overlays.clone(),
+            overlays: crate::pmtu::status::overlays(&self.state, &self.overlays),
             drops_total: self.state.drops.total(),
+            warnings: crate::pmtu::status::warnings(&self.state, &self.overlays),
         }
     }
 
@@ -296,6 +297,7 @@ impl Control {
                     tables.inbound_sas().filter(|sa| sa.params.peer == peer.id).map(|sa| Spi(sa.params.spi)).collect();
                 inbound_spis.sort();
                 let counters = &peer.counters;
+                let path = self.state.pmtu.peer(peer.id).report();
                 PeerInfo {
                     name: peer.name.clone(),
                     address: peer.address,
@@ -314,6 +316,10 @@ impl Control {
                         .as_ref()
                         .and_then(|k| k.state_of(peer.id))
                         .unwrap_or_else(|| "manual".to_string()),
+                    path_mtu: path.path_mtu,
+                    overlay_mtu: path.overlay_mtu,
+                    path_mtu_source: path.path_mtu.map(|_| path.source.to_string()),
+                    path_mtu_search: path.search.map(str::to_string),
                 }
             })
             .collect()

@@ -138,6 +138,11 @@ impl Keying {
         true
     }
 
+    /// Whether the IKE peer announced that it answers path-MTU probes.
+    pub fn answers_probes(&self, peer: PeerId) -> bool {
+        self.by_peer.get(&peer).is_some_and(|index| self.endpoint().answers_probes(*index))
+    }
+
     /// "established", "connecting", or the last failure.
     pub fn state_of(&self, peer: PeerId) -> Option<String> {
         let index = *self.by_peer.get(&peer)?;

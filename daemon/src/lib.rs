@@ -13,6 +13,7 @@ pub mod manual;
 pub mod netif;
 pub mod offload;
 pub mod overhead;
+pub mod pmtu;
 pub mod sadb;
 pub mod state;
 mod sys;

@@ -2,6 +2,7 @@
 
 use crate::drops::Drops;
 use crate::fdb::Fdb;
+use crate::pmtu::PathMtus;
 use crate::sadb::Sadb;
 use crate::topology::{Clock, OverlayId, Topology};
 
@@ -12,6 +13,7 @@ pub struct MeshState {
     pub fdbs: Vec<Fdb>,
     pub drops: Drops,
     pub clock: Clock,
+    pub pmtu: PathMtus,
 }
 
 impl MeshState {
@@ -22,6 +24,7 @@ impl MeshState {
             fdbs: topology.overlays.iter().map(|_| Fdb::default()).collect(),
             drops: Drops::new(peers),
             clock: Clock::new(),
+            pmtu: PathMtus::new(peers, topology.overlays.len()),
             topology,
         }
     }

@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
 
-pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN, TRAILER_ROOM};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
-pub use self::sockets::ESP_IN_UDP_PORT;
+pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 
 use self::sockets::{RawEspSocket, Underlay};
 use self::worker::Worker;
@@ -36,6 +36,7 @@ pub struct Datapath {
     workers: Vec<JoinHandle<()>>,
     /// A handle on a worker's ESP-in-UDP socket, for IKE to send on port 4500.
     udp_4500: Option<std::net::UdpSocket>,
+    esp_out: EspOut,
 }
 
 impl Datapath {
@@ -69,6 +70,11 @@ impl Datapath {
             Some(Underlay::Udp(socket, _)) => Some(socket.try_clone().map_err(underlay_error)?),
             _ => None,
         };
+        let esp_out = match underlays.first() {
+            Some(Underlay::Udp(socket, _)) => EspOut::Udp(Arc::new(socket.try_clone().map_err(underlay_error)?)),
+            Some(Underlay::Esp { socket, .. }) => EspOut::Raw(socket.clone()),
+            None => return Err(underlay_error(std::io::Error::other("no datapath worker to send on"))),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(queues.len());
         for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
@@ -80,12 +86,17 @@ impl Datapath {
                 .map_err(DaemonError::Thread)?;
             workers.push(handle);
         }
-        Ok(Datapath { stop, workers, udp_4500 })
+        Ok(Datapath { stop, workers, udp_4500, esp_out })
     }
 
     /// The socket IKE sends on for port 4500 when the workers own that port.
     pub fn take_udp_4500(&mut self) -> Option<std::net::UdpSocket> {
         self.udp_4500.take()
+    }
+
+    /// Where path-MTU probes and other single ESP packets from the control plane leave.
+    pub fn esp_out(&self) -> EspOut {
+        self.esp_out.clone()
     }
 
     pub fn workers(&self) -> usize {

@@ -91,8 +91,8 @@ impl FrameSink for TapSink<'_> {
 
 /// Sends one frame read from a TAP with offloads: a TSO super-frame is cut into overlay-MTU
 /// segments (each sent on its own), a frame with a partial checksum gets it completed.
-fn transmit_from_tap<U: EspSender>(
-    egress: &Egress<'_, U>,
+fn transmit_from_tap<U: EspSender, S: FrameSink>(
+    egress: &Egress<'_, U, S>,
     overlay: &Overlay,
     buffers: &mut Buffers,
     read_len: usize,
@@ -178,7 +178,7 @@ impl Worker {
             }
             let now_ms = self.state.clock.now_ms();
             let tables = self.state.sadb.load();
-            let egress = Egress { state: &self.state, tables: &tables, underlay: &self.underlay, now_ms };
+            let egress = Egress { state: &self.state, tables: &tables, underlay: &self.underlay, sink: &sink, now_ms };
             for (index, tap) in self.taps.iter().enumerate() {
                 if fds[index].any() != Some(true) {
                     continue;
@@ -203,10 +203,13 @@ impl Worker {
                     }
                 }
             }
-            // Whatever the reads queued for GSO leaves now.
+            // Whatever the reads queued for GSO leaves now, and any ICMP answers go to the TAPs.
             if let Err(error) = self.underlay.flush() {
                 self.state.drops.record(DropReason::SendFailed, DropContext::default());
                 tracing::debug!(%error, "sending a batch of ESP packets failed");
+            }
+            for _ in 0..sink.flush() {
+                self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
             }
             if receive_fd.is_some() && fds[self.taps.len()].any() == Some(true) {
                 let ingress = Ingress { state: &self.state, tables: &tables, sink: &sink, now_ms };
