@@ -16,6 +16,7 @@ pub mod lab;
 pub mod meshd;
 pub mod meshfile;
 pub mod netns;
+pub mod routed;
 pub mod strongswan;
 pub mod util;
 
@@ -25,5 +26,6 @@ pub use lab::{Family, Lab, LabBuilder};
 pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
+pub use routed::RoutedPair;
 pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
 pub use util::{require_root, wait_until};

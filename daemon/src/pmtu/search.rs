@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 /// The size every IPv6 path and practically every IPv4 path carries (RFC 8899 §5.1.2 BASE_PLPMTU).
 pub const BASE_PLPMTU: u16 = 1280;
-/// The search stops when the largest size that passed and the smallest that failed are this close.
+/// Probe sizes are multiples of this (ESP's alignment: every encapsulation's packets come in steps
+/// of 4 bytes); the search stops when the largest size that passed and the smallest that failed
+/// are this close.
 pub const SEARCH_GRANULARITY: u16 = 4;
 
 /// Timers and counts; [`Timing::DEFAULT`] in the daemon, shorter ones in tests.
@@ -254,8 +256,14 @@ impl Search {
             self.settle(now);
             return;
         }
-        // The ceiling first (most paths carry it), then halves.
+        // The ceiling first (most paths carry it), then halves. ESP packets of every encapsulation
+        // come in steps of 4 bytes, so other sizes would probe (and report) what they are not.
         let size = if high > self.ceiling { self.ceiling } else { low + (high - low) / 2 };
+        let size = size / SEARCH_GRANULARITY * SEARCH_GRANULARITY;
+        if size <= low {
+            self.settle(now);
+            return;
+        }
         self.send(size, now, |deadline| State::SearchingUp { size, attempts: 1, deadline });
     }
 
@@ -350,9 +358,9 @@ mod tests {
     fn the_search_finds_a_path_between_base_and_ceiling() {
         let mut path = Path::new(9000, 1400);
         path.run(Duration::from_secs(60));
-        let found = path.search.current();
-        assert!(found <= 1400 && found > 1400 - SEARCH_GRANULARITY, "found {found}");
+        assert_eq!(path.search.current(), 1400);
         assert!(path.search.confirmed());
+        assert!(path.probes.iter().all(|size| size % SEARCH_GRANULARITY == 0), "{:?}", path.probes);
     }
 
     #[test]
@@ -365,8 +373,7 @@ mod tests {
         path.run(Duration::from_millis(5500));
         assert!(path.search.current() <= 1300, "{}", path.search.current());
         path.run(Duration::from_secs(60));
-        let found = path.search.current();
-        assert!(found <= 1300 && found > 1300 - SEARCH_GRANULARITY, "found {found}");
+        assert_eq!(path.search.current(), 1300);
     }
 
     #[test]
