@@ -101,13 +101,18 @@ pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 /// What `state` sends for `frame` read from its first overlay.
-pub fn send(state: &MeshState, frame: &[u8]) -> Vec<(Vec<u8>, IpAddr)> {
+pub fn send(state: &MeshState, frame: &[u8]) -> Sent {
     send_and_answer(state, frame).0
 }
 
+/// ESP packets sent and the peer each went to.
+pub type Sent = Vec<(Vec<u8>, IpAddr)>;
+/// Frames written to the overlays.
+pub type Delivered = Vec<(OverlayId, Vec<u8>)>;
+
 /// What `state` sends for `frame` read from its first overlay, and what it writes back into its
 /// overlays (ICMP answers).
-pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Vec<(Vec<u8>, IpAddr)>, Vec<(OverlayId, Vec<u8>)>) {
+pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
     let wire = Wire::default();
     let taps = Taps::default();
     let tables = state.sadb.load();

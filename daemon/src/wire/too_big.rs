@@ -72,7 +72,7 @@ fn write_v4(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
     if !answerable {
         return None;
     }
-    let quoted = &packet.into_inner()[..];
+    let quoted = packet.into_inner();
     let quote_len = usize::from(ipv4::Packet::new_unchecked(quoted).total_length())
         .min(MAX_REPLY_IP_LEN_V4 - ipv4::HEADER_LEN - ICMP_HEADER_LEN);
     let icmp_len = ICMP_HEADER_LEN + quote_len;
