@@ -18,6 +18,7 @@ pub mod meshfile;
 pub mod netns;
 pub mod routed;
 pub mod strongswan;
+pub mod transfer;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
@@ -28,4 +29,5 @@ pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
 pub use routed::RoutedPair;
 pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
+pub use transfer::tcp_transfer;
 pub use util::{require_root, wait_until};

@@ -30,21 +30,7 @@ impl RoutedPair {
         for i in 0..2 {
             let node = Netns::new(prefix, &format!("n{}", i + 1));
             let side = router_iface(i);
-            router.run_ok([
-                "ip",
-                "link",
-                "add",
-                &side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                NODE_IFACE,
-                "netns",
-                node.name(),
-            ]);
-            router.run_ok(["ip", "link", "set", &side, "mtu", &mtu.to_string()]);
-            node.run_ok(["ip", "link", "set", NODE_IFACE, "mtu", &mtu.to_string()]);
+            router.add_veth(&side, &node, NODE_IFACE, Some(mtu));
             let (node_addr, router_addr, prefix_len) = match family {
                 Family::V4 => (format!("198.18.{}.1", i + 1), format!("198.18.{}.254", i + 1), 24),
                 Family::V6 => (format!("2001:db8:18:{}::1", i + 1), format!("2001:db8:18:{}::fe", i + 1), 64),

@@ -5,36 +5,13 @@
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test pmtu`.
 
-use std::io::{BufRead, BufReader};
 use std::ops::RangeInclusive;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use meshd_lab::util::{describe_output, wait_until};
-use meshd_lab::{require_root, Capture, Family, MeshFile, Meshd, Netns, RoutedPair};
+use meshd_lab::{require_root, tcp_transfer, Capture, Family, MeshFile, Meshd, Netns, RoutedPair};
 use serde_json::Value;
-
-/// Receives one TCP connection on 10.244.0.2:5001 and prints the length and SHA-256 of what came.
-const RECEIVER: &str = "import socket, hashlib
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('10.244.0.2', 5001)); s.listen(1); print('ready', flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)";
-
-/// Sends 20 MB in 64 KiB writes with `sys.argv[1]` seconds between them, then prints what it sent.
-const SENDER: &str = "import socket, hashlib, sys, time
-data = hashlib.sha256(b'meshd').digest() * (20 * 1024 * 1024 // 32)
-pause = float(sys.argv[1])
-c = socket.create_connection(('10.244.0.2', 5001))
-for i in range(0, len(data), 1 << 16):
-    c.sendall(data[i:i + (1 << 16)])
-    time.sleep(pause)
-c.close()
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
 
 /// What the fragments of either IP version look like to tshark.
 const FRAGMENTS: &str = "ip.flags.mf == 1 || ip.frag_offset > 0 || ipv6.fraghdr";
@@ -82,25 +59,11 @@ fn assert_no_fragments(captures: &mut [Capture]) {
     }
 }
 
-fn start_receiver(ns: &Netns) -> (Child, impl Iterator<Item = std::io::Result<String>>) {
-    let mut receiver = ns.command(["python3", "-c", RECEIVER]).stdout(Stdio::piped()).spawn().expect("receiver");
-    let mut lines = BufReader::new(receiver.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
-    (receiver, lines)
-}
-
 /// 20 MB from n1 to n2 across the overlay arrive intact; `during` runs while they travel.
 fn transfer_intact(pair: &RoutedPair, pause: &str, during: impl FnOnce()) {
-    let (mut receiver, mut lines) = start_receiver(pair.node(1));
-    let sender = pair.node(0).command(["python3", "-c", SENDER, pause]).stdout(Stdio::piped()).spawn();
-    let sender = sender.expect("sender");
-    during();
-    let sent = sender.wait_with_output().expect("sender output");
-    let received = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = receiver.wait();
-    let sent = String::from_utf8_lossy(&sent.stdout).to_string();
-    assert!(!sent.trim().is_empty(), "the sender finished");
-    assert_eq!(received.trim(), sent.trim(), "what arrived differs from what was sent");
+    let (sent, received) = tcp_transfer(pair.node(0), pair.node(1), pause, during);
+    assert!(!sent.is_empty(), "the sender finished");
+    assert_eq!(received, sent, "what arrived differs from what was sent");
 }
 
 /// ping -M do with `payload` bytes (IP packet = payload + 28).
@@ -108,14 +71,17 @@ fn ping_df(ns: &Netns, payload: usize) -> std::process::Output {
     ns.exec(["ping", "-M", "do", "-c", "3", "-i", "0.3", "-W", "2", "-s", &payload.to_string(), "10.244.0.2"])
 }
 
-fn silent_black_hole(prefix: &str, family: Family, ike: bool, overhead: usize) {
+fn silent_black_hole(prefix: &str, family: Family, ike: bool, overhead: usize, extra: &[&str]) {
     let overlay_mtu = 1280 - overhead;
     require_root();
     let pair = RoutedPair::new(prefix, family, 1500);
     pair.set_router_mtu(1, 1280);
     let mesh = MeshFile::for_addresses(vec![pair.addr(0), pair.addr(1)]);
     let mesh = if ike { mesh.ike() } else { mesh }.write();
-    let daemons = [Meshd::start(pair.node(0), mesh.path(), "n1"), Meshd::start(pair.node(1), mesh.path(), "n2")];
+    let daemons = [
+        Meshd::start_with(pair.node(0), mesh.path(), "n1", extra),
+        Meshd::start_with(pair.node(1), mesh.path(), "n2", extra),
+    ];
     wait_probed(&daemons[0], 1280..=1280, overhead as u64);
     wait_probed(&daemons[1], 1280..=1284, overhead as u64);
     let mut captures = capture_both(&pair);
@@ -143,13 +109,19 @@ fn silent_black_hole(prefix: &str, family: Family, ike: bool, overhead: usize) {
 /// IPv4 underlay, IKE (the peers announce probing in IKE_AUTH).
 #[test]
 fn a_silent_black_hole_is_probed_and_tcp_adapts_v4() {
-    silent_black_hole("pmtu4", Family::V4, true, 92);
+    silent_black_hole("pmtu4", Family::V4, true, 92, &[]);
+}
+
+/// The same without TAP offloads: no TSO super-frames, every segment is a frame of its own.
+#[test]
+fn a_silent_black_hole_is_probed_and_tcp_adapts_without_offloads() {
+    silent_black_hole("pmtun", Family::V4, false, 92, &["--no-offload"]);
 }
 
 /// IPv6 underlay, manual SAs.
 #[test]
 fn a_silent_black_hole_is_probed_and_tcp_adapts_v6() {
-    silent_black_hole("pmtu6", Family::V6, false, 112);
+    silent_black_hole("pmtu6", Family::V6, false, 112, &[]);
 }
 
 /// The router's link shrinks while a TCP transfer runs: meshd's confirmation probes notice, the
