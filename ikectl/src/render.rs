@@ -79,6 +79,9 @@ fn render_status(status: &Status) -> String {
             status.peers_configured - status.peers_with_sas
         );
     }
+    for warning in &status.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     let mut overlays = table(&["overlay", "interface", "VNI", "MTU", "MTU from", "address"]);
     for o in &status.overlays {
         overlays.add_row(vec![
@@ -199,8 +202,21 @@ fn render_flush(report: &FlushReport) -> String {
 
 fn render_peers(peers: &[PeerInfo]) -> String {
     let mut t = table(&[
-        "peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes",
-        "last rx", "drops", "keying",
+        "peer",
+        "address",
+        "mode",
+        "encap",
+        "out SPI",
+        "in SPIs",
+        "tx pkts",
+        "tx bytes",
+        "rx pkts",
+        "rx bytes",
+        "last rx",
+        "drops",
+        "keying",
+        "path MTU",
+        "overlay MTU",
     ]);
     for p in peers {
         t.add_row(vec![
@@ -217,6 +233,12 @@ fn render_peers(peers: &[PeerInfo]) -> String {
             ago(p.last_rx_secs),
             p.drops.to_string(),
             p.keying.clone(),
+            match (p.path_mtu, &p.path_mtu_source) {
+                (Some(mtu), Some(source)) => format!("{mtu} ({source})"),
+                (Some(mtu), None) => mtu.to_string(),
+                (None, _) => "-".to_string(),
+            },
+            p.overlay_mtu.map_or_else(|| "-".to_string(), |mtu| mtu.to_string()),
         ]);
     }
     finish(t)

@@ -64,23 +64,7 @@ impl LabBuilder {
         for i in 0..self.nodes {
             let node = Netns::new(&self.prefix, &format!("n{}", i + 1));
             let port = format!("p{}", i + 1);
-            lab.switch.run_ok([
-                "ip",
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                NODE_IFACE,
-                "netns",
-                node.name(),
-            ]);
-            if let Some(mtu) = self.mtu {
-                lab.switch.run_ok(["ip", "link", "set", &port, "mtu", &mtu.to_string()]);
-                node.run_ok(["ip", "link", "set", NODE_IFACE, "mtu", &mtu.to_string()]);
-            }
+            lab.switch.add_veth(&port, &node, NODE_IFACE, self.mtu);
             lab.switch.run_ok(["ip", "link", "set", &port, "master", BRIDGE]);
             lab.switch.run_ok(["ip", "link", "set", &port, "up"]);
             let addr = lab.addr(i);

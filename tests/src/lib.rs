@@ -16,7 +16,9 @@ pub mod lab;
 pub mod meshd;
 pub mod meshfile;
 pub mod netns;
+pub mod routed;
 pub mod strongswan;
+pub mod transfer;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
@@ -25,5 +27,7 @@ pub use lab::{Family, Lab, LabBuilder};
 pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
+pub use routed::RoutedPair;
 pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
+pub use transfer::tcp_transfer;
 pub use util::{require_root, wait_until};
