@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod client;
+mod fleet;
 mod render;
 
 use std::path::PathBuf;
@@ -42,6 +43,11 @@ enum CliCommand {
         #[arg(long)]
         peer: Option<String>,
     },
+    /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer } => Command::Drops { peer },
+        CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {
