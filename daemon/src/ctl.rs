@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_config::control::{
-    Command, Direction, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request, Response, SaInfo,
-    SaList, Spi, Status, PROTOCOL_VERSION,
+    Command, Direction, DropBatch, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request,
+    Response, SaInfo, SaList, Spi, Status, PROTOCOL_VERSION,
 };
 use mesh_config::MeshConfig;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::error::DaemonError;
@@ -106,16 +106,25 @@ async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<(
                 request.version
             )),
             Ok(Request { command: Command::SaFlush { peer }, .. }) => control.flush_and_wait(peer.as_deref()).await,
+            Ok(Request { command: Command::DropsFollow { peer, after }, .. }) => {
+                return crate::diag::follow::stream(control, peer.as_deref(), after, &mut lines, &mut writer).await;
+            }
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
                 "meshd could not read the request ({error}); use the ikectl that came with this meshd"
             )),
         };
-        let mut text = serde_json::to_string(&response).map_err(io::Error::other)?;
-        text.push('\n');
-        writer.write_all(text.as_bytes()).await?;
+        send(&mut writer, &response).await?;
     }
     Ok(())
+}
+
+/// Writes one response line.
+pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, response: &Response) -> io::Result<()> {
+    let mut text = serde_json::to_string(response).map_err(io::Error::other)?;
+    text.push('\n');
+    writer.write_all(text.as_bytes()).await?;
+    writer.flush().await
 }
 
 impl Control {
@@ -135,6 +144,12 @@ impl Control {
                 let topology = &self.state.topology;
                 Reply::Drops(self.state.drops.report(|id| topology.peer(id).name.clone(), peer))
             }),
+            // Without the stream: what is newer than `after` right now.
+            Command::DropsFollow { peer, after } => self.peer_filter(peer.as_deref()).map(|peer| {
+                let topology = &self.state.topology;
+                let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), peer);
+                Reply::DropStream(DropBatch { drops })
+            }),
         };
         match result {
             Ok(reply) => Response::ok(reply),
@@ -142,7 +157,7 @@ impl Control {
         }
     }
 
-    fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
+    pub fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
         name.map(|name| self.state.topology.resolve_peer(name)).transpose()
     }
 

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub ctl_socket: PathBuf,
     /// TAP offloads (TSO super-frames, coalescing); off only for debugging and comparison.
     pub offload: bool,
+    /// How long datapath workers poll without sleeping after traffic (zero: they sleep at once).
+    pub busy_poll: Duration,
 }
 
 /// Loads the config and finds which node this host is.
@@ -87,7 +89,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
     let keying = Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?.map(Arc::new);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox), options.offload)?;
+    let mut datapath =
+        Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox), options.offload, options.busy_poll)?;
     tracing::info!(
         node = %state.topology.node_name,
         address = %state.topology.local_address,

@@ -3,17 +3,21 @@
 //!
 //! Counting is a relaxed atomic add; only recording into the ring takes a lock, and the ring is
 //! written at most `RING_RECORDS_PER_SECOND` times a second so a flood of bad packets cannot turn
-//! the drop path into a lock convoy.
+//! the drop path into a lock convoy. Followers (`ikectl drops --follow`) wait on a watch of the
+//! last recorded id instead of polling the ring.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mesh_config::control::{DropReason, DropRecord, DropReport, Spi};
+use mesh_config::control::{self, DropReason, DropRecord, DropReport, Spi};
+use tokio::sync::watch;
 
 use crate::topology::PeerId;
+use crate::wire::ethernet::{self, EthernetAddress, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::wire::{ipv4, ipv6};
 
 /// How many recent drops `ikectl drops` can show.
 pub const RING_CAPACITY: usize = 256;
@@ -53,10 +57,47 @@ pub struct DropContext {
     pub sequence: Option<u64>,
     pub outer_source: Option<SocketAddr>,
     pub vni: Option<u32>,
+    pub inner: Option<InnerAddresses>,
+}
+
+/// The addresses of an overlay frame, read only when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerAddresses {
+    pub source_mac: EthernetAddress,
+    pub destination_mac: EthernetAddress,
+    /// Source and destination, for IPv4 and IPv6 frames.
+    pub ip: Option<(IpAddr, IpAddr)>,
+}
+
+impl InnerAddresses {
+    /// `None` when `frame` is not even an Ethernet header.
+    pub fn of_frame(frame: &[u8]) -> Option<Self> {
+        let frame = ethernet::Frame::new_checked(frame).ok()?;
+        let ip = match frame.ethertype() {
+            ETHERTYPE_IPV4 => ipv4::Packet::new_checked(frame.payload())
+                .ok()
+                .map(|p| (IpAddr::from(p.source_address()), IpAddr::from(p.destination_address()))),
+            ETHERTYPE_IPV6 => ipv6::Packet::new_checked(frame.payload())
+                .ok()
+                .map(|p| (IpAddr::from(p.source_address()), IpAddr::from(p.destination_address()))),
+            _ => None,
+        };
+        Some(InnerAddresses { source_mac: frame.source(), destination_mac: frame.destination(), ip })
+    }
+
+    fn to_control(self) -> control::InnerAddresses {
+        control::InnerAddresses {
+            source_mac: self.source_mac.to_string(),
+            destination_mac: self.destination_mac.to_string(),
+            source_ip: self.ip.map(|(source, _)| source),
+            destination_ip: self.ip.map(|(_, destination)| destination),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct RingEntry {
+    id: u64,
     at_unix_ms: u64,
     reason: DropReason,
     context: DropContext,
@@ -68,11 +109,14 @@ pub struct Drops {
     by_peer: Vec<ReasonCounters>,
     unattributed: ReasonCounters,
     ring: Mutex<Ring>,
+    /// The id of the last entry in the ring.
+    last_id: watch::Sender<u64>,
 }
 
 #[derive(Debug)]
 struct Ring {
     entries: VecDeque<RingEntry>,
+    last_id: u64,
     second: u64,
     recorded_this_second: u64,
 }
@@ -85,9 +129,11 @@ impl Drops {
             unattributed: ReasonCounters::default(),
             ring: Mutex::new(Ring {
                 entries: VecDeque::with_capacity(RING_CAPACITY),
+                last_id: 0,
                 second: 0,
                 recorded_this_second: 0,
             }),
+            last_id: watch::Sender::new(0),
         }
     }
 
@@ -112,8 +158,31 @@ impl Drops {
             if ring.entries.len() == RING_CAPACITY {
                 ring.entries.pop_front();
             }
-            ring.entries.push_back(RingEntry { at_unix_ms, reason, context });
+            ring.last_id += 1;
+            let id = ring.last_id;
+            ring.entries.push_back(RingEntry { id, at_unix_ms, reason, context });
+            // Replaces a u64 in place: no allocation, and followers wake up.
+            self.last_id.send_replace(id);
         }
+    }
+
+    /// Wakes up whenever a drop is recorded into the ring.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.last_id.subscribe()
+    }
+
+    /// The ring's drops after `after`, oldest first.
+    pub fn since(&self, after: u64, peer_name: impl Fn(PeerId) -> String, only: Option<PeerId>) -> Vec<DropRecord> {
+        self.ring
+            .lock()
+            .map(|ring| {
+                ring.entries
+                    .iter()
+                    .filter(|entry| entry.id > after && (only.is_none() || entry.context.peer == only))
+                    .map(|entry| entry.to_record(&peer_name))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn total(&self) -> u64 {
@@ -150,26 +219,25 @@ impl Drops {
             None => self.by_reason.snapshot(),
             Some(peer) => self.by_peer.get(peer.0).map(ReasonCounters::snapshot).unwrap_or_default(),
         };
-        let recent = self
-            .ring
-            .lock()
-            .map(|ring| {
-                ring.entries
-                    .iter()
-                    .filter(|entry| only.is_none() || entry.context.peer == only)
-                    .map(|entry| DropRecord {
-                        at_unix_ms: entry.at_unix_ms,
-                        reason: entry.reason,
-                        peer: entry.context.peer.map(&peer_name),
-                        spi: entry.context.spi.map(Spi),
-                        sequence: entry.context.sequence,
-                        outer_source: entry.context.outer_source,
-                        vni: entry.context.vni,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        DropReport { total: by_reason.values().sum(), by_reason, by_peer, recent }
+        let last_id = *self.last_id.borrow();
+        let recent = self.since(0, peer_name, only);
+        DropReport { total: by_reason.values().sum(), by_reason, by_peer, recent, last_id }
+    }
+}
+
+impl RingEntry {
+    fn to_record(self, peer_name: impl Fn(PeerId) -> String) -> DropRecord {
+        DropRecord {
+            id: self.id,
+            at_unix_ms: self.at_unix_ms,
+            reason: self.reason,
+            peer: self.context.peer.map(peer_name),
+            spi: self.context.spi.map(Spi),
+            sequence: self.context.sequence,
+            outer_source: self.context.outer_source,
+            vni: self.context.vni,
+            inner: self.context.inner.map(InnerAddresses::to_control),
+        }
     }
 }
 
@@ -213,5 +281,45 @@ mod tests {
         let report = drops.report(|_| String::new(), None);
         assert_eq!(report.total, (RING_CAPACITY + RING_RECORDS_PER_SECOND as usize) as u64);
         assert!(report.recent.len() <= RING_CAPACITY);
+        assert_eq!(Some(report.last_id), report.recent.last().map(|d| d.id));
+    }
+
+    #[test]
+    fn followers_see_only_newer_drops() {
+        let drops = Drops::new(1);
+        let mut follower = drops.subscribe();
+        drops.record(DropReason::Replay, DropContext::default());
+        assert!(follower.has_changed().unwrap());
+        assert_eq!(*follower.borrow_and_update(), 1);
+        drops.record(DropReason::TooOld, DropContext { peer: Some(PeerId(0)), ..Default::default() });
+        let newer = drops.since(1, |_| "n1".to_string(), None);
+        assert_eq!(newer.len(), 1);
+        assert_eq!((newer[0].id, newer[0].reason), (2, DropReason::TooOld));
+        assert!(drops.since(2, |_| String::new(), None).is_empty());
+        assert!(drops.since(0, |_| String::new(), Some(PeerId(0))).iter().all(|d| d.id == 2));
+    }
+
+    #[test]
+    fn inner_addresses_of_an_ipv4_frame() {
+        let mut frame = [0u8; ethernet::HEADER_LEN + ipv4::HEADER_LEN];
+        ethernet::EthernetHeader {
+            destination: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            source: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            ethertype: ETHERTYPE_IPV4,
+        }
+        .emit(&mut frame);
+        crate::wire::ipv4::Ipv4Header {
+            source: "10.244.0.1".parse().unwrap(),
+            destination: "10.244.0.2".parse().unwrap(),
+            protocol: ipv4::PROTOCOL_ICMP,
+            payload_len: 0,
+            hop_limit: 64,
+            dont_fragment: true,
+            identification: 0,
+        }
+        .emit(&mut frame[ethernet::HEADER_LEN..]);
+        let inner = InnerAddresses::of_frame(&frame).unwrap().to_control();
+        assert_eq!(inner.to_string(), "10.244.0.1 (02:00:00:00:00:01) -> 10.244.0.2 (02:00:00:00:00:02)");
+        assert_eq!(InnerAddresses::of_frame(&frame[..10]), None);
     }
 }

@@ -15,12 +15,15 @@ use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
+use crate::drops::DropContext;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
-use crate::ike::{ChildSaKeys, Endpoint, Event, IkeSettings, PeerSettings, IKE_PORT, NAT_T_PORT};
+use crate::ike::{
+    ChildSaKeys, Endpoint, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, IKE_PORT, NAT_T_PORT,
+};
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::state::MeshState;
 use crate::topology::PeerId;
-use crate::wire::esp::NON_ESP_MARKER_LEN;
+use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 
 /// How often the datapath is looked at: ESP for unknown SPIs (a liveness check or a new IKE
 /// SA), and outbound SAs whose sequence numbers run out (a rekey).
@@ -191,6 +194,9 @@ impl Keying {
             if let Err(error) = sent {
                 // IKE retransmits; a lost datagram only costs time.
                 tracing::debug!(%error, destination = %transmit.destination, "sending an IKE message failed");
+                let peer = state.topology.peer_by_address(transmit.destination.ip());
+                let context = DropContext { peer, outer_source: Some(transmit.destination), ..DropContext::default() };
+                state.drops.record(DropReason::SendFailed, context);
             }
         }
         while let Some(event) = endpoint.poll_event() {
@@ -240,11 +246,19 @@ impl Keying {
             Event::Failed { peer, from, failure } => {
                 let name = peer.map_or_else(|| from.to_string(), |p| state.topology.peer(self.peers[p]).name.clone());
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
+                self.record_drop(state, failure_reason(&failure), peer, from);
                 if let (Some(peer), Ok(mut failures)) = (peer, self.failures.lock()) {
                     failures[peer] = Some(failure.to_string());
                 }
             }
+            Event::Refused { peer, from, refusal } => self.record_drop(state, refusal_reason(refusal), peer, from),
         }
+    }
+
+    fn record_drop(&self, state: &MeshState, reason: DropReason, peer: Option<PeerIndex>, from: SocketAddr) {
+        let context =
+            DropContext { peer: peer.map(|p| self.peers[p]), outer_source: Some(from), ..DropContext::default() };
+        state.drops.record(reason, context);
     }
 
     fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
@@ -253,6 +267,41 @@ impl Keying {
 
     fn deadline(&self) -> Option<Instant> {
         self.endpoint().poll_timeout()
+    }
+}
+
+/// A datagram on our own UDP 4500 socket (raw ESP mode): only IKE, after the non-ESP marker, is
+/// expected there.
+fn receive_own_4500(keying: &Keying, state: &MeshState, datagram: &[u8], from: SocketAddr) {
+    let reason = match classify_udp_encap(datagram) {
+        Ok(UdpEncapKind::Ike) => return keying.handle(&datagram[NON_ESP_MARKER_LEN..], from, NAT_T_PORT),
+        Ok(UdpEncapKind::NatKeepalive) => return,
+        Ok(UdpEncapKind::Esp) => DropReason::EspInUdpUnexpected,
+        Err(_) => DropReason::Malformed,
+    };
+    let context = DropContext {
+        peer: state.topology.peer_by_address(from.ip()),
+        outer_source: Some(from),
+        ..DropContext::default()
+    };
+    state.drops.record(reason, context);
+}
+
+fn refusal_reason(refusal: Refusal) -> DropReason {
+    match refusal {
+        Refusal::Malformed => DropReason::IkeMalformed,
+        Refusal::Unauthentic => DropReason::IkeIntegrity,
+        Refusal::UnknownSpi => DropReason::IkeUnknownSpi,
+        Refusal::Unexpected => DropReason::IkeUnexpected,
+    }
+}
+
+fn failure_reason(failure: &Failure) -> DropReason {
+    match failure {
+        Failure::Authentication { .. } => DropReason::IkeAuthFailed,
+        Failure::NoProposalChosen { .. } => DropReason::IkeNoProposal,
+        Failure::Timeout => DropReason::IkeRetransmitGaveUp,
+        Failure::TrafficSelectors => DropReason::IkeTsUnacceptable,
     }
 }
 
@@ -333,11 +382,7 @@ pub async fn run(
                 Err(error) => tracing::debug!(%error, "receiving on UDP 500 failed"),
             },
             received = own_4500 => match received {
-                // Only messages with the non-ESP marker are IKE; raw ESP has its own socket.
-                Ok((len, from)) if len > NON_ESP_MARKER_LEN && buf_4500[..NON_ESP_MARKER_LEN] == [0; NON_ESP_MARKER_LEN] => {
-                    keying.handle(&buf_4500[NON_ESP_MARKER_LEN..len], from, NAT_T_PORT)
-                }
-                Ok(_) => {}
+                Ok((len, from)) => receive_own_4500(&keying, &state, &buf_4500[..len], from),
                 Err(error) => tracing::debug!(%error, "receiving on UDP 4500 failed"),
             },
             Some(datagram) = inbox.recv() => keying.handle(&datagram.bytes, datagram.from, datagram.local_port),

@@ -3,6 +3,7 @@
 pub mod ctl;
 pub mod daemon;
 pub mod datapath;
+pub mod diag;
 pub mod drops;
 pub mod error;
 pub mod esp;

@@ -36,30 +36,52 @@ fn connect_error(path: &Path, error: io::Error) -> ClientError {
 
 /// Sends one command and returns meshd's reply.
 pub fn request(socket: &Path, command: Command) -> Result<Reply, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
-    let broken = |e: io::Error| ClientError(format!("meshd at {} stopped answering: {e}", socket.display()));
-    let mut line = serde_json::to_string(&Request::new(command)).map_err(|e| ClientError(e.to_string()))?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(broken)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(broken)?;
-    if answer.is_empty() {
-        return Err(ClientError(format!(
-            "meshd at {} closed the connection without answering; see its log",
-            socket.display()
-        )));
+    Connection::open(socket, command)?.receive()
+}
+
+/// A connection that has sent its command and reads meshd's answers, one line each (a stream
+/// such as `drops --follow` sends many).
+pub struct Connection<'a> {
+    socket: &'a Path,
+    reader: BufReader<UnixStream>,
+}
+
+impl<'a> Connection<'a> {
+    pub fn open(socket: &'a Path, command: Command) -> Result<Self, ClientError> {
+        let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
+        let mut line = serde_json::to_string(&Request::new(command)).map_err(|e| ClientError(e.to_string()))?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).map_err(|e| broken(socket, e))?;
+        Ok(Connection { socket, reader: BufReader::new(stream) })
     }
-    let response: Response = serde_json::from_str(&answer).map_err(|e| {
-        ClientError(format!("cannot read meshd's answer ({e}); ikectl and meshd are probably different versions"))
-    })?;
-    if response.version != PROTOCOL_VERSION {
-        return Err(ClientError(format!(
-            "meshd speaks control protocol version {}, this ikectl {PROTOCOL_VERSION}: use the ikectl that came with this meshd",
-            response.version
-        )));
+
+    /// The next answer.
+    pub fn receive(&mut self) -> Result<Reply, ClientError> {
+        let socket = self.socket;
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).map_err(|e| broken(socket, e))?;
+        if answer.is_empty() {
+            return Err(ClientError(format!(
+                "meshd at {} closed the connection without answering; see its log",
+                socket.display()
+            )));
+        }
+        let response: Response = serde_json::from_str(&answer).map_err(|e| {
+            ClientError(format!("cannot read meshd's answer ({e}); ikectl and meshd are probably different versions"))
+        })?;
+        if response.version != PROTOCOL_VERSION {
+            return Err(ClientError(format!(
+                "meshd speaks control protocol version {}, this ikectl {PROTOCOL_VERSION}: use the ikectl that came with this meshd",
+                response.version
+            )));
+        }
+        match response.outcome {
+            Outcome::Ok(reply) => Ok(reply),
+            Outcome::Error(message) => Err(ClientError(message)),
+        }
     }
-    match response.outcome {
-        Outcome::Ok(reply) => Ok(reply),
-        Outcome::Error(message) => Err(ClientError(message)),
-    }
+}
+
+fn broken(socket: &Path, error: io::Error) -> ClientError {
+    ClientError(format!("meshd at {} stopped answering: {error}", socket.display()))
 }

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod client;
+mod drops;
 mod fleet;
 mod render;
 
@@ -42,6 +43,9 @@ enum CliCommand {
     Drops {
         #[arg(long)]
         peer: Option<String>,
+        /// Then print every new drop as it happens, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
     },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
@@ -66,20 +70,26 @@ enum SaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let CliCommand::Drops { peer, follow: true } = cli.command {
+        return exit_on(drops::follow(&cli.socket, peer, cli.json));
+    }
     let command = match cli.command {
         CliCommand::Status => Command::Status,
         CliCommand::Sa { command: SaCommand::List { peer } } => Command::SaList { peer },
         CliCommand::Sa { command: SaCommand::Flush { peer } } => Command::SaFlush { peer },
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
-        CliCommand::Drops { peer } => Command::Drops { peer },
+        CliCommand::Drops { peer, .. } => Command::Drops { peer },
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
-    match client::request(&cli.socket, command) {
-        Ok(reply) => {
-            print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
-            ExitCode::SUCCESS
-        }
+    exit_on(client::request(&cli.socket, command).map(|reply| {
+        print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
+    }))
+}
+
+fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ikectl: {error}");
             ExitCode::FAILURE

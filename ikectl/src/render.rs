@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use mesh_config::control::{DropReason, DropReport, FdbEntry, FlushReport, IkeSaInfo, PeerInfo, Reply, SaInfo, Status};
+use mesh_config::control::{
+    DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, PeerInfo, Reply, SaInfo, Status,
+};
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
 pub fn json(reply: &Reply) -> String {
@@ -16,6 +18,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::Peers(v) => serde_json::to_value(v),
         Reply::Fdb(v) => serde_json::to_value(v),
         Reply::Drops(v) => serde_json::to_value(v),
+        Reply::DropStream(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -31,6 +34,7 @@ pub fn text(reply: &Reply) -> String {
         Reply::Peers(peers) => render_peers(peers),
         Reply::Fdb(entries) => render_fdb(entries),
         Reply::Drops(report) => render_drops(report),
+        Reply::DropStream(batch) => batch.drops.iter().map(|d| drop_line(d) + "\n").collect(),
     }
 }
 
@@ -245,20 +249,46 @@ fn render_drops(report: &DropReport) -> String {
     for (peer, drops) in &report.by_peer {
         by_peer.add_row(vec![peer.clone(), counts(drops)]);
     }
-    let mut recent = table(&["time (unix ms)", "reason", "peer", "SPI", "seq", "from", "VNI"]);
+    let mut recent = table(&["time (UTC)", "reason", "peer", "SPI", "seq", "from", "VNI", "inner"]);
     for d in &report.recent {
         let dash = || "-".to_string();
         recent.add_row(vec![
-            d.at_unix_ms.to_string(),
+            utc_time(d.at_unix_ms),
             d.reason.to_string(),
             d.peer.clone().unwrap_or_else(dash),
             d.spi.map_or_else(dash, |s| s.to_string()),
             d.sequence.map_or_else(dash, |s| s.to_string()),
             d.outer_source.map_or_else(dash, |s| s.to_string()),
             d.vni.map_or_else(dash, |v| v.to_string()),
+            d.inner.as_ref().map_or_else(dash, ToString::to_string),
         ]);
     }
     format!("{} drops\n{}{}recent:\n{}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+}
+
+/// One drop as one line, for `drops --follow`: only what is known.
+pub fn drop_line(d: &DropRecord) -> String {
+    let mut line = format!("{} {}", utc_time(d.at_unix_ms), d.reason);
+    let mut field = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            let _ = write!(line, " {name}={value}");
+        }
+    };
+    field("peer", d.peer.clone());
+    field("spi", d.spi.map(|s| s.to_string()));
+    field("seq", d.sequence.map(|s| s.to_string()));
+    field("from", d.outer_source.map(|s| s.to_string()));
+    field("vni", d.vni.map(|v| v.to_string()));
+    field("inner", d.inner.as_ref().map(|i| format!("[{i}]")));
+    line
+}
+
+/// Time of day in UTC with milliseconds: drops are looked at while they happen.
+fn utc_time(unix_ms: u64) -> String {
+    let ms_of_day = unix_ms % 86_400_000;
+    let (hours, minutes) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (seconds, millis) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{hours:02}:{minutes:02}:{seconds:02}.{millis:03}")
 }
 
 #[cfg(test)]

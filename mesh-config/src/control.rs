@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::types::{Cipher, Encap, Mode};
 
 /// Bumped whenever a request or reply changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Where `meshd run` listens and `ikectl` connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -34,11 +34,23 @@ impl Request {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Status,
-    SaList { peer: Option<String> },
-    SaFlush { peer: Option<String> },
+    SaList {
+        peer: Option<String>,
+    },
+    SaFlush {
+        peer: Option<String>,
+    },
     Peers,
     Fdb,
-    Drops { peer: Option<String> },
+    Drops {
+        peer: Option<String>,
+    },
+    /// Streams drops recorded after the record `after` (a `DropReport::last_id`): one
+    /// `Reply::DropStream` line whenever there are new ones, until the client hangs up.
+    DropsFollow {
+        peer: Option<String>,
+        after: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +86,7 @@ pub enum Reply {
     Peers(Vec<PeerInfo>),
     Fdb(Vec<FdbEntry>),
     Drops(DropReport),
+    DropStream(DropBatch),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
@@ -278,10 +291,14 @@ pub struct DropReport {
     pub by_peer: BTreeMap<String, BTreeMap<DropReason, u64>>,
     /// The most recent drops, oldest first.
     pub recent: Vec<DropRecord>,
+    /// The id of the last drop recorded so far (0: none); `DropsFollow` continues after it.
+    pub last_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DropRecord {
+    /// Numbers the recorded drops from 1 on, so a follower knows where it left off.
+    pub id: u64,
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
     pub reason: DropReason,
@@ -290,6 +307,34 @@ pub struct DropRecord {
     pub sequence: Option<u64>,
     pub outer_source: Option<SocketAddr>,
     pub vni: Option<u32>,
+    /// The overlay frame's addresses, when it was in the clear where it was dropped.
+    pub inner: Option<InnerAddresses>,
+}
+
+/// New drops for `ikectl drops --follow`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropBatch {
+    pub drops: Vec<DropRecord>,
+}
+
+/// Addresses of a dropped overlay frame: its MACs and, for IPv4/IPv6 frames, its IP addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InnerAddresses {
+    pub source_mac: String,
+    pub destination_mac: String,
+    pub source_ip: Option<IpAddr>,
+    pub destination_ip: Option<IpAddr>,
+}
+
+impl fmt::Display for InnerAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.source_ip, self.destination_ip) {
+            (Some(source), Some(destination)) => {
+                write!(f, "{source} ({}) -> {destination} ({})", self.source_mac, self.destination_mac)
+            }
+            _ => write!(f, "{} -> {}", self.source_mac, self.destination_mac),
+        }
+    }
 }
 
 /// Why a packet was dropped. Every drop path in the datapath names one of these.
@@ -330,6 +375,24 @@ pub enum DropReason {
     SendFailed,
     /// The kernel refused the frame on the overlay interface.
     TapWriteFailed,
+    /// An IKE message that could not be parsed, or lacks a payload its exchange needs.
+    IkeMalformed,
+    /// An encrypted IKE message whose integrity check failed: altered, or keys that differ.
+    IkeIntegrity,
+    /// An IKE message for an IKE SA this node does not have (restarted peer, or an SA already deleted).
+    IkeUnknownSpi,
+    /// An IKE message that does not fit the IKE SA's state or message IDs (a late retransmission).
+    IkeUnexpected,
+    /// IKE_AUTH failed: the peer's AUTH did not verify, or it refused ours (the pre-shared keys differ).
+    IkeAuthFailed,
+    /// IKE_SA_INIT without a proposal in common.
+    IkeNoProposal,
+    /// The Child SA's traffic selectors were refused.
+    IkeTsUnacceptable,
+    /// An IKE request was retransmitted until the give-up time without an answer.
+    IkeRetransmitGaveUp,
+    /// ESP in UDP 4500 while this node's encapsulation is raw ESP (`encap` differs between the nodes).
+    EspInUdpUnexpected,
 }
 
 impl DropReason {
@@ -351,6 +414,15 @@ impl DropReason {
         DropReason::NoPeer,
         DropReason::SendFailed,
         DropReason::TapWriteFailed,
+        DropReason::IkeMalformed,
+        DropReason::IkeIntegrity,
+        DropReason::IkeUnknownSpi,
+        DropReason::IkeUnexpected,
+        DropReason::IkeAuthFailed,
+        DropReason::IkeNoProposal,
+        DropReason::IkeTsUnacceptable,
+        DropReason::IkeRetransmitGaveUp,
+        DropReason::EspInUdpUnexpected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -372,6 +444,15 @@ impl DropReason {
             DropReason::NoPeer => "no_peer",
             DropReason::SendFailed => "send_failed",
             DropReason::TapWriteFailed => "tap_write_failed",
+            DropReason::IkeMalformed => "ike_malformed",
+            DropReason::IkeIntegrity => "ike_integrity",
+            DropReason::IkeUnknownSpi => "ike_unknown_spi",
+            DropReason::IkeUnexpected => "ike_unexpected",
+            DropReason::IkeAuthFailed => "ike_auth_failed",
+            DropReason::IkeNoProposal => "ike_no_proposal",
+            DropReason::IkeTsUnacceptable => "ike_ts_unacceptable",
+            DropReason::IkeRetransmitGaveUp => "ike_retransmit_gave_up",
+            DropReason::EspInUdpUnexpected => "esp_in_udp_unexpected",
         }
     }
 
@@ -395,19 +476,19 @@ mod tests {
     fn request_wire_form() {
         let request = Request::new(Command::SaList { peer: Some("n2".into()) });
         let text = serde_json::to_string(&request).unwrap();
-        assert_eq!(text, r#"{"version":2,"command":"sa_list","peer":"n2"}"#);
+        assert_eq!(text, r#"{"version":3,"command":"sa_list","peer":"n2"}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
-        let status: Request = serde_json::from_str(r#"{"version":2,"command":"status"}"#).unwrap();
+        let status: Request = serde_json::from_str(r#"{"version":3,"command":"status"}"#).unwrap();
         assert_eq!(status.command, Command::Status);
     }
 
     #[test]
     fn response_wire_form() {
         let error = serde_json::to_string(&Response::error("no such peer")).unwrap();
-        assert_eq!(error, r#"{"version":2,"error":"no such peer"}"#);
+        assert_eq!(error, r#"{"version":3,"error":"no such peer"}"#);
         let ok = Response::ok(Reply::Fdb(vec![]));
         let text = serde_json::to_string(&ok).unwrap();
-        assert_eq!(text, r#"{"version":2,"ok":{"kind":"fdb","data":[]}}"#);
+        assert_eq!(text, r#"{"version":3,"ok":{"kind":"fdb","data":[]}}"#);
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
     }
 

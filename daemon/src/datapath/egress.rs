@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
 
-use crate::drops::DropContext;
+use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
@@ -61,7 +61,7 @@ impl<U: EspSender> Egress<'_, U> {
     pub fn forward(&self, overlay: &Overlay, buf: &mut [u8], scratch: &mut [u8], frame_len: usize) {
         let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
         let Ok(frame) = ethernet::Frame::new_checked(frame) else {
-            self.drop(DropReason::Malformed, None, Some(overlay.vni));
+            self.drop(DropReason::Malformed, None, Some(overlay.vni), &[]);
             return;
         };
         let destination: EthernetAddress = frame.destination();
@@ -72,7 +72,7 @@ impl<U: EspSender> Egress<'_, U> {
         }
         let peers = &self.state.topology.peers;
         let Some((last, others)) = peers.split_last() else {
-            self.drop(DropReason::NoPeer, None, Some(overlay.vni));
+            self.drop(DropReason::NoPeer, None, Some(overlay.vni), &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
             return;
         };
         for peer in others {
@@ -87,16 +87,17 @@ impl<U: EspSender> Egress<'_, U> {
         if frame_len > MAX_ENCAPSULATED_FRAME_LEN {
             // Only an overlay MTU near 64 KiB without offloads gets here; the underlay could not
             // carry such a packet anyway.
-            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
+            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &buf[FRAME_OFFSET..]);
             return;
         }
+        let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
         let Some(sa) = self.tables.outbound(peer_id) else {
-            self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni));
+            self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
         let Some(sequence) = sa.next_sequence() else {
             sa.counters.drop(DropReason::SequenceExhausted);
-            self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni));
+            self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
         let peer = self.state.topology.peer(peer_id);
@@ -107,7 +108,7 @@ impl<U: EspSender> Egress<'_, U> {
         let Ok(esp_len) = sealed else {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
             sa.counters.drop(DropReason::FrameTooLarge);
-            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni));
+            self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &[]);
             return;
         };
         match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], sa.params.remote) {
@@ -122,7 +123,8 @@ impl<U: EspSender> Egress<'_, U> {
                     DropReason::SendFailed
                 };
                 sa.counters.drop(reason);
-                self.drop(reason, Some(peer_id), Some(overlay.vni));
+                // The frame is sealed by now: no inner addresses.
+                self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);
             }
         }
@@ -181,8 +183,10 @@ impl<U: EspSender> Egress<'_, U> {
         (ip_start - esp::PLAINTEXT_OFFSET, next_header)
     }
 
-    fn drop(&self, reason: DropReason, peer: Option<PeerId>, vni: Option<u32>) {
-        self.state.drops.record(reason, DropContext { peer, vni, ..DropContext::default() });
+    /// Records a drop; `frame` is the frame while it is still in the clear, else empty.
+    fn drop(&self, reason: DropReason, peer: Option<PeerId>, vni: Option<u32>, frame: &[u8]) {
+        let inner = InnerAddresses::of_frame(frame);
+        self.state.drops.record(reason, DropContext { peer, vni, inner, ..DropContext::default() });
     }
 }
 

@@ -6,7 +6,7 @@ use std::ops::Range;
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
 
-use crate::drops::DropContext;
+use crate::drops::{DropContext, InnerAddresses};
 use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
@@ -36,11 +36,12 @@ struct Dropped {
     reason: DropReason,
     sequence: Option<u64>,
     vni: Option<u32>,
+    inner: Option<InnerAddresses>,
 }
 
 impl From<DropReason> for Dropped {
     fn from(reason: DropReason) -> Self {
-        Dropped { reason, sequence: None, vni: None }
+        Dropped { reason, sequence: None, vni: None, inner: None }
     }
 }
 
@@ -71,6 +72,7 @@ impl<S: FrameSink> Ingress<'_, S> {
             let mut context = context(Some(peer), Some(spi));
             context.sequence = dropped.sequence;
             context.vni = dropped.vni;
+            context.inner = dropped.inner;
             self.state.drops.record(dropped.reason, context);
         }
     }
@@ -94,10 +96,11 @@ impl<S: FrameSink> Ingress<'_, S> {
                 reason: replay_reason(error),
                 sequence: Some(sequence),
                 vni: None,
+                inner: None,
             })?;
             sequence
         };
-        let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None };
+        let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None, inner: None };
         let opened = sa.opener.open(sequence, esn, packet).map_err(|error| with_sequence(open_reason(error)))?;
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
@@ -115,15 +118,25 @@ impl<S: FrameSink> Ingress<'_, S> {
             let vxlan = vxlan::Packet::new_checked(udp.payload()).map_err(|_| with_sequence(DropReason::Malformed))?;
             (vxlan.vni(), vxlan.payload().len())
         };
-        let in_vni = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: Some(vni) };
-        let overlay = self.state.topology.overlay_by_vni(vni).ok_or_else(|| in_vni(DropReason::UnknownVni))?;
         let frame_start = udp_start + udp::HEADER_LEN + vxlan::HEADER_LEN;
-        let frame = &packet[frame_start..frame_start + frame_len];
-        let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_vni(DropReason::Malformed))?;
+        let frame_range = frame_start..frame_start + frame_len;
+        // Inner addresses are read only once the packet is known to be dropped.
+        let in_frame = |reason: DropReason, packet: &[u8]| Dropped {
+            reason,
+            sequence: Some(sequence),
+            vni: Some(vni),
+            inner: InnerAddresses::of_frame(&packet[frame_range.clone()]),
+        };
+        let overlay =
+            self.state.topology.overlay_by_vni(vni).ok_or_else(|| in_frame(DropReason::UnknownVni, packet))?;
+        let frame = &packet[frame_range.clone()];
+        let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_frame(DropReason::Malformed, packet))?;
         self.state.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
         // The VXLAN and UDP headers in front of the frame are no longer needed.
-        let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_start + frame_len];
-        self.sink.deliver(overlay, with_headroom).map_err(|_| in_vni(DropReason::TapWriteFailed))?;
+        let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_range.end];
+        if self.sink.deliver(overlay, with_headroom).is_err() {
+            return Err(in_frame(DropReason::TapWriteFailed, packet));
+        }
         sa.counters.count(frame_len, self.now_ms);
         peer.counters.count_rx(frame_len, self.now_ms);
         Ok(())

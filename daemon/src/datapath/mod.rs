@@ -16,6 +16,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
@@ -45,6 +46,7 @@ impl Datapath {
         queues: Vec<Vec<SyncDevice>>,
         ike: Option<IkeInbox>,
         offload: bool,
+        busy_poll: Duration,
     ) -> Result<Self, DaemonError> {
         let local = state.topology.local_address;
         let underlay_error = |source| DaemonError::Underlay { address: local, encap: state.topology.encap, source };
@@ -72,8 +74,16 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(queues.len());
         for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
-            let worker =
-                Worker { index, state: state.clone(), taps, underlay, ike: ike.clone(), offload, stop: stop.clone() };
+            let worker = Worker {
+                index,
+                state: state.clone(),
+                taps,
+                underlay,
+                ike: ike.clone(),
+                offload,
+                busy_poll,
+                stop: stop.clone(),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())

@@ -29,7 +29,7 @@ use super::message::{
     SecurityAssociation,
 };
 use super::proposal::{self, ChosenEsp};
-use super::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, Transmit};
+use super::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, Refusal, Transmit};
 
 pub const IKE_PORT: u16 = 500;
 pub const NAT_T_PORT: u16 = 4500;
@@ -494,6 +494,16 @@ impl Endpoint {
         }
     }
 
+    /// Counts a received message that is dropped without an answer and tells the driver.
+    fn drop_message(&mut self, refusal: Refusal, from: SocketAddr) {
+        match refusal {
+            Refusal::Malformed | Refusal::Unexpected => self.counters.malformed += 1,
+            Refusal::Unauthentic => self.counters.unauthentic += 1,
+            Refusal::UnknownSpi => self.counters.unknown_spi += 1,
+        }
+        self.events.push_back(Event::Refused { peer: self.peer_by_address(from.ip()), from, refusal });
+    }
+
     fn peer_by_address(&self, address: IpAddr) -> Option<PeerIndex> {
         self.settings.peers.iter().position(|p| p.address == address)
     }
@@ -613,7 +623,7 @@ impl Endpoint {
     /// on our port `local_port`.
     pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
         let Ok(message) = Message::parse(datagram) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let header = message.header;
@@ -624,22 +634,24 @@ impl Endpoint {
         // Our SPI is the initiator's when the sender is not the original initiator.
         let our_spi = if header.initiator { header.responder_spi } else { header.initiator_spi };
         let Some(sa) = self.sas.get(&our_spi) else {
-            self.counters.unknown_spi += 1;
+            self.drop_message(Refusal::UnknownSpi, from);
             return;
         };
         if header.exchange_type == exchange::IKE_SA_INIT {
             if header.response && sa.state == State::ExpectInitResponse {
                 self.handle_init_response(our_spi, &message, datagram, from, local_port, now);
+            } else {
+                self.drop_message(Refusal::Unexpected, from);
             }
             return;
         }
         let their_spi = if header.initiator { header.initiator_spi } else { header.responder_spi };
         if sa.their_spi != their_spi || sa.keys.is_none() {
-            self.counters.unknown_spi += 1;
+            self.drop_message(Refusal::UnknownSpi, from);
             return;
         }
         let Some(encrypted) = message.encrypted else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let opened = self
@@ -648,12 +660,12 @@ impl Endpoint {
             .and_then(|sa| sa.keys.as_ref())
             .map(|keys| keys.opener().open(encrypted.associated_data, encrypted.body));
         let Some(Ok(inner)) = opened else {
-            self.counters.unauthentic += 1;
+            self.drop_message(Refusal::Unauthentic, from);
             tracing::debug!(%from, "IKE message does not authenticate; dropped");
             return;
         };
         let Ok(payloads) = parse_payloads(encrypted.first_payload, &inner) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         if let Some(sa) = self.sas.get_mut(&our_spi) {
@@ -690,7 +702,7 @@ impl Endpoint {
         }
         let payloads = &message.payloads;
         let Some(ni) = Parts::of(payloads).nonce.map(<[u8]>::to_vec) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let half_open = self.sas.values().filter(|sa| sa.state == State::ExpectAuthRequest).count();
@@ -717,7 +729,7 @@ impl Endpoint {
             return;
         };
         let Some(ke) = Parts::of(payloads).key_exchange else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         if ke.group != diffie_hellman::CURVE25519 {
@@ -728,14 +740,14 @@ impl Endpoint {
         let Ok(dh) = X25519KeyPair::generate() else { return };
         let our_public = dh.public_key().to_vec();
         let Ok(shared) = dh.agree(&ke.data) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let our_spi = self.new_our_spi();
         let nr = random_bytes::<NONCE_LEN>().to_vec();
         let spis = SpiPair { initiator: header.initiator_spi.to_be_bytes(), responder: our_spi.to_be_bytes() };
         let Ok(keys) = IkeSaKeys::derive(Role::Responder, chosen.cipher, &shared[..], &ni, &nr, spis) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let request_spis = SpiPair { initiator: spis.initiator, responder: [0; 8] };
@@ -846,20 +858,20 @@ impl Endpoint {
         let ke = parts.key_exchange.map(|ke| ke.data.clone());
         let nr = parts.nonce.map(<[u8]>::to_vec);
         let (Some(chosen), Some(ke), Some(nr)) = (chosen, ke, nr) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         let Some(Outstanding { purpose: Purpose::Init { dh }, .. }) = sa.outstanding.take() else { return };
         let Ok(shared) = dh.agree(&ke) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         sa.their_spi = message.header.responder_spi;
         let spis = sa.spi_pair();
         let Ok(keys) = IkeSaKeys::derive(Role::Initiator, chosen.cipher, &shared[..], &sa.handshake.ni, &nr, spis)
         else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         sa.keys = Some(keys);
@@ -918,7 +930,7 @@ impl Endpoint {
         let id = parts.identification_initiator.cloned();
         let auth = parts.authentication.map(|auth| auth.data.clone());
         let (Some(id), Some(auth)) = (id, auth) else {
-            self.counters.malformed += 1;
+            self.drop_message(Refusal::Malformed, from);
             return;
         };
         let peer = id.ip().and_then(|address| self.peer_by_address(address));
@@ -1314,6 +1326,7 @@ impl Endpoint {
 
     fn handle_request(&mut self, our_spi: u64, header: Header, payloads: Vec<Payload>, now: Instant) {
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
+        let from = sa.remote;
         if header.message_id + 1 == sa.expected_request_id {
             // A retransmitted request: the cached response again (RFC 7296 §2.1).
             if let Some((id, bytes)) = &sa.last_response {
@@ -1328,6 +1341,7 @@ impl Endpoint {
             return;
         }
         if header.message_id != sa.expected_request_id {
+            self.drop_message(Refusal::Unexpected, from);
             return;
         }
         sa.expected_request_id += 1;
@@ -1588,7 +1602,12 @@ impl Endpoint {
 
     fn handle_response(&mut self, our_spi: u64, header: Header, payloads: Vec<Payload>, now: Instant) {
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
-        let Some(outstanding) = sa.outstanding.take_if(|o| o.message_id == header.message_id) else { return };
+        let Some(outstanding) = sa.outstanding.take_if(|o| o.message_id == header.message_id) else {
+            // A response to a request already answered (or never sent).
+            let from = sa.remote;
+            self.drop_message(Refusal::Unexpected, from);
+            return;
+        };
         match outstanding.purpose {
             Purpose::Init { .. } => {}
             Purpose::Auth { inbound_spi } => self.handle_auth_response(our_spi, payloads, inbound_spi, now),

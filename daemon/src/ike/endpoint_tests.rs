@@ -44,6 +44,7 @@ struct Node {
     inbound: HashMap<u32, ChildSaKeys>,
     outbound: Option<ChildSaKeys>,
     failures: Vec<Failure>,
+    refusals: Vec<Refusal>,
     established: usize,
 }
 
@@ -56,6 +57,7 @@ impl Node {
             inbound: HashMap::new(),
             outbound: None,
             failures: Vec::new(),
+            refusals: Vec::new(),
             established: 0,
         }
     }
@@ -77,6 +79,7 @@ impl Node {
                 }
                 Event::Established { .. } => self.established += 1,
                 Event::Failed { failure, .. } => self.failures.push(failure),
+                Event::Refused { refusal, .. } => self.refusals.push(refusal),
             }
         }
     }
@@ -427,6 +430,8 @@ fn garbage_is_counted_not_fatal() {
     forged[20] ^= 0xff;
     pair.a.endpoint.handle(&forged, from, 4500, now);
     assert!(pair.a.endpoint.counters.malformed + pair.a.endpoint.counters.unknown_spi >= 1);
+    pair.a.apply_events();
+    assert_eq!(pair.a.refusals.first(), Some(&Refusal::Malformed), "the driver is told why: {:?}", pair.a.refusals);
     pair.run(Duration::from_secs(1));
     pair.assert_one_pair();
 }

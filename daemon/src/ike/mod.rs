@@ -9,4 +9,4 @@ pub mod proposal;
 pub mod types;
 
 pub use self::endpoint::{Endpoint, IkeCounters, IkeSaStatus, IKE_PORT, NAT_T_PORT};
-pub use self::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Transmit};
+pub use self::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};

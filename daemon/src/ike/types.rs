@@ -125,4 +125,19 @@ pub enum Event {
     Established { peer: PeerIndex },
     /// An attempt failed or an IKE SA died.
     Failed { peer: Option<PeerIndex>, from: SocketAddr, failure: Failure },
+    /// A received message was dropped without an answer.
+    Refused { peer: Option<PeerIndex>, from: SocketAddr, refusal: Refusal },
+}
+
+/// Why a received IKE message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It does not parse, or lacks a payload its exchange needs.
+    Malformed,
+    /// Its integrity check failed.
+    Unauthentic,
+    /// No IKE SA here has its SPIs.
+    UnknownSpi,
+    /// It does not fit the IKE SA's state or message IDs.
+    Unexpected,
 }

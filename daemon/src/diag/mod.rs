@@ -1,0 +1,3 @@
+//! Diagnostics served over the control socket: following drops as they happen.
+
+pub mod follow;
