@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::lab::{Lab, BRIDGE, NODE_IFACE};
+use crate::lab::{Lab, NODE_IFACE};
 use crate::meshd::{ikectl_bin, meshd_bin, terminate, Meshd};
 use crate::netns::Netns;
 use crate::util::{describe_output, wait_until};
@@ -48,21 +48,7 @@ impl SshFleet {
         fs::copy(dir.path().join("id_ed25519.pub"), dir.path().join("authorized_keys")).expect("authorized_keys");
 
         let control = Netns::new(prefix, "ctl");
-        lab.switch().run_ok([
-            "ip",
-            "link",
-            "add",
-            CONTROL_PORT,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            NODE_IFACE,
-            "netns",
-            control.name(),
-        ]);
-        lab.switch().run_ok(["ip", "link", "set", CONTROL_PORT, "master", BRIDGE]);
-        lab.switch().run_ok(["ip", "link", "set", CONTROL_PORT, "up"]);
+        lab.plug(&control, CONTROL_PORT);
         control.run_ok(["ip", "addr", "add", &format!("{CONTROL_ADDR}/24"), "dev", NODE_IFACE]);
         control.run_ok(["ip", "link", "set", NODE_IFACE, "up"]);
 

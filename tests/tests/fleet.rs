@@ -27,6 +27,25 @@ fn mesh(lab: &Lab, nodes: usize, extra: &str) -> MeshFile {
     MeshFile::for_addresses((0..nodes).map(|i| lab.addr(i)).collect()).ike().extra(extra).write()
 }
 
+/// Every node's mesh file before (`old`) and after (`new`: a second overlay) an update.
+struct Rollout {
+    old: MeshFile,
+    new: MeshFile,
+    meshds: Vec<Meshd>,
+}
+
+/// Every node of `lab` on the same old mesh file, meshd running, every pair with SAs.
+fn everyone_on_the_old_file(lab: &Lab, fleet: &SshFleet) -> Rollout {
+    let old = mesh(lab, lab.len(), "");
+    let new = mesh(lab, lab.len(), &second_overlay(lab.len()));
+    for i in 0..lab.len() {
+        fleet.write_node_config(i, &old.text(), &old.psk());
+    }
+    let meshds: Vec<Meshd> = (0..lab.len()).map(|i| fleet.start_meshd(lab, i)).collect();
+    wait_established(&meshds);
+    Rollout { old, new, meshds }
+}
+
 fn text(output: &Output) -> String {
     describe_output(output)
 }
@@ -123,13 +142,7 @@ fn update_changes_an_overlay_and_adds_a_node() {
 fn a_failed_meshd_check_stops_the_rollout_and_restores_the_batch() {
     let lab = Lab::new("flc", 4);
     let fleet = SshFleet::start(&lab, "flc");
-    let old = mesh(&lab, 4, "");
-    let new = mesh(&lab, 4, &second_overlay(4));
-    for i in 0..4 {
-        fleet.write_node_config(i, &old.text(), &old.psk());
-    }
-    let mut meshds: Vec<Meshd> = (0..4).map(|i| fleet.start_meshd(&lab, i)).collect();
-    wait_established(&meshds);
+    let Rollout { old, new, mut meshds } = everyone_on_the_old_file(&lab, &fleet);
     // n3 cannot read the psk_file any more: its meshd (running, key loaded) is fine, but any
     // new config fails `meshd check` there.
     fs::remove_file(fleet.node_config(2).with_file_name("psk")).expect("remove n3's psk");
@@ -158,13 +171,7 @@ fn a_failed_meshd_check_stops_the_rollout_and_restores_the_batch() {
 fn an_unreachable_node_is_reported_and_fails_the_update() {
     let lab = Lab::new("flr", 3);
     let mut fleet = SshFleet::start(&lab, "flr");
-    let old = mesh(&lab, 3, "");
-    let new = mesh(&lab, 3, &second_overlay(3));
-    for i in 0..3 {
-        fleet.write_node_config(i, &old.text(), &old.psk());
-    }
-    let meshds: Vec<Meshd> = (0..3).map(|i| fleet.start_meshd(&lab, i)).collect();
-    wait_established(&meshds);
+    let Rollout { old, new, meshds: _running } = everyone_on_the_old_file(&lab, &fleet);
     fleet.stop_sshd(2);
     let config = new.path().to_str().unwrap();
 
@@ -185,13 +192,7 @@ fn an_unreachable_node_is_reported_and_fails_the_update() {
 fn an_update_killed_midway_leaves_every_node_valid_and_running() {
     let lab = Lab::new("flk", 4);
     let fleet = SshFleet::start(&lab, "flk");
-    let old = mesh(&lab, 4, "");
-    let new = mesh(&lab, 4, &second_overlay(4));
-    for i in 0..4 {
-        fleet.write_node_config(i, &old.text(), &old.psk());
-    }
-    let mut meshds: Vec<Meshd> = (0..4).map(|i| fleet.start_meshd(&lab, i)).collect();
-    wait_established(&meshds);
+    let Rollout { old, new, mut meshds } = everyone_on_the_old_file(&lab, &fleet);
 
     let config = new.path().to_str().unwrap();
     let mut child = fleet.command("update", &["--config", config, "--batch", "1"]).spawn().expect("start ikectl fleet");
