@@ -114,6 +114,7 @@ fn update_changes_an_overlay_and_adds_a_node() {
     let dry = fleet.run("update", &["--config", config, "--dry-run"]);
     assert!(dry.status.success(), "dry run failed\n{}", text(&dry));
     let plan = String::from_utf8_lossy(&dry.stdout);
+    eprintln!("{plan}");
     assert!(plan.contains("n1: update") && plan.contains("+name = \"ovl1\""), "{plan}");
     assert!(plan.contains("n4: unchanged"), "{plan}");
     assert_eq!(fs::read_to_string(fleet.node_config(0)).unwrap(), old.text(), "a dry run changed n1");
@@ -240,6 +241,7 @@ fn status_shows_a_one_sided_sa_and_sa_flush_reaches_every_node() {
     let status = fleet.run("status", &["--config", config]);
     assert!(!status.status.success(), "a one-sided pair must fail fleet status\n{}", text(&status));
     let out = String::from_utf8_lossy(&status.stdout);
+    eprintln!("{out}");
     assert!(out.contains("ONE-SIDED: n2->n1 works, n1->n2 does not"), "{out}");
 
     let json = fleet.run("status", &["--config", config, "--json"]);
