@@ -8,7 +8,7 @@ use std::fs;
 use std::process::Output;
 use std::time::Duration;
 
-use meshd_lab::util::describe_output;
+use meshd_lab::util::{describe_output, send_signal};
 use meshd_lab::{wait_until, Lab, MeshFile, Meshd, SshFleet};
 
 /// A second overlay the updates add.
@@ -195,17 +195,22 @@ fn an_update_killed_midway_leaves_every_node_valid_and_running() {
     let fleet = SshFleet::start(&lab, "flk");
     let Rollout { old, new, mut meshds } = everyone_on_the_old_file(&lab, &fleet);
 
+    // n3's meshd stops answering (SIGSTOP): the rollout hangs in n3's reload, after n1 and n2
+    // are done and n3's new file is installed; there it is killed.
+    let n3 = meshds[2].pid().expect("n3's meshd runs");
+    send_signal(n3, libc::SIGSTOP);
     let config = new.path().to_str().unwrap();
     let mut child = fleet.command("update", &["--config", config, "--batch", "1"]).spawn().expect("start ikectl fleet");
-    let canary_done = wait_until(Duration::from_secs(60), || {
-        (fs::read_to_string(fleet.node_config(0)).ok()? == new.text()).then_some(())
+    let hanging = wait_until(Duration::from_secs(120), || {
+        (fs::read_to_string(fleet.node_config(2)).ok()? == new.text()).then_some(())
     });
     // SIGKILL: no chance to clean up (ip netns exec execs ikectl, so this is ikectl's pid).
     let _ = child.kill();
     let _ = child.wait();
-    assert!(canary_done.is_some(), "the canary never got the new file");
-    let on_new = (0..4).filter(|&i| fs::read_to_string(fleet.node_config(i)).unwrap() == new.text()).count();
-    assert!(on_new < 4, "the update finished before it was killed; nothing was interrupted");
+    send_signal(n3, libc::SIGCONT);
+    assert!(hanging.is_some(), "the rollout never reached n3");
+    let on_new: Vec<bool> = (0..4).map(|i| fs::read_to_string(fleet.node_config(i)).unwrap() == new.text()).collect();
+    assert_eq!(on_new, [true, true, true, false], "n1..n3 have the new file, n4 was never reached");
 
     for i in 0..4 {
         let file = fs::read_to_string(fleet.node_config(i)).unwrap();

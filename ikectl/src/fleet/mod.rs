@@ -67,6 +67,9 @@ pub struct FleetOptions {
     /// Seconds to wait for each ssh connection.
     #[arg(long, default_value = "10", value_parser = seconds)]
     connect_timeout: Duration,
+    /// Seconds one remote command (upload, meshd check, reload, ...) may take.
+    #[arg(long, default_value = "120", value_parser = seconds)]
+    command_timeout: Duration,
     /// How many nodes to talk to at once.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
@@ -146,7 +149,11 @@ impl Fleet {
                 names.join(", ")
             ));
         }
-        let ssh = SshOptions { config_file: options.ssh_config.clone(), connect_timeout: options.connect_timeout };
+        let ssh = SshOptions {
+            config_file: options.ssh_config.clone(),
+            connect_timeout: options.connect_timeout,
+            command_timeout: options.command_timeout,
+        };
         let parallel = options.parallel.max(1);
         let hosts = stream::iter(config.nodes.iter())
             .map(|node| {

@@ -15,12 +15,15 @@ pub struct SshOptions {
     /// `ssh -F FILE` instead of `~/.ssh/config`.
     pub config_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// How long one remote command may run before it counts as failed.
+    pub command_timeout: Duration,
 }
 
 /// A connection to one node.
 pub struct Host {
     session: Session,
     destination: String,
+    command_timeout: Duration,
 }
 
 /// A remote command that ran: its exit status and output.
@@ -61,7 +64,11 @@ impl Host {
             builder.config_file(file);
         }
         match builder.connect_mux(destination).await {
-            Ok(session) => Ok(Host { session, destination: destination.to_string() }),
+            Ok(session) => Ok(Host {
+                session,
+                destination: destination.to_string(),
+                command_timeout: options.command_timeout,
+            }),
             Err(error) => Err(format!(
                 "ssh {destination}: {} (check that `ssh {destination}` works: address, user, key or agent, known_hosts)",
                 describe(&error)
@@ -71,7 +78,18 @@ impl Host {
 
     /// Runs `program args...` (each argument quoted for the remote shell), optionally feeding
     /// `input` on its stdin.
+    /// A command still running after the command timeout counts as failed.
     pub async fn run(&self, program: &str, args: &[&str], input: Option<&[u8]>) -> Result<Ran, String> {
+        tokio::time::timeout(self.command_timeout, self.run_to_end(program, args, input)).await.unwrap_or_else(|_| {
+            Err(format!(
+                "ssh {}: {program} did not finish within {} s (is it hanging on the node? raise --command-timeout if it is just slow)",
+                self.destination,
+                self.command_timeout.as_secs()
+            ))
+        })
+    }
+
+    async fn run_to_end(&self, program: &str, args: &[&str], input: Option<&[u8]>) -> Result<Ran, String> {
         let mut command = self.session.command(program);
         command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
