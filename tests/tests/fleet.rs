@@ -5,7 +5,7 @@
 //! underlay, with keys, known_hosts and ssh config made by the test.
 
 use std::fs;
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use meshd_lab::util::{describe_output, send_signal};
@@ -121,7 +121,9 @@ fn update_changes_an_overlay_and_adds_a_node() {
 
     let run = fleet.run("update", &["--config", config, "--batch", "2"]);
     assert!(run.status.success(), "fleet update failed\n{}", text(&run));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("│ updated"), "no result table\n{}", text(&run));
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(table.lines().filter(|l| l.contains("┆ updated ")).count(), 3, "n1..n3 updated\n{}", text(&run));
+    assert!(table.contains("order: n1 (canary), then [n2, n3]"), "{table}");
     let again = fleet.run("update", &["--config", config, "--json"]);
     assert!(again.status.success(), "{}", text(&again));
     for node in ["n1", "n2", "n3", "n4"] {
@@ -200,7 +202,11 @@ fn an_update_killed_midway_leaves_every_node_valid_and_running() {
     let n3 = meshds[2].pid().expect("n3's meshd runs");
     send_signal(n3, libc::SIGSTOP);
     let config = new.path().to_str().unwrap();
-    let mut child = fleet.command("update", &["--config", config, "--batch", "1"]).spawn().expect("start ikectl fleet");
+    let mut child = fleet
+        .command("update", &["--config", config, "--batch", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ikectl fleet");
     let hanging = wait_until(Duration::from_secs(120), || {
         (fs::read_to_string(fleet.node_config(2)).ok()? == new.text()).then_some(())
     });

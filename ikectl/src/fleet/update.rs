@@ -186,9 +186,13 @@ fn render_plan(names: &[String], changes: &[Change], batches: &[Vec<usize>]) -> 
             }
         }
     }
-    if !batches.is_empty() {
-        let order: Vec<String> = batches.iter().map(|b| list(names, b)).collect();
-        out.push_str(&format!("order: canary {}\n", order.join(", then ")));
+    if let Some((canary, rest)) = batches.split_first() {
+        let mut order = format!("order: {} (canary)", list(names, canary));
+        for batch in rest {
+            order.push_str(&format!(", then [{}]", list(names, batch)));
+        }
+        out.push_str(&order);
+        out.push('\n');
     }
     out
 }
