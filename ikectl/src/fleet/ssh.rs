@@ -63,7 +63,7 @@ impl Host {
         if let Some(file) = &options.config_file {
             builder.config_file(file);
         }
-        match builder.connect_mux(destination).await {
+        match builder.connect_mux(unbracketed(destination)).await {
             Ok(session) => Ok(Host {
                 session,
                 destination: destination.to_string(),
@@ -134,7 +134,41 @@ fn describe(error: &openssh::Error) -> String {
     }
 }
 
+/// `user@[2001:db8::1]` (mesh.toml's form for IPv6) as ssh takes it, `user@2001:db8::1`: ssh
+/// would look up the brackets as part of the host name.
+fn unbracketed(destination: &str) -> String {
+    let (user, host) = match destination.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, destination),
+    };
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner,
+        _ => host,
+    };
+    user.map_or_else(|| host.to_string(), |user| format!("{user}@{host}"))
+}
+
 /// A remote path template with `{node}` replaced by the node's name.
 pub fn node_path(template: &Path, node: &str) -> String {
     template.to_string_lossy().replace("{node}", node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_destinations_lose_their_brackets() {
+        assert_eq!(unbracketed("root@[2001:db8::1]"), "root@2001:db8::1");
+        assert_eq!(unbracketed("[fd00::1]"), "fd00::1");
+        assert_eq!(unbracketed("admin@hv17.example"), "admin@hv17.example");
+        assert_eq!(unbracketed("root@198.18.0.1"), "root@198.18.0.1");
+        assert_eq!(unbracketed("root@[not-an-address]"), "root@[not-an-address]");
+    }
+
+    #[test]
+    fn node_paths() {
+        assert_eq!(node_path(Path::new("/srv/{node}/mesh.toml"), "n2"), "/srv/n2/mesh.toml");
+        assert_eq!(node_path(Path::new("/etc/meshd/mesh.toml"), "n2"), "/etc/meshd/mesh.toml");
+    }
 }
