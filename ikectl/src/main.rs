@@ -47,6 +47,9 @@ enum CliCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
+    /// A file that does not validate is refused (exit status 1) and the running config stays.
+    Reload,
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
         #[command(subcommand)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer, .. } => Command::Drops { peer },
+        CliCommand::Reload => Command::Reload,
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {

@@ -19,6 +19,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::Fdb(v) => serde_json::to_value(v),
         Reply::Drops(v) => serde_json::to_value(v),
         Reply::DropStream(v) => serde_json::to_value(v),
+        Reply::Reload(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -35,6 +36,7 @@ pub fn text(reply: &Reply) -> String {
         Reply::Fdb(entries) => render_fdb(entries),
         Reply::Drops(report) => render_drops(report),
         Reply::DropStream(batch) => batch.drops.iter().map(|d| drop_line(d) + "\n").collect(),
+        Reply::Reload(plan) => plan.to_string(),
     }
 }
 

@@ -36,9 +36,7 @@ const POLL_TIMEOUT_MS: u16 = 200;
 pub struct Worker {
     pub index: usize,
     pub state: Arc<MeshState>,
-    /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
-    pub taps: Vec<SyncDevice>,
-    pub underlay: Underlay,
+    pub parts: WorkerParts,
     /// Where IKE messages on port 4500 go; `None` when this node runs no IKE.
     pub ike: Option<IkeInbox>,
     /// The TAPs have the virtio-net header and TSO on (see `crate::tap::create`).
@@ -49,6 +47,14 @@ pub struct Worker {
     /// worker yields the core while it waits, but the core shows as busy.
     pub busy_poll: Duration,
     pub stop: Arc<AtomicBool>,
+}
+
+/// What a worker owns and hands back when it stops, so that a reload can start it again with
+/// the same sockets and the TAP queues of the overlays that stay.
+pub struct WorkerParts {
+    /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
+    pub taps: Vec<SyncDevice>,
+    pub(super) underlay: Underlay,
 }
 
 /// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
@@ -161,15 +167,21 @@ impl Buffers {
 }
 
 impl Worker {
-    pub fn run(self) {
-        let mut buffers = Buffers::new(matches!(self.underlay, Underlay::Esp { receives: true, .. }));
+    /// Moves packets until told to stop; then hands back the queues and sockets.
+    pub fn run(self) -> WorkerParts {
+        self.forward_until_stopped();
+        self.parts
+    }
+
+    fn forward_until_stopped(&self) {
+        let mut buffers = Buffers::new(matches!(self.parts.underlay, Underlay::Esp { receives: true, .. }));
         let mut fds: Vec<PollFd<'_>> =
-            self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
-        let receive_fd = self.underlay.receive_fd();
+            self.parts.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
+        let receive_fd = self.parts.underlay.receive_fd();
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        let sink = TapSink::new(&self.taps, self.offload);
+        let sink = TapSink::new(&self.parts.taps, self.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
         tracing::debug!(worker = self.index, "datapath worker started");
@@ -191,12 +203,19 @@ impl Worker {
             }
             let now_ms = self.state.clock.now_ms();
             let tables = self.state.sadb.load();
-            let egress = Egress { state: &self.state, tables: &tables, underlay: &self.underlay, now_ms };
-            for (index, tap) in self.taps.iter().enumerate() {
+            let topology = self.state.topology();
+            let egress = Egress {
+                state: &self.state,
+                topology: &topology,
+                tables: &tables,
+                underlay: &self.parts.underlay,
+                now_ms,
+            };
+            for (index, tap) in self.parts.taps.iter().enumerate() {
                 if fds[index].any() != Some(true) {
                     continue;
                 }
-                let overlay = &self.state.topology.overlays[index];
+                let overlay = &topology.overlays[index];
                 for _ in 0..BATCH {
                     match tap.recv(&mut buffers.frame[read_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
                         Ok(len) if !self.offload => {
@@ -217,12 +236,12 @@ impl Worker {
                 }
             }
             // Whatever the reads queued for GSO leaves now.
-            if let Err(error) = self.underlay.flush() {
+            if let Err(error) = self.parts.underlay.flush() {
                 self.state.drops.record(DropReason::SendFailed, DropContext::default());
                 tracing::debug!(%error, "sending a batch of ESP packets failed");
             }
-            if receive_fd.is_some() && fds[self.taps.len()].any() == Some(true) {
-                let ingress = Ingress { state: &self.state, tables: &tables, sink: &sink, now_ms };
+            if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
+                let ingress = Ingress { state: &self.state, topology: &topology, tables: &tables, sink: &sink, now_ms };
                 for _ in 0..BATCH {
                     if !self.receive_one(&ingress, &mut buffers) {
                         break;
@@ -238,7 +257,7 @@ impl Worker {
 
     /// Reads and handles one underlay packet; false when there was none.
     fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buffers: &mut Buffers) -> bool {
-        match &self.underlay {
+        match &self.parts.underlay {
             Underlay::Udp(socket, _) => {
                 // With UDP GRO one read may hold many datagrams of one size from one sender.
                 let buf = &mut buffers.packet;
@@ -299,7 +318,7 @@ impl Worker {
     }
 
     fn drop_unattributed(&self, reason: DropReason, source: SocketAddr) {
-        let peer = self.state.topology.peer_by_address(source.ip());
+        let peer = self.state.topology().peer_by_address(source.ip());
         self.state.drops.record(reason, DropContext { peer, outer_source: Some(source), ..DropContext::default() });
     }
 }

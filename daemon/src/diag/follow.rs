@@ -26,10 +26,11 @@ where
         Err(message) => return send(writer, &Response::error(message)).await,
     };
     let drops = &control.state.drops;
-    let topology = &control.state.topology;
     let mut recorded = drops.subscribe();
     loop {
         let seen = *recorded.borrow_and_update();
+        // Loaded each time: a reload may have added peers since.
+        let topology = control.state.topology();
         let batch = drops.since(after, |id| topology.peer(id).name.clone(), only);
         // Drops of other peers are skipped for good; a drop recorded after `seen` was read may
         // already be in the batch and must not come again.
