@@ -228,9 +228,17 @@ fn an_update_killed_midway_leaves_every_node_valid_and_running() {
         assert!(meshd.ikectl(&["status"]).status.success(), "{} does not answer", meshd.node());
     }
 
-    // Running the update again finishes the job.
-    let run = fleet.run("update", &["--config", config]);
+    let pending = |i: usize| fleet.node_config(i).with_extension("toml.fleet-pending").exists();
+    assert!(pending(2), "n3's reload was never seen to finish: it must stay marked");
+
+    // Running the update again finishes the job: n3 is reloaded (whatever its meshd did after
+    // SIGCONT), n4 updated.
+    let run = fleet.run("update", &["--config", config, "--json"]);
     assert!(run.status.success(), "the second update failed\n{}", text(&run));
+    let results: Vec<String> = ["n1", "n2", "n3", "n4"].iter().map(|n| outcome(&run, n).0).collect();
+    assert_eq!(results, ["unchanged", "unchanged", "updated", "updated"], "{}", text(&run));
+    assert!((0..4).all(|i| !pending(i)), "a pending mark is left");
+    assert_eq!(fs::read_to_string(fleet.node_config(2).with_extension("toml.fleet-previous")).unwrap(), old.text());
     wait_established(&meshds);
     ping_every_pair(&lab, 4, 1);
 }

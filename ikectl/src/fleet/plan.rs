@@ -13,15 +13,30 @@ pub enum Change {
     Unchanged,
     /// The node gets the new config; `diff` is a unified diff from its current one (the whole
     /// file as added lines when it had none).
-    Update { diff: String, had_config: bool },
+    Update { diff: String, kind: UpdateKind },
     /// ssh could not reach the node, or could not read its config.
     Unreachable(String),
+}
+
+/// Why a node is in the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// Its file differs from the new one.
+    Changed,
+    /// It has no file yet.
+    New,
+    /// It has the new file, but an interrupted run installed it and never saw meshd reload it.
+    ReloadPending,
 }
 
 /// What fetching a node's current config gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
-    Config(String),
+    /// `reload_pending`: a run installed this file and did not see meshd reload it.
+    Config {
+        text: String,
+        reload_pending: bool,
+    },
     /// No file at the config path (a node being added).
     Missing,
     Failed(String),
@@ -30,9 +45,14 @@ pub enum Fetched {
 /// The change on one node, from its current config to `new`.
 pub fn change(node: &str, fetched: Fetched, new: &str) -> Change {
     match fetched {
-        Fetched::Config(current) if current == new => Change::Unchanged,
-        Fetched::Config(current) => Change::Update { diff: unified_diff(node, &current, new), had_config: true },
-        Fetched::Missing => Change::Update { diff: unified_diff(node, "", new), had_config: false },
+        Fetched::Config { text, reload_pending: false } if text == new => Change::Unchanged,
+        Fetched::Config { text, reload_pending: true } if text == new => {
+            Change::Update { diff: String::new(), kind: UpdateKind::ReloadPending }
+        }
+        Fetched::Config { text, .. } => {
+            Change::Update { diff: unified_diff(node, &text, new), kind: UpdateKind::Changed }
+        }
+        Fetched::Missing => Change::Update { diff: unified_diff(node, "", new), kind: UpdateKind::New },
         Fetched::Failed(reason) => Change::Unreachable(reason),
     }
 }
@@ -259,7 +279,7 @@ mod tests {
     }
 
     fn update() -> Change {
-        Change::Update { diff: String::new(), had_config: true }
+        Change::Update { diff: String::new(), kind: UpdateKind::Changed }
     }
 
     fn broken(step: Step) -> Result<(), Failure> {
@@ -268,12 +288,17 @@ mod tests {
 
     #[test]
     fn change_per_node() {
-        assert_eq!(change("n1", Fetched::Config("a\n".into()), "a\n"), Change::Unchanged);
-        let Change::Update { diff, had_config: true } = change("n1", Fetched::Config("a\nb\n".into()), "a\nc\n") else {
+        let config = |text: &str, reload_pending| Fetched::Config { text: text.into(), reload_pending };
+        assert_eq!(change("n1", config("a\n", false), "a\n"), Change::Unchanged);
+        assert_eq!(
+            change("n1", config("a\n", true), "a\n"),
+            Change::Update { diff: String::new(), kind: UpdateKind::ReloadPending }
+        );
+        let Change::Update { diff, kind: UpdateKind::Changed } = change("n1", config("a\nb\n", false), "a\nc\n") else {
             panic!("an update")
         };
         assert!(diff.contains("-b\n") && diff.contains("+c\n") && diff.contains("n1: new"), "{diff}");
-        let Change::Update { diff, had_config: false } = change("n4", Fetched::Missing, "x\n") else { panic!() };
+        let Change::Update { diff, kind: UpdateKind::New } = change("n4", Fetched::Missing, "x\n") else { panic!() };
         assert!(diff.contains("+x\n"), "{diff}");
         assert_eq!(change("n1", Fetched::Failed("no route".into()), "a"), Change::Unreachable("no route".into()));
     }

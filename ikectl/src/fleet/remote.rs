@@ -2,8 +2,10 @@
 //! restore its mesh file, reload meshd, and ask it about its peers.
 //!
 //! Files next to the node's config: `<config>.fleet-new` (the upload, checked before it is
-//! installed) and `<config>.fleet-previous` (the config it replaced, for rollback). Installing
-//! is a rename, so the live file is always a whole, checked config, even if ikectl dies midway.
+//! installed), `<config>.fleet-previous` (the config it replaced, for rollback) and
+//! `<config>.fleet-pending` (installed, meshd not yet seen to reload it). Installing is a rename,
+//! so the live file is always a whole, checked config, even if ikectl dies midway; the pending
+//! mark makes the next run reload a node whose reload an interrupted run never finished.
 
 use super::matrix::PeerView;
 use super::plan::{Failure, Fetched, Step};
@@ -12,6 +14,8 @@ use super::RemoteOptions;
 
 /// What the fetch script says when the config file does not exist.
 const MISSING_STATUS_TEXT: &str = "fleet: no such file";
+/// What the fetch script says when the pending mark is there.
+const PENDING_TEXT: &str = "fleet: reload pending";
 
 /// One node as the fleet commands see it: its name in mesh.toml, its connection and where its
 /// files and tools are.
@@ -32,9 +36,14 @@ impl Node<'_> {
 
     /// The node's current mesh file.
     pub async fn fetch_config(&self) -> Fetched {
-        let script = format!("if [ -e \"$1\" ]; then cat -- \"$1\"; else echo '{MISSING_STATUS_TEXT}' >&2; exit 1; fi");
+        let script = format!(
+            "if [ ! -e \"$1\" ]; then echo '{MISSING_STATUS_TEXT}' >&2; exit 1; fi; cat -- \"$1\"; \
+             if [ -e \"$1.fleet-pending\" ]; then echo '{PENDING_TEXT}' >&2; fi"
+        );
         match self.host.script(&script, &[&self.config()], None).await {
-            Ok(ran) if ran.success => Fetched::Config(ran.stdout),
+            Ok(ran) if ran.success => {
+                Fetched::Config { reload_pending: ran.stderr.trim() == PENDING_TEXT, text: ran.stdout }
+            }
             Ok(ran) if ran.stderr.trim() == MISSING_STATUS_TEXT => Fetched::Missing,
             Ok(ran) => Fetched::Failed(format!("cannot read {}: {}", self.config(), ran.complaint())),
             Err(error) => Fetched::Failed(error),
@@ -60,30 +69,43 @@ impl Node<'_> {
     }
 
     /// Makes the staged file the live config: the current one becomes `.fleet-previous`
-    /// (a hard link, so there is no moment without a config), then a rename and a directory
-    /// fsync.
+    /// (a hard link, so there is no moment without a config), the pending mark is set, then a
+    /// rename and a directory fsync.
     pub async fn install(&self) -> Result<(), Failure> {
-        const INSTALL: &str = "set -e; if [ -e \"$1\" ]; then ln -f -- \"$1\" \"$1.fleet-previous\"; \
-            else rm -f -- \"$1.fleet-previous\"; fi; mv -f -- \"$1.fleet-new\" \"$1\"; sync \"$1\" \"$(dirname -- \"$1\")\"";
+        // After an interrupted run (pending mark), `.fleet-previous` is still the file from before it.
+        const INSTALL: &str = "set -e; if [ -e \"$1.fleet-pending\" ] && [ -e \"$1.fleet-previous\" ]; then :; \
+            elif [ -e \"$1\" ]; then ln -f -- \"$1\" \"$1.fleet-previous\"; \
+            else rm -f -- \"$1.fleet-previous\"; fi; : > \"$1.fleet-pending\"; mv -f -- \"$1.fleet-new\" \"$1\"; \
+            sync \"$1\" \"$(dirname -- \"$1\")\"";
         self.expect(Step::Install, INSTALL, &[&self.config()], None).await
     }
 
-    /// `ikectl reload` on the node: meshd applies its config file.
+    /// `ikectl reload` on the node: meshd applies its config file; then the pending mark goes.
     pub async fn reload(&self) -> Result<(), Failure> {
-        self.ikectl(&["reload"]).await.map(drop).map_err(|reason| Failure { step: Step::Reload, reason })
+        self.reload_and_unmark().await.map_err(|reason| Failure { step: Step::Reload, reason })
+    }
+
+    async fn reload_and_unmark(&self) -> Result<(), String> {
+        self.ikectl(&["reload"]).await?;
+        let ran = self.host.script("rm -f -- \"$1.fleet-pending\"", &[&self.config()], None).await?;
+        if ran.success {
+            Ok(())
+        } else {
+            Err(format!("meshd reloaded, but removing {}.fleet-pending failed: {}", self.config(), ran.complaint()))
+        }
     }
 
     /// Puts `.fleet-previous` back (or removes the config of a node that had none) and
     /// reloads meshd when there was a previous config.
     pub async fn restore(&self) -> Result<(), String> {
         const RESTORE: &str = "set -e; if [ -e \"$1.fleet-previous\" ]; then mv -f -- \"$1.fleet-previous\" \"$1\"; \
-            sync \"$1\" \"$(dirname -- \"$1\")\"; echo restored; else rm -f -- \"$1\"; fi";
+            sync \"$1\" \"$(dirname -- \"$1\")\"; echo restored; else rm -f -- \"$1\" \"$1.fleet-pending\"; fi";
         let ran = self.host.script(RESTORE, &[&self.config()], None).await?;
         if !ran.success {
             return Err(format!("cannot restore {}: {}", self.config(), ran.complaint()));
         }
         if ran.stdout.trim() == "restored" {
-            self.ikectl(&["reload"]).await?;
+            self.reload_and_unmark().await?;
         }
         Ok(())
     }

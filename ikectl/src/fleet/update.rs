@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::plan::{self, Action, Change, Failure, Fetched, Outcome, Rollout, Step};
+use super::plan::{self, Action, Change, Failure, Fetched, Outcome, Rollout, Step, UpdateKind};
 use super::remote::Node;
 use super::{Fleet, FleetOptions};
 use crate::render::{finish, table};
@@ -177,8 +177,14 @@ fn render_plan(names: &[String], changes: &[Change], batches: &[Vec<usize>]) -> 
         match change {
             Change::Unchanged => out.push_str(&format!("  {name}: unchanged\n")),
             Change::Unreachable(reason) => out.push_str(&format!("  {name}: UNREACHABLE: {reason}\n")),
-            Change::Update { diff, had_config } => {
-                let what = if *had_config { "update" } else { "new config (the node has none yet)" };
+            Change::Update { diff, kind } => {
+                let what = match kind {
+                    UpdateKind::Changed => "update",
+                    UpdateKind::New => "new config (the node has none yet)",
+                    UpdateKind::ReloadPending => {
+                        "reload: the new file is in place, but an interrupted run never saw meshd reload it"
+                    }
+                };
                 out.push_str(&format!("  {name}: {what}\n"));
                 for line in diff.lines() {
                     out.push_str(&format!("    {line}\n"));
