@@ -5,6 +5,9 @@
 MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps build-essential pkg-config
     strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
     systemd vagrant)
+# ikectl fleet's tests: ssh and ssh-keygen, and an sshd per lab namespace (its own config and keys;
+# the system's ssh service is not used).
+MESHD_PACKAGES+=(openssh-client openssh-server)
 
 meshd_require_root() {
     if [ "$(id -u)" -ne 0 ]; then

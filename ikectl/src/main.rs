@@ -4,6 +4,7 @@
 
 mod client;
 mod drops;
+mod fleet;
 mod render;
 
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ enum CliCommand {
     /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
     /// A file that does not validate is refused (exit status 1) and the running config stays.
     Reload,
+    /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer, .. } => Command::Drops { peer },
         CliCommand::Reload => Command::Reload,
+        CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {
         print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });

@@ -40,13 +40,13 @@ pub fn text(reply: &Reply) -> String {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     table
 }
 
-fn finish(table: Table) -> String {
+pub fn finish(table: Table) -> String {
     format!("{table}\n")
 }
 

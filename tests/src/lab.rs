@@ -64,9 +64,7 @@ impl LabBuilder {
         for i in 0..self.nodes {
             let node = Netns::new(&self.prefix, &format!("n{}", i + 1));
             let port = format!("p{}", i + 1);
-            lab.switch.add_veth(&port, &node, NODE_IFACE, self.mtu);
-            lab.switch.run_ok(["ip", "link", "set", &port, "master", BRIDGE]);
-            lab.switch.run_ok(["ip", "link", "set", &port, "up"]);
+            lab.plug(&node, &port, self.mtu);
             let addr = lab.addr(i);
             match self.family {
                 Family::V4 => {
@@ -112,6 +110,14 @@ impl Lab {
     /// `n` nodes, IPv4 underlay, default MTU.
     pub fn new(prefix: &str, n: usize) -> Lab {
         Lab::builder(prefix).nodes(n).build()
+    }
+
+    /// Joins `ns` to the switch: a veth pair, `port` on the bridge (up), [`NODE_IFACE`] in `ns`
+    /// (down, no address).
+    pub fn plug(&self, ns: &Netns, port: &str, mtu: Option<u32>) {
+        self.switch.add_veth(port, ns, NODE_IFACE, mtu);
+        self.switch.run_ok(["ip", "link", "set", port, "master", BRIDGE]);
+        self.switch.run_ok(["ip", "link", "set", port, "up"]);
     }
 
     pub fn family(&self) -> Family {

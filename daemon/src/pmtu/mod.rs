@@ -96,7 +96,6 @@ impl Default for PathMtus {
 }
 
 impl PathMtus {
-
     /// Overlay `name`'s interface now has `mtu`, chosen as `reason` says.
     pub fn set_overlay_mtu(&self, name: &str, mtu: u16, reason: String) {
         if let Ok(mut overlays) = self.overlays.lock() {
