@@ -49,6 +49,7 @@ fn capture_both(pair: &RoutedPair) -> Vec<Capture> {
     (0..2).map(|i| Capture::start(pair.router(), &pair.router_iface(i))).collect()
 }
 
+/// No IP fragment on either link, and every IPv4 ESP packet carries DF.
 fn assert_no_fragments(captures: &mut [Capture]) {
     for capture in captures {
         capture.stop();
@@ -56,6 +57,8 @@ fn assert_no_fragments(captures: &mut [Capture]) {
         assert!(!esp.trim().is_empty(), "the capture saw the ESP traffic");
         let fragments = capture.read(&["-Y", FRAGMENTS]);
         assert!(fragments.trim().is_empty(), "IP fragments on the underlay:\n{fragments}");
+        let without_df = capture.read(&["-Y", "esp && ip && ip.flags.df == 0"]);
+        assert!(without_df.trim().is_empty(), "IPv4 ESP packets without DF:\n{without_df}");
     }
 }
 
