@@ -14,7 +14,7 @@ use mesh_config::{Cipher, OverlayMtu};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
-use super::search::{Search, Timing};
+use super::search::{Search, State, Timing};
 use super::{InbandMessage, PathReport};
 use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
 use crate::esp::PLAINTEXT_OFFSET;
@@ -175,7 +175,12 @@ impl Driver {
             (Some(search), _) => PathReport {
                 path_mtu: Some(u32::from(search.current())),
                 overlay_mtu: None,
-                source: if search.confirmed() { "probed" } else { "probing" },
+                source: match search.state() {
+                    _ if search.confirmed() => "probed",
+                    // The peer answers no probe: what the kernel says is all there is.
+                    State::PeerSilent { .. } => "kernel",
+                    _ => "probing",
+                },
                 search: Some(search.state().name()),
             },
             (None, Some(kernel)) => {
