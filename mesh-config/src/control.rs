@@ -531,6 +531,20 @@ mod tests {
     }
 
     #[test]
+    fn replies_without_the_path_mtu_fields_still_parse() {
+        let peer = r#"{"name":"n2","address":"198.18.0.2","mode":"transport","encap":"udp","outbound_spi":null,
+            "inbound_spis":[],"tx_packets":0,"tx_bytes":0,"rx_packets":0,"rx_bytes":0,"last_rx_secs":null,
+            "drops":0,"keying":"manual"}"#;
+        let peer: PeerInfo = serde_json::from_str(peer).unwrap();
+        assert_eq!((peer.path_mtu, peer.overlay_mtu, peer.path_mtu_source), (None, None, None));
+        let status = r#"{"node":"n1","mesh":"lab","daemon_version":"0.1.0","config_path":"m","uptime_secs":1,
+            "underlay_address":"198.18.0.1","workers":1,"peers_configured":1,"peers_with_sas":1,"overlays":[],
+            "drops_total":0}"#;
+        let status: Status = serde_json::from_str(status).unwrap();
+        assert!(status.warnings.is_empty());
+    }
+
+    #[test]
     fn drop_reasons_are_dense_and_named() {
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);

@@ -49,6 +49,7 @@ fn capture_both(pair: &RoutedPair) -> Vec<Capture> {
     (0..2).map(|i| Capture::start(pair.router(), &pair.router_iface(i))).collect()
 }
 
+/// No IP fragment on either link, and every IPv4 ESP packet carries DF.
 fn assert_no_fragments(captures: &mut [Capture]) {
     for capture in captures {
         capture.stop();
@@ -56,6 +57,8 @@ fn assert_no_fragments(captures: &mut [Capture]) {
         assert!(!esp.trim().is_empty(), "the capture saw the ESP traffic");
         let fragments = capture.read(&["-Y", FRAGMENTS]);
         assert!(fragments.trim().is_empty(), "IP fragments on the underlay:\n{fragments}");
+        let without_df = capture.read(&["-Y", "esp && ip && ip.flags.df == 0"]);
+        assert!(without_df.trim().is_empty(), "IPv4 ESP packets without DF:\n{without_df}");
     }
 }
 
@@ -172,4 +175,29 @@ fn a_jumbo_underlay_gives_a_jumbo_overlay() {
     let client = client.expect("iperf3 across the jumbo overlay succeeds");
     let text = String::from_utf8_lossy(&client.stdout);
     assert!(text.contains("receiver"), "{text}");
+}
+
+/// `mtu = "auto"` takes the MTU of the link the kernel routes towards the peer, and retunes the
+/// overlay interface live when that MTU changes.
+#[test]
+fn auto_mtu_follows_the_underlay_link() {
+    require_root();
+    let pair = RoutedPair::new("pmtua", Family::V4, 1500);
+    let mesh = MeshFile::for_addresses(vec![pair.addr(0), pair.addr(1)]).write();
+    let n1 = Meshd::start(pair.node(0), mesh.path(), "n1");
+    let _n2 = Meshd::start(pair.node(1), mesh.path(), "n2");
+    let overlay = &n1.ikectl_json(&["status"])["overlays"][0];
+    assert_eq!(overlay["mtu"], 1408, "{overlay:#}");
+    assert_eq!(overlay["mtu_reason"], "auto: eth0 (route to n2) MTU 1500 - 92 bytes (udp, transport, IPv4)");
+    let interface = n1.overlay_interface("ovl0");
+
+    pair.node(0).run_ok(["ip", "link", "set", "eth0", "mtu", "1400"]);
+    let retuned = wait_until(Duration::from_secs(20), || {
+        let link = pair.node(0).run_stdout(["ip", "link", "show", &interface]);
+        let status = n1.ikectl_json(&["status"]);
+        (link.contains("mtu 1308 ") && status["overlays"][0]["mtu"] == 1308).then_some(status)
+    });
+    let status = retuned.unwrap_or_else(|| panic!("ovl0 not retuned to 1308 within 20 s\n{}", n1.log()));
+    assert!(status["overlays"][0]["mtu_reason"].as_str().unwrap_or("").contains("MTU 1400"), "{status:#}");
+    assert!(n1.log().contains("overlay MTU retuned"), "{}", n1.log());
 }

@@ -15,7 +15,7 @@ use mesh_config::{Cipher, OverlayMtu};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
-use super::search::{Search, Timing};
+use super::search::{Search, State, Timing};
 use super::{InbandMessage, PathReport};
 use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
 use crate::esp::PLAINTEXT_OFFSET;
@@ -51,10 +51,9 @@ pub struct Driver {
 struct PeerPath {
     /// A UDP socket connected towards the peer (never used to send): the kernel's MTU for it.
     route: Option<UdpSocket>,
-    /// Runs while the peer has an outbound SA that answers probes.
+    /// Runs while the peer has an outbound SA that answers probes; it outlives rekeys (the path
+    /// stays the same), so a known black hole does not reopen every hour.
     search: Option<Search>,
-    /// The SPI the search runs on: a new SA (a rekey is fine, a flush or restart is not) starts over.
-    spi: u32,
 }
 
 impl Driver {
@@ -94,7 +93,6 @@ impl Driver {
                         let path = peers.entry(peer.id).or_insert_with(|| PeerPath {
                             route: connect_route(topology.local_address, peer.address),
                             search: None,
-                            spi: 0,
                         });
                         self.update_peer(&topology, peer, path, now, &mut buf);
                     }
@@ -135,22 +133,17 @@ impl Driver {
         let tables = self.state.sadb.load();
         let outbound = tables.outbound(peer.id).filter(|sa| (self.probes)(sa));
         match (outbound, kernel) {
-            (Some(sa), Some(ceiling)) => {
+            (Some(_), Some(ceiling)) => {
                 let ceiling = u16::try_from(ceiling).unwrap_or(u16::MAX);
-                if path.spi != sa.params.spi || path.search.is_none() {
-                    path.spi = sa.params.spi;
-                    path.search = Some(Search::new(self.timing, ceiling, now));
-                }
-                if let Some(search) = path.search.as_mut() {
-                    search.set_ceiling(ceiling, now);
-                    search.handle_timeout(now);
-                    while let Some(probe) = search.poll_probe() {
-                        let header = InbandHeader { message_type: MessageType::Probe, id: probe.id, size: probe.size };
-                        if let Err(error) = self.send(topology, peer, header, usize::from(probe.size), buf) {
-                            // EMSGSIZE: the kernel already knows the path is smaller; the next
-                            // tick reads its figure as the ceiling.
-                            tracing::debug!(peer = %peer.name, size = probe.size, %error, "path-MTU probe not sent");
-                        }
+                let search = path.search.get_or_insert_with(|| Search::new(self.timing, ceiling, now));
+                search.set_ceiling(ceiling, now);
+                search.handle_timeout(now);
+                while let Some(probe) = search.poll_probe() {
+                    let header = InbandHeader { message_type: MessageType::Probe, id: probe.id, size: probe.size };
+                    if let Err(error) = self.send(topology, peer, header, usize::from(probe.size), buf) {
+                        // EMSGSIZE: the kernel already knows the path is smaller; the next tick
+                        // reads its figure as the ceiling.
+                        tracing::debug!(peer = %peer.name, size = probe.size, %error, "path-MTU probe not sent");
                     }
                 }
             }
@@ -160,7 +153,12 @@ impl Driver {
             (Some(search), _) => PathReport {
                 path_mtu: Some(u32::from(search.current())),
                 overlay_mtu: None,
-                source: if search.confirmed() { "probed" } else { "probing" },
+                source: match search.state() {
+                    _ if search.confirmed() => "probed",
+                    // The peer answers no probe: what the kernel says is all there is.
+                    State::PeerSilent { .. } => "kernel",
+                    _ => "probing",
+                },
                 search: Some(search.state().name()),
             },
             (None, Some(kernel)) => {
@@ -168,17 +166,20 @@ impl Driver {
             }
             (None, None) => PathReport::default(),
         };
-        let overlay_mtu = report.path_mtu.and_then(|mtu| self.encapsulation(topology, peer).overlay_mtu(mtu as usize));
+        let encapsulation = self.encapsulation(topology, peer, tables.outbound(peer.id).map(|sa| &**sa));
+        let overlay_mtu = report.path_mtu.and_then(|mtu| encapsulation.overlay_mtu(mtu as usize));
         peer.path_mtu
             .publish(PathReport { overlay_mtu: overlay_mtu.and_then(|mtu| u32::try_from(mtu).ok()), ..report });
     }
 
-    fn encapsulation(&self, topology: &Topology, peer: &Peer) -> Encapsulation {
+    /// The encapsulation towards `peer`: what its SA negotiated (IKE may fall back to tunnel
+    /// mode), else what the mesh file says.
+    fn encapsulation(&self, topology: &Topology, peer: &Peer, sa: Option<&OutboundSa>) -> Encapsulation {
         Encapsulation {
             ip_version: IpVersion::of(peer.address),
             encap: topology.encap,
-            mode: peer.mode,
-            cipher: self.cipher,
+            mode: sa.map_or(peer.mode, |sa| sa.params.mode),
+            cipher: sa.map_or(self.cipher, |sa| sa.params.cipher),
         }
     }
 
@@ -194,7 +195,7 @@ impl Driver {
     ) -> io::Result<()> {
         let tables = self.state.sadb.load();
         let sa = tables.outbound(peer.id).ok_or_else(|| io::Error::other("no outbound SA"))?;
-        let len = seal_inband(sa, self.encapsulation(topology, peer), header, size, buf)?;
+        let len = seal_inband(sa, self.encapsulation(topology, peer, Some(sa)), header, size, buf)?;
         self.out.send(&buf[..len], sa.params.remote)?;
         Ok(())
     }

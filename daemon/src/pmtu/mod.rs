@@ -5,6 +5,7 @@
 
 pub mod auto;
 pub mod driver;
+pub mod route;
 pub mod search;
 pub mod status;
 
