@@ -17,6 +17,7 @@ use mesh_config::MeshConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::diag::kernel::KernelDrops;
 use crate::error::DaemonError;
 use crate::keying::Keying;
 use crate::manual;
@@ -80,6 +81,7 @@ pub struct Control {
     pub started: Instant,
     pub workers: usize,
     pub overlays: Vec<OverlayStatus>,
+    pub kernel_drops: KernelDrops,
 }
 
 /// Serves requests until the runtime stops.
@@ -106,8 +108,9 @@ async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<(
                 request.version
             )),
             Ok(Request { command: Command::SaFlush { peer }, .. }) => control.flush_and_wait(peer.as_deref()).await,
-            Ok(Request { command: Command::DropsFollow { peer, after }, .. }) => {
-                return crate::diag::follow::stream(control, peer.as_deref(), after, &mut lines, &mut writer).await;
+            Ok(Request { command: Command::DropsFollow { peer, after, kernel_after }, .. }) => {
+                let from = crate::diag::follow::Start { after, kernel_after };
+                return crate::diag::follow::stream(control, peer.as_deref(), from, &mut lines, &mut writer).await;
             }
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
@@ -140,21 +143,30 @@ impl Control {
             }
             Command::Peers => Ok(Reply::Peers(self.peers())),
             Command::Fdb => Ok(Reply::Fdb(self.fdb())),
-            Command::Drops { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
+            Command::Drops { peer: name, kernel } => self.peer_filter(name.as_deref()).map(|peer| {
                 let topology = &self.state.topology;
-                Reply::Drops(self.state.drops.report(|id| topology.peer(id).name.clone(), peer))
+                let mut report = self.state.drops.report(|id| topology.peer(id).name.clone(), peer);
+                report.kernel = kernel.then(|| self.kernel_drops.report(name.as_deref()));
+                Reply::Drops(report)
             }),
-            // Without the stream: what is newer than `after` right now.
-            Command::DropsFollow { peer, after } => self.peer_filter(peer.as_deref()).map(|peer| {
-                let topology = &self.state.topology;
-                let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), peer);
-                Reply::DropStream(DropBatch { drops })
-            }),
+            // Without the stream: what is newer right now.
+            Command::DropsFollow { peer, after, kernel_after } => self
+                .peer_filter(peer.as_deref())
+                .map(|_| Reply::DropStream(self.drops_since(peer.as_deref(), after, kernel_after))),
         };
         match result {
             Ok(reply) => Response::ok(reply),
             Err(message) => Response::error(message),
         }
+    }
+
+    /// The drops (and, with `kernel_after`, kernel drops) recorded after those ids.
+    pub fn drops_since(&self, peer: Option<&str>, after: u64, kernel_after: Option<u64>) -> DropBatch {
+        let topology = &self.state.topology;
+        let only = peer.and_then(|name| topology.resolve_peer(name).ok());
+        let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), only);
+        let kernel = kernel_after.map(|after| self.kernel_drops.since(after, peer)).unwrap_or_default();
+        DropBatch { drops, kernel }
     }
 
     pub fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {

@@ -11,6 +11,7 @@ use tun_rs::SyncDevice;
 
 use crate::ctl::{self, Control, SocketFile};
 use crate::datapath::{Datapath, IkeInbox};
+use crate::diag::kernel::KernelDrops;
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
 use crate::overhead::{Encapsulation, IpVersion};
@@ -29,6 +30,8 @@ pub struct RunOptions {
     pub ctl_socket: PathBuf,
     /// TAP offloads (TSO super-frames, coalescing); off only for debugging and comparison.
     pub offload: bool,
+    /// Trace the kernel's drops of mesh traffic with eBPF.
+    pub kernel_drops: bool,
 }
 
 /// Loads the config and finds which node this host is.
@@ -103,6 +106,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         started: Instant::now(),
         workers: datapath.workers(),
         overlays,
+        kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
     });
     let udp_4500 = datapath.take_udp_4500();
 

@@ -34,6 +34,9 @@ enum CliCommand {
         /// received segments): slower, for debugging and comparison.
         #[arg(long)]
         no_offload: bool,
+        /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
+        #[arg(long)]
+        no_kernel_drops: bool,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -55,8 +58,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload } => {
-            daemon::run(RunOptions { config, node, ctl_socket, offload: !no_offload })
+        CliCommand::Run { config, node, ctl_socket, no_offload, no_kernel_drops } => {
+            daemon::run(RunOptions { config, node, ctl_socket, offload: !no_offload, kernel_drops: !no_kernel_drops })
         }
         CliCommand::Check { config, node } => {
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))

@@ -45,6 +45,9 @@ enum CliCommand {
         /// Then print every new drop as it happens, until Ctrl-C.
         #[arg(long)]
         follow: bool,
+        /// Also the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
+        #[arg(long)]
+        kernel: bool,
     },
 }
 
@@ -64,8 +67,8 @@ enum SaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let CliCommand::Drops { peer, follow: true } = cli.command {
-        return exit_on(drops::follow(&cli.socket, peer, cli.json));
+    if let CliCommand::Drops { peer, follow: true, kernel } = cli.command {
+        return exit_on(drops::follow(&cli.socket, peer, kernel, cli.json));
     }
     let command = match cli.command {
         CliCommand::Status => Command::Status,
@@ -73,7 +76,7 @@ fn main() -> ExitCode {
         CliCommand::Sa { command: SaCommand::Flush { peer } } => Command::SaFlush { peer },
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
-        CliCommand::Drops { peer, .. } => Command::Drops { peer },
+        CliCommand::Drops { peer, kernel, .. } => Command::Drops { peer, kernel },
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {
         print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });

@@ -6,7 +6,8 @@ use std::fmt::Write;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use mesh_config::control::{
-    DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, PeerInfo, Reply, SaInfo, Status,
+    DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, KernelDropRecord, KernelDropReport, PeerInfo,
+    Reply, SaInfo, Status,
 };
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
@@ -34,7 +35,13 @@ pub fn text(reply: &Reply) -> String {
         Reply::Peers(peers) => render_peers(peers),
         Reply::Fdb(entries) => render_fdb(entries),
         Reply::Drops(report) => render_drops(report),
-        Reply::DropStream(batch) => batch.drops.iter().map(|d| drop_line(d) + "\n").collect(),
+        Reply::DropStream(batch) => batch
+            .drops
+            .iter()
+            .map(drop_line)
+            .chain(batch.kernel.iter().map(kernel_drop_line))
+            .map(|line| line + "\n")
+            .collect(),
     }
 }
 
@@ -238,8 +245,9 @@ fn render_fdb(entries: &[FdbEntry]) -> String {
 }
 
 fn render_drops(report: &DropReport) -> String {
+    let kernel = report.kernel.as_ref().map(render_kernel_drops).unwrap_or_default();
     if report.total == 0 {
-        return "no drops\n".to_string();
+        return "no drops in meshd\n".to_string() + &kernel;
     }
     let mut by_reason = table(&["reason", "count"]);
     for (reason, count) in &report.by_reason {
@@ -263,7 +271,59 @@ fn render_drops(report: &DropReport) -> String {
             d.inner.as_ref().map_or_else(dash, ToString::to_string),
         ]);
     }
-    format!("{} drops\n{}{}recent:\n{}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+    format!("{} drops\n{}{}recent:\n{}{kernel}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+}
+
+fn render_kernel_drops(report: &KernelDropReport) -> String {
+    if let Some(why) = &report.unavailable {
+        return format!("kernel drops: not traced: {why}\n");
+    }
+    let mut out = format!("kernel drops of mesh traffic: {}", report.total);
+    if report.lost > 0 {
+        let _ = write!(out, " (and {} not reported: the tracer's ring buffer was full)", report.lost);
+    }
+    out.push('\n');
+    if report.total == 0 {
+        return out;
+    }
+    let mut by_reason = table(&["kernel reason", "count"]);
+    for (reason, count) in &report.by_reason {
+        by_reason.add_row(vec![reason.clone(), count.to_string()]);
+    }
+    let mut recent = table(&["time (UTC)", "reason", "where", "peer", "interface", "packet"]);
+    for d in &report.recent {
+        recent.add_row(vec![
+            utc_time(d.at_unix_ms),
+            d.reason.clone(),
+            d.location.clone(),
+            d.peer.clone().unwrap_or_else(|| "-".to_string()),
+            d.interface.clone().unwrap_or_else(|| "-".to_string()),
+            kernel_packet(d),
+        ]);
+    }
+    out + &finish(by_reason) + "recent kernel drops:\n" + &finish(recent)
+}
+
+/// `esp 198.18.0.1 -> 198.18.0.2`, `udp 198.18.0.1:4500 -> 198.18.0.2:4500`.
+fn kernel_packet(d: &KernelDropRecord) -> String {
+    let end = |address: Option<std::net::IpAddr>, port: Option<u16>| match (address, port) {
+        (Some(a), Some(p)) => std::net::SocketAddr::new(a, p).to_string(),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".to_string(),
+    };
+    format!("{} {} -> {}", d.protocol, end(d.source, d.source_port), end(d.destination, d.destination_port))
+}
+
+/// One kernel drop as one line, for `drops --follow --kernel`.
+pub fn kernel_drop_line(d: &KernelDropRecord) -> String {
+    let mut line = format!("{} kernel:{} at {} {}", utc_time(d.at_unix_ms), d.reason, d.location, kernel_packet(d));
+    if let Some(peer) = &d.peer {
+        let _ = write!(line, " peer={peer}");
+    }
+    if let Some(interface) = &d.interface {
+        let _ = write!(line, " dev={interface}");
+    }
+    line
 }
 
 /// One drop as one line, for `drops --follow`: only what is known.

@@ -44,12 +44,18 @@ pub enum Command {
     Fdb,
     Drops {
         peer: Option<String>,
+        /// Also the kernel's drops of the mesh's traffic (eBPF).
+        #[serde(default)]
+        kernel: bool,
     },
     /// Streams drops recorded after the record `after` (a `DropReport::last_id`): one
-    /// `Reply::DropStream` line whenever there are new ones, until the client hangs up.
+    /// `Reply::DropStream` line whenever there are new ones, until the client hangs up. With
+    /// `kernel_after` (a `KernelDropReport::last_id`), the kernel's drops too.
     DropsFollow {
         peer: Option<String>,
         after: u64,
+        #[serde(default)]
+        kernel_after: Option<u64>,
     },
 }
 
@@ -293,6 +299,44 @@ pub struct DropReport {
     pub recent: Vec<DropRecord>,
     /// The id of the last drop recorded so far (0: none); `DropsFollow` continues after it.
     pub last_id: u64,
+    /// The kernel's drops of the mesh's traffic, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelDropReport>,
+}
+
+/// What the eBPF tracer on `skb:kfree_skb` saw, or why it is not running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelDropReport {
+    /// Why kernel drops are not traced, with what to do; `None` while tracing.
+    pub unavailable: Option<String>,
+    pub total: u64,
+    /// Events the kernel could not queue to meshd (its ring buffer was full).
+    pub lost: u64,
+    /// By the kernel's reason name (`NETFILTER_DROP`, ...).
+    pub by_reason: BTreeMap<String, u64>,
+    /// The most recent, oldest first.
+    pub recent: Vec<KernelDropRecord>,
+    pub last_id: u64,
+}
+
+/// One packet of the mesh that the kernel dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelDropRecord {
+    pub id: u64,
+    pub at_unix_ms: u64,
+    /// The kernel's name for `enum skb_drop_reason`, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that freed the packet, as `function+0xoffset`.
+    pub location: String,
+    /// The peer whose address is the packet's source or destination.
+    pub peer: Option<String>,
+    pub interface: Option<String>,
+    /// "esp", "udp", or the IP protocol number.
+    pub protocol: String,
+    pub source: Option<IpAddr>,
+    pub destination: Option<IpAddr>,
+    pub source_port: Option<u16>,
+    pub destination_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +359,8 @@ pub struct DropRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DropBatch {
     pub drops: Vec<DropRecord>,
+    #[serde(default)]
+    pub kernel: Vec<KernelDropRecord>,
 }
 
 /// Addresses of a dropped overlay frame: its MACs and, for IPv4/IPv6 frames, its IP addresses.

@@ -1,5 +1,6 @@
 //! Diagnostics in the namespace lab: `ikectl drops --follow` streams drops as they happen, with
-//! their reasons (datapath and IKE) and the overlay frame's inner addresses.
+//! their reasons (datapath and IKE) and the overlay frame's inner addresses; the eBPF tracer sees
+//! the kernel's drops of mesh traffic.
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test diag`.
 
@@ -76,7 +77,10 @@ fn drops_follow_streams_ike_and_datapath_drops_with_inner_addresses() {
     let lab = Lab::new("dgfo", 2);
     let mesh = MeshFile::builder(&lab).ike().write();
     let other_psk = mesh.variant_with_other_psk("other.toml");
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let n1 = Meshd::start_with(lab.node(0), mesh.path(), &lab.node_name(0), &["--no-kernel-drops"]);
+    let off = n1.ikectl_json(&["drops", "--kernel"]);
+    let why = off["kernel"]["unavailable"].as_str().unwrap_or_default();
+    assert!(why.contains("--no-kernel-drops"), "the report says why kernel drops are not traced: {off:#}");
     let follower = Follower::start(&n1, &[]);
     let report = follower.wait_for(Duration::from_secs(10), "report first", |v| v["kind"] == "drops");
     assert!(report["data"]["last_id"].is_u64(), "the report says where following starts: {report}");
@@ -99,4 +103,49 @@ fn drops_follow_streams_ike_and_datapath_drops_with_inner_addresses() {
     assert_eq!(dropped["inner"]["destination_mac"], "02:00:00:00:00:02", "{dropped}");
     assert!(dropped["vni"].is_u64(), "{dropped}");
     assert!(dropped["id"].as_u64() > auth["id"].as_u64(), "ids grow: {auth} then {dropped}");
+}
+
+/// n2 drops n1's ESP with nftables: n2's eBPF tracer reports it as the kernel's NETFILTER_DROP,
+/// attributed to peer n1, with the kernel function that freed it, both in `ikectl drops --kernel`
+/// and in `drops --follow --kernel`.
+#[test]
+fn kernel_tracer_sees_a_netfilter_drop_of_the_peers_esp() {
+    require_root();
+    let lab = Lab::new("dgkd", 2);
+    let mesh = MeshFile::builder(&lab).encap("esp").write();
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let before = n2.ikectl_json(&["drops", "--kernel"]);
+    assert!(
+        before["kernel"]["unavailable"].is_null(),
+        "n2 traces kernel drops (as root, with BTF; it mounts tracefs itself): {before:#}\n{}",
+        n2.log()
+    );
+    let follower = Follower::start(&n2, &["--kernel"]);
+    follower.wait_for(Duration::from_secs(10), "report first", |v| v["kind"] == "drops");
+
+    let n2_ns = lab.node(1);
+    n2_ns.run_ok(["nft", "add", "table", "inet", "dgkd"]);
+    n2_ns.run_ok(["nft", "add chain inet dgkd input { type filter hook input priority 0; }"]);
+    n2_ns.run_ok(["nft", "add", "rule", "inet", "dgkd", "input", "ip", "protocol", "esp", "drop"]);
+    let n2_overlay = lab.overlay_addr(1).to_string();
+    let ping = lab.node(0).ping(&n2_overlay, 3);
+    assert!(!ping.status.success(), "n2 drops all ESP, yet the overlay ping went through");
+
+    let n1_address = lab.addr(0).to_string();
+    let is_netfilter_drop =
+        |d: &Value| d["reason"] == "NETFILTER_DROP" && d["protocol"] == "esp" && d["source"] == n1_address.as_str();
+    let streamed = follower.wait_for(Duration::from_secs(30), "kernel NETFILTER_DROP", is_netfilter_drop);
+    assert_eq!(streamed["peer"], "n1", "{streamed}");
+    assert!(streamed["location"].as_str().is_some_and(|l| l.contains('+')), "symbolized: {streamed}");
+
+    let report = n2.ikectl_json(&["drops", "--kernel"]);
+    let kernel = &report["kernel"];
+    assert!(kernel["by_reason"]["NETFILTER_DROP"].as_u64() >= Some(3), "{kernel:#}");
+    let recent = kernel["recent"].as_array().expect("recent kernel drops");
+    assert!(recent.iter().any(is_netfilter_drop), "{kernel:#}");
+    let text = String::from_utf8_lossy(&n2.ikectl(&["drops", "--kernel"]).stdout).to_string();
+    assert!(text.contains("NETFILTER_DROP") && text.contains(&format!("esp {n1_address} ->")), "{text}");
+    // meshd itself saw nothing of it: the kernel dropped the packets first.
+    assert_eq!(n1.ikectl_json(&["drops"])["by_reason"].get("authentication"), None);
 }
