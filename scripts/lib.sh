@@ -7,6 +7,8 @@ MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps buil
 # The kernel drop tracer (ebpf/): clang builds the BPF program, bpftool dumps vmlinux.h, libbpf-dev
 # has its headers; libbpf-rs builds libbpf itself and links libelf and zlib.
 MESHD_PACKAGES+=(clang bpftool libbpf-dev libelf-dev zlib1g-dev)
+# The metrics test scrapes with curl.
+MESHD_PACKAGES+=(curl)
 
 meshd_require_root() {
     if [ "$(id -u)" -ne 0 ]; then

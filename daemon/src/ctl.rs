@@ -169,20 +169,21 @@ impl Control {
         DropBatch { drops, kernel }
     }
 
+    /// Peers with an SA in both directions.
+    pub fn peers_with_sas(&self) -> usize {
+        let tables = self.state.sadb.load();
+        let both_ways =
+            |peer: PeerId| tables.outbound(peer).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer);
+        self.state.topology.peers.iter().filter(|peer| both_ways(peer.id)).count()
+    }
+
     pub fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
         name.map(|name| self.state.topology.resolve_peer(name)).transpose()
     }
 
     fn status(&self) -> Status {
         let topology = &self.state.topology;
-        let tables = self.state.sadb.load();
-        let peers_with_sas = topology
-            .peers
-            .iter()
-            .filter(|peer| {
-                tables.outbound(peer.id).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer.id)
-            })
-            .count();
+        let peers_with_sas = self.peers_with_sas();
         Status {
             node: topology.node_name.clone(),
             mesh: topology.mesh_name.clone(),

@@ -12,6 +12,7 @@ use tun_rs::SyncDevice;
 use crate::ctl::{self, Control, SocketFile};
 use crate::datapath::{Datapath, IkeInbox};
 use crate::diag::kernel::KernelDrops;
+use crate::diag::metrics;
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
 use crate::overhead::{Encapsulation, IpVersion};
@@ -124,6 +125,11 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
                 source,
             })?;
             tokio::spawn(keying::run(keying, state.clone(), sockets, inbox_receiver));
+        }
+        if let Some(address) = control.config.metrics.listen {
+            let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
+            tracing::info!(%address, "serving Prometheus metrics at /metrics");
+            tokio::spawn(metrics::serve(listener, control.clone()));
         }
         let served = tokio::select! {
             served = ctl::serve(&mut socket, control) => served,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,18 @@ pub struct Keying {
     by_peer: HashMap<PeerId, usize>,
     /// The last failure of each IKE peer, cleared when an IKE SA comes up.
     failures: Mutex<Vec<Option<String>>>,
+    /// Per IKE peer, for metrics.
+    stats: Vec<IkePeerStats>,
     wake: Notify,
+}
+
+/// What happened to one IKE peer's SAs since meshd started.
+#[derive(Debug, Default)]
+pub struct IkePeerStats {
+    /// Outbound Child SAs that replaced a previous one (rekeys, not first installs or flushes).
+    pub rekeys: AtomicU64,
+    /// IKE SA attempts that failed (authentication, proposals, no answer, selectors).
+    pub handshake_failures: AtomicU64,
 }
 
 /// Where IKE leaves and arrives. Sends go through plain non-blocking sockets (a tokio socket
@@ -119,6 +131,7 @@ impl Keying {
         Ok(Some(Keying {
             endpoint: Mutex::new(endpoint),
             failures: Mutex::new(vec![None; ike_peers.len()]),
+            stats: ike_peers.iter().map(|_| IkePeerStats::default()).collect(),
             by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
             peers: ike_peers,
             wake: Notify::new(),
@@ -127,6 +140,11 @@ impl Keying {
 
     fn endpoint(&self) -> MutexGuard<'_, Endpoint> {
         self.endpoint.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rekeys and handshake failures of an IKE peer; `None` for a manual peer.
+    pub fn stats(&self, peer: PeerId) -> Option<&IkePeerStats> {
+        self.by_peer.get(&peer).map(|index| &self.stats[*index])
     }
 
     pub fn is_ike_peer(&self, peer: PeerId) -> bool {
@@ -222,8 +240,11 @@ impl Keying {
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
-            Event::InstallOutbound { peer, sa } => {
-                let peer = self.peers[peer];
+            Event::InstallOutbound { peer: index, sa } => {
+                let peer = self.peers[index];
+                if state.sadb.load().outbound(peer).is_some() {
+                    self.stats[index].rekeys.fetch_add(1, Ordering::Relaxed);
+                }
                 let (params, key) = sa_params(state, peer, sa);
                 match Sealer::new(params.cipher, &key) {
                     Ok(sealer) => {
@@ -247,6 +268,9 @@ impl Keying {
                 let name = peer.map_or_else(|| from.to_string(), |p| state.topology.peer(self.peers[p]).name.clone());
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
                 self.record_drop(state, failure_reason(&failure), peer, from);
+                if let Some(index) = peer {
+                    self.stats[index].handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 if let (Some(peer), Ok(mut failures)) = (peer, self.failures.lock()) {
                     failures[peer] = Some(failure.to_string());
                 }

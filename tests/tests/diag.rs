@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshd_lab::meshd::ikectl_bin;
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::{require_root, Lab, MeshFile, Meshd};
+use meshd_lab::{require_root, wait_until, Lab, MeshFile, Meshd};
 use serde_json::Value;
 
 /// `ikectl --json drops --follow` against a daemon; its lines arrive on a channel. Killed when
@@ -148,4 +148,69 @@ fn kernel_tracer_sees_a_netfilter_drop_of_the_peers_esp() {
     assert!(text.contains("NETFILTER_DROP") && text.contains(&format!("esp {n1_address} ->")), "{text}");
     // meshd itself saw nothing of it: the kernel dropped the packets first.
     assert_eq!(n1.ikectl_json(&["drops"])["by_reason"].get("authentication"), None);
+}
+
+/// `name{labels} value` lines of an OpenMetrics text, as (name with labels, value).
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {line}"));
+            (name.to_string(), value.parse().unwrap_or_else(|_| panic!("not a number in: {line}")))
+        })
+        .collect()
+}
+
+fn sample(samples: &[(String, f64)], name: &str) -> Option<f64> {
+    samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// Two IKE nodes with `[metrics] listen`: a scrape over HTTP (curl inside n1's namespace) parses
+/// as OpenMetrics and shows the configured and established peers, the overlay traffic of a ping
+/// per peer and direction, rekeys and handshake failures per peer, and drops by reason and peer.
+#[test]
+fn metrics_are_scraped_over_http() {
+    require_root();
+    let lab = Lab::new("dgme", 2);
+    let mesh = MeshFile::builder(&lab).ike().extra("[metrics]\nlisten = \"127.0.0.1:9477\"\n").write();
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let _n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let up = wait_until(Duration::from_secs(30), || {
+        (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(up.is_some(), "n1 and n2 did not negotiate SAs\n{}", n1.log());
+    let ping = lab.node(0).ping(&lab.overlay_addr(1).to_string(), 3);
+    assert!(ping.status.success(), "overlay ping failed: {}", String::from_utf8_lossy(&ping.stdout));
+
+    let scrape = |path: &str| {
+        let url = format!("http://127.0.0.1:9477{path}");
+        let out = lab.node(0).exec(["curl", "-sS", "-o", "/dev/stdout", "-w", "\n%{http_code} %{content_type}", &url]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl {url}: {text}"));
+        (status.to_string(), body.to_string())
+    };
+    let (status, body) = scrape("/metrics");
+    assert!(status.starts_with("200 application/openmetrics-text"), "{status}\n{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF:\n{body}");
+    let s = samples(&body);
+    assert_eq!(sample(&s, "meshd_peers_configured"), Some(1.0), "{body}");
+    assert_eq!(sample(&s, "meshd_peers_established"), Some(1.0), "{body}");
+    for direction in ["tx", "rx"] {
+        let packets = sample(&s, &format!("meshd_peer_packets_total{{peer=\"n2\",direction=\"{direction}\"}}"));
+        assert!(packets >= Some(3.0), "3 pings each way, {direction}: {body}");
+        let bytes = sample(&s, &format!("meshd_peer_bytes_total{{peer=\"n2\",direction=\"{direction}\"}}"));
+        assert!(bytes >= Some(3.0 * 98.0), "3 ICMP frames of 98 bytes, {direction}: {body}");
+    }
+    assert_eq!(sample(&s, "meshd_rekeys_total{peer=\"n2\"}"), Some(0.0), "{body}");
+    assert_eq!(sample(&s, "meshd_handshake_failures_total{peer=\"n2\"}"), Some(0.0), "{body}");
+
+    // A drop shows up by reason and peer: an IKE message n1 cannot parse, from n2's address.
+    let n1_ike = format!("printf garbage > /dev/udp/{}/500", lab.addr(0));
+    lab.node(1).run_ok(["bash", "-c", &n1_ike]);
+    let dropped = wait_until(Duration::from_secs(10), || {
+        sample(&samples(&scrape("/metrics").1), "meshd_drops_total{reason=\"ike_malformed\",peer=\"n2\"}")
+    });
+    assert_eq!(dropped, Some(1.0), "an unparsable IKE message from n2 is counted");
+
+    assert!(scrape("/").0.starts_with("404"), "only /metrics is served");
 }
