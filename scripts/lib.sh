@@ -3,7 +3,8 @@
 
 # Debian packages the demo, the tests and the benchmark use.
 MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps build-essential pkg-config
-    strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins)
+    strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
+    systemd vagrant)
 # The kernel drop tracer (ebpf/): clang builds the BPF program, bpftool dumps vmlinux.h, libbpf-dev
 # has its headers; libbpf-rs builds libbpf itself and links libelf and zlib.
 MESHD_PACKAGES+=(clang bpftool libbpf-dev libelf-dev zlib1g-dev)

@@ -6,9 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use mesh_config::control::{
     Command, Direction, DropBatch, FdbEntry, FlushReport, OverlayStatus, PeerInfo, ReplayInfo, Reply, Request,
     Response, SaInfo, SaList, Spi, Status, PROTOCOL_VERSION,
@@ -21,6 +22,7 @@ use crate::diag::kernel::KernelDrops;
 use crate::error::DaemonError;
 use crate::keying::Keying;
 use crate::manual;
+use crate::reload::Reloader;
 use crate::sadb::{SaCounters, SaParams};
 use crate::state::MeshState;
 use crate::topology::PeerId;
@@ -75,12 +77,14 @@ const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// What the control plane answers from.
 pub struct Control {
     pub state: Arc<MeshState>,
-    pub config: Arc<MeshConfig>,
-    /// IKE, when some peer is keyed by it.
-    pub keying: Option<Arc<Keying>>,
+    /// The running mesh file; a reload replaces it.
+    pub config: ArcSwap<MeshConfig>,
+    pub keying: Arc<Keying>,
     pub started: Instant,
     pub workers: usize,
-    pub overlays: Vec<OverlayStatus>,
+    pub overlays: ArcSwap<Vec<OverlayStatus>>,
+    /// Held while a reload runs, so that reloads never overlap.
+    pub reloader: Mutex<Reloader>,
     pub kernel_drops: KernelDrops,
 }
 
@@ -91,14 +95,14 @@ pub async fn serve(socket: &mut SocketFile, control: Arc<Control>) -> io::Result
         let (stream, _) = listener.accept().await?;
         let control = control.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, &control).await {
+            if let Err(error) = serve_connection(stream, control).await {
                 tracing::debug!(%error, "control connection ended");
             }
         });
     }
 }
 
-async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<()> {
+async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut lines = BufReader::new(reader).lines();
     while let Some(line) = lines.next_line().await? {
@@ -110,7 +114,16 @@ async fn serve_connection(stream: UnixStream, control: &Control) -> io::Result<(
             Ok(Request { command: Command::SaFlush { peer }, .. }) => control.flush_and_wait(peer.as_deref()).await,
             Ok(Request { command: Command::DropsFollow { peer, after, kernel_after }, .. }) => {
                 let from = crate::diag::follow::Start { after, kernel_after };
-                return crate::diag::follow::stream(control, peer.as_deref(), from, &mut lines, &mut writer).await;
+                return crate::diag::follow::stream(&control, peer.as_deref(), from, &mut lines, &mut writer).await;
+            }
+            Ok(Request { command: Command::Reload, .. }) => {
+                // A reload waits for the datapath workers to pause: not on the runtime's thread.
+                let reloading = control.clone();
+                match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                    Ok(Ok(plan)) => Response::ok(Reply::Reload(plan)),
+                    Ok(Err(message)) => Response::error(message),
+                    Err(error) => Response::error(format!("the reload failed ({error}); see the meshd log")),
+                }
             }
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
@@ -135,7 +148,7 @@ impl Control {
         let result = match command {
             Command::Status => Ok(Reply::Status(self.status())),
             Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
-                let ike_sas = self.keying.as_ref().map(|k| k.ike_sas(&self.state, peer)).unwrap_or_default();
+                let ike_sas = self.keying.ike_sas(&self.state, peer);
                 Reply::SaList(SaList { ike_sas, child_sas: self.sa_list(peer) })
             }),
             Command::SaFlush { peer } => {
@@ -144,7 +157,7 @@ impl Control {
             Command::Peers => Ok(Reply::Peers(self.peers())),
             Command::Fdb => Ok(Reply::Fdb(self.fdb())),
             Command::Drops { peer: name, kernel } => self.peer_filter(name.as_deref()).map(|peer| {
-                let topology = &self.state.topology;
+                let topology = self.state.topology();
                 let mut report = self.state.drops.report(|id| topology.peer(id).name.clone(), peer);
                 report.kernel = kernel.then(|| self.kernel_drops.report(name.as_deref()));
                 Reply::Drops(report)
@@ -153,6 +166,7 @@ impl Control {
             Command::DropsFollow { peer, after, kernel_after } => self
                 .peer_filter(peer.as_deref())
                 .map(|_| Reply::DropStream(self.drops_since(peer.as_deref(), after, kernel_after))),
+            Command::Reload => self.reload().map(Reply::Reload),
         };
         match result {
             Ok(reply) => Response::ok(reply),
@@ -162,7 +176,7 @@ impl Control {
 
     /// The drops (and, with `kernel_after`, kernel drops) recorded after those ids.
     pub fn drops_since(&self, peer: Option<&str>, after: u64, kernel_after: Option<u64>) -> DropBatch {
-        let topology = &self.state.topology;
+        let topology = self.state.topology();
         let only = peer.and_then(|name| topology.resolve_peer(name).ok());
         let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), only);
         let kernel = kernel_after.map(|after| self.kernel_drops.since(after, peer)).unwrap_or_default();
@@ -174,27 +188,27 @@ impl Control {
         let tables = self.state.sadb.load();
         let both_ways =
             |peer: PeerId| tables.outbound(peer).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer);
-        self.state.topology.peers.iter().filter(|peer| both_ways(peer.id)).count()
+        self.state.topology().peers.iter().filter(|peer| both_ways(peer.id)).count()
     }
 
     pub fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
-        name.map(|name| self.state.topology.resolve_peer(name)).transpose()
+        name.map(|name| self.state.topology().resolve_peer(name)).transpose()
     }
 
     fn status(&self) -> Status {
-        let topology = &self.state.topology;
+        let topology = self.state.topology();
         let peers_with_sas = self.peers_with_sas();
         Status {
             node: topology.node_name.clone(),
             mesh: topology.mesh_name.clone(),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
-            config_path: self.config.path.display().to_string(),
+            config_path: self.config.load().path.display().to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             underlay_address: topology.local_address,
             workers: self.workers,
             peers_configured: topology.peers.len(),
             peers_with_sas,
-            overlays: self.overlays.clone(),
+            overlays: self.overlays.load().to_vec(),
             drops_total: self.state.drops.total(),
         }
     }
@@ -202,7 +216,7 @@ impl Control {
     fn sa_info(&self, params: &SaParams, direction: Direction, counters: &SaCounters) -> SaInfo {
         let clock = &self.state.clock;
         SaInfo {
-            peer: self.state.topology.peer(params.peer).name.clone(),
+            peer: self.state.topology().peer(params.peer).name.clone(),
             direction,
             spi: Spi(params.spi),
             cipher: params.cipher,
@@ -252,17 +266,14 @@ impl Control {
             Ok(flushed) => flushed,
             Err(message) => return Response::error(message),
         };
-        let ike_peers: Vec<PeerId> = match &self.keying {
-            Some(keying) => self
-                .state
-                .topology
-                .peers
-                .iter()
-                .map(|p| p.id)
-                .filter(|p| keying.is_ike_peer(*p) && only.is_none_or(|o| o == *p))
-                .collect(),
-            None => Vec::new(),
-        };
+        let ike_peers: Vec<PeerId> = self
+            .state
+            .topology()
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .filter(|p| self.keying.is_ike_peer(*p) && only.is_none_or(|o| o == *p))
+            .collect();
         if ike_peers.is_empty() {
             return Response::ok(Reply::SaFlush(report));
         }
@@ -289,19 +300,18 @@ impl Control {
     /// Removes the SAs of `only` (or all peers), reinstalls manual ones and renegotiates IKE ones.
     fn flush(&self, only: Option<PeerId>) -> Result<FlushReport, String> {
         let removed = self.state.sadb.remove(only);
-        if let Some(keying) = &self.keying {
-            for peer in self.state.topology.peers.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
-                keying.flush(peer.id);
-            }
+        let topology = self.state.topology();
+        for peer in topology.peers.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
+            self.keying.flush(peer.id);
         }
-        let reinstalled = manual::install(&self.config, &self.state, only).map_err(|e| e.to_string())?;
-        let target = only.map_or_else(|| "every peer".to_string(), |p| self.state.topology.peer(p).name.clone());
+        let reinstalled = manual::install(&self.config.load(), &self.state, only).map_err(|e| e.to_string())?;
+        let target = only.map_or_else(|| "every peer".to_string(), |p| topology.peer(p).name.clone());
         tracing::info!(peer = %target, removed = removed.len(), reinstalled = reinstalled.len(), "SAs flushed");
         let advice = (!reinstalled.is_empty()).then(|| {
             format!(
                 "manual SAs start again at sequence number 1: flush them on {target} too \
                  (ikectl sa flush --peer {}), or it drops this node's packets as replays",
-                self.state.topology.node_name
+                topology.node_name
             )
         });
         Ok(FlushReport {
@@ -315,8 +325,8 @@ impl Control {
     fn peers(&self) -> Vec<PeerInfo> {
         let tables = self.state.sadb.load();
         let clock = &self.state.clock;
-        self.state
-            .topology
+        let topology = self.state.topology();
+        topology
             .peers
             .iter()
             .map(|peer| {
@@ -328,7 +338,7 @@ impl Control {
                     name: peer.name.clone(),
                     address: peer.address,
                     mode: peer.mode,
-                    encap: self.state.topology.encap,
+                    encap: topology.encap,
                     outbound_spi: tables.outbound(peer.id).map(|sa| Spi(sa.params.spi)),
                     inbound_spis,
                     tx_packets: counters.tx_packets.load(Ordering::Relaxed),
@@ -337,23 +347,19 @@ impl Control {
                     rx_bytes: counters.rx_bytes.load(Ordering::Relaxed),
                     last_rx_secs: clock.secs_since(counters.last_rx_ms.load(Ordering::Relaxed)),
                     drops: self.state.drops.peer_total(peer.id),
-                    keying: self
-                        .keying
-                        .as_ref()
-                        .and_then(|k| k.state_of(peer.id))
-                        .unwrap_or_else(|| "manual".to_string()),
+                    keying: self.keying.state_of(peer.id).unwrap_or_else(|| "manual".to_string()),
                 }
             })
             .collect()
     }
 
     fn fdb(&self) -> Vec<FdbEntry> {
-        let topology = &self.state.topology;
+        let topology = &*self.state.topology();
         topology
             .overlays
             .iter()
             .flat_map(|overlay| {
-                self.state.fdb(overlay.id).entries().into_iter().map(move |(mac, peer, seen_ms)| FdbEntry {
+                overlay.fdb.entries().into_iter().map(move |(mac, peer, seen_ms)| FdbEntry {
                     overlay: overlay.name.clone(),
                     vni: overlay.vni,
                     mac: mac.to_string(),

@@ -2,11 +2,13 @@
 //! and leave nothing behind.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use mesh_config::control::OverlayStatus;
 use mesh_config::{MeshConfig, Mode, OverlayMtu};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tun_rs::SyncDevice;
 
 use crate::ctl::{self, Control, SocketFile};
@@ -16,6 +18,7 @@ use crate::diag::metrics;
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
 use crate::overhead::{Encapsulation, IpVersion};
+use crate::reload::Reloader;
 use crate::state::MeshState;
 use crate::topology::{Overlay, Topology};
 use crate::{manual, netif, tap};
@@ -33,6 +36,8 @@ pub struct RunOptions {
     pub offload: bool,
     /// Trace the kernel's drops of mesh traffic with eBPF.
     pub kernel_drops: bool,
+    /// How long datapath workers poll without sleeping after traffic (zero: they sleep at once).
+    pub busy_poll: Duration,
 }
 
 /// Loads the config and finds which node this host is.
@@ -59,7 +64,7 @@ pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, Dae
     ))
 }
 
-/// `meshd run`: runs in the foreground until SIGTERM or SIGINT.
+/// `meshd run`: runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let (config, topology) = load(&options.config, options.node.as_deref())?;
     // Bind first: a second meshd must fail before it touches any interface.
@@ -68,48 +73,44 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let installed = manual::install(&config, &state, None)?;
 
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
-    let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
     let mut overlays = Vec::new();
     let mut queues: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
-    for overlay in &state.topology.overlays {
-        let cipher = proposal_cipher.unwrap_or(mesh_config::Cipher::Aes256Gcm16);
-        let (mtu, mtu_reason) = overlay_mtu(overlay, &state.topology, cipher)?;
-        let devices = tap::create(&overlay.interface, mtu, overlay.address, workers, options.offload)
-            .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
+    let topology = state.topology_full();
+    for overlay in &topology.overlays {
+        let (devices, status) = bring_up(overlay, &topology, &config, workers, options.offload)?;
         for (queue, device) in queues.iter_mut().zip(devices) {
             queue.push(device);
         }
-        tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, "overlay interface up");
-        overlays.push(OverlayStatus {
-            name: overlay.name.clone(),
-            interface: overlay.interface.clone(),
-            vni: overlay.vni,
-            mtu: u32::from(mtu),
-            mtu_reason,
-            address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
-        });
+        overlays.push(status);
     }
-    let keying = Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?.map(Arc::new);
+    let keying = Arc::new(Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, keying.as_ref().map(|_| inbox), options.offload)?;
+    let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.offload, options.busy_poll)?;
     tracing::info!(
-        node = %state.topology.node_name,
-        address = %state.topology.local_address,
-        peers = state.topology.peers.len(),
+        node = %topology.node_name,
+        address = %topology.local_address,
+        peers = topology.peers.len(),
         manual_sas = installed.len(),
         workers = datapath.workers(),
         "meshd running"
     );
+    let udp_4500 = datapath.take_udp_4500();
     let control = Arc::new(Control {
         state: state.clone(),
-        config: Arc::new(config),
+        config: ArcSwap::from_pointee(config),
         keying: keying.clone(),
         started: Instant::now(),
         workers: datapath.workers(),
-        overlays,
+        overlays: ArcSwap::from_pointee(overlays),
+        reloader: Mutex::new(Reloader {
+            config_path: options.config.clone(),
+            datapath: Some(datapath),
+            ike_inbox: inbox,
+            offload: options.offload,
+            busy_poll: options.busy_poll,
+        }),
         kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
     });
-    let udp_4500 = datapath.take_udp_4500();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,30 +118,68 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
-        if let Some(keying) = keying {
-            let local = state.topology.local_address;
-            let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
-                address: local,
-                encap: state.topology.encap,
-                source,
-            })?;
-            tokio::spawn(keying::run(keying, state.clone(), sockets, inbox_receiver));
-        }
-        if let Some(address) = control.config.metrics.listen {
+        let local = topology.local_address;
+        let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
+            address: local,
+            encap: topology.encap,
+            source,
+        })?;
+        tokio::spawn(keying::run(keying, state.clone(), sockets, inbox_receiver));
+        // Registered before anything can send it: SIGHUP's default action would end meshd.
+        let hangup = signal(SignalKind::hangup())
+            .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
+        tokio::spawn(reload_on_hangup(hangup, control.clone()));
+        if let Some(address) = control.config.load().metrics.listen {
             let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
             tokio::spawn(metrics::serve(listener, control.clone()));
         }
         let served = tokio::select! {
-            served = ctl::serve(&mut socket, control) => served,
+            served = ctl::serve(&mut socket, control.clone()) => served,
             signal = wait_for_stop_signal() => signal,
         };
         served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
     });
-    datapath.stop();
+    control.reloader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).shutdown();
     drop(socket);
     tracing::info!("meshd stopped");
     served
+}
+
+/// Creates the TAP of `overlay` with one queue per worker, with its MTU and address; returns the
+/// queues and what `ikectl status` shows of it.
+pub(crate) fn bring_up(
+    overlay: &Overlay,
+    topology: &Topology,
+    config: &MeshConfig,
+    queues: usize,
+    offload: bool,
+) -> Result<(Vec<SyncDevice>, OverlayStatus), DaemonError> {
+    let cipher = config.ike.proposals.first().map_or(mesh_config::Cipher::Aes256Gcm16, |p| p.cipher);
+    let (mtu, mtu_reason) = overlay_mtu(overlay, topology, cipher)?;
+    let devices = tap::create(&overlay.interface, mtu, overlay.address, queues, offload)
+        .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
+    tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, "overlay interface up");
+    let status = OverlayStatus {
+        name: overlay.name.clone(),
+        interface: overlay.interface.clone(),
+        vni: overlay.vni,
+        mtu: u32::from(mtu),
+        mtu_reason,
+        address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
+    };
+    Ok((devices, status))
+}
+
+/// Reloads on every SIGHUP, like `ikectl reload` (the outcome goes to the log).
+async fn reload_on_hangup(mut hangup: Signal, control: Arc<Control>) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading {}", control.config.load().path.display());
+        let control = control.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || control.reload()).await {
+            tracing::error!(%error, "the reload panicked");
+        }
+    }
 }
 
 /// The MTU of an overlay interface and how it was chosen.
@@ -190,14 +229,13 @@ async fn expire_fdb(state: Arc<MeshState>) {
     loop {
         interval.tick().await;
         let now = state.clock.now_ms();
-        for fdb in &state.fdbs {
-            fdb.expire(now);
+        for overlay in &state.topology().overlays {
+            overlay.fdb.expire(now);
         }
     }
 }
 
 async fn wait_for_stop_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use mesh_config::control::{self, DropReason, DropRecord, DropReport, Spi};
 use tokio::sync::watch;
 
@@ -106,7 +107,8 @@ struct RingEntry {
 #[derive(Debug)]
 pub struct Drops {
     by_reason: ReasonCounters,
-    by_peer: Vec<ReasonCounters>,
+    /// Indexed by `PeerId`; grows when a reload adds peers.
+    by_peer: ArcSwap<Vec<Arc<ReasonCounters>>>,
     unattributed: ReasonCounters,
     ring: Mutex<Ring>,
     /// The id of the last entry in the ring.
@@ -125,7 +127,7 @@ impl Drops {
     pub fn new(peer_count: usize) -> Self {
         Drops {
             by_reason: ReasonCounters::default(),
-            by_peer: (0..peer_count).map(|_| ReasonCounters::default()).collect(),
+            by_peer: ArcSwap::from_pointee((0..peer_count).map(|_| Arc::default()).collect()),
             unattributed: ReasonCounters::default(),
             ring: Mutex::new(Ring {
                 entries: VecDeque::with_capacity(RING_CAPACITY),
@@ -137,9 +139,20 @@ impl Drops {
         }
     }
 
+    /// Makes room for the counters of peer ids up to `peer_count` (reload; one writer at a time).
+    pub fn add_peers(&self, peer_count: usize) {
+        let current = self.by_peer.load_full();
+        if current.len() < peer_count {
+            let mut grown = (*current).clone();
+            grown.resize_with(peer_count, Arc::default);
+            self.by_peer.store(Arc::new(grown));
+        }
+    }
+
     pub fn record(&self, reason: DropReason, context: DropContext) {
         self.by_reason.add(reason);
-        match context.peer.and_then(|peer| self.by_peer.get(peer.0)) {
+        let by_peer = self.by_peer.load();
+        match context.peer.and_then(|peer| by_peer.get(peer.0)) {
             Some(counters) => counters.add(reason),
             None => self.unattributed.add(reason),
         }
@@ -191,17 +204,18 @@ impl Drops {
 
     /// Drops of one reason for one peer.
     pub fn peer_count(&self, peer: PeerId, reason: DropReason) -> u64 {
-        self.by_peer.get(peer.0).map_or(0, |counters| counters.get(reason))
+        self.by_peer.load().get(peer.0).map_or(0, |counters| counters.get(reason))
     }
 
     pub fn peer_total(&self, peer: PeerId) -> u64 {
-        self.by_peer.get(peer.0).map_or(0, ReasonCounters::total)
+        self.by_peer.load().get(peer.0).map_or(0, |counters| counters.total())
     }
 
     /// The report for `ikectl drops`; `peer_name` turns ids into names, `only` filters to one peer.
     pub fn report(&self, peer_name: impl Fn(PeerId) -> String, only: Option<PeerId>) -> DropReport {
         let mut by_peer = BTreeMap::new();
-        for (index, counters) in self.by_peer.iter().enumerate() {
+        let by_peer_counters = self.by_peer.load();
+        for (index, counters) in by_peer_counters.iter().enumerate() {
             let id = PeerId(index);
             if only.is_some_and(|o| o != id) {
                 continue;
@@ -217,7 +231,7 @@ impl Drops {
         }
         let by_reason = match only {
             None => self.by_reason.snapshot(),
-            Some(peer) => self.by_peer.get(peer.0).map(ReasonCounters::snapshot).unwrap_or_default(),
+            Some(peer) => by_peer_counters.get(peer.0).map(|counters| counters.snapshot()).unwrap_or_default(),
         };
         let last_id = *self.last_id.borrow();
         let recent = self.since(0, peer_name, only);
@@ -270,6 +284,17 @@ mod tests {
         assert_eq!(only.total, 2);
         assert_eq!(only.recent.len(), 2);
         assert!(!only.by_peer.contains_key("-"));
+    }
+
+    #[test]
+    fn peers_added_by_a_reload_are_counted() {
+        let drops = Drops::new(1);
+        drops.record(DropReason::Replay, DropContext { peer: Some(PeerId(2)), ..Default::default() });
+        assert_eq!(drops.peer_total(PeerId(2)), 0, "unknown ids count as unattributed");
+        drops.add_peers(3);
+        drops.record(DropReason::Replay, DropContext { peer: Some(PeerId(2)), ..Default::default() });
+        assert_eq!(drops.peer_total(PeerId(2)), 1);
+        assert_eq!(drops.total(), 2);
     }
 
     #[test]

@@ -63,7 +63,14 @@ impl Fdb {
         });
     }
 
-    /// Forgets entries older than `AGEING_MS`, and every entry of a peer that is gone.
+    /// Forgets every entry behind `peer` (a reload removed it or makes its SAs anew).
+    pub fn forget_peer(&self, peer: PeerId) {
+        if self.table.load().values().any(|entry| entry.peer == peer) {
+            self.update(|table| table.retain(|_, entry| entry.peer != peer));
+        }
+    }
+
+    /// Forgets entries older than `AGEING_MS`.
     pub fn expire(&self, now_ms: u64) {
         let stale = |entry: &FdbEntry| now_ms.saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)) > AGEING_MS;
         if self.table.load().values().any(|entry| stale(entry)) {
@@ -111,6 +118,16 @@ mod tests {
         assert_eq!(fdb.lookup(A), Some(PeerId(2)));
         fdb.expire(5_001 + AGEING_MS);
         assert_eq!(fdb.lookup(A), None);
+    }
+
+    #[test]
+    fn forgets_a_removed_peer() {
+        let fdb = Fdb::default();
+        let b = EthernetAddress([0x02, 0, 0, 0, 0, 0x0b]);
+        fdb.learn(A, PeerId(1), 10);
+        fdb.learn(b, PeerId(2), 10);
+        fdb.forget_peer(PeerId(1));
+        assert_eq!(fdb.entries(), vec![(b, PeerId(2), 10)]);
     }
 
     #[test]

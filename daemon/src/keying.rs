@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use crate::ike::{
 };
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::state::MeshState;
-use crate::topology::PeerId;
+use crate::topology::{Peer, PeerId, Topology};
 use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 
 /// How often the datapath is looked at: ESP for unknown SPIs (a liveness check or a new IKE
@@ -37,24 +36,31 @@ const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The IKE state shared by the driver task and the control socket.
 pub struct Keying {
-    endpoint: Mutex<Endpoint>,
-    /// The topology's id of each IKE peer (index = the endpoint's peer index).
-    peers: Vec<PeerId>,
-    by_peer: HashMap<PeerId, usize>,
-    /// The last failure of each IKE peer, cleared when an IKE SA comes up.
-    failures: Mutex<Vec<Option<String>>>,
-    /// Per IKE peer, for metrics.
-    stats: Vec<IkePeerStats>,
+    ike: Mutex<Ike>,
     wake: Notify,
 }
 
+/// The endpoint and the daemon's names for its peers, under one lock.
+struct Ike {
+    endpoint: Endpoint,
+    /// The topology's id of each IKE peer (index = the endpoint's peer index; peers that a reload
+    /// removed keep their index).
+    peers: Vec<PeerId>,
+    /// The endpoint index of each peer IKE keys now.
+    by_peer: HashMap<PeerId, usize>,
+    /// The last failure of each IKE peer, cleared when an IKE SA comes up.
+    failures: Vec<Option<String>>,
+    /// Per IKE peer (by endpoint index), for metrics.
+    stats: Vec<IkePeerStats>,
+}
+
 /// What happened to one IKE peer's SAs since meshd started.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IkePeerStats {
     /// Outbound Child SAs that replaced a previous one (rekeys, not first installs or flushes).
-    pub rekeys: AtomicU64,
+    pub rekeys: u64,
     /// IKE SA attempts that failed (authentication, proposals, no answer, selectors).
-    pub handshake_failures: AtomicU64,
+    pub handshake_failures: u64,
 }
 
 /// Where IKE leaves and arrives. Sends go through plain non-blocking sockets (a tokio socket
@@ -86,84 +92,131 @@ fn proposals_for_this_cpu(mut proposals: Vec<Proposal>) -> Vec<Proposal> {
     proposals
 }
 
-impl Keying {
-    /// The IKE state for the peers that have no manual SAs; `None` when there are none.
-    pub fn new(config: &MeshConfig, state: &MeshState, now: Instant) -> Result<Option<Keying>, String> {
-        let topology = &state.topology;
-        let me = topology.node_name.as_str();
-        let ike_peers: Vec<PeerId> = topology
-            .peers
-            .iter()
-            .filter(|peer| config.manual_sa(me, &peer.name).is_none() && config.manual_sa(&peer.name, me).is_none())
-            .map(|peer| peer.id)
-            .collect();
-        if ike_peers.is_empty() {
-            return Ok(None);
-        }
-        let Some(psk) = &config.psk else {
+/// The peers of `topology` that IKE keys: those without manual SAs.
+pub fn ike_peers(config: &MeshConfig, topology: &Topology) -> Vec<PeerId> {
+    let me = topology.node_name.as_str();
+    topology
+        .peers
+        .iter()
+        .filter(|peer| config.manual_sa(me, &peer.name).is_none() && config.manual_sa(&peer.name, me).is_none())
+        .map(|peer| peer.id)
+        .collect()
+}
+
+/// IKE's settings for `config` with the peers `ike_peers`; fails when there are IKE peers but no
+/// pre-shared key.
+pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, String> {
+    let psk = match (&config.psk, ike_peers.is_empty()) {
+        (Some(psk), _) => psk.as_bytes().to_vec(),
+        (None, true) => Vec::new(),
+        (None, false) => {
             let names: Vec<&str> = ike_peers.iter().map(|id| topology.peer(*id).name.as_str()).collect();
             return Err(format!(
                 "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs the pre-shared key: set psk_file in [mesh]",
                 names.join(", ")
             ));
-        };
-        let proposals = if config.ike.proposals_explicit {
-            config.ike.proposals.clone()
-        } else {
-            proposals_for_this_cpu(config.ike.proposals.clone())
-        };
-        let settings = IkeSettings {
-            local: topology.local_address,
-            psk: Zeroizing::new(psk.as_bytes().to_vec()),
-            proposals,
-            ike_lifetime: config.ike.ike_lifetime,
-            child_lifetime: config.ike.child_lifetime,
-            dpd: config.ike.dpd,
-            force_udp_encap: topology.encap == mesh_config::Encap::Udp,
-            esn: true,
-            vxlan_port: topology.vxlan_port,
-            peers: ike_peers
-                .iter()
-                .map(|id| PeerSettings { address: topology.peer(*id).address, mode: topology.peer(*id).mode })
-                .collect(),
-        };
+        }
+    };
+    let proposals = if config.ike.proposals_explicit {
+        config.ike.proposals.clone()
+    } else {
+        proposals_for_this_cpu(config.ike.proposals.clone())
+    };
+    Ok(IkeSettings {
+        local: topology.local_address,
+        psk: Zeroizing::new(psk),
+        proposals,
+        ike_lifetime: config.ike.ike_lifetime,
+        child_lifetime: config.ike.child_lifetime,
+        dpd: config.ike.dpd,
+        force_udp_encap: topology.encap == mesh_config::Encap::Udp,
+        esn: true,
+        vxlan_port: topology.vxlan_port,
+        peers: ike_peers.iter().map(|id| peer_settings(topology.peer(*id))).collect(),
+    })
+}
+
+fn peer_settings(peer: &Peer) -> PeerSettings {
+    PeerSettings { address: peer.address, mode: peer.mode }
+}
+
+impl Keying {
+    /// The IKE state for the peers that have no manual SAs (there may be none yet: a reload can
+    /// add some).
+    pub fn new(config: &MeshConfig, state: &MeshState, now: Instant) -> Result<Keying, String> {
+        let topology = state.topology();
+        let ike_peers = ike_peers(config, &topology);
+        let settings = settings(config, &topology, &ike_peers)?;
         let endpoint = Endpoint::new(settings, now).map_err(|e| e.to_string())?;
-        Ok(Some(Keying {
-            endpoint: Mutex::new(endpoint),
-            failures: Mutex::new(vec![None; ike_peers.len()]),
-            stats: ike_peers.iter().map(|_| IkePeerStats::default()).collect(),
-            by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
-            peers: ike_peers,
+        Ok(Keying {
+            ike: Mutex::new(Ike {
+                endpoint,
+                failures: vec![None; ike_peers.len()],
+                stats: vec![IkePeerStats::default(); ike_peers.len()],
+                by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
+                peers: ike_peers,
+            }),
             wake: Notify::new(),
-        }))
+        })
     }
 
-    fn endpoint(&self) -> MutexGuard<'_, Endpoint> {
-        self.endpoint.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Ike> {
+        self.ike.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reload: new credentials and SA settings (see `Endpoint::reconfigure`).
+    pub fn reconfigure(&self, settings: IkeSettings) {
+        self.lock().endpoint.reconfigure(settings);
+    }
+
+    /// Reload: starts keying `peer` with IKE.
+    pub fn add_peer(&self, peer: &Peer) {
+        let mut ike = self.lock();
+        let index = ike.endpoint.add_peer(peer_settings(peer), Instant::now());
+        ike.peers.push(peer.id);
+        ike.failures.push(None);
+        ike.stats.push(IkePeerStats::default());
+        ike.by_peer.insert(peer.id, index);
+        drop(ike);
+        self.wake.notify_one();
+    }
+
+    /// Reload: deletes the IKE and Child SAs with `peer` (telling it) and stops keying it.
+    pub fn remove_peer(&self, peer: PeerId) {
+        let mut ike = self.lock();
+        if let Some(index) = ike.by_peer.remove(&peer) {
+            ike.endpoint.remove_peer(index, Instant::now());
+            drop(ike);
+            self.wake.notify_one();
+        }
     }
 
     /// Rekeys and handshake failures of an IKE peer; `None` for a manual peer.
-    pub fn stats(&self, peer: PeerId) -> Option<&IkePeerStats> {
-        self.by_peer.get(&peer).map(|index| &self.stats[*index])
+    pub fn stats(&self, peer: PeerId) -> Option<IkePeerStats> {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).map(|index| ike.stats[*index])
     }
 
     pub fn is_ike_peer(&self, peer: PeerId) -> bool {
-        self.by_peer.contains_key(&peer)
+        self.lock().by_peer.contains_key(&peer)
     }
 
     /// Deletes the SAs with `peer` (telling it) and negotiates anew; false for a manual peer.
     pub fn flush(&self, peer: PeerId) -> bool {
-        let Some(index) = self.by_peer.get(&peer) else { return false };
-        self.endpoint().flush(*index, Instant::now());
+        let mut ike = self.lock();
+        let Some(index) = ike.by_peer.get(&peer).copied() else { return false };
+        ike.endpoint.flush(index, Instant::now());
+        drop(ike);
         self.wake.notify_one();
         true
     }
 
     /// "established", "connecting", or the last failure.
     pub fn state_of(&self, peer: PeerId) -> Option<String> {
-        let index = *self.by_peer.get(&peer)?;
-        let failure = self.failures.lock().ok().and_then(|f| f.get(index).cloned().flatten());
-        let statuses = self.endpoint().status(Instant::now());
+        let ike = self.lock();
+        let index = *ike.by_peer.get(&peer)?;
+        let failure = ike.failures.get(index).cloned().flatten();
+        let statuses = ike.endpoint.status(Instant::now());
         let established = statuses.iter().any(|s| s.peer == Some(index) && s.state == "established");
         Some(match (established, failure) {
             (true, _) => "ike: established".to_string(),
@@ -174,14 +227,14 @@ impl Keying {
 
     pub fn ike_sas(&self, state: &MeshState, only: Option<PeerId>) -> Vec<IkeSaInfo> {
         let cipher_prf_group = ("prfsha256".to_string(), "x25519".to_string());
-        self.endpoint()
+        let topology = state.topology();
+        let ike = self.lock();
+        ike.endpoint
             .status(Instant::now())
             .into_iter()
-            .filter(|s| only.is_none() || s.peer.map(|i| self.peers[i]) == only)
+            .filter(|s| only.is_none() || s.peer.map(|i| ike.peers[i]) == only)
             .map(|s| IkeSaInfo {
-                peer: s
-                    .peer
-                    .map_or_else(|| s.remote.ip().to_string(), |i| state.topology.peer(self.peers[i]).name.clone()),
+                peer: s.peer.map_or_else(|| s.remote.ip().to_string(), |i| topology.peer(ike.peers[i]).name.clone()),
                 initiator_spi: format!("0x{:016x}", s.initiator_spi),
                 responder_spi: format!("0x{:016x}", s.responder_spi),
                 we_initiated: s.we_initiated,
@@ -201,8 +254,8 @@ impl Keying {
 
     /// Applies the endpoint's events to the SADB and sends its datagrams.
     fn drain(&self, state: &MeshState, sockets: &IkeSockets) {
-        let mut endpoint = self.endpoint();
-        while let Some(transmit) = endpoint.poll_transmit() {
+        let mut ike = self.lock();
+        while let Some(transmit) = ike.endpoint.poll_transmit() {
             let sent = match (transmit.source_port, &sockets.port_4500) {
                 (IKE_PORT, _) => sockets.port_500_send.send_to(&transmit.bytes, transmit.destination),
                 (_, Port4500::SharedWithDatapath(socket) | Port4500::Own(_, socket)) => {
@@ -212,17 +265,27 @@ impl Keying {
             if let Err(error) = sent {
                 // IKE retransmits; a lost datagram only costs time.
                 tracing::debug!(%error, destination = %transmit.destination, "sending an IKE message failed");
-                let peer = state.topology.peer_by_address(transmit.destination.ip());
+                let peer = state.topology().peer_by_address(transmit.destination.ip());
                 let context = DropContext { peer, outer_source: Some(transmit.destination), ..DropContext::default() };
                 state.drops.record(DropReason::SendFailed, context);
             }
         }
-        while let Some(event) = endpoint.poll_event() {
-            self.apply(state, event);
+        while let Some(event) = ike.endpoint.poll_event() {
+            ike.apply(state, event);
         }
     }
 
-    fn apply(&self, state: &MeshState, event: Event) {
+    fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
+        self.lock().endpoint.handle(bytes, from, local_port, Instant::now());
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().endpoint.poll_timeout()
+    }
+}
+
+impl Ike {
+    fn apply(&mut self, state: &MeshState, event: Event) {
         match event {
             Event::InstallInbound { peer, sa } => {
                 let peer = self.peers[peer];
@@ -243,7 +306,7 @@ impl Keying {
             Event::InstallOutbound { peer: index, sa } => {
                 let peer = self.peers[index];
                 if state.sadb.load().outbound(peer).is_some() {
-                    self.stats[index].rekeys.fetch_add(1, Ordering::Relaxed);
+                    self.stats[index].rekeys += 1;
                 }
                 let (params, key) = sa_params(state, peer, sa);
                 match Sealer::new(params.cipher, &key) {
@@ -259,20 +322,14 @@ impl Keying {
             Event::RemoveOutbound { peer, spi } => {
                 state.sadb.remove_outbound(self.peers[peer], spi);
             }
-            Event::Established { peer } => {
-                if let Ok(mut failures) = self.failures.lock() {
-                    failures[peer] = None;
-                }
-            }
+            Event::Established { peer } => self.failures[peer] = None,
             Event::Failed { peer, from, failure } => {
-                let name = peer.map_or_else(|| from.to_string(), |p| state.topology.peer(self.peers[p]).name.clone());
+                let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer(self.peers[p]).name.clone());
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
                 self.record_drop(state, failure_reason(&failure), peer, from);
-                if let Some(index) = peer {
-                    self.stats[index].handshake_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                if let (Some(peer), Ok(mut failures)) = (peer, self.failures.lock()) {
-                    failures[peer] = Some(failure.to_string());
+                if let Some(peer) = peer {
+                    self.stats[peer].handshake_failures += 1;
+                    self.failures[peer] = Some(failure.to_string());
                 }
             }
             Event::Refused { peer, from, refusal } => self.record_drop(state, refusal_reason(refusal), peer, from),
@@ -283,14 +340,6 @@ impl Keying {
         let context =
             DropContext { peer: peer.map(|p| self.peers[p]), outer_source: Some(from), ..DropContext::default() };
         state.drops.record(reason, context);
-    }
-
-    fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
-        self.endpoint().handle(bytes, from, local_port, Instant::now());
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.endpoint().poll_timeout()
     }
 }
 
@@ -304,7 +353,7 @@ fn receive_own_4500(keying: &Keying, state: &MeshState, datagram: &[u8], from: S
         Err(_) => DropReason::Malformed,
     };
     let context = DropContext {
-        peer: state.topology.peer_by_address(from.ip()),
+        peer: state.topology().peer_by_address(from.ip()),
         outer_source: Some(from),
         ..DropContext::default()
     };
@@ -335,7 +384,7 @@ fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, cra
         peer,
         cipher: sa.cipher,
         mode: sa.mode,
-        encap: state.topology.encap,
+        encap: state.topology().encap,
         esn: sa.esn,
         origin: SaOrigin::Ike,
         created_ms: state.clock.now_ms(),
@@ -380,12 +429,12 @@ pub async fn run(
 ) {
     let mut buf_500 = vec![0u8; 65_536];
     let mut buf_4500 = vec![0u8; 65_536];
-    let mut unknown_spi_seen: Vec<u64> = vec![0; keying.peers.len()];
+    let mut unknown_spi_seen: Vec<u64> = Vec::new();
     let mut datapath_tick = tokio::time::interval(DATAPATH_CHECK);
-    let mut refused_logged = keying.endpoint().counters;
+    let mut refused_logged = keying.lock().endpoint.counters;
     let mut refused_logged_at = Instant::now();
     loop {
-        keying.endpoint().handle_timeout(Instant::now());
+        keying.lock().endpoint.handle_timeout(Instant::now());
         keying.drain(&state, &sockets);
         let deadline = keying.deadline().map(tokio::time::Instant::from_std);
         let sleep = async {
@@ -415,8 +464,10 @@ pub async fn run(
             _ = datapath_tick.tick() => {
                 let now = Instant::now();
                 let tables = state.sadb.load();
-                let mut endpoint = keying.endpoint();
-                for (index, peer) in keying.peers.iter().enumerate() {
+                let mut ike = keying.lock();
+                let Ike { endpoint, peers, .. } = &mut *ike;
+                unknown_spi_seen.resize(peers.len(), 0);
+                for (index, peer) in peers.iter().enumerate() {
                     let count = state.drops.peer_count(*peer, DropReason::UnknownSpi);
                     if count > unknown_spi_seen[index] {
                         unknown_spi_seen[index] = count;

@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mesh_config::control::DEFAULT_SOCKET;
@@ -34,6 +35,10 @@ enum CliCommand {
         /// received segments): slower, for debugging and comparison.
         #[arg(long)]
         no_offload: bool,
+        /// After forwarding, keep polling this many microseconds before sleeping: lower latency
+        /// (about 50 us less per round trip on a VM) for CPU time; 0 (the default) never spins.
+        #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        busy_poll: u32,
         /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
         #[arg(long)]
         no_kernel_drops: bool,
@@ -58,8 +63,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, no_kernel_drops } => {
-            daemon::run(RunOptions { config, node, ctl_socket, offload: !no_offload, kernel_drops: !no_kernel_drops })
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+            daemon::run(RunOptions {
+                config,
+                node,
+                ctl_socket,
+                offload: !no_offload,
+                busy_poll: Duration::from_micros(u64::from(busy_poll)),
+                kernel_drops: !no_kernel_drops,
+            })
         }
         CliCommand::Check { config, node } => {
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))

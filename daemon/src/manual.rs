@@ -14,7 +14,7 @@ use crate::topology::PeerId;
 
 /// Installs the manual SAs between this node and `only` (or every peer); returns their SPIs.
 pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> Result<Vec<u32>, DaemonError> {
-    let topology = &state.topology;
+    let topology = state.topology();
     let me = topology.node_name.as_str();
     let mut installed = Vec::new();
     for entry in &config.manual_sas {

@@ -1,32 +1,45 @@
 //! What the datapath workers and the control plane share.
 
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
 use crate::drops::Drops;
-use crate::fdb::Fdb;
 use crate::sadb::Sadb;
-use crate::topology::{Clock, OverlayId, Topology};
+use crate::topology::{Clock, Topology};
 
 pub struct MeshState {
-    pub topology: Topology,
+    /// Swapped whole by a reload; workers load it once per batch, like the SA tables.
+    topology: ArcSwap<Topology>,
     pub sadb: Sadb,
-    /// One per overlay, indexed by `OverlayId`.
-    pub fdbs: Vec<Fdb>,
     pub drops: Drops,
     pub clock: Clock,
 }
 
 impl MeshState {
     pub fn new(topology: Topology) -> Self {
-        let peers = topology.peers.len();
+        let peers = topology.peer_ids();
         MeshState {
             sadb: Sadb::new(peers),
-            fdbs: topology.overlays.iter().map(|_| Fdb::default()).collect(),
             drops: Drops::new(peers),
             clock: Clock::new(),
-            topology,
+            topology: ArcSwap::from_pointee(topology),
         }
     }
 
-    pub fn fdb(&self, overlay: OverlayId) -> &Fdb {
-        &self.fdbs[overlay.0]
+    /// The current topology.
+    pub fn topology(&self) -> Guard<Arc<Topology>> {
+        self.topology.load()
+    }
+
+    /// The current topology, to hold on to for longer than a batch.
+    pub fn topology_full(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Publishes a reloaded topology (`Topology::reloaded`, so peer ids stay valid).
+    pub fn replace_topology(&self, topology: Topology) {
+        self.drops.add_peers(topology.peer_ids());
+        self.topology.store(Arc::new(topology));
     }
 }

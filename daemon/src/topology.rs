@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_config::{Encap, Mode};
 use mesh_config::{MeshConfig, OverlayMtu};
 
-/// Index of a peer in `Topology::peers`.
+use crate::fdb::Fdb;
+
+/// A peer's id for the daemon's lifetime: kept across reloads, never reused for another peer
+/// (SAs, FDB entries and drop counters refer to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub usize);
 
@@ -85,7 +89,7 @@ impl Path {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub id: PeerId,
     pub name: String,
@@ -93,7 +97,8 @@ pub struct Peer {
     pub path: Path,
     /// ESP mode for this pair (tunnel when either side asks for it).
     pub mode: Mode,
-    pub counters: PeerCounters,
+    /// Shared by every version of the topology (reloads keep them).
+    pub counters: Arc<PeerCounters>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +110,16 @@ pub struct Overlay {
     pub mtu: OverlayMtu,
     /// This node's host address on the overlay interface, with prefix length.
     pub address: Option<(IpAddr, u8)>,
+    /// Kept across reloads while the overlay stays.
+    pub fdb: Arc<Fdb>,
+}
+
+/// Where a `PeerId` points.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Member(usize),
+    /// Removed by a reload; kept so that SAs and FDB entries still in flight resolve.
+    Departed(usize),
 }
 
 #[derive(Debug)]
@@ -114,8 +129,13 @@ pub struct Topology {
     pub local_address: IpAddr,
     pub encap: Encap,
     pub vxlan_port: u16,
+    /// The peers in the mesh now (not indexed by `PeerId`: use `peer`).
     pub peers: Vec<Peer>,
+    /// Indexed by `OverlayId`.
     pub overlays: Vec<Overlay>,
+    departed: Vec<Peer>,
+    /// Indexed by `PeerId`.
+    slots: Vec<Slot>,
     peers_by_address: HashMap<IpAddr, PeerId>,
     peers_by_name: HashMap<String, PeerId>,
     overlays_by_vni: HashMap<u32, OverlayId>,
@@ -125,27 +145,60 @@ impl Topology {
     /// Resolves `config` from the point of view of node `node_name`, whose underlay address is
     /// `local_address`. Fails when a peer's address is of the other IP version.
     pub fn new(config: &MeshConfig, node_name: &str, local_address: IpAddr) -> Result<Self, String> {
-        let peers = config
-            .peers_of(node_name)
-            .enumerate()
-            .map(|(index, node)| {
-                let path = Path::new(local_address, node.address).ok_or_else(|| {
-                    format!(
-                        "node {node_name} ({local_address}) and its peer {} ({}) use different IP versions; \
-                         give every node an address of the same version",
-                        node.name, node.address
-                    )
-                })?;
-                Ok(Peer {
-                    id: PeerId(index),
-                    name: node.name.clone(),
-                    address: node.address,
-                    path,
-                    mode: config.mode_between(node_name, &node.name),
-                    counters: PeerCounters::default(),
-                })
-            })
-            .collect::<Result<Vec<Peer>, String>>()?;
+        let empty = Topology {
+            mesh_name: String::new(),
+            node_name: node_name.to_string(),
+            local_address,
+            encap: config.mesh.encap,
+            vxlan_port: config.mesh.vxlan_port,
+            peers: Vec::new(),
+            overlays: Vec::new(),
+            departed: Vec::new(),
+            slots: Vec::new(),
+            peers_by_address: HashMap::new(),
+            peers_by_name: HashMap::new(),
+            overlays_by_vni: HashMap::new(),
+        };
+        empty.reloaded(config)
+    }
+
+    /// The topology of `config` as a successor of this one: a peer with the same name and address
+    /// keeps its id and counters, an overlay with the same name its FDB; removed peers depart.
+    pub fn reloaded(&self, config: &MeshConfig) -> Result<Self, String> {
+        let (node_name, local_address) = (self.node_name.as_str(), self.local_address);
+        let mut slots = self.slots.clone();
+        let mut departed = self.departed.clone();
+        let mut peers = Vec::new();
+        for node in config.peers_of(node_name) {
+            let path = Path::new(local_address, node.address).ok_or_else(|| {
+                format!(
+                    "node {node_name} ({local_address}) and its peer {} ({}) use different IP versions; \
+                     give every node an address of the same version",
+                    node.name, node.address
+                )
+            })?;
+            let kept = self.peer_by_name(&node.name).map(|id| self.peer(id)).filter(|p| p.address == node.address);
+            let id = kept.map_or_else(
+                || {
+                    slots.push(Slot::Departed(0));
+                    PeerId(slots.len() - 1)
+                },
+                |p| p.id,
+            );
+            slots[id.0] = Slot::Member(peers.len());
+            peers.push(Peer {
+                id,
+                name: node.name.clone(),
+                address: node.address,
+                path,
+                mode: config.mode_between(node_name, &node.name),
+                counters: kept.map(|p| p.counters.clone()).unwrap_or_default(),
+            });
+        }
+        for gone in self.peers.iter().filter(|p| !peers.iter().any(|kept| kept.id == p.id)) {
+            slots[gone.id.0] = Slot::Departed(departed.len());
+            departed.push(gone.clone());
+        }
         let overlays: Vec<Overlay> = config
             .overlays
             .iter()
@@ -157,6 +210,7 @@ impl Topology {
                 vni: overlay.vni,
                 mtu: overlay.mtu,
                 address: overlay.addresses.get(node_name).map(|a| (a.addr, a.prefix_len)),
+                fdb: self.overlays.iter().find(|o| o.name == overlay.name).map(|o| o.fdb.clone()).unwrap_or_default(),
             })
             .collect();
         Ok(Topology {
@@ -170,11 +224,33 @@ impl Topology {
             overlays_by_vni: overlays.iter().map(|o| (o.vni, o.id)).collect(),
             peers,
             overlays,
+            departed,
+            slots,
         })
     }
 
+    /// This topology without the overlays named in `failed` (a reload could not make their
+    /// interfaces); the others are numbered anew in order.
+    pub fn without_overlays(mut self, failed: &[String]) -> Self {
+        self.overlays.retain(|overlay| !failed.contains(&overlay.name));
+        for (index, overlay) in self.overlays.iter_mut().enumerate() {
+            overlay.id = OverlayId(index);
+        }
+        self.overlays_by_vni = self.overlays.iter().map(|o| (o.vni, o.id)).collect();
+        self
+    }
+
+    /// Ids ever handed out (the size of tables indexed by `PeerId`).
+    pub fn peer_ids(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The peer with `id`, also one that a reload removed.
     pub fn peer(&self, id: PeerId) -> &Peer {
-        &self.peers[id.0]
+        match self.slots[id.0] {
+            Slot::Member(index) => &self.peers[index],
+            Slot::Departed(index) => &self.departed[index],
+        }
     }
 
     pub fn peer_by_address(&self, address: IpAddr) -> Option<PeerId> {
@@ -183,6 +259,10 @@ impl Topology {
 
     pub fn peer_by_name(&self, name: &str) -> Option<PeerId> {
         self.peers_by_name.get(name).copied()
+    }
+
+    pub fn fdb(&self, overlay: OverlayId) -> &Fdb {
+        &self.overlays[overlay.0].fdb
     }
 
     pub fn overlay_by_vni(&self, vni: u32) -> Option<OverlayId> {

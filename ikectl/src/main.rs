@@ -49,6 +49,9 @@ enum CliCommand {
         #[arg(long)]
         kernel: bool,
     },
+    /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
+    /// A file that does not validate is refused (exit status 1) and the running config stays.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer, kernel, .. } => Command::Drops { peer, kernel },
+        CliCommand::Reload => Command::Reload,
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {
         print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });

@@ -20,6 +20,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::Fdb(v) => serde_json::to_value(v),
         Reply::Drops(v) => serde_json::to_value(v),
         Reply::DropStream(v) => serde_json::to_value(v),
+        Reply::Reload(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -42,6 +43,7 @@ pub fn text(reply: &Reply) -> String {
             .chain(batch.kernel.iter().map(kernel_drop_line))
             .map(|line| line + "\n")
             .collect(),
+        Reply::Reload(plan) => plan.to_string(),
     }
 }
 

@@ -57,6 +57,8 @@ pub enum Command {
         #[serde(default)]
         kernel_after: Option<u64>,
     },
+    /// Re-read the mesh file meshd was started with and apply it live.
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,7 @@ pub enum Reply {
     Fdb(Vec<FdbEntry>),
     Drops(DropReport),
     DropStream(DropBatch),
+    Reload(crate::reload::ReloadPlan),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.

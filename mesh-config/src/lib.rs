@@ -5,6 +5,7 @@
 //! what to do.
 
 pub mod control;
+pub mod reload;
 pub mod types;
 
 mod config;

@@ -272,7 +272,23 @@ impl MeshFile {
         path
     }
 
+    /// Rewrites this mesh file in place (for a reload) with only the nodes `nodes` (0-based
+    /// indexes; they keep their names, addresses and manual SA keys, so the pairs among them do
+    /// not change) and `extra` TOML appended.
+    pub fn rewrite_with(&self, nodes: &[usize], extra: &str) {
+        let sas: Vec<ManualSa> =
+            self.sas.iter().filter(|sa| nodes.contains(&sa.from) && nodes.contains(&sa.to)).cloned().collect();
+        let mut text = self.render_nodes(nodes, &sas, "psk");
+        text.push_str(extra);
+        fs::write(&self.path, text).expect("rewrite mesh.toml");
+    }
+
     fn render(&self, sas: &[ManualSa], psk_file: &str) -> String {
+        let all: Vec<usize> = (0..self.options.addresses.len()).collect();
+        self.render_nodes(&all, sas, psk_file)
+    }
+
+    fn render_nodes(&self, nodes: &[usize], sas: &[ManualSa], psk_file: &str) -> String {
         let o = &self.options;
         let mut t = String::new();
         let _ = writeln!(t, "# written by meshd-lab");
@@ -287,15 +303,15 @@ impl MeshFile {
                 let _ = writeln!(t, "{key} = {value}");
             }
         }
-        for (i, addr) in o.addresses.iter().enumerate() {
+        for (i, addr) in o.addresses.iter().enumerate().filter(|(i, _)| nodes.contains(i)) {
             let _ = writeln!(t, "\n[[node]]\nname = \"{}\"\naddress = \"{}\"", node_name(i), addr);
             if let Some((_, mode)) = o.node_modes.iter().find(|(index, _)| *index == i) {
                 let _ = writeln!(t, "mode = \"{mode}\"");
             }
         }
         let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}\n[overlay.address]");
-        for i in 0..o.addresses.len() {
-            let _ = writeln!(t, "{} = \"{}/24\"", node_name(i), overlay_addr(i));
+        for i in nodes {
+            let _ = writeln!(t, "{} = \"{}/24\"", node_name(*i), overlay_addr(*i));
         }
         for sa in sas {
             let _ = writeln!(

@@ -235,11 +235,13 @@ c = socket.create_connection(('10.244.0.2', 5001)); c.sendall(data); c.close()
 print(len(data), hashlib.sha256(data).hexdigest())";
 
 /// 20 MB over TCP through the overlay arrive intact, with the TAP offloads (TSO super-frames
-/// segmented by meshd, UDP GSO/GRO, coalescing on receive) and without them.
+/// segmented by meshd, UDP GSO/GRO, coalescing on receive), without them, and with the workers
+/// busy polling.
 #[test]
 fn a_tcp_transfer_arrives_intact_with_and_without_offloads() {
     require_root();
-    for (prefix, extra) in [("iktcp", &[][..]), ("iktcpn", &["--no-offload"][..])] {
+    let variants = [("iktcp", &[][..]), ("iktcpn", &["--no-offload"][..]), ("iktcpb", &["--busy-poll", "500"][..])];
+    for (prefix, extra) in variants {
         let lab = Lab::new(prefix, 2);
         let mesh = MeshFile::builder(&lab).ike().write();
         let daemons: Vec<Meshd> =

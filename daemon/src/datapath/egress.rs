@@ -14,7 +14,7 @@ use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
-use crate::topology::{Overlay, Path, PeerId};
+use crate::topology::{Overlay, Path, PeerId, Topology};
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::ipv4::{self, Ipv4Header};
 use crate::wire::ipv6::{self, Ipv6Header};
@@ -49,6 +49,8 @@ pub trait EspSender {
 /// What one worker needs to send frames during one batch.
 pub struct Egress<'a, U: EspSender> {
     pub state: &'a MeshState,
+    /// Loaded once per batch, like `tables`.
+    pub topology: &'a Topology,
     pub tables: &'a SaTables,
     pub underlay: &'a U,
     pub now_ms: u64,
@@ -65,12 +67,12 @@ impl<U: EspSender> Egress<'_, U> {
             return;
         };
         let destination: EthernetAddress = frame.destination();
-        let known = destination.is_unicast().then(|| self.state.fdb(overlay.id).lookup(destination)).flatten();
+        let known = destination.is_unicast().then(|| self.topology.fdb(overlay.id).lookup(destination)).flatten();
         if let Some(peer) = known {
             self.send(overlay, peer, buf, frame_len);
             return;
         }
-        let peers = &self.state.topology.peers;
+        let peers = &self.topology.peers;
         let Some((last, others)) = peers.split_last() else {
             self.drop(DropReason::NoPeer, None, Some(overlay.vni), &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
             return;
@@ -100,7 +102,7 @@ impl<U: EspSender> Egress<'_, U> {
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
-        let peer = self.state.topology.peer(peer_id);
+        let peer = self.topology.peer(peer_id);
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
         let sealed =
@@ -140,7 +142,7 @@ impl<U: EspSender> Egress<'_, U> {
         buf: &mut [u8],
         frame_len: usize,
     ) -> (usize, u8) {
-        let port = self.state.topology.vxlan_port;
+        let port = self.topology.vxlan_port;
         let vxlan_start = FRAME_OFFSET - vxlan::HEADER_LEN;
         let udp_start = vxlan_start - udp::HEADER_LEN;
         let udp_len = udp::HEADER_LEN + vxlan::HEADER_LEN + frame_len;

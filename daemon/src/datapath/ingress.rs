@@ -10,7 +10,7 @@ use crate::drops::{DropContext, InnerAddresses};
 use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
-use crate::topology::{OverlayId, Path, PeerId};
+use crate::topology::{OverlayId, Path, PeerId, Topology};
 use crate::wire::{ethernet, ipv4, ipv6, udp, vxlan};
 
 /// Bytes in front of a delivered frame that the sink may overwrite (the TAP's virtio-net header
@@ -26,6 +26,8 @@ pub trait FrameSink {
 /// What one worker needs to receive packets during one batch.
 pub struct Ingress<'a, S: FrameSink> {
     pub state: &'a MeshState,
+    /// Loaded once per batch, like `tables`.
+    pub topology: &'a Topology,
     pub tables: &'a SaTables,
     pub sink: &'a S,
     pub now_ms: u64,
@@ -49,7 +51,7 @@ impl<S: FrameSink> Ingress<'_, S> {
     /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
     pub fn receive(&self, packet: &mut [u8], source: SocketAddr) {
         // Only drops without an SA need the peer looked up by address; not the hot path.
-        let peer_by_source = || self.state.topology.peer_by_address(source.ip());
+        let peer_by_source = || self.topology.peer_by_address(source.ip());
         let context = |peer: Option<PeerId>, spi: Option<u32>| DropContext {
             peer,
             spi,
@@ -84,7 +86,7 @@ impl<S: FrameSink> Ingress<'_, S> {
         source: IpAddr,
         sequence_low: u32,
     ) -> Result<(), Dropped> {
-        let peer = self.state.topology.peer(sa.params.peer);
+        let peer = self.topology.peer(sa.params.peer);
         if sa.params.remote.ip() != source {
             return Err(DropReason::WrongPeer.into());
         }
@@ -112,7 +114,7 @@ impl<S: FrameSink> Ingress<'_, S> {
         let (vni, frame_len) = {
             let udp = udp::Packet::new_checked(&packet[udp_start..PLAINTEXT_OFFSET + udp_range.end])
                 .map_err(|_| with_sequence(DropReason::Malformed))?;
-            if udp.destination_port() != self.state.topology.vxlan_port {
+            if udp.destination_port() != self.topology.vxlan_port {
                 return Err(with_sequence(DropReason::UnexpectedPayload));
             }
             let vxlan = vxlan::Packet::new_checked(udp.payload()).map_err(|_| with_sequence(DropReason::Malformed))?;
@@ -127,11 +129,10 @@ impl<S: FrameSink> Ingress<'_, S> {
             vni: Some(vni),
             inner: InnerAddresses::of_frame(&packet[frame_range.clone()]),
         };
-        let overlay =
-            self.state.topology.overlay_by_vni(vni).ok_or_else(|| in_frame(DropReason::UnknownVni, packet))?;
+        let overlay = self.topology.overlay_by_vni(vni).ok_or_else(|| in_frame(DropReason::UnknownVni, packet))?;
         let frame = &packet[frame_range.clone()];
         let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_frame(DropReason::Malformed, packet))?;
-        self.state.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        self.topology.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
         // The VXLAN and UDP headers in front of the frame are no longer needed.
         let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_range.end];
         if self.sink.deliver(overlay, with_headroom).is_err() {

@@ -16,6 +16,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
@@ -25,6 +26,8 @@ pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 pub use self::sockets::ESP_IN_UDP_PORT;
 
+pub use self::worker::WorkerParts;
+
 use self::sockets::{RawEspSocket, Underlay};
 use self::worker::Worker;
 use crate::error::DaemonError;
@@ -33,7 +36,7 @@ use crate::state::MeshState;
 /// The running workers; dropping it without `stop` leaves them running until the process exits.
 pub struct Datapath {
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<WorkerParts>>,
     /// A handle on a worker's ESP-in-UDP socket, for IKE to send on port 4500.
     udp_4500: Option<std::net::UdpSocket>,
 }
@@ -45,10 +48,11 @@ impl Datapath {
         queues: Vec<Vec<SyncDevice>>,
         ike: Option<IkeInbox>,
         offload: bool,
+        busy_poll: Duration,
     ) -> Result<Self, DaemonError> {
-        let local = state.topology.local_address;
-        let underlay_error = |source| DaemonError::Underlay { address: local, encap: state.topology.encap, source };
-        let raw = match state.topology.encap {
+        let (local, encap) = (state.topology().local_address, state.topology().encap);
+        let underlay_error = |source| DaemonError::Underlay { address: local, encap, source };
+        let raw = match encap {
             Encap::Esp => Some(Arc::new(RawEspSocket::new(local).map_err(underlay_error)?)),
             Encap::Udp => None,
         };
@@ -69,18 +73,33 @@ impl Datapath {
             Some(Underlay::Udp(socket, _)) => Some(socket.try_clone().map_err(underlay_error)?),
             _ => None,
         };
+        let parts = queues.into_iter().zip(underlays).map(|(taps, underlay)| WorkerParts { taps, underlay }).collect();
+        let mut datapath = Datapath::resume(state, parts, ike, offload, busy_poll)?;
+        datapath.udp_4500 = udp_4500;
+        Ok(datapath)
+    }
+
+    /// Starts one worker per element of `parts`, as handed back by `stop` (with the TAP queues of
+    /// the overlays of the current topology).
+    pub fn resume(
+        state: Arc<MeshState>,
+        parts: Vec<WorkerParts>,
+        ike: Option<IkeInbox>,
+        offload: bool,
+        busy_poll: Duration,
+    ) -> Result<Self, DaemonError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = Vec::with_capacity(queues.len());
-        for (index, (taps, underlay)) in queues.into_iter().zip(underlays).enumerate() {
+        let mut workers = Vec::with_capacity(parts.len());
+        for (index, parts) in parts.into_iter().enumerate() {
             let worker =
-                Worker { index, state: state.clone(), taps, underlay, ike: ike.clone(), offload, stop: stop.clone() };
+                Worker { index, state: state.clone(), parts, ike: ike.clone(), offload, busy_poll, stop: stop.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())
                 .map_err(DaemonError::Thread)?;
             workers.push(handle);
         }
-        Ok(Datapath { stop, workers, udp_4500 })
+        Ok(Datapath { stop, workers, udp_4500: None })
     }
 
     /// The socket IKE sends on for port 4500 when the workers own that port.
@@ -92,13 +111,17 @@ impl Datapath {
         self.workers.len()
     }
 
-    /// Stops the workers and waits for them; their TAP queues and sockets close with them.
-    pub fn stop(self) {
+    /// Stops the workers and waits for them; returns their TAP queues and sockets (they close when
+    /// dropped). A worker that panicked has lost its own.
+    pub fn stop(self) -> Vec<WorkerParts> {
         self.stop.store(true, Ordering::Relaxed);
+        let mut parts = Vec::with_capacity(self.workers.len());
         for worker in self.workers {
-            if worker.join().is_err() {
-                tracing::error!("a datapath worker panicked");
+            match worker.join() {
+                Ok(handed_back) => parts.push(handed_back),
+                Err(_) => tracing::error!("a datapath worker panicked"),
             }
         }
+        parts
     }
 }

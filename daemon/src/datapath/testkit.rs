@@ -104,11 +104,12 @@ pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 pub fn send(state: &MeshState, frame: &[u8]) -> Vec<(Vec<u8>, IpAddr)> {
     let wire = Wire::default();
     let tables = state.sadb.load();
-    let egress = Egress { state, tables: &tables, underlay: &wire, now_ms: 5 };
+    let topology = state.topology();
+    let egress = Egress { state, topology: &topology, tables: &tables, underlay: &wire, now_ms: 5 };
     let mut buf = vec![0u8; BUFFER_LEN];
     let mut scratch = vec![0u8; BUFFER_LEN];
     buf[FRAME_OFFSET..FRAME_OFFSET + frame.len()].copy_from_slice(frame);
-    egress.forward(&state.topology.overlays[0], &mut buf, &mut scratch, frame.len());
+    egress.forward(&topology.overlays[0], &mut buf, &mut scratch, frame.len());
     wire.0.into_inner()
 }
 
@@ -116,7 +117,8 @@ pub fn send(state: &MeshState, frame: &[u8]) -> Vec<(Vec<u8>, IpAddr)> {
 pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
-    let ingress = Ingress { state, tables: &tables, sink: &taps, now_ms: 7 };
+    let topology = state.topology();
+    let ingress = Ingress { state, topology: &topology, tables: &tables, sink: &taps, now_ms: 7 };
     let mut packet = packet.to_vec();
     ingress.receive(&mut packet, SocketAddr::new(from, 4500));
     taps.0.into_inner()

@@ -44,8 +44,11 @@ fn round_trip_in_every_encapsulation() {
 
                     let delivered = receive(&n1, packet, address(&setup, 0));
                     assert_eq!(delivered, vec![(OverlayId(0), sent_frame.clone())], "{ipv6} {encap} {mode} {cipher}");
-                    assert_eq!(n1.fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A)), Some(PeerId(0)));
-                    assert_eq!(n1.topology.peers[0].counters.rx_packets.load(std::sync::atomic::Ordering::Relaxed), 1);
+                    assert_eq!(n1.topology().fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A)), Some(PeerId(0)));
+                    assert_eq!(
+                        n1.topology().peers[0].counters.rx_packets.load(std::sync::atomic::Ordering::Relaxed),
+                        1
+                    );
                     assert_eq!(n1.drops.total(), 0);
                 }
             }

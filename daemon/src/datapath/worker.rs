@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mesh_config::control::DropReason;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -35,14 +36,25 @@ const POLL_TIMEOUT_MS: u16 = 200;
 pub struct Worker {
     pub index: usize,
     pub state: Arc<MeshState>,
-    /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
-    pub taps: Vec<SyncDevice>,
-    pub underlay: Underlay,
+    pub parts: WorkerParts,
     /// Where IKE messages on port 4500 go; `None` when this node runs no IKE.
     pub ike: Option<IkeInbox>,
     /// The TAPs have the virtio-net header and TSO on (see `crate::tap::create`).
     pub offload: bool,
+    /// After handling packets, keep polling without sleeping this long (zero: never): the answer
+    /// to what was just forwarded (a ping reply, a TCP ACK) usually arrives within a few hundred
+    /// microseconds, and waking a sleeping thread costs tens of them on a virtual machine. The
+    /// worker yields the core while it waits, but the core shows as busy.
+    pub busy_poll: Duration,
     pub stop: Arc<AtomicBool>,
+}
+
+/// What a worker owns and hands back when it stops, so that a reload can start it again with
+/// the same sockets and the TAP queues of the overlays that stay.
+pub struct WorkerParts {
+    /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
+    pub taps: Vec<SyncDevice>,
+    pub(super) underlay: Underlay,
 }
 
 /// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
@@ -155,22 +167,35 @@ impl Buffers {
 }
 
 impl Worker {
-    pub fn run(self) {
-        let mut buffers = Buffers::new(matches!(self.underlay, Underlay::Esp { receives: true, .. }));
+    /// Moves packets until told to stop; then hands back the queues and sockets.
+    pub fn run(self) -> WorkerParts {
+        self.forward_until_stopped();
+        self.parts
+    }
+
+    fn forward_until_stopped(&self) {
+        let mut buffers = Buffers::new(matches!(self.parts.underlay, Underlay::Esp { receives: true, .. }));
         let mut fds: Vec<PollFd<'_>> =
-            self.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
-        let receive_fd = self.underlay.receive_fd();
+            self.parts.taps.iter().map(|tap| PollFd::new(tap.as_fd(), PollFlags::POLLIN)).collect();
+        let receive_fd = self.parts.underlay.receive_fd();
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        let sink = TapSink::new(&self.taps, self.offload);
+        let sink = TapSink::new(&self.parts.taps, self.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
         tracing::debug!(worker = self.index, "datapath worker started");
+        let mut last_busy = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            match poll(&mut fds, PollTimeout::from(POLL_TIMEOUT_MS)) {
+            let busy_polling = last_busy.elapsed() < self.busy_poll;
+            let timeout = if busy_polling { PollTimeout::ZERO } else { PollTimeout::from(POLL_TIMEOUT_MS) };
+            match poll(&mut fds, timeout) {
+                Ok(0) if busy_polling => {
+                    std::thread::yield_now();
+                    continue;
+                }
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
+                Ok(_) => last_busy = Instant::now(),
                 Err(error) => {
                     tracing::error!(worker = self.index, %error, "poll failed; datapath worker stops");
                     return;
@@ -178,12 +203,19 @@ impl Worker {
             }
             let now_ms = self.state.clock.now_ms();
             let tables = self.state.sadb.load();
-            let egress = Egress { state: &self.state, tables: &tables, underlay: &self.underlay, now_ms };
-            for (index, tap) in self.taps.iter().enumerate() {
+            let topology = self.state.topology();
+            let egress = Egress {
+                state: &self.state,
+                topology: &topology,
+                tables: &tables,
+                underlay: &self.parts.underlay,
+                now_ms,
+            };
+            for (index, tap) in self.parts.taps.iter().enumerate() {
                 if fds[index].any() != Some(true) {
                     continue;
                 }
-                let overlay = &self.state.topology.overlays[index];
+                let overlay = &topology.overlays[index];
                 for _ in 0..BATCH {
                     match tap.recv(&mut buffers.frame[read_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
                         Ok(len) if !self.offload => {
@@ -204,12 +236,12 @@ impl Worker {
                 }
             }
             // Whatever the reads queued for GSO leaves now.
-            if let Err(error) = self.underlay.flush() {
+            if let Err(error) = self.parts.underlay.flush() {
                 self.state.drops.record(DropReason::SendFailed, DropContext::default());
                 tracing::debug!(%error, "sending a batch of ESP packets failed");
             }
-            if receive_fd.is_some() && fds[self.taps.len()].any() == Some(true) {
-                let ingress = Ingress { state: &self.state, tables: &tables, sink: &sink, now_ms };
+            if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
+                let ingress = Ingress { state: &self.state, topology: &topology, tables: &tables, sink: &sink, now_ms };
                 for _ in 0..BATCH {
                     if !self.receive_one(&ingress, &mut buffers) {
                         break;
@@ -225,7 +257,7 @@ impl Worker {
 
     /// Reads and handles one underlay packet; false when there was none.
     fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buffers: &mut Buffers) -> bool {
-        match &self.underlay {
+        match &self.parts.underlay {
             Underlay::Udp(socket, _) => {
                 // With UDP GRO one read may hold many datagrams of one size from one sender.
                 let buf = &mut buffers.packet;
@@ -286,7 +318,7 @@ impl Worker {
     }
 
     fn drop_unattributed(&self, reason: DropReason, source: SocketAddr) {
-        let peer = self.state.topology.peer_by_address(source.ip());
+        let peer = self.state.topology().peer_by_address(source.ip());
         self.state.drops.record(reason, DropContext { peer, outer_source: Some(source), ..DropContext::default() });
     }
 }

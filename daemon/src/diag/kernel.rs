@@ -93,7 +93,7 @@ fn matching(recent: &VecDeque<KernelDropRecord>, after: u64, peer: Option<&str>)
 
 impl KernelLog {
     fn record(&self, state: &MeshState, drop: KernelDrop) {
-        let topology = &state.topology;
+        let topology = state.topology();
         let (source, destination) = drop.addresses.unzip();
         let peer = [source, destination]
             .into_iter()
@@ -133,7 +133,7 @@ fn tracer_config(state: &MeshState) -> Result<TracerConfig, String> {
         format!("cannot read this process's network namespace (/proc/self/ns/net: {e}); is /proc mounted?")
     })?;
     let overlay_ifindexes = state
-        .topology
+        .topology()
         .overlays
         .iter()
         .filter_map(|overlay| nix::net::if_::if_nametoindex(overlay.interface.as_str()).ok())
@@ -141,7 +141,7 @@ fn tracer_config(state: &MeshState) -> Result<TracerConfig, String> {
     Ok(TracerConfig {
         // Namespace inodes are 32-bit numbers (proc_inum).
         netns_inode: namespace.ino() as u32,
-        ports: vec![IKE_PORT, NAT_T_PORT, state.topology.vxlan_port],
+        ports: vec![IKE_PORT, NAT_T_PORT, state.topology().vxlan_port],
         overlay_ifindexes,
         mount_tracefs: true,
     })

@@ -87,7 +87,7 @@ fn respond(control: &Control, request: Result<RequestLine<'_>, BadRequest>) -> (
 /// The metrics as OpenMetrics text.
 pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     let state = &control.state;
-    let topology = &state.topology;
+    let topology = state.topology();
     let mut registry = Registry::with_prefix("meshd");
 
     let configured = Gauge::<i64>::default();
@@ -110,10 +110,10 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
             bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
             packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
         }
-        if let Some(stats) = control.keying.as_ref().and_then(|keying| keying.stats(peer.id)) {
+        if let Some(stats) = control.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
-            rekeys.get_or_create(&labels).inc_by(stats.rekeys.load(Ordering::Relaxed));
-            failures.get_or_create(&labels).inc_by(stats.handshake_failures.load(Ordering::Relaxed));
+            rekeys.get_or_create(&labels).inc_by(stats.rekeys);
+            failures.get_or_create(&labels).inc_by(stats.handshake_failures);
         }
     }
     registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);

@@ -29,7 +29,7 @@ use super::message::{
     SecurityAssociation,
 };
 use super::proposal::{self, ChosenEsp};
-use super::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, Refusal, Transmit};
+use super::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
 
 pub const IKE_PORT: u16 = 500;
 pub const NAT_T_PORT: u16 = 4500;
@@ -291,6 +291,17 @@ pub struct IkeCounters {
 struct PeerState {
     /// When to try to establish an IKE SA if there is none.
     next_attempt: Instant,
+    /// Removed by a reload: never negotiated with again (its index stays, indexes are stable).
+    removed: bool,
+}
+
+impl PeerState {
+    fn new(settings: &IkeSettings, peer: &PeerSettings, now: Instant) -> Self {
+        // The lower address initiates first, so that a full mesh starting at once mostly
+        // avoids simultaneous initiations.
+        let next_attempt = if settings.local < peer.address { now } else { now + HIGHER_ADDRESS_DELAY };
+        PeerState { next_attempt, removed: false }
+    }
 }
 
 /// The cap on half-open responder SAs; beyond it, IKE_SA_INIT must carry a COOKIE.
@@ -313,13 +324,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(settings: IkeSettings, now: Instant) -> Result<Self, super::crypto::CryptoError> {
-        let peers = settings
-            .peers
-            .iter()
-            .map(|peer| PeerState {
-                next_attempt: if settings.local < peer.address { now } else { now + HIGHER_ADDRESS_DELAY },
-            })
-            .collect();
+        let peers = settings.peers.iter().map(|peer| PeerState::new(&settings, peer, now)).collect();
         Ok(Endpoint {
             ciphers: settings.ciphers(),
             settings,
@@ -346,7 +351,7 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
         let mut consider = |at: Instant| earliest = Some(earliest.map_or(at, |e| e.min(at)));
-        for (index, peer) in self.peers.iter().enumerate() {
+        for (index, peer) in self.peers.iter().enumerate().filter(|(_, peer)| !peer.removed) {
             if !self.sas.values().any(|sa| sa.peer == Some(index) || sa.initiator_peer() == Some(index)) {
                 consider(peer.next_attempt);
             }
@@ -417,7 +422,7 @@ impl Endpoint {
 
     /// Establishes an IKE SA with `peer` now, unless one exists or is being made.
     pub fn connect(&mut self, peer: PeerIndex, now: Instant) {
-        if peer >= self.settings.peers.len() || self.has_sa_with(peer) {
+        if !self.is_member(peer) || self.has_sa_with(peer) {
             return;
         }
         self.start_initiator(peer, now);
@@ -427,7 +432,7 @@ impl Endpoint {
     /// Without an IKE SA we make one; with one, we check that the peer is alive.
     pub fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant) {
         if !self.has_sa_with(peer) {
-            if self.peers.get(peer).is_some_and(|p| now >= p.next_attempt) {
+            if self.peers.get(peer).is_some_and(|p| !p.removed && now >= p.next_attempt) {
                 self.start_initiator(peer, now);
             }
             return;
@@ -451,6 +456,41 @@ impl Endpoint {
 
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
     pub fn flush(&mut self, peer: PeerIndex, now: Instant) {
+        self.delete_sas_with(peer, now);
+        self.start_initiator(peer, now);
+    }
+
+    /// A reload adds a peer; returns its index. Negotiation starts as for the peers of `new`.
+    pub fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex {
+        self.peers.push(PeerState::new(&self.settings, &peer, now));
+        self.settings.peers.push(peer);
+        self.peers.len() - 1
+    }
+
+    /// A reload removes a peer: its SAs are deleted (telling it) and it is never negotiated with
+    /// again; IKE messages from its address are then refused like those of any stranger.
+    pub fn remove_peer(&mut self, peer: PeerIndex, now: Instant) {
+        self.delete_sas_with(peer, now);
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.removed = true;
+        }
+    }
+
+    /// A reload changes the credentials or SA settings (`settings.peers` is ignored: peers come
+    /// and go with `add_peer` and `remove_peer`). SAs made from now on use them; the reload
+    /// re-keys the peers whose SAs must change.
+    pub fn reconfigure(&mut self, mut settings: IkeSettings) {
+        settings.peers = std::mem::take(&mut self.settings.peers);
+        self.ciphers = settings.ciphers();
+        self.settings = settings;
+    }
+
+    fn is_member(&self, peer: PeerIndex) -> bool {
+        self.peers.get(peer).is_some_and(|p| !p.removed)
+    }
+
+    /// Deletes every SA with `peer`, telling the peer where an IKE SA is up.
+    fn delete_sas_with(&mut self, peer: PeerIndex, now: Instant) {
         let spis: Vec<u64> = self.sas.iter().filter(|(_, sa)| sa.belongs_to(peer)).map(|(spi, _)| *spi).collect();
         for spi in spis {
             let established = self.sas.get(&spi).is_some_and(|sa| sa.state == State::Established);
@@ -470,7 +510,6 @@ impl Endpoint {
                 self.forget(spi);
             }
         }
-        self.start_initiator(peer, now);
     }
 
     fn has_sa_with(&self, peer: PeerIndex) -> bool {
@@ -505,7 +544,8 @@ impl Endpoint {
     }
 
     fn peer_by_address(&self, address: IpAddr) -> Option<PeerIndex> {
-        self.settings.peers.iter().position(|p| p.address == address)
+        (0..self.settings.peers.len())
+            .find(|index| self.settings.peers[*index].address == address && self.is_member(*index))
     }
 
     fn nat_notifies(&self, spis: &SpiPair, source: SocketAddr, destination: SocketAddr) -> [Payload; 2] {
@@ -1735,7 +1775,7 @@ impl Endpoint {
             self.tick(spi, now);
         }
         for index in 0..self.peers.len() {
-            if !self.has_sa_with(index) && now >= self.peers[index].next_attempt {
+            if self.is_member(index) && !self.has_sa_with(index) && now >= self.peers[index].next_attempt {
                 self.start_initiator(index, now);
             }
         }

@@ -435,3 +435,42 @@ fn garbage_is_counted_not_fatal() {
     pair.run(Duration::from_secs(1));
     pair.assert_one_pair();
 }
+
+#[test]
+fn a_peer_removed_by_a_reload_is_told_and_never_negotiated_with_again() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    pair.a.endpoint.remove_peer(0, now);
+    pair.run(Duration::from_secs(60));
+    assert!(pair.a.outbound.is_none() && pair.a.inbound.is_empty(), "A keeps SAs with the removed peer");
+    assert!(pair.b.outbound.is_none() && pair.b.inbound.is_empty(), "B was not told");
+    assert!(pair.a.established_sas(pair.now).is_empty(), "A negotiated with the removed peer again");
+    assert!(pair.b.established_sas(pair.now).is_empty());
+}
+
+#[test]
+fn a_peer_added_by_a_reload_is_negotiated_with() {
+    let mut alone = settings(A, B, PSK, BOTH);
+    let b_settings = alone.peers.remove(0);
+    let mut pair = Pair::new(alone, settings(B, A, PSK, BOTH));
+    pair.run(Duration::from_secs(10));
+    assert!(pair.a.established_sas(pair.now).is_empty(), "A knows no peer yet");
+    let now = pair.now;
+    assert_eq!(pair.a.endpoint.add_peer(b_settings, now), 0);
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+}
+
+#[test]
+fn a_reconfigured_psk_is_used_from_the_next_negotiation_on() {
+    const OTHER: &str = "another pre-shared key, also of 32+ bytes";
+    let mut pair = Pair::new(settings(A, B, PSK, BOTH), settings(B, A, OTHER, BOTH));
+    pair.run(Duration::from_secs(2));
+    assert!(pair.a.established_sas(pair.now).is_empty());
+    pair.a.endpoint.reconfigure(settings(A, "198.18.0.99", OTHER, BOTH));
+    let now = pair.now;
+    pair.a.endpoint.flush(0, now);
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+}
