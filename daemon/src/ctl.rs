@@ -125,6 +125,13 @@ async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Resu
                     Err(error) => Response::error(format!("the reload failed ({error}); see the meshd log")),
                 }
             }
+            // A trace runs `ip`: not on the runtime's thread.
+            Ok(Request { command: command @ Command::Trace { .. }, .. }) => {
+                let tracing = control.clone();
+                tokio::task::spawn_blocking(move || tracing.handle(command))
+                    .await
+                    .unwrap_or_else(|error| Response::error(format!("the trace failed ({error}); see the meshd log")))
+            }
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
                 "meshd could not read the request ({error}); use the ikectl that came with this meshd"
@@ -167,6 +174,9 @@ impl Control {
                 .peer_filter(peer.as_deref())
                 .map(|_| Reply::DropStream(self.drops_since(peer.as_deref(), after, kernel_after))),
             Command::Reload => self.reload().map(Reply::Reload),
+            Command::Trace { target, overlay } => {
+                crate::diag::trace::trace(self, &target, overlay.as_deref()).map(Reply::Trace)
+            }
         };
         match result {
             Ok(reply) => Response::ok(reply),

@@ -52,6 +52,15 @@ enum CliCommand {
     /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
     /// A file that does not validate is refused (exit status 1) and the running config stays.
     Reload,
+    /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,
+    /// neighbour, FDB entry, peer, outbound SA, underlay route, path MTU, with their counters.
+    Trace {
+        /// An overlay MAC (02:00:5e:10:00:01) or IP address (10.244.0.2).
+        target: String,
+        /// The overlay to trace in (needed only when several could carry the address).
+        #[arg(long)]
+        overlay: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +90,7 @@ fn main() -> ExitCode {
         CliCommand::Fdb => Command::Fdb,
         CliCommand::Drops { peer, kernel, .. } => Command::Drops { peer, kernel },
         CliCommand::Reload => Command::Reload,
+        CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
     };
     exit_on(client::request(&cli.socket, command).map(|reply| {
         print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });

@@ -7,7 +7,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use mesh_config::control::{
     DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, KernelDropRecord, KernelDropReport, PeerInfo,
-    Reply, SaInfo, Status,
+    Reply, SaInfo, Status, TraceReport,
 };
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
@@ -21,6 +21,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::Drops(v) => serde_json::to_value(v),
         Reply::DropStream(v) => serde_json::to_value(v),
         Reply::Reload(v) => serde_json::to_value(v),
+        Reply::Trace(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -44,6 +45,7 @@ pub fn text(reply: &Reply) -> String {
             .map(|line| line + "\n")
             .collect(),
         Reply::Reload(plan) => plan.to_string(),
+        Reply::Trace(report) => render_trace(report),
     }
 }
 
@@ -326,6 +328,21 @@ pub fn kernel_drop_line(d: &KernelDropRecord) -> String {
         let _ = write!(line, " dev={interface}");
     }
     line
+}
+
+fn render_trace(report: &TraceReport) -> String {
+    let mut t = table(&["#", "hop", "decision", "counters"]);
+    for (index, hop) in report.hops.iter().enumerate() {
+        let counters = hop.counters.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>();
+        t.add_row(vec![(index + 1).to_string(), hop.hop.clone(), hop.summary.clone(), counters.join(" ")]);
+    }
+    let mut out = format!("trace {} in overlay {}\n{}", report.target, report.overlay, finish(t));
+    for (index, hop) in report.hops.iter().enumerate() {
+        if let Some(problem) = &hop.problem {
+            let _ = writeln!(out, "problem at hop {} ({}): {problem}", index + 1, hop.hop);
+        }
+    }
+    out
 }
 
 /// One drop as one line, for `drops --follow`: only what is known.

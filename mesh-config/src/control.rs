@@ -59,6 +59,11 @@ pub enum Command {
     },
     /// Re-read the mesh file meshd was started with and apply it live.
     Reload,
+    /// `ikectl trace`: each hop of the forwarding decision for an overlay MAC or IP address.
+    Trace {
+        target: String,
+        overlay: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +101,7 @@ pub enum Reply {
     Drops(DropReport),
     DropStream(DropBatch),
     Reload(crate::reload::ReloadPlan),
+    Trace(TraceReport),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
@@ -364,6 +370,29 @@ pub struct DropBatch {
     pub drops: Vec<DropRecord>,
     #[serde(default)]
     pub kernel: Vec<KernelDropRecord>,
+}
+
+/// `ikectl trace`: how a frame to `target` would leave this node, hop by hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    pub target: String,
+    pub overlay: String,
+    pub hops: Vec<TraceHop>,
+}
+
+/// One step of the forwarding decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHop {
+    /// "overlay", "neighbour", "fdb", "peer", "outbound SA", "underlay route", "path MTU".
+    pub hop: String,
+    /// What was decided here, in words.
+    pub summary: String,
+    /// The same as values, for scripts.
+    pub fields: BTreeMap<String, String>,
+    /// Counters of this hop (packets, bytes, drops, errors).
+    pub counters: BTreeMap<String, u64>,
+    /// What is wrong at this hop and what to do.
+    pub problem: Option<String>,
 }
 
 /// Addresses of a dropped overlay frame: its MACs and, for IPv4/IPv6 frames, its IP addresses.

@@ -214,3 +214,57 @@ fn metrics_are_scraped_over_http() {
 
     assert!(scrape("/").0.starts_with("404"), "only /metrics is served");
 }
+
+/// The hop of a trace named `name` (the first one).
+fn trace_hop<'a>(trace: &'a Value, name: &str) -> &'a Value {
+    trace["hops"]
+        .as_array()
+        .and_then(|hops| hops.iter().find(|h| h["hop"] == name))
+        .unwrap_or_else(|| panic!("no {name} hop in the trace: {trace:#}"))
+}
+
+/// Two manually keyed nodes after a ping: `ikectl trace` of n2's overlay IP on n1 walks the
+/// overlay interface, the kernel's neighbour entry (n2's overlay MAC), the learned FDB entry,
+/// peer n2 with its traffic, the outbound SA with the mesh file's SPI, the underlay route and
+/// the path MTU; a MAC that was never seen is flooded to every peer.
+#[test]
+fn trace_walks_every_hop_to_a_peer() {
+    require_root();
+    let lab = Lab::new("dgtr", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let n2_overlay = lab.overlay_addr(1).to_string();
+    let ping = lab.node(0).ping(&n2_overlay, 3);
+    assert!(ping.status.success(), "overlay ping failed: {}", String::from_utf8_lossy(&ping.stdout));
+    let n2_mac = lab.node(1).mac(&n2.overlay_interface(OVERLAY_NAME)).to_lowercase();
+
+    let trace = n1.ikectl_json(&["trace", &n2_overlay]);
+    let hops: Vec<&str> = trace["hops"].as_array().unwrap().iter().filter_map(|h| h["hop"].as_str()).collect();
+    assert_eq!(hops, ["overlay", "neighbour", "fdb", "peer", "outbound SA", "underlay route", "path MTU"], "{trace:#}");
+    assert!(trace["hops"].as_array().unwrap().iter().all(|h| h["problem"].is_null()), "a healthy path: {trace:#}");
+    assert_eq!(trace_hop(&trace, "overlay")["fields"]["vni"], "4242", "{trace:#}");
+    assert_eq!(trace_hop(&trace, "neighbour")["fields"]["mac"], n2_mac.as_str(), "{trace:#}");
+    let fdb = trace_hop(&trace, "fdb");
+    assert_eq!((fdb["fields"]["peer"].as_str(), fdb["fields"]["kind"].as_str()), (Some("n2"), Some("learned")));
+    assert!(trace_hop(&trace, "peer")["counters"]["tx_packets"].as_u64() >= Some(3), "{trace:#}");
+    let sa = trace_hop(&trace, "outbound SA");
+    assert_eq!(sa["fields"]["spi"], mesh.sa(0, 1).spi_text().as_str(), "{trace:#}");
+    assert!(sa["counters"]["packets"].as_u64() >= Some(3), "{trace:#}");
+    let route = trace_hop(&trace, "underlay route");
+    assert_eq!(route["fields"]["source"], lab.addr(0).to_string().as_str(), "{trace:#}");
+    assert!(route["fields"]["interface"].is_string(), "{trace:#}");
+    let mtu = trace_hop(&trace, "path MTU");
+    assert_eq!(mtu["fields"]["path_mtu"], "1500", "{trace:#}");
+
+    // The same decision from the MAC, and in words.
+    let by_mac = n1.ikectl_json(&["trace", &n2_mac]);
+    assert_eq!(trace_hop(&by_mac, "fdb")["fields"]["peer"], "n2", "{by_mac:#}");
+    let text = String::from_utf8_lossy(&n1.ikectl(&["trace", &n2_overlay]).stdout).to_string();
+    assert!(text.contains("learned behind n2") && text.contains("outbound SA"), "{text}");
+
+    let unknown = n1.ikectl_json(&["trace", "02:00:00:00:00:99"]);
+    assert!(trace_hop(&unknown, "fdb")["summary"].as_str().is_some_and(|s| s.contains("flooded")), "{unknown:#}");
+    let bad = n1.ikectl(&["trace", "n2"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("neither a MAC"));
+}
