@@ -86,6 +86,8 @@ pub struct Control {
     /// Held while a reload runs, so that reloads never overlap.
     pub reloader: Mutex<Reloader>,
     pub kernel_drops: KernelDrops,
+    /// Asks peers for their view (`ikectl ping`) and answers theirs.
+    pub query: crate::diag::query::QueryService,
 }
 
 /// Serves requests until the runtime stops.
@@ -123,6 +125,12 @@ async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Resu
                     Ok(Ok(plan)) => Response::ok(Reply::Reload(plan)),
                     Ok(Err(message)) => Response::error(message),
                     Err(error) => Response::error(format!("the reload failed ({error}); see the meshd log")),
+                }
+            }
+            Ok(Request { command: Command::Ping { peer, count, size }, .. }) => {
+                match crate::diag::ping::ping(&control, &peer, count, size).await {
+                    Ok(report) => Response::ok(Reply::Ping(Box::new(report))),
+                    Err(message) => Response::error(message),
                 }
             }
             // A trace runs `ip`: not on the runtime's thread.
@@ -174,6 +182,8 @@ impl Control {
                 .peer_filter(peer.as_deref())
                 .map(|_| Reply::DropStream(self.drops_since(peer.as_deref(), after, kernel_after))),
             Command::Reload => self.reload().map(Reply::Reload),
+            // It waits for probes and the peer's answer: only the socket's async path serves it.
+            Command::Ping { .. } => Err("ping is served on the control socket only".to_string()),
             Command::Trace { target, overlay } => {
                 crate::diag::trace::trace(self, &target, overlay.as_deref()).map(Reply::Trace)
             }

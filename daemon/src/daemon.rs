@@ -15,6 +15,7 @@ use crate::ctl::{self, Control, SocketFile};
 use crate::datapath::{Datapath, IkeInbox};
 use crate::diag::kernel::KernelDrops;
 use crate::diag::metrics;
+use crate::diag::query::{self, QueryService};
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
 use crate::overhead::{Encapsulation, IpVersion};
@@ -95,6 +96,11 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         "meshd running"
     );
     let udp_4500 = datapath.take_udp_4500();
+    let query = QueryService::bind(topology.local_address).map_err(|source| DaemonError::Query {
+        address: topology.local_address,
+        port: query::QUERY_PORT,
+        source,
+    })?;
     let control = Arc::new(Control {
         state: state.clone(),
         config: ArcSwap::from_pointee(config),
@@ -110,6 +116,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             busy_poll: options.busy_poll,
         }),
         kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
+        query,
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -129,6 +136,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
         tokio::spawn(reload_on_hangup(hangup, control.clone()));
+        tokio::spawn(query::serve(control.clone()));
         if let Some(address) = control.config.load().metrics.listen {
             let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
             tracing::info!(%address, "serving Prometheus metrics at /metrics");

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_config::control::{Command, DEFAULT_SOCKET};
+use mesh_config::control::{Command, Reply, DEFAULT_SOCKET};
 
 #[derive(Parser)]
 #[command(name = "ikectl", version, about = "Inspect and control meshd")]
@@ -54,6 +54,18 @@ enum CliCommand {
     Reload,
     /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,
     /// neighbour, FDB entry, peer, outbound SA, underlay route, path MTU, with their counters.
+    /// Probes through the SA to a peer, this node's and the peer's view of the pair side by side,
+    /// and a verdict with the fix; exit status 0 only when the pair is healthy.
+    Ping {
+        /// The peer node.
+        node: String,
+        /// How many probes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+        /// ICMP payload bytes of each probe.
+        #[arg(long, default_value_t = 56, value_parser = clap::value_parser!(u32).range(0..=65_000))]
+        size: u32,
+    },
     Trace {
         /// An overlay MAC (02:00:5e:10:00:01) or IP address (10.244.0.2).
         target: String,
@@ -91,10 +103,18 @@ fn main() -> ExitCode {
         CliCommand::Drops { peer, kernel, .. } => Command::Drops { peer, kernel },
         CliCommand::Reload => Command::Reload,
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
+        CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
     };
-    exit_on(client::request(&cli.socket, command).map(|reply| {
-        print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
-    }))
+    match client::request(&cli.socket, command) {
+        Ok(reply) => {
+            print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
+            match reply {
+                Reply::Ping(report) if !report.healthy => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(error) => exit_on(Err(error)),
+    }
 }
 
 fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {

@@ -7,7 +7,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use mesh_config::control::{
     DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, KernelDropRecord, KernelDropReport, PeerInfo,
-    Reply, SaInfo, Status, TraceReport,
+    PingReport, Reply, SaInfo, Status, TraceReport,
 };
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
@@ -22,6 +22,7 @@ pub fn json(reply: &Reply) -> String {
         Reply::DropStream(v) => serde_json::to_value(v),
         Reply::Reload(v) => serde_json::to_value(v),
         Reply::Trace(v) => serde_json::to_value(v),
+        Reply::Ping(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -46,6 +47,7 @@ pub fn text(reply: &Reply) -> String {
             .collect(),
         Reply::Reload(plan) => plan.to_string(),
         Reply::Trace(report) => render_trace(report),
+        Reply::Ping(report) => render_ping(report),
     }
 }
 
@@ -328,6 +330,19 @@ pub fn kernel_drop_line(d: &KernelDropRecord) -> String {
         let _ = write!(line, " dev={interface}");
     }
     line
+}
+
+fn render_ping(report: &PingReport) -> String {
+    let mut t = table(&["", &format!("this node ({})", report.node), &format!("peer ({})", report.peer)]);
+    for row in &report.rows {
+        t.add_row(vec![row.what.clone(), row.this_node.clone(), row.peer.clone()]);
+    }
+    let mut out = finish(t);
+    let _ = writeln!(out, "verdict: {}", if report.healthy { "healthy" } else { "NOT healthy" });
+    for verdict in &report.verdicts {
+        let _ = writeln!(out, "  - {verdict}");
+    }
+    out
 }
 
 fn render_trace(report: &TraceReport) -> String {

@@ -64,6 +64,13 @@ pub enum Command {
         target: String,
         overlay: Option<String>,
     },
+    /// `ikectl ping`: probes through the SA, the peer's own view, and a verdict.
+    Ping {
+        peer: String,
+        count: u32,
+        /// ICMP payload bytes of each probe.
+        size: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +109,7 @@ pub enum Reply {
     DropStream(DropBatch),
     Reload(crate::reload::ReloadPlan),
     Trace(TraceReport),
+    Ping(Box<PingReport>),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
@@ -370,6 +378,86 @@ pub struct DropBatch {
     pub drops: Vec<DropRecord>,
     #[serde(default)]
     pub kernel: Vec<KernelDropRecord>,
+}
+
+/// What a node tells a peer that asks (for `ikectl ping` there): its own view of the pair.
+/// Sent over the authenticated diagnostic query, so it is kept small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub node: String,
+    pub underlay_address: IpAddr,
+    /// Where the asking node's query came from, as this node saw it (NAT shows here).
+    pub observed_source: Option<SocketAddr>,
+    pub ike: Option<IkeView>,
+    pub outbound: Option<SaView>,
+    pub inbound: Vec<SaView>,
+    /// Drops of packets from or to the asking node, by reason.
+    pub drops: BTreeMap<DropReason, u64>,
+    /// The most recent of them, oldest first.
+    pub recent_drops: Vec<RecentDrop>,
+}
+
+/// The IKE SA of a pair, as one side has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IkeView {
+    pub initiator_spi: String,
+    pub responder_spi: String,
+    pub state: String,
+    pub nat_detected: bool,
+    pub established_secs: Option<u64>,
+}
+
+/// One Child SA direction, as one side has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaView {
+    pub spi: Spi,
+    pub age_secs: u64,
+    /// Outbound: last sequence number sent; inbound: highest accepted.
+    pub sequence: u64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentDrop {
+    pub at_unix_ms: u64,
+    pub reason: DropReason,
+    pub spi: Option<Spi>,
+}
+
+/// `ikectl ping`: a two-column table (this node | peer), the probes and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub node: String,
+    pub peer: String,
+    pub rows: Vec<PingRow>,
+    pub probes: ProbeSummary,
+    /// In plain words, each with the fix.
+    pub verdicts: Vec<String>,
+    /// Nothing wrong: ikectl exits 0 only then.
+    pub healthy: bool,
+    /// This node's view and the peer's (absent when it did not answer).
+    pub local: PeerView,
+    pub remote: Option<PeerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRow {
+    pub what: String,
+    pub this_node: String,
+    pub peer: String,
+}
+
+/// The probes: ICMP echo to the peer's overlay address, through the overlay and its SA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    pub target: Option<IpAddr>,
+    pub sent: u32,
+    pub received: u32,
+    pub rtt_min_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+    /// Why no probes were sent, if none were.
+    pub skipped: Option<String>,
 }
 
 /// `ikectl trace`: how a frame to `target` would leave this node, hop by hop.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshd_lab::meshd::ikectl_bin;
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::{require_root, wait_until, Lab, MeshFile, Meshd};
+use meshd_lab::{require_root, wait_until, Lab, MeshFile, Meshd, Netns};
 use serde_json::Value;
 
 /// `ikectl --json drops --follow` against a daemon; its lines arrive on a channel. Killed when
@@ -267,4 +267,123 @@ fn trace_walks_every_hop_to_a_peer() {
     assert!(trace_hop(&unknown, "fdb")["summary"].as_str().is_some_and(|s| s.contains("flooded")), "{unknown:#}");
     let bad = n1.ikectl(&["trace", "n2"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("neither a MAC"));
+}
+
+/// `ikectl --json ping PEER` on `daemon`: the report and whether ikectl exited 0.
+fn ping_report(daemon: &Meshd, peer: &str) -> (Value, bool) {
+    let output = daemon.ikectl(&["--json", "ping", peer, "--count", "3"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("ikectl ping printed no JSON ({e}): {text}\n{}", String::from_utf8_lossy(&output.stderr))
+    });
+    (report, output.status.success())
+}
+
+fn verdicts(report: &Value) -> String {
+    report["verdicts"]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+/// A healthy manually keyed pair: probes answered through the SA, the peer answers the query with
+/// its own view, the SPIs match crosswise, exit status 0; the text report has both columns.
+#[test]
+fn ping_reports_a_healthy_pair_from_both_sides() {
+    require_root();
+    let lab = Lab::new("dgph", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let _n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let (report, ok) = ping_report(&n1, "n2");
+    assert!(ok, "a healthy pair exits 0: {report:#}");
+    assert_eq!(report["healthy"], true, "{report:#}");
+    assert_eq!(report["probes"]["received"], 3, "{report:#}");
+    assert_eq!(report["remote"]["node"], "n2", "the peer answered with its view: {report:#}");
+    assert_eq!(report["remote"]["observed_source"], format!("{}:4795", lab.addr(0)), "no NAT: {report:#}");
+    let spi = mesh.sa(0, 1).spi_text();
+    assert_eq!(report["local"]["outbound"]["spi"], spi.as_str(), "{report:#}");
+    assert!(report["remote"]["inbound"].as_array().unwrap().iter().any(|sa| sa["spi"] == spi.as_str()), "{report:#}");
+    let text = String::from_utf8_lossy(&n1.ikectl(&["ping", "n2", "--count", "2"]).stdout).to_string();
+    assert!(
+        text.contains("this node (n1)") && text.contains("peer (n2)") && text.contains("verdict: healthy"),
+        "{text}"
+    );
+}
+
+/// n2's mesh file has another key for the SA n1 -> n2: n2 drops n1's probes as authentication
+/// failures, and n1's ping says so, with the SA, and exits 1.
+#[test]
+fn ping_reports_authentication_failures_of_a_wrong_manual_key() {
+    require_root();
+    let lab = Lab::new("dgpk", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let wrong = mesh.variant_with_key("wrong-key.toml", 0, 1, &[0x5a; 36]);
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let _n2 = Meshd::start(lab.node(1), &wrong, &lab.node_name(1));
+    let (report, ok) = ping_report(&n1, "n2");
+    assert!(!ok, "an unhealthy pair exits 1: {report:#}");
+    let said = verdicts(&report);
+    let spi = mesh.sa(0, 1).spi_text();
+    assert!(said.contains("n2 drops this node's ESP as authentication failures") && said.contains(&spi), "{said}");
+    assert!(report["remote"]["drops"]["authentication"].as_u64() >= Some(3), "in the peer's drops: {report:#}");
+}
+
+/// n2 has no inbound SA for n1's outbound SPI (its mesh file names another SPI for n1 -> n2, as if
+/// that SA had been deleted there without telling n1): n1's ping names the SPI and the fix.
+#[test]
+fn ping_reports_an_sa_mismatch_with_the_spi() {
+    require_root();
+    let lab = Lab::new("dgps", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let spi = mesh.sa(0, 1).spi_text();
+    let other = mesh.text().replace(&format!("spi = \"{spi}\""), "spi = \"0x00007777\"");
+    assert_ne!(other, mesh.text(), "the mesh file names the SPI as {spi}");
+    let mismatched = mesh.dir().join("mismatch.toml");
+    std::fs::write(&mismatched, other).expect("write mesh file variant");
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let _n2 = Meshd::start(lab.node(1), &mismatched, &lab.node_name(1));
+    let (report, ok) = ping_report(&n1, "n2");
+    assert!(!ok, "{report:#}");
+    let said = verdicts(&report);
+    assert!(said.contains(&format!("n2 has no inbound SA for SPI {spi}: run ikectl sa flush --peer n2")), "{said}");
+}
+
+/// n1 -- router (masquerade towards n2) -- n2, keyed by IKE: n1's ping reports NAT between the
+/// nodes, as n2 sees n1's query from the router's address; UDP encapsulation crosses it, so the
+/// pair is still healthy.
+#[test]
+fn ping_reports_nat_between_the_nodes() {
+    require_root();
+    let n1_ns = Netns::new("dgpn", "n1");
+    let router = Netns::new("dgpn", "r");
+    let n2_ns = Netns::new("dgpn", "n2");
+    for (node, side, subnet) in [(&n1_ns, "rn1", 1), (&n2_ns, "rn2", 2)] {
+        let outside = format!("{side}x");
+        router.run_ok(["ip", "link", "add", side, "type", "veth", "peer", "name", &outside]);
+        router.run_ok(["ip", "link", "set", &outside, "netns", node.name()]);
+        node.run_ok(["ip", "link", "set", &outside, "name", "eth0"]);
+        node.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.1/24"), "dev", "eth0"]);
+        node.run_ok(["ip", "link", "set", "eth0", "up"]);
+        node.run_ok(["ip", "route", "add", "default", "via", &format!("198.18.{subnet}.254")]);
+        router.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.254/24"), "dev", side]);
+        router.run_ok(["ip", "link", "set", side, "up"]);
+    }
+    router.run_ok(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    router.run_ok(["nft", "add table ip nat"]);
+    router.run_ok(["nft", "add chain ip nat post { type nat hook postrouting priority 100 ; }"]);
+    router.run_ok(["nft", "add rule ip nat post oifname rn2 masquerade"]);
+    let mesh =
+        MeshFile::for_addresses(vec!["198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap()]).ike().write();
+    let n1 = Meshd::start(&n1_ns, mesh.path(), "n1");
+    let _n2 = Meshd::start(&n2_ns, mesh.path(), "n2");
+    let up = wait_until(Duration::from_secs(30), || {
+        (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(up.is_some(), "n1 and n2 did not negotiate SAs through the NAT\n{}", n1.log());
+    let (report, ok) = ping_report(&n1, "n2");
+    let said = verdicts(&report);
+    assert!(said.contains("NAT between the nodes (source NAT"), "{said}\n{report:#}");
+    assert!(said.contains("n2 sees this node as 198.18.2.254:"), "{said}");
+    assert!(ok, "UDP encapsulation crosses the NAT: healthy: {report:#}");
 }

@@ -141,7 +141,7 @@ fn tracer_config(state: &MeshState) -> Result<TracerConfig, String> {
     Ok(TracerConfig {
         // Namespace inodes are 32-bit numbers (proc_inum).
         netns_inode: namespace.ino() as u32,
-        ports: vec![IKE_PORT, NAT_T_PORT, state.topology().vxlan_port],
+        ports: vec![IKE_PORT, NAT_T_PORT, state.topology().vxlan_port, super::query::QUERY_PORT],
         overlay_ifindexes,
         mount_tracefs: true,
     })

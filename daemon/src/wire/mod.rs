@@ -47,6 +47,7 @@ pub mod esp;
 pub mod ethernet;
 pub mod ipv4;
 pub mod ipv6;
+pub mod query;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;

@@ -1,0 +1,397 @@
+//! `ikectl ping NODE`: probes through the overlay (so through the pair's real SA), this node's
+//! view of the pair and the peer's own view (asked over the authenticated diagnostic query, which
+//! works when the SAs do not), side by side, and a verdict in plain words with the fix.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use mesh_config::control::{DropReason, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaView, Spi};
+use mesh_config::Encap;
+
+use super::query::QUERY_PORT;
+use crate::ctl::Control;
+use crate::topology::PeerId;
+
+/// Recent drops a view carries at most (fewer when the view would not fit a query datagram).
+const RECENT_DROPS: usize = 5;
+/// Drop reasons that say the two ends' SAs disagree.
+const SA_TROUBLE: &[DropReason] = &[DropReason::Authentication, DropReason::UnknownSpi, DropReason::BadPadding];
+
+/// This node's view of the pair with `peer`; `observed` is where the asker's query came from.
+pub fn view_of_pair(control: &Control, peer: PeerId, observed: Option<SocketAddr>) -> PeerView {
+    let state = &control.state;
+    let topology = state.topology();
+    let clock = &state.clock;
+    let ike = control.keying.ike_sas(state, Some(peer));
+    let ike = ike.iter().find(|sa| sa.state == "established").or(ike.first()).map(|sa| IkeView {
+        initiator_spi: sa.initiator_spi.clone(),
+        responder_spi: sa.responder_spi.clone(),
+        state: sa.state.clone(),
+        nat_detected: sa.nat_detected,
+        established_secs: sa.established_secs,
+    });
+    let tables = state.sadb.load();
+    let outbound = tables.outbound(peer).map(|sa| SaView {
+        spi: Spi(sa.params.spi),
+        age_secs: clock.secs_since(sa.params.created_ms).unwrap_or(0),
+        sequence: sa.last_sequence(),
+        packets: sa.counters.packets.load(Ordering::Relaxed),
+    });
+    let inbound = tables
+        .inbound_sas()
+        .filter(|sa| sa.params.peer == peer)
+        .map(|sa| SaView {
+            spi: Spi(sa.params.spi),
+            age_secs: clock.secs_since(sa.params.created_ms).unwrap_or(0),
+            sequence: sa.replay().state().highest,
+            packets: sa.counters.packets.load(Ordering::Relaxed),
+        })
+        .collect();
+    let report = state.drops.report(|id| topology.peer(id).name.clone(), Some(peer));
+    let recent_drops = report
+        .recent
+        .iter()
+        .rev()
+        .take(RECENT_DROPS)
+        .rev()
+        .map(|d| RecentDrop { at_unix_ms: d.at_unix_ms, reason: d.reason, spi: d.spi })
+        .collect();
+    PeerView {
+        node: topology.node_name.clone(),
+        underlay_address: topology.local_address,
+        observed_source: observed,
+        ike,
+        outbound,
+        inbound,
+        drops: report.by_reason,
+        recent_drops,
+    }
+}
+
+/// The view as JSON of at most `max` bytes: the oldest recent drops go first when it is too long.
+pub fn encode_view(mut view: PeerView, max: usize) -> Vec<u8> {
+    loop {
+        let body = serde_json::to_vec(&view).unwrap_or_default();
+        if body.len() <= max || view.recent_drops.is_empty() {
+            return body;
+        }
+        view.recent_drops.remove(0);
+    }
+}
+
+/// The whole report; an error only for a peer that does not exist or cannot be asked at all.
+pub async fn ping(
+    control: &std::sync::Arc<Control>,
+    peer_name: &str,
+    count: u32,
+    size: u32,
+) -> Result<PingReport, String> {
+    let topology = control.state.topology_full();
+    let peer_id = topology.resolve_peer(peer_name)?;
+    let peer = topology.peer(peer_id);
+    let config = control.config.load_full();
+    let me = topology.node_name.clone();
+    let ask = || control.query.ask(&config, &me, &peer.name, peer.address);
+    let before = ask().await;
+    let target = probe_target(&config, &me, &peer.name);
+    let probes = match target {
+        Some(target) => tokio::task::spawn_blocking(move || probe(target, count, size))
+            .await
+            .unwrap_or_else(|error| skipped(format!("the probe task failed ({error})"))),
+        None => skipped(format!(
+            "no overlay gives both {me} and {} an address; add them under [overlay.address] to probe through the SA",
+            peer.name
+        )),
+    };
+    let after = ask().await;
+    let local = view_of_pair(control, peer_id, None);
+    let mut verdicts = Vec::new();
+    let remote = match (&before, after) {
+        (_, Ok((view, from))) => Some((view, from)),
+        (_, Err(why)) => {
+            verdicts.push(why);
+            None
+        }
+    };
+    let peer_drops_before = before.as_ref().map(|(view, _)| view.drops.clone()).unwrap_or_default();
+    let encap = topology.encap;
+    let healthy = judge(&local, remote.as_ref(), &peer_drops_before, &probes, &peer.name, encap, &mut verdicts);
+    let rows = rows(&local, remote.as_ref(), &probes, topology.local_address);
+    Ok(PingReport {
+        node: me,
+        peer: peer.name.clone(),
+        rows,
+        probes,
+        verdicts,
+        healthy,
+        local,
+        remote: remote.map(|(view, _)| view),
+    })
+}
+
+fn skipped(why: String) -> ProbeSummary {
+    ProbeSummary {
+        target: None,
+        sent: 0,
+        received: 0,
+        rtt_min_ms: None,
+        rtt_avg_ms: None,
+        rtt_max_ms: None,
+        skipped: Some(why),
+    }
+}
+
+/// The peer's overlay address in the first overlay where both nodes have one.
+fn probe_target(config: &mesh_config::MeshConfig, me: &str, peer: &str) -> Option<IpAddr> {
+    config.overlays.iter().find_map(|o| o.addresses.get(me).and(o.addresses.get(peer)).map(|a| a.addr))
+}
+
+/// ICMP echo to `target` with the system's ping: through the overlay interface, the datapath and
+/// the SA, like any overlay traffic.
+fn probe(target: IpAddr, count: u32, size: u32) -> ProbeSummary {
+    let output = Command::new("ping")
+        .args(["-n", "-q", "-c", &count.to_string(), "-s", &size.to_string(), "-i", "0.2", "-W", "1"])
+        .arg(target.to_string())
+        .output();
+    let text = match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).to_string(),
+        Err(error) => return skipped(format!("cannot run ping ({error}); install iputils-ping")),
+    };
+    let mut summary = parse_ping(&text);
+    summary.target = Some(target);
+    if summary.sent == 0 {
+        summary.skipped = Some(format!("ping printed no summary: {}", text.trim()));
+    }
+    summary
+}
+
+/// Reads iputils ping's summary lines.
+fn parse_ping(text: &str) -> ProbeSummary {
+    let mut summary = skipped(String::new());
+    summary.skipped = None;
+    for line in text.lines() {
+        if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
+            summary.sent = sent.trim().parse().unwrap_or(0);
+            summary.received = rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+        if let Some((_, values)) = line.split_once("min/avg/max/mdev = ") {
+            let numbers: Vec<f64> = values.trim_end_matches(" ms").split('/').filter_map(|v| v.parse().ok()).collect();
+            if let [min, avg, max, ..] = numbers[..] {
+                (summary.rtt_min_ms, summary.rtt_avg_ms, summary.rtt_max_ms) = (Some(min), Some(avg), Some(max));
+            }
+        }
+    }
+    summary
+}
+
+/// The verdicts; true when nothing is wrong.
+fn judge(
+    local: &PeerView,
+    remote: Option<&(PeerView, SocketAddr)>,
+    peer_drops_before: &BTreeMap<DropReason, u64>,
+    probes: &ProbeSummary,
+    peer: &str,
+    encap: Encap,
+    verdicts: &mut Vec<String>,
+) -> bool {
+    let mut healthy = remote.is_some();
+    let flush = format!("run ikectl sa flush --peer {peer}");
+    match &local.outbound {
+        None => {
+            healthy = false;
+            verdicts.push(format!("this node has no outbound SA for {peer}: see ikectl peers for why, or {flush}"));
+        }
+        Some(out) => {
+            if let Some((view, _)) = remote {
+                if !view.inbound.iter().any(|sa| sa.spi == out.spi) {
+                    healthy = false;
+                    verdicts.push(format!("{peer} has no inbound SA for SPI {}: {flush}", out.spi));
+                }
+            }
+        }
+    }
+    if let Some((view, from)) = remote {
+        match &view.outbound {
+            None => {
+                healthy = false;
+                verdicts
+                    .push(format!("{peer} has no outbound SA for this node: run ikectl peers on {peer}, or {flush}"));
+            }
+            Some(out) if !local.inbound.iter().any(|sa| sa.spi == out.spi) => {
+                healthy = false;
+                verdicts.push(format!("this node has no inbound SA for {peer}'s SPI {}: {flush}", out.spi));
+            }
+            Some(_) => {}
+        }
+        if let Some(seen) = view.observed_source {
+            if seen.ip() != local.underlay_address || seen.port() != QUERY_PORT {
+                let kind = match (seen.ip() != local.underlay_address, seen.port() != QUERY_PORT) {
+                    (true, true) => "source NAT and port translation",
+                    (true, false) => "source NAT",
+                    _ => "port translation",
+                };
+                let mut verdict = format!(
+                    "NAT between the nodes ({kind}): {peer} sees this node as {seen}, not {}:{QUERY_PORT}",
+                    local.underlay_address
+                );
+                if encap == Encap::Esp {
+                    healthy = false;
+                    verdict += "; raw ESP does not cross NAT: set encap = \"udp\" in mesh.toml";
+                }
+                verdicts.push(verdict);
+            }
+        }
+        if from.ip() != view.underlay_address {
+            verdicts.push(format!(
+                "NAT between the nodes: {peer}'s answers come from {from}, its address is {}",
+                view.underlay_address
+            ));
+        }
+        for reason in SA_TROUBLE {
+            let count = |drops: &BTreeMap<DropReason, u64>| drops.get(reason).copied().unwrap_or(0);
+            let new = count(&view.drops).saturating_sub(count(peer_drops_before));
+            if new > 0 {
+                healthy = false;
+                let spi = local.outbound.as_ref().map_or_else(|| "-".to_string(), |sa| sa.spi.to_string());
+                verdicts.push(match reason {
+                    DropReason::Authentication => format!(
+                        "{peer} drops this node's ESP as authentication failures ({new} during the probes): the keys of SA {spi} differ between the nodes; compare the [[manual_sa]] key of this direction in both mesh files, or {flush}"
+                    ),
+                    _ => format!("{peer} dropped {new} of this node's packets as {reason} during the probes (SA {spi}): {flush}"),
+                });
+            }
+        }
+    }
+    match (&probes.skipped, probes.sent) {
+        (Some(why), _) => verdicts.push(format!("no probes: {why}")),
+        (None, sent) if probes.received < sent => {
+            healthy = false;
+            verdicts.push(format!("{} of {sent} probes through the SA got no answer", sent - probes.received));
+        }
+        _ => {}
+    }
+    if healthy && verdicts.is_empty() {
+        verdicts.push(format!("healthy: SAs match crosswise and every probe to {peer} was answered"));
+    }
+    healthy
+}
+
+fn rows(
+    local: &PeerView,
+    remote: Option<&(PeerView, SocketAddr)>,
+    probes: &ProbeSummary,
+    address: IpAddr,
+) -> Vec<PingRow> {
+    let dash = || "-".to_string();
+    let view = remote.map(|(view, _)| view);
+    let on_peer = |f: &dyn Fn(&PeerView) -> String| view.map_or_else(|| "(no answer)".to_string(), f);
+    let ike = |v: &PeerView| {
+        v.ike.as_ref().map_or_else(dash, |ike| {
+            let nat = if ike.nat_detected { ", NAT detected" } else { "" };
+            format!("{} {}/{}{nat}", ike.state, ike.initiator_spi, ike.responder_spi)
+        })
+    };
+    let outbound = |v: &PeerView| {
+        v.outbound.as_ref().map_or_else(|| "none".to_string(), |sa| format!("{} seq {}", sa.spi, sa.sequence))
+    };
+    let inbound = |v: &PeerView| {
+        let list: Vec<String> = v.inbound.iter().map(|sa| format!("{} highest {}", sa.spi, sa.sequence)).collect();
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    let rekey = |v: &PeerView| v.outbound.as_ref().map_or_else(dash, |sa| format!("{}s ago", sa.age_secs));
+    let drops = |v: &PeerView| {
+        if v.drops.is_empty() {
+            return "0".to_string();
+        }
+        v.drops.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" ")
+    };
+    let recent = |v: &PeerView| {
+        let list: Vec<String> = v.recent_drops.iter().map(|d| d.reason.to_string()).collect();
+        if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    let row = |what: &str, this_node: String, peer: String| PingRow { what: what.to_string(), this_node, peer };
+    let crosswise = |mine: &PeerView, theirs: &PeerView| match &mine.outbound {
+        Some(out) if theirs.inbound.iter().any(|sa| sa.spi == out.spi) => format!("{} matches", out.spi),
+        Some(out) => format!("{} NOT among the other side's inbound SAs", out.spi),
+        None => "no outbound SA".to_string(),
+    };
+    let rtt = match (probes.rtt_min_ms, probes.rtt_avg_ms, probes.rtt_max_ms) {
+        (Some(min), Some(avg), Some(max)) => {
+            format!("{}/{} answered, rtt {min:.3}/{avg:.3}/{max:.3} ms", probes.received, probes.sent)
+        }
+        _ => format!("{}/{} answered", probes.received, probes.sent),
+    };
+    vec![
+        row(
+            "this node's underlay address",
+            format!("{address}:{QUERY_PORT}"),
+            on_peer(&|v| v.observed_source.map_or_else(dash, |s| s.to_string())),
+        ),
+        row(
+            "peer's underlay address",
+            remote.map_or_else(dash, |(_, from)| from.to_string()),
+            on_peer(&|v| format!("{}:{QUERY_PORT}", v.underlay_address)),
+        ),
+        row("IKE SA", ike(local), on_peer(&ike)),
+        row("outbound Child SA", outbound(local), on_peer(&outbound)),
+        row("inbound Child SAs", inbound(local), on_peer(&inbound)),
+        row(
+            "outbound SPI crosswise",
+            view.map_or_else(dash, |v| crosswise(local, v)),
+            on_peer(&|v| crosswise(v, local)),
+        ),
+        row("last rekey (outbound SA age)", rekey(local), on_peer(&rekey)),
+        row("path MTU", "not measured (needs path-MTU probing)".to_string(), "-".to_string()),
+        row("probes through the SA", rtt, "-".to_string()),
+        row("drops for this pair", drops(local), on_peer(&drops)),
+        row("recent drops", recent(local), on_peer(&recent)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ping_summaries() {
+        let text = "--- 10.244.0.2 ping statistics ---\n3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\nrtt min/avg/max/mdev = 0.101/0.250/0.399/0.120 ms\n";
+        let summary = parse_ping(text);
+        assert_eq!((summary.sent, summary.received), (3, 2));
+        assert_eq!(
+            (summary.rtt_min_ms, summary.rtt_avg_ms, summary.rtt_max_ms),
+            (Some(0.101), Some(0.25), Some(0.399))
+        );
+        let lost = parse_ping("2 packets transmitted, 0 received, 100% packet loss, time 1001ms\n");
+        assert_eq!((lost.sent, lost.received, lost.rtt_avg_ms), (2, 0, None));
+    }
+
+    #[test]
+    fn views_are_trimmed_to_fit() {
+        let view = PeerView {
+            node: "n2".into(),
+            underlay_address: IpAddr::from([198, 18, 0, 2]),
+            observed_source: None,
+            ike: None,
+            outbound: None,
+            inbound: Vec::new(),
+            drops: BTreeMap::new(),
+            recent_drops: (0..50)
+                .map(|i| RecentDrop { at_unix_ms: i, reason: DropReason::Replay, spi: None })
+                .collect(),
+        };
+        let body = encode_view(view, 400);
+        assert!(body.len() <= 400);
+        let back: PeerView = serde_json::from_slice(&body).unwrap();
+        assert!(!back.recent_drops.is_empty() && back.recent_drops.last().unwrap().at_unix_ms == 49);
+    }
+}
