@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshd_lab::meshd::ikectl_bin;
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::{require_root, wait_until, Lab, MeshFile, Meshd, Netns};
+use meshd_lab::{require_root, start_all, wait_until, Lab, MeshFile, Meshd, NatLab};
 use serde_json::Value;
 
 /// `ikectl --json drops --follow` against a daemon; its lines arrive on a channel. Killed when
@@ -113,15 +113,15 @@ fn kernel_tracer_sees_a_netfilter_drop_of_the_peers_esp() {
     require_root();
     let lab = Lab::new("dgkd", 2);
     let mesh = MeshFile::builder(&lab).encap("esp").write();
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
-    let n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let daemons = start_all(&lab, mesh.path());
+    let (n1, n2) = (&daemons[0], &daemons[1]);
     let before = n2.ikectl_json(&["drops", "--kernel"]);
     assert!(
         before["kernel"]["unavailable"].is_null(),
         "n2 traces kernel drops (as root, with BTF; it mounts tracefs itself): {before:#}\n{}",
         n2.log()
     );
-    let follower = Follower::start(&n2, &["--kernel"]);
+    let follower = Follower::start(n2, &["--kernel"]);
     follower.wait_for(Duration::from_secs(10), "report first", |v| v["kind"] == "drops");
 
     let n2_ns = lab.node(1);
@@ -173,8 +173,8 @@ fn metrics_are_scraped_over_http() {
     require_root();
     let lab = Lab::new("dgme", 2);
     let mesh = MeshFile::builder(&lab).ike().extra("[metrics]\nlisten = \"127.0.0.1:9477\"\n").write();
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
-    let _n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let daemons = start_all(&lab, mesh.path());
+    let n1 = &daemons[0];
     let up = wait_until(Duration::from_secs(30), || {
         (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
     });
@@ -232,8 +232,8 @@ fn trace_walks_every_hop_to_a_peer() {
     require_root();
     let lab = Lab::new("dgtr", 2);
     let mesh = MeshFile::builder(&lab).write();
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
-    let n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let daemons = start_all(&lab, mesh.path());
+    let (n1, n2) = (&daemons[0], &daemons[1]);
     let n2_overlay = lab.overlay_addr(1).to_string();
     let ping = lab.node(0).ping(&n2_overlay, 3);
     assert!(ping.status.success(), "overlay ping failed: {}", String::from_utf8_lossy(&ping.stdout));
@@ -293,9 +293,9 @@ fn ping_reports_a_healthy_pair_from_both_sides() {
     require_root();
     let lab = Lab::new("dgph", 2);
     let mesh = MeshFile::builder(&lab).write();
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
-    let _n2 = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
-    let (report, ok) = ping_report(&n1, "n2");
+    let daemons = start_all(&lab, mesh.path());
+    let n1 = &daemons[0];
+    let (report, ok) = ping_report(n1, "n2");
     assert!(ok, "a healthy pair exits 0: {report:#}");
     assert_eq!(report["healthy"], true, "{report:#}");
     assert_eq!(report["probes"]["received"], 3, "{report:#}");
@@ -355,28 +355,10 @@ fn ping_reports_an_sa_mismatch_with_the_spi() {
 #[test]
 fn ping_reports_nat_between_the_nodes() {
     require_root();
-    let n1_ns = Netns::new("dgpn", "n1");
-    let router = Netns::new("dgpn", "r");
-    let n2_ns = Netns::new("dgpn", "n2");
-    for (node, side, subnet) in [(&n1_ns, "rn1", 1), (&n2_ns, "rn2", 2)] {
-        let outside = format!("{side}x");
-        router.run_ok(["ip", "link", "add", side, "type", "veth", "peer", "name", &outside]);
-        router.run_ok(["ip", "link", "set", &outside, "netns", node.name()]);
-        node.run_ok(["ip", "link", "set", &outside, "name", "eth0"]);
-        node.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.1/24"), "dev", "eth0"]);
-        node.run_ok(["ip", "link", "set", "eth0", "up"]);
-        node.run_ok(["ip", "route", "add", "default", "via", &format!("198.18.{subnet}.254")]);
-        router.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.254/24"), "dev", side]);
-        router.run_ok(["ip", "link", "set", side, "up"]);
-    }
-    router.run_ok(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    router.run_ok(["nft", "add table ip nat"]);
-    router.run_ok(["nft", "add chain ip nat post { type nat hook postrouting priority 100 ; }"]);
-    router.run_ok(["nft", "add rule ip nat post oifname rn2 masquerade"]);
-    let mesh =
-        MeshFile::for_addresses(vec!["198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap()]).ike().write();
-    let n1 = Meshd::start(&n1_ns, mesh.path(), "n1");
-    let _n2 = Meshd::start(&n2_ns, mesh.path(), "n2");
+    let nat = NatLab::new("dgpn");
+    let mesh = MeshFile::for_addresses(nat.addresses()).ike().write();
+    let n1 = Meshd::start(&nat.n1, mesh.path(), "n1");
+    let _n2 = Meshd::start(&nat.n2, mesh.path(), "n2");
     let up = wait_until(Duration::from_secs(30), || {
         (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
     });

@@ -219,21 +219,13 @@ mod tests {
         let good = request_bytes();
         assert_eq!(Packet::new_checked(&good[..good.len() - 1]).unwrap_err(), Error::Truncated);
         assert_eq!(Packet::new_checked(&good[..10]).unwrap_err(), Error::Truncated);
-        let mut bad = good.clone();
-        bad[0] = 2;
-        assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))));
-        let mut bad = good.clone();
-        bad[1] = 9;
-        assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))));
-        let mut bad = good.clone();
-        bad[20] = 0;
-        assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))));
-        let mut bad = good.clone();
-        bad[55] = 1;
-        assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))));
-        let mut bad = good.clone();
-        bad[52..54].copy_from_slice(&(MAX_BODY_LEN as u16 + 1).to_be_bytes());
-        assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))));
+        // Version 2, type 9, an empty sender, a reserved byte set, a body length over the limit.
+        const { assert!(0xff02 > MAX_BODY_LEN) };
+        for (at, value) in [(0, 2), (1, 9), (20, 0), (55, 1), (52, 0xff)] {
+            let mut bad = good.clone();
+            bad[at] = value;
+            assert!(matches!(Packet::new_checked(&bad[..]), Err(Error::Malformed(_))), "byte {at} = {value}");
+        }
         let header = QueryHeader { query_type: QueryType::Response, nonce: 1, timestamp_ms: 1, sender: "" };
         assert_eq!(header.emit(b"", &mut [0u8; MAX_LEN]), None);
     }
