@@ -329,20 +329,29 @@ fn ping_reports_authentication_failures_of_a_wrong_manual_key() {
     assert!(report["remote"]["drops"]["authentication"].as_u64() >= Some(3), "in the peer's drops: {report:#}");
 }
 
-/// n2 has no inbound SA for n1's outbound SPI (its mesh file names another SPI for n1 -> n2, as if
-/// that SA had been deleted there without telling n1): n1's ping names the SPI and the fix.
+/// n2's SA from n1 is deleted there without telling n1 (n2 reloads a mesh file that names another
+/// SPI for n1 -> n2): n1's ping names the SPI n2 no longer has and the fix, and exits 1.
 #[test]
-fn ping_reports_an_sa_mismatch_with_the_spi() {
+fn ping_reports_an_sa_deleted_on_one_side_with_the_spi() {
     require_root();
     let lab = Lab::new("dgps", 2);
     let mesh = MeshFile::builder(&lab).write();
+    let n2_file = mesh.dir().join("n2.toml");
+    std::fs::write(&n2_file, mesh.text()).expect("write n2's mesh file");
+    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
+    let n2 = Meshd::start(lab.node(1), &n2_file, &lab.node_name(1));
+    let (before, ok) = ping_report(&n1, "n2");
+    assert!(ok, "healthy before: {before:#}");
+
     let spi = mesh.sa(0, 1).spi_text();
     let other = mesh.text().replace(&format!("spi = \"{spi}\""), "spi = \"0x00007777\"");
     assert_ne!(other, mesh.text(), "the mesh file names the SPI as {spi}");
-    let mismatched = mesh.dir().join("mismatch.toml");
-    std::fs::write(&mismatched, other).expect("write mesh file variant");
-    let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
-    let _n2 = Meshd::start(lab.node(1), &mismatched, &lab.node_name(1));
+    std::fs::write(&n2_file, other).expect("rewrite n2's mesh file");
+    let reload = n2.ikectl(&["reload"]);
+    assert!(reload.status.success(), "n2 reloads: {}", String::from_utf8_lossy(&reload.stderr));
+    let inbound = n2.ikectl_json(&["sa", "list"]);
+    assert!(!inbound.to_string().contains(&spi), "n2 no longer has SA {spi}: {inbound:#}");
+
     let (report, ok) = ping_report(&n1, "n2");
     assert!(!ok, "{report:#}");
     let said = verdicts(&report);

@@ -195,6 +195,29 @@ fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &
 mod tests {
     use super::*;
 
+    fn manual_mesh() -> MeshConfig {
+        let sa = |from: &str, to: &str, spi: u32, byte: &str| {
+            format!("[[manual_sa]]\nfrom = \"{from}\"\nto = \"{to}\"\nspi = {spi}\ncipher = \"aes256gcm16\"\nkey = \"{}\"\n", byte.repeat(36))
+        };
+        let nodes: String =
+            (1..=3).map(|i| format!("[[node]]\nname = \"n{i}\"\naddress = \"198.18.0.{i}\"\n")).collect();
+        let text =
+            format!("[mesh]\nname = \"lab\"\n{nodes}{}{}", sa("n1", "n2", 4097, "11"), sa("n2", "n1", 4098, "22"));
+        MeshConfig::parse(std::path::Path::new("mesh.toml"), &text).unwrap()
+    }
+
+    fn tag(key: &hmac::Key) -> Vec<u8> {
+        hmac::sign(key, b"x").as_ref().to_vec()
+    }
+
+    #[test]
+    fn the_pair_key_comes_from_the_pairs_manual_keys_either_way() {
+        let config = manual_mesh();
+        let n1_n2 = pair_key(&config, "n1", "n2").unwrap();
+        assert_eq!(tag(&n1_n2), tag(&pair_key(&config, "n2", "n1").unwrap()), "both ends derive the same key");
+        assert!(pair_key(&config, "n1", "n3").is_none(), "no PSK and no manual SAs for n1-n3: no key");
+    }
+
     #[test]
     fn sealed_queries_verify_only_with_the_pair_key() {
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"k1");
