@@ -21,6 +21,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 const TRACEPOINT_FORMAT: &str = "events/skb/kfree_skb/format";
 const PROGRAM: &str = "on_kfree_skb";
+const OVERLAY_MAP: &str = "overlay_ifindexes";
 /// How long one wait for events lasts; only how fast the thread notices `stop`.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 /// `MAX_PORTS` in the C program.
@@ -78,6 +79,8 @@ pub enum TracerError {
 pub struct Tracer {
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicU64>,
+    /// New sets of overlay interfaces (a reload adds or removes overlays).
+    overlays: mpsc::Sender<Vec<u32>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -87,16 +90,23 @@ impl Tracer {
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
         let (ready, started) = mpsc::channel();
+        let (overlays, overlay_updates) = mpsc::channel();
         let thread = {
             let (stop, lost) = (stop.clone(), lost.clone());
             std::thread::Builder::new()
                 .name("kernel-drops".into())
-                .spawn(move || run(config, sink, &stop, &lost, ready))
+                .spawn(move || run(config, sink, &stop, &lost, ready, overlay_updates))
                 .map_err(|e| TracerError::Thread(e.to_string()))?
         };
         let result = started.recv().unwrap_or_else(|_| Err(TracerError::Thread("it ended during setup".into())));
-        let tracer = Tracer { stop, lost, thread: Some(thread) };
+        let tracer = Tracer { stop, lost, overlays, thread: Some(thread) };
         result.map(|()| tracer)
+    }
+
+    /// Traces these overlay interfaces from now on (instead of the ones before).
+    pub fn set_overlays(&self, ifindexes: Vec<u32>) {
+        // A stopped tracer has nothing to update.
+        let _ = self.overlays.send(ifindexes);
     }
 
     /// Events the kernel could not queue because the ring buffer was full.
@@ -120,6 +130,7 @@ fn run(
     stop: &AtomicBool,
     lost: &AtomicU64,
     ready: mpsc::Sender<Result<(), TracerError>>,
+    overlay_updates: mpsc::Receiver<Vec<u32>>,
 ) {
     let setup = load(&config);
     let (object, _link, reason_names) = match setup {
@@ -152,7 +163,14 @@ fn run(
         }
     };
     let _ = ready.send(Ok(()));
+    let mut overlays = config.overlay_ifindexes;
     while !stop.load(Ordering::Relaxed) {
+        while let Ok(next) = overlay_updates.try_recv() {
+            if let Err(error) = replace_overlays(&object, &overlays, &next) {
+                tracing::warn!(%error, "the kernel drop tracer could not follow the new overlay interfaces");
+            }
+            overlays = next;
+        }
         if let Err(error) = ring.poll(POLL_TIMEOUT) {
             if error.kind() != ErrorKind::Interrupted {
                 tracing::warn!(%error, "reading kernel drop events failed; kernel drop tracing stops");
@@ -163,6 +181,21 @@ fn run(
             lost.store(count, Ordering::Relaxed);
         }
     }
+}
+
+fn replace_overlays(object: &Object, old: &[u32], new: &[u32]) -> Result<(), libbpf_rs::Error> {
+    let map = object
+        .maps()
+        .find(|m| m.name() == OVERLAY_MAP)
+        .ok_or_else(|| libbpf_rs::Error::from(std::io::Error::other(format!("the object has no map {OVERLAY_MAP}"))))?;
+    for gone in old.iter().filter(|i| !new.contains(i)) {
+        // Already absent is as good as removed.
+        let _ = map.delete(&gone.to_ne_bytes());
+    }
+    for ifindex in new {
+        map.update(&ifindex.to_ne_bytes(), &[1], MapFlags::ANY)?;
+    }
+    Ok(())
 }
 
 fn lost_events(map: &libbpf_rs::Map<'_>) -> Option<u64> {
@@ -204,11 +237,7 @@ fn configure(object: &Object, config: &TracerConfig) -> Result<(), libbpf_rs::Er
     let missing = |name: &str| libbpf_rs::Error::from(std::io::Error::other(format!("the object has no map {name}")));
     let map = |name: &str| object.maps().find(|m| m.name() == name).ok_or_else(|| missing(name));
     map("tracer_settings")?.update(&0u32.to_ne_bytes(), &settings, MapFlags::ANY)?;
-    let overlays = map("overlay_ifindexes")?;
-    for ifindex in &config.overlay_ifindexes {
-        overlays.update(&ifindex.to_ne_bytes(), &[1], MapFlags::ANY)?;
-    }
-    Ok(())
+    replace_overlays(object, &[], &config.overlay_ifindexes)
 }
 
 /// The tracepoint's format file, mounting tracefs first when allowed and needed.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::ike::{IKE_PORT, NAT_T_PORT};
 use crate::state::MeshState;
+use crate::topology::Topology;
 use crate::wire::ipv4::{PROTOCOL_ESP, PROTOCOL_UDP};
 
 /// How many recent kernel drops `ikectl drops --kernel` can show.
@@ -60,6 +61,13 @@ impl KernelDrops {
                 tracing::warn!("no kernel drop tracing: {why}");
                 KernelDrops { log, tracer: None, unavailable: Some(why) }
             }
+        }
+    }
+
+    /// Follows the overlay interfaces of `topology` (after a reload).
+    pub fn follow_overlays(&self, topology: &Topology) {
+        if let Some(tracer) = &self.tracer {
+            tracer.set_overlays(overlay_ifindexes(topology));
         }
     }
 
@@ -132,19 +140,21 @@ fn tracer_config(state: &MeshState) -> Result<TracerConfig, String> {
     let namespace = std::fs::metadata("/proc/self/ns/net").map_err(|e| {
         format!("cannot read this process's network namespace (/proc/self/ns/net: {e}); is /proc mounted?")
     })?;
-    let overlay_ifindexes = state
-        .topology()
-        .overlays
-        .iter()
-        .filter_map(|overlay| nix::net::if_::if_nametoindex(overlay.interface.as_str()).ok())
-        .collect();
     Ok(TracerConfig {
         // Namespace inodes are 32-bit numbers (proc_inum).
         netns_inode: namespace.ino() as u32,
         ports: vec![IKE_PORT, NAT_T_PORT, state.topology().vxlan_port, super::query::QUERY_PORT],
-        overlay_ifindexes,
+        overlay_ifindexes: overlay_ifindexes(&state.topology()),
         mount_tracefs: true,
     })
+}
+
+fn overlay_ifindexes(topology: &Topology) -> Vec<u32> {
+    topology
+        .overlays
+        .iter()
+        .filter_map(|overlay| nix::net::if_::if_nametoindex(overlay.interface.as_str()).ok())
+        .collect()
 }
 
 fn interface_name(ifindex: u32) -> Option<String> {
