@@ -228,8 +228,9 @@ impl Control {
             workers: self.workers,
             peers_configured: topology.peers.len(),
             peers_with_sas,
-            overlays: self.overlays.load().to_vec(),
+            overlays: crate::pmtu::status::overlays(&self.state, &self.overlays.load()),
             drops_total: self.state.drops.total(),
+            warnings: crate::pmtu::status::warnings(&self.state, &self.overlays.load()),
         }
     }
 
@@ -354,6 +355,7 @@ impl Control {
                     tables.inbound_sas().filter(|sa| sa.params.peer == peer.id).map(|sa| Spi(sa.params.spi)).collect();
                 inbound_spis.sort();
                 let counters = &peer.counters;
+                let path = peer.path_mtu.report();
                 PeerInfo {
                     name: peer.name.clone(),
                     address: peer.address,
@@ -368,6 +370,10 @@ impl Control {
                     last_rx_secs: clock.secs_since(counters.last_rx_ms.load(Ordering::Relaxed)),
                     drops: self.state.drops.peer_total(peer.id),
                     keying: self.keying.state_of(peer.id).unwrap_or_else(|| "manual".to_string()),
+                    path_mtu: path.path_mtu,
+                    overlay_mtu: path.overlay_mtu,
+                    path_mtu_source: path.path_mtu.map(|_| path.source.to_string()),
+                    path_mtu_search: path.search.map(str::to_string),
                 }
             })
             .collect()

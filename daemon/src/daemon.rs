@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use mesh_config::control::OverlayStatus;
-use mesh_config::{MeshConfig, Mode, OverlayMtu};
+use mesh_config::MeshConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tun_rs::SyncDevice;
 
@@ -18,11 +18,10 @@ use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
-use crate::overhead::{Encapsulation, IpVersion};
 use crate::reload::Reloader;
 use crate::state::MeshState;
 use crate::topology::{Overlay, Topology};
-use crate::{manual, netif, tap};
+use crate::{manual, netif, pmtu, tap};
 
 /// How often learned FDB entries are checked for age.
 const FDB_EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -96,6 +95,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         "meshd running"
     );
     let udp_4500 = datapath.take_udp_4500();
+    let datapath_esp_out = datapath.esp_out();
+    let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
     let query = QueryService::bind(topology.local_address).map_err(|source| DaemonError::Query {
         address: topology.local_address,
         port: query::QUERY_PORT,
@@ -118,6 +119,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
         query,
     });
+    let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,6 +127,9 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
+        if let Some(inbox) = state.pmtu.take_receiver() {
+            tokio::spawn(path_mtu.run(inbox));
+        }
         let local = topology.local_address;
         let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
             address: local,
@@ -164,7 +169,7 @@ pub(crate) fn bring_up(
     offload: bool,
 ) -> Result<(Vec<SyncDevice>, OverlayStatus), DaemonError> {
     let cipher = config.ike.proposals.first().map_or(mesh_config::Cipher::Aes256Gcm16, |p| p.cipher);
-    let (mtu, mtu_reason) = overlay_mtu(overlay, topology, cipher)?;
+    let (mtu, mtu_reason) = pmtu::auto::overlay_mtu(overlay, topology, cipher)?;
     let devices = tap::create(&overlay.interface, mtu, overlay.address, queues, offload)
         .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
     tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, "overlay interface up");
@@ -188,48 +193,6 @@ async fn reload_on_hangup(mut hangup: Signal, control: Arc<Control>) {
             tracing::error!(%error, "the reload panicked");
         }
     }
-}
-
-/// The MTU of an overlay interface and how it was chosen.
-fn overlay_mtu(
-    overlay: &Overlay,
-    topology: &Topology,
-    cipher: mesh_config::Cipher,
-) -> Result<(u16, String), DaemonError> {
-    if let OverlayMtu::Fixed(mtu) = overlay.mtu {
-        return Ok((mtu, "configured".to_string()));
-    }
-    let address = topology.local_address;
-    let failed = |problem: String| DaemonError::UnderlayMtu { overlay: overlay.name.clone(), address, problem };
-    let interface = netif::interface_with(address)
-        .map_err(|e| failed(e.to_string()))?
-        .ok_or_else(|| failed("no interface holds it".to_string()))?;
-    let underlay_mtu = netif::interface_mtu(&interface).map_err(|e| failed(e.to_string()))?;
-    // The overlay must fit the most expensive pair; with no peers, the mesh-wide mode decides.
-    let modes: Vec<Mode> = topology.peers.iter().map(|p| p.mode).collect();
-    let worst = modes
-        .iter()
-        .map(|mode| Encapsulation { ip_version: IpVersion::of(address), encap: topology.encap, mode: *mode, cipher })
-        .max_by_key(|e| e.underlay_len(0))
-        .unwrap_or(Encapsulation {
-            ip_version: IpVersion::of(address),
-            encap: topology.encap,
-            mode: Mode::Transport,
-            cipher,
-        });
-    let mtu = worst
-        .overlay_mtu(underlay_mtu)
-        .and_then(|mtu| u16::try_from(mtu).ok())
-        .filter(|mtu| *mtu >= mesh_config::MIN_OVERLAY_MTU)
-        .ok_or_else(|| failed(format!("{interface} has MTU {underlay_mtu}, too small for any overlay MTU")))?;
-    let reason = format!(
-        "auto: {interface} MTU {underlay_mtu} - {} bytes ({}, {}, {})",
-        underlay_mtu - usize::from(mtu),
-        worst.encap,
-        worst.mode,
-        worst.ip_version.name()
-    );
-    Ok((mtu, reason))
 }
 
 async fn expire_fdb(state: Arc<MeshState>) {

@@ -211,6 +211,12 @@ impl Keying {
         true
     }
 
+    /// Whether the IKE peer announced that it answers path-MTU probes.
+    pub fn answers_probes(&self, peer: PeerId) -> bool {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).is_some_and(|index| ike.endpoint.answers_probes(*index))
+    }
+
     /// "established", "connecting", or the last failure.
     pub fn state_of(&self, peer: PeerId) -> Option<String> {
         let ike = self.lock();

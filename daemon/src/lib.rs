@@ -14,6 +14,7 @@ pub mod manual;
 pub mod netif;
 pub mod offload;
 pub mod overhead;
+pub mod pmtu;
 pub mod reload;
 pub mod sadb;
 pub mod state;

@@ -90,25 +90,31 @@ impl Encapsulation {
         self.ip_version.header_len() + udp
     }
 
+    /// Bytes of an ESP packet on the underlay other than plaintext, padding and the fixed trailer.
+    fn framing_len(self) -> usize {
+        self.outer_headers_len() + wire::esp::HEADER_LEN + self.iv_len() + self.icv_len()
+    }
+
+    /// Size on the underlay of an ESP packet carrying `plaintext` bytes of payload.
+    pub fn sealed_len(self, plaintext: usize) -> usize {
+        self.framing_len() + (plaintext + ESP_TRAILER_FIXED).next_multiple_of(ESP_ALIGNMENT)
+    }
+
     /// Size on the underlay of an overlay packet of `overlay_len` bytes (L3, without its Ethernet header).
     pub fn underlay_len(self, overlay_len: usize) -> usize {
-        let plaintext = self.inner_headers_len() + wire::ethernet::HEADER_LEN + overlay_len;
-        let padded = (plaintext + ESP_TRAILER_FIXED).next_multiple_of(ESP_ALIGNMENT);
-        self.outer_headers_len() + wire::esp::HEADER_LEN + self.iv_len() + padded + self.icv_len()
+        self.sealed_len(self.inner_headers_len() + wire::ethernet::HEADER_LEN + overlay_len)
+    }
+
+    /// The largest ESP payload whose packet fits in `underlay_mtu` bytes (what a path-MTU probe
+    /// of that size carries), if any does.
+    pub fn largest_plaintext(self, underlay_mtu: usize) -> Option<usize> {
+        let aligned = underlay_mtu.checked_sub(self.framing_len())? / ESP_ALIGNMENT * ESP_ALIGNMENT;
+        aligned.checked_sub(ESP_TRAILER_FIXED)
     }
 
     /// The largest overlay MTU whose packets fit in `underlay_mtu` bytes, if any does.
     pub fn overlay_mtu(self, underlay_mtu: usize) -> Option<usize> {
-        let fixed = self.underlay_len(0);
-        if underlay_mtu < fixed {
-            return None;
-        }
-        // underlay_len grows in steps of ESP_ALIGNMENT; start from the unpadded guess and step down.
-        let mut mtu = underlay_mtu - fixed + ESP_ALIGNMENT;
-        while mtu > 0 && self.underlay_len(mtu) > underlay_mtu {
-            mtu -= 1;
-        }
-        Some(mtu)
+        self.largest_plaintext(underlay_mtu)?.checked_sub(self.inner_headers_len() + wire::ethernet::HEADER_LEN)
     }
 }
 
@@ -160,6 +166,28 @@ mod tests {
                 assert!(e.underlay_len(mtu) <= underlay, "{e:?} {underlay}");
                 assert!(e.underlay_len(mtu + 1) > underlay, "{e:?} {underlay}");
             }
+        }
+    }
+
+    #[test]
+    fn largest_plaintext_is_the_largest_that_fits() {
+        for e in all() {
+            for underlay in 60usize..1600 {
+                let Some(plaintext) = e.largest_plaintext(underlay) else {
+                    assert!(e.sealed_len(0) > underlay, "{e:?} {underlay}");
+                    continue;
+                };
+                assert!(e.sealed_len(plaintext) <= underlay, "{e:?} {underlay}");
+                assert!(e.sealed_len(plaintext + 1) > underlay, "{e:?} {underlay}");
+            }
+        }
+    }
+
+    #[test]
+    fn jumbo_underlay_gives_an_overlay_near_8900() {
+        for e in all() {
+            let mtu = e.overlay_mtu(9000).unwrap();
+            assert!((8840..=8920).contains(&mtu), "{e:?}: {mtu}");
         }
     }
 

@@ -143,7 +143,11 @@ impl Control {
                     up.extend(status.map(|status| (queues, status)));
                 }
                 None => match bring_up(overlay, &next, config, parts.len(), reloader.offload) {
-                    Ok(made) => up.push(made),
+                    Ok(made) => {
+                        // A new interface: its MTU is the one just chosen, not one retuned before.
+                        self.state.pmtu.forget_overlay(&overlay.name);
+                        up.push(made)
+                    }
                     Err(error) => failed.push((overlay.name.clone(), error.to_string())),
                 },
             }

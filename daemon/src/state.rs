@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::drops::Drops;
+use crate::pmtu::PathMtus;
 use crate::sadb::Sadb;
 use crate::topology::{Clock, Topology};
 
@@ -14,6 +15,7 @@ pub struct MeshState {
     pub sadb: Sadb,
     pub drops: Drops,
     pub clock: Clock,
+    pub pmtu: PathMtus,
 }
 
 impl MeshState {
@@ -23,6 +25,7 @@ impl MeshState {
             sadb: Sadb::new(peers),
             drops: Drops::new(peers),
             clock: Clock::new(),
+            pmtu: PathMtus::default(),
             topology: ArcSwap::from_pointee(topology),
         }
     }

@@ -35,6 +35,53 @@ pub fn forbid_fragmentation_v6(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
 }
 
+fn get_int_option(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a live descriptor borrowed for the call; `value` and `len` are on the stack
+    // and `len` holds the size of `value`, as getsockopt(2) requires for these int options.
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The kernel's path MTU towards the address a UDP socket is connected to (IP_MTU / IPV6_MTU):
+/// the route's MTU, lowered by any ICMP "too big" the kernel received for that destination.
+pub fn connected_path_mtu(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<usize> {
+    let value = match ipv4 {
+        true => get_int_option(fd, libc::IPPROTO_IP, libc::IP_MTU)?,
+        false => get_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU)?,
+    };
+    usize::try_from(value).map_err(|_| io::Error::other(format!("the kernel reported path MTU {value}")))
+}
+
+/// Sets the MTU of interface `name` (SIOCSIFMTU), e.g. to retune an overlay interface live.
+pub fn set_interface_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    // SAFETY: ifreq is plain data (a name array and a union of integers); all zeros is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} is too long")));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+    // SAFETY: the socket is live for the call; `request` is an initialised ifreq with a
+    // NUL-terminated name (the array was zeroed and the name is shorter), as SIOCSIFMTU reads.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFMTU, &request) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Sets the socket's receive and send buffers to `bytes`, above net.core.rmem_max/wmem_max
 /// (SO_RCVBUFFORCE/SO_SNDBUFFORCE need CAP_NET_ADMIN, which meshd has).
 pub fn force_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {

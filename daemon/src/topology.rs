@@ -11,6 +11,7 @@ use mesh_config::{Encap, Mode};
 use mesh_config::{MeshConfig, OverlayMtu};
 
 use crate::fdb::Fdb;
+use crate::pmtu::PeerPathMtu;
 
 /// A peer's id for the daemon's lifetime: kept across reloads, never reused for another peer
 /// (SAs, FDB entries and drop counters refer to it).
@@ -99,6 +100,8 @@ pub struct Peer {
     pub mode: Mode,
     /// Shared by every version of the topology (reloads keep them).
     pub counters: Arc<PeerCounters>,
+    /// The path MTU towards the peer, kept across reloads like the counters.
+    pub path_mtu: Arc<PeerPathMtu>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +196,7 @@ impl Topology {
                 path,
                 mode: config.mode_between(node_name, &node.name),
                 counters: kept.map(|p| p.counters.clone()).unwrap_or_default(),
+                path_mtu: kept.map(|p| p.path_mtu.clone()).unwrap_or_default(),
             });
         }
         for gone in self.peers.iter().filter(|p| !peers.iter().any(|kept| kept.id == p.id)) {
@@ -251,6 +255,11 @@ impl Topology {
             Slot::Member(index) => &self.peers[index],
             Slot::Departed(index) => &self.departed[index],
         }
+    }
+
+    /// False for a peer that a reload removed.
+    pub fn is_member(&self, id: PeerId) -> bool {
+        matches!(self.slots.get(id.0), Some(Slot::Member(_)))
     }
 
     pub fn peer_by_address(&self, address: IpAddr) -> Option<PeerId> {

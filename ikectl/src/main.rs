@@ -4,6 +4,7 @@
 
 mod client;
 mod drops;
+mod fleet;
 mod render;
 
 use std::path::PathBuf;
@@ -52,8 +53,6 @@ enum CliCommand {
     /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
     /// A file that does not validate is refused (exit status 1) and the running config stays.
     Reload,
-    /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,
-    /// neighbour, FDB entry, peer, outbound SA, underlay route, path MTU, with their counters.
     /// Probes through the SA to a peer, this node's and the peer's view of the pair side by side,
     /// and a verdict with the fix; exit status 0 only when the pair is healthy.
     Ping {
@@ -66,12 +65,19 @@ enum CliCommand {
         #[arg(long, default_value_t = 56, value_parser = clap::value_parser!(u32).range(0..=65_000))]
         size: u32,
     },
+    /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,
+    /// neighbour, FDB entry, peer, outbound SA, underlay route, path MTU, with their counters.
     Trace {
         /// An overlay MAC (02:00:5e:10:00:01) or IP address (10.244.0.2).
         target: String,
         /// The overlay to trace in (needed only when several could carry the address).
         #[arg(long)]
         overlay: Option<String>,
+    },
+    /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
 }
 
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         CliCommand::Reload => Command::Reload,
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
+        CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {

@@ -51,13 +51,13 @@ pub fn text(reply: &Reply) -> String {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     table
 }
 
-fn finish(table: Table) -> String {
+pub fn finish(table: Table) -> String {
     format!("{table}\n")
 }
 
@@ -89,6 +89,9 @@ fn render_status(status: &Status) -> String {
             "warning: {} peer(s) have no SA pair: see ikectl peers",
             status.peers_configured - status.peers_with_sas
         );
+    }
+    for warning in &status.warnings {
+        let _ = writeln!(out, "warning: {warning}");
     }
     let mut overlays = table(&["overlay", "interface", "VNI", "MTU", "MTU from", "address"]);
     for o in &status.overlays {
@@ -210,8 +213,21 @@ fn render_flush(report: &FlushReport) -> String {
 
 fn render_peers(peers: &[PeerInfo]) -> String {
     let mut t = table(&[
-        "peer", "address", "mode", "encap", "out SPI", "in SPIs", "tx pkts", "tx bytes", "rx pkts", "rx bytes",
-        "last rx", "drops", "keying",
+        "peer",
+        "address",
+        "mode",
+        "encap",
+        "out SPI",
+        "in SPIs",
+        "tx pkts",
+        "tx bytes",
+        "rx pkts",
+        "rx bytes",
+        "last rx",
+        "drops",
+        "keying",
+        "path MTU",
+        "overlay MTU",
     ]);
     for p in peers {
         t.add_row(vec![
@@ -228,6 +244,12 @@ fn render_peers(peers: &[PeerInfo]) -> String {
             ago(p.last_rx_secs),
             p.drops.to_string(),
             p.keying.clone(),
+            match (p.path_mtu, &p.path_mtu_source) {
+                (Some(mtu), Some(source)) => format!("{mtu} ({source})"),
+                (Some(mtu), None) => mtu.to_string(),
+                (None, _) => "-".to_string(),
+            },
+            p.overlay_mtu.map_or_else(|| "-".to_string(), |mtu| mtu.to_string()),
         ]);
     }
     finish(t)

@@ -187,6 +187,9 @@ pub struct Status {
     pub peers_with_sas: usize,
     pub overlays: Vec<OverlayStatus>,
     pub drops_total: u64,
+    /// Things the operator should know, e.g. a path MTU that forces an overlay below its MTU.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +297,20 @@ pub struct PeerInfo {
     /// How this peer is keyed: "manual", or the IKE state ("established", "connecting",
     /// or the last failure with what to do).
     pub keying: String,
+    /// The underlay path MTU towards the peer (whole outer IP packets).
+    #[serde(default)]
+    pub path_mtu: Option<u32>,
+    /// The largest overlay IP packet that fits that path; larger ones are dropped (`mtu_exceeded`)
+    /// and answered with ICMP too-big.
+    #[serde(default)]
+    pub overlay_mtu: Option<u32>,
+    /// How the path MTU was learnt: "probed" (acknowledged probes through the SA), "probing" (the
+    /// kernel's figure while probes check it) or "kernel" (the route, and ICMP if any arrives).
+    #[serde(default)]
+    pub path_mtu_source: Option<String>,
+    /// What the probe search waits for, for probed peers (e.g. "search_complete").
+    #[serde(default)]
+    pub path_mtu_search: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -559,6 +576,11 @@ pub enum DropReason {
     IkeRetransmitGaveUp,
     /// ESP in UDP 4500 while this node's encapsulation is raw ESP (`encap` differs between the nodes).
     EspInUdpUnexpected,
+    /// A frame larger than the path MTU towards its peer allows; the sender got an ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" with the usable MTU.
+    MtuExceeded,
+    /// An in-band control message (path-MTU probe) arrived while the queue to the control plane was full.
+    InbandBacklog,
 }
 
 impl DropReason {
@@ -589,6 +611,8 @@ impl DropReason {
         DropReason::IkeTsUnacceptable,
         DropReason::IkeRetransmitGaveUp,
         DropReason::EspInUdpUnexpected,
+        DropReason::MtuExceeded,
+        DropReason::InbandBacklog,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -619,6 +643,8 @@ impl DropReason {
             DropReason::IkeTsUnacceptable => "ike_ts_unacceptable",
             DropReason::IkeRetransmitGaveUp => "ike_retransmit_gave_up",
             DropReason::EspInUdpUnexpected => "esp_in_udp_unexpected",
+            DropReason::MtuExceeded => "mtu_exceeded",
+            DropReason::InbandBacklog => "inband_backlog",
         }
     }
 

@@ -64,25 +64,7 @@ impl LabBuilder {
         for i in 0..self.nodes {
             let node = Netns::new(&self.prefix, &format!("n{}", i + 1));
             let port = format!("p{}", i + 1);
-            lab.switch.run_ok([
-                "ip",
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                NODE_IFACE,
-                "netns",
-                node.name(),
-            ]);
-            if let Some(mtu) = self.mtu {
-                lab.switch.run_ok(["ip", "link", "set", &port, "mtu", &mtu.to_string()]);
-                node.run_ok(["ip", "link", "set", NODE_IFACE, "mtu", &mtu.to_string()]);
-            }
-            lab.switch.run_ok(["ip", "link", "set", &port, "master", BRIDGE]);
-            lab.switch.run_ok(["ip", "link", "set", &port, "up"]);
+            lab.plug(&node, &port, self.mtu);
             let addr = lab.addr(i);
             match self.family {
                 Family::V4 => {
@@ -128,6 +110,14 @@ impl Lab {
     /// `n` nodes, IPv4 underlay, default MTU.
     pub fn new(prefix: &str, n: usize) -> Lab {
         Lab::builder(prefix).nodes(n).build()
+    }
+
+    /// Joins `ns` to the switch: a veth pair, `port` on the bridge (up), [`NODE_IFACE`] in `ns`
+    /// (down, no address).
+    pub fn plug(&self, ns: &Netns, port: &str, mtu: Option<u32>) {
+        self.switch.add_veth(port, ns, NODE_IFACE, mtu);
+        self.switch.run_ok(["ip", "link", "set", port, "master", BRIDGE]);
+        self.switch.run_ok(["ip", "link", "set", port, "up"]);
     }
 
     pub fn family(&self) -> Family {

@@ -7,7 +7,8 @@
 //! when the test panics.
 //!
 //! Addresses (the only ones the lab ever uses): underlay 198.18.0.0/24 or 2001:db8:18::/64,
-//! overlay 10.244.0.0/24. Node index `i` (0-based) is mesh node `n{i+1}` with underlay address
+//! overlay 10.244.0.0/24 (and 10.244.1.0/24 for a second overlay); the control namespace of
+//! [`SshFleet`] is 198.18.0.250. Node index `i` (0-based) is mesh node `n{i+1}` with underlay address
 //! `198.18.0.{i+1}` and overlay address `10.244.0.{i+1}`.
 
 pub mod capture;
@@ -15,9 +16,11 @@ pub mod inject;
 pub mod lab;
 pub mod meshd;
 pub mod meshfile;
-pub mod nat;
 pub mod netns;
+pub mod routed;
+pub mod sshd;
 pub mod strongswan;
+pub mod transfer;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
@@ -25,7 +28,9 @@ pub use inject::{fix_udp_checksum, inject_frame};
 pub use lab::{Family, Lab, LabBuilder};
 pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
-pub use nat::NatLab;
 pub use netns::Netns;
+pub use routed::RoutedPair;
+pub use sshd::SshFleet;
 pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
+pub use transfer::tcp_transfer;
 pub use util::{require_root, wait_until};

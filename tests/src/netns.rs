@@ -46,6 +46,16 @@ impl Netns {
         command
     }
 
+    /// A veth pair: `name` in this namespace, `peer_name` in `peer`, both ends at `mtu` when
+    /// given; neither end is up yet.
+    pub fn add_veth(&self, name: &str, peer: &Netns, peer_name: &str, mtu: Option<u32>) {
+        self.run_ok(["ip", "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", peer.name()]);
+        if let Some(mtu) = mtu {
+            self.run_ok(["ip", "link", "set", name, "mtu", &mtu.to_string()]);
+            peer.run_ok(["ip", "link", "set", peer_name, "mtu", &mtu.to_string()]);
+        }
+    }
+
     /// Runs a command in the namespace and returns its output, whatever its status.
     pub fn exec<I, S>(&self, args: I) -> Output
     where

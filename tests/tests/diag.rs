@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshd_lab::meshd::ikectl_bin;
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::{require_root, start_all, wait_until, Lab, MeshFile, Meshd, NatLab};
+use meshd_lab::{require_root, start_all, wait_until, Family, Lab, MeshFile, Meshd, RoutedPair};
 use serde_json::Value;
 
 /// `ikectl --json drops --follow` against a daemon; its lines arrive on a channel. Killed when
@@ -364,10 +364,11 @@ fn ping_reports_an_sa_deleted_on_one_side_with_the_spi() {
 #[test]
 fn ping_reports_nat_between_the_nodes() {
     require_root();
-    let nat = NatLab::new("dgpn");
-    let mesh = MeshFile::for_addresses(nat.addresses()).ike().write();
-    let n1 = Meshd::start(&nat.n1, mesh.path(), "n1");
-    let _n2 = Meshd::start(&nat.n2, mesh.path(), "n2");
+    let nat = RoutedPair::new("dgpn", Family::V4, 1500);
+    nat.masquerade_towards(1);
+    let mesh = MeshFile::for_addresses(vec![nat.addr(0), nat.addr(1)]).ike().write();
+    let n1 = Meshd::start(nat.node(0), mesh.path(), "n1");
+    let _n2 = Meshd::start(nat.node(1), mesh.path(), "n2");
     let up = wait_until(Duration::from_secs(30), || {
         (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
     });

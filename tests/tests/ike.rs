@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use meshd_lab::util::{describe_output, send_signal, wait_until};
-use meshd_lab::{require_root, start_all, Capture, Lab, MeshFile, Meshd, NatLab, Netns};
+use meshd_lab::{require_root, start_all, tcp_transfer, Capture, Family, Lab, MeshFile, Meshd, Netns, RoutedPair};
 use serde_json::Value;
 
 /// Established IKE SAs of a node, from `ikectl --json sa list`.
@@ -173,10 +173,11 @@ fn flush_deletes_on_both_sides_and_traffic_is_back() {
 #[test]
 fn nat_between_the_nodes_is_detected_and_crossed_over_udp_4500() {
     require_root();
-    let nat = NatLab::new("iknat");
-    let (n1, router, n2) = (&nat.n1, &nat.router, &nat.n2);
-    let mesh = MeshFile::for_addresses(nat.addresses()).ike().write();
-    let mut capture = Capture::start(router, "rn2");
+    let nat = RoutedPair::new("iknat", Family::V4, 1500);
+    nat.masquerade_towards(1);
+    let (n1, router, n2) = (nat.node(0), nat.router(), nat.node(1));
+    let mesh = MeshFile::for_addresses(vec![nat.addr(0), nat.addr(1)]).ike().write();
+    let mut capture = Capture::start(router, &nat.router_iface(1));
     let daemons = vec![Meshd::start(n1, mesh.path(), "n1"), Meshd::start(n2, mesh.path(), "n2")];
     wait_converged(&daemons, Duration::from_secs(15));
     ping_ok(n1, "10.244.0.2", "through NAT");
@@ -198,23 +199,6 @@ fn nat_between_the_nodes_is_detected_and_crossed_over_udp_4500() {
     );
 }
 
-/// Receives one TCP connection on 10.244.0.2:5001 and prints the SHA-256 of what came and its
-/// length; the sender sends a deterministic stream.
-const RECEIVER: &str = "import socket, hashlib
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('10.244.0.2', 5001)); s.listen(1); print('ready', flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)";
-
-const SENDER: &str = "import socket, hashlib, sys
-data = hashlib.sha256(b'meshd').digest() * (20 * 1024 * 1024 // 32)
-c = socket.create_connection(('10.244.0.2', 5001)); c.sendall(data); c.close()
-print(len(data), hashlib.sha256(data).hexdigest())";
-
 /// 20 MB over TCP through the overlay arrive intact, with the TAP offloads (TSO super-frames
 /// segmented by meshd, UDP GSO/GRO, coalescing on receive), without them, and with the workers
 /// busy polling.
@@ -228,13 +212,7 @@ fn a_tcp_transfer_arrives_intact_with_and_without_offloads() {
         let daemons: Vec<Meshd> =
             (0..2).map(|i| Meshd::start_with(lab.node(i), mesh.path(), &lab.node_name(i), extra)).collect();
         wait_converged(&daemons, Duration::from_secs(15));
-        let mut receiver =
-            lab.node(1).command(["python3", "-c", RECEIVER]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
-        assert_eq!(lines.next().unwrap().unwrap(), "ready");
-        let sent = lab.node(0).run_stdout(["python3", "-c", SENDER]);
-        let received = lines.next().unwrap().unwrap();
-        let _ = receiver.wait();
+        let (sent, received) = tcp_transfer(lab.node(0), lab.node(1), "0", || {});
         assert_eq!(received.trim(), sent.trim(), "{extra:?}: what arrived differs from what was sent");
         let drops = daemons[1].ikectl_json(&["drops"]);
         assert_eq!(drops["by_reason"].get("malformed"), None, "{extra:?}: {drops:#}");

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
 
+use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
 use crate::sadb::{OutboundSa, SaTables};
@@ -18,7 +19,7 @@ use crate::topology::{Overlay, Path, PeerId, Topology};
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::ipv4::{self, Ipv4Header};
 use crate::wire::ipv6::{self, Ipv6Header};
-use crate::wire::{udp, vxlan};
+use crate::wire::{too_big, udp, vxlan};
 
 /// Room in front of the frame: ESP header and IV, the largest inner IP header, UDP and VXLAN.
 pub const FRAME_OFFSET: usize = esp::PLAINTEXT_OFFSET + ipv6::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
@@ -47,16 +48,18 @@ pub trait EspSender {
 }
 
 /// What one worker needs to send frames during one batch.
-pub struct Egress<'a, U: EspSender> {
+pub struct Egress<'a, U: EspSender, S: FrameSink> {
     pub state: &'a MeshState,
     /// Loaded once per batch, like `tables`.
     pub topology: &'a Topology,
     pub tables: &'a SaTables,
     pub underlay: &'a U,
+    /// The overlay interfaces, for ICMP answers to frames too large for their peer's path.
+    pub sink: &'a S,
     pub now_ms: u64,
 }
 
-impl<U: EspSender> Egress<'_, U> {
+impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]`, read from `overlay`'s TAP:
     /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
     /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
@@ -92,7 +95,16 @@ impl<U: EspSender> Egress<'_, U> {
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &buf[FRAME_OFFSET..]);
             return;
         }
+        let path = &self.topology.peer(peer_id).path_mtu;
         let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
+        // A TSO super-frame arrives here one segment at a time, so this checks the segment size.
+        if let Some(limit) = path.overlay_limit().filter(|limit| frame_len - ethernet::HEADER_LEN > *limit as usize) {
+            self.drop(DropReason::MtuExceeded, Some(peer_id), Some(overlay.vni), frame);
+            if path.may_answer_too_big(self.now_ms) {
+                self.answer_too_big(overlay, frame, limit);
+            }
+            return;
+        }
         let Some(sa) = self.tables.outbound(peer_id) else {
             self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni), frame);
             return;
@@ -128,6 +140,17 @@ impl<U: EspSender> Egress<'_, U> {
                 // The frame is sealed by now: no inner addresses.
                 self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);
+            }
+        }
+    }
+
+    /// Tells the sender of `frame` through its overlay interface that only `limit` bytes fit.
+    fn answer_too_big(&self, overlay: &Overlay, frame: &[u8], limit: u32) {
+        let mut reply = [0u8; FRAME_HEADROOM + too_big::MAX_REPLY_LEN];
+        let mtu = u16::try_from(limit).unwrap_or(u16::MAX);
+        if let Some(len) = too_big::write_reply(frame, mtu, &mut reply[FRAME_HEADROOM..]) {
+            if self.sink.deliver(overlay.id, &mut reply[..FRAME_HEADROOM + len]).is_err() {
+                self.drop(DropReason::TapWriteFailed, None, Some(overlay.vni), frame);
             }
         }
     }

@@ -8,9 +8,11 @@ use mesh_config::Mode;
 
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
+use crate::pmtu::InbandMessage;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Path, PeerId, Topology};
+use crate::wire::inband::{self, InbandHeader};
 use crate::wire::{ethernet, ipv4, ipv6, udp, vxlan};
 
 /// Bytes in front of a delivered frame that the sink may overwrite (the TAP's virtio-net header
@@ -106,6 +108,9 @@ impl<S: FrameSink> Ingress<'_, S> {
         let opened = sa.opener.open(sequence, esn, packet).map_err(|error| with_sequence(open_reason(error)))?;
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
+        if opened.next_header == inband::NEXT_HEADER {
+            return self.inband(peer.id, opened.payload).map_err(with_sequence);
+        }
 
         // The payload starts at PLAINTEXT_OFFSET; from here on, positions in `packet`.
         let udp_range =
@@ -141,6 +146,15 @@ impl<S: FrameSink> Ingress<'_, S> {
         sa.counters.count(frame_len, self.now_ms);
         peer.counters.count_rx(frame_len, self.now_ms);
         Ok(())
+    }
+}
+
+impl<S: FrameSink> Ingress<'_, S> {
+    /// An in-band control message from a meshd peer goes to the path-MTU driver.
+    fn inband(&self, peer: PeerId, payload: &[u8]) -> Result<(), DropReason> {
+        let packet = inband::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+        let message = InbandMessage { peer, header: InbandHeader::parse(&packet) };
+        self.state.pmtu.forward(message).then_some(()).ok_or(DropReason::InbandBacklog)
     }
 }
 

@@ -21,10 +21,10 @@ use std::time::Duration;
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
 
-pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
+pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN, TRAILER_ROOM};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
-pub use self::sockets::ESP_IN_UDP_PORT;
+pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 
 pub use self::worker::WorkerParts;
 
@@ -39,6 +39,7 @@ pub struct Datapath {
     workers: Vec<JoinHandle<WorkerParts>>,
     /// A handle on a worker's ESP-in-UDP socket, for IKE to send on port 4500.
     udp_4500: Option<std::net::UdpSocket>,
+    esp_out: EspOut,
 }
 
 impl Datapath {
@@ -88,6 +89,13 @@ impl Datapath {
         offload: bool,
         busy_poll: Duration,
     ) -> Result<Self, DaemonError> {
+        let (local, encap) = (state.topology().local_address, state.topology().encap);
+        let esp_out = match parts.first().map(|parts| &parts.underlay) {
+            Some(Underlay::Udp(socket, _)) => socket.try_clone().map(|socket| EspOut::Udp(Arc::new(socket))),
+            Some(Underlay::Esp { socket, .. }) => Ok(EspOut::Raw(socket.clone())),
+            None => Err(std::io::Error::other("no datapath worker to send on")),
+        }
+        .map_err(|source| DaemonError::Underlay { address: local, encap, source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(parts.len());
         for (index, parts) in parts.into_iter().enumerate() {
@@ -99,12 +107,17 @@ impl Datapath {
                 .map_err(DaemonError::Thread)?;
             workers.push(handle);
         }
-        Ok(Datapath { stop, workers, udp_4500: None })
+        Ok(Datapath { stop, workers, udp_4500: None, esp_out })
     }
 
     /// The socket IKE sends on for port 4500 when the workers own that port.
     pub fn take_udp_4500(&mut self) -> Option<std::net::UdpSocket> {
         self.udp_4500.take()
+    }
+
+    /// Where path-MTU probes and other single ESP packets from the control plane leave.
+    pub fn esp_out(&self) -> EspOut {
+        self.esp_out.clone()
     }
 
     pub fn workers(&self) -> usize {

@@ -81,6 +81,23 @@ impl RawEspSocket {
     }
 }
 
+/// Sends single ESP packets from outside the workers (path-MTU probes and their
+/// acknowledgements) on the same sockets, so they leave with the same addresses and DF.
+#[derive(Clone)]
+pub enum EspOut {
+    Udp(std::sync::Arc<UdpSocket>),
+    Raw(std::sync::Arc<RawEspSocket>),
+}
+
+impl EspOut {
+    pub fn send(&self, packet: &[u8], remote: SocketAddr) -> io::Result<usize> {
+        match self {
+            EspOut::Udp(socket) => socket.send_to(packet, remote),
+            EspOut::Raw(socket) => sys::send_msg(socket.fd(), &SocketAddr::new(remote.ip(), 0).into(), packet, None),
+        }
+    }
+}
+
 /// How a worker reaches the underlay.
 pub enum Underlay {
     /// ESP in UDP: this worker's own socket, and the run of ESP packets waiting to go out in one

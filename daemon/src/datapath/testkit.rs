@@ -101,16 +101,28 @@ pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 /// What `state` sends for `frame` read from its first overlay.
-pub fn send(state: &MeshState, frame: &[u8]) -> Vec<(Vec<u8>, IpAddr)> {
+pub fn send(state: &MeshState, frame: &[u8]) -> Sent {
+    send_and_answer(state, frame).0
+}
+
+/// ESP packets sent and the peer each went to.
+pub type Sent = Vec<(Vec<u8>, IpAddr)>;
+/// Frames written to the overlays.
+pub type Delivered = Vec<(OverlayId, Vec<u8>)>;
+
+/// What `state` sends for `frame` read from its first overlay, and what it writes back into its
+/// overlays (ICMP answers).
+pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
     let wire = Wire::default();
+    let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let egress = Egress { state, topology: &topology, tables: &tables, underlay: &wire, now_ms: 5 };
+    let egress = Egress { state, topology: &topology, tables: &tables, underlay: &wire, sink: &taps, now_ms: 5 };
     let mut buf = vec![0u8; BUFFER_LEN];
     let mut scratch = vec![0u8; BUFFER_LEN];
     buf[FRAME_OFFSET..FRAME_OFFSET + frame.len()].copy_from_slice(frame);
     egress.forward(&topology.overlays[0], &mut buf, &mut scratch, frame.len());
-    wire.0.into_inner()
+    (wire.0.into_inner(), taps.0.into_inner())
 }
 
 /// What `state` delivers to its overlays for `packet` from `from`.

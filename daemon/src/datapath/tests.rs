@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
-use super::testkit::{address, frame, node, receive, send, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B};
+use super::testkit::{
+    address, frame, node, receive, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B,
+};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId};
 use crate::wire::ethernet::EthernetAddress;
@@ -133,4 +135,66 @@ fn a_frame_too_large_to_encapsulate_is_dropped_not_a_panic() {
     let state = node(&DEFAULT, 0);
     assert!(send(&state, &frame(MAC_B, MAC_A, 65_535 - 14)).is_empty());
     assert_eq!(drops(&state, DropReason::FrameTooLarge), 1);
+}
+
+/// An IPv4 frame with DF of `ip_len` bytes from 10.244.0.1 to 10.244.0.2 (UDP).
+fn ipv4_frame(ip_len: usize) -> Vec<u8> {
+    let mut bytes = frame(MAC_B, MAC_A, ip_len);
+    crate::wire::Ipv4Header {
+        source: "10.244.0.1".parse().unwrap(),
+        destination: "10.244.0.2".parse().unwrap(),
+        protocol: crate::wire::ipv4::PROTOCOL_UDP,
+        payload_len: ip_len - 20,
+        hop_limit: 64,
+        dont_fragment: true,
+        identification: 0,
+    }
+    .emit(&mut bytes[14..]);
+    bytes
+}
+
+#[test]
+fn a_frame_too_large_for_the_path_is_dropped_and_answered_with_icmp() {
+    let n0 = node(&DEFAULT, 0);
+    let report =
+        crate::pmtu::PathReport { path_mtu: Some(1280), overlay_mtu: Some(1188), source: "probed", search: None };
+    n0.topology().peer(PeerId(0)).path_mtu.publish(report);
+    let (sent, answered) = send_and_answer(&n0, &ipv4_frame(1188));
+    assert_eq!((sent.len(), answered.len()), (1, 0), "1188 bytes fit");
+    assert!(sent[0].0.len() <= 1280 - 28, "the ESP packet fits the path: {}", sent[0].0.len());
+
+    let (sent, answered) = send_and_answer(&n0, &ipv4_frame(1189));
+    assert!(sent.is_empty());
+    assert_eq!(drops(&n0, DropReason::MtuExceeded), 1);
+    assert_eq!(answered.len(), 1, "an ICMP answer goes back into the overlay");
+    let reply = &answered[0].1;
+    assert_eq!((&reply[..6], &reply[6..12], &reply[12..14]), (&MAC_A[..], &MAC_B[..], &[0x08, 0x00][..]));
+    assert_eq!((reply[14 + 20], reply[14 + 21]), (3, 4), "fragmentation needed");
+    assert_eq!(&reply[14 + 26..14 + 28], &1188u16.to_be_bytes());
+}
+
+#[test]
+fn probes_travel_in_the_sa_to_the_peers_driver() {
+    use crate::overhead::{Encapsulation, IpVersion};
+    use crate::wire::inband::{InbandHeader, MessageType};
+    for setup in [DEFAULT, Setup { ipv6: true, encap: Encap::Esp, mode: Mode::Tunnel, ..DEFAULT }] {
+        let (n0, n1) = (node(&setup, 0), node(&setup, 1));
+        let tables = n0.sadb.load();
+        let sa = tables.outbound(PeerId(0)).unwrap();
+        let encapsulation = Encapsulation {
+            ip_version: IpVersion::of(address(&setup, 0)),
+            encap: setup.encap,
+            mode: setup.mode,
+            cipher: setup.cipher,
+        };
+        let header = InbandHeader { message_type: MessageType::Probe, id: 9, size: 1400 };
+        let mut buf = vec![0u8; super::BUFFER_LEN];
+        let len = crate::pmtu::driver::seal_inband(sa, encapsulation, header, 1400, &mut buf).unwrap();
+        let on_wire = len + encapsulation.outer_headers_len();
+        assert!(on_wire <= 1400 && on_wire > 1400 - 4, "the probe is padded to its size: {on_wire}");
+        let mut inbox = n1.pmtu.take_receiver().unwrap();
+        assert!(receive(&n1, &buf[..len], address(&setup, 0)).is_empty(), "nothing reaches the overlay");
+        assert_eq!(inbox.try_recv().unwrap(), crate::pmtu::InbandMessage { peer: PeerId(0), header });
+        assert_eq!(n1.drops.total(), 0);
+    }
 }

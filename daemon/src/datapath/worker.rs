@@ -103,8 +103,8 @@ impl FrameSink for TapSink<'_> {
 
 /// Sends one frame read from a TAP with offloads: a TSO super-frame is cut into overlay-MTU
 /// segments (each sent on its own), a frame with a partial checksum gets it completed.
-fn transmit_from_tap<U: EspSender>(
-    egress: &Egress<'_, U>,
+fn transmit_from_tap<U: EspSender, S: FrameSink>(
+    egress: &Egress<'_, U, S>,
     overlay: &Overlay,
     buffers: &mut Buffers,
     read_len: usize,
@@ -209,6 +209,7 @@ impl Worker {
                 topology: &topology,
                 tables: &tables,
                 underlay: &self.parts.underlay,
+                sink: &sink,
                 now_ms,
             };
             for (index, tap) in self.parts.taps.iter().enumerate() {
@@ -235,10 +236,13 @@ impl Worker {
                     }
                 }
             }
-            // Whatever the reads queued for GSO leaves now.
+            // Whatever the reads queued for GSO leaves now, and any ICMP answers go to the TAPs.
             if let Err(error) = self.parts.underlay.flush() {
                 self.state.drops.record(DropReason::SendFailed, DropContext::default());
                 tracing::debug!(%error, "sending a batch of ESP packets failed");
+            }
+            for _ in 0..sink.flush() {
+                self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
             }
             if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
                 let ingress = Ingress { state: &self.state, topology: &topology, tables: &tables, sink: &sink, now_ms };

@@ -291,6 +291,8 @@ pub struct IkeCounters {
 struct PeerState {
     /// When to try to establish an IKE SA if there is none.
     next_attempt: Instant,
+    /// The peer's last IKE_AUTH carried MESHD_PATH_MTU_PROBES: it answers path-MTU probes.
+    answers_probes: bool,
     /// Removed by a reload: never negotiated with again (its index stays, indexes are stable).
     removed: bool,
 }
@@ -300,7 +302,7 @@ impl PeerState {
         // The lower address initiates first, so that a full mesh starting at once mostly
         // avoids simultaneous initiations.
         let next_attempt = if settings.local < peer.address { now } else { now + HIGHER_ADDRESS_DELAY };
-        PeerState { next_attempt, removed: false }
+        PeerState { next_attempt, removed: false, answers_probes: false }
     }
 }
 
@@ -956,6 +958,7 @@ impl Endpoint {
         if peer_settings.mode == Mode::Transport {
             payloads.push(Payload::Notify(Notify::new(notify::USE_TRANSPORT_MODE, Vec::new())));
         }
+        payloads.push(Payload::Notify(Notify::new(notify::MESHD_PATH_MTU_PROBES, Vec::new())));
         payloads.push(Payload::SecurityAssociation(proposal::esp_offer(&ciphers, inbound_spi, esn)));
         payloads.push(Payload::TrafficSelectorInitiator(proposal::node_selector(local, port)));
         payloads.push(Payload::TrafficSelectorResponder(proposal::node_selector(peer_settings.address, port)));
@@ -987,6 +990,7 @@ impl Endpoint {
         if notifies(&payloads).any(|n| n.notify_type == notify::INITIAL_CONTACT) {
             self.drop_stale_sas(peer, our_spi, now);
         }
+        self.note_probe_support(peer, &payloads);
         let local = self.settings.local;
         let peer_settings = self.settings.peers[peer].clone();
         let port = self.settings.vxlan_port;
@@ -1000,6 +1004,7 @@ impl Endpoint {
                 method: authentication::SHARED_KEY_MESSAGE_INTEGRITY_CODE,
                 data: our_auth,
             }),
+            Payload::Notify(Notify::new(notify::MESHD_PATH_MTU_PROBES, Vec::new())),
         ];
         let child = self.negotiate_child(&payloads, &peer_settings.address, port);
         match child {
@@ -1077,6 +1082,7 @@ impl Endpoint {
             self.fail(our_spi, failure, now);
             return;
         }
+        self.note_probe_support(peer, &payloads);
         self.establish(our_spi, now);
         let chosen = Parts::of(&payloads)
             .security_association
@@ -1100,6 +1106,19 @@ impl Endpoint {
             None => return,
         };
         self.add_child(our_spi, chosen, inbound_spi, mode, None, &ni, &nr, now, ChildInstall::Both);
+    }
+
+    /// Whether `peer` announced in an authenticated IKE_AUTH that it answers path-MTU probes.
+    fn note_probe_support(&mut self, peer: PeerIndex, payloads: &[Payload]) {
+        let announced = notifies(payloads).any(|n| n.notify_type == notify::MESHD_PATH_MTU_PROBES);
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.answers_probes = announced;
+        }
+    }
+
+    /// `peer` announced that it answers meshd's path-MTU probes (docs/mtu.md).
+    pub fn answers_probes(&self, peer: PeerIndex) -> bool {
+        self.peers.get(peer).is_some_and(|state| state.answers_probes)
     }
 
     /// The IKE SA is authenticated: timers, events, and duplicate resolution.

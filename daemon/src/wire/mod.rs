@@ -45,10 +45,12 @@ pub(crate) use view;
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;
+pub mod inband;
 pub mod ipv4;
 pub mod ipv6;
 pub mod query;
 pub mod tcp;
+pub mod too_big;
 pub mod udp;
 pub mod vxlan;
 

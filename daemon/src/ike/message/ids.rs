@@ -181,6 +181,9 @@ pub mod notify {
     pub const NON_FIRST_FRAGMENTS_ALSO: u16 = 16395;
     /// RFC 7427.
     pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
+    /// meshd's own, from the private-use status range 40960..65535 (RFC 7296 §3.10.1): "I answer
+    /// path-MTU probes (ESP next header 253)". Other implementations ignore it.
+    pub const MESHD_PATH_MTU_PROBES: u16 = 40960 + 0x4d50;
 
     /// True for the error range 0..16383.
     pub fn is_error(notify_type: u16) -> bool {
@@ -217,6 +220,7 @@ pub mod notify {
             ESP_TFC_PADDING_NOT_SUPPORTED => "ESP_TFC_PADDING_NOT_SUPPORTED",
             NON_FIRST_FRAGMENTS_ALSO => "NON_FIRST_FRAGMENTS_ALSO",
             SIGNATURE_HASH_ALGORITHMS => "SIGNATURE_HASH_ALGORITHMS",
+            MESHD_PATH_MTU_PROBES => "MESHD_PATH_MTU_PROBES",
             _ => return None,
         })
     }

@@ -1,0 +1,264 @@
+//! The thin IO side of path-MTU discovery: per peer, reads the kernel's MTU towards it, runs the
+//! probe [`Search`] for peers known to be meshd, seals probes and acknowledgements with the
+//! peer's outbound SA, and publishes the resulting limit for the datapath. Also follows the
+//! underlay interface's MTU for overlays with `mtu = "auto"`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_config::control::SaOrigin;
+use mesh_config::{Cipher, OverlayMtu};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
+
+use super::search::{Search, Timing};
+use super::{InbandMessage, PathReport};
+use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
+use crate::esp::PLAINTEXT_OFFSET;
+use crate::keying::Keying;
+use crate::overhead::{Encapsulation, IpVersion};
+use crate::sadb::OutboundSa;
+use crate::state::MeshState;
+use crate::topology::{Peer, PeerId, Topology};
+use crate::wire::inband::{self, InbandHeader, MessageType};
+use crate::{netif, sys};
+
+/// How often the kernel's MTU is read and the searches' timers are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the underlay interface's MTU is read for `mtu = "auto"` overlays.
+const AUTO_MTU_INTERVAL: Duration = Duration::from_secs(2);
+/// Room for the largest probe: a 64 KiB IP packet.
+const PROBE_BUFFER_LEN: usize = 65_536;
+
+/// Says whether a peer answers probes: manual-SA peers run meshd (they read the same mesh file),
+/// IKE peers only if they announced it when the SA was negotiated.
+pub type ProbePolicy = Box<dyn Fn(&OutboundSa) -> bool + Send + Sync>;
+
+pub struct Driver {
+    pub state: Arc<MeshState>,
+    pub out: EspOut,
+    pub probes: ProbePolicy,
+    /// The cipher the overhead of `mtu = "auto"` is computed for.
+    pub cipher: Cipher,
+    pub timing: Timing,
+}
+
+/// One peer's path as the driver tracks it.
+struct PeerPath {
+    /// A UDP socket connected towards the peer (never used to send): the kernel's MTU for it.
+    route: Option<UdpSocket>,
+    /// Runs while the peer has an outbound SA that answers probes.
+    search: Option<Search>,
+    /// The SPI the search runs on: a new SA (a rekey is fine, a flush or restart is not) starts over.
+    spi: u32,
+}
+
+impl Driver {
+    /// The driver for a running node: probes manual-SA peers and IKE peers that announced
+    /// support; follows the underlay MTU for the overlays with `mtu = "auto"`.
+    pub fn new(state: &Arc<MeshState>, out: EspOut, keying: Arc<Keying>, proposal_cipher: Option<Cipher>) -> Driver {
+        let probes: ProbePolicy = Box::new(move |sa: &OutboundSa| match sa.params.origin {
+            SaOrigin::Manual => true,
+            SaOrigin::Ike => keying.answers_probes(sa.params.peer),
+        });
+        Driver {
+            state: state.clone(),
+            out,
+            probes,
+            cipher: proposal_cipher.unwrap_or(Cipher::Aes256Gcm16),
+            timing: Timing::DEFAULT,
+        }
+    }
+
+    pub async fn run(self, mut inbox: mpsc::Receiver<InbandMessage>) {
+        // By peer id: a reload may add peers (new ids) and remove some.
+        let mut peers: HashMap<PeerId, PeerPath> = HashMap::new();
+        let mut buf = vec![0u8; PROBE_BUFFER_LEN];
+        let mut tick = tokio::time::interval(TICK);
+        let mut next_auto = Instant::now() + AUTO_MTU_INTERVAL;
+        loop {
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(message) => self.handle_message(message, &mut peers, &mut buf),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let topology = self.state.topology_full();
+                    peers.retain(|id, _| topology.is_member(*id));
+                    for peer in &topology.peers {
+                        let path = peers.entry(peer.id).or_insert_with(|| PeerPath {
+                            route: connect_route(topology.local_address, peer.address),
+                            search: None,
+                            spi: 0,
+                        });
+                        self.update_peer(&topology, peer, path, now, &mut buf);
+                    }
+                    if now >= next_auto {
+                        next_auto = now + AUTO_MTU_INTERVAL;
+                        self.follow_auto_mtu();
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_message(&self, message: InbandMessage, peers: &mut HashMap<PeerId, PeerPath>, buf: &mut [u8]) {
+        let topology = self.state.topology_full();
+        let peer = topology.peer(message.peer);
+        let InbandHeader { message_type, id, size } = message.header;
+        match message_type {
+            MessageType::Probe => {
+                let ack = InbandHeader { message_type: MessageType::ProbeAck, id, size };
+                // As small as it gets: the answer must come back whatever the way back carries.
+                if let Err(error) = self.send(&topology, peer, ack, 0, buf) {
+                    tracing::debug!(peer = %peer.name, %error, "could not acknowledge a path-MTU probe");
+                }
+            }
+            MessageType::ProbeAck => {
+                if let Some(search) = peers.get_mut(&message.peer).and_then(|path| path.search.as_mut()) {
+                    search.on_ack(id, size, Instant::now());
+                }
+            }
+            MessageType::Unknown(kind) => {
+                tracing::debug!(peer = %peer.name, kind, "ignoring an in-band message of a type this meshd does not know")
+            }
+        }
+    }
+
+    fn update_peer(&self, topology: &Topology, peer: &Peer, path: &mut PeerPath, now: Instant, buf: &mut [u8]) {
+        let kernel = path.route.as_ref().and_then(|route| route_mtu(route, peer.address).ok());
+        let tables = self.state.sadb.load();
+        let outbound = tables.outbound(peer.id).filter(|sa| (self.probes)(sa));
+        match (outbound, kernel) {
+            (Some(sa), Some(ceiling)) => {
+                let ceiling = u16::try_from(ceiling).unwrap_or(u16::MAX);
+                if path.spi != sa.params.spi || path.search.is_none() {
+                    path.spi = sa.params.spi;
+                    path.search = Some(Search::new(self.timing, ceiling, now));
+                }
+                if let Some(search) = path.search.as_mut() {
+                    search.set_ceiling(ceiling, now);
+                    search.handle_timeout(now);
+                    while let Some(probe) = search.poll_probe() {
+                        let header = InbandHeader { message_type: MessageType::Probe, id: probe.id, size: probe.size };
+                        if let Err(error) = self.send(topology, peer, header, usize::from(probe.size), buf) {
+                            // EMSGSIZE: the kernel already knows the path is smaller; the next
+                            // tick reads its figure as the ceiling.
+                            tracing::debug!(peer = %peer.name, size = probe.size, %error, "path-MTU probe not sent");
+                        }
+                    }
+                }
+            }
+            _ => path.search = None,
+        }
+        let report = match (&path.search, kernel) {
+            (Some(search), _) => PathReport {
+                path_mtu: Some(u32::from(search.current())),
+                overlay_mtu: None,
+                source: if search.confirmed() { "probed" } else { "probing" },
+                search: Some(search.state().name()),
+            },
+            (None, Some(kernel)) => {
+                PathReport { path_mtu: u32::try_from(kernel).ok(), overlay_mtu: None, source: "kernel", search: None }
+            }
+            (None, None) => PathReport::default(),
+        };
+        let overlay_mtu = report.path_mtu.and_then(|mtu| self.encapsulation(topology, peer).overlay_mtu(mtu as usize));
+        peer.path_mtu
+            .publish(PathReport { overlay_mtu: overlay_mtu.and_then(|mtu| u32::try_from(mtu).ok()), ..report });
+    }
+
+    fn encapsulation(&self, topology: &Topology, peer: &Peer) -> Encapsulation {
+        Encapsulation {
+            ip_version: IpVersion::of(peer.address),
+            encap: topology.encap,
+            mode: peer.mode,
+            cipher: self.cipher,
+        }
+    }
+
+    /// Seals `header`, padded so that the packet is at most `size` bytes on the underlay (at least
+    /// the header), with the peer's outbound SA and sends it.
+    fn send(
+        &self,
+        topology: &Topology,
+        peer: &Peer,
+        header: InbandHeader,
+        size: usize,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        let tables = self.state.sadb.load();
+        let sa = tables.outbound(peer.id).ok_or_else(|| io::Error::other("no outbound SA"))?;
+        let len = seal_inband(sa, self.encapsulation(topology, peer), header, size, buf)?;
+        self.out.send(&buf[..len], sa.params.remote)?;
+        Ok(())
+    }
+
+    /// Retunes overlay interfaces with `mtu = "auto"` when the underlay interface's MTU changed
+    /// (compared with what the interface has now, so overlays a reload added are followed too).
+    fn follow_auto_mtu(&self) {
+        let topology = self.state.topology_full();
+        for overlay in topology.overlays.iter().filter(|overlay| overlay.mtu == OverlayMtu::Auto) {
+            let (mtu, reason) = match super::auto::overlay_mtu(overlay, &topology, self.cipher) {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "keeping the overlay MTU");
+                    continue;
+                }
+            };
+            let current = netif::interface_mtu(&overlay.interface).ok();
+            if current == Some(usize::from(mtu)) {
+                continue;
+            }
+            match sys::set_interface_mtu(&overlay.interface, mtu) {
+                Ok(()) => {
+                    tracing::info!(overlay = %overlay.name, from = ?current, to = mtu, %reason, "underlay MTU changed; overlay MTU retuned");
+                    self.state.pmtu.set_overlay_mtu(&overlay.name, mtu, reason);
+                }
+                Err(error) => {
+                    tracing::warn!(interface = %overlay.interface, mtu, %error, "could not retune the overlay MTU")
+                }
+            }
+        }
+    }
+}
+
+/// Seals an in-band message with `sa` into `buf`, padded so that the packet is at most `size`
+/// bytes on the underlay (never less than the message header); returns the ESP packet's length.
+pub fn seal_inband(
+    sa: &OutboundSa,
+    encapsulation: Encapsulation,
+    header: InbandHeader,
+    size: usize,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let room = buf.len().saturating_sub(PLAINTEXT_OFFSET + TRAILER_ROOM);
+    let payload_len = encapsulation.largest_plaintext(size).unwrap_or(0).max(inband::HEADER_LEN).min(room);
+    let payload = &mut buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload_len];
+    payload.fill(0);
+    header.emit(payload);
+    let sequence =
+        sa.next_sequence().ok_or_else(|| io::Error::other("the outbound SA has no sequence numbers left"))?;
+    sa.sealer
+        .seal(sa.params.spi, sequence, sa.params.esn, inband::NEXT_HEADER, buf, payload_len)
+        .map_err(io::Error::other)
+}
+
+/// A UDP socket connected to the peer, only to ask the kernel for its MTU towards it.
+fn connect_route(local: IpAddr, peer: IpAddr) -> Option<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(SocketAddr::new(local, 0)), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    socket.bind(&SocketAddr::new(local, 0).into()).ok()?;
+    Some(socket.into()).filter(|socket: &UdpSocket| socket.connect(SocketAddr::new(peer, ESP_IN_UDP_PORT)).is_ok())
+}
+
+/// The kernel's path MTU towards `peer`; connecting again makes the kernel look the route up
+/// afresh, so a changed link MTU or a PMTU learnt from ICMP since shows.
+fn route_mtu(route: &UdpSocket, peer: IpAddr) -> io::Result<usize> {
+    route.connect(SocketAddr::new(peer, ESP_IN_UDP_PORT))?;
+    sys::connected_path_mtu(route.as_fd(), peer.is_ipv4())
+}

@@ -1,0 +1,150 @@
+//! Path MTU per peer (docs/mtu.md): learnt from the kernel (the route towards the peer, lowered by
+//! ICMP when any arrives) and by probing through the SA itself ([`search`]); enforced by the
+//! datapath, which drops frames too large for their peer's path and answers them with ICMP
+//! ([`crate::wire::too_big`]). The datapath reads one atomic per packet; the [`driver`] writes it.
+
+pub mod auto;
+pub mod driver;
+pub mod search;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use crate::topology::PeerId;
+use crate::wire::inband::InbandHeader;
+
+/// How many in-band messages may wait for the driver.
+const INBAND_QUEUE_LEN: usize = 256;
+/// At most one ICMP too-big answer per peer in this many milliseconds.
+const TOO_BIG_INTERVAL_MS: u64 = 10;
+
+/// An in-band message as the datapath received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InbandMessage {
+    pub peer: PeerId,
+    pub header: InbandHeader,
+}
+
+/// What `ikectl peers` shows about a peer's path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathReport {
+    /// The underlay path MTU in use; `None` before the driver first looked.
+    pub path_mtu: Option<u32>,
+    /// The largest overlay IP packet that fits it.
+    pub overlay_mtu: Option<u32>,
+    /// How the path MTU was learnt: "probed", "probing" (the kernel's figure, being checked),
+    /// or "kernel" (this peer is not probed).
+    pub source: &'static str,
+    /// The probe search's state, for probed peers.
+    pub search: Option<&'static str>,
+}
+
+/// One peer's limit, read per packet, and its report, read by the control socket. Each
+/// [`crate::topology::Peer`] holds its own, kept across reloads.
+#[derive(Debug, Default)]
+pub struct PeerPathMtu {
+    /// The largest overlay IP packet the path carries; 0 while unknown (no limit).
+    overlay_limit: AtomicU32,
+    last_too_big_ms: AtomicU64,
+    report: Mutex<PathReport>,
+}
+
+impl PeerPathMtu {
+    /// The largest overlay IP packet (without Ethernet header) that fits the path, if known.
+    pub fn overlay_limit(&self) -> Option<u32> {
+        Some(self.overlay_limit.load(Ordering::Relaxed)).filter(|limit| *limit != 0)
+    }
+
+    /// True at most once per `TOO_BIG_INTERVAL_MS`: whether an ICMP answer may go out now.
+    pub fn may_answer_too_big(&self, now_ms: u64) -> bool {
+        let last = self.last_too_big_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= TOO_BIG_INTERVAL_MS)
+            && self.last_too_big_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    pub fn report(&self) -> PathReport {
+        self.report.lock().map(|report| report.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn publish(&self, report: PathReport) {
+        self.overlay_limit.store(report.overlay_mtu.unwrap_or(0), Ordering::Relaxed);
+        if let Ok(mut current) = self.report.lock() {
+            *current = report;
+        }
+    }
+}
+
+/// Overlay MTUs retuned since they were brought up, and the queue of in-band messages from the
+/// datapath to the driver. (Per-peer path MTUs live on the peers.)
+pub struct PathMtus {
+    /// By overlay name: the MTU and how it was chosen, when `mtu = "auto"` retuned it.
+    overlays: Mutex<HashMap<String, (u16, String)>>,
+    inbox: mpsc::Sender<InbandMessage>,
+    /// Taken once by the driver.
+    receiver: Mutex<Option<mpsc::Receiver<InbandMessage>>>,
+}
+
+impl Default for PathMtus {
+    fn default() -> Self {
+        let (inbox, receiver) = mpsc::channel(INBAND_QUEUE_LEN);
+        PathMtus { overlays: Mutex::new(HashMap::new()), inbox, receiver: Mutex::new(Some(receiver)) }
+    }
+}
+
+impl PathMtus {
+    /// Overlay `name`'s interface now has `mtu`, chosen as `reason` says.
+    pub fn set_overlay_mtu(&self, name: &str, mtu: u16, reason: String) {
+        if let Ok(mut overlays) = self.overlays.lock() {
+            overlays.insert(name.to_string(), (mtu, reason));
+        }
+    }
+
+    /// Overlay `name`'s MTU and its reason, if retuned since it was brought up.
+    pub fn overlay_mtu(&self, name: &str) -> Option<(u16, String)> {
+        self.overlays.lock().ok()?.get(name).cloned()
+    }
+
+    /// Forgets what was retuned for `name` (a reload brought its interface up anew).
+    pub fn forget_overlay(&self, name: &str) {
+        if let Ok(mut overlays) = self.overlays.lock() {
+            overlays.remove(name);
+        }
+    }
+
+    /// Queues a received message for the driver; false when the queue is full.
+    pub fn forward(&self, message: InbandMessage) -> bool {
+        self.inbox.try_send(message).is_ok()
+    }
+
+    /// The driver's end of the queue (once).
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<InbandMessage>> {
+        self.receiver.lock().ok().and_then(|mut receiver| receiver.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_big_answers_are_rate_limited() {
+        let peer = PeerPathMtu::default();
+        assert!(peer.may_answer_too_big(5), "the first answer goes at once");
+        assert!(peer.may_answer_too_big(100));
+        assert!(!peer.may_answer_too_big(105));
+        assert!(peer.may_answer_too_big(110));
+    }
+
+    #[test]
+    fn no_limit_until_published() {
+        let peer = PeerPathMtu::default();
+        assert_eq!(peer.overlay_limit(), None);
+        peer.publish(PathReport { path_mtu: Some(1280), overlay_mtu: Some(1188), source: "probed", search: None });
+        assert_eq!(peer.overlay_limit(), Some(1188));
+        assert_eq!(peer.report().source, "probed");
+    }
+}

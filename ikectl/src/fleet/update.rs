@@ -1,0 +1,228 @@
+//! `ikectl fleet update`: the driver of [`Rollout`] over ssh.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::plan::{self, Action, Change, Failure, Fetched, Outcome, Rollout, Step, UpdateKind};
+use super::remote::Node;
+use super::{Fleet, FleetOptions};
+use crate::render::{finish, table};
+
+pub struct UpdateOptions {
+    pub dry_run: bool,
+    pub batch: usize,
+    pub health_timeout: Duration,
+    pub json: bool,
+}
+
+/// How often a node's peers are asked while waiting for its SAs.
+const HEALTH_POLL: Duration = Duration::from_secs(1);
+
+/// Plans, then rolls out; `Ok(true)` when every node ends on the new config.
+pub async fn update(options: &FleetOptions, update: &UpdateOptions) -> Result<bool, String> {
+    let text = std::fs::read_to_string(&options.config)
+        .map_err(|e| format!("cannot read {}: {e}", options.config.display()))?;
+    let fleet = Fleet::connect(options, &[]).await?;
+    let names = fleet.names();
+    let all: Vec<usize> = (0..names.len()).collect();
+    let fetched = fleet
+        .on_each(&all, |_, node| async move {
+            match node {
+                Ok(node) => node.fetch_config().await,
+                Err(unreachable) => Fetched::Failed(unreachable),
+            }
+        })
+        .await;
+    let changes: Vec<Change> =
+        fetched.into_iter().map(|(i, fetched)| plan::change(&names[i], fetched, &text)).collect();
+    let mut rollout = Rollout::new(names.clone(), &changes, update.batch);
+    if !update.json {
+        print!("{}", render_plan(&names, &changes, rollout.batches()));
+    }
+    if update.dry_run {
+        fleet.close().await;
+        let outcomes: Vec<Outcome> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Unchanged => Outcome::Unchanged,
+                Change::Update { .. } => Outcome::Skipped("dry run".into()),
+                Change::Unreachable(reason) => Outcome::Unreachable(reason.clone()),
+            })
+            .collect();
+        if update.json {
+            println!("{}", outcomes_json(&names, &outcomes, Some(&changes)));
+        }
+        return Ok(!changes.iter().any(|c| matches!(c, Change::Unreachable(_))));
+    }
+
+    // A node is expected to reach every peer that answered the plan.
+    let reachable: Vec<bool> = changes.iter().map(|c| !matches!(c, Change::Unreachable(_))).collect();
+    let progress = progress_bar(rollout.batches().iter().map(Vec::len).sum());
+    loop {
+        match rollout.next_action().clone() {
+            Action::Apply(batch) => {
+                progress.set_message(format!("applying on {}", list(&names, &batch)));
+                let results = fleet.on_each(&batch, |_, node| apply(node, &text)).await;
+                let installed = results.iter().filter(|(_, (_, installed))| *installed).map(|(i, _)| *i).collect();
+                rollout.applied(results.into_iter().map(|(i, (result, _))| (i, result)).collect(), installed);
+            }
+            Action::CheckHealth(batch) => {
+                progress.set_message(format!("waiting for SAs on {}", list(&names, &batch)));
+                let (names, reachable) = (&names, &reachable);
+                let results = fleet
+                    .on_each(&batch, |i, node| async move {
+                        let peers: Vec<&str> =
+                            (0..names.len()).filter(|&p| p != i && reachable[p]).map(|p| names[p].as_str()).collect();
+                        healthy(node, &peers, update.health_timeout).await
+                    })
+                    .await;
+                let passed = results.iter().filter(|(_, r)| r.is_ok()).count();
+                rollout.health_checked(results);
+                if matches!(rollout.next_action(), Action::Apply(_) | Action::Done) {
+                    progress.inc(passed as u64);
+                }
+            }
+            Action::Restore(nodes) => {
+                progress.set_message(format!("restoring {}", list(&names, &nodes)));
+                let results = fleet
+                    .on_each(&nodes, |_, node| async move {
+                        match node {
+                            Ok(node) => node.restore().await,
+                            Err(unreachable) => Err(unreachable),
+                        }
+                    })
+                    .await;
+                rollout.restored(results);
+            }
+            Action::Done => break,
+        }
+    }
+    progress.finish_and_clear();
+    fleet.close().await;
+    let outcomes = rollout.outcomes();
+    if update.json {
+        println!("{}", outcomes_json(&names, &outcomes, None));
+    } else {
+        print!("{}", render_outcomes(&names, &outcomes));
+    }
+    Ok(outcomes.iter().all(Outcome::is_success))
+}
+
+/// Upload and check, install, reload: the result, and whether the live config was replaced.
+async fn apply(node: Result<Node<'_>, String>, text: &str) -> (Result<(), Failure>, bool) {
+    let node = match node {
+        Ok(node) => node,
+        Err(reason) => return (Err(Failure { step: Step::Upload, reason }), false),
+    };
+    if let Err(failure) = node.stage(text).await {
+        return (Err(failure), false);
+    }
+    if let Err(failure) = node.install().await {
+        return (Err(failure), false);
+    }
+    (node.reload().await, true)
+}
+
+/// Waits until the node has an SA both ways with each of `peers`.
+async fn healthy(node: Result<Node<'_>, String>, peers: &[&str], timeout: Duration) -> Result<(), Failure> {
+    let node = node.map_err(|reason| Failure { step: Step::Health, reason })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: Vec<&str> = match node.peers().await {
+            Ok(views) => peers
+                .iter()
+                .copied()
+                .filter(|p| {
+                    !views.iter().any(|v| v.name == *p && v.outbound_spi.is_some() && !v.inbound_spis.is_empty())
+                })
+                .collect(),
+            Err(_) if Instant::now() < deadline => peers.to_vec(),
+            Err(reason) => return Err(Failure { step: Step::Health, reason }),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure {
+                step: Step::Health,
+                reason: format!(
+                    "no SAs both ways with {} after {} s (ikectl peers on {} says why)",
+                    missing.join(", "),
+                    timeout.as_secs(),
+                    node.name
+                ),
+            });
+        }
+        tokio::time::sleep(HEALTH_POLL).await;
+    }
+}
+
+fn progress_bar(nodes: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(nodes as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} nodes updated: {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn list(names: &[String], nodes: &[usize]) -> String {
+    nodes.iter().map(|&i| names[i].as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn render_plan(names: &[String], changes: &[Change], batches: &[Vec<usize>]) -> String {
+    let mut out = String::from("plan:\n");
+    for (name, change) in names.iter().zip(changes) {
+        match change {
+            Change::Unchanged => out.push_str(&format!("  {name}: unchanged\n")),
+            Change::Unreachable(reason) => out.push_str(&format!("  {name}: UNREACHABLE: {reason}\n")),
+            Change::Update { diff, kind } => {
+                let what = match kind {
+                    UpdateKind::Changed => "update",
+                    UpdateKind::New => "new config (the node has none yet)",
+                    UpdateKind::ReloadPending => {
+                        "reload: the new file is in place, but an interrupted run never saw meshd reload it"
+                    }
+                };
+                out.push_str(&format!("  {name}: {what}\n"));
+                for line in diff.lines() {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+    }
+    if let Some((canary, rest)) = batches.split_first() {
+        let mut order = format!("order: {} (canary)", list(names, canary));
+        for batch in rest {
+            order.push_str(&format!(", then [{}]", list(names, batch)));
+        }
+        out.push_str(&order);
+        out.push('\n');
+    }
+    out
+}
+
+fn render_outcomes(names: &[String], outcomes: &[Outcome]) -> String {
+    let mut grid = table(&["node", "result", "reason"]);
+    for (name, outcome) in names.iter().zip(outcomes) {
+        grid.add_row(vec![name.clone(), outcome.label().to_string(), outcome.reason().to_string()]);
+    }
+    finish(grid)
+}
+
+fn outcomes_json(names: &[String], outcomes: &[Outcome], changes: Option<&[Change]>) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = names
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .map(|(i, (name, outcome))| {
+            let diff = changes.and_then(|c| match &c[i] {
+                Change::Update { diff, .. } => Some(diff.clone()),
+                _ => None,
+            });
+            serde_json::json!({"node": name, "result": outcome.label(), "reason": outcome.reason(), "diff": diff})
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
