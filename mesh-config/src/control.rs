@@ -408,6 +408,11 @@ pub struct PeerView {
     pub ike: Option<IkeView>,
     pub outbound: Option<SaView>,
     pub inbound: Vec<SaView>,
+    /// The underlay path MTU toward the asking node, how it was learnt ("probed", "kernel", ...),
+    /// and the largest overlay packet it carries.
+    pub path_mtu: Option<u32>,
+    pub path_mtu_source: String,
+    pub path_overlay_mtu: Option<u32>,
     /// Drops of packets from or to the asking node, by reason.
     pub drops: BTreeMap<DropReason, u64>,
     /// The most recent of them, oldest first.

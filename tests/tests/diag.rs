@@ -379,3 +379,37 @@ fn ping_reports_nat_between_the_nodes() {
     assert!(said.contains("n2 sees this node as 198.18.2.254:"), "{said}");
     assert!(ok, "UDP encapsulation crosses the NAT: healthy: {report:#}");
 }
+
+/// The router's link to n2 carries only 1280 bytes and drops every ICMP error: meshd's probes
+/// find the path, and n1's ping reports the path MTU in both columns and the MTU verdict.
+#[test]
+fn ping_reports_a_path_mtu_below_the_overlay_mtu() {
+    require_root();
+    let pair = RoutedPair::new("dgpm", Family::V4, 1500);
+    pair.set_router_mtu(1, 1280);
+    let mesh = MeshFile::for_addresses(vec![pair.addr(0), pair.addr(1)]).write();
+    let n1 = Meshd::start(pair.node(0), mesh.path(), "n1");
+    let _n2 = Meshd::start(pair.node(1), mesh.path(), "n2");
+    let probed = wait_until(Duration::from_secs(60), || {
+        let peer = n1.ikectl_json(&["peers"])[0].clone();
+        (peer["path_mtu_source"] == "probed" && peer["path_mtu"] == 1280).then_some(())
+    });
+    assert!(probed.is_some(), "n1 did not probe the 1280-byte path\n{}", n1.log());
+    let (report, ok) = ping_report(&n1, "n2");
+    assert!(!ok, "{report:#}");
+    let said = verdicts(&report);
+    assert!(said.contains("path MTU 1280") && said.contains("answered with ICMP too-big"), "{said}");
+    assert_eq!(report["local"]["path_mtu"], 1280, "{report:#}");
+    assert!(report["remote"]["path_mtu"].as_u64().is_some_and(|mtu| (1280..=1284).contains(&mtu)), "{report:#}");
+    let trace = n1.ikectl_json(&["trace", &pair_overlay_addr(1)]);
+    let mtu = trace_hop(&trace, "path MTU");
+    assert_eq!(
+        (mtu["fields"]["path_mtu"].as_str(), mtu["fields"]["path_mtu_source"].as_str()),
+        (Some("1280"), Some("probed"))
+    );
+}
+
+/// The overlay address of node `i` in a `MeshFile::for_addresses` mesh.
+fn pair_overlay_addr(i: usize) -> String {
+    meshd_lab::lab::overlay_addr(i).to_string()
+}

@@ -49,6 +49,7 @@ pub fn view_of_pair(control: &Control, peer: PeerId, observed: Option<SocketAddr
             packets: sa.counters.packets.load(Ordering::Relaxed),
         })
         .collect();
+    let path = topology.peer(peer).path_mtu.report();
     let report = state.drops.report(|id| topology.peer(id).name.clone(), Some(peer));
     let recent_drops = report
         .recent
@@ -65,6 +66,9 @@ pub fn view_of_pair(control: &Control, peer: PeerId, observed: Option<SocketAddr
         ike,
         outbound,
         inbound,
+        path_mtu: path.path_mtu,
+        path_mtu_source: path.source.to_string(),
+        path_overlay_mtu: path.overlay_mtu,
         drops: report.by_reason,
         recent_drops,
     }
@@ -117,7 +121,12 @@ pub async fn ping(
     };
     let peer_drops_before = before.as_ref().map(|(view, _)| view.drops.clone()).unwrap_or_default();
     let encap = topology.encap;
-    let healthy = judge(&local, remote.as_ref(), &peer_drops_before, &probes, &peer.name, encap, &mut verdicts);
+    let overlays = crate::pmtu::status::overlays(&control.state, &control.overlays.load());
+    let mtu_warnings = crate::pmtu::status::peer_warnings(peer, &overlays);
+    let healthy = mtu_warnings.is_empty();
+    verdicts.extend(mtu_warnings);
+    let healthy =
+        healthy & judge(&local, remote.as_ref(), &peer_drops_before, &probes, &peer.name, encap, &mut verdicts);
     let rows = rows(&local, remote.as_ref(), &probes, topology.local_address);
     Ok(PingReport {
         node: me,
@@ -319,6 +328,11 @@ fn rows(
             list.join(", ")
         }
     };
+    let path = |v: &PeerView| match (v.path_mtu, v.path_overlay_mtu) {
+        (Some(path), Some(overlay)) => format!("{path} ({}), overlay packets up to {overlay}", v.path_mtu_source),
+        (Some(path), None) => format!("{path} ({})", v.path_mtu_source),
+        _ => "not known yet".to_string(),
+    };
     let row = |what: &str, this_node: String, peer: String| PingRow { what: what.to_string(), this_node, peer };
     let crosswise = |mine: &PeerView, theirs: &PeerView| match &mine.outbound {
         Some(out) if theirs.inbound.iter().any(|sa| sa.spi == out.spi) => format!("{} matches", out.spi),
@@ -351,7 +365,7 @@ fn rows(
             on_peer(&|v| crosswise(v, local)),
         ),
         row("last rekey (outbound SA age)", rekey(local), on_peer(&rekey)),
-        row("path MTU", "not measured (needs path-MTU probing)".to_string(), "-".to_string()),
+        row("path MTU toward the other", path(local), on_peer(&path)),
         row("probes through the SA", rtt, "-".to_string()),
         row("drops for this pair", drops(local), on_peer(&drops)),
         row("recent drops", recent(local), on_peer(&recent)),
@@ -384,6 +398,9 @@ mod tests {
             ike: None,
             outbound: None,
             inbound: Vec::new(),
+            path_mtu: Some(1500),
+            path_mtu_source: "probed".into(),
+            path_overlay_mtu: Some(1408),
             drops: BTreeMap::new(),
             recent_drops: (0..50)
                 .map(|i| RecentDrop { at_unix_ms: i, reason: DropReason::Replay, spi: None })

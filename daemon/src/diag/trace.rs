@@ -113,7 +113,7 @@ fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 }
 
 fn overlay_hop(control: &Control, overlay: &Overlay) -> TraceHop {
-    let mtu = control.overlays.load().iter().find(|o| o.name == overlay.name).map(|o| o.mtu);
+    let mtu = current_mtu(control, &overlay.name);
     let mut h = hop("overlay", format!("{} (VNI {}) on interface {}", overlay.name, overlay.vni, overlay.interface));
     field(&mut h, "interface", &overlay.interface);
     field(&mut h, "vni", overlay.vni);
@@ -287,11 +287,17 @@ fn mtu_hop(
         .ok()
         .and_then(|l| l.as_array()?.first()?["metrics"].as_array()?.iter().find_map(|x| x["mtu"].as_u64()))
         .map(|m| m as usize);
-    let path_mtu = match (interface_mtu, route_mtu) {
+    // meshd's own figure (probed through the SA) when it has one, else the kernel's.
+    let report = peer.path_mtu.report();
+    let kernel_mtu = match (interface_mtu, route_mtu) {
         (Some(i), Some(r)) => Some(i.min(r)),
         (one, other) => one.or(other),
     };
-    let overlay_mtu = control.overlays.load().iter().find(|o| o.name == overlay.name).map(|o| o.mtu as usize);
+    let (path_mtu, source) = match report.path_mtu {
+        Some(mtu) => (Some(mtu as usize), report.source),
+        None => (kernel_mtu, "kernel"),
+    };
+    let overlay_mtu = current_mtu(control, &overlay.name).map(|mtu| mtu as usize);
     let encapsulation = Encapsulation {
         ip_version: IpVersion::of(peer.address),
         encap: topology.encap,
@@ -310,11 +316,12 @@ fn mtu_hop(
             );
             if largest > path {
                 h.problem = Some(format!(
-                    "overlay packets of {overlay_mtu} bytes do not fit the path ({largest} > {path}): lower the overlay's mtu to {} or raise the underlay MTU",
+                    "overlay packets of {overlay_mtu} bytes do not fit the path ({largest} > {path}): larger ones are dropped as mtu_exceeded and answered with ICMP too-big; lower the overlay's mtu to {} or raise the underlay MTU",
                     encapsulation.overlay_mtu(path).unwrap_or(0)
                 ));
             }
             field(&mut h, "path_mtu", path);
+            field(&mut h, "path_mtu_source", source);
             field(&mut h, "overlay_mtu", overlay_mtu);
             field(&mut h, "largest_underlay_packet", largest);
             h
@@ -325,6 +332,14 @@ fn mtu_hop(
         field(&mut h, "interface_mtu", mtu);
     }
     h
+}
+
+/// The overlay's MTU now (`mtu = "auto"` follows the paths).
+fn current_mtu(control: &Control, overlay: &str) -> Option<u32> {
+    crate::pmtu::status::overlays(&control.state, &control.overlays.load())
+        .into_iter()
+        .find(|o| o.name == overlay)
+        .map(|o| o.mtu)
 }
 
 /// Counters from /sys/class/net/IFACE/statistics (this network namespace's).
