@@ -61,8 +61,8 @@ enum CliCommand {
         /// How many probes.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         count: u32,
-        /// ICMP payload bytes of each probe.
-        #[arg(long, default_value_t = 56, value_parser = clap::value_parser!(u32).range(0..=65_000))]
+        /// Each probe's size as an IP packet on the underlay; 0 (the default) sends the smallest.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=65_535))]
         size: u32,
     },
     /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,

@@ -68,7 +68,7 @@ pub enum Command {
     Ping {
         peer: String,
         count: u32,
-        /// ICMP payload bytes of each probe.
+        /// Each probe's size as an IP packet on the underlay (0: the smallest).
         size: u32,
     },
 }
@@ -469,10 +469,11 @@ pub struct PingRow {
     pub peer: String,
 }
 
-/// The probes: ICMP echo to the peer's overlay address, through the overlay and its SA.
+/// The probes: meshd's in-band echo requests, sealed with the pair's outbound SA.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeSummary {
-    pub target: Option<IpAddr>,
+    /// Each request's size on the underlay (0: the smallest).
+    pub size: u32,
     pub sent: u32,
     pub received: u32,
     pub rtt_min_ms: Option<f64>,

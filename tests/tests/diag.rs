@@ -401,6 +401,11 @@ fn ping_reports_a_path_mtu_below_the_overlay_mtu() {
     assert!(said.contains("path MTU 1280") && said.contains("answered with ICMP too-big"), "{said}");
     assert_eq!(report["local"]["path_mtu"], 1280, "{report:#}");
     assert!(report["remote"]["path_mtu"].as_u64().is_some_and(|mtu| (1280..=1284).contains(&mtu)), "{report:#}");
+    // Probes of 1400 bytes on the underlay vanish on the 1280-byte link.
+    let big = n1.ikectl(&["--json", "ping", "n2", "--count", "2", "--size", "1400"]);
+    let big: Value = serde_json::from_slice(&big.stdout).expect("ping --json");
+    assert_eq!((big["probes"]["sent"].as_u64(), big["probes"]["received"].as_u64()), (Some(2), Some(0)), "{big:#}");
+    assert!(verdicts(&big).contains("2 of 2 probes through the SA got no answer"), "{big:#}");
     let trace = n1.ikectl_json(&["trace", &pair_overlay_addr(1)]);
     let mtu = trace_hop(&trace, "path MTU");
     assert_eq!(

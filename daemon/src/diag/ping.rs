@@ -1,19 +1,26 @@
-//! `ikectl ping NODE`: probes through the overlay (so through the pair's real SA), this node's
+//! `ikectl ping NODE`: probes through the pair's real SA (meshd's in-band echo), this node's
 //! view of the pair and the peer's own view (asked over the authenticated diagnostic query, which
 //! works when the SAs do not), side by side, and a verdict in plain words with the fix.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use mesh_config::control::{DropReason, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaView, Spi};
 use mesh_config::Encap;
 
+use tokio::sync::oneshot;
+
 use super::query::QUERY_PORT;
 use crate::ctl::Control;
+use crate::pmtu::EchoOrder;
 use crate::topology::PeerId;
 
+/// How long a probe waits for its echo reply.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause after an answered probe.
+const ECHO_INTERVAL: Duration = Duration::from_millis(100);
 /// Recent drops a view carries at most (fewer when the view would not fit a query datagram).
 const RECENT_DROPS: usize = 5;
 /// Drop reasons that say the two ends' SAs disagree.
@@ -99,16 +106,7 @@ pub async fn ping(
     let me = topology.node_name.clone();
     let ask = || control.query.ask(&config, &me, &peer.name, peer.address);
     let before = ask().await;
-    let target = probe_target(&config, &me, &peer.name);
-    let probes = match target {
-        Some(target) => tokio::task::spawn_blocking(move || probe(target, count, size))
-            .await
-            .unwrap_or_else(|error| skipped(format!("the probe task failed ({error})"))),
-        None => skipped(format!(
-            "no overlay gives both {me} and {} an address; add them under [overlay.address] to probe through the SA",
-            peer.name
-        )),
-    };
+    let probes = probe(control, peer_id, count, size).await;
     let after = ask().await;
     let local = view_of_pair(control, peer_id, None);
     let mut verdicts = Vec::new();
@@ -140,57 +138,46 @@ pub async fn ping(
     })
 }
 
-fn skipped(why: String) -> ProbeSummary {
-    ProbeSummary {
-        target: None,
+/// Echo requests through the pair's SA, one at a time, each waited for up to `ECHO_TIMEOUT`.
+async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeSummary {
+    let mut summary = ProbeSummary {
+        size,
         sent: 0,
         received: 0,
         rtt_min_ms: None,
         rtt_avg_ms: None,
         rtt_max_ms: None,
-        skipped: Some(why),
-    }
-}
-
-/// The peer's overlay address in the first overlay where both nodes have one.
-fn probe_target(config: &mesh_config::MeshConfig, me: &str, peer: &str) -> Option<IpAddr> {
-    config.overlays.iter().find_map(|o| o.addresses.get(me).and(o.addresses.get(peer)).map(|a| a.addr))
-}
-
-/// ICMP echo to `target` with the system's ping: through the overlay interface, the datapath and
-/// the SA, like any overlay traffic.
-fn probe(target: IpAddr, count: u32, size: u32) -> ProbeSummary {
-    let output = Command::new("ping")
-        .args(["-n", "-q", "-c", &count.to_string(), "-s", &size.to_string(), "-i", "0.2", "-W", "1"])
-        .arg(target.to_string())
-        .output();
-    let text = match output {
-        Ok(output) => String::from_utf8_lossy(&output.stdout).to_string(),
-        Err(error) => return skipped(format!("cannot run ping ({error}); install iputils-ping")),
+        skipped: None,
     };
-    let mut summary = parse_ping(&text);
-    summary.target = Some(target);
-    if summary.sent == 0 {
-        summary.skipped = Some(format!("ping printed no summary: {}", text.trim()));
+    let first_id = match super::query::random_nonce() {
+        Ok(nonce) => nonce as u32,
+        Err(why) => {
+            summary.skipped = Some(why);
+            return summary;
+        }
+    };
+    let size = u16::try_from(size).unwrap_or(u16::MAX);
+    let mut rtts = Vec::new();
+    for index in 0..count {
+        let (reply, answer) = oneshot::channel();
+        let started = Instant::now();
+        let order = EchoOrder { peer, id: first_id.wrapping_add(index), size, reply };
+        if !control.state.pmtu.order_echo(order) {
+            summary.skipped =
+                Some("the path-MTU driver, which sends the probes, is not running; see the meshd log".into());
+            return summary;
+        }
+        summary.sent += 1;
+        if let Ok(Ok(arrived)) = tokio::time::timeout(ECHO_TIMEOUT, answer).await {
+            rtts.push(arrived.saturating_duration_since(started).as_secs_f64() * 1000.0);
+            tokio::time::sleep(ECHO_INTERVAL).await;
+        }
     }
-    summary
-}
-
-/// Reads iputils ping's summary lines.
-fn parse_ping(text: &str) -> ProbeSummary {
-    let mut summary = skipped(String::new());
-    summary.skipped = None;
-    for line in text.lines() {
-        if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
-            summary.sent = sent.trim().parse().unwrap_or(0);
-            summary.received = rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        }
-        if let Some((_, values)) = line.split_once("min/avg/max/mdev = ") {
-            let numbers: Vec<f64> = values.trim_end_matches(" ms").split('/').filter_map(|v| v.parse().ok()).collect();
-            if let [min, avg, max, ..] = numbers[..] {
-                (summary.rtt_min_ms, summary.rtt_avg_ms, summary.rtt_max_ms) = (Some(min), Some(avg), Some(max));
-            }
-        }
+    summary.received = rtts.len() as u32;
+    if !rtts.is_empty() {
+        summary.rtt_min_ms = rtts.iter().copied().reduce(f64::min);
+        summary.rtt_max_ms = rtts.iter().copied().reduce(f64::max);
+        summary.rtt_avg_ms = Some(rtts.iter().sum::<f64>() / rtts.len() as f64);
     }
     summary
 }
@@ -375,19 +362,6 @@ fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_ping_summaries() {
-        let text = "--- 10.244.0.2 ping statistics ---\n3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\nrtt min/avg/max/mdev = 0.101/0.250/0.399/0.120 ms\n";
-        let summary = parse_ping(text);
-        assert_eq!((summary.sent, summary.received), (3, 2));
-        assert_eq!(
-            (summary.rtt_min_ms, summary.rtt_avg_ms, summary.rtt_max_ms),
-            (Some(0.101), Some(0.25), Some(0.399))
-        );
-        let lost = parse_ping("2 packets transmitted, 0 received, 100% packet loss, time 1001ms\n");
-        assert_eq!((lost.sent, lost.received, lost.rtt_avg_ms), (2, 0, None));
-    }
 
     #[test]
     fn views_are_trimmed_to_fit() {

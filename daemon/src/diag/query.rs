@@ -120,7 +120,7 @@ impl QueryService {
     }
 }
 
-fn random_nonce() -> Result<u64, String> {
+pub fn random_nonce() -> Result<u64, String> {
     let mut bytes = [0u8; 8];
     rand::fill(&mut bytes).map_err(|_| "the system's random source failed".to_string())?;
     Ok(u64::from_be_bytes(bytes))
