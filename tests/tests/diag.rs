@@ -167,7 +167,8 @@ fn sample(samples: &[(String, f64)], name: &str) -> Option<f64> {
 
 /// Two IKE nodes with `[metrics] listen`: a scrape over HTTP (curl inside n1's namespace) parses
 /// as OpenMetrics and shows the configured and established peers, the overlay traffic of a ping
-/// per peer and direction, rekeys and handshake failures per peer, and drops by reason and peer.
+/// per peer and direction, the path MTU, rekeys and handshake failures per peer, and drops by
+/// reason and peer.
 #[test]
 fn metrics_are_scraped_over_http() {
     require_root();
@@ -202,6 +203,7 @@ fn metrics_are_scraped_over_http() {
         assert!(bytes >= Some(3.0 * 98.0), "3 ICMP frames of 98 bytes, {direction}: {body}");
     }
     assert_eq!(sample(&s, "meshd_rekeys_total{peer=\"n2\"}"), Some(0.0), "{body}");
+    assert!(sample(&s, "meshd_path_mtu{peer=\"n2\"}").is_some_and(|mtu| (1280.0..=1500.0).contains(&mtu)), "{body}");
     assert_eq!(sample(&s, "meshd_handshake_failures_total{peer=\"n2\"}"), Some(0.0), "{body}");
 
     // A drop shows up by reason and peer: an IKE message n1 cannot parse, from n2's address.

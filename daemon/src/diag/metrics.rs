@@ -99,6 +99,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
 
     let bytes = Family::<TrafficLabels, Counter>::default();
     let packets = Family::<TrafficLabels, Counter>::default();
+    let path_mtu = Family::<PeerLabels, Gauge>::default();
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
     for peer in &topology.peers {
@@ -110,6 +111,9 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
             bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
             packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
         }
+        if let Some(mtu) = peer.path_mtu.report().path_mtu {
+            path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
+        }
         if let Some(stats) = control.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
             rekeys.get_or_create(&labels).inc_by(stats.rekeys);
@@ -118,6 +122,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     }
     registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);
     registry.register("peer_packets", "Overlay frames per peer and direction (tx: sent, rx: received)", packets);
+    registry.register("path_mtu", "Underlay path MTU toward each peer, in bytes (docs/mtu.md)", path_mtu);
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
 
