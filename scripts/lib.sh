@@ -5,6 +5,11 @@
 MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps build-essential pkg-config
     strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
     systemd vagrant)
+# The kernel drop tracer (ebpf/): clang builds the BPF program, bpftool dumps vmlinux.h, libbpf-dev
+# has its headers; libbpf-rs builds libbpf itself and links libelf and zlib.
+MESHD_PACKAGES+=(clang bpftool libbpf-dev libelf-dev zlib1g-dev)
+# The metrics test scrapes with curl.
+MESHD_PACKAGES+=(curl)
 # ikectl fleet's tests: ssh and ssh-keygen, and an sshd per lab namespace (its own config and keys;
 # the system's ssh service is not used).
 MESHD_PACKAGES+=(openssh-client openssh-server)

@@ -18,6 +18,7 @@ use mesh_config::MeshConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::diag::kernel::KernelDrops;
 use crate::error::DaemonError;
 use crate::keying::Keying;
 use crate::manual;
@@ -84,6 +85,9 @@ pub struct Control {
     pub overlays: ArcSwap<Vec<OverlayStatus>>,
     /// Held while a reload runs, so that reloads never overlap.
     pub reloader: Mutex<Reloader>,
+    pub kernel_drops: KernelDrops,
+    /// Asks peers for their view (`ikectl ping`) and answers theirs.
+    pub query: crate::diag::query::QueryService,
 }
 
 /// Serves requests until the runtime stops.
@@ -110,8 +114,9 @@ async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Resu
                 request.version
             )),
             Ok(Request { command: Command::SaFlush { peer }, .. }) => control.flush_and_wait(peer.as_deref()).await,
-            Ok(Request { command: Command::DropsFollow { peer, after }, .. }) => {
-                return crate::diag::follow::stream(&control, peer.as_deref(), after, &mut lines, &mut writer).await;
+            Ok(Request { command: Command::DropsFollow { peer, after, kernel_after }, .. }) => {
+                let from = crate::diag::follow::Start { after, kernel_after };
+                return crate::diag::follow::stream(&control, peer.as_deref(), from, &mut lines, &mut writer).await;
             }
             Ok(Request { command: Command::Reload, .. }) => {
                 // A reload waits for the datapath workers to pause: not on the runtime's thread.
@@ -121,6 +126,19 @@ async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Resu
                     Ok(Err(message)) => Response::error(message),
                     Err(error) => Response::error(format!("the reload failed ({error}); see the meshd log")),
                 }
+            }
+            Ok(Request { command: Command::Ping { peer, count, size }, .. }) => {
+                match crate::diag::ping::ping(&control, &peer, count, size).await {
+                    Ok(report) => Response::ok(Reply::Ping(Box::new(report))),
+                    Err(message) => Response::error(message),
+                }
+            }
+            // A trace runs `ip`: not on the runtime's thread.
+            Ok(Request { command: command @ Command::Trace { .. }, .. }) => {
+                let tracing = control.clone();
+                tokio::task::spawn_blocking(move || tracing.handle(command))
+                    .await
+                    .unwrap_or_else(|error| Response::error(format!("the trace failed ({error}); see the meshd log")))
             }
             Ok(request) => control.handle(request.command),
             Err(error) => Response::error(format!(
@@ -153,22 +171,44 @@ impl Control {
             }
             Command::Peers => Ok(Reply::Peers(self.peers())),
             Command::Fdb => Ok(Reply::Fdb(self.fdb())),
-            Command::Drops { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
+            Command::Drops { peer: name, kernel } => self.peer_filter(name.as_deref()).map(|peer| {
                 let topology = self.state.topology();
-                Reply::Drops(self.state.drops.report(|id| topology.peer(id).name.clone(), peer))
+                let mut report = self.state.drops.report(|id| topology.peer(id).name.clone(), peer);
+                report.kernel = kernel.then(|| self.kernel_drops.report(name.as_deref()));
+                Reply::Drops(report)
             }),
-            // Without the stream: what is newer than `after` right now.
-            Command::DropsFollow { peer, after } => self.peer_filter(peer.as_deref()).map(|peer| {
-                let topology = self.state.topology();
-                let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), peer);
-                Reply::DropStream(DropBatch { drops })
-            }),
+            // Without the stream: what is newer right now.
+            Command::DropsFollow { peer, after, kernel_after } => self
+                .peer_filter(peer.as_deref())
+                .map(|_| Reply::DropStream(self.drops_since(peer.as_deref(), after, kernel_after))),
             Command::Reload => self.reload().map(Reply::Reload),
+            // It waits for probes and the peer's answer: only the socket's async path serves it.
+            Command::Ping { .. } => Err("ping is served on the control socket only".to_string()),
+            Command::Trace { target, overlay } => {
+                crate::diag::trace::trace(self, &target, overlay.as_deref()).map(Reply::Trace)
+            }
         };
         match result {
             Ok(reply) => Response::ok(reply),
             Err(message) => Response::error(message),
         }
+    }
+
+    /// The drops (and, with `kernel_after`, kernel drops) recorded after those ids.
+    pub fn drops_since(&self, peer: Option<&str>, after: u64, kernel_after: Option<u64>) -> DropBatch {
+        let topology = self.state.topology();
+        let only = peer.and_then(|name| topology.resolve_peer(name).ok());
+        let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), only);
+        let kernel = kernel_after.map(|after| self.kernel_drops.since(after, peer)).unwrap_or_default();
+        DropBatch { drops, kernel }
+    }
+
+    /// Peers with an SA in both directions.
+    pub fn peers_with_sas(&self) -> usize {
+        let tables = self.state.sadb.load();
+        let both_ways =
+            |peer: PeerId| tables.outbound(peer).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer);
+        self.state.topology().peers.iter().filter(|peer| both_ways(peer.id)).count()
     }
 
     pub fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, String> {
@@ -177,14 +217,7 @@ impl Control {
 
     fn status(&self) -> Status {
         let topology = self.state.topology();
-        let tables = self.state.sadb.load();
-        let peers_with_sas = topology
-            .peers
-            .iter()
-            .filter(|peer| {
-                tables.outbound(peer.id).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == peer.id)
-            })
-            .count();
+        let peers_with_sas = self.peers_with_sas();
         Status {
             node: topology.node_name.clone(),
             mesh: topology.mesh_name.clone(),

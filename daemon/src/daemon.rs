@@ -13,6 +13,9 @@ use tun_rs::SyncDevice;
 
 use crate::ctl::{self, Control, SocketFile};
 use crate::datapath::{Datapath, IkeInbox};
+use crate::diag::kernel::KernelDrops;
+use crate::diag::metrics;
+use crate::diag::query::{self, QueryService};
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
 use crate::reload::Reloader;
@@ -31,6 +34,8 @@ pub struct RunOptions {
     pub ctl_socket: PathBuf,
     /// TAP offloads (TSO super-frames, coalescing); off only for debugging and comparison.
     pub offload: bool,
+    /// Trace the kernel's drops of mesh traffic with eBPF.
+    pub kernel_drops: bool,
     /// How long datapath workers poll without sleeping after traffic (zero: they sleep at once).
     pub busy_poll: Duration,
 }
@@ -92,6 +97,11 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let udp_4500 = datapath.take_udp_4500();
     let datapath_esp_out = datapath.esp_out();
     let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
+    let query = QueryService::bind(topology.local_address).map_err(|source| DaemonError::Query {
+        address: topology.local_address,
+        port: query::QUERY_PORT,
+        source,
+    })?;
     let control = Arc::new(Control {
         state: state.clone(),
         config: ArcSwap::from_pointee(config),
@@ -106,6 +116,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             offload: options.offload,
             busy_poll: options.busy_poll,
         }),
+        kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
+        query,
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
@@ -129,6 +141,12 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
         tokio::spawn(reload_on_hangup(hangup, control.clone()));
+        tokio::spawn(query::serve(control.clone()));
+        if let Some(address) = control.config.load().metrics.listen {
+            let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
+            tracing::info!(%address, "serving Prometheus metrics at /metrics");
+            tokio::spawn(metrics::serve(listener, control.clone()));
+        }
         let served = tokio::select! {
             served = ctl::serve(&mut socket, control.clone()) => served,
             signal = wait_for_stop_signal() => signal,

@@ -235,7 +235,7 @@ impl Drops {
         };
         let last_id = *self.last_id.borrow();
         let recent = self.since(0, peer_name, only);
-        DropReport { total: by_reason.values().sum(), by_reason, by_peer, recent, last_id }
+        DropReport { total: by_reason.values().sum(), by_reason, by_peer, recent, last_id, kernel: None }
     }
 }
 

@@ -29,6 +29,13 @@ pub enum DaemonError {
     Underlay { address: IpAddr, encap: Encap, source: io::Error },
     #[error("cannot start a datapath worker thread: {0}")]
     Thread(io::Error),
+    #[error(
+        "cannot open the diagnostic query port (UDP {port} on {address}, for ikectl ping): {source}; {}",
+        fix_for(source)
+    )]
+    Query { address: IpAddr, port: u16, source: io::Error },
+    #[error("cannot serve metrics on {address} ([metrics] listen in the mesh file): {source}; use an address of this host and a port no other program listens on")]
+    Metrics { address: std::net::SocketAddr, source: io::Error },
 
     // Control socket
     #[error("control socket {} is in use by another running meshd; stop that one first, or give this one its own --ctl-socket", path.display())]

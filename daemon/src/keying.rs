@@ -50,6 +50,17 @@ struct Ike {
     by_peer: HashMap<PeerId, usize>,
     /// The last failure of each IKE peer, cleared when an IKE SA comes up.
     failures: Vec<Option<String>>,
+    /// Per IKE peer (by endpoint index), for metrics.
+    stats: Vec<IkePeerStats>,
+}
+
+/// What happened to one IKE peer's SAs since meshd started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IkePeerStats {
+    /// Outbound Child SAs that replaced a previous one (rekeys, not first installs or flushes).
+    pub rekeys: u64,
+    /// IKE SA attempts that failed (authentication, proposals, no answer, selectors).
+    pub handshake_failures: u64,
 }
 
 /// Where IKE leaves and arrives. Sends go through plain non-blocking sockets (a tokio socket
@@ -141,6 +152,7 @@ impl Keying {
             ike: Mutex::new(Ike {
                 endpoint,
                 failures: vec![None; ike_peers.len()],
+                stats: vec![IkePeerStats::default(); ike_peers.len()],
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
             }),
@@ -163,6 +175,7 @@ impl Keying {
         let index = ike.endpoint.add_peer(peer_settings(peer), Instant::now());
         ike.peers.push(peer.id);
         ike.failures.push(None);
+        ike.stats.push(IkePeerStats::default());
         ike.by_peer.insert(peer.id, index);
         drop(ike);
         self.wake.notify_one();
@@ -176,6 +189,12 @@ impl Keying {
             drop(ike);
             self.wake.notify_one();
         }
+    }
+
+    /// Rekeys and handshake failures of an IKE peer; `None` for a manual peer.
+    pub fn stats(&self, peer: PeerId) -> Option<IkePeerStats> {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).map(|index| ike.stats[*index])
     }
 
     pub fn is_ike_peer(&self, peer: PeerId) -> bool {
@@ -290,8 +309,11 @@ impl Ike {
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
-            Event::InstallOutbound { peer, sa } => {
-                let peer = self.peers[peer];
+            Event::InstallOutbound { peer: index, sa } => {
+                let peer = self.peers[index];
+                if state.sadb.load().outbound(peer).is_some() {
+                    self.stats[index].rekeys += 1;
+                }
                 let (params, key) = sa_params(state, peer, sa);
                 match Sealer::new(params.cipher, &key) {
                     Ok(sealer) => {
@@ -312,6 +334,7 @@ impl Ike {
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
                 self.record_drop(state, failure_reason(&failure), peer, from);
                 if let Some(peer) = peer {
+                    self.stats[peer].handshake_failures += 1;
                     self.failures[peer] = Some(failure.to_string());
                 }
             }

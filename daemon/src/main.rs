@@ -39,6 +39,9 @@ enum CliCommand {
         /// (about 50 us less per round trip on a VM) for CPU time; 0 (the default) never spins.
         #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         busy_poll: u32,
+        /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
+        #[arg(long)]
+        no_kernel_drops: bool,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -60,13 +63,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll } => daemon::run(RunOptions {
-            config,
-            node,
-            ctl_socket,
-            offload: !no_offload,
-            busy_poll: Duration::from_micros(u64::from(busy_poll)),
-        }),
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+            daemon::run(RunOptions {
+                config,
+                node,
+                ctl_socket,
+                offload: !no_offload,
+                busy_poll: Duration::from_micros(u64::from(busy_poll)),
+                kernel_drops: !no_kernel_drops,
+            })
+        }
         CliCommand::Check { config, node } => {
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }

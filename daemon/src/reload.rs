@@ -97,6 +97,7 @@ impl Control {
             }
         }
         self.config.store(Arc::new(new));
+        self.kernel_drops.follow_overlays(&self.state.topology());
         match failed.is_empty() {
             true => Ok(plan),
             false => Err(format!("applied, except: {}; correct the mesh file and reload again", failed.join("; "))),

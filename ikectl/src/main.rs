@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_config::control::{Command, DEFAULT_SOCKET};
+use mesh_config::control::{Command, Reply, DEFAULT_SOCKET};
 
 #[derive(Parser)]
 #[command(name = "ikectl", version, about = "Inspect and control meshd")]
@@ -46,10 +46,34 @@ enum CliCommand {
         /// Then print every new drop as it happens, until Ctrl-C.
         #[arg(long)]
         follow: bool,
+        /// Also the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
+        #[arg(long)]
+        kernel: bool,
     },
     /// Re-read the mesh file meshd was started with and apply it live; prints what changed.
     /// A file that does not validate is refused (exit status 1) and the running config stays.
     Reload,
+    /// Probes through the SA to a peer, this node's and the peer's view of the pair side by side,
+    /// and a verdict with the fix; exit status 0 only when the pair is healthy.
+    Ping {
+        /// The peer node.
+        node: String,
+        /// How many probes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+        /// Each probe's size as an IP packet on the underlay; 0 (the default) sends the smallest.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=65_535))]
+        size: u32,
+    },
+    /// Each hop of the forwarding decision for an overlay MAC or IP address: overlay interface,
+    /// neighbour, FDB entry, peer, outbound SA, underlay route, path MTU, with their counters.
+    Trace {
+        /// An overlay MAC (02:00:5e:10:00:01) or IP address (10.244.0.2).
+        target: String,
+        /// The overlay to trace in (needed only when several could carry the address).
+        #[arg(long)]
+        overlay: Option<String>,
+    },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
         #[command(subcommand)]
@@ -73,8 +97,8 @@ enum SaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let CliCommand::Drops { peer, follow: true } = cli.command {
-        return exit_on(drops::follow(&cli.socket, peer, cli.json));
+    if let CliCommand::Drops { peer, follow: true, kernel } = cli.command {
+        return exit_on(drops::follow(&cli.socket, peer, kernel, cli.json));
     }
     let command = match cli.command {
         CliCommand::Status => Command::Status,
@@ -82,13 +106,22 @@ fn main() -> ExitCode {
         CliCommand::Sa { command: SaCommand::Flush { peer } } => Command::SaFlush { peer },
         CliCommand::Peers => Command::Peers,
         CliCommand::Fdb => Command::Fdb,
-        CliCommand::Drops { peer, .. } => Command::Drops { peer },
+        CliCommand::Drops { peer, kernel, .. } => Command::Drops { peer, kernel },
         CliCommand::Reload => Command::Reload,
+        CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
+        CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
     };
-    exit_on(client::request(&cli.socket, command).map(|reply| {
-        print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
-    }))
+    match client::request(&cli.socket, command) {
+        Ok(reply) => {
+            print!("{}", if cli.json { render::json(&reply) } else { render::text(&reply) });
+            match reply {
+                Reply::Ping(report) if !report.healthy => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(error) => exit_on(Err(error)),
+    }
 }
 
 fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {

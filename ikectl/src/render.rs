@@ -6,7 +6,8 @@ use std::fmt::Write;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use mesh_config::control::{
-    DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, PeerInfo, Reply, SaInfo, Status,
+    DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, KernelDropRecord, KernelDropReport, PeerInfo,
+    PingReport, Reply, SaInfo, Status, TraceReport,
 };
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
@@ -20,6 +21,8 @@ pub fn json(reply: &Reply) -> String {
         Reply::Drops(v) => serde_json::to_value(v),
         Reply::DropStream(v) => serde_json::to_value(v),
         Reply::Reload(v) => serde_json::to_value(v),
+        Reply::Trace(v) => serde_json::to_value(v),
+        Reply::Ping(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -35,8 +38,16 @@ pub fn text(reply: &Reply) -> String {
         Reply::Peers(peers) => render_peers(peers),
         Reply::Fdb(entries) => render_fdb(entries),
         Reply::Drops(report) => render_drops(report),
-        Reply::DropStream(batch) => batch.drops.iter().map(|d| drop_line(d) + "\n").collect(),
+        Reply::DropStream(batch) => batch
+            .drops
+            .iter()
+            .map(drop_line)
+            .chain(batch.kernel.iter().map(kernel_drop_line))
+            .map(|line| line + "\n")
+            .collect(),
         Reply::Reload(plan) => plan.to_string(),
+        Reply::Trace(report) => render_trace(report),
+        Reply::Ping(report) => render_ping(report),
     }
 }
 
@@ -262,8 +273,9 @@ fn render_fdb(entries: &[FdbEntry]) -> String {
 }
 
 fn render_drops(report: &DropReport) -> String {
+    let kernel = report.kernel.as_ref().map(render_kernel_drops).unwrap_or_default();
     if report.total == 0 {
-        return "no drops\n".to_string();
+        return "no drops in meshd\n".to_string() + &kernel;
     }
     let mut by_reason = table(&["reason", "count"]);
     for (reason, count) in &report.by_reason {
@@ -287,7 +299,87 @@ fn render_drops(report: &DropReport) -> String {
             d.inner.as_ref().map_or_else(dash, ToString::to_string),
         ]);
     }
-    format!("{} drops\n{}{}recent:\n{}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+    format!("{} drops\n{}{}recent:\n{}{kernel}", report.total, finish(by_reason), finish(by_peer), finish(recent))
+}
+
+fn render_kernel_drops(report: &KernelDropReport) -> String {
+    if let Some(why) = &report.unavailable {
+        return format!("kernel drops: not traced: {why}\n");
+    }
+    let mut out = format!("kernel drops of mesh traffic: {}", report.total);
+    if report.lost > 0 {
+        let _ = write!(out, " (and {} not reported: the tracer's ring buffer was full)", report.lost);
+    }
+    out.push('\n');
+    if report.total == 0 {
+        return out;
+    }
+    let mut by_reason = table(&["kernel reason", "count"]);
+    for (reason, count) in &report.by_reason {
+        by_reason.add_row(vec![reason.clone(), count.to_string()]);
+    }
+    let mut recent = table(&["time (UTC)", "reason", "where", "peer", "interface", "packet"]);
+    for d in &report.recent {
+        recent.add_row(vec![
+            utc_time(d.at_unix_ms),
+            d.reason.clone(),
+            d.location.clone(),
+            d.peer.clone().unwrap_or_else(|| "-".to_string()),
+            d.interface.clone().unwrap_or_else(|| "-".to_string()),
+            kernel_packet(d),
+        ]);
+    }
+    out + &finish(by_reason) + "recent kernel drops:\n" + &finish(recent)
+}
+
+/// `esp 198.18.0.1 -> 198.18.0.2`, `udp 198.18.0.1:4500 -> 198.18.0.2:4500`.
+fn kernel_packet(d: &KernelDropRecord) -> String {
+    let end = |address: Option<std::net::IpAddr>, port: Option<u16>| match (address, port) {
+        (Some(a), Some(p)) => std::net::SocketAddr::new(a, p).to_string(),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".to_string(),
+    };
+    format!("{} {} -> {}", d.protocol, end(d.source, d.source_port), end(d.destination, d.destination_port))
+}
+
+/// One kernel drop as one line, for `drops --follow --kernel`.
+pub fn kernel_drop_line(d: &KernelDropRecord) -> String {
+    let mut line = format!("{} kernel:{} at {} {}", utc_time(d.at_unix_ms), d.reason, d.location, kernel_packet(d));
+    if let Some(peer) = &d.peer {
+        let _ = write!(line, " peer={peer}");
+    }
+    if let Some(interface) = &d.interface {
+        let _ = write!(line, " dev={interface}");
+    }
+    line
+}
+
+fn render_ping(report: &PingReport) -> String {
+    let mut t = table(&["", &format!("this node ({})", report.node), &format!("peer ({})", report.peer)]);
+    for row in &report.rows {
+        t.add_row(vec![row.what.clone(), row.this_node.clone(), row.peer.clone()]);
+    }
+    let mut out = finish(t);
+    let _ = writeln!(out, "verdict: {}", if report.healthy { "healthy" } else { "NOT healthy" });
+    for verdict in &report.verdicts {
+        let _ = writeln!(out, "  - {verdict}");
+    }
+    out
+}
+
+fn render_trace(report: &TraceReport) -> String {
+    let mut t = table(&["#", "hop", "decision", "counters"]);
+    for (index, hop) in report.hops.iter().enumerate() {
+        let counters = hop.counters.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>();
+        t.add_row(vec![(index + 1).to_string(), hop.hop.clone(), hop.summary.clone(), counters.join(" ")]);
+    }
+    let mut out = format!("trace {} in overlay {}\n{}", report.target, report.overlay, finish(t));
+    for (index, hop) in report.hops.iter().enumerate() {
+        if let Some(problem) = &hop.problem {
+            let _ = writeln!(out, "problem at hop {} ({}): {problem}", index + 1, hop.hop);
+        }
+    }
+    out
 }
 
 /// One drop as one line, for `drops --follow`: only what is known.

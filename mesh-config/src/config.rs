@@ -45,6 +45,7 @@ pub struct MeshConfig {
     /// The contents of `mesh.psk_file`; `None` when the file names no psk_file
     /// (then only pairs with manual SAs can carry traffic).
     pub psk: Option<Psk>,
+    pub metrics: crate::metrics::MetricsSection,
 }
 
 /// `[mesh]`.

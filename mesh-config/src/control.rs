@@ -44,15 +44,33 @@ pub enum Command {
     Fdb,
     Drops {
         peer: Option<String>,
+        /// Also the kernel's drops of the mesh's traffic (eBPF).
+        #[serde(default)]
+        kernel: bool,
     },
     /// Streams drops recorded after the record `after` (a `DropReport::last_id`): one
-    /// `Reply::DropStream` line whenever there are new ones, until the client hangs up.
+    /// `Reply::DropStream` line whenever there are new ones, until the client hangs up. With
+    /// `kernel_after` (a `KernelDropReport::last_id`), the kernel's drops too.
     DropsFollow {
         peer: Option<String>,
         after: u64,
+        #[serde(default)]
+        kernel_after: Option<u64>,
     },
     /// Re-read the mesh file meshd was started with and apply it live.
     Reload,
+    /// `ikectl trace`: each hop of the forwarding decision for an overlay MAC or IP address.
+    Trace {
+        target: String,
+        overlay: Option<String>,
+    },
+    /// `ikectl ping`: probes through the SA, the peer's own view, and a verdict.
+    Ping {
+        peer: String,
+        count: u32,
+        /// Each probe's size as an IP packet on the underlay (0: the smallest).
+        size: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +108,8 @@ pub enum Reply {
     Drops(DropReport),
     DropStream(DropBatch),
     Reload(crate::reload::ReloadPlan),
+    Trace(TraceReport),
+    Ping(Box<PingReport>),
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
@@ -313,6 +333,44 @@ pub struct DropReport {
     pub recent: Vec<DropRecord>,
     /// The id of the last drop recorded so far (0: none); `DropsFollow` continues after it.
     pub last_id: u64,
+    /// The kernel's drops of the mesh's traffic, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelDropReport>,
+}
+
+/// What the eBPF tracer on `skb:kfree_skb` saw, or why it is not running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelDropReport {
+    /// Why kernel drops are not traced, with what to do; `None` while tracing.
+    pub unavailable: Option<String>,
+    pub total: u64,
+    /// Events the kernel could not queue to meshd (its ring buffer was full).
+    pub lost: u64,
+    /// By the kernel's reason name (`NETFILTER_DROP`, ...).
+    pub by_reason: BTreeMap<String, u64>,
+    /// The most recent, oldest first.
+    pub recent: Vec<KernelDropRecord>,
+    pub last_id: u64,
+}
+
+/// One packet of the mesh that the kernel dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelDropRecord {
+    pub id: u64,
+    pub at_unix_ms: u64,
+    /// The kernel's name for `enum skb_drop_reason`, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that freed the packet, as `function+0xoffset`.
+    pub location: String,
+    /// The peer whose address is the packet's source or destination.
+    pub peer: Option<String>,
+    pub interface: Option<String>,
+    /// "esp", "udp", or the IP protocol number.
+    pub protocol: String,
+    pub source: Option<IpAddr>,
+    pub destination: Option<IpAddr>,
+    pub source_port: Option<u16>,
+    pub destination_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,6 +393,117 @@ pub struct DropRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DropBatch {
     pub drops: Vec<DropRecord>,
+    #[serde(default)]
+    pub kernel: Vec<KernelDropRecord>,
+}
+
+/// What a node tells a peer that asks (for `ikectl ping` there): its own view of the pair.
+/// Sent over the authenticated diagnostic query, so it is kept small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub node: String,
+    pub underlay_address: IpAddr,
+    /// Where the asking node's query came from, as this node saw it (NAT shows here).
+    pub observed_source: Option<SocketAddr>,
+    pub ike: Option<IkeView>,
+    pub outbound: Option<SaView>,
+    pub inbound: Vec<SaView>,
+    /// The underlay path MTU toward the asking node, how it was learnt ("probed", "kernel", ...),
+    /// and the largest overlay packet it carries.
+    pub path_mtu: Option<u32>,
+    pub path_mtu_source: String,
+    pub path_overlay_mtu: Option<u32>,
+    /// Drops of packets from or to the asking node, by reason.
+    pub drops: BTreeMap<DropReason, u64>,
+    /// The most recent of them, oldest first.
+    pub recent_drops: Vec<RecentDrop>,
+}
+
+/// The IKE SA of a pair, as one side has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IkeView {
+    pub initiator_spi: String,
+    pub responder_spi: String,
+    pub state: String,
+    pub nat_detected: bool,
+    pub established_secs: Option<u64>,
+}
+
+/// One Child SA direction, as one side has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaView {
+    pub spi: Spi,
+    pub age_secs: u64,
+    /// Outbound: last sequence number sent; inbound: highest accepted.
+    pub sequence: u64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentDrop {
+    pub at_unix_ms: u64,
+    pub reason: DropReason,
+    pub spi: Option<Spi>,
+}
+
+/// `ikectl ping`: a two-column table (this node | peer), the probes and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub node: String,
+    pub peer: String,
+    pub rows: Vec<PingRow>,
+    pub probes: ProbeSummary,
+    /// In plain words, each with the fix.
+    pub verdicts: Vec<String>,
+    /// Nothing wrong: ikectl exits 0 only then.
+    pub healthy: bool,
+    /// This node's view and the peer's (absent when it did not answer).
+    pub local: PeerView,
+    pub remote: Option<PeerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRow {
+    pub what: String,
+    pub this_node: String,
+    pub peer: String,
+}
+
+/// The probes: meshd's in-band echo requests, sealed with the pair's outbound SA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    /// Each request's size on the underlay (0: the smallest).
+    pub size: u32,
+    pub sent: u32,
+    pub received: u32,
+    pub rtt_min_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+    /// Why no probes were sent, if none were.
+    pub skipped: Option<String>,
+}
+
+/// `ikectl trace`: how a frame to `target` would leave this node, hop by hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    pub target: String,
+    pub overlay: String,
+    pub hops: Vec<TraceHop>,
+}
+
+/// One step of the forwarding decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHop {
+    /// "overlay", "neighbour", "fdb", "peer", "outbound SA", "underlay route", "path MTU".
+    pub hop: String,
+    /// What was decided here, in words.
+    pub summary: String,
+    /// The same as values, for scripts.
+    pub fields: BTreeMap<String, String>,
+    /// Counters of this hop (packets, bytes, drops, errors).
+    pub counters: BTreeMap<String, u64>,
+    /// What is wrong at this hop and what to do.
+    pub problem: Option<String>,
 }
 
 /// Addresses of a dropped overlay frame: its MACs and, for IPv4/IPv6 frames, its IP addresses.

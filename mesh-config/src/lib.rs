@@ -11,6 +11,7 @@ pub mod types;
 mod config;
 mod duration;
 mod error;
+mod metrics;
 mod parse;
 mod reader;
 mod secret;
@@ -25,6 +26,7 @@ pub use config::{
 };
 pub use duration::{format_duration, parse_duration, DURATION_FORM};
 pub use error::{ConfigError, ConfigErrors};
+pub use metrics::{MetricsSection, DEFAULT_METRICS_PORT};
 pub use secret::{KeyBytes, Psk, MANUAL_KEY_LEN};
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
-const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa"];
+const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics"];
 const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
@@ -100,6 +100,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors>
     let nodes = parse_nodes(&mut ctx, &root);
     let overlays = parse_overlays(&mut ctx, &root);
     let sas = parse_manual_sas(&mut ctx, &root);
+    let metrics = crate::metrics::parse(&mut ctx, &root);
 
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
@@ -160,6 +161,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors>
         overlays,
         manual_sas,
         psk,
+        metrics,
     })
 }
 

@@ -88,6 +88,14 @@ impl RoutedPair {
         self.router.run_ok(["ip", "link", "set", &router_iface(i), "mtu", &mtu.to_string()]);
     }
 
+    /// Source-NATs (masquerades) what the router forwards to node `i`: node `i` sees the other
+    /// node as the router's address on its link.
+    pub fn masquerade_towards(&self, i: usize) {
+        self.router.run_ok(["nft", "add table ip nat"]);
+        self.router.run_ok(["nft", "add chain ip nat post { type nat hook postrouting priority 100 ; }"]);
+        self.router.run_ok(["nft", &format!("add rule ip nat post oifname {} masquerade", router_iface(i))]);
+    }
+
     /// How many ICMP errors the router's nftables rules dropped so far.
     pub fn dropped_icmp(&self) -> u64 {
         let listing = self.router.run_stdout(["nft", "list table inet pmtu"]);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use meshd_lab::util::{describe_output, send_signal, wait_until};
-use meshd_lab::{require_root, start_all, tcp_transfer, Capture, Lab, MeshFile, Meshd, Netns};
+use meshd_lab::{require_root, start_all, tcp_transfer, Capture, Family, Lab, MeshFile, Meshd, Netns, RoutedPair};
 use serde_json::Value;
 
 /// Established IKE SAs of a node, from `ikectl --json sa list`.
@@ -173,33 +173,15 @@ fn flush_deletes_on_both_sides_and_traffic_is_back() {
 #[test]
 fn nat_between_the_nodes_is_detected_and_crossed_over_udp_4500() {
     require_root();
-    let n1 = Netns::new("iknat", "n1");
-    let router = Netns::new("iknat", "r");
-    let n2 = Netns::new("iknat", "n2");
-    for (node, side, subnet) in [(&n1, "rn1", 1), (&n2, "rn2", 2)] {
-        let outside = format!("{side}x");
-        router.run_ok(["ip", "link", "add", side, "type", "veth", "peer", "name", &outside]);
-        router.run_ok(["ip", "link", "set", &outside, "netns", node.name()]);
-        node.run_ok(["ip", "link", "set", &outside, "name", "eth0"]);
-        node.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.1/24"), "dev", "eth0"]);
-        node.run_ok(["ip", "link", "set", "eth0", "up"]);
-        node.run_ok(["ip", "link", "set", "lo", "up"]);
-        node.run_ok(["ip", "route", "add", "default", "via", &format!("198.18.{subnet}.254")]);
-        router.run_ok(["ip", "addr", "add", &format!("198.18.{subnet}.254/24"), "dev", side]);
-        router.run_ok(["ip", "link", "set", side, "up"]);
-    }
-    router.run_ok(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    router.run_ok(["nft", "add table ip nat"]);
-    router.run_ok(["nft", "add chain ip nat post { type nat hook postrouting priority 100 ; }"]);
-    router.run_ok(["nft", "add rule ip nat post oifname rn2 masquerade"]);
-
-    let mesh =
-        MeshFile::for_addresses(vec!["198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap()]).ike().write();
-    let mut capture = Capture::start(&router, "rn2");
-    let daemons = vec![Meshd::start(&n1, mesh.path(), "n1"), Meshd::start(&n2, mesh.path(), "n2")];
+    let nat = RoutedPair::new("iknat", Family::V4, 1500);
+    nat.masquerade_towards(1);
+    let (n1, router, n2) = (nat.node(0), nat.router(), nat.node(1));
+    let mesh = MeshFile::for_addresses(vec![nat.addr(0), nat.addr(1)]).ike().write();
+    let mut capture = Capture::start(router, &nat.router_iface(1));
+    let daemons = vec![Meshd::start(n1, mesh.path(), "n1"), Meshd::start(n2, mesh.path(), "n2")];
     wait_converged(&daemons, Duration::from_secs(15));
-    ping_ok(&n1, "10.244.0.2", "through NAT");
-    ping_ok(&n2, "10.244.0.1", "back through NAT");
+    ping_ok(n1, "10.244.0.2", "through NAT");
+    ping_ok(n2, "10.244.0.1", "back through NAT");
     capture.stop();
 
     let behind = &established(&daemons[0])[0];

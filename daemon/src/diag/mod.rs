@@ -1,3 +1,10 @@
-//! Diagnostics served over the control socket: following drops as they happen.
+//! Diagnostics: following drops as they happen over the control socket, the kernel's drops of
+//! the mesh's traffic, the Prometheus endpoint, the trace of a forwarding decision, and the two-sided ping.
 
 pub mod follow;
+pub mod http;
+pub mod kernel;
+pub mod metrics;
+pub mod ping;
+pub mod query;
+pub mod trace;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use mesh_config::control::SaOrigin;
 use mesh_config::{Cipher, OverlayMtu};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::search::{Search, State, Timing};
-use super::{InbandMessage, PathReport};
+use super::{EchoOrder, InbandMessage, PathReport};
 use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
 use crate::esp::PLAINTEXT_OFFSET;
 use crate::keying::Keying;
@@ -79,14 +79,19 @@ impl Driver {
         let mut buf = vec![0u8; PROBE_BUFFER_LEN];
         let mut tick = tokio::time::interval(TICK);
         let mut next_auto = Instant::now() + AUTO_MTU_INTERVAL;
+        let mut echo_orders = self.state.pmtu.take_echo_receiver();
+        let mut echoes = Echoes::new();
         loop {
             tokio::select! {
                 message = inbox.recv() => match message {
-                    Some(message) => self.handle_message(message, &mut peers, &mut buf),
+                    Some(message) => self.handle_message(message, &mut peers, &mut echoes, &mut buf),
                     None => return,
                 },
+                Some(order) = next_order(&mut echo_orders) => self.send_echo(order, &mut echoes, &mut buf),
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    // Pings that gave up waiting.
+                    echoes.retain(|_, reply| !reply.is_closed());
                     let topology = self.state.topology_full();
                     peers.retain(|id, _| topology.is_member(*id));
                     for peer in &topology.peers {
@@ -105,7 +110,13 @@ impl Driver {
         }
     }
 
-    fn handle_message(&self, message: InbandMessage, peers: &mut HashMap<PeerId, PeerPath>, buf: &mut [u8]) {
+    fn handle_message(
+        &self,
+        message: InbandMessage,
+        peers: &mut HashMap<PeerId, PeerPath>,
+        echoes: &mut Echoes,
+        buf: &mut [u8],
+    ) {
         let topology = self.state.topology_full();
         let peer = topology.peer(message.peer);
         let InbandHeader { message_type, id, size } = message.header;
@@ -122,9 +133,37 @@ impl Driver {
                     search.on_ack(id, size, Instant::now());
                 }
             }
+            MessageType::EchoRequest => {
+                let reply = InbandHeader { message_type: MessageType::EchoReply, id, size };
+                if let Err(error) = self.send(&topology, peer, reply, usize::from(size), buf) {
+                    tracing::debug!(peer = %peer.name, %error, "could not answer an echo request");
+                }
+            }
+            MessageType::EchoReply => {
+                if let Some(reply) = echoes.remove(&(message.peer, id)) {
+                    let _ = reply.send(Instant::now());
+                }
+            }
             MessageType::Unknown(kind) => {
                 tracing::debug!(peer = %peer.name, kind, "ignoring an in-band message of a type this meshd does not know")
             }
+        }
+    }
+
+    /// Sends `order`'s echo request and remembers whom to tell when the reply comes.
+    fn send_echo(&self, order: EchoOrder, echoes: &mut Echoes, buf: &mut [u8]) {
+        let topology = self.state.topology_full();
+        if !topology.is_member(order.peer) {
+            return;
+        }
+        let peer = topology.peer(order.peer);
+        let request = InbandHeader { message_type: MessageType::EchoRequest, id: order.id, size: order.size };
+        match self.send(&topology, peer, request, usize::from(order.size), buf) {
+            Ok(()) => {
+                echoes.insert((order.peer, order.id), order.reply);
+            }
+            // Dropping the order tells the pinger it was not sent.
+            Err(error) => tracing::debug!(peer = %peer.name, %error, "echo request not sent"),
         }
     }
 
@@ -226,6 +265,17 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Echo requests sent, by (peer, id): where to report the reply.
+type Echoes = HashMap<(PeerId, u32), oneshot::Sender<Instant>>;
+
+/// The next echo order, or never when another task took the queue.
+async fn next_order(orders: &mut Option<mpsc::Receiver<EchoOrder>>) -> Option<EchoOrder> {
+    match orders {
+        Some(orders) => orders.recv().await,
+        None => std::future::pending().await,
     }
 }
 

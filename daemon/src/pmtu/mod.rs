@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::topology::PeerId;
 use crate::wire::inband::InbandHeader;
@@ -79,20 +79,44 @@ impl PeerPathMtu {
     }
 }
 
-/// Overlay MTUs retuned since they were brought up, and the queue of in-band messages from the
-/// datapath to the driver. (Per-peer path MTUs live on the peers.)
+/// Overlay MTUs retuned since they were brought up, the queue of in-band messages from the
+/// datapath to the driver, and the echo requests `ikectl ping` asks the driver to send. (Per-peer
+/// path MTUs live on the peers.)
 pub struct PathMtus {
     /// By overlay name: the MTU and how it was chosen, when `mtu = "auto"` retuned it.
     overlays: Mutex<HashMap<String, (u16, String)>>,
     inbox: mpsc::Sender<InbandMessage>,
     /// Taken once by the driver.
     receiver: Mutex<Option<mpsc::Receiver<InbandMessage>>>,
+    echoes: mpsc::Sender<EchoOrder>,
+    /// Taken once by the driver.
+    echo_receiver: Mutex<Option<mpsc::Receiver<EchoOrder>>>,
 }
+
+/// An echo request to send through the peer's SA; `reply` gets when the reply arrived.
+#[derive(Debug)]
+pub struct EchoOrder {
+    pub peer: PeerId,
+    pub id: u32,
+    /// The request's size on the underlay (the smallest that holds it when smaller).
+    pub size: u16,
+    pub reply: oneshot::Sender<std::time::Instant>,
+}
+
+/// Echo orders that may wait for the driver.
+const ECHO_QUEUE_LEN: usize = 64;
 
 impl Default for PathMtus {
     fn default() -> Self {
         let (inbox, receiver) = mpsc::channel(INBAND_QUEUE_LEN);
-        PathMtus { overlays: Mutex::new(HashMap::new()), inbox, receiver: Mutex::new(Some(receiver)) }
+        let (echoes, echo_receiver) = mpsc::channel(ECHO_QUEUE_LEN);
+        PathMtus {
+            overlays: Mutex::new(HashMap::new()),
+            inbox,
+            receiver: Mutex::new(Some(receiver)),
+            echoes,
+            echo_receiver: Mutex::new(Some(echo_receiver)),
+        }
     }
 }
 
@@ -124,6 +148,16 @@ impl PathMtus {
     /// The driver's end of the queue (once).
     pub fn take_receiver(&self) -> Option<mpsc::Receiver<InbandMessage>> {
         self.receiver.lock().ok().and_then(|mut receiver| receiver.take())
+    }
+
+    /// Asks the driver to send an echo request; false when its queue is full or it is not running.
+    pub fn order_echo(&self, order: EchoOrder) -> bool {
+        self.echoes.try_send(order).is_ok()
+    }
+
+    /// The driver's end of the echo orders (once).
+    pub fn take_echo_receiver(&self) -> Option<mpsc::Receiver<EchoOrder>> {
+        self.echo_receiver.lock().ok().and_then(|mut receiver| receiver.take())
     }
 }
 

@@ -1,7 +1,7 @@
 //! meshd's in-band control messages: ESP payloads with next header 253 (RFC 3692, "use for
 //! experimentation and testing"), sealed with the pair's own SAs, so only a meshd peer that holds
 //! the keys ever reads one. Path-MTU probes and their acknowledgements travel this way; the type
-//! byte leaves room for more (an echo request/reply for `ikectl ping`).
+//! byte leaves room for more; `ikectl ping` sends echo requests and gets echo replies.
 //!
 //! ```text
 //! 0          1         2            4               8            10           12
@@ -39,17 +39,26 @@ pub enum MessageType {
     Probe,
     /// "Your probe `id` of `size` bytes arrived."
     ProbeAck,
+    /// `ikectl ping`: padded to `size`; the receiver answers with an [`MessageType::EchoReply`] of
+    /// the same id and size.
+    EchoRequest,
+    /// The answer to an echo request.
+    EchoReply,
     Unknown(u8),
 }
 
 impl MessageType {
     const PROBE: u8 = 1;
     const PROBE_ACK: u8 = 2;
+    const ECHO_REQUEST: u8 = 3;
+    const ECHO_REPLY: u8 = 4;
 
     pub fn from_byte(value: u8) -> Self {
         match value {
             Self::PROBE => MessageType::Probe,
             Self::PROBE_ACK => MessageType::ProbeAck,
+            Self::ECHO_REQUEST => MessageType::EchoRequest,
+            Self::ECHO_REPLY => MessageType::EchoReply,
             other => MessageType::Unknown(other),
         }
     }
@@ -58,6 +67,8 @@ impl MessageType {
         match self {
             MessageType::Probe => Self::PROBE,
             MessageType::ProbeAck => Self::PROBE_ACK,
+            MessageType::EchoRequest => Self::ECHO_REQUEST,
+            MessageType::EchoReply => Self::ECHO_REPLY,
             MessageType::Unknown(other) => other,
         }
     }
@@ -161,6 +172,17 @@ mod tests {
         let mut ack = [0u8; HEADER_LEN];
         InbandHeader { message_type: MessageType::ProbeAck, id: 7, size: 9000 }.emit(&mut ack);
         assert_eq!(ack, [1, 2, 0, 0, 0, 0, 0, 7, 0x23, 0x28, 0, 0]);
+    }
+
+    #[test]
+    fn echo_types_round_trip() {
+        for (message_type, byte) in [(MessageType::EchoRequest, 3), (MessageType::EchoReply, 4)] {
+            let mut buf = [0u8; HEADER_LEN];
+            InbandHeader { message_type, id: 5, size: 1400 }.emit(&mut buf);
+            assert_eq!(buf, [1, byte, 0, 0, 0, 0, 0, 5, 0x05, 0x78, 0, 0]);
+            let packet = Packet::new_checked(&buf[..]).unwrap();
+            assert_eq!(InbandHeader::parse(&packet), InbandHeader { message_type, id: 5, size: 1400 });
+        }
     }
 
     #[test]

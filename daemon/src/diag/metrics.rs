@@ -1,0 +1,148 @@
+//! The opt-in Prometheus endpoint (`[metrics] listen`): every scrape reads the live counters into
+//! a fresh `prometheus-client` registry and encodes it as OpenMetrics text.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::http::{self, BadRequest, RequestLine};
+use crate::ctl::Control;
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PLAIN: &str = "text/plain; charset=utf-8";
+/// Scrapes answered at once; more wait for their turn.
+const CONCURRENT_SCRAPES: usize = 4;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    peer: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+    /// "-" for drops that could not be tied to a peer.
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// Binds the endpoint; meshd refuses to start when it cannot.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Answers scrapes until the runtime stops.
+pub async fn serve(listener: TcpListener, control: Arc<Control>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "accepting a metrics connection failed");
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(error) = http::answer(stream, |request| respond(&control, request)).await {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn respond(control: &Control, request: Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) {
+    match request {
+        Ok(RequestLine { method: "GET" | "HEAD", path: "/metrics" }) => match render(control) {
+            Ok(text) => (200, CONTENT_TYPE, text),
+            Err(_) => (500, PLAIN, "meshd could not encode its metrics; see its log\n".to_string()),
+        },
+        Ok(RequestLine { method: "GET" | "HEAD", .. }) => (404, PLAIN, "meshd serves its metrics at /metrics\n".into()),
+        Ok(_) => (405, PLAIN, "only GET and HEAD are served\n".to_string()),
+        Err(error) => (400, PLAIN, format!("{error}\n")),
+    }
+}
+
+/// The metrics as OpenMetrics text.
+pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
+    let state = &control.state;
+    let topology = state.topology();
+    let mut registry = Registry::with_prefix("meshd");
+
+    let configured = Gauge::<i64>::default();
+    configured.set(topology.peers.len() as i64);
+    registry.register("peers_configured", "Peers of this node in the mesh file", configured);
+    let established = Gauge::<i64>::default();
+    established.set(control.peers_with_sas() as i64);
+    registry.register("peers_established", "Peers with an SA in both directions", established);
+
+    let bytes = Family::<TrafficLabels, Counter>::default();
+    let packets = Family::<TrafficLabels, Counter>::default();
+    let path_mtu = Family::<PeerLabels, Gauge>::default();
+    let rekeys = Family::<PeerLabels, Counter>::default();
+    let failures = Family::<PeerLabels, Counter>::default();
+    for peer in &topology.peers {
+        let counters = &peer.counters;
+        for (direction, byte_count, packet_count) in
+            [("tx", &counters.tx_bytes, &counters.tx_packets), ("rx", &counters.rx_bytes, &counters.rx_packets)]
+        {
+            let labels = TrafficLabels { peer: peer.name.clone(), direction: direction.to_string() };
+            bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
+            packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
+        }
+        if let Some(mtu) = peer.path_mtu.report().path_mtu {
+            path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
+        }
+        if let Some(stats) = control.keying.stats(peer.id) {
+            let labels = PeerLabels { peer: peer.name.clone() };
+            rekeys.get_or_create(&labels).inc_by(stats.rekeys);
+            failures.get_or_create(&labels).inc_by(stats.handshake_failures);
+        }
+    }
+    registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);
+    registry.register("peer_packets", "Overlay frames per peer and direction (tx: sent, rx: received)", packets);
+    registry.register("path_mtu", "Underlay path MTU toward each peer, in bytes (docs/mtu.md)", path_mtu);
+    registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
+    registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
+
+    let drops = Family::<DropLabels, Counter>::default();
+    let report = state.drops.report(|id| topology.peer(id).name.clone(), None);
+    for (peer, reasons) in &report.by_peer {
+        for (reason, count) in reasons {
+            drops.get_or_create(&DropLabels { reason: reason.to_string(), peer: peer.clone() }).inc_by(*count);
+        }
+    }
+    registry.register("drops", "Packets meshd dropped, by reason and peer (docs/diagnostics.md)", drops);
+
+    let kernel = control.kernel_drops.report(None);
+    let kernel_drops = Family::<ReasonLabels, Counter>::default();
+    for (reason, count) in &kernel.by_reason {
+        kernel_drops.get_or_create(&ReasonLabels { reason: reason.clone() }).inc_by(*count);
+    }
+    registry.register("kernel_drops", "Mesh packets the kernel dropped, by the kernel's reason (eBPF)", kernel_drops);
+
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}

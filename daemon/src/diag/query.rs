@@ -1,0 +1,235 @@
+//! The diagnostic query (`wire::query`): `ikectl ping` on one node asks the peer's meshd for its
+//! own view of the pair over UDP on the underlay, outside the SAs, so that it works exactly when
+//! they are broken. Both ends authenticate with HMAC-SHA-256 under a key of the pair: derived from
+//! the mesh's pre-shared key, or, for a manually keyed mesh, from the pair's two manual SA keys,
+//! which both nodes read from the same mesh.toml. Requests carry a random nonce and the sender's
+//! clock; a responder refuses stale clocks and nonces it has seen (anti-replay).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{hmac, rand};
+use mesh_config::control::PeerView;
+use mesh_config::MeshConfig;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+use crate::ctl::Control;
+use crate::wire::query::{Packet, QueryHeader, QueryType, MAC_LEN, MAX_BODY_LEN, MAX_LEN};
+
+/// The UDP port of the diagnostic query on the underlay.
+pub const QUERY_PORT: u16 = 4795;
+/// Requests whose clock differs from ours by more are refused (replays, or clocks far apart).
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+/// Nonces remembered for anti-replay (more than MAX_CLOCK_SKEW_MS of any sane query rate).
+const SEEN_NONCES: usize = 4096;
+const KEY_LABEL: &[u8] = b"meshd diagnostic query v1";
+/// Each try waits this long for the answer.
+const TRY_TIMEOUT: Duration = Duration::from_secs(1);
+const TRIES: u32 = 3;
+
+/// The HMAC key of the pair `a`-`b` (either order), if the mesh file gives one.
+pub fn pair_key(config: &MeshConfig, a: &str, b: &str) -> Option<hmac::Key> {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let secret: Vec<u8> = match (&config.psk, config.manual_sa(low, high), config.manual_sa(high, low)) {
+        (Some(psk), _, _) => psk.as_bytes().to_vec(),
+        (None, Some(up), Some(down)) => [up.key.as_bytes().as_slice(), down.key.as_bytes().as_slice()].concat(),
+        _ => return None,
+    };
+    let root = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+    let mut context = hmac::Context::with_key(&root);
+    for part in [KEY_LABEL, low.as_bytes(), &[0], high.as_bytes()] {
+        context.update(part);
+    }
+    Some(hmac::Key::new(hmac::HMAC_SHA256, context.sign().as_ref()))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An answer: the peer's view and the address it came from.
+type Answer = (PeerView, SocketAddr);
+/// Requests in flight by nonce: the peer asked and where its answer goes.
+type Pending = HashMap<u64, (String, oneshot::Sender<Answer>)>;
+
+/// The query socket, the answers being waited for, and the nonces already seen.
+pub struct QueryService {
+    socket: StdUdpSocket,
+    pending: Mutex<Pending>,
+    seen: Mutex<VecDeque<(String, u64)>>,
+}
+
+impl QueryService {
+    /// Binds UDP `QUERY_PORT` on the node's underlay address.
+    pub fn bind(local: IpAddr) -> io::Result<QueryService> {
+        let socket = StdUdpSocket::bind(SocketAddr::new(local, QUERY_PORT))?;
+        socket.set_nonblocking(true)?;
+        Ok(QueryService { socket, pending: Mutex::new(HashMap::new()), seen: Mutex::new(VecDeque::new()) })
+    }
+
+    /// Asks `peer` (at `address`) for its view; the view and the address the answer came from.
+    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, String> {
+        let key = pair_key(config, me, peer).ok_or_else(|| {
+            format!("no key to ask {peer} with: the mesh file has no psk_file and no [[manual_sa]] pair for {me} and {peer}")
+        })?;
+        let destination = SocketAddr::new(address, QUERY_PORT);
+        for _ in 0..TRIES {
+            let nonce = random_nonce()?;
+            let (sender, answer) = oneshot::channel();
+            self.lock_pending().insert(nonce, (peer.to_string(), sender));
+            let request = seal(
+                &key,
+                QueryHeader { query_type: QueryType::Request, nonce, timestamp_ms: unix_ms(), sender: me },
+                b"",
+            )
+            .ok_or("the query does not fit a datagram")?;
+            if let Err(error) = self.socket.send_to(&request, destination) {
+                self.lock_pending().remove(&nonce);
+                return Err(format!("cannot send the query to {destination}: {error}; check the route to {peer}"));
+            }
+            let answered = tokio::time::timeout(TRY_TIMEOUT, answer).await;
+            self.lock_pending().remove(&nonce);
+            if let Ok(Ok(answer)) = answered {
+                return Ok(answer);
+            }
+        }
+        Err(format!(
+            "no answer from {peer}'s meshd on UDP {QUERY_PORT} at {address}: is meshd running there, is UDP {QUERY_PORT} open between the nodes, and do both use the same mesh.toml?"
+        ))
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// False when (`sender`, `nonce`) was seen before; remembers it.
+    fn first_time(&self, sender: &str, nonce: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.iter().any(|(s, n)| *n == nonce && s == sender) {
+            return false;
+        }
+        if seen.len() == SEEN_NONCES {
+            seen.pop_front();
+        }
+        seen.push_back((sender.to_string(), nonce));
+        true
+    }
+}
+
+pub fn random_nonce() -> Result<u64, String> {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes).map_err(|_| "the system's random source failed".to_string())?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Header + body + HMAC.
+fn seal(key: &hmac::Key, header: QueryHeader<'_>, body: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_LEN];
+    let len = header.emit(body, &mut buf)?;
+    let tag = hmac::sign(key, &buf[..len]);
+    buf[len..len + MAC_LEN].copy_from_slice(tag.as_ref());
+    buf.truncate(len + MAC_LEN);
+    Some(buf)
+}
+
+/// Answers requests and hands answers to `ask` until the runtime stops.
+pub async fn serve(control: Arc<Control>) -> io::Result<()> {
+    let socket = UdpSocket::from_std(control.query.socket.try_clone()?)?;
+    let mut buf = vec![0u8; MAX_LEN + 1];
+    loop {
+        let (len, from) = socket.recv_from(&mut buf).await?;
+        if let Err(why) = receive(&control, &buf[..len], from) {
+            tracing::debug!(%from, "diagnostic query refused: {why}");
+        }
+    }
+}
+
+fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &'static str> {
+    let packet = Packet::new_checked(datagram).map_err(|_| "not a query")?;
+    let config = control.config.load();
+    let topology = control.state.topology();
+    let me = topology.node_name.as_str();
+    let sender = packet.sender();
+    let peer = topology.peer_by_name(sender).ok_or("from a node that is not a peer")?;
+    let key = pair_key(&config, me, sender).ok_or("no key for the pair")?;
+    hmac::verify(&key, packet.authenticated(), packet.mac()).map_err(|_| "the MAC does not verify")?;
+    match packet.query_type() {
+        QueryType::Response => {
+            let view: PeerView = serde_json::from_slice(packet.body()).map_err(|_| "an unreadable view")?;
+            let waiting = control.query.lock_pending().remove(&packet.nonce());
+            match waiting {
+                Some((asked, answer)) if asked == sender => {
+                    let _ = answer.send((view, from));
+                    Ok(())
+                }
+                _ => Err("an answer nobody waits for"),
+            }
+        }
+        QueryType::Request => {
+            if unix_ms().abs_diff(packet.timestamp_ms()) > MAX_CLOCK_SKEW_MS {
+                return Err("a stale request (or clocks more than a minute apart)");
+            }
+            if !control.query.first_time(sender, packet.nonce()) {
+                return Err("a replayed request");
+            }
+            let view = super::ping::view_of_pair(control, peer, Some(from));
+            let body = super::ping::encode_view(view, MAX_BODY_LEN);
+            let header = QueryHeader {
+                query_type: QueryType::Response,
+                nonce: packet.nonce(),
+                timestamp_ms: unix_ms(),
+                sender: me,
+            };
+            let response = seal(&key, header, &body).ok_or("the answer does not fit")?;
+            control.query.socket.send_to(&response, from).map_err(|_| "cannot send the answer")?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manual_mesh() -> MeshConfig {
+        let sa = |from: &str, to: &str, spi: u32, byte: &str| {
+            format!("[[manual_sa]]\nfrom = \"{from}\"\nto = \"{to}\"\nspi = {spi}\ncipher = \"aes256gcm16\"\nkey = \"{}\"\n", byte.repeat(36))
+        };
+        let nodes: String =
+            (1..=3).map(|i| format!("[[node]]\nname = \"n{i}\"\naddress = \"198.18.0.{i}\"\n")).collect();
+        let text =
+            format!("[mesh]\nname = \"lab\"\n{nodes}{}{}", sa("n1", "n2", 4097, "11"), sa("n2", "n1", 4098, "22"));
+        MeshConfig::parse(std::path::Path::new("mesh.toml"), &text).unwrap()
+    }
+
+    fn tag(key: &hmac::Key) -> Vec<u8> {
+        hmac::sign(key, b"x").as_ref().to_vec()
+    }
+
+    #[test]
+    fn the_pair_key_comes_from_the_pairs_manual_keys_either_way() {
+        let config = manual_mesh();
+        let n1_n2 = pair_key(&config, "n1", "n2").unwrap();
+        assert_eq!(tag(&n1_n2), tag(&pair_key(&config, "n2", "n1").unwrap()), "both ends derive the same key");
+        assert!(pair_key(&config, "n1", "n3").is_none(), "no PSK and no manual SAs for n1-n3: no key");
+    }
+
+    #[test]
+    fn sealed_queries_verify_only_with_the_pair_key() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"k1");
+        let other = hmac::Key::new(hmac::HMAC_SHA256, b"k2");
+        let header = QueryHeader { query_type: QueryType::Request, nonce: 7, timestamp_ms: 1, sender: "n1" };
+        let sealed = seal(&key, header, b"{}").unwrap();
+        let packet = Packet::new_checked(&sealed[..]).unwrap();
+        assert!(hmac::verify(&key, packet.authenticated(), packet.mac()).is_ok());
+        assert!(hmac::verify(&other, packet.authenticated(), packet.mac()).is_err());
+        let mut altered = sealed.clone();
+        altered[10] ^= 1;
+        let packet = Packet::new_checked(&altered[..]).unwrap();
+        assert!(hmac::verify(&key, packet.authenticated(), packet.mac()).is_err());
+    }
+}
