@@ -81,9 +81,19 @@ fn main() -> ExitCode {
         }
     }
 
-    for command in [&["sa", "list"][..], &["peers"], &["fdb"], &["status"]] {
+    let (peer_name, peer_overlay) = (lab.node_name(1), lab.overlay_addr(1).to_string());
+    let commands: [&[&str]; 6] = [
+        &["sa", "list"],
+        &["peers"],
+        &["fdb"],
+        &["status"],
+        &["ping", &peer_name, "--count", "3"],
+        &["trace", &peer_overlay],
+    ];
+    for command in commands {
         section(&format!("ikectl {} on {}", command.join(" "), daemons[0].node()));
-        print!("{}", String::from_utf8_lossy(&daemons[0].ikectl(command).stdout));
+        let output = daemons[0].ikectl(command);
+        print!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     }
 
     if keep {
