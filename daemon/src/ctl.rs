@@ -173,7 +173,7 @@ impl Control {
             Command::Fdb => Ok(Reply::Fdb(self.fdb())),
             Command::Drops { peer: name, kernel } => self.peer_filter(name.as_deref()).map(|peer| {
                 let topology = self.state.topology();
-                let mut report = self.state.drops.report(|id| topology.peer(id).name.clone(), peer);
+                let mut report = self.state.drops.report(|id| topology.peer_name(id), peer);
                 report.kernel = kernel.then(|| self.kernel_drops.report(name.as_deref()));
                 Reply::Drops(report)
             }),
@@ -198,7 +198,7 @@ impl Control {
     pub fn drops_since(&self, peer: Option<&str>, after: u64, kernel_after: Option<u64>) -> DropBatch {
         let topology = self.state.topology();
         let only = peer.and_then(|name| topology.resolve_peer(name).ok());
-        let drops = self.state.drops.since(after, |id| topology.peer(id).name.clone(), only);
+        let drops = self.state.drops.since(after, |id| topology.peer_name(id), only);
         let kernel = kernel_after.map(|after| self.kernel_drops.since(after, peer)).unwrap_or_default();
         DropBatch { drops, kernel }
     }
@@ -237,7 +237,7 @@ impl Control {
     fn sa_info(&self, params: &SaParams, direction: Direction, counters: &SaCounters) -> SaInfo {
         let clock = &self.state.clock;
         SaInfo {
-            peer: self.state.topology().peer(params.peer).name.clone(),
+            peer: self.state.topology().peer_name(params.peer),
             direction,
             spi: Spi(params.spi),
             cipher: params.cipher,
@@ -389,7 +389,7 @@ impl Control {
                     overlay: overlay.name.clone(),
                     vni: overlay.vni,
                     mac: mac.to_string(),
-                    peer: topology.peer(peer).name.clone(),
+                    peer: topology.peer_name(peer),
                     age_secs: self.state.clock.secs_since(seen_ms).unwrap_or(0),
                 })
             })

@@ -240,7 +240,7 @@ impl Keying {
             .into_iter()
             .filter(|s| only.is_none() || s.peer.map(|i| ike.peers[i]) == only)
             .map(|s| IkeSaInfo {
-                peer: s.peer.map_or_else(|| s.remote.ip().to_string(), |i| topology.peer(ike.peers[i]).name.clone()),
+                peer: s.peer.map_or_else(|| s.remote.ip().to_string(), |i| topology.peer_name(ike.peers[i])),
                 initiator_spi: format!("0x{:016x}", s.initiator_spi),
                 responder_spi: format!("0x{:016x}", s.responder_spi),
                 we_initiated: s.we_initiated,
@@ -330,7 +330,7 @@ impl Ike {
             }
             Event::Established { peer } => self.failures[peer] = None,
             Event::Failed { peer, from, failure } => {
-                let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer(self.peers[p]).name.clone());
+                let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer_name(self.peers[p]));
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
                 self.record_drop(state, failure_reason(&failure), peer, from);
                 if let Some(peer) = peer {

@@ -78,7 +78,10 @@ impl Control {
             }
         }
         let mut failed = Vec::new();
-        if plan.changes_overlays() {
+        // Overlay ids are positions, and each worker holds its TAP queues in that order: a file
+        // that only reorders the overlays still needs the queues sorted anew.
+        let reordered = current.overlays.iter().map(|o| &o.name).ne(next.overlays.iter().map(|o| &o.name));
+        if plan.changes_overlays() || reordered {
             let failed_overlays = self.replace_overlays(reloader, &plan, &current, next, &new)?;
             new.overlays.retain(|overlay| !failed_overlays.iter().any(|(name, _)| *name == overlay.name));
             failed.extend(failed_overlays.into_iter().map(|(name, error)| format!("overlay {name}: {error}")));

@@ -257,6 +257,15 @@ impl Topology {
         }
     }
 
+    /// The peer's name, also for an id newer than this snapshot (a reader that loaded the
+    /// topology just before a reload published peers it then finds in the SADB or the drops).
+    pub fn peer_name(&self, id: PeerId) -> String {
+        match self.slots.get(id.0) {
+            Some(_) => self.peer(id).name.clone(),
+            None => format!("peer #{} (added by a reload)", id.0),
+        }
+    }
+
     /// False for a peer that a reload removed.
     pub fn is_member(&self, id: PeerId) -> bool {
         matches!(self.slots.get(id.0), Some(Slot::Member(_)))

@@ -235,6 +235,19 @@ fn overlay_added_and_removed_live() {
     ping_all(&lab, &[0, 1, 2], 0);
     assert_untouched(&before, &wait_keyed(&all), &["n1", "n2", "n3"]);
 
+    // n1 alone reloads the same overlays in the other order: its frames must still leave with
+    // their own VNI, and arrive on the right interface, for peers that kept the old order.
+    let text = fs::read_to_string(mesh.path()).expect("read mesh.toml");
+    let first = text.find("\n[[overlay]]").expect("ovl0 in the file");
+    let second = first + 1 + text[first + 1..].find("\n[[overlay]]").expect("ovl1 in the file");
+    fs::write(mesh.path(), format!("{}{}{}", &text[..first], &text[second..], &text[first..second]))
+        .expect("write mesh.toml");
+    assert_eq!(reload(&daemons[0]), "no changes\n");
+    ping_all(&lab, &[0, 1, 2], 0);
+    ping_all(&lab, &[0, 1, 2], 1);
+    mesh.rewrite_with(&[0, 1, 2], SECOND_OVERLAY);
+    assert_eq!(reload(&daemons[0]), "no changes\n");
+
     mesh.rewrite_with(&[0, 1, 2], &SECOND_OVERLAY.replace("4343", "4344"));
     for daemon in &daemons {
         assert_eq!(reload(daemon), "overlays changed: ovl1 (vni 4343 -> 4344)\n");

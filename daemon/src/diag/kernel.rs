@@ -107,7 +107,7 @@ impl KernelLog {
             .into_iter()
             .flatten()
             .find_map(|address| topology.peer_by_address(address))
-            .map(|id| topology.peer(id).name.clone());
+            .map(|id| topology.peer_name(id));
         let udp = drop.protocol == PROTOCOL_UDP;
         let mut record = KernelDropRecord {
             id: 0,

@@ -127,7 +127,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
 
     let drops = Family::<DropLabels, Counter>::default();
-    let report = state.drops.report(|id| topology.peer(id).name.clone(), None);
+    let report = state.drops.report(|id| topology.peer_name(id), None);
     for (peer, reasons) in &report.by_peer {
         for (reason, count) in reasons {
             drops.get_or_create(&DropLabels { reason: reason.to_string(), peer: peer.clone() }).inc_by(*count);

@@ -57,7 +57,7 @@ pub fn view_of_pair(control: &Control, peer: PeerId, observed: Option<SocketAddr
         })
         .collect();
     let path = topology.peer(peer).path_mtu.report();
-    let report = state.drops.report(|id| topology.peer(id).name.clone(), Some(peer));
+    let report = state.drops.report(|id| topology.peer_name(id), Some(peer));
     let recent_drops = report
         .recent
         .iter()
