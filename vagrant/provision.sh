@@ -7,7 +7,9 @@ set -euo pipefail
 : "${MESHD_PSK:?the lab pre-shared key (the Vagrantfile passes it)}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq build-essential pkg-config curl ca-certificates iproute2 iputils-ping >/dev/null
+# clang, bpftool and libbpf build the kernel drop tracer (ebpf/); libbpf-sys links libelf and zlib.
+apt-get install -y -qq build-essential pkg-config curl ca-certificates iproute2 iputils-ping \
+    clang bpftool libbpf-dev libelf-dev zlib1g-dev >/dev/null
 
 # Debian 12's rustc is older than the 1.85 meshd needs.
 if [ ! -x /root/.cargo/bin/cargo ]; then

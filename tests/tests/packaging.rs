@@ -2,7 +2,7 @@
 //! them: `systemd-analyze verify` accepts the unit with the binaries where it expects them,
 //! `vagrant validate` accepts the Vagrantfile, and the mesh file the lab writes passes
 //! `meshd check` for every node. Needs `systemd-analyze` (systemd) and `vagrant` (Debian's
-//! package; scripts/test installs both); no root, no VM.
+//! package; scripts/test installs both); no VM. The capability test needs root (namespaces).
 //!
 //! Run: `cargo build --workspace && cargo test -p meshd-lab --test packaging`.
 
@@ -10,8 +10,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use meshd_lab::util::describe_output;
-use meshd_lab::{ikectl_bin, meshd_bin};
+use std::time::Duration;
+
+use meshd_lab::meshd::terminate;
+use meshd_lab::util::{describe_output, require_root, wait_until};
+use meshd_lab::{ikectl_bin, meshd_bin, Lab, MeshFile, Meshd};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
@@ -63,7 +66,7 @@ fn systemd_unit_verifies_with_the_binaries_in_place() {
     for line in [
         "ExecReload=/usr/local/bin/ikectl reload",
         "Restart=on-failure",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_BPF CAP_PERFMON CAP_SYSLOG",
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit has no line {line:?}");
     }
@@ -129,4 +132,60 @@ fn vagrant_lab_validates_and_writes_a_mesh_every_node_accepts() {
             .expect("run meshd check");
         assert!(check.status.success(), "meshd check --node {name}:\n{}", describe_output(&check));
     }
+}
+
+/// meshd keeps working with exactly the capabilities the unit grants (as root without them, like
+/// systemd runs it): IKE on UDP 500 comes up, traffic flows, and the kernel drop tracer loads.
+#[test]
+fn meshd_runs_with_only_the_units_capabilities() {
+    require_root();
+    require_tool("setpriv", "util-linux");
+    let unit = fs::read_to_string(repo().join("packaging/meshd.service")).expect("read the unit");
+    let capabilities: Vec<String> = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit has a CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("-all,{}", capabilities.join(","));
+
+    let lab = Lab::new("pkcap", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let n2 = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("n1.sock");
+    let log = fs::File::create(dir.path().join("n1.log")).expect("create log");
+    let mut n1 = lab
+        .node(0)
+        // tracefs as systemd mounts it at boot (the unit orders itself after that mount); `ip
+        // netns exec` gives each command a fresh /sys, so the mount happens in the same exec.
+        .command(["sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing && exec \"$@\"", "sh"])
+        .args(["setpriv", "--bounding-set", &bounding, "--"])
+        .arg(meshd_bin())
+        .args(["run", "--config"])
+        .arg(mesh.path())
+        .args(["--node", "n1", "--ctl-socket"])
+        .arg(&socket)
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn meshd under setpriv");
+    let ikectl = |args: &[&str]| {
+        let out = lab.node(0).command([ikectl_bin()]).arg("--socket").arg(&socket).args(args).output().expect("ikectl");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    let established = wait_until(Duration::from_secs(20), || {
+        let peers = ikectl(&["--json", "peers"])?;
+        peers.as_array()?.iter().any(|p| p["keying"] == "ike: established").then_some(())
+    });
+    let n1_log = || fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default();
+    assert!(established.is_some(), "n1 with the unit's capabilities never established IKE:\n{}", n1_log());
+    let ping = lab.node(0).ping(&lab.overlay_addr(1).to_string(), 3);
+    assert!(ping.status.success(), "no traffic across the overlay:\n{}", describe_output(&ping));
+    let drops = ikectl(&["--json", "drops", "--kernel"]).expect("drops --kernel answers");
+    assert_eq!(drops["kernel"]["unavailable"], serde_json::Value::Null, "kernel drop tracing is off: {drops:#}");
+    terminate(&mut n1, Duration::from_secs(5));
+    drop(n2);
 }
