@@ -197,9 +197,14 @@ impl Control {
     /// The drops (and, with `kernel_after`, kernel drops) recorded after those ids.
     pub fn drops_since(&self, peer: Option<&str>, after: u64, kernel_after: Option<u64>) -> DropBatch {
         let topology = self.state.topology();
-        let only = peer.and_then(|name| topology.resolve_peer(name).ok());
-        let drops = self.state.drops.since(after, |id| topology.peer_name(id), only);
         let kernel = kernel_after.map(|after| self.kernel_drops.since(after, peer)).unwrap_or_default();
+        let only = match peer.map(|name| topology.resolve_peer(name)) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            // A follower of a peer that a reload removed sees nothing more of it, not everyone's.
+            Some(Err(_)) => return DropBatch { drops: Vec::new(), kernel },
+        };
+        let drops = self.state.drops.since(after, |id| topology.peer_name(id), only);
         DropBatch { drops, kernel }
     }
 

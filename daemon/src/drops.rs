@@ -111,6 +111,9 @@ pub struct Drops {
     by_peer: ArcSwap<Vec<Arc<ReasonCounters>>>,
     unattributed: ReasonCounters,
     ring: Mutex<Ring>,
+    /// The second `ring_admitted` counts entries for (Unix time).
+    ring_second: AtomicU64,
+    ring_admitted: AtomicU64,
     /// The id of the last entry in the ring.
     last_id: watch::Sender<u64>,
 }
@@ -119,8 +122,6 @@ pub struct Drops {
 struct Ring {
     entries: VecDeque<RingEntry>,
     last_id: u64,
-    second: u64,
-    recorded_this_second: u64,
 }
 
 impl Drops {
@@ -129,12 +130,9 @@ impl Drops {
             by_reason: ReasonCounters::default(),
             by_peer: ArcSwap::from_pointee((0..peer_count).map(|_| Arc::default()).collect()),
             unattributed: ReasonCounters::default(),
-            ring: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(RING_CAPACITY),
-                last_id: 0,
-                second: 0,
-                recorded_this_second: 0,
-            }),
+            ring: Mutex::new(Ring { entries: VecDeque::with_capacity(RING_CAPACITY), last_id: 0 }),
+            ring_second: AtomicU64::new(0),
+            ring_admitted: AtomicU64::new(0),
             last_id: watch::Sender::new(0),
         }
     }
@@ -150,6 +148,16 @@ impl Drops {
     }
 
     pub fn record(&self, reason: DropReason, context: DropContext) {
+        self.record_with_inner(reason, context, || context.inner);
+    }
+
+    /// Counts the drop; `inner` (parsing the frame) runs only when the ring takes the entry.
+    pub fn record_with_inner(
+        &self,
+        reason: DropReason,
+        mut context: DropContext,
+        inner: impl FnOnce() -> Option<InnerAddresses>,
+    ) {
         self.by_reason.add(reason);
         let by_peer = self.by_peer.load();
         match context.peer.and_then(|peer| by_peer.get(peer.0)) {
@@ -157,17 +165,13 @@ impl Drops {
             None => self.unattributed.add(reason),
         }
         let at_unix_ms = unix_ms();
+        // Checked before the lock, so that a flood of drops costs an atomic add, not a convoy.
+        if !self.ring_admits(at_unix_ms / 1000) {
+            return;
+        }
+        context.inner = inner();
         // A poisoned ring only loses history; counting above already happened.
         if let Ok(mut ring) = self.ring.lock() {
-            let second = at_unix_ms / 1000;
-            if ring.second != second {
-                ring.second = second;
-                ring.recorded_this_second = 0;
-            }
-            if ring.recorded_this_second >= RING_RECORDS_PER_SECOND {
-                return;
-            }
-            ring.recorded_this_second += 1;
             if ring.entries.len() == RING_CAPACITY {
                 ring.entries.pop_front();
             }
@@ -177,6 +181,16 @@ impl Drops {
             // Replaces a u64 in place: no allocation, and followers wake up.
             self.last_id.send_replace(id);
         }
+    }
+
+    /// At most `RING_RECORDS_PER_SECOND` ring entries a second (a soft limit: two threads that
+    /// see a new second at once may each let a few more through).
+    fn ring_admits(&self, second: u64) -> bool {
+        if self.ring_second.load(Ordering::Relaxed) != second {
+            self.ring_second.store(second, Ordering::Relaxed);
+            self.ring_admitted.store(0, Ordering::Relaxed);
+        }
+        self.ring_admitted.fetch_add(1, Ordering::Relaxed) < RING_RECORDS_PER_SECOND
     }
 
     /// Wakes up whenever a drop is recorded into the ring.

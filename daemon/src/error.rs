@@ -47,7 +47,9 @@ pub enum DaemonError {
 /// The usual cause of an OS error when meshd sets up its interfaces and sockets.
 fn fix_for(error: &io::Error) -> &'static str {
     match error.kind() {
-        io::ErrorKind::PermissionDenied => "run meshd as root, or with CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE (packaging/meshd.service)",
+        io::ErrorKind::PermissionDenied => {
+            "run meshd as root, or with CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE (packaging/meshd.service)"
+        }
         io::ErrorKind::AddrInUse => {
             "another program uses this address and port; stop it or run meshd in its own network namespace"
         }

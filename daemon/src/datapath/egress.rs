@@ -210,8 +210,8 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
 
     /// Records a drop; `frame` is the frame while it is still in the clear, else empty.
     fn drop(&self, reason: DropReason, peer: Option<PeerId>, vni: Option<u32>, frame: &[u8]) {
-        let inner = InnerAddresses::of_frame(frame);
-        self.state.drops.record(reason, DropContext { peer, vni, inner, ..DropContext::default() });
+        let context = DropContext { peer, vni, ..DropContext::default() };
+        self.state.drops.record_with_inner(reason, context, || InnerAddresses::of_frame(frame));
     }
 }
 

@@ -153,7 +153,7 @@ impl<S: FrameSink> Ingress<'_, S> {
     /// An in-band control message from a meshd peer goes to the path-MTU driver.
     fn inband(&self, peer: PeerId, payload: &[u8]) -> Result<(), DropReason> {
         let packet = inband::Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-        let message = InbandMessage { peer, header: InbandHeader::parse(&packet) };
+        let message = InbandMessage { peer, header: InbandHeader::parse(&packet), plaintext_len: payload.len() };
         self.state.pmtu.forward(message).then_some(()).ok_or(DropReason::InbandBacklog)
     }
 }

@@ -194,7 +194,9 @@ fn probes_travel_in_the_sa_to_the_peers_driver() {
         assert!(on_wire <= 1400 && on_wire > 1400 - 4, "the probe is padded to its size: {on_wire}");
         let mut inbox = n1.pmtu.take_receiver().unwrap();
         assert!(receive(&n1, &buf[..len], address(&setup, 0)).is_empty(), "nothing reaches the overlay");
-        assert_eq!(inbox.try_recv().unwrap(), crate::pmtu::InbandMessage { peer: PeerId(0), header });
+        let message = inbox.try_recv().unwrap();
+        assert_eq!((message.peer, message.header), (PeerId(0), header));
+        assert_eq!(encapsulation.sealed_len(message.plaintext_len), on_wire, "the plaintext the probe carried");
         assert_eq!(n1.drops.total(), 0);
     }
 }

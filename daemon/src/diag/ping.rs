@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mesh_config::control::{DropReason, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaView, Spi};
+use mesh_config::control::{
+    DropReason, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaOrigin, SaView, Spi,
+};
 use mesh_config::Encap;
 
 use tokio::sync::oneshot;
@@ -149,6 +151,20 @@ async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeS
         rtt_max_ms: None,
         skipped: None,
     };
+    // Only meshd peers that said so answer in-band echoes (as for path-MTU probes); a request to
+    // any other would be dropped there and counted here as a loss.
+    let answers = control.state.sadb.load().outbound(peer).is_none_or(|sa| match sa.params.origin {
+        SaOrigin::Manual => true,
+        SaOrigin::Ike => control.keying.answers_probes(peer),
+    });
+    if !answers {
+        summary.skipped = Some(
+            "the peer did not announce in-band echoes when its SA was negotiated (not meshd, or an older one): \
+             no probes through the SA"
+                .into(),
+        );
+        return summary;
+    }
     let first_id = match super::query::random_nonce() {
         Ok(nonce) => nonce as u32,
         Err(why) => {

@@ -141,7 +141,14 @@ pub async fn serve(control: Arc<Control>) -> io::Result<()> {
     let socket = UdpSocket::from_std(control.query.socket.try_clone()?)?;
     let mut buf = vec![0u8; MAX_LEN + 1];
     loop {
-        let (len, from) = socket.recv_from(&mut buf).await?;
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            // E.g. ICMP port unreachable for an earlier answer: the socket itself stays usable.
+            Err(error) => {
+                tracing::debug!(%error, "receiving a diagnostic query failed");
+                continue;
+            }
+        };
         if let Err(why) = receive(&control, &buf[..len], from) {
             tracing::debug!(%from, "diagnostic query refused: {why}");
         }

@@ -130,12 +130,13 @@ impl Driver {
             }
             MessageType::ProbeAck => {
                 if let Some(search) = peers.get_mut(&message.peer).and_then(|path| path.search.as_mut()) {
-                    search.on_ack(id, size, Instant::now());
+                    search.on_ack(id, Instant::now());
                 }
             }
             MessageType::EchoRequest => {
                 let reply = InbandHeader { message_type: MessageType::EchoReply, id, size };
-                if let Err(error) = self.send(&topology, peer, reply, usize::from(size), buf) {
+                let request_len = self.encapsulation(&topology, peer, None).sealed_len(message.plaintext_len);
+                if let Err(error) = self.send(&topology, peer, reply, usize::from(size).min(request_len), buf) {
                     tracing::debug!(peer = %peer.name, %error, "could not answer an echo request");
                 }
             }

@@ -28,6 +28,9 @@ const TOO_BIG_INTERVAL_MS: u64 = 10;
 pub struct InbandMessage {
     pub peer: PeerId,
     pub header: InbandHeader,
+    /// How many bytes of plaintext carried it: an echo reply is never larger than its request,
+    /// whatever size the request claims (no amplification).
+    pub plaintext_len: usize,
 }
 
 /// What `ikectl peers` shows about a peer's path.

@@ -97,6 +97,8 @@ pub struct Search {
     raise_at: Option<Instant>,
     /// Id of the probe whose acknowledgement is awaited (retries reuse it).
     awaited: u32,
+    /// Its size: what an acknowledgement proves (never the size the acknowledgement claims).
+    awaited_size: u16,
     next_id: u32,
     pending: Option<Probe>,
 }
@@ -114,6 +116,7 @@ impl Search {
             high: ceiling.saturating_add(1),
             raise_at: None,
             awaited: 0,
+            awaited_size: 0,
             next_id: 1,
             pending: None,
         };
@@ -152,11 +155,12 @@ impl Search {
     }
 
     /// The peer acknowledged probe `id` of `size` bytes.
-    pub fn on_ack(&mut self, id: u32, size: u16, now: Instant) {
+    pub fn on_ack(&mut self, id: u32, now: Instant) {
         if id != self.awaited {
             return; // a late answer to a probe already given up on
         }
         self.awaited = 0;
+        let size = self.awaited_size;
         self.low = self.low.max(size);
         match self.state {
             State::ConfirmingBase { .. } | State::ConfirmingCurrent { .. } => self.search_up(now),
@@ -281,12 +285,14 @@ impl Search {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.awaited = id;
+        self.awaited_size = size;
         self.pending = Some(Probe { id, size });
         self.state = state(now + self.timing.probe_timeout);
     }
 
     /// The same probe again (same id: a late acknowledgement of the first still counts).
     fn resend(&mut self, size: u16, attempts: u8, now: Instant) {
+        self.awaited_size = size;
         self.pending = Some(Probe { id: self.awaited, size });
         let deadline = now + self.timing.probe_timeout;
         self.state = match self.state {
@@ -322,7 +328,7 @@ mod tests {
                 while let Some(probe) = self.search.poll_probe() {
                     self.probes.push(probe.size);
                     if probe.size <= self.mtu {
-                        self.search.on_ack(probe.id, probe.size, self.now);
+                        self.search.on_ack(probe.id, self.now);
                     }
                 }
                 self.now += Duration::from_millis(100);
@@ -414,9 +420,9 @@ mod tests {
         let now = Instant::now();
         let mut search = Search::new(Timing::DEFAULT, 1500, now);
         let base = search.poll_probe().unwrap();
-        search.on_ack(base.id + 7, base.size, now);
+        search.on_ack(base.id + 7, now);
         assert_eq!(search.state().name(), "confirming_base");
-        search.on_ack(base.id, base.size, now);
+        search.on_ack(base.id, now);
         assert_eq!(search.state().name(), "searching_up");
     }
 }
