@@ -70,7 +70,13 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             return;
         };
         let destination: EthernetAddress = frame.destination();
-        let known = destination.is_unicast().then(|| self.topology.fdb(overlay.id).lookup(destination)).flatten();
+        // An entry behind a peer that a reload removed (re-learned by a batch still running on the
+        // old topology) counts as unknown: flooded, not dropped.
+        let known = destination
+            .is_unicast()
+            .then(|| self.topology.fdb(overlay.id).lookup(destination))
+            .flatten()
+            .filter(|peer| self.topology.is_member(*peer));
         if let Some(peer) = known {
             self.send(overlay, peer, buf, frame_len);
             return;

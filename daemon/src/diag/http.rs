@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 pub const MAX_HEAD_LEN: usize = 8192;
 /// A client gets this long to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to read the answer: one that never reads cannot hold a slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_END: &[u8] = b"\r\n\r\n";
 
 /// What a request line asks for.
@@ -87,8 +89,12 @@ pub async fn answer(
     if !head_only {
         response.push_str(&body);
     }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read the answer in time"))?
 }
 
 #[cfg(test)]
