@@ -96,6 +96,8 @@ pub enum ReloadRefused {
     AddressChanged { path: String, node: String, old: String, new: String },
     #[error("{path}: [mesh] {key} changes from {old} to {new}; the underlay sockets cannot change live: restart meshd to apply it")]
     UnderlayChanged { path: String, key: &'static str, old: String, new: String },
+    #[error("{path}: [metrics] listen changes from {old} to {new}; the endpoint is bound at start: restart meshd to move it")]
+    MetricsChanged { path: String, old: String, new: String },
 }
 
 /// The changes that turn `old` into `new` on node `node`; refused when `new` cannot be applied
@@ -116,6 +118,11 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
     if old.mesh.vxlan_port != new.mesh.vxlan_port {
         let (old, new) = (old.mesh.vxlan_port.to_string(), new.mesh.vxlan_port.to_string());
         return Err(ReloadRefused::UnderlayChanged { path, key: "vxlan_port", old, new });
+    }
+    if old.metrics.listen != new.metrics.listen {
+        let shown = |listen: Option<std::net::SocketAddr>| listen.map_or("none".to_string(), |a| a.to_string());
+        let (old, new) = (shown(old.metrics.listen), shown(new.metrics.listen));
+        return Err(ReloadRefused::MetricsChanged { path, old, new });
     }
 
     let mut plan = ReloadPlan::default();
@@ -387,5 +394,20 @@ mod tests {
                 new: "esp".into()
             }
         );
+
+        let metrics = config(&format!(
+            "[mesh]\nname = \"lab\"\npsk_file = \"psk\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{}",
+            THREE.iter().map(|(n, a)| format!("[[node]]\nname = \"{n}\"\naddress = \"{a}\"\n")).collect::<String>()
+        ));
+        let refused = plan(&old, &metrics, "n1").unwrap_err();
+        assert_eq!(
+            refused,
+            ReloadRefused::MetricsChanged {
+                path: metrics.path.display().to_string(),
+                old: "none".into(),
+                new: "127.0.0.1:9477".into()
+            }
+        );
+        assert!(refused.to_string().contains("restart meshd"), "{refused}");
     }
 }
