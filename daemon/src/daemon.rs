@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tun_rs::SyncDevice;
 
 use crate::ctl::{self, Control, SocketFile};
-use crate::datapath::{Datapath, IkeInbox};
+use crate::datapath::{Datapath, IkeInbox, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
 use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
@@ -32,12 +32,10 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub node: Option<String>,
     pub ctl_socket: PathBuf,
-    /// TAP offloads (TSO super-frames, coalescing); off only for debugging and comparison.
-    pub offload: bool,
     /// Trace the kernel's drops of mesh traffic with eBPF.
     pub kernel_drops: bool,
-    /// How long datapath workers poll without sleeping after traffic (zero: they sleep at once).
-    pub busy_poll: Duration,
+    /// TAP offloads (off only for debugging and comparison) and busy polling of the workers.
+    pub tuning: WorkerTuning,
 }
 
 /// Loads the config and finds which node this host is.
@@ -77,7 +75,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let mut queues: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
     let topology = state.topology_full();
     for overlay in &topology.overlays {
-        let (devices, status) = bring_up(overlay, &topology, &config, workers, options.offload)?;
+        let (devices, status) = bring_up(overlay, &topology, &config, workers, options.tuning.offload)?;
         for (queue, device) in queues.iter_mut().zip(devices) {
             queue.push(device);
         }
@@ -85,7 +83,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
     let keying = Arc::new(Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.offload, options.busy_poll)?;
+    let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?;
     tracing::info!(
         node = %topology.node_name,
         address = %topology.local_address,
@@ -113,8 +111,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             config_path: options.config.clone(),
             datapath: Some(datapath),
             ike_inbox: inbox,
-            offload: options.offload,
-            busy_poll: options.busy_poll,
+            tuning: options.tuning,
         }),
         kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
         query,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use mesh_config::control::DEFAULT_SOCKET;
 use meshd::daemon::{self, RunOptions};
+use meshd::datapath::WorkerTuning;
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
@@ -68,8 +69,7 @@ fn main() -> ExitCode {
                 config,
                 node,
                 ctl_socket,
-                offload: !no_offload,
-                busy_poll: Duration::from_micros(u64::from(busy_poll)),
+                tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
             })
         }

@@ -19,7 +19,7 @@ use tun_rs::SyncDevice;
 
 use crate::ctl::Control;
 use crate::daemon::bring_up;
-use crate::datapath::{Datapath, IkeInbox, WorkerParts};
+use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::keying;
 use crate::manual;
 use crate::topology::Topology;
@@ -31,8 +31,7 @@ pub struct Reloader {
     /// `None` only while a reload takes the datapath over, or after shutdown.
     pub datapath: Option<Datapath>,
     pub ike_inbox: IkeInbox,
-    pub offload: bool,
-    pub busy_poll: std::time::Duration,
+    pub tuning: WorkerTuning,
 }
 
 impl Reloader {
@@ -145,7 +144,7 @@ impl Control {
                     let status = status.map(|status| OverlayStatus { vni: overlay.vni, ..status });
                     up.extend(status.map(|status| (queues, status)));
                 }
-                None => match bring_up(overlay, &next, config, parts.len(), reloader.offload) {
+                None => match bring_up(overlay, &next, config, parts.len(), reloader.tuning.offload) {
                     Ok(made) => {
                         // A new interface: its MTU is the one just chosen, not one retuned before.
                         self.state.pmtu.forget_overlay(&overlay.name);
@@ -165,14 +164,8 @@ impl Control {
             statuses.push(status);
         }
         self.overlays.store(Arc::new(statuses));
-        let datapath = Datapath::resume(
-            self.state.clone(),
-            parts,
-            Some(reloader.ike_inbox.clone()),
-            reloader.offload,
-            reloader.busy_poll,
-        )
-        .map_err(|error| format!("{error}; restart meshd"))?;
+        let datapath = Datapath::resume(self.state.clone(), parts, Some(reloader.ike_inbox.clone()), reloader.tuning)
+            .map_err(|error| format!("{error}; restart meshd"))?;
         reloader.datapath = Some(datapath);
         Ok(failed)
     }

@@ -16,7 +16,6 @@ mod tests;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
@@ -26,7 +25,7 @@ pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 
-pub use self::worker::WorkerParts;
+pub use self::worker::{WorkerParts, WorkerTuning};
 
 use self::sockets::{RawEspSocket, Underlay};
 use self::worker::Worker;
@@ -48,8 +47,7 @@ impl Datapath {
         state: Arc<MeshState>,
         queues: Vec<Vec<SyncDevice>>,
         ike: Option<IkeInbox>,
-        offload: bool,
-        busy_poll: Duration,
+        tuning: WorkerTuning,
     ) -> Result<Self, DaemonError> {
         let (local, encap) = (state.topology().local_address, state.topology().encap);
         let underlay_error = |source| DaemonError::Underlay { address: local, encap, source };
@@ -75,7 +73,7 @@ impl Datapath {
             _ => None,
         };
         let parts = queues.into_iter().zip(underlays).map(|(taps, underlay)| WorkerParts { taps, underlay }).collect();
-        let mut datapath = Datapath::resume(state, parts, ike, offload, busy_poll)?;
+        let mut datapath = Datapath::resume(state, parts, ike, tuning)?;
         datapath.udp_4500 = udp_4500;
         Ok(datapath)
     }
@@ -86,8 +84,7 @@ impl Datapath {
         state: Arc<MeshState>,
         parts: Vec<WorkerParts>,
         ike: Option<IkeInbox>,
-        offload: bool,
-        busy_poll: Duration,
+        tuning: WorkerTuning,
     ) -> Result<Self, DaemonError> {
         let (local, encap) = (state.topology().local_address, state.topology().encap);
         let esp_out = match parts.first().map(|parts| &parts.underlay) {
@@ -99,8 +96,7 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(parts.len());
         for (index, parts) in parts.into_iter().enumerate() {
-            let worker =
-                Worker { index, state: state.clone(), parts, ike: ike.clone(), offload, busy_poll, stop: stop.clone() };
+            let worker = Worker { index, state: state.clone(), parts, ike: ike.clone(), tuning, stop: stop.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())

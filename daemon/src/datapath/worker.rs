@@ -39,6 +39,13 @@ pub struct Worker {
     pub parts: WorkerParts,
     /// Where IKE messages on port 4500 go; `None` when this node runs no IKE.
     pub ike: Option<IkeInbox>,
+    pub tuning: WorkerTuning,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How the workers run; set at start (`meshd run` options) and kept across reloads.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerTuning {
     /// The TAPs have the virtio-net header and TSO on (see `crate::tap::create`).
     pub offload: bool,
     /// After handling packets, keep polling without sleeping this long (zero: never): the answer
@@ -46,7 +53,6 @@ pub struct Worker {
     /// microseconds, and waking a sleeping thread costs tens of them on a virtual machine. The
     /// worker yields the core while it waits, but the core shows as busy.
     pub busy_poll: Duration,
-    pub stop: Arc<AtomicBool>,
 }
 
 /// What a worker owns and hands back when it stops, so that a reload can start it again with
@@ -181,13 +187,13 @@ impl Worker {
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        let sink = TapSink::new(&self.parts.taps, self.offload);
+        let sink = TapSink::new(&self.parts.taps, self.tuning.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
-        let read_start = if self.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
+        let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
         tracing::debug!(worker = self.index, "datapath worker started");
         let mut last_busy = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            let busy_polling = last_busy.elapsed() < self.busy_poll;
+            let busy_polling = last_busy.elapsed() < self.tuning.busy_poll;
             let timeout = if busy_polling { PollTimeout::ZERO } else { PollTimeout::from(POLL_TIMEOUT_MS) };
             match poll(&mut fds, timeout) {
                 Ok(0) if busy_polling => {
@@ -219,7 +225,7 @@ impl Worker {
                 let overlay = &topology.overlays[index];
                 for _ in 0..BATCH {
                     match tap.recv(&mut buffers.frame[read_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
-                        Ok(len) if !self.offload => {
+                        Ok(len) if !self.tuning.offload => {
                             egress.forward(overlay, &mut buffers.frame, &mut buffers.scratch, len)
                         }
                         Ok(len) => {

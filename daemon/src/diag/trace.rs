@@ -283,16 +283,10 @@ fn mtu_hop(
     device: Option<&str>,
 ) -> TraceHop {
     let interface_mtu = device.and_then(|d| crate::netif::interface_mtu(d).ok());
-    let route_mtu = ip_json(&["route", "get", &sa.params.remote.ip().to_string()])
-        .ok()
-        .and_then(|l| l.as_array()?.first()?["metrics"].as_array()?.iter().find_map(|x| x["mtu"].as_u64()))
-        .map(|m| m as usize);
+    // The link's MTU capped by the route's own `mtu` metric, as `mtu = "auto"` reads it.
+    let kernel_mtu = crate::pmtu::route::underlay_route(sa.params.remote.ip()).ok().map(|route| route.mtu);
     // meshd's own figure (probed through the SA) when it has one, else the kernel's.
     let report = peer.path_mtu.report();
-    let kernel_mtu = match (interface_mtu, route_mtu) {
-        (Some(i), Some(r)) => Some(i.min(r)),
-        (one, other) => one.or(other),
-    };
     let (path_mtu, source) = match report.path_mtu {
         Some(mtu) => (Some(mtu as usize), report.source),
         None => (kernel_mtu, "kernel"),
