@@ -47,6 +47,15 @@ pub trait EspSender {
     }
 }
 
+/// Where an overlay frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The peer its destination MAC was learned behind.
+    Peer(PeerId),
+    /// Every peer: broadcast, multicast or unknown unicast.
+    Flood,
+}
+
 /// What one worker needs to send frames during one batch.
 pub struct Egress<'a, U: EspSender, S: FrameSink> {
     pub state: &'a MeshState,
@@ -64,10 +73,18 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
     /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
     pub fn forward(&self, overlay: &Overlay, buf: &mut [u8], scratch: &mut [u8], frame_len: usize) {
-        let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
+        if let Some(destination) = self.destination(overlay, &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]) {
+            self.forward_to(destination, overlay, buf, scratch, frame_len);
+        }
+    }
+
+    /// Where `frame` goes, from its destination MAC; `None` (and the drop recorded) when it is no
+    /// Ethernet frame. The segments of a TSO super-frame share its Ethernet header, so the
+    /// datapath asks once per super-frame.
+    pub fn destination(&self, overlay: &Overlay, frame: &[u8]) -> Option<Destination> {
         let Ok(frame) = ethernet::Frame::new_checked(frame) else {
             self.drop(DropReason::Malformed, None, Some(overlay.vni), &[]);
-            return;
+            return None;
         };
         let destination: EthernetAddress = frame.destination();
         // An entry behind a peer that a reload removed (re-learned by a batch still running on the
@@ -77,7 +94,19 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             .then(|| self.topology.fdb(overlay.id).lookup(destination))
             .flatten()
             .filter(|peer| self.topology.is_member(*peer));
-        if let Some(peer) = known {
+        Some(known.map_or(Destination::Flood, Destination::Peer))
+    }
+
+    /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]` to `destination`.
+    pub fn forward_to(
+        &self,
+        destination: Destination,
+        overlay: &Overlay,
+        buf: &mut [u8],
+        scratch: &mut [u8],
+        frame_len: usize,
+    ) {
+        if let Destination::Peer(peer) = destination {
             self.send(overlay, peer, buf, frame_len);
             return;
         }

@@ -1,5 +1,6 @@
 //! Underlay -> ESP open with anti-replay -> VXLAN -> overlay TAP, in place in the worker's buffer.
 
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
@@ -13,7 +14,8 @@ use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Path, PeerId, Topology};
 use crate::wire::inband::{self, InbandHeader};
-use crate::wire::{ethernet, ipv4, ipv6, udp, vxlan};
+use crate::wire::ethernet::{self, EthernetAddress};
+use crate::wire::{ipv4, ipv6, udp, vxlan};
 
 /// Bytes in front of a delivered frame that the sink may overwrite (the TAP's virtio-net header
 /// goes there; after decryption they held the VXLAN and UDP headers).
@@ -27,12 +29,15 @@ pub trait FrameSink {
 
 /// What one worker needs to receive packets during one batch.
 pub struct Ingress<'a, S: FrameSink> {
-    pub state: &'a MeshState,
+    state: &'a MeshState,
     /// Loaded once per batch, like `tables`.
-    pub topology: &'a Topology,
-    pub tables: &'a SaTables,
-    pub sink: &'a S,
-    pub now_ms: u64,
+    topology: &'a Topology,
+    tables: &'a SaTables,
+    sink: &'a S,
+    now_ms: u64,
+    /// The source MAC this batch last learned, with its overlay and peer: a batch is mostly one
+    /// flow's segments, and learning the same entry again at the same time changes nothing.
+    last_learned: Cell<Option<(OverlayId, EthernetAddress, PeerId)>>,
 }
 
 /// Why a packet did not make it, with what was known when it was dropped.
@@ -49,7 +54,11 @@ impl From<DropReason> for Dropped {
     }
 }
 
-impl<S: FrameSink> Ingress<'_, S> {
+impl<'a, S: FrameSink> Ingress<'a, S> {
+    pub fn new(state: &'a MeshState, topology: &'a Topology, tables: &'a SaTables, sink: &'a S, now_ms: u64) -> Self {
+        Ingress { state, topology, tables, sink, now_ms, last_learned: Cell::new(None) }
+    }
+
     /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
     pub fn receive(&self, packet: &mut [u8], source: SocketAddr) {
         // Only drops without an SA need the peer looked up by address; not the hot path.
@@ -137,7 +146,10 @@ impl<S: FrameSink> Ingress<'_, S> {
         let overlay = self.topology.overlay_by_vni(vni).ok_or_else(|| in_frame(DropReason::UnknownVni, packet))?;
         let frame = &packet[frame_range.clone()];
         let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_frame(DropReason::Malformed, packet))?;
-        self.topology.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        let learned = Some((overlay, ethernet.source(), peer.id));
+        if self.last_learned.replace(learned) != learned {
+            self.topology.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        }
         // The VXLAN and UDP headers in front of the frame are no longer needed.
         let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_range.end];
         if self.sink.deliver(overlay, with_headroom).is_err() {

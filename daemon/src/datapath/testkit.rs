@@ -130,7 +130,7 @@ pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let ingress = Ingress { state, topology: &topology, tables: &tables, sink: &taps, now_ms: 7 };
+    let ingress = Ingress::new(state, &topology, &tables, &taps, 7);
     let mut packet = packet.to_vec();
     ingress.receive(&mut packet, SocketAddr::new(from, 4500));
     taps.0.into_inner()
