@@ -10,9 +10,14 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 
 /// Large enough for one route or link reply.
 const REPLY_BUFFER_LEN: usize = 16 << 10;
+/// The kernel answers these requests while they are sent; a reply that has not come by then is
+/// lost, and the control-plane thread that asked must not wait for it forever.
+const REPLY_TIMEOUT: TimeVal = TimeVal::new(1, 0);
 
 /// The underlay towards one address, as the kernel routes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +33,7 @@ pub fn underlay_route(destination: IpAddr) -> io::Result<UnderlayRoute> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    setsockopt(&socket, sockopt::ReceiveTimeout, &REPLY_TIMEOUT)?;
 
     let mut route = RouteMessage::default();
     route.header.address_family = match destination {
@@ -83,7 +89,12 @@ fn request(socket: &Socket, message: RouteNetlinkMessage) -> io::Result<RouteNet
     request.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
     let mut reply = vec![0u8; REPLY_BUFFER_LEN];
-    let len = socket.recv(&mut &mut reply[..], 0)?;
+    let len = socket.recv(&mut &mut reply[..], 0).map_err(|error| match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, "the kernel did not answer an rtnetlink request within 1 s")
+        }
+        _ => error,
+    })?;
     let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
         .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable rtnetlink answer: {error}")))?;
     match answer.payload {
