@@ -234,7 +234,14 @@ impl Drop for Meshd {
 /// Spawns `ip netns exec NS meshd run ...` with stdout and stderr appended to `log`, without
 /// waiting for anything (for tests of startup failures). `ip netns exec` execs the command in
 /// place, so the child's pid is meshd's.
+/// Environment variable with `meshd run` arguments added to every meshd a test starts (split at
+/// whitespace; one a test passes itself is not repeated): `scripts/test` runs the datapath suites
+/// a second time with `MESHD_TEST_ARGS=--no-offload`.
+pub const EXTRA_ARGS_VAR: &str = "MESHD_TEST_ARGS";
+
 pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &Path, extra: &[&str]) -> Child {
+    let from_environment = std::env::var(EXTRA_ARGS_VAR).unwrap_or_default();
+    let added = from_environment.split_whitespace().filter(|arg| !extra.contains(arg));
     let out = File::options().create(true).append(true).open(log).expect("open meshd log");
     let err = out.try_clone().expect("dup log fd");
     let mut command = ns.command([meshd_bin().as_os_str()]);
@@ -247,6 +254,7 @@ pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &P
         .arg("--ctl-socket")
         .arg(socket)
         .args(extra)
+        .args(added)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
