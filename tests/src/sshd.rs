@@ -88,6 +88,17 @@ impl SshFleet {
         self.dir.path().join("nodes").join(name)
     }
 
+    /// Puts an executable `name` with `script` first on the PATH of node `i`'s ssh sessions
+    /// (`<dir>/nodes/<name>/bin`), to make one command misbehave on one node.
+    pub fn shadow_command(&self, i: usize, name: &str, script: &str) -> PathBuf {
+        let bin = self.node_dir(&self.names[i]).join("bin");
+        fs::create_dir_all(&bin).expect("create node bin folder");
+        let path = bin.join(name);
+        fs::write(&path, script).expect("write shadow command");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod shadow command");
+        bin
+    }
+
     /// `<dir>/nodes/<node i>/mesh.toml`: the node's mesh file as `meshd run` and the fleet
     /// commands see it.
     pub fn node_config(&self, i: usize) -> PathBuf {
@@ -167,8 +178,10 @@ impl SshFleet {
             format!(
                 "ListenAddress {address}:22\nHostKey {key}\nAuthorizedKeysFile {authorized}\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n",
+                 UsePAM no\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n\
+                 SetEnv PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 address = self.addresses[i],
+                bin = node_dir.join("bin").display(),
                 key = node_dir.join("ssh_host_ed25519_key").display(),
                 authorized = self.dir.path().join("authorized_keys").display(),
             ),

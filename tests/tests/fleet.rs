@@ -170,6 +170,42 @@ fn a_failed_meshd_check_stops_the_rollout_and_restores_the_batch() {
     ping_every_pair(&lab, 4, 0);
 }
 
+/// `sync` for a node's ssh sessions that fails its first two-argument call while the marker
+/// `fail-once` lies beside it: the install step's `sync FILE FOLDER`, which runs after the rename.
+const SYNC_FAILING_ONCE: &str = "#!/bin/sh\nmarker=\"$(dirname \"$0\")/fail-once\"\n\
+    if [ $# -eq 2 ] && [ -e \"$marker\" ]; then rm -f \"$marker\"; echo 'sync: injected failure' >&2; exit 1; fi\n\
+    exec /bin/sync \"$@\"\n";
+
+#[test]
+fn an_install_failing_after_its_rename_is_rolled_back_with_its_batch() {
+    let lab = Lab::new("fli", 3);
+    let fleet = SshFleet::start(&lab, "fli");
+    let Rollout { old, new, mut meshds } = everyone_on_the_old_file(&lab, &fleet);
+    let bin = fleet.shadow_command(1, "sync", SYNC_FAILING_ONCE);
+    fs::write(bin.join("fail-once"), "").expect("arm the sync failure");
+
+    // canary n1, then [n2, n3]: n2's new file is live when its install step fails.
+    let run = fleet.run("update", &["--config", new.path().to_str().unwrap(), "--batch", "2", "--json"]);
+    assert!(!run.status.success(), "the update should fail\n{}", text(&run));
+    assert!(!bin.join("fail-once").exists(), "the install never ran sync on n2\n{}", text(&run));
+    assert_eq!(outcome(&run, "n1").0, "updated");
+    let (n2, why) = outcome(&run, "n2");
+    assert!(n2 == "rolled back" && why.contains("sync: injected failure"), "n2: {n2}: {why}");
+    assert_eq!(outcome(&run, "n3").0, "rolled back");
+    assert_eq!(fs::read_to_string(fleet.node_config(0)).unwrap(), new.text());
+    for i in 1..3 {
+        let config = fleet.node_config(i);
+        assert_eq!(fs::read_to_string(&config).unwrap(), old.text(), "n{} is not on its old file", i + 1);
+        assert!(!config.with_extension("toml.fleet-pending").exists(), "n{} still has a reload pending", i + 1);
+    }
+    for meshd in &mut meshds {
+        assert!(meshd.is_running(), "{} stopped", meshd.node());
+    }
+    // n1 runs the new file (two overlays), n2 and n3 the old one: overlay 0 is on every node.
+    wait_established(&meshds);
+    ping_every_pair(&lab, 3, 0);
+}
+
 #[test]
 fn an_unreachable_node_is_reported_and_fails_the_update() {
     let lab = Lab::new("flr", 3);

@@ -80,6 +80,19 @@ impl Node<'_> {
         self.expect(Step::Install, INSTALL, &[&self.config()], None).await
     }
 
+    /// Whether the staged upload is still waiting beside the config. After a failed install,
+    /// `false` means the rename happened (only it removes the staged file): the new config is
+    /// live and must be restored with its batch.
+    pub async fn still_staged(&self) -> Result<bool, String> {
+        const PROBE: &str = "if [ -e \"$1.fleet-new\" ]; then echo staged; else echo renamed; fi";
+        let ran = self.host.script(PROBE, &[&self.config()], None).await?;
+        match ran.stdout.trim() {
+            "staged" if ran.success => Ok(true),
+            "renamed" if ran.success => Ok(false),
+            _ => Err(format!("cannot tell whether {}.fleet-new was installed: {}", self.config(), ran.complaint())),
+        }
+    }
+
     /// `ikectl reload` on the node: meshd applies its config file; then the pending mark goes.
     pub async fn reload(&self) -> Result<(), Failure> {
         self.reload_and_unmark().await.map_err(|reason| Failure { step: Step::Reload, reason })

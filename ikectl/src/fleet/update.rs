@@ -119,7 +119,10 @@ async fn apply(node: Result<Node<'_>, String>, text: &str) -> (Result<(), Failur
         return (Err(failure), false);
     }
     if let Err(failure) = node.install().await {
-        return (Err(failure), false);
+        // A failure after the rename (the folder's fsync, a dropped connection) leaves the new
+        // file live: it is restored with the batch like one whose reload failed.
+        let renamed = matches!(node.still_staged().await, Ok(false));
+        return (Err(failure), renamed);
     }
     (node.reload().await, true)
 }
