@@ -127,11 +127,17 @@ pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
 
 /// What `state` delivers to its overlays for `packet` from `from`.
 pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
+    receive_batch(state, &[(packet, from)])
+}
+
+/// What `state` delivers for `packets`, handled as one receive batch of a worker.
+pub fn receive_batch(state: &MeshState, packets: &[(&[u8], IpAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
     let ingress = Ingress::new(state, &topology, &tables, &taps, 7);
-    let mut packet = packet.to_vec();
-    ingress.receive(&mut packet, SocketAddr::new(from, 4500));
+    for (packet, from) in packets {
+        ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
+    }
     taps.0.into_inner()
 }

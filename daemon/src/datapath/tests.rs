@@ -7,7 +7,8 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{
-    address, frame, node, receive, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B,
+    address, frame, node, receive, receive_batch, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A,
+    MAC_B,
 };
 use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId};
@@ -56,6 +57,26 @@ fn round_trip_in_every_encapsulation() {
             }
         }
     }
+}
+
+#[test]
+fn a_mac_moving_between_peers_within_one_batch_is_learned_each_time() {
+    let setup = Setup { nodes: 3, ..DEFAULT };
+    let nodes: Vec<MeshState> = (0..3).map(|i| node(&setup, i)).collect();
+    // A VM with MAC_A moves from n1 to n2 and back; n0 gets all three frames in one batch.
+    let to_n0 = |from: usize| {
+        let sent = send(&nodes[from], &frame(BROADCAST, MAC_A, 60));
+        sent.into_iter().find(|(_, to)| *to == address(&setup, 0)).expect("a copy for n0").0
+    };
+    let (first, second, third) = (to_n0(1), to_n0(2), to_n0(1));
+    let learned_after = |packets: &[(&[u8], IpAddr)]| {
+        assert_eq!(receive_batch(&nodes[0], packets).len(), packets.len());
+        nodes[0].topology().fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A))
+    };
+    let (n1, n2) = (address(&setup, 1), address(&setup, 2));
+    assert_eq!(learned_after(&[(&first, n1), (&second, n2)]), Some(PeerId(1)), "moved to n2 (peer 1)");
+    let (fourth, fifth) = (to_n0(2), to_n0(1));
+    assert_eq!(learned_after(&[(&third, n1), (&fourth, n2), (&fifth, n1)]), Some(PeerId(0)), "back on n1");
 }
 
 #[test]
