@@ -130,7 +130,8 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &buf[FRAME_OFFSET..]);
             return;
         }
-        let path = &self.topology.peer(peer_id).path_mtu;
+        let peer = self.topology.peer(peer_id);
+        let path = &peer.path_mtu;
         let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
         // A TSO super-frame arrives here one segment at a time, so this checks the segment size.
         if let Some(limit) = path.overlay_limit().filter(|limit| frame_len - ethernet::HEADER_LEN > *limit as usize) {
@@ -149,7 +150,6 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
-        let peer = self.topology.peer(peer_id);
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
         let sealed =

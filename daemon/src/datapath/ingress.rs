@@ -13,8 +13,8 @@ use crate::pmtu::InbandMessage;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Path, PeerId, Topology};
-use crate::wire::inband::{self, InbandHeader};
 use crate::wire::ethernet::{self, EthernetAddress};
+use crate::wire::inband::{self, InbandHeader};
 use crate::wire::{ipv4, ipv6, udp, vxlan};
 
 /// Bytes in front of a delivered frame that the sink may overwrite (the TAP's virtio-net header

@@ -7,8 +7,7 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{
-    address, frame, node, receive, receive_batch, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A,
-    MAC_B,
+    address, frame, node, receive, receive_batch, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B,
 };
 use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId};

@@ -67,7 +67,9 @@ pub struct WorkerParts {
 /// just authenticated by the ESP AEAD, which catches any change on the way far better than a
 /// 16-bit sum, so a second pass over the payload would only find a sender's own bug (Linux
 /// WireGuard marks decrypted packets CHECKSUM_UNNECESSARY for the same reason).
-const DATAPATH_COALESCING: CoalesceConfig = CoalesceConfig { slots: 4, verify_checksums: false };
+fn datapath_coalescing() -> CoalesceConfig {
+    CoalesceConfig { verify_checksums: false, ..CoalesceConfig::default() }
+}
 
 /// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
 /// flow received in one batch are written to the TAP as one super-frame (IFF_VNET_HDR).
@@ -81,7 +83,7 @@ struct TapSink<'a> {
 impl<'a> TapSink<'a> {
     fn new(taps: &'a [SyncDevice], offload: bool) -> Self {
         let coalescers = match offload {
-            true => taps.iter().map(|_| Coalescer::new(DATAPATH_COALESCING)).collect(),
+            true => taps.iter().map(|_| Coalescer::new(datapath_coalescing())).collect(),
             false => Vec::new(),
         };
         TapSink { taps, coalescers: RefCell::new(coalescers), write_failures: Cell::new(0) }

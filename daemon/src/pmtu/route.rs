@@ -91,7 +91,11 @@ fn request(socket: &Socket, message: RouteNetlinkMessage) -> io::Result<RouteNet
     let mut reply = vec![0u8; REPLY_BUFFER_LEN];
     let len = socket.recv(&mut &mut reply[..], 0).map_err(|error| match error.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, "the kernel did not answer an rtnetlink request within 1 s")
+            let seconds = REPLY_TIMEOUT.tv_sec();
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the kernel did not answer an rtnetlink request within {seconds} s"),
+            )
         }
         _ => error,
     })?;
