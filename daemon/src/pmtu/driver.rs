@@ -19,11 +19,12 @@ use super::search::{Search, State, Timing};
 use super::{EchoOrder, InbandMessage, PathReport};
 use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
 use crate::esp::PLAINTEXT_OFFSET;
+use crate::ids::PeerId;
 use crate::keying::Keying;
 use crate::overhead::{Encapsulation, IpVersion};
 use crate::sadb::OutboundSa;
 use crate::state::MeshState;
-use crate::topology::{Peer, PeerId, Topology};
+use crate::topology::{Peer, Topology};
 use crate::wire::inband::{self, InbandHeader, MessageType};
 use crate::{netif, sys};
 
