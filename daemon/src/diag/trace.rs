@@ -75,7 +75,7 @@ pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<T
             continue;
         };
         hops.push(sa_hop(sa));
-        let (route_hop, route) = route_hop(sa.params.remote.ip());
+        let (route_hop, route) = route_hop(topology.local_address, sa.params.remote.ip());
         hops.push(route_hop);
         hops.push(mtu_hop(control, &topology, overlay, peer, sa, route.as_ref()));
     }
@@ -235,9 +235,9 @@ fn sa_hop(sa: &OutboundSa) -> TraceHop {
     h
 }
 
-/// The kernel's route to `destination` (the hop and the route, when there is one).
-fn route_hop(destination: IpAddr) -> (TraceHop, Option<UnderlayRoute>) {
-    let route = match route::underlay_route(destination) {
+/// The kernel's route from `source` to `destination` (the hop and the route, when there is one).
+fn route_hop(source: IpAddr, destination: IpAddr) -> (TraceHop, Option<UnderlayRoute>) {
+    let route = match route::underlay_route(source, destination) {
         Ok(route) => route,
         Err(error) => {
             let summary = match error {

@@ -33,7 +33,7 @@ impl Underlay {
         match RouteLookup::open() {
             Ok(mut lookup) => {
                 for peer in &topology.peers {
-                    match lookup.route(peer.address) {
+                    match lookup.route(topology.local_address, peer.address) {
                         Ok(route) => routes.push((peer.id, route)),
                         // A peer without a route yet is left out.
                         Err(error) => tracing::debug!(peer = %peer.name, %error, "no underlay route"),

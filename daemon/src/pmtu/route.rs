@@ -1,5 +1,7 @@
-//! The daemon's one route lookup (rtnetlink): the route the kernel takes towards an address
-//! (RTM_GETROUTE, as `ip route get`), then the name and MTU of that route's link (RTM_GETLINK).
+//! The daemon's one route lookup (rtnetlink): the route the kernel takes from this node's
+//! address towards another (RTM_GETROUTE, as `ip route get TO from FROM`: the lookup the
+//! datapath's packets get, policy routing included), then the name and MTU of that route's link
+//! (RTM_GETLINK).
 //! `mtu = "auto"`, the path-MTU driver and `ikectl trace` all read the underlay from here.
 //!
 //! Each request waits up to [`REPLY_TIMEOUT`] for the kernel, so it never runs on the
@@ -99,9 +101,9 @@ impl RouteLookup {
         Ok(RouteLookup { socket, sequence: 0, links: HashMap::new() })
     }
 
-    /// The route towards `destination` and its link.
-    pub fn route(&mut self, destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
-        let answer = self.request(route_request(destination))?;
+    /// The route from `source` (an address of this host) towards `destination`, and its link.
+    pub fn route(&mut self, source: IpAddr, destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
+        let answer = self.request(route_request(source, destination))?;
         let route = parse_route_answer(answer, destination)?;
         let link = match self.links.get(&route.interface_index) {
             Some(link) => link.clone(),
@@ -125,14 +127,7 @@ impl RouteLookup {
     /// earlier request that timed out).
     fn request(&mut self, message: RouteNetlinkMessage) -> Result<NetlinkPayload<RouteNetlinkMessage>, RouteError> {
         self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        header.sequence_number = self.sequence;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        request.finalize();
-        let mut bytes = vec![0u8; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket.send(&bytes, 0).map_err(RouteError::Refused)?;
+        self.socket.send(&emit_request(message, self.sequence), 0).map_err(RouteError::Refused)?;
         let mut reply = vec![0u8; REPLY_BUFFER_LEN];
         loop {
             let len = self.socket.recv(&mut &mut reply[..], 0).map_err(|error| match error.kind() {
@@ -147,19 +142,35 @@ impl RouteLookup {
     }
 }
 
-/// Looks up the route towards `destination` and its link (one socket for one lookup).
-pub fn underlay_route(destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
-    RouteLookup::open()?.route(destination)
+/// Looks up the route from `source` towards `destination` and its link (one socket for one
+/// lookup).
+pub fn underlay_route(source: IpAddr, destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
+    RouteLookup::open()?.route(source, destination)
 }
 
-fn route_request(destination: IpAddr) -> RouteNetlinkMessage {
+/// A request as the kernel reads it.
+fn emit_request(message: RouteNetlinkMessage, sequence: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    bytes
+}
+
+fn route_request(source: IpAddr, destination: IpAddr) -> RouteNetlinkMessage {
     let mut route = RouteMessage::default();
     route.header.address_family = match destination {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
-    route.header.destination_prefix_length = if destination.is_ipv4() { 32 } else { 128 };
+    let host_prefix = if destination.is_ipv4() { 32 } else { 128 };
+    route.header.destination_prefix_length = host_prefix;
+    route.header.source_prefix_length = host_prefix;
     route.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
+    route.attributes.push(RouteAttribute::Source(RouteAddress::from(source)));
     RouteNetlinkMessage::GetRoute(route)
 }
 
@@ -294,6 +305,20 @@ mod tests {
     }
 
     #[test]
+    fn a_route_request_names_both_ends() {
+        let request = route_request(IpAddr::from([198, 18, 0, 1]), IpAddr::from([198, 19, 0, 7]));
+        let expected: &[u8] = &[
+            0x2c, 0x00, 0x00, 0x00, 0x1a, 0x00, 0x01, 0x00, // nlmsghdr: length 44, RTM_GETROUTE, NLM_F_REQUEST
+            0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // sequence 5, port 0 (the kernel's)
+            0x02, 0x20, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, // rtmsg: AF_INET, /32 from /32
+            0x00, 0x00, 0x00, 0x00, // rtm_flags
+            0x08, 0x00, 0x01, 0x00, 0xc6, 0x13, 0x00, 0x07, // RTA_DST 198.19.0.7
+            0x08, 0x00, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, // RTA_SRC 198.18.0.1
+        ];
+        assert_eq!(emit_request(request, 5), expected);
+    }
+
+    #[test]
     fn a_route_via_a_gateway_with_an_mtu_metric() {
         let destination = IpAddr::from([198, 19, 0, 7]);
         assert_eq!(parse_answer(ROUTE_V4).unwrap().header.sequence_number, 7);
@@ -357,7 +382,8 @@ mod tests {
 
     #[test]
     fn loopback_routes_over_lo() {
-        let route = underlay_route(IpAddr::from([127, 0, 0, 1])).unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let route = underlay_route(loopback, loopback).unwrap();
         assert_eq!(route.interface, "lo");
         assert!(route.mtu() >= 1500, "{route:?}");
     }
