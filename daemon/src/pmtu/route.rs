@@ -36,7 +36,7 @@ pub struct UnderlayRoute {
     pub interface: String,
     /// The next hop, when the destination is not on the link.
     pub gateway: Option<IpAddr>,
-    /// The source address the kernel picks.
+    /// The source address packets leave with.
     pub source: Option<IpAddr>,
     /// The outgoing interface's MTU.
     pub link_mtu: u32,
@@ -206,11 +206,15 @@ fn parse_route_answer(
     };
     let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None };
     let mut interface_index = None;
+    // The kernel names the source it would pick (RTA_PREFSRC) only when it differs from the one
+    // the request gave (RTA_SRC, echoed back).
+    let (mut requested_source, mut preferred_source) = (None, None);
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Oif(index) => interface_index = Some(*index),
             RouteAttribute::Gateway(gateway) => answer.gateway = address(gateway),
-            RouteAttribute::PrefSource(source) => answer.source = address(source),
+            RouteAttribute::Source(source) => requested_source = address(source),
+            RouteAttribute::PrefSource(source) => preferred_source = address(source),
             RouteAttribute::Metrics(metrics) => {
                 answer.route_mtu = metrics.iter().find_map(|metric| match metric {
                     RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
@@ -220,6 +224,7 @@ fn parse_route_answer(
             _ => {}
         }
     }
+    answer.source = preferred_source.or(requested_source);
     answer.interface_index = interface_index.ok_or(RouteError::NoInterface(destination))?;
     Ok(answer)
 }
@@ -248,17 +253,17 @@ fn parse_link_answer(answer: NetlinkPayload<RouteNetlinkMessage>, index: u32) ->
 mod tests {
     use super::*;
 
-    /// The kernel's answer to RTM_GETROUTE for 198.19.0.7, routed `via 198.18.0.254 dev d0 mtu
-    /// 1300` (d0 is interface 3 and holds 198.18.0.1/24).
+    /// The kernel's answer to RTM_GETROUTE for 198.19.0.7 from 198.18.0.1, routed `via
+    /// 198.18.0.254 dev d0 mtu 1300` (d0 is interface 3 and holds 198.18.0.1/24).
     const ROUTE_V4: &[u8] = &[
         0x7c, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, // nlmsghdr: length 124, RTM_NEWROUTE
-        0x07, 0x00, 0x00, 0x00, 0x0e, 0x07, 0x00, 0x00, // sequence 7, port
-        0x02, 0x20, 0x00, 0x00, 0xfe, 0x00, 0x00, 0x01, // rtmsg: AF_INET, /32, main table, unicast
+        0x07, 0x00, 0x00, 0x00, 0x9a, 0x41, 0x00, 0x00, // sequence 7, port
+        0x02, 0x20, 0x20, 0x00, 0xfe, 0x00, 0x00, 0x01, // rtmsg: AF_INET, /32 from /32, main table, unicast
         0x00, 0x02, 0x00, 0x00, // rtm_flags
         0x08, 0x00, 0x0f, 0x00, 0xfe, 0x00, 0x00, 0x00, // RTA_TABLE 254
         0x08, 0x00, 0x01, 0x00, 0xc6, 0x13, 0x00, 0x07, // RTA_DST 198.19.0.7
+        0x08, 0x00, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, // RTA_SRC 198.18.0.1 (as asked)
         0x08, 0x00, 0x04, 0x00, 0x03, 0x00, 0x00, 0x00, // RTA_OIF 3
-        0x08, 0x00, 0x07, 0x00, 0xc6, 0x12, 0x00, 0x01, // RTA_PREFSRC 198.18.0.1
         0x08, 0x00, 0x05, 0x00, 0xc6, 0x12, 0x00, 0xfe, // RTA_GATEWAY 198.18.0.254
         0x0c, 0x00, 0x08, 0x00, 0x08, 0x00, 0x02, 0x00, 0x14, 0x05, 0x00, 0x00, // RTA_METRICS: RTAX_MTU 1300
         0x08, 0x00, 0x19, 0x00, 0x00, 0x00, 0x00, 0x00, // RTA_UID 0
@@ -267,8 +272,9 @@ mod tests {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
     ];
 
-    /// The kernel's answer to RTM_GETROUTE for 2001:db8:1::7, routed `via 2001:db8::fe dev d0`
-    /// (no mtu metric; d0 holds 2001:db8::1/64).
+    /// The kernel's answer to RTM_GETROUTE for 2001:db8:1::7 (without a source: the kernel names
+    /// the one it picks), routed `via 2001:db8::fe dev d0` (no mtu metric; d0 holds
+    /// 2001:db8::1/64).
     const ROUTE_V6: &str = "b000000018000000090000000e0700000a808000fe0300010000000008000f00fe0000001400010020010db8\
         00010000000000000000000714000200000000000000000000000000000000001400070020010db800000000\
         000000000000000108000600000400001400050020010db80000000000000000000000fe0800040003000000\
