@@ -4,7 +4,7 @@
 //! (RTM_GETLINK).
 //! `mtu = "auto"`, the path-MTU driver and `ikectl trace` all read the underlay from here.
 //!
-//! Each request waits up to [`REPLY_TIMEOUT`] for the kernel, so it never runs on the
+//! Each request waits up to a second for the kernel, so it never runs on the
 //! control-plane runtime: the driver runs it on tokio's blocking pool, one batch at a time;
 //! bringing an overlay up and `ikectl trace` already run on threads of their own
 //! (docs/architecture.md, "Threads").
