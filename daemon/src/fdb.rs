@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::topology::PeerId;
+use crate::ids::PeerId;
 use crate::wire::ethernet::EthernetAddress;
 
 /// Learned entries not refreshed for this long are forgotten (the Linux bridge default).

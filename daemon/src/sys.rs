@@ -35,30 +35,6 @@ pub fn forbid_fragmentation_v6(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
 }
 
-fn get_int_option(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` is a live descriptor borrowed for the call; `value` and `len` are on the stack
-    // and `len` holds the size of `value`, as getsockopt(2) requires for these int options.
-    let rc =
-        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The kernel's path MTU towards the address a UDP socket is connected to (IP_MTU / IPV6_MTU):
-/// the route's MTU, lowered by any ICMP "too big" the kernel received for that destination.
-pub fn connected_path_mtu(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<usize> {
-    let value = match ipv4 {
-        true => get_int_option(fd, libc::IPPROTO_IP, libc::IP_MTU)?,
-        false => get_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU)?,
-    };
-    usize::try_from(value).map_err(|_| io::Error::other(format!("the kernel reported path MTU {value}")))
-}
-
 /// Sets the MTU of interface `name` (SIOCSIFMTU), e.g. to retune an overlay interface live.
 pub fn set_interface_mtu(name: &str, mtu: u16) -> io::Result<()> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;

@@ -11,16 +11,9 @@ use mesh_config::{Encap, Mode};
 use mesh_config::{MeshConfig, OverlayMtu};
 
 use crate::fdb::Fdb;
+// Re-exported for the modules that name peers through the topology.
+pub use crate::ids::{OverlayId, PeerId};
 use crate::pmtu::PeerPathMtu;
-
-/// A peer's id for the daemon's lifetime: kept across reloads, never reused for another peer
-/// (SAs, FDB entries and drop counters refer to it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub usize);
-
-/// Index of an overlay in `Topology::overlays`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OverlayId(pub usize);
 
 /// Monotonic milliseconds since the daemon started; cheap to store in an atomic.
 #[derive(Debug, Clone, Copy)]

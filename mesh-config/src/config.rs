@@ -1,4 +1,6 @@
-//! The typed `mesh.toml` (see DESIGN.md, "Configuration") and the questions daemons ask of it.
+//! The typed `mesh.toml` (the keys are described in docs/configure.md) and the questions daemons
+//! ask of it. Reading a file into these types is `parse`'s job ([`MeshConfig::load`] is there):
+//! this module depends on neither `parse` nor `validate`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{ConfigError, ConfigErrors};
+use crate::error::ConfigError;
 use crate::secret::{KeyBytes, Psk};
 use crate::types::{Cipher, Encap, Mode};
 
@@ -283,44 +285,6 @@ pub struct ManualSa {
 }
 
 impl MeshConfig {
-    /// Reads and validates `path` and the psk_file it names.
-    pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
-        let text = match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => zeroize::Zeroizing::new(t),
-                Err(e) => {
-                    let bytes = zeroize::Zeroizing::new(e.into_bytes());
-                    let good = std::str::from_utf8(&bytes).err().map_or(0, |u| u.valid_up_to());
-                    let line = bytes[..good].iter().filter(|b| **b == b'\n').count() + 1;
-                    return Err(ConfigError::new(
-                        path,
-                        Some(line),
-                        "file",
-                        "the file is not valid UTF-8",
-                        "save it as UTF-8 text",
-                    )
-                    .into());
-                }
-            },
-            Err(e) => {
-                return Err(ConfigError::new(
-                    path,
-                    None,
-                    "file",
-                    format!("cannot read the mesh file: {e}"),
-                    "check the --config path and that this user may read it",
-                )
-                .into())
-            }
-        };
-        Self::parse(path, &text)
-    }
-
-    /// Validates `text` as the contents of `path`; reads the psk_file (relative to `path`'s folder).
-    pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
-        crate::parse::parse(path, text)
-    }
-
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }

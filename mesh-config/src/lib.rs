@@ -3,6 +3,10 @@
 //! [`MeshConfig::load`] reads and validates a mesh file and its psk_file; every problem found
 //! comes back at once as [`ConfigErrors`], each naming the file, line and key, what is wrong and
 //! what to do.
+//!
+//! The modules depend one way: `config` (the typed file) <- `entries` (sections as read) <-
+//! `validate` (checks across entries) <- `parse` (TOML text to `MeshConfig`, the entry point);
+//! `reader` (the checked TOML walk) sits below `entries` and `parse`.
 
 pub mod control;
 pub mod reload;
@@ -10,6 +14,7 @@ pub mod types;
 
 mod config;
 mod duration;
+mod entries;
 mod error;
 mod metrics;
 mod parse;

@@ -9,7 +9,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::config::*;
 use crate::duration::{parse_duration, DURATION_FORM};
-use crate::error::ConfigErrors;
+use crate::entries::{ManualSaP, MeshP, NodeP, OverlayP};
+use crate::error::{ConfigError, ConfigErrors};
 use crate::reader::{integer, type_name, At, Ctx, Tab};
 use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
@@ -24,66 +25,47 @@ const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
 pub(crate) const NAME_RULE: &str = "use 1-32 characters from a-z, 0-9, '-' and '_'";
 
-pub(crate) struct MeshP {
-    pub name: Option<String>,
-    pub psk_file: Option<At<PathBuf>>,
-    pub vxlan_port: u16,
-    pub encap: Encap,
-    pub mode: Mode,
-}
+impl MeshConfig {
+    /// Reads and validates `path` and the psk_file it names.
+    pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => zeroize::Zeroizing::new(t),
+                Err(e) => {
+                    let bytes = zeroize::Zeroizing::new(e.into_bytes());
+                    let good = std::str::from_utf8(&bytes).err().map_or(0, |u| u.valid_up_to());
+                    let line = bytes[..good].iter().filter(|b| **b == b'\n').count() + 1;
+                    return Err(ConfigError::new(
+                        path,
+                        Some(line),
+                        "file",
+                        "the file is not valid UTF-8",
+                        "save it as UTF-8 text",
+                    )
+                    .into());
+                }
+            },
+            Err(e) => {
+                return Err(ConfigError::new(
+                    path,
+                    None,
+                    "file",
+                    format!("cannot read the mesh file: {e}"),
+                    "check the --config path and that this user may read it",
+                )
+                .into())
+            }
+        };
+        Self::parse(path, &text)
+    }
 
-pub(crate) struct NodeP {
-    pub idx: usize,
-    pub line: usize,
-    pub name: Option<At<String>>,
-    pub address: Option<At<IpAddr>>,
-    pub ssh: Option<String>,
-    pub mode: Option<Mode>,
-}
-
-impl NodeP {
-    /// `node "n1"` or `node[3]` when it has no name.
-    pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) => format!("node \"{}\"", n.v),
-            None => format!("node[{}]", self.idx),
-        }
+    /// Validates `text` as the contents of `path`; reads the psk_file (relative to `path`'s folder).
+    pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
+        parse(path, text)
     }
 }
 
-pub(crate) struct OverlayP {
-    pub line: usize,
-    pub prefix: String,
-    pub name: Option<At<String>>,
-    pub vni: Option<At<u32>>,
-    /// The interface name and where it came from (the `interface` key, or `name` by default).
-    pub interface: Option<At<String>>,
-    pub interface_key: String,
-    pub mtu: OverlayMtu,
-    /// (node name, address) in file order; the address is `None` when it did not parse.
-    pub addresses: Vec<(At<String>, Option<At<IfaceAddress>>)>,
-}
-
-impl OverlayP {
-    pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) => format!("overlay \"{}\"", n.v),
-            None => self.prefix.clone(),
-        }
-    }
-}
-
-pub(crate) struct ManualSaP {
-    pub line: usize,
-    pub prefix: String,
-    pub from: Option<At<String>>,
-    pub to: Option<At<String>>,
-    pub spi: Option<At<u32>>,
-    pub cipher: Option<Cipher>,
-    pub key: Option<KeyBytes>,
-}
-
-pub(crate) fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
+fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     let mut ctx = Ctx::new(path, text);
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::config::{list, resolve_relative, MIN_PSK_LEN};
-use crate::parse::{ManualSaP, NodeP, OverlayP};
+use crate::entries::{ManualSaP, NodeP, OverlayP};
 use crate::reader::{At, Ctx};
 use crate::secret::Psk;
 

@@ -1,5 +1,5 @@
 //! strongSwan's `charon` as an IKEv2/ESP peer inside a lab namespace: the real peer of the
-//! interop tests (DESIGN.md, "Interop profile"). See `docs/strongswan.md`.
+//! interop tests (docs/strongswan.md).
 //!
 //! What this machine's strongSwan 5.9.8 (Debian 12) allows, as measured:
 //! - No kernel ESP here, so charon runs the userspace `kernel-libipsec` backend: tunnel mode
@@ -39,7 +39,7 @@ use crate::meshd::terminate;
 use crate::netns::Netns;
 use crate::util::{describe_output, hex, wait_until};
 
-/// The overlay's UDP port (DESIGN.md): the traffic selectors are `addr/32[udp/4790]`.
+/// The overlay's UDP port (docs/ike.md): the traffic selectors are `addr/32[udp/4790]`.
 pub const OVERLAY_PORT: u16 = 4790;
 /// kernel-libipsec's TUN device.
 pub const IPSEC_TUN: &str = "ipsec0";

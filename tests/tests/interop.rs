@@ -842,8 +842,8 @@ fn simultaneous_start_with_strongswan_carries_traffic() {
     eprintln!("simultaneous_start_with_strongswan_carries_traffic: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// Both initiate: in the end each side has one IKE SA and one Child SA pair (DESIGN.md: "must
-/// end with exactly one Child SA pair per node pair").
+/// Both initiate: in the end each side has one IKE SA and one Child SA pair (docs/ike.md,
+/// "Who initiates, and one SA per pair").
 #[test]
 fn simultaneous_start_with_strongswan_ends_with_one_ike_sa() {
     let t = simultaneous_start("iopd");

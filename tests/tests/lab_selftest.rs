@@ -149,7 +149,7 @@ fn mac_bytes(mac: &str) -> Vec<u8> {
     mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
 }
 
-/// The native wire format (DESIGN.md): ESP-in-UDP 4500 | ESP | UDP 4790 | VXLAN | Ethernet |
+/// The native wire format (docs/mtu.md): ESP-in-UDP 4500 | ESP | UDP 4790 | VXLAN | Ethernet |
 /// IPv4 | ICMP echo request, AES-256-GCM with a 16-byte ICV.
 fn esp_frame(dst_mac: &str, src_mac: &str, spi: u32, seq: u32, key: &[u8]) -> Vec<u8> {
     let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];

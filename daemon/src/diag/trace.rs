@@ -1,7 +1,9 @@
 //! `ikectl trace (MAC|IP) [--overlay NAME]`: the forwarding decision for a frame to an overlay
 //! address, hop by hop, as the datapath would take it: overlay interface -> neighbour entry (for
 //! an IP) -> FDB entry -> peer node -> outbound SA -> underlay route -> path MTU, with the
-//! counters of each hop. The kernel's neighbour and route tables are read with `ip -j`.
+//! counters of each hop. The kernel's neighbour table is read with `ip -j neigh`; the underlay
+//! route and its MTU come from the daemon's one route lookup ([`crate::pmtu::route`]), the
+//! same that `mtu = "auto"` and the path-MTU driver read.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,6 +15,7 @@ use mesh_config::control::{TraceHop, TraceReport};
 
 use crate::ctl::Control;
 use crate::overhead::{Encapsulation, IpVersion};
+use crate::pmtu::route::{self, RouteError, UnderlayRoute};
 use crate::sadb::OutboundSa;
 use crate::topology::{Overlay, Peer, Topology};
 use crate::wire::ethernet::EthernetAddress;
@@ -72,9 +75,9 @@ pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<T
             continue;
         };
         hops.push(sa_hop(sa));
-        let (route, device) = route_hop(sa.params.remote.ip());
-        hops.push(route);
-        hops.push(mtu_hop(control, &topology, overlay, peer, sa, device.as_deref()));
+        let (route_hop, route) = route_hop(topology.local_address, sa.params.remote.ip());
+        hops.push(route_hop);
+        hops.push(mtu_hop(control, &topology, overlay, peer, sa, route.as_ref()));
     }
     Ok(TraceReport { target: target.to_string(), overlay: overlay.name.clone(), hops })
 }
@@ -232,46 +235,40 @@ fn sa_hop(sa: &OutboundSa) -> TraceHop {
     h
 }
 
-/// The kernel's route to `destination`, and its device.
-fn route_hop(destination: IpAddr) -> (TraceHop, Option<String>) {
-    let address = destination.to_string();
-    let route = match ip_json(&["route", "get", &address]) {
-        Ok(list) => list.as_array().and_then(|l| l.first()).cloned(),
+/// The kernel's route from `source` to `destination` (the hop and the route, when there is one).
+fn route_hop(source: IpAddr, destination: IpAddr) -> (TraceHop, Option<UnderlayRoute>) {
+    let route = match route::underlay_route(source, destination) {
+        Ok(route) => route,
         Err(error) => {
-            let mut h = hop("underlay route", format!("cannot ask the kernel ({error})"));
-            h.problem = Some("install iproute2 (the `ip` command) for route lookups".to_string());
+            let summary = match error {
+                RouteError::NoRoute(_) => format!("no route to {destination}"),
+                _ => "cannot ask the kernel".to_string(),
+            };
+            let mut h = hop("underlay route", summary);
+            h.problem = Some(error.to_string());
             return (h, None);
         }
     };
-    let Some(route) = route else {
-        let mut h = hop("underlay route", format!("no route to {destination}"));
-        h.problem = Some(format!("add a route to {destination} on the underlay; ESP to it fails as send_failed"));
-        return (h, None);
-    };
-    let device = route["dev"].as_str().map(str::to_string);
-    let gateway = route["gateway"].as_str();
-    let source = route["prefsrc"].as_str();
-    let mut summary = format!("to {destination} via {}", device.as_deref().unwrap_or("?"));
-    if let Some(gateway) = gateway {
+    let mut summary = format!("to {destination} via {}", route.interface);
+    if let Some(gateway) = route.gateway {
         summary += &format!(" gateway {gateway}");
     }
-    if let Some(source) = source {
+    if let Some(source) = route.source {
         summary += &format!(" from {source}");
     }
     let mut h = hop("underlay route", summary);
     field(&mut h, "destination", destination);
-    for (key, value) in [("interface", device.as_deref()), ("gateway", gateway), ("source", source)] {
+    field(&mut h, "interface", &route.interface);
+    for (key, value) in [("gateway", route.gateway), ("source", route.source)] {
         if let Some(value) = value {
             field(&mut h, key, value);
         }
     }
-    if let Some(device) = &device {
-        h.counters = interface_counters(device, &["tx_packets", "tx_errors", "tx_dropped"]);
-    }
-    if let Some(mtu) = route["metrics"].as_array().and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64())) {
+    if let Some(mtu) = route.route_mtu {
         field(&mut h, "route_mtu", mtu);
     }
-    (h, device)
+    h.counters = interface_counters(&route.interface, &["tx_packets", "tx_errors", "tx_dropped"]);
+    (h, Some(route))
 }
 
 fn mtu_hop(
@@ -280,11 +277,10 @@ fn mtu_hop(
     overlay: &Overlay,
     peer: &Peer,
     sa: &OutboundSa,
-    device: Option<&str>,
+    route: Option<&UnderlayRoute>,
 ) -> TraceHop {
-    let interface_mtu = device.and_then(|d| crate::netif::interface_mtu(d).ok());
     // The link's MTU capped by the route's own `mtu` metric, as `mtu = "auto"` reads it.
-    let kernel_mtu = crate::pmtu::route::underlay_route(sa.params.remote.ip()).ok().map(|route| route.mtu);
+    let kernel_mtu = route.map(UnderlayRoute::mtu);
     // meshd's own figure (probed through the SA) when it has one, else the kernel's.
     let report = peer.path_mtu.report();
     let (path_mtu, source) = match report.path_mtu {
@@ -322,8 +318,8 @@ fn mtu_hop(
         }
         _ => hop("path MTU", "unknown (no underlay interface MTU)".to_string()),
     };
-    if let Some(mtu) = interface_mtu {
-        field(&mut h, "interface_mtu", mtu);
+    if let Some(route) = route {
+        field(&mut h, "interface_mtu", route.link_mtu);
     }
     h
 }
@@ -351,7 +347,7 @@ fn interface_counters(interface: &str, names: &[&str]) -> BTreeMap<String, u64> 
 fn ip_json(args: &[&str]) -> Result<serde_json::Value, String> {
     let output = Command::new("ip").arg("-j").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
     if !output.status.success() {
-        // `ip route get` fails for unreachable destinations: that is "no route", not an error.
+        // `ip neigh show` fails for an interface that is gone: that is "no entry", not an error.
         return Ok(serde_json::Value::Array(Vec::new()));
     }
     let text = String::from_utf8_lossy(&output.stdout);

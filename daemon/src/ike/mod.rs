@@ -1,4 +1,4 @@
-//! IKEv2 (RFC 7296), the subset in DESIGN.md: a sans-IO state machine that the daemon drives
+//! IKEv2 (RFC 7296), the subset in docs/ike.md: a sans-IO state machine that the daemon drives
 //! with datagrams and the current time, and that hands back datagrams to send, timers and
 //! events (Child SAs to install or remove).
 

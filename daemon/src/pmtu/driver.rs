@@ -2,32 +2,37 @@
 //! probe [`Search`] for peers known to be meshd, seals probes and acknowledgements with the
 //! peer's outbound SA, and publishes the resulting limit for the datapath. Also follows the
 //! underlay interface's MTU for overlays with `mtu = "auto"`.
+//!
+//! The driver is a task on the control-plane runtime; what the kernel says of the underlay
+//! (the route lookup, which blocks) is read on tokio's blocking pool, one [`Underlay`] at a
+//! time, and serves both the probe searches and `mtu = "auto"`.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_config::control::SaOrigin;
 use mesh_config::{Cipher, OverlayMtu};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
 
+use super::auto::{self, Underlay};
 use super::search::{Search, State, Timing};
 use super::{EchoOrder, InbandMessage, PathReport};
-use crate::datapath::{EspOut, ESP_IN_UDP_PORT, TRAILER_ROOM};
+use crate::datapath::{EspOut, TRAILER_ROOM};
 use crate::esp::PLAINTEXT_OFFSET;
+use crate::ids::PeerId;
 use crate::keying::Keying;
 use crate::overhead::{Encapsulation, IpVersion};
 use crate::sadb::OutboundSa;
 use crate::state::MeshState;
-use crate::topology::{Peer, PeerId, Topology};
+use crate::topology::{Peer, Topology};
 use crate::wire::inband::{self, InbandHeader, MessageType};
 use crate::{netif, sys};
 
-/// How often the kernel's MTU is read and the searches' timers are looked at.
+/// How often the kernel's MTU is read (one route lookup at a time) and the searches' timers are
+/// looked at.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the underlay interface's MTU is read for `mtu = "auto"` overlays.
 const AUTO_MTU_INTERVAL: Duration = Duration::from_secs(2);
@@ -48,9 +53,8 @@ pub struct Driver {
 }
 
 /// One peer's path as the driver tracks it.
+#[derive(Default)]
 struct PeerPath {
-    /// A UDP socket connected towards the peer (never used to send): the kernel's MTU for it.
-    route: Option<UdpSocket>,
     /// Runs while the peer has an outbound SA that answers probes; it outlives rekeys (the path
     /// stays the same), so a known black hole does not reopen every hour.
     search: Option<Search>,
@@ -81,6 +85,9 @@ impl Driver {
         let mut next_auto = Instant::now() + AUTO_MTU_INTERVAL;
         let mut echo_orders = self.state.pmtu.take_echo_receiver();
         let mut echoes = Echoes::new();
+        // The newest look at the underlay, and the one being read.
+        let mut underlay = Underlay::default();
+        let mut reading: Option<JoinHandle<Underlay>> = None;
         loop {
             tokio::select! {
                 message = inbox.recv() => match message {
@@ -88,6 +95,17 @@ impl Driver {
                     None => return,
                 },
                 Some(order) = next_order(&mut echo_orders) => self.send_echo(order, &mut echoes, &mut buf),
+                read = underlay_read(&mut reading) => {
+                    reading = None;
+                    match read {
+                        Ok(read) => underlay = read,
+                        Err(error) => tracing::warn!(%error, "the underlay route lookup failed"),
+                    }
+                    if Instant::now() >= next_auto {
+                        next_auto = Instant::now() + AUTO_MTU_INTERVAL;
+                        self.follow_auto_mtu(&underlay);
+                    }
+                }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     // Pings that gave up waiting.
@@ -95,15 +113,12 @@ impl Driver {
                     let topology = self.state.topology_full();
                     peers.retain(|id, _| topology.is_member(*id));
                     for peer in &topology.peers {
-                        let path = peers.entry(peer.id).or_insert_with(|| PeerPath {
-                            route: connect_route(topology.local_address, peer.address),
-                            search: None,
-                        });
-                        self.update_peer(&topology, peer, path, now, &mut buf);
+                        let path = peers.entry(peer.id).or_default();
+                        let kernel = underlay.route(peer.id).map(|route| route.mtu());
+                        self.update_peer(&topology, peer, path, kernel, now, &mut buf);
                     }
-                    if now >= next_auto {
-                        next_auto = now + AUTO_MTU_INTERVAL;
-                        self.follow_auto_mtu();
+                    if reading.is_none() {
+                        reading = Some(tokio::task::spawn_blocking(move || Underlay::read(&topology)));
                     }
                 }
             }
@@ -168,8 +183,16 @@ impl Driver {
         }
     }
 
-    fn update_peer(&self, topology: &Topology, peer: &Peer, path: &mut PeerPath, now: Instant, buf: &mut [u8]) {
-        let kernel = path.route.as_ref().and_then(|route| route_mtu(route, peer.address).ok());
+    /// `kernel` is the kernel's MTU towards the peer, from the latest route lookup.
+    fn update_peer(
+        &self,
+        topology: &Topology,
+        peer: &Peer,
+        path: &mut PeerPath,
+        kernel: Option<usize>,
+        now: Instant,
+        buf: &mut [u8],
+    ) {
         let tables = self.state.sadb.load();
         let outbound = tables.outbound(peer.id).filter(|sa| (self.probes)(sa));
         match (outbound, kernel) {
@@ -242,10 +265,10 @@ impl Driver {
 
     /// Retunes overlay interfaces with `mtu = "auto"` when the underlay interface's MTU changed
     /// (compared with what the interface has now, so overlays a reload added are followed too).
-    fn follow_auto_mtu(&self) {
+    fn follow_auto_mtu(&self, underlay: &Underlay) {
         let topology = self.state.topology_full();
         for overlay in topology.overlays.iter().filter(|overlay| overlay.mtu == OverlayMtu::Auto) {
-            let (mtu, reason) = match super::auto::overlay_mtu(overlay, &topology, self.cipher) {
+            let (mtu, reason) = match auto::choose(overlay, &topology, self.cipher, underlay) {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "keeping the overlay MTU");
@@ -271,6 +294,14 @@ impl Driver {
 
 /// Echo requests sent, by (peer, id): where to report the reply.
 type Echoes = HashMap<(PeerId, u32), oneshot::Sender<Instant>>;
+
+/// The underlay being read, when it is; never when none is.
+async fn underlay_read(reading: &mut Option<JoinHandle<Underlay>>) -> Result<Underlay, JoinError> {
+    match reading {
+        Some(reading) => reading.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next echo order, or never when another task took the queue.
 async fn next_order(orders: &mut Option<mpsc::Receiver<EchoOrder>>) -> Option<EchoOrder> {
@@ -299,18 +330,4 @@ pub fn seal_inband(
     sa.sealer
         .seal(sa.params.spi, sequence, sa.params.esn, inband::NEXT_HEADER, buf, payload_len)
         .map_err(io::Error::other)
-}
-
-/// A UDP socket connected to the peer, only to ask the kernel for its MTU towards it.
-fn connect_route(local: IpAddr, peer: IpAddr) -> Option<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(SocketAddr::new(local, 0)), Type::DGRAM, Some(Protocol::UDP)).ok()?;
-    socket.bind(&SocketAddr::new(local, 0).into()).ok()?;
-    Some(socket.into()).filter(|socket: &UdpSocket| socket.connect(SocketAddr::new(peer, ESP_IN_UDP_PORT)).is_ok())
-}
-
-/// The kernel's path MTU towards `peer`; connecting again makes the kernel look the route up
-/// afresh, so a changed link MTU or a PMTU learnt from ICMP since shows.
-fn route_mtu(route: &UdpSocket, peer: IpAddr) -> io::Result<usize> {
-    route.connect(SocketAddr::new(peer, ESP_IN_UDP_PORT))?;
-    sys::connected_path_mtu(route.as_fd(), peer.is_ipv4())
 }

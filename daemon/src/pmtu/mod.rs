@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::topology::PeerId;
+use crate::ids::PeerId;
 use crate::wire::inband::InbandHeader;
 
 /// How many in-band messages may wait for the driver.

@@ -1,6 +1,15 @@
-//! rtnetlink: the route the kernel takes towards an address (RTM_GETROUTE, as `ip route get`),
-//! then the MTU of that route's link (RTM_GETLINK). A route with its own `mtu` metric caps it.
+//! The daemon's one route lookup (rtnetlink): the route the kernel takes from this node's
+//! address towards another (RTM_GETROUTE, as `ip route get TO from FROM`: the lookup the
+//! datapath's packets get, policy routing included), then the name and MTU of that route's link
+//! (RTM_GETLINK).
+//! `mtu = "auto"`, the path-MTU driver and `ikectl trace` all read the underlay from here.
+//!
+//! Each request waits up to a second for the kernel, so it never runs on the
+//! control-plane runtime: the driver runs it on tokio's blocking pool, one batch at a time;
+//! bringing an overlay up and `ikectl trace` already run on threads of their own
+//! (docs/architecture.md, "Threads").
 
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 
@@ -10,13 +19,14 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
+use nix::errno::Errno;
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 /// Large enough for one route or link reply.
 const REPLY_BUFFER_LEN: usize = 16 << 10;
 /// The kernel answers these requests while they are sent; a reply that has not come by then is
-/// lost, and the control-plane thread that asked must not wait for it forever.
+/// lost, and the thread that asked must not wait for it forever.
 const REPLY_TIMEOUT: TimeVal = TimeVal::new(1, 0);
 
 /// The underlay towards one address, as the kernel routes it.
@@ -24,98 +34,363 @@ const REPLY_TIMEOUT: TimeVal = TimeVal::new(1, 0);
 pub struct UnderlayRoute {
     /// The outgoing interface.
     pub interface: String,
-    /// Its MTU, or the route's `mtu` metric when that is smaller.
-    pub mtu: usize,
+    /// The next hop, when the destination is not on the link.
+    pub gateway: Option<IpAddr>,
+    /// The source address packets leave with.
+    pub source: Option<IpAddr>,
+    /// The outgoing interface's MTU.
+    pub link_mtu: u32,
+    /// The route's own `mtu` metric; a path MTU learnt from ICMP shows here too.
+    pub route_mtu: Option<u32>,
 }
 
-/// Looks up the route towards `destination` and its link's MTU.
-pub fn underlay_route(destination: IpAddr) -> io::Result<UnderlayRoute> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    setsockopt(&socket, sockopt::ReceiveTimeout, &REPLY_TIMEOUT)?;
+impl UnderlayRoute {
+    /// The kernel's path MTU: the link's, capped by the route's metric.
+    pub fn mtu(&self) -> usize {
+        let mtu = self.route_mtu.map_or(self.link_mtu, |route| route.min(self.link_mtu));
+        mtu as usize
+    }
+}
 
+/// Why a route lookup gave no route.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("the kernel has no route to {0}; add one on the underlay (ESP to it fails as send_failed)")]
+    NoRoute(IpAddr),
+    #[error("the route to {0} has no outgoing interface (a blackhole or prohibit route?); check `ip route get {0}`")]
+    NoInterface(IpAddr),
+    #[error("cannot open an rtnetlink socket ({0}); meshd needs to read the routing table")]
+    Socket(io::Error),
+    #[error("the kernel refused a route lookup ({0}); check `ip route get` and `ip link` by hand")]
+    Refused(io::Error),
+    #[error("the kernel did not answer an rtnetlink request within {} s; it may be overloaded: try again", REPLY_TIMEOUT.tv_sec())]
+    Timeout,
+    #[error("the kernel's rtnetlink answer is unreadable ({0}); report this with the kernel version")]
+    Malformed(String),
+}
+
+/// What the route answer says, before the link is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteAnswer {
+    interface_index: u32,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
+    route_mtu: Option<u32>,
+}
+
+/// What the link answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LinkAnswer {
+    name: String,
+    mtu: u32,
+}
+
+/// One rtnetlink socket for a batch of lookups; links are looked up once per batch.
+pub struct RouteLookup {
+    socket: Socket,
+    sequence: u32,
+    links: HashMap<u32, LinkAnswer>,
+}
+
+impl RouteLookup {
+    pub fn open() -> Result<RouteLookup, RouteError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
+        socket.bind_auto().map_err(RouteError::Socket)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(RouteError::Socket)?;
+        setsockopt(&socket, sockopt::ReceiveTimeout, &REPLY_TIMEOUT).map_err(|e| RouteError::Socket(e.into()))?;
+        Ok(RouteLookup { socket, sequence: 0, links: HashMap::new() })
+    }
+
+    /// The route from `source` (an address of this host) towards `destination`, and its link.
+    pub fn route(&mut self, source: IpAddr, destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
+        let answer = self.request(route_request(source, destination))?;
+        let route = parse_route_answer(answer, destination)?;
+        let link = match self.links.get(&route.interface_index) {
+            Some(link) => link.clone(),
+            None => {
+                let answer = self.request(link_request(route.interface_index))?;
+                let link = parse_link_answer(answer, route.interface_index)?;
+                self.links.insert(route.interface_index, link.clone());
+                link
+            }
+        };
+        Ok(UnderlayRoute {
+            interface: link.name,
+            gateway: route.gateway,
+            source: route.source,
+            link_mtu: link.mtu,
+            route_mtu: route.route_mtu,
+        })
+    }
+
+    /// Sends one request and returns the kernel's answer to it (skipping a late answer to an
+    /// earlier request that timed out).
+    fn request(&mut self, message: RouteNetlinkMessage) -> Result<NetlinkPayload<RouteNetlinkMessage>, RouteError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.socket.send(&emit_request(message, self.sequence), 0).map_err(RouteError::Refused)?;
+        let mut reply = vec![0u8; REPLY_BUFFER_LEN];
+        loop {
+            let len = self.socket.recv(&mut &mut reply[..], 0).map_err(|error| match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RouteError::Timeout,
+                _ => RouteError::Refused(error),
+            })?;
+            let answer = parse_answer(&reply[..len])?;
+            if answer.header.sequence_number == self.sequence {
+                return Ok(answer.payload);
+            }
+        }
+    }
+}
+
+/// Looks up the route from `source` towards `destination` and its link (one socket for one
+/// lookup).
+pub fn underlay_route(source: IpAddr, destination: IpAddr) -> Result<UnderlayRoute, RouteError> {
+    RouteLookup::open()?.route(source, destination)
+}
+
+/// A request as the kernel reads it.
+fn emit_request(message: RouteNetlinkMessage, sequence: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    bytes
+}
+
+fn route_request(source: IpAddr, destination: IpAddr) -> RouteNetlinkMessage {
     let mut route = RouteMessage::default();
     route.header.address_family = match destination {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
-    route.header.destination_prefix_length = if destination.is_ipv4() { 32 } else { 128 };
+    let host_prefix = if destination.is_ipv4() { 32 } else { 128 };
+    route.header.destination_prefix_length = host_prefix;
+    route.header.source_prefix_length = host_prefix;
     route.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
-    let reply = request(&socket, RouteNetlinkMessage::GetRoute(route))?;
-    let RouteNetlinkMessage::NewRoute(route) = reply else {
-        return Err(io::Error::other(format!("the kernel answered the route lookup for {destination} oddly")));
-    };
-    let interface_index = route.attributes.iter().find_map(|attribute| match attribute {
-        RouteAttribute::Oif(index) => Some(*index),
-        _ => None,
-    });
-    let interface_index =
-        interface_index.ok_or_else(|| io::Error::other(format!("the route to {destination} has no interface")))?;
-    let route_mtu = route.attributes.iter().find_map(|attribute| match attribute {
-        RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|metric| match metric {
-            RouteMetric::Mtu(mtu) => Some(*mtu),
-            _ => None,
-        }),
-        _ => None,
-    });
+    route.attributes.push(RouteAttribute::Source(RouteAddress::from(source)));
+    RouteNetlinkMessage::GetRoute(route)
+}
 
+fn link_request(interface_index: u32) -> RouteNetlinkMessage {
     let mut link = LinkMessage::default();
     link.header.index = interface_index;
-    let RouteNetlinkMessage::NewLink(link) = request(&socket, RouteNetlinkMessage::GetLink(link))? else {
-        return Err(io::Error::other(format!("the kernel answered the link lookup for index {interface_index} oddly")));
+    RouteNetlinkMessage::GetLink(link)
+}
+
+fn parse_answer(bytes: &[u8]) -> Result<NetlinkMessage<RouteNetlinkMessage>, RouteError> {
+    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|error| RouteError::Malformed(error.to_string()))
+}
+
+fn parse_route_answer(
+    answer: NetlinkPayload<RouteNetlinkMessage>,
+    destination: IpAddr,
+) -> Result<RouteAnswer, RouteError> {
+    let route = match answer {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => route,
+        NetlinkPayload::Error(error) => {
+            let errno = Errno::from_raw(error.raw_code().abs());
+            return Err(match errno {
+                Errno::ENETUNREACH | Errno::EHOSTUNREACH => RouteError::NoRoute(destination),
+                _ => RouteError::Refused(error.to_io()),
+            });
+        }
+        other => return Err(RouteError::Malformed(format!("a route lookup was answered with {other:?}"))),
     };
-    let mut interface = format!("interface {interface_index}");
-    let mut link_mtu = None;
-    for attribute in link.attributes {
+    let address = |address: &RouteAddress| match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None };
+    let mut interface_index = None;
+    // The kernel names the source it would pick (RTA_PREFSRC) only when it differs from the one
+    // the request gave (RTA_SRC, echoed back).
+    let (mut requested_source, mut preferred_source) = (None, None);
+    for attribute in &route.attributes {
         match attribute {
-            LinkAttribute::IfName(name) => interface = name,
-            LinkAttribute::Mtu(mtu) => link_mtu = Some(mtu),
+            RouteAttribute::Oif(index) => interface_index = Some(*index),
+            RouteAttribute::Gateway(gateway) => answer.gateway = address(gateway),
+            RouteAttribute::Source(source) => requested_source = address(source),
+            RouteAttribute::PrefSource(source) => preferred_source = address(source),
+            RouteAttribute::Metrics(metrics) => {
+                answer.route_mtu = metrics.iter().find_map(|metric| match metric {
+                    RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
-    let link_mtu = link_mtu.ok_or_else(|| io::Error::other(format!("{interface} reported no MTU")))?;
-    let mtu = route_mtu.filter(|mtu| *mtu != 0).map_or(link_mtu, |route| route.min(link_mtu));
-    Ok(UnderlayRoute { interface, mtu: mtu as usize })
+    answer.source = preferred_source.or(requested_source);
+    answer.interface_index = interface_index.ok_or(RouteError::NoInterface(destination))?;
+    Ok(answer)
 }
 
-/// Sends one request and returns the kernel's one answer.
-fn request(socket: &Socket, message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    request.finalize();
-    let mut bytes = vec![0u8; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket.send(&bytes, 0)?;
-    let mut reply = vec![0u8; REPLY_BUFFER_LEN];
-    let len = socket.recv(&mut &mut reply[..], 0).map_err(|error| match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            let seconds = REPLY_TIMEOUT.tv_sec();
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the kernel did not answer an rtnetlink request within {seconds} s"),
-            )
+fn parse_link_answer(answer: NetlinkPayload<RouteNetlinkMessage>, index: u32) -> Result<LinkAnswer, RouteError> {
+    let link = match answer {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link,
+        NetlinkPayload::Error(error) => return Err(RouteError::Refused(error.to_io())),
+        other => return Err(RouteError::Malformed(format!("a link lookup was answered with {other:?}"))),
+    };
+    let mut name = None;
+    let mut mtu = None;
+    for attribute in link.attributes {
+        match attribute {
+            LinkAttribute::IfName(found) => name = Some(found),
+            LinkAttribute::Mtu(found) => mtu = Some(found),
+            _ => {}
         }
-        _ => error,
-    })?;
-    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable rtnetlink answer: {error}")))?;
-    match answer.payload {
-        NetlinkPayload::InnerMessage(message) => Ok(message),
-        NetlinkPayload::Error(error) => Err(error.into()),
-        _ => Err(io::Error::other("the kernel sent no answer to an rtnetlink request")),
     }
+    let name = name.unwrap_or_else(|| format!("interface {index}"));
+    let mtu = mtu.ok_or_else(|| RouteError::Malformed(format!("the kernel reported no MTU for {name}")))?;
+    Ok(LinkAnswer { name, mtu })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The kernel's answer to RTM_GETROUTE for 198.19.0.7 from 198.18.0.1, routed `via
+    /// 198.18.0.254 dev d0 mtu 1300` (d0 is interface 3 and holds 198.18.0.1/24).
+    const ROUTE_V4: &[u8] = &[
+        0x7c, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, // nlmsghdr: length 124, RTM_NEWROUTE
+        0x07, 0x00, 0x00, 0x00, 0x9a, 0x41, 0x00, 0x00, // sequence 7, port
+        0x02, 0x20, 0x20, 0x00, 0xfe, 0x00, 0x00, 0x01, // rtmsg: AF_INET, /32 from /32, main table, unicast
+        0x00, 0x02, 0x00, 0x00, // rtm_flags
+        0x08, 0x00, 0x0f, 0x00, 0xfe, 0x00, 0x00, 0x00, // RTA_TABLE 254
+        0x08, 0x00, 0x01, 0x00, 0xc6, 0x13, 0x00, 0x07, // RTA_DST 198.19.0.7
+        0x08, 0x00, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, // RTA_SRC 198.18.0.1 (as asked)
+        0x08, 0x00, 0x04, 0x00, 0x03, 0x00, 0x00, 0x00, // RTA_OIF 3
+        0x08, 0x00, 0x05, 0x00, 0xc6, 0x12, 0x00, 0xfe, // RTA_GATEWAY 198.18.0.254
+        0x0c, 0x00, 0x08, 0x00, 0x08, 0x00, 0x02, 0x00, 0x14, 0x05, 0x00, 0x00, // RTA_METRICS: RTAX_MTU 1300
+        0x08, 0x00, 0x19, 0x00, 0x00, 0x00, 0x00, 0x00, // RTA_UID 0
+        0x24, 0x00, 0x0c, 0x00, // RTA_CACHEINFO, 32 bytes of zeros
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+    ];
+
+    /// The kernel's answer to RTM_GETROUTE for 2001:db8:1::7 (without a source: the kernel names
+    /// the one it picks), routed `via 2001:db8::fe dev d0` (no mtu metric; d0 holds
+    /// 2001:db8::1/64).
+    const ROUTE_V6: &str = "b000000018000000090000000e0700000a808000fe0300010000000008000f00fe0000001400010020010db8\
+        00010000000000000000000714000200000000000000000000000000000000001400070020010db800000000\
+        000000000000000108000600000400001400050020010db80000000000000000000000fe0800040003000000\
+        24000c0002000000000000000000000000000000000000000000000000000000000000000500140000000000";
+
+    /// The kernel's answer to RTM_GETROUTE for 203.0.113.9 without a route to it: NLMSG_ERROR
+    /// -ENETUNREACH, then the request's header and body.
+    const UNREACHABLE: &[u8] = &[
+        0x38, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, // nlmsghdr: length 56, NLMSG_ERROR
+        0x08, 0x00, 0x00, 0x00, 0x0e, 0x07, 0x00, 0x00, // sequence 8, port
+        0x9b, 0xff, 0xff, 0xff, // error -101 (ENETUNREACH)
+        0x24, 0x00, 0x00, 0x00, 0x1a, 0x00, 0x01, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // request
+        0x02, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // its rtmsg
+        0x08, 0x00, 0x01, 0x00, 0xcb, 0x00, 0x71, 0x09, // RTA_DST 203.0.113.9
+    ];
+
+    /// An RTM_NEWLINK answer for interface 3, d0, MTU 1400 (only the attributes read here).
+    const LINK: &[u8] = &[
+        0x30, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, // nlmsghdr: length 48, RTM_NEWLINK
+        0x02, 0x00, 0x00, 0x00, 0x0e, 0x07, 0x00, 0x00, // sequence 2, port
+        0x00, 0x00, 0x01, 0x00, 0x03, 0x00, 0x00, 0x00, // ifinfomsg: AF_UNSPEC, ARPHRD_ETHER, index 3
+        0x43, 0x10, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, // flags (up, running), change
+        0x07, 0x00, 0x03, 0x00, b'd', b'0', 0x00, 0x00, // IFLA_IFNAME "d0"
+        0x08, 0x00, 0x04, 0x00, 0x78, 0x05, 0x00, 0x00, // IFLA_MTU 1400
+    ];
+
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap()).collect()
+    }
+
+    fn payload(bytes: &[u8]) -> NetlinkPayload<RouteNetlinkMessage> {
+        parse_answer(bytes).unwrap().payload
+    }
+
+    #[test]
+    fn a_route_request_names_both_ends() {
+        let request = route_request(IpAddr::from([198, 18, 0, 1]), IpAddr::from([198, 19, 0, 7]));
+        let expected: &[u8] = &[
+            0x2c, 0x00, 0x00, 0x00, 0x1a, 0x00, 0x01, 0x00, // nlmsghdr: length 44, RTM_GETROUTE, NLM_F_REQUEST
+            0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // sequence 5, port 0 (the kernel's)
+            0x02, 0x20, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, // rtmsg: AF_INET, /32 from /32
+            0x00, 0x00, 0x00, 0x00, // rtm_flags
+            0x08, 0x00, 0x01, 0x00, 0xc6, 0x13, 0x00, 0x07, // RTA_DST 198.19.0.7
+            0x08, 0x00, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, // RTA_SRC 198.18.0.1
+        ];
+        assert_eq!(emit_request(request, 5), expected);
+    }
+
+    #[test]
+    fn a_route_via_a_gateway_with_an_mtu_metric() {
+        let destination = IpAddr::from([198, 19, 0, 7]);
+        assert_eq!(parse_answer(ROUTE_V4).unwrap().header.sequence_number, 7);
+        let answer = parse_route_answer(payload(ROUTE_V4), destination).unwrap();
+        assert_eq!(
+            answer,
+            RouteAnswer {
+                interface_index: 3,
+                gateway: Some(IpAddr::from([198, 18, 0, 254])),
+                source: Some(IpAddr::from([198, 18, 0, 1])),
+                route_mtu: Some(1300),
+            }
+        );
+    }
+
+    #[test]
+    fn an_ipv6_route_without_an_mtu_metric() {
+        let destination: IpAddr = "2001:db8:1::7".parse().unwrap();
+        let answer = parse_route_answer(payload(&hex(ROUTE_V6)), destination).unwrap();
+        assert_eq!(answer.interface_index, 3);
+        assert_eq!(answer.gateway, Some("2001:db8::fe".parse().unwrap()));
+        assert_eq!(answer.source, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(answer.route_mtu, None);
+    }
+
+    #[test]
+    fn an_unreachable_destination_is_no_route() {
+        let destination = IpAddr::from([203, 0, 113, 9]);
+        let error = parse_route_answer(payload(UNREACHABLE), destination).unwrap_err();
+        assert!(matches!(error, RouteError::NoRoute(to) if to == destination), "{error:?}");
+        assert!(error.to_string().contains("add one on the underlay"), "{error}");
+    }
+
+    #[test]
+    fn a_link_answer_names_the_interface_and_its_mtu() {
+        assert_eq!(parse_link_answer(payload(LINK), 3).unwrap(), LinkAnswer { name: "d0".to_string(), mtu: 1400 });
+        // A route answer where a link answer belongs is no link.
+        assert!(matches!(parse_link_answer(payload(ROUTE_V4), 3), Err(RouteError::Malformed(_))));
+    }
+
+    #[test]
+    fn truncated_answers_are_malformed() {
+        for len in [0, 10, 20, 60] {
+            assert!(matches!(parse_answer(&ROUTE_V4[..len]), Err(RouteError::Malformed(_))), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn the_path_mtu_is_the_link_capped_by_the_route() {
+        let route = |route_mtu| UnderlayRoute {
+            interface: "d0".to_string(),
+            gateway: None,
+            source: None,
+            link_mtu: 1400,
+            route_mtu,
+        };
+        assert_eq!(route(None).mtu(), 1400);
+        assert_eq!(route(Some(1300)).mtu(), 1300);
+        assert_eq!(route(Some(9000)).mtu(), 1400);
+    }
+
     #[test]
     fn loopback_routes_over_lo() {
-        let route = underlay_route(IpAddr::from([127, 0, 0, 1])).unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let route = underlay_route(loopback, loopback).unwrap();
         assert_eq!(route.interface, "lo");
-        assert!(route.mtu >= 1500, "{route:?}");
+        assert!(route.mtu() >= 1500, "{route:?}");
     }
 }
