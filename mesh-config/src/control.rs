@@ -71,6 +71,18 @@ pub enum Command {
         /// Each probe's size as an IP packet on the underlay (0: the smallest).
         size: u32,
     },
+    /// `ikectl capture`: one `Reply::CaptureStart`, then `Reply::CaptureFrames` lines with the
+    /// decrypted overlay frames of both directions until `count` frames (if given) were sent or
+    /// the client hangs up.
+    Capture {
+        peer: Option<String>,
+        overlay: Option<String>,
+        count: Option<u64>,
+        /// Bytes kept of each frame.
+        snaplen: u32,
+    },
+    /// `ikectl sa keys --wireshark`: the key material of every Child SA.
+    SaKeys,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +122,60 @@ pub enum Reply {
     Reload(crate::reload::ReloadPlan),
     Trace(TraceReport),
     Ping(Box<PingReport>),
+    CaptureStart(CaptureStart),
+    CaptureFrames(CaptureFrames),
+    SaKeys(Vec<SaKeys>),
+}
+
+/// The capture's interfaces: one per overlay and direction, numbered from 0 in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStart {
+    pub node: String,
+    pub interfaces: Vec<CaptureInterface>,
+    pub snaplen: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInterface {
+    pub overlay: String,
+    pub vni: u32,
+    pub direction: Direction,
+}
+
+/// Frames captured since the last batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFrames {
+    pub frames: Vec<CapturedFrame>,
+    /// Frames left out of this capture so far (rate limit or a full queue); traffic is unaffected.
+    pub dropped: u64,
+}
+
+/// One decrypted overlay frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedFrame {
+    /// Index into `CaptureStart::interfaces`.
+    pub interface: u32,
+    pub at_unix_ns: u64,
+    pub peer: String,
+    pub spi: Spi,
+    pub vni: u32,
+    /// The frame's length before `snaplen` cut it.
+    pub original_len: u32,
+    /// The captured bytes, as hex.
+    pub data: String,
+}
+
+/// One Child SA's keys, for a sniffer on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaKeys {
+    pub peer: String,
+    pub direction: Direction,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub spi: Spi,
+    pub cipher: Cipher,
+    /// The key followed by the 4-byte salt, as hex.
+    pub key: String,
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.

@@ -1,0 +1,153 @@
+//! Seeing the traffic: `ikectl capture` read back by tshark, an underlay capture decrypted with
+//! the keys of `ikectl sa keys --wireshark`.
+//!
+//! Each test uses its own namespace prefix, so the tests of this file run in parallel.
+//! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test visibility`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meshd_lab::meshfile::OVERLAY_NAME;
+use meshd_lab::util::{describe_output, send_signal, wait_until};
+use meshd_lab::{ikectl_bin, require_root, start_all, Capture, Lab, MeshFile, Meshd, Netns};
+
+/// `ikectl --socket S ARGS` of `meshd` inside `ns`, as a command to spawn.
+fn ikectl_command(ns: &Netns, meshd: &Meshd, args: &[&str]) -> Command {
+    let mut command = ns.command([ikectl_bin().as_os_str(), "--socket".as_ref(), meshd.socket().as_os_str()]);
+    command.args(args);
+    command
+}
+
+fn ping_ok(ns: &Netns, addr: &str, count: u32) {
+    let out = ns.ping(addr, count);
+    assert!(out.status.success(), "ping {addr} from {} failed\n{}", ns.name(), describe_output(&out));
+}
+
+/// `tshark -r FILE` with `args`, its stdout.
+fn tshark_read(file: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new("tshark").arg("-n").arg("-r").arg(file).args(args).output().expect("run tshark");
+    assert!(output.status.success(), "tshark -r {} failed\n{}", file.display(), describe_output(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A ping from n1 to n2 captured on n1 with `ikectl capture -w FILE`: tshark reads the echo
+/// requests on the overlay's outbound interface and the replies on its inbound one, flagged by
+/// direction (tshark shows the flags as 0x00000002: outbound, 0x00000001: inbound), each with
+/// the peer, VNI and SPI in its comment. Then the same live through a pipe:
+/// `ikectl capture -w - --count 4 | tshark -r -`.
+#[test]
+fn capture_of_a_ping_reads_back_in_tshark() {
+    require_root();
+    let lab = Lab::builder("vcap").nodes(2).build();
+    let mesh = MeshFile::builder(&lab).write();
+    let daemons = start_all(&lab, mesh.path());
+    let n2 = lab.overlay_addr(1).to_string();
+    // ARP first, so that the capture holds only the echoes.
+    ping_ok(lab.node(0), &n2, 1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("overlay.pcapng");
+    let mut capture = ikectl_command(lab.node(0), &daemons[0], &["capture", "--peer", "n2", "-w"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ikectl capture");
+    assert!(
+        wait_until(Duration::from_secs(10), || file.metadata().ok().filter(|m| m.len() > 0)).is_some(),
+        "ikectl capture wrote no pcapng header"
+    );
+    ping_ok(lab.node(0), &n2, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(capture.id(), libc::SIGINT);
+    capture.wait().expect("wait for ikectl capture");
+
+    let fields = [
+        "-Y",
+        "icmp",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-e",
+        "frame.interface_name",
+        "-e",
+        "frame.packet_flags_direction",
+        "-e",
+        "icmp.type",
+        "-e",
+        "frame.comment",
+    ];
+    let read = tshark_read(&file, &fields);
+    let out_spi = format!("spi {}", mesh.sa(0, 1).spi_text());
+    let in_spi = format!("spi {}", mesh.sa(1, 0).spi_text());
+    let requests: Vec<&str> =
+        read.lines().filter(|l| l.starts_with(&format!("{OVERLAY_NAME}/out|0x00000002|8|"))).collect();
+    let replies: Vec<&str> =
+        read.lines().filter(|l| l.starts_with(&format!("{OVERLAY_NAME}/in|0x00000001|0|"))).collect();
+    assert_eq!((requests.len(), replies.len()), (3, 3), "3 echo requests out and 3 replies in:\n{read}");
+    assert!(
+        requests.iter().all(|l| l.contains("to peer n2") && l.contains("vni 4242") && l.contains(&out_spi)),
+        "{read}"
+    );
+    assert!(
+        replies.iter().all(|l| l.contains("from peer n2") && l.contains("vni 4242") && l.contains(&in_spi)),
+        "{read}"
+    );
+    assert_eq!(read.lines().count(), 6, "nothing but the echoes:\n{read}");
+
+    // Live: ikectl streams pcapng into tshark, which reads from stdin.
+    let socket = daemons[0].socket().display().to_string();
+    let pipeline = format!(
+        "{} --socket {socket} capture --count 4 -w - | tshark -n -r - -T fields -e frame.interface_name",
+        ikectl_bin().display()
+    );
+    let live = lab.node(0).command(["sh", "-c", &pipeline]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let live = live.expect("spawn the pipeline");
+    std::thread::sleep(Duration::from_millis(500));
+    ping_ok(lab.node(0), &n2, 3);
+    let output = live.wait_with_output().expect("pipeline output");
+    let names = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ikectl capture -w - | tshark -r - failed\n{}", describe_output(&output));
+    assert_eq!(names.lines().count(), 4, "4 frames through the pipe:\n{}", describe_output(&output));
+    assert!(names.lines().all(|l| l.starts_with(&format!("{OVERLAY_NAME}/"))), "{names}");
+}
+
+/// IKE-keyed pair: tshark decrypts a capture of the underlay with the rows of
+/// `ikectl sa keys --wireshark` (which warns on stderr) to VXLAN with the echoes inside.
+#[test]
+fn underlay_capture_decrypts_with_exported_keys() {
+    require_root();
+    let lab = Lab::builder("vkey").nodes(2).build();
+    let mesh = MeshFile::builder(&lab).ike().ike_proposals(&["aes256gcm16-prfsha256-x25519"]).write();
+    let daemons = start_all(&lab, mesh.path());
+    let n2 = lab.overlay_addr(1).to_string();
+    let both_ways = wait_until(Duration::from_secs(20), || {
+        (daemons[0].ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(both_ways.is_some(), "no Child SAs within 20 s:\n{}", daemons[0].log());
+
+    let mut capture = Capture::start(lab.switch(), "br0");
+    ping_ok(lab.node(0), &n2, 3);
+    capture.stop();
+
+    let keys = daemons[0].ikectl(&["sa", "keys", "--wireshark"]);
+    assert!(keys.status.success(), "ikectl sa keys failed\n{}", describe_output(&keys));
+    let stderr = String::from_utf8_lossy(&keys.stderr);
+    assert!(stderr.contains("WARNING"), "no warning on stderr:\n{stderr}");
+    let rows: Vec<String> = String::from_utf8_lossy(&keys.stdout).lines().map(str::to_string).collect();
+    assert_eq!(rows.len(), 2, "one row per direction:\n{rows:?}");
+
+    let mut args = vec!["-o".to_string(), "esp.enable_encryption_decode:TRUE".to_string()];
+    for row in &rows {
+        args.extend(["-o".to_string(), format!("uat:esp_sa:{row}")]);
+    }
+    args.extend(
+        ["-d", "udp.port==4790,vxlan", "-Y", "vxlan.vni == 4242 && icmp", "-T", "fields", "-e", "icmp.type"]
+            .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let decrypted = capture.read(&args);
+    let types: Vec<&str> = decrypted.lines().collect();
+    assert_eq!(types.iter().filter(|t| **t == "8").count(), 3, "3 echo requests decrypted:\n{decrypted}");
+    assert_eq!(types.iter().filter(|t| **t == "0").count(), 3, "3 echo replies decrypted:\n{decrypted}");
+}
