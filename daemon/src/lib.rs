@@ -10,6 +10,7 @@ pub mod esp;
 pub mod fdb;
 pub mod ike;
 pub mod keying;
+pub mod logging;
 pub mod manual;
 pub mod netif;
 pub mod offload;

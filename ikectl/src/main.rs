@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod bugreport;
 mod capture;
 mod client;
 mod drops;
@@ -96,10 +97,38 @@ enum CliCommand {
         #[arg(short = 'w', long = "write", value_name = "FILE")]
         write: String,
     },
+    /// One tar.gz to attach to a ticket: status, SAs, peers, FDB, drops (with the kernel's), a
+    /// ping of every peer, recent log lines, the effective config with every secret redacted,
+    /// versions and the kernel's network facts.
+    Bugreport {
+        /// Where the archive goes (default: meshd-bugreport-NODE-TIME.tar.gz here).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// meshd's log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
         #[command(subcommand)]
         command: fleet::FleetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Change meshd's log level now (error, warn, info, debug, trace, off), for everything or
+    /// one module; with --for it goes back by itself.
+    Level {
+        level: String,
+        /// Only this module of meshd (e.g. ike, keying, datapath, pmtu).
+        #[arg(long)]
+        module: Option<String>,
+        /// Go back to the previous level after this long (e.g. 10m, 30s).
+        #[arg(long = "for", value_name = "DURATION", value_parser = mesh_config::parse_duration)]
+        revert_after: Option<std::time::Duration>,
     },
 }
 
@@ -139,6 +168,10 @@ fn main() -> ExitCode {
         CliCommand::Reload => Command::Reload,
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
+        CliCommand::Log { command: LogCommand::Level { level, module, revert_after } } => {
+            Command::LogLevel { level, module, for_secs: revert_after.map(|d| d.as_secs().max(1)) }
+        }
+        CliCommand::Bugreport { output } => return exit_on(bugreport::run(&cli.socket, output)),
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
         CliCommand::Capture { peer, overlay, count, snaplen, write } => {
             let options = capture::CaptureOptions { peer, overlay, count, snaplen, write };

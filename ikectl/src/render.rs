@@ -27,6 +27,8 @@ pub fn json(reply: &Reply) -> String {
         Reply::CaptureStart(v) => serde_json::to_value(v),
         Reply::CaptureFrames(v) => serde_json::to_value(v),
         Reply::SaKeys(v) => serde_json::to_value(v),
+        Reply::LogLevel(v) => serde_json::to_value(v),
+        Reply::BugReport(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -57,6 +59,11 @@ pub fn text(reply: &Reply) -> String {
         }
         Reply::CaptureFrames(batch) => format!("{} frames ({} left out)\n", batch.frames.len(), batch.dropped),
         Reply::SaKeys(keys) => render_sa_keys(keys),
+        Reply::BugReport(files) => files.iter().map(|file| format!("{}\n", file.name)).collect(),
+        Reply::LogLevel(report) => match (&report.reverts_to, report.reverts_in_secs) {
+            (Some(back), Some(secs)) => format!("log filter: {} (back to {back} in {secs}s)\n", report.filter),
+            _ => format!("log filter: {}\n", report.filter),
+        },
     }
 }
 

@@ -83,6 +83,15 @@ pub enum Command {
     },
     /// `ikectl sa keys --wireshark`: the key material of every Child SA.
     SaKeys,
+    /// `ikectl log level`: sets meshd's log level (for one module, or all), reverting after
+    /// `for_secs` when given.
+    LogLevel {
+        level: String,
+        module: Option<String>,
+        for_secs: Option<u64>,
+    },
+    /// `ikectl bugreport`: everything a ticket needs, secrets redacted.
+    BugReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +134,8 @@ pub enum Reply {
     CaptureStart(CaptureStart),
     CaptureFrames(CaptureFrames),
     SaKeys(Vec<SaKeys>),
+    LogLevel(LogLevelReport),
+    BugReport(Vec<ReportFile>),
 }
 
 /// The capture's interfaces: one per overlay and direction, numbered from 0 in this order.
@@ -176,6 +187,22 @@ pub struct SaKeys {
     pub cipher: Cipher,
     /// The key followed by the 4-byte salt, as hex.
     pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelReport {
+    /// The filter in effect now (`tracing` directive syntax).
+    pub filter: String,
+    /// The filter restored after `reverts_in_secs`, when the change is temporary.
+    pub reverts_to: Option<String>,
+    pub reverts_in_secs: Option<u64>,
+}
+
+/// One file of a bug report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFile {
+    pub name: String,
+    pub contents: String,
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.

@@ -1,9 +1,11 @@
 //! Seeing the traffic: `ikectl capture` read back by tshark, an underlay capture decrypted with
-//! the keys of `ikectl sa keys --wireshark`.
+//! the keys of `ikectl sa keys --wireshark`, `ikectl log level` at runtime, and
+//! `ikectl bugreport` scanned for secrets.
 //!
 //! Each test uses its own namespace prefix, so the tests of this file run in parallel.
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test visibility`.
 
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -121,21 +123,25 @@ fn underlay_capture_decrypts_with_exported_keys() {
     let mesh = MeshFile::builder(&lab).ike().ike_proposals(&["aes256gcm16-prfsha256-x25519"]).write();
     let daemons = start_all(&lab, mesh.path());
     let n2 = lab.overlay_addr(1).to_string();
-    let both_ways = wait_until(Duration::from_secs(20), || {
-        (daemons[0].ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
-    });
-    assert!(both_ways.is_some(), "no Child SAs within 20 s:\n{}", daemons[0].log());
+    wait_for_sas(&daemons[0]);
 
+    wait_for_sas(&daemons[1]);
+    // Both nodes' keys, before and after: an SA replaced while the pings ran (both nodes
+    // initiated at once, and one pair of Child SAs is deleted) still decrypts.
+    let export = |meshd: &Meshd| {
+        let keys = meshd.ikectl(&["sa", "keys", "--wireshark"]);
+        assert!(keys.status.success(), "ikectl sa keys failed\n{}", describe_output(&keys));
+        let stderr = String::from_utf8_lossy(&keys.stderr);
+        assert!(stderr.contains("WARNING"), "no warning on stderr:\n{stderr}");
+        let rows: Vec<String> = String::from_utf8_lossy(&keys.stdout).lines().map(str::to_string).collect();
+        assert_eq!(rows.len(), 2, "one row per direction:\n{rows:?}");
+        rows
+    };
+    let mut rows: BTreeSet<String> = daemons.iter().flat_map(export).collect();
     let mut capture = Capture::start(lab.switch(), "br0");
     ping_ok(lab.node(0), &n2, 3);
     capture.stop();
-
-    let keys = daemons[0].ikectl(&["sa", "keys", "--wireshark"]);
-    assert!(keys.status.success(), "ikectl sa keys failed\n{}", describe_output(&keys));
-    let stderr = String::from_utf8_lossy(&keys.stderr);
-    assert!(stderr.contains("WARNING"), "no warning on stderr:\n{stderr}");
-    let rows: Vec<String> = String::from_utf8_lossy(&keys.stdout).lines().map(str::to_string).collect();
-    assert_eq!(rows.len(), 2, "one row per direction:\n{rows:?}");
+    rows.extend(daemons.iter().flat_map(export));
 
     let mut args = vec!["-o".to_string(), "esp.enable_encryption_decode:TRUE".to_string()];
     for row in &rows {
@@ -150,4 +156,131 @@ fn underlay_capture_decrypts_with_exported_keys() {
     let types: Vec<&str> = decrypted.lines().collect();
     assert_eq!(types.iter().filter(|t| **t == "8").count(), 3, "3 echo requests decrypted:\n{decrypted}");
     assert_eq!(types.iter().filter(|t| **t == "0").count(), 3, "3 echo replies decrypted:\n{decrypted}");
+}
+
+/// Waits until `meshd` has Child SAs both ways with its one peer.
+fn wait_for_sas(meshd: &Meshd) {
+    let both_ways = wait_until(Duration::from_secs(20), || {
+        (meshd.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(both_ways.is_some(), "no Child SAs within 20 s:\n{}", meshd.log());
+}
+
+fn debug_lines(meshd: &Meshd) -> Vec<String> {
+    meshd.log().lines().filter(|l| l.contains(" DEBUG ")).map(str::to_string).collect()
+}
+
+/// `ikectl log level debug --module ike --for 3s`: the renegotiation after `sa flush` logs IKE
+/// debug lines; once the level went back by itself, the next renegotiation logs none.
+#[test]
+fn runtime_log_level_makes_debug_lines_appear_and_go_away() {
+    require_root();
+    let lab = Lab::builder("vlog").nodes(2).build();
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let daemons = start_all(&lab, mesh.path());
+    wait_for_sas(&daemons[0]);
+    assert_eq!(debug_lines(&daemons[0]), Vec::<String>::new(), "debug lines at the default level");
+
+    let set = daemons[0].ikectl_json(&["log", "level", "debug", "--module", "ike", "--for", "3s"]);
+    assert_eq!(set["reverts_in_secs"].as_u64(), Some(3), "{set}");
+    assert!(set["filter"].as_str().is_some_and(|f| f.ends_with("meshd::ike=debug")), "{set}");
+    let flushed = daemons[0].ikectl(&["sa", "flush"]);
+    assert!(flushed.status.success(), "{}", describe_output(&flushed));
+    wait_for_sas(&daemons[0]);
+    let during = debug_lines(&daemons[0]);
+    assert!(!during.is_empty(), "no debug lines while the level was debug:\n{}", daemons[0].log());
+    assert!(during.iter().all(|l| l.contains("meshd::ike")), "debug lines of other modules:\n{during:#?}");
+
+    let reverted =
+        wait_until(Duration::from_secs(10), || daemons[0].log().contains("log filter reverted").then_some(()));
+    assert!(reverted.is_some(), "the level did not go back by itself:\n{}", daemons[0].log());
+    let flushed = daemons[0].ikectl(&["sa", "flush"]);
+    assert!(flushed.status.success(), "{}", describe_output(&flushed));
+    wait_for_sas(&daemons[0]);
+    assert_eq!(debug_lines(&daemons[0]), during, "debug lines after the level went back");
+}
+
+/// `ikectl bugreport -o FILE` on `meshd`, unpacked: file name -> contents.
+fn bugreport(ns: &Netns, meshd: &Meshd) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("report.tar.gz");
+    let output = ikectl_command(ns, meshd, &["bugreport", "-o"]).arg(&archive).output().expect("run ikectl bugreport");
+    assert!(output.status.success(), "ikectl bugreport failed\n{}", describe_output(&output));
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("mkdir");
+    let tar = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&unpacked).output().expect("run tar");
+    assert!(tar.status.success(), "the report is no tar.gz\n{}", describe_output(&tar));
+    let tops: Vec<_> = std::fs::read_dir(&unpacked).expect("read").flatten().collect();
+    assert_eq!(tops.len(), 1, "one top directory in the archive");
+    std::fs::read_dir(tops[0].path())
+        .expect("read the report directory")
+        .flatten()
+        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), std::fs::read(entry.path()).expect("read")))
+        .collect()
+}
+
+/// Fails when any file of `report` holds `secret` as bytes, lowercase hex or uppercase hex.
+fn assert_no_secret(report: &std::collections::BTreeMap<String, Vec<u8>>, what: &str, secret: &[u8]) {
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    for form in [secret.to_vec(), hex.clone().into_bytes(), hex.to_uppercase().into_bytes()] {
+        for (name, contents) in report {
+            let found = contents.windows(form.len()).any(|window| window == form.as_slice());
+            assert!(!found, "{what} is in {name} of the bug report:\n{}", String::from_utf8_lossy(contents));
+        }
+    }
+}
+
+/// The report has every part the issue lists, and no secret: not the PSK, no manual key, no key
+/// of a negotiated Child SA (KEYMAT, derived from SK_d).
+#[test]
+fn bugreport_has_everything_and_no_secret() {
+    require_root();
+    let manual_lab = Lab::builder("vbrm").nodes(2).build();
+    let manual = MeshFile::builder(&manual_lab).write();
+    let manual_daemons = start_all(&manual_lab, manual.path());
+    ping_ok(manual_lab.node(0), &manual_lab.overlay_addr(1).to_string(), 2);
+    let report = bugreport(manual_lab.node(0), &manual_daemons[0]);
+    for name in [
+        "status.json",
+        "sa-list.json",
+        "peers.json",
+        "fdb.json",
+        "drops.json",
+        "ping-n2.json",
+        "log.txt",
+        "config.txt",
+        "versions.txt",
+        "network.txt",
+        "sysctl.txt",
+        "nftables.txt",
+        "ikectl-version.txt",
+    ] {
+        assert!(report.contains_key(name), "no {name} in the report: {:?}", report.keys().collect::<Vec<_>>());
+    }
+    let text = |name: &str| String::from_utf8_lossy(&report[name]).into_owned();
+    assert!(text("log.txt").contains("meshd running"), "recent log lines:\n{}", text("log.txt"));
+    assert!(text("ping-n2.json").contains("\"healthy\": true"), "{}", text("ping-n2.json"));
+    assert!(text("network.txt").contains("ip route get 198.18.0.2"), "{}", text("network.txt"));
+    assert!(text("sysctl.txt").contains("gc_thresh3") && text("sysctl.txt").contains("rp_filter"));
+    assert!(text("config.txt").contains("redacted"), "the config shows its secrets redacted:\n{}", text("config.txt"));
+    assert_no_secret(&report, "the PSK", &manual.psk());
+    for sa in manual.sas() {
+        assert_no_secret(&report, &format!("the manual key of SPI {}", sa.spi_text()), &sa.key);
+    }
+
+    let ike_lab = Lab::builder("vbri").nodes(2).build();
+    let ike = MeshFile::builder(&ike_lab).ike().write();
+    let ike_daemons = start_all(&ike_lab, ike.path());
+    wait_for_sas(&ike_daemons[0]);
+    let report = bugreport(ike_lab.node(0), &ike_daemons[0]);
+    assert_no_secret(&report, "the PSK", &ike.psk());
+    let keys = ike_daemons[0].ikectl_json(&["sa", "keys"]);
+    let keys = keys.as_array().cloned().unwrap_or_default();
+    assert_eq!(keys.len(), 2, "two Child SA keys: {keys:?}");
+    for key in keys {
+        let hex = key["key"].as_str().expect("key as hex");
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        assert_no_secret(&report, &format!("the Child SA key of SPI {}", key["spi"]), &bytes);
+    }
 }

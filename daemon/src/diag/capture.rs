@@ -16,6 +16,7 @@ use mesh_config::control::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, Lines};
 
+use super::hex;
 use super::observe::SeenFrame;
 use crate::ctl::{send, Control};
 use crate::topology::{OverlayId, PeerId, Topology};
@@ -220,14 +221,6 @@ fn session(topology: &Topology, request: &CaptureRequest) -> Result<(Arc<Capture
         dropped: AtomicU64::new(0),
     };
     Ok((Arc::new(session), frames))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
 }
 
 #[cfg(test)]

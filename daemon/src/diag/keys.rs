@@ -24,7 +24,7 @@ pub fn sa_keys(state: &MeshState) -> Vec<SaKeys> {
             destination,
             spi: Spi(params.spi),
             cipher: params.cipher,
-            key: key.reveal().iter().map(|byte| format!("{byte:02x}")).collect(),
+            key: super::hex(key.reveal()),
         }
     };
     let outbound = tables.outbound_sas().map(|sa| entry(&sa.params, Direction::Out, sa.sealer.key_material()));
