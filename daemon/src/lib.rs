@@ -8,6 +8,7 @@ pub mod drops;
 pub mod error;
 pub mod esp;
 pub mod fdb;
+pub mod flows;
 pub mod ike;
 pub mod keying;
 pub mod logging;

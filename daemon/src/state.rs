@@ -17,7 +17,7 @@ pub struct MeshState {
     pub drops: Drops,
     pub clock: Clock,
     pub pmtu: PathMtus,
-    /// A running capture; the workers check it once per batch.
+    /// A running capture and the flow meter; the workers check them once per batch.
     pub observers: Observers,
 }
 

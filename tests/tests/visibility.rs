@@ -1,6 +1,6 @@
 //! Seeing the traffic: `ikectl capture` read back by tshark, an underlay capture decrypted with
-//! the keys of `ikectl sa keys --wireshark`, `ikectl log level` at runtime, and
-//! `ikectl bugreport` scanned for secrets.
+//! the keys of `ikectl sa keys --wireshark`, `ikectl log level` at runtime, `ikectl bugreport`
+//! scanned for secrets, and IPFIX flow export received by nfdump's nfcapd.
 //!
 //! Each test uses its own namespace prefix, so the tests of this file run in parallel.
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test visibility`.
@@ -283,4 +283,50 @@ fn bugreport_has_everything_and_no_secret() {
             (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
         assert_no_secret(&report, &format!("the Child SA key of SPI {}", key["spi"]), &bytes);
     }
+}
+
+/// `[flows] ipfix` to nfdump's collector `nfcapd` on n1's loopback: after 5 pings of 100 bytes
+/// (128-byte IP packets) from n1 to n2, `nfdump -r` shows the requests' flow (sent to n2) and the
+/// replies' flow (received from n2), 5 packets and 640 bytes each, exported by the idle timeout.
+#[test]
+fn ipfix_flows_reach_nfcapd_with_the_right_counts() {
+    require_root();
+    let lab = Lab::builder("vflow").nodes(2).build();
+    let flows = "\n[flows]\nipfix = \"127.0.0.1:4739\"\nidle_timeout = \"1s\"\n";
+    let mesh = MeshFile::builder(&lab).extra(flows).write();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The collector listens before meshd sends its templates.
+    let mut nfcapd = lab
+        .node(0)
+        .command(["nfcapd", "-b", "127.0.0.1", "-p", "4739", "-t", "3600", "-w"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nfcapd (apt-get install nfdump)");
+    std::thread::sleep(Duration::from_millis(500));
+    let daemons = start_all(&lab, mesh.path());
+    let n2 = lab.overlay_addr(1).to_string();
+    let out = lab.node(0).exec(["ping", "-n", "-c", "5", "-s", "100", "-i", "0.2", &n2]);
+    assert!(out.status.success(), "ping failed\n{}", describe_output(&out));
+    // Idle timeout 1 s, export every second: both flows are out after 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    send_signal(nfcapd.id(), libc::SIGTERM);
+    let collected = nfcapd.wait_with_output().expect("wait for nfcapd");
+    let files: Vec<_> = std::fs::read_dir(dir.path()).expect("read").flatten().map(|e| e.path()).collect();
+    let file = files.iter().find(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("nfcapd.2")));
+    let file = file.unwrap_or_else(|| panic!("nfcapd wrote no file: {files:?}\n{}", describe_output(&collected)));
+    let listing = Command::new("nfdump")
+        .arg("-r")
+        .arg(file)
+        .args(["-q", "-o", "fmt:%sa|%da|%pr|%pkt|%byt", "proto icmp"])
+        .output()
+        .expect("run nfdump");
+    assert!(listing.status.success(), "nfdump failed\n{}", describe_output(&listing));
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let rows: BTreeSet<String> =
+        text.lines().map(|line| line.split('|').map(str::trim).collect::<Vec<_>>().join("|")).collect();
+    let expected: BTreeSet<String> =
+        ["10.244.0.1|10.244.0.2|ICMP|5|640", "10.244.0.2|10.244.0.1|ICMP|5|640"].map(String::from).into();
+    assert_eq!(rows, expected, "nfdump -r shows:\n{text}\nmeshd log:\n{}", daemons[0].log());
 }

@@ -51,6 +51,10 @@ pub async fn collect(control: &Arc<Control>) -> Vec<ReportFile> {
             Err(error) => files.push(file("ping-failed.txt", format!("a ping task failed: {error}"))),
         }
     }
+    if let Some((tracked, overflow)) = control.state.observers.flow_stats() {
+        let stats = format!("flows tracked: {tracked}\npackets not metered (flow cache full): {overflow}\n");
+        files.push(file("flows.txt", stats));
+    }
     files.push(file("log.txt", crate::logging::recent_lines().join("\n") + "\n"));
     let config = control.config.load_full();
     files.push(file("config.txt", format!("# {} as meshd runs it\n{config:#?}\n", config.path.display())));

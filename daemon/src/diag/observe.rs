@@ -1,5 +1,5 @@
-//! What watches the datapath's frames: a running `ikectl capture`. The workers pay one relaxed
-//! atomic load per batch while nothing watches; only then do they look further.
+//! What watches the datapath's frames: a running `ikectl capture` and the flow meter of
+//! `[flows]`. The workers pay one relaxed atomic load per batch while nothing watches.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 use mesh_config::control::Direction;
 
 use super::capture::CaptureSession;
+use crate::flows::{BatchFlows, FlowMeter};
 use crate::topology::{OverlayId, PeerId};
 
 /// Held by `MeshState`; the control plane installs and removes observers.
@@ -16,11 +17,14 @@ pub struct Observers {
     /// Set while any observer is installed: the only thing a worker reads when none is.
     watching: AtomicBool,
     capture: ArcSwapOption<CaptureSession>,
+    flows: ArcSwapOption<FlowMeter>,
 }
 
 /// The observers of one batch, loaded once at its start.
 pub struct Observing {
     capture: Option<Arc<CaptureSession>>,
+    /// Merged into the meter when the batch ends.
+    flows: Option<BatchFlows>,
 }
 
 /// One overlay frame in the clear, as the datapath sees it.
@@ -41,7 +45,19 @@ impl Observers {
             return None;
         }
         let capture = self.capture.load_full();
-        capture.is_some().then_some(Observing { capture })
+        let flows = self.flows.load_full().map(BatchFlows::new);
+        (capture.is_some() || flows.is_some()).then_some(Observing { capture, flows })
+    }
+
+    /// Meters every frame from now on (`[flows]`).
+    pub fn start_flows(&self, meter: Arc<FlowMeter>) {
+        self.flows.store(Some(meter));
+        self.watching.store(true, Ordering::Relaxed);
+    }
+
+    /// Flows tracked and packets not metered (the cache was full), while flows are exported.
+    pub fn flow_stats(&self) -> Option<(usize, u64)> {
+        self.flows.load().as_ref().map(|meter| (meter.tracked(), meter.overflow()))
     }
 
     /// Installs `session`; only one capture runs at a time.
@@ -56,7 +72,7 @@ impl Observers {
 
     pub fn stop_capture(&self) {
         self.capture.store(None);
-        self.watching.store(false, Ordering::Relaxed);
+        self.watching.store(self.flows.load().is_some(), Ordering::Relaxed);
     }
 }
 
@@ -65,6 +81,9 @@ impl Observing {
     pub fn frame(&self, seen: SeenFrame<'_>, now_ms: u64) {
         if let Some(capture) = &self.capture {
             capture.offer(seen, now_ms);
+        }
+        if let Some(flows) = &self.flows {
+            flows.add(&seen, now_ms);
         }
     }
 }
