@@ -414,5 +414,12 @@ mod tests {
             }
         );
         assert!(refused.to_string().contains("restart meshd"), "{refused}");
+
+        let flows = config(&format!(
+            "[mesh]\nname = \"lab\"\npsk_file = \"psk\"\n[flows]\nipfix = \"127.0.0.1:4739\"\n{}",
+            THREE.iter().map(|(n, a)| format!("[[node]]\nname = \"{n}\"\naddress = \"{a}\"\n")).collect::<String>()
+        ));
+        let refused = plan(&old, &flows, "n1").unwrap_err();
+        assert_eq!(refused, ReloadRefused::FlowsChanged { path: flows.path.display().to_string() });
     }
 }
