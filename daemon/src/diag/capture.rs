@@ -200,13 +200,7 @@ where
 /// The session for `request`, with the receiving end of its queue.
 fn session(topology: &Topology, request: &CaptureRequest) -> Result<(Arc<CaptureSession>, Receiver<Captured>), String> {
     let peer = request.peer.as_deref().map(|name| topology.resolve_peer(name)).transpose()?;
-    let overlay = match request.overlay.as_deref() {
-        None => None,
-        Some(name) => Some(topology.overlays.iter().find(|o| o.name == name).map(|o| o.id).ok_or_else(|| {
-            let known: Vec<&str> = topology.overlays.iter().map(|o| o.name.as_str()).collect();
-            format!("\"{name}\" is not an overlay of this mesh; overlays are: {}", known.join(", "))
-        })?),
-    };
+    let overlay = request.overlay.as_deref().map(|name| topology.resolve_overlay(name).map(|o| o.id)).transpose()?;
     if request.snaplen == 0 || request.snaplen > MAX_SNAPLEN {
         return Err(format!("the snaplen must be between 1 and {MAX_SNAPLEN} bytes"));
     }
