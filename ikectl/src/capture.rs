@@ -116,7 +116,7 @@ fn append(buffer: &mut Vec<u8>, frame: &CapturedFrame, start: &CaptureStart) -> 
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()

@@ -296,7 +296,7 @@ fn ipfix_flows_reach_nfcapd_with_the_right_counts() {
     let mesh = MeshFile::builder(&lab).extra(flows).write();
     let dir = tempfile::tempdir().expect("tempdir");
     // The collector listens before meshd sends its templates.
-    let mut nfcapd = lab
+    let nfcapd = lab
         .node(0)
         .command(["nfcapd", "-b", "127.0.0.1", "-p", "4739", "-t", "3600", "-w"])
         .arg(dir.path())
