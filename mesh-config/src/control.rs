@@ -784,6 +784,25 @@ mod tests {
     }
 
     #[test]
+    fn visibility_commands_wire_form() {
+        let capture = Request::new(Command::Capture { peer: None, overlay: None, count: Some(4), snaplen: 128 });
+        let text = serde_json::to_string(&capture).unwrap();
+        assert_eq!(text, r#"{"version":3,"command":"capture","peer":null,"overlay":null,"count":4,"snaplen":128}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), capture);
+        let level: Request = serde_json::from_str(
+            r#"{"version":3,"command":"log_level","level":"debug","module":"ike","for_secs":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            level.command,
+            Command::LogLevel { level: "debug".into(), module: Some("ike".into()), for_secs: Some(600) }
+        );
+        let frames = Response::ok(Reply::CaptureFrames(CaptureFrames { frames: vec![], dropped: 3 }));
+        let text = serde_json::to_string(&frames).unwrap();
+        assert_eq!(text, r#"{"version":3,"ok":{"kind":"capture_frames","data":{"frames":[],"dropped":3}}}"#);
+    }
+
+    #[test]
     fn spi_text() {
         assert_eq!(Spi(0x1001).to_string(), "0x00001001");
         assert_eq!("0x00001001".parse::<Spi>(), Ok(Spi(0x1001)));
