@@ -118,6 +118,13 @@ async fn serve_connection(stream: UnixStream, control: Arc<Control>) -> io::Resu
                 let from = crate::diag::follow::Start { after, kernel_after };
                 return crate::diag::follow::stream(&control, peer.as_deref(), from, &mut lines, &mut writer).await;
             }
+            Ok(Request { command: Command::Capture { peer, overlay, count, snaplen }, .. }) => {
+                let request = crate::diag::capture::CaptureRequest { peer, overlay, count, snaplen };
+                return crate::diag::capture::stream(&control, request, &mut lines, &mut writer).await;
+            }
+            Ok(Request { command: Command::BugReport, .. }) => {
+                Response::ok(Reply::BugReport(crate::diag::bugreport::collect(&control).await))
+            }
             Ok(Request { command: Command::Reload, .. }) => {
                 // A reload waits for the datapath workers to pause: not on the runtime's thread.
                 let reloading = control.clone();
@@ -184,6 +191,13 @@ impl Control {
             Command::Reload => self.reload().map(Reply::Reload),
             // It waits for probes and the peer's answer: only the socket's async path serves it.
             Command::Ping { .. } => Err("ping is served on the control socket only".to_string()),
+            Command::BugReport => Err("the bug report is served on the control socket only".to_string()),
+            Command::Capture { .. } => Err("capture is served on the control socket only".to_string()),
+            Command::LogLevel { level, module, for_secs } => {
+                let revert_after = for_secs.map(Duration::from_secs);
+                crate::logging::set_level(&level, module.as_deref(), revert_after).map(Reply::LogLevel)
+            }
+            Command::SaKeys => Ok(Reply::SaKeys(crate::diag::keys::sa_keys(&self.state))),
             Command::Trace { target, overlay } => {
                 crate::diag::trace::trace(self, &target, overlay.as_deref()).map(Reply::Trace)
             }

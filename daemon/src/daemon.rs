@@ -144,6 +144,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
             tokio::spawn(metrics::serve(listener, control.clone()));
         }
+        crate::flows::export::start(&state, &control.config.load().flows).await?;
         let served = tokio::select! {
             served = ctl::serve(&mut socket, control.clone()) => served,
             signal = wait_for_stop_signal() => signal,

@@ -36,6 +36,8 @@ pub enum DaemonError {
     Query { address: IpAddr, port: u16, source: io::Error },
     #[error("cannot serve metrics on {address} ([metrics] listen in the mesh file): {source}; use an address of this host and a port no other program listens on")]
     Metrics { address: std::net::SocketAddr, source: io::Error },
+    #[error("cannot send IPFIX to {collector} ([flows] ipfix in the mesh file): {source}; use the collector's IP address and UDP port")]
+    FlowExport { collector: std::net::SocketAddr, source: io::Error },
 
     // Control socket
     #[error("control socket {} is in use by another running meshd; stop that one first, or give this one its own --ctl-socket", path.display())]

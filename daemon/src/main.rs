@@ -2,7 +2,6 @@
 
 #![deny(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum CliCommand {
-    /// Run this node of the mesh in the foreground (logs to stderr; RUST_LOG sets the level).
+    /// Run this node of the mesh in the foreground (logs to stderr; RUST_LOG sets the level, `ikectl log level` changes it).
     Run {
         /// The mesh file, identical on every node.
         #[arg(long)]
@@ -55,14 +54,7 @@ enum CliCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    meshd::logging::init();
     let result = match cli.command {
         CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
             daemon::run(RunOptions {

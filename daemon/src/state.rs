@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
+use crate::diag::observe::Observers;
 use crate::drops::Drops;
 use crate::pmtu::PathMtus;
 use crate::sadb::Sadb;
@@ -16,6 +17,8 @@ pub struct MeshState {
     pub drops: Drops,
     pub clock: Clock,
     pub pmtu: PathMtus,
+    /// A running capture and the flow meter; the workers check them once per batch.
+    pub observers: Observers,
 }
 
 impl MeshState {
@@ -26,6 +29,7 @@ impl MeshState {
             drops: Drops::new(peers),
             clock: Clock::new(),
             pmtu: PathMtus::default(),
+            observers: Observers::default(),
             topology: ArcSwap::from_pointee(topology),
         }
     }

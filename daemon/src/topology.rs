@@ -281,6 +281,14 @@ impl Topology {
     }
 
     /// Resolves an operator-given peer name, with an error that lists the valid ones.
+    /// The overlay called `name`, or a message that lists the overlays.
+    pub fn resolve_overlay(&self, name: &str) -> Result<&Overlay, String> {
+        self.overlays.iter().find(|o| o.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.overlays.iter().map(|o| o.name.as_str()).collect();
+            format!("no overlay \"{name}\" on node {}; overlays are: {}", self.node_name, known.join(", "))
+        })
+    }
+
     pub fn resolve_peer(&self, name: &str) -> Result<PeerId, String> {
         self.peer_by_name(name).ok_or_else(|| {
             let known: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();

@@ -2,9 +2,12 @@
 
 #![deny(unsafe_code)]
 
+mod bugreport;
+mod capture;
 mod client;
 mod drops;
 mod fleet;
+mod pcapng;
 mod render;
 
 use std::path::PathBuf;
@@ -74,10 +77,58 @@ enum CliCommand {
         #[arg(long)]
         overlay: Option<String>,
     },
+    /// The decrypted overlay frames of this node, both directions, as pcapng (one interface per
+    /// overlay and direction; peer, VNI and SPI in each packet's comment). Root only.
+    /// `ikectl capture -w - | tshark -r -` reads it live.
+    Capture {
+        /// Only frames to and from this peer node.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only frames of this overlay.
+        #[arg(long)]
+        overlay: Option<String>,
+        /// Stop after this many frames (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = 65_549, value_parser = clap::value_parser!(u32).range(1..=65_549))]
+        snaplen: u32,
+        /// Where the pcapng goes: a file, or - for stdout.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: String,
+    },
+    /// One tar.gz to attach to a ticket: status, SAs, peers, FDB, drops (with the kernel's), a
+    /// ping of every peer, recent log lines, the effective config with every secret redacted,
+    /// versions and the kernel's network facts.
+    Bugreport {
+        /// Where the archive goes (default: meshd-bugreport-NODE-TIME.tar.gz here).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// meshd's log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
         #[command(subcommand)]
         command: fleet::FleetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Change meshd's log level now (error, warn, info, debug, trace, off), for everything or
+    /// one module; with --for it goes back by itself.
+    Level {
+        level: String,
+        /// Only this module of meshd (e.g. ike, keying, datapath, pmtu).
+        #[arg(long)]
+        module: Option<String>,
+        /// Go back to the previous level after this long (e.g. 10m, 30s).
+        #[arg(long = "for", value_name = "DURATION", value_parser = mesh_config::parse_duration)]
+        revert_after: Option<std::time::Duration>,
     },
 }
 
@@ -87,6 +138,13 @@ enum SaCommand {
     List {
         #[arg(long)]
         peer: Option<String>,
+    },
+    /// The keys of every Child SA (root only): whoever has them reads the traffic. With
+    /// --wireshark, as rows of Wireshark's ESP SA table (esp_sa), so a capture on the underlay
+    /// decrypts: `tshark -o esp.enable_encryption_decode:TRUE -o "uat:esp_sa:ROW" ...`.
+    Keys {
+        #[arg(long)]
+        wireshark: bool,
     },
     /// Delete the SAs (of one peer, or all) and install them again.
     Flush {
@@ -110,7 +168,18 @@ fn main() -> ExitCode {
         CliCommand::Reload => Command::Reload,
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
+        CliCommand::Log { command: LogCommand::Level { level, module, revert_after } } => {
+            Command::LogLevel { level, module, for_secs: revert_after.map(|d| d.as_secs().max(1)) }
+        }
+        CliCommand::Bugreport { output } => return exit_on(bugreport::run(&cli.socket, output)),
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
+        CliCommand::Capture { peer, overlay, count, snaplen, write } => {
+            let options = capture::CaptureOptions { peer, overlay, count, snaplen, write };
+            return exit_on(capture::run(&cli.socket, options));
+        }
+        CliCommand::Sa { command: SaCommand::Keys { wireshark } } => {
+            return exit_on(keys(&cli.socket, wireshark, cli.json))
+        }
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {
@@ -122,6 +191,25 @@ fn main() -> ExitCode {
         }
         Err(error) => exit_on(Err(error)),
     }
+}
+
+/// `ikectl sa keys`: a warning on stderr, the keys on stdout.
+fn keys(socket: &std::path::Path, wireshark: bool, json: bool) -> Result<(), client::ClientError> {
+    eprintln!(
+        "ikectl: WARNING: these are the ESP keys of every Child SA of this node: anyone who has them \
+         can decrypt that traffic. Keep them off tickets and shared disks; `ikectl sa flush` replaces them."
+    );
+    let reply = client::request(socket, Command::SaKeys)?;
+    let Reply::SaKeys(keys) = &reply else {
+        return Err(client::ClientError("meshd answered something else than SA keys".to_string()));
+    };
+    let text = match (json, wireshark) {
+        (true, _) => render::json(&reply),
+        (false, true) => keys.iter().map(|sa| render::wireshark_esp_sa(sa) + "\n").collect(),
+        (false, false) => render::text(&reply),
+    };
+    print!("{text}");
+    Ok(())
 }
 
 fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {

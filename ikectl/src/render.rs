@@ -7,8 +7,9 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use mesh_config::control::{
     DropReason, DropRecord, DropReport, FdbEntry, FlushReport, IkeSaInfo, KernelDropRecord, KernelDropReport, PeerInfo,
-    PingReport, Reply, SaInfo, Status, TraceReport,
+    PingReport, Reply, SaInfo, SaKeys, Status, TraceReport,
 };
+use mesh_config::Cipher;
 
 /// The reply's data as pretty JSON (the `data` of the control protocol's reply).
 pub fn json(reply: &Reply) -> String {
@@ -23,6 +24,11 @@ pub fn json(reply: &Reply) -> String {
         Reply::Reload(v) => serde_json::to_value(v),
         Reply::Trace(v) => serde_json::to_value(v),
         Reply::Ping(v) => serde_json::to_value(v),
+        Reply::CaptureStart(v) => serde_json::to_value(v),
+        Reply::CaptureFrames(v) => serde_json::to_value(v),
+        Reply::SaKeys(v) => serde_json::to_value(v),
+        Reply::LogLevel(v) => serde_json::to_value(v),
+        Reply::BugReport(v) => serde_json::to_value(v),
     };
     let mut text =
         value.and_then(|v| serde_json::to_string_pretty(&v)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -48,7 +54,43 @@ pub fn text(reply: &Reply) -> String {
         Reply::Reload(plan) => plan.to_string(),
         Reply::Trace(report) => render_trace(report),
         Reply::Ping(report) => render_ping(report),
+        Reply::CaptureStart(start) => {
+            format!("capturing on node {} ({} interfaces)\n", start.node, start.interfaces.len())
+        }
+        Reply::CaptureFrames(batch) => format!("{} frames ({} left out)\n", batch.frames.len(), batch.dropped),
+        Reply::SaKeys(keys) => render_sa_keys(keys),
+        Reply::BugReport(files) => files.iter().map(|file| format!("{}\n", file.name)).collect(),
+        Reply::LogLevel(report) => match (&report.reverts_to, report.reverts_in_secs) {
+            (Some(back), Some(secs)) => format!("log filter: {} (back to {back} in {secs}s)\n", report.filter),
+            _ => format!("log filter: {}\n", report.filter),
+        },
     }
+}
+
+fn render_sa_keys(keys: &[SaKeys]) -> String {
+    let mut table = table(&["peer", "dir", "spi", "cipher", "source", "destination", "key (then salt)"]);
+    for sa in keys {
+        let row =
+            [&sa.peer, &sa.direction.to_string(), &sa.spi.to_string(), sa.cipher.as_str(), &sa.source.to_string()];
+        let row: Vec<String> = row.iter().map(|cell| cell.to_string()).collect();
+        table.add_row([row, vec![sa.destination.to_string(), sa.key.clone()]].concat());
+    }
+    finish(table)
+}
+
+/// One row of Wireshark's ESP SA table (the `esp_sa` file of a profile, or `-o uat:esp_sa:ROW`):
+/// protocol, source, destination, SPI, encryption algorithm, key then salt, authentication
+/// algorithm (none with an AEAD) and its key.
+pub fn wireshark_esp_sa(sa: &SaKeys) -> String {
+    let protocol = if sa.source.is_ipv4() { "IPv4" } else { "IPv6" };
+    let algorithm = match sa.cipher {
+        Cipher::Aes256Gcm16 => "AES-GCM with 16 octet ICV [RFC4106]",
+        Cipher::Chacha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
+    };
+    format!(
+        "\"{protocol}\",\"{}\",\"{}\",\"{}\",\"{algorithm}\",\"0x{}\",\"NULL\",\"\"",
+        sa.source, sa.destination, sa.spi, sa.key
+    )
 }
 
 pub fn table(header: &[&str]) -> Table {
@@ -475,6 +517,23 @@ mod tests {
         assert_eq!(
             out,
             "removed: 0x00000001\nreinstalled: none\nrenegotiated: SAs both ways again after 120 ms\nnote: do this\n"
+        );
+    }
+
+    #[test]
+    fn wireshark_rows_are_tsharks_esp_sa_format() {
+        let sa = SaKeys {
+            peer: "n2".into(),
+            direction: mesh_config::control::Direction::Out,
+            source: "198.18.0.1".parse().unwrap(),
+            destination: "198.18.0.2".parse().unwrap(),
+            spi: mesh_config::control::Spi(0x1102),
+            cipher: Cipher::Aes256Gcm16,
+            key: "00112233".into(),
+        };
+        assert_eq!(
+            wireshark_esp_sa(&sa),
+            r#""IPv4","198.18.0.1","198.18.0.2","0x00001102","AES-GCM with 16 octet ICV [RFC4106]","0x00112233","NULL","""#
         );
     }
 }

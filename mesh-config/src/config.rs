@@ -48,6 +48,7 @@ pub struct MeshConfig {
     /// (then only pairs with manual SAs can carry traffic).
     pub psk: Option<Psk>,
     pub metrics: crate::metrics::MetricsSection,
+    pub flows: crate::flows::FlowsSection,
 }
 
 /// `[mesh]`.

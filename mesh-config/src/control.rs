@@ -71,6 +71,27 @@ pub enum Command {
         /// Each probe's size as an IP packet on the underlay (0: the smallest).
         size: u32,
     },
+    /// `ikectl capture`: one `Reply::CaptureStart`, then `Reply::CaptureFrames` lines with the
+    /// decrypted overlay frames of both directions until `count` frames (if given) were sent or
+    /// the client hangs up.
+    Capture {
+        peer: Option<String>,
+        overlay: Option<String>,
+        count: Option<u64>,
+        /// Bytes kept of each frame.
+        snaplen: u32,
+    },
+    /// `ikectl sa keys --wireshark`: the key material of every Child SA.
+    SaKeys,
+    /// `ikectl log level`: sets meshd's log level (for one module, or all), reverting after
+    /// `for_secs` when given.
+    LogLevel {
+        level: String,
+        module: Option<String>,
+        for_secs: Option<u64>,
+    },
+    /// `ikectl bugreport`: everything a ticket needs, secrets redacted.
+    BugReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +131,78 @@ pub enum Reply {
     Reload(crate::reload::ReloadPlan),
     Trace(TraceReport),
     Ping(Box<PingReport>),
+    CaptureStart(CaptureStart),
+    CaptureFrames(CaptureFrames),
+    SaKeys(Vec<SaKeys>),
+    LogLevel(LogLevelReport),
+    BugReport(Vec<ReportFile>),
+}
+
+/// The capture's interfaces: one per overlay and direction, numbered from 0 in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStart {
+    pub node: String,
+    pub interfaces: Vec<CaptureInterface>,
+    pub snaplen: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInterface {
+    pub overlay: String,
+    pub vni: u32,
+    pub direction: Direction,
+}
+
+/// Frames captured since the last batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFrames {
+    pub frames: Vec<CapturedFrame>,
+    /// Frames left out of this capture so far (rate limit or a full queue); traffic is unaffected.
+    pub dropped: u64,
+}
+
+/// One decrypted overlay frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedFrame {
+    /// Index into `CaptureStart::interfaces`.
+    pub interface: u32,
+    pub at_unix_ns: u64,
+    pub peer: String,
+    pub spi: Spi,
+    pub vni: u32,
+    /// The frame's length before `snaplen` cut it.
+    pub original_len: u32,
+    /// The captured bytes, as hex.
+    pub data: String,
+}
+
+/// One Child SA's keys, for a sniffer on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaKeys {
+    pub peer: String,
+    pub direction: Direction,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub spi: Spi,
+    pub cipher: Cipher,
+    /// The key followed by the 4-byte salt, as hex.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelReport {
+    /// The filter in effect now (`tracing` directive syntax).
+    pub filter: String,
+    /// The filter restored after `reverts_in_secs`, when the change is temporary.
+    pub reverts_to: Option<String>,
+    pub reverts_in_secs: Option<u64>,
+}
+
+/// One file of a bug report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFile {
+    pub name: String,
+    pub contents: String,
 }
 
 /// A Security Parameter Index; shown and serialized as `0x0000abcd`, as in `mesh.toml`.
@@ -688,6 +781,25 @@ mod tests {
         let text = serde_json::to_string(&ok).unwrap();
         assert_eq!(text, r#"{"version":3,"ok":{"kind":"fdb","data":[]}}"#);
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
+    }
+
+    #[test]
+    fn visibility_commands_wire_form() {
+        let capture = Request::new(Command::Capture { peer: None, overlay: None, count: Some(4), snaplen: 128 });
+        let text = serde_json::to_string(&capture).unwrap();
+        assert_eq!(text, r#"{"version":3,"command":"capture","peer":null,"overlay":null,"count":4,"snaplen":128}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), capture);
+        let level: Request = serde_json::from_str(
+            r#"{"version":3,"command":"log_level","level":"debug","module":"ike","for_secs":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            level.command,
+            Command::LogLevel { level: "debug".into(), module: Some("ike".into()), for_secs: Some(600) }
+        );
+        let frames = Response::ok(Reply::CaptureFrames(CaptureFrames { frames: vec![], dropped: 3 }));
+        let text = serde_json::to_string(&frames).unwrap();
+        assert_eq!(text, r#"{"version":3,"ok":{"kind":"capture_frames","data":{"frames":[],"dropped":3}}}"#);
     }
 
     #[test]

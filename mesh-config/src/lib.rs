@@ -16,6 +16,7 @@ mod config;
 mod duration;
 mod entries;
 mod error;
+mod flows;
 mod metrics;
 mod parse;
 mod reader;
@@ -31,6 +32,7 @@ pub use config::{
 };
 pub use duration::{format_duration, parse_duration, DURATION_FORM};
 pub use error::{ConfigError, ConfigErrors};
+pub use flows::FlowsSection;
 pub use metrics::{MetricsSection, DEFAULT_METRICS_PORT};
 pub use secret::{KeyBytes, Psk, MANUAL_KEY_LEN};
 

@@ -16,7 +16,7 @@ use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
-const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics"];
+const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics", "flows"];
 const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
@@ -83,6 +83,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     let overlays = parse_overlays(&mut ctx, &root);
     let sas = parse_manual_sas(&mut ctx, &root);
     let metrics = crate::metrics::parse(&mut ctx, &root);
+    let flows = crate::flows::parse(&mut ctx, &root);
 
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
@@ -144,6 +145,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         manual_sas,
         psk,
         metrics,
+        flows,
     })
 }
 
@@ -363,7 +365,7 @@ fn parse_ike(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> IkeSection {
     ike
 }
 
-fn duration(ctx: &mut Ctx<'_>, t: &Tab<'_, '_>, k: &str, default: Duration) -> Duration {
+pub(crate) fn duration(ctx: &mut Ctx<'_>, t: &Tab<'_, '_>, k: &str, default: Duration) -> Duration {
     let example = format!("{k} = \"{}\"", crate::duration::format_duration(default));
     if let Some(v) = t.raw(k) {
         if let Some(Some(n)) = integer(v.get_ref()) {

@@ -98,6 +98,8 @@ pub enum ReloadRefused {
     UnderlayChanged { path: String, key: &'static str, old: String, new: String },
     #[error("{path}: [metrics] listen changes from {old} to {new}; the endpoint is bound at start: restart meshd to move it")]
     MetricsChanged { path: String, old: String, new: String },
+    #[error("{path}: [flows] changes; the flow export is set up at start: restart meshd to apply it")]
+    FlowsChanged { path: String },
 }
 
 /// The changes that turn `old` into `new` on node `node`; refused when `new` cannot be applied
@@ -123,6 +125,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
         let shown = |listen: Option<std::net::SocketAddr>| listen.map_or("none".to_string(), |a| a.to_string());
         let (old, new) = (shown(old.metrics.listen), shown(new.metrics.listen));
         return Err(ReloadRefused::MetricsChanged { path, old, new });
+    }
+    if old.flows != new.flows {
+        return Err(ReloadRefused::FlowsChanged { path });
     }
 
     let mut plan = ReloadPlan::default();
@@ -409,5 +414,12 @@ mod tests {
             }
         );
         assert!(refused.to_string().contains("restart meshd"), "{refused}");
+
+        let flows = config(&format!(
+            "[mesh]\nname = \"lab\"\npsk_file = \"psk\"\n[flows]\nipfix = \"127.0.0.1:4739\"\n{}",
+            THREE.iter().map(|(n, a)| format!("[[node]]\nname = \"{n}\"\naddress = \"{a}\"\n")).collect::<String>()
+        ));
+        let refused = plan(&old, &flows, "n1").unwrap_err();
+        assert_eq!(refused, ReloadRefused::FlowsChanged { path: flows.path.display().to_string() });
     }
 }

@@ -7,10 +7,11 @@
 use std::io;
 use std::net::SocketAddr;
 
-use mesh_config::control::DropReason;
+use mesh_config::control::{Direction, DropReason};
 use mesh_config::Mode;
 
 use super::ingress::{FrameSink, FRAME_HEADROOM};
+use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
 use crate::sadb::{OutboundSa, SaTables};
@@ -66,6 +67,8 @@ pub struct Egress<'a, U: EspSender, S: FrameSink> {
     /// The overlay interfaces, for ICMP answers to frames too large for their peer's path.
     pub sink: &'a S,
     pub now_ms: u64,
+    /// A capture, when one runs.
+    pub observing: Option<&'a Observing>,
 }
 
 impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
@@ -150,6 +153,11 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
+        if let Some(observing) = self.observing {
+            let (overlay, spi, vni) = (overlay.id, sa.params.spi, overlay.vni);
+            let seen = SeenFrame { direction: Direction::Out, overlay, peer: peer_id, spi, vni, frame };
+            observing.frame(seen, self.now_ms);
+        }
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
         let sealed =

@@ -4,9 +4,10 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-use mesh_config::control::DropReason;
+use mesh_config::control::{Direction, DropReason};
 use mesh_config::Mode;
 
+use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::pmtu::InbandMessage;
@@ -35,6 +36,7 @@ pub struct Ingress<'a, S: FrameSink> {
     tables: &'a SaTables,
     sink: &'a S,
     now_ms: u64,
+    observing: Option<&'a Observing>,
     /// The source MAC this batch last learned, with its overlay and peer: a batch is mostly one
     /// flow's segments, and learning the same entry again at the same time changes nothing.
     last_learned: Cell<Option<(OverlayId, EthernetAddress, PeerId)>>,
@@ -55,8 +57,15 @@ impl From<DropReason> for Dropped {
 }
 
 impl<'a, S: FrameSink> Ingress<'a, S> {
-    pub fn new(state: &'a MeshState, topology: &'a Topology, tables: &'a SaTables, sink: &'a S, now_ms: u64) -> Self {
-        Ingress { state, topology, tables, sink, now_ms, last_learned: Cell::new(None) }
+    pub fn new(
+        state: &'a MeshState,
+        topology: &'a Topology,
+        tables: &'a SaTables,
+        sink: &'a S,
+        now_ms: u64,
+        observing: Option<&'a Observing>,
+    ) -> Self {
+        Ingress { state, topology, tables, sink, now_ms, observing, last_learned: Cell::new(None) }
     }
 
     /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
@@ -149,6 +158,10 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let learned = Some((overlay, ethernet.source(), peer.id));
         if self.last_learned.replace(learned) != learned {
             self.topology.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        }
+        if let Some(observing) = self.observing {
+            let (peer, spi) = (peer.id, sa.params.spi);
+            observing.frame(SeenFrame { direction: Direction::In, overlay, peer, spi, vni, frame }, self.now_ms);
         }
         // The VXLAN and UDP headers in front of the frame are no longer needed.
         let with_headroom = &mut packet[frame_start - FRAME_HEADROOM..frame_range.end];

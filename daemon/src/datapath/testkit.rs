@@ -117,7 +117,15 @@ pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let egress = Egress { state, topology: &topology, tables: &tables, underlay: &wire, sink: &taps, now_ms: 5 };
+    let egress = Egress {
+        state,
+        topology: &topology,
+        tables: &tables,
+        underlay: &wire,
+        sink: &taps,
+        now_ms: 5,
+        observing: None,
+    };
     let mut buf = vec![0u8; BUFFER_LEN];
     let mut scratch = vec![0u8; BUFFER_LEN];
     buf[FRAME_OFFSET..FRAME_OFFSET + frame.len()].copy_from_slice(frame);
@@ -135,7 +143,7 @@ pub fn receive_batch(state: &MeshState, packets: &[(&[u8], IpAddr)]) -> Vec<(Ove
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let ingress = Ingress::new(state, &topology, &tables, &taps, 7);
+    let ingress = Ingress::new(state, &topology, &tables, &taps, 7, None);
     for (packet, from) in packets {
         ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
     }

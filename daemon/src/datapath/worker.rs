@@ -220,6 +220,7 @@ impl Worker {
             let now_ms = self.state.clock.now_ms();
             let tables = self.state.sadb.load();
             let topology = self.state.topology();
+            let observing = self.state.observers.load();
             let egress = Egress {
                 state: &self.state,
                 topology: &topology,
@@ -227,6 +228,7 @@ impl Worker {
                 underlay: &self.parts.underlay,
                 sink: &sink,
                 now_ms,
+                observing: observing.as_ref(),
             };
             for (index, tap) in self.parts.taps.iter().enumerate() {
                 if fds[index].any() != Some(true) {
@@ -261,7 +263,7 @@ impl Worker {
                 self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
             }
             if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
-                let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms);
+                let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
                 for _ in 0..BATCH {
                     if !self.receive_one(&ingress, &mut buffers) {
                         break;

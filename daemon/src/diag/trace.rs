@@ -85,11 +85,7 @@ pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<T
 fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target) -> Result<&'t Overlay, String> {
     let names = || topology.overlays.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(name) = name {
-        return topology
-            .overlays
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| format!("no overlay \"{name}\" on node {}; overlays are: {}", topology.node_name, names()));
+        return topology.resolve_overlay(name);
     }
     if let [only] = &topology.overlays[..] {
         return Ok(only);

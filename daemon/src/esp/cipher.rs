@@ -17,6 +17,8 @@ pub(crate) struct AeadKey {
     cipher: Cipher,
     key: LessSafeKey,
     salt: [u8; SALT_LEN],
+    /// Kept for `ikectl sa keys` (zeroized on drop like every `KeyMaterial`).
+    material: KeyMaterial,
 }
 
 /// The AEAD refused to seal (only on an internal library failure) or to open (the tag did not
@@ -32,11 +34,15 @@ impl AeadKey {
         };
         debug_assert_eq!(algorithm.tag_len(), ICV_LEN);
         let unbound = UnboundKey::new(algorithm, km.key()).map_err(|_| CryptoError::KeyRejected)?;
-        Ok(AeadKey { cipher, key: LessSafeKey::new(unbound), salt: km.salt() })
+        Ok(AeadKey { cipher, key: LessSafeKey::new(unbound), salt: km.salt(), material: km.duplicate() })
     }
 
     pub(crate) fn cipher(&self) -> Cipher {
         self.cipher
+    }
+
+    pub(crate) fn material(&self) -> &KeyMaterial {
+        &self.material
     }
 
     fn nonce(&self, iv: &[u8; IV_LEN]) -> Nonce {

@@ -29,6 +29,17 @@ impl KeyMaterial {
         Ok(km)
     }
 
+    /// Key then salt, for `ikectl sa keys --wireshark` only: a sniffer on the underlay that
+    /// decrypts is the operator's first debugging step.
+    pub fn reveal(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A second copy, for the holder that must be able to reveal it later.
+    pub(crate) fn duplicate(&self) -> KeyMaterial {
+        KeyMaterial(self.0)
+    }
+
     /// The 32-byte cipher key.
     pub(crate) fn key(&self) -> &[u8] {
         &self.0[..KEY_LEN]

@@ -75,6 +75,11 @@ impl Sealer {
         self.aead.cipher()
     }
 
+    /// The SA's key material (for `ikectl sa keys`).
+    pub fn key_material(&self) -> &KeyMaterial {
+        self.aead.material()
+    }
+
     /// Seals one packet in place.
     ///
     /// `buf[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + plaintext_len]` holds the plaintext (written there
@@ -199,6 +204,11 @@ impl Opener {
     /// The SA's cipher.
     pub fn cipher(&self) -> Cipher {
         self.aead.cipher()
+    }
+
+    /// The SA's key material (for `ikectl sa keys`).
+    pub fn key_material(&self) -> &KeyMaterial {
+        self.aead.material()
     }
 
     /// Verifies and decrypts one ESP packet (SPI through ICV) in place.
