@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::context::Context;
 use super::cookie_gate::{Admission, CookieGate};
 use super::crypto::CryptoError;
-use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, InitResponse};
+use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, FirstChild, InitResponse};
 use super::message::ids::{exchange, notify};
 use super::message::{parse_payloads, Header, Message, Notify, Payload};
 use super::parts::{has_notify, notifies, Parts};
@@ -335,7 +335,7 @@ impl Endpoint {
 
     /// The IKE SA is authenticated: the driver is told, duplicates are resolved, and the first
     /// Child SA is installed (sending only if this IKE SA won).
-    fn established(&mut self, spi: u64, peer: PeerIndex, first: super::handshake::FirstChild, now: Instant) {
+    fn established(&mut self, spi: u64, peer: PeerIndex, first: FirstChild, now: Instant) {
         self.gate.closed(spi);
         if let Some(sa) = self.sas.get(&spi) {
             let address = self.cx.peer_address(peer);

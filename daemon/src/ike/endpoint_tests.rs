@@ -649,7 +649,7 @@ fn an_error_notify_answering_ike_sa_init_is_reported_as_such() {
         response: true,
         message_id: 0,
     };
-    let refusal = super::super::message::encode_message(
+    let refusal = crate::ike::message::encode_message(
         &header,
         &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))],
     );

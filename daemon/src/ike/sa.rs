@@ -72,11 +72,11 @@ pub(super) enum Next {
     /// An IKE_AUTH request to authenticate; the endpoint applies mesh policy around it.
     AuthRequest {
         request: Header,
-        payloads: Vec<super::message::Payload>,
+        payloads: Vec<Payload>,
     },
     /// The IKE_AUTH response to our request that offered `inbound_spi`.
     AuthResponse {
-        payloads: Vec<super::message::Payload>,
+        payloads: Vec<Payload>,
         inbound_spi: u32,
     },
     /// An IKE SA rekey made this SA's successor; this one is being deleted or replaced.
