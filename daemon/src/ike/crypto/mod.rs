@@ -1,6 +1,6 @@
 //! IKEv2 key derivation, authentication and the encrypted (SK) payload.
 //!
-//! The transforms are the ones in DESIGN.md: PRF_HMAC_SHA2_256, Diffie-Hellman group 31
+//! The transforms are the ones meshd negotiates: PRF_HMAC_SHA2_256, Diffie-Hellman group 31
 //! (Curve25519, RFC 8031), and for the IKE SA itself ENCR_AES_GCM_16 with a 256-bit key
 //! (RFC 5282) or ENCR_CHACHA20_POLY1305 (RFC 7634). Both AEADs take 36 bytes of key material
 //! (32-byte key, 4-byte salt), an 8-byte explicit IV and a 16-byte ICV, and have no separate

@@ -84,7 +84,7 @@ mod tests {
         }
     }
 
-    /// The two IKE proposals of DESIGN.md.
+    /// The two IKE proposals meshd offers.
     fn ike_sa() -> SecurityAssociation {
         let prf = Transform::new(transform::PSEUDORANDOM_FUNCTION, pseudorandom_function::HMAC_SHA2_256);
         let dh = Transform::new(transform::DIFFIE_HELLMAN, diffie_hellman::CURVE25519);

@@ -1,5 +1,5 @@
-//! IANA "Internet Key Exchange Version 2 (IKEv2) Parameters" numbers that the subset in
-//! DESIGN.md uses, grouped by registry. Plain constants rather than enums: the wire carries
+//! IANA "Internet Key Exchange Version 2 (IKEv2) Parameters" numbers that meshd's subset of
+//! IKEv2 uses, grouped by registry. Plain constants rather than enums: the wire carries
 //! values we do not know, and they must survive parsing so that they can be refused by number.
 
 /// Exchange types (RFC 7296 §3.1).

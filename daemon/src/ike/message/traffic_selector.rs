@@ -34,7 +34,7 @@ pub struct TrafficSelector {
 }
 
 impl TrafficSelector {
-    /// One address, one protocol, one port: the `node_addr/32[udp/4790]` of DESIGN.md.
+    /// One address, one protocol, one port: a node's `node_addr/32[udp/4790]`.
     pub fn host(address: IpAddr, ip_protocol: u8, port: u16) -> TrafficSelector {
         TrafficSelector { ip_protocol, start_port: port, end_port: port, start_address: address, end_address: address }
     }
