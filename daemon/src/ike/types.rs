@@ -201,3 +201,43 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_notify_names_its_failure() {
+        assert_eq!(
+            Failure::from_peer_notify(notify::AUTHENTICATION_FAILED),
+            Failure::Authentication { peer_said: true }
+        );
+        assert_eq!(
+            Failure::from_peer_notify(notify::NO_PROPOSAL_CHOSEN),
+            Failure::NoProposalChosen { peer_said: true }
+        );
+        assert_eq!(Failure::from_peer_notify(notify::TS_UNACCEPTABLE), Failure::TrafficSelectors);
+        assert_eq!(Failure::from_peer_notify(notify::INVALID_KE_PAYLOAD), Failure::PeerError { notify: 17 });
+        assert!(Failure::PeerError { notify: 17 }.to_string().starts_with("INVALID_KE_PAYLOAD: "));
+        assert!(Failure::PeerError { notify: 9999 }.to_string().starts_with("error notify 9999: "));
+    }
+
+    #[test]
+    fn every_failure_tells_the_operator_what_to_do() {
+        let all = [
+            Failure::Authentication { peer_said: true },
+            Failure::Authentication { peer_said: false },
+            Failure::NoProposalChosen { peer_said: false },
+            Failure::TrafficSelectors,
+            Failure::PeerError { notify: notify::INVALID_SYNTAX },
+            Failure::Timeout,
+            Failure::Local(LocalError::Rng(RngError)),
+            Failure::Local(LocalError::Crypto("make a key pair")),
+            Failure::Local(LocalError::MessageIdsExhausted),
+        ];
+        for failure in all {
+            let message = failure.to_string();
+            assert!(message.len() > 30, "{message}");
+        }
+    }
+}
