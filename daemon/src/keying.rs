@@ -18,7 +18,8 @@ use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
 use crate::ike::{
-    ChildSaKeys, Endpoint, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, IKE_PORT, NAT_T_PORT,
+    ChildSaKeys, Endpoint, Event, Failure, IkeSettings, IkeState, PeerIndex, PeerSettings, Refusal, IKE_PORT,
+    NAT_T_PORT,
 };
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::state::MeshState;
@@ -223,7 +224,7 @@ impl Keying {
         let index = *ike.by_peer.get(&peer)?;
         let failure = ike.failures.get(index).cloned().flatten();
         let statuses = ike.endpoint.status(Instant::now());
-        let established = statuses.iter().any(|s| s.peer == Some(index) && s.state == "established");
+        let established = statuses.iter().any(|s| s.peer == Some(index) && s.state == IkeState::Established);
         Some(match (established, failure) {
             (true, _) => "ike: established".to_string(),
             (false, Some(failure)) => format!("ike: {failure}"),
@@ -332,7 +333,9 @@ impl Ike {
             Event::Failed { peer, from, failure } => {
                 let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer_name(self.peers[p]));
                 tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
-                self.record_drop(state, failure_reason(&failure), peer, from);
+                if let Some(reason) = failure_reason(&failure) {
+                    self.record_drop(state, reason, peer, from);
+                }
                 if let Some(peer) = peer {
                     self.stats[peer].handshake_failures += 1;
                     self.failures[peer] = Some(failure.to_string());
@@ -375,13 +378,18 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
     }
 }
 
-fn failure_reason(failure: &Failure) -> DropReason {
-    match failure {
+/// The drop counter of a failure; none for this node's own (RNG, crypto library), which only
+/// the log and `ikectl` show.
+fn failure_reason(failure: &Failure) -> Option<DropReason> {
+    Some(match failure {
         Failure::Authentication { .. } => DropReason::IkeAuthFailed,
         Failure::NoProposalChosen { .. } => DropReason::IkeNoProposal,
         Failure::Timeout => DropReason::IkeRetransmitGaveUp,
         Failure::TrafficSelectors => DropReason::IkeTsUnacceptable,
-    }
+        // The peer refused our request with another error notify.
+        Failure::PeerError { .. } => DropReason::IkeUnexpected,
+        Failure::Local(_) => return None,
+    })
 }
 
 fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, crate::esp::KeyMaterial) {
@@ -437,7 +445,7 @@ pub async fn run(
     let mut buf_4500 = vec![0u8; 65_536];
     let mut unknown_spi_seen: Vec<u64> = Vec::new();
     let mut datapath_tick = tokio::time::interval(DATAPATH_CHECK);
-    let mut refused_logged = keying.lock().endpoint.counters;
+    let mut refused_logged = keying.lock().endpoint.counters();
     let mut refused_logged_at = Instant::now();
     loop {
         keying.lock().endpoint.handle_timeout(Instant::now());
@@ -483,7 +491,7 @@ pub async fn run(
                         endpoint.rekey_child(index, sa.params.spi, now);
                     }
                 }
-                let counters = endpoint.counters;
+                let counters = endpoint.counters();
                 if counters != refused_logged && now >= refused_logged_at + REFUSED_LOG_INTERVAL {
                     tracing::warn!(
                         malformed = counters.malformed - refused_logged.malformed,

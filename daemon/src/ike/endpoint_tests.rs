@@ -11,7 +11,10 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::esp::{trailer_len, Opener, Sealer, PLAINTEXT_OFFSET};
-use crate::ike::types::PeerSettings;
+use crate::ike::cookie_gate::HALF_OPEN_LIMIT;
+use crate::ike::rng::SeededRng;
+use crate::ike::types::{ChildSaKeys, LocalError, PeerSettings};
+use crate::ike::NAT_T_PORT;
 
 const A: &str = "198.18.0.1";
 const B: &str = "198.18.0.2";
@@ -49,10 +52,19 @@ struct Node {
 }
 
 impl Node {
+    /// A node whose RNG is seeded from its address, so that every run is the same.
     fn new(settings: IkeSettings, now: Instant) -> Node {
+        let seed = match settings.local {
+            IpAddr::V4(address) => u64::from(u32::from(address)),
+            IpAddr::V6(address) => u128::from(address) as u64,
+        };
+        Node::with_rng(settings, Box::new(SeededRng::new(seed)), now)
+    }
+
+    fn with_rng(settings: IkeSettings, rng: Box<dyn Rng>, now: Instant) -> Node {
         let address = settings.local;
         Node {
-            endpoint: Endpoint::new(settings, now).unwrap(),
+            endpoint: Endpoint::with_rng(settings, rng, now).unwrap(),
             address,
             inbound: HashMap::new(),
             outbound: None,
@@ -85,7 +97,7 @@ impl Node {
     }
 
     fn established_sas(&self, now: Instant) -> Vec<IkeSaStatus> {
-        self.endpoint.status(now).into_iter().filter(|s| s.state == "established").collect()
+        self.endpoint.status(now).into_iter().filter(|s| s.state == IkeState::Established).collect()
     }
 }
 
@@ -310,7 +322,7 @@ fn the_responder_can_rekey_too() {
     let mut pair = Pair::standard();
     pair.run(Duration::from_secs(1));
     let spi = pair.b.endpoint.sas.keys().copied().next().unwrap();
-    let inbound = pair.b.endpoint.sas[&spi].children[0].inbound_spi;
+    let inbound = pair.b.endpoint.sas[&spi].children.spis()[0].0;
     let now = pair.now;
     pair.b.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
     pair.run(Duration::from_secs(5));
@@ -325,7 +337,7 @@ fn simultaneous_child_rekeys_end_with_one_child_sa() {
     let now = pair.now;
     for node in [&mut pair.a, &mut pair.b] {
         let spi = node.endpoint.sas.keys().copied().next().unwrap();
-        let inbound = node.endpoint.sas[&spi].children[0].inbound_spi;
+        let inbound = node.endpoint.sas[&spi].children.spis()[0].0;
         node.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
     }
     pair.run(Duration::from_secs(10));
@@ -403,7 +415,7 @@ fn past_the_half_open_cap_a_cookie_is_demanded_and_honoured() {
         while pair.b.endpoint.poll_transmit().is_some() {}
     }
     pair.run(Duration::from_secs(2));
-    assert!(pair.b.endpoint.counters.cookies_sent >= 1, "B demanded a cookie");
+    assert!(pair.b.endpoint.counters().cookies_sent >= 1, "B demanded a cookie");
     pair.assert_one_pair();
 }
 
@@ -426,10 +438,13 @@ fn garbage_is_counted_not_fatal() {
     let from: SocketAddr = "198.18.0.2:4500".parse().unwrap();
     let now = pair.now;
     pair.a.endpoint.handle(&[0u8; 10], from, 4500, now);
-    let mut forged = pair.a.endpoint.sas.values().next().unwrap().handshake.init_request.clone();
+    let mut another = Endpoint::new(settings(A, B, PSK, BOTH), now).unwrap();
+    another.connect(0, now);
+    let mut forged = another.poll_transmit().unwrap().bytes;
     forged[20] ^= 0xff;
     pair.a.endpoint.handle(&forged, from, 4500, now);
-    assert!(pair.a.endpoint.counters.malformed + pair.a.endpoint.counters.unknown_spi >= 1);
+    let counters = pair.a.endpoint.counters();
+    assert!(counters.malformed + counters.unknown_spi >= 1);
     pair.a.apply_events();
     assert_eq!(pair.a.refusals.first(), Some(&Refusal::Malformed), "the driver is told why: {:?}", pair.a.refusals);
     pair.run(Duration::from_secs(1));
@@ -472,5 +487,213 @@ fn a_reconfigured_psk_is_used_from_the_next_negotiation_on() {
     let now = pair.now;
     pair.a.endpoint.flush(0, now);
     pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+}
+
+/// An RNG that hands out scripted nonces (32-byte draws) while the script lasts, seeded bytes
+/// otherwise, and fails every draw once `failing` is set.
+struct TestRng {
+    nonces: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seeded: SeededRng,
+}
+
+impl TestRng {
+    fn new(seed: u64) -> TestRng {
+        TestRng { nonces: Default::default(), failing: Default::default(), seeded: SeededRng::new(seed) }
+    }
+}
+
+impl Rng for TestRng {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), RngError> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RngError);
+        }
+        let scripted = if dest.len() == 32 { self.nonces.lock().unwrap().pop_front() } else { None };
+        match scripted {
+            Some(nonce) => dest.copy_from_slice(&nonce),
+            None => self.seeded.fill(dest)?,
+        }
+        Ok(())
+    }
+}
+
+use crate::ike::rng::RngError;
+use crate::ike::window::Purpose;
+
+/// The inbound SPI our outstanding Child SA rekey offers.
+fn offered_inbound_spi(node: &Node) -> u32 {
+    let sa = node.endpoint.sas.values().next().unwrap();
+    match sa.window.outstanding() {
+        Some(Purpose::RekeyChild { new_inbound_spi, .. }) => *new_inbound_spi,
+        _ => panic!("no Child SA rekey outstanding"),
+    }
+}
+
+/// Both nodes rekey the Child SA at once with scripted nonces; returns the inbound SPIs A and
+/// B offered, and the Child SA pair (A's inbound, A's outbound) that is left.
+fn crossed_rekeys(a_nonces: [[u8; 32]; 2], b_nonces: [[u8; 32]; 2]) -> (u32, u32, (u32, u32)) {
+    let (a_rng, b_rng) = (TestRng::new(1), TestRng::new(2));
+    let (a_script, b_script) = (a_rng.nonces.clone(), b_rng.nonces.clone());
+    let now = Instant::now();
+    let mut pair = Pair {
+        a: Node::with_rng(settings(A, B, PSK, BOTH), Box::new(a_rng), now),
+        b: Node::with_rng(settings(B, A, PSK, BOTH), Box::new(b_rng), now),
+        now,
+    };
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    // Each node draws its request's Ni first, then the Nr of its answer to the other's request.
+    a_script.lock().unwrap().extend(a_nonces);
+    b_script.lock().unwrap().extend(b_nonces);
+    let now = pair.now;
+    for node in [&mut pair.a, &mut pair.b] {
+        let spi = node.endpoint.sas.keys().copied().next().unwrap();
+        let inbound = node.endpoint.sas[&spi].children.spis()[0].0;
+        node.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+    }
+    let (a_offered, b_offered) = (offered_inbound_spi(&pair.a), offered_inbound_spi(&pair.b));
+    pair.run(Duration::from_secs(10));
+    pair.assert_one_pair();
+    assert!(a_script.lock().unwrap().is_empty() && b_script.lock().unwrap().is_empty(), "every nonce was used");
+    (a_offered, b_offered, pair.a.established_sas(pair.now)[0].children[0])
+}
+
+#[test]
+fn crossed_child_rekeys_keep_the_exchange_without_the_lowest_nonce() {
+    let nonce = |byte: u8| [byte; 32];
+    // A's exchange has Ni = 0x10.. (A) and Nr = 0x20.. (B); B's has Ni = 0x30.. and Nr = 0x40..:
+    // the lowest nonce is in A's exchange, so B's Child SA stays.
+    let (a_offered, b_offered, (a_inbound, a_outbound)) =
+        crossed_rekeys([nonce(0x10), nonce(0x40)], [nonce(0x30), nonce(0x20)]);
+    assert_eq!(a_outbound, b_offered, "B's new Child SA stays");
+    assert_ne!(a_inbound, a_offered);
+    // The same with the roles of the nonces swapped: A's Child SA stays.
+    let (a_offered, b_offered, (a_inbound, a_outbound)) =
+        crossed_rekeys([nonce(0x30), nonce(0x20)], [nonce(0x10), nonce(0x40)]);
+    assert_eq!(a_inbound, a_offered, "A's new Child SA stays");
+    assert_ne!(a_outbound, b_offered);
+}
+
+#[test]
+fn a_failing_rng_fails_closed() {
+    let rng = TestRng::new(1);
+    let failing = rng.failing.clone();
+    failing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let now = Instant::now();
+    let mut a = Node::with_rng(settings(A, B, PSK, BOTH), Box::new(rng), now);
+    a.endpoint.connect(0, now);
+    a.apply_events();
+    assert!(a.endpoint.poll_transmit().is_none(), "nothing is sent without fresh randomness");
+    assert_eq!(a.failures, [Failure::Local(LocalError::Rng(RngError))]);
+    assert!(a.failures[0].to_string().contains("random number generator failed"), "{}", a.failures[0]);
+    assert!(a.endpoint.status(now).is_empty());
+    assert!(a.endpoint.poll_timeout().is_some_and(|at| at > now), "a later attempt is scheduled");
+
+    // As responder: the IKE_SA_INIT request is not answered.
+    let mut stranger = Endpoint::new(settings(B, A, PSK, BOTH), now).unwrap();
+    stranger.connect(0, now);
+    let init = stranger.poll_transmit().unwrap();
+    a.endpoint.handle(&init.bytes, SocketAddr::new(B.parse().unwrap(), 500), 500, now);
+    a.apply_events();
+    assert!(a.endpoint.poll_transmit().is_none());
+    assert_eq!(a.failures.len(), 2, "{:?}", a.failures);
+}
+
+#[test]
+fn an_rng_that_fails_later_takes_the_ike_sa_down_instead_of_rekeying_with_bad_values() {
+    let rng = TestRng::new(1);
+    let failing = rng.failing.clone();
+    let now = Instant::now();
+    let mut pair = Pair {
+        a: Node::with_rng(settings(A, B, PSK, BOTH), Box::new(rng), now),
+        b: Node::new(settings(B, A, PSK, BOTH), now),
+        now,
+    };
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    failing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outbound = pair.a.outbound.as_ref().unwrap().spi;
+    let now = pair.now;
+    pair.a.endpoint.rekey_child(0, outbound, now);
+    pair.a.apply_events();
+    assert_eq!(pair.a.failures, [Failure::Local(LocalError::Rng(RngError))]);
+    assert!(pair.a.outbound.is_none() && pair.a.inbound.is_empty(), "A's SAs are removed");
+    assert!(pair.a.endpoint.poll_transmit().is_none());
+}
+
+/// Runs A's handshake with B until B's answer to `exchange_type`, which is lost; returns the pair.
+fn handshake_until_answer_to(exchange_type: u8) -> Pair {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    pair.a.endpoint.connect(0, now);
+    pair.pump(&mut |t| {
+        if t.destination.ip() == A.parse::<IpAddr>().unwrap() && t.bytes[18] == exchange_type {
+            Fate::Lose
+        } else {
+            Fate::Deliver
+        }
+    });
+    pair
+}
+
+#[test]
+fn an_error_notify_answering_ike_sa_init_is_reported_as_such() {
+    let mut pair = handshake_until_answer_to(exchange::IKE_SA_INIT);
+    let our_spi = *pair.a.endpoint.connecting.keys().next().unwrap();
+    let header = Header {
+        initiator_spi: our_spi,
+        responder_spi: 0,
+        exchange_type: exchange::IKE_SA_INIT,
+        initiator: false,
+        response: true,
+        message_id: 0,
+    };
+    let refusal = crate::ike::message::encode_message(
+        &header,
+        &[Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()))],
+    );
+    let now = pair.now;
+    pair.a.endpoint.handle(&refusal, "198.18.0.2:500".parse().unwrap(), 500, now);
+    pair.a.apply_events();
+    assert_eq!(pair.a.failures, [Failure::PeerError { notify: notify::INVALID_SYNTAX }]);
+    assert!(pair.a.failures[0].to_string().starts_with("INVALID_SYNTAX: the peer refused"), "{}", pair.a.failures[0]);
+}
+
+#[test]
+fn an_error_notify_answering_ike_auth_is_reported_as_such() {
+    for (notify_type, failure) in [
+        (notify::INVALID_SYNTAX, Failure::PeerError { notify: notify::INVALID_SYNTAX }),
+        (notify::TS_UNACCEPTABLE, Failure::TrafficSelectors),
+        (notify::AUTHENTICATION_FAILED, Failure::Authentication { peer_said: true }),
+    ] {
+        let mut pair = handshake_until_answer_to(exchange::IKE_AUTH);
+        // B's answer is replaced by a refusal sealed with B's keys of the IKE SA.
+        let b_sa = pair.b.endpoint.sas.values_mut().next().unwrap();
+        let refusal = b_sa
+            .encrypt(exchange::IKE_AUTH, true, 1, &[Payload::Notify(Notify::new(notify_type, Vec::new()))])
+            .unwrap();
+        let now = pair.now;
+        pair.a.endpoint.handle(&refusal, "198.18.0.2:4500".parse().unwrap(), 4500, now);
+        pair.a.apply_events();
+        assert_eq!(pair.a.failures, [failure], "for notify {notify_type}");
+        assert!(pair.a.endpoint.status(now).is_empty());
+    }
+}
+
+/// Issue 14: a request with the highest message ID made `message_id + 1` overflow (a panic in
+/// debug builds). It is refused now.
+#[test]
+fn a_request_with_the_highest_message_id_is_refused() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let a_sa = pair.a.endpoint.sas.values_mut().next().unwrap();
+    let request = a_sa.encrypt(exchange::INFORMATIONAL, false, u32::MAX, &[]).unwrap();
+    let now = pair.now;
+    pair.b.endpoint.handle(&request, "198.18.0.1:4500".parse().unwrap(), 4500, now);
+    pair.b.apply_events();
+    assert_eq!(pair.b.refusals, [Refusal::Unexpected]);
+    assert!(pair.b.endpoint.poll_transmit().is_none(), "not answered");
+    pair.run(Duration::from_secs(30));
     pair.assert_one_pair();
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use mesh_config::{Cipher, Mode, Proposal};
 use zeroize::Zeroizing;
 
+use super::message::ids::notify;
+use super::rng::RngError;
 use crate::esp::KeyMaterial;
 
 /// Index of a peer in `IkeSettings::peers` (the daemon uses the same order as its topology).
@@ -77,17 +79,39 @@ impl std::fmt::Debug for ChildSaKeys {
     }
 }
 
-/// Why an IKE SA attempt or an IKE SA ended, for logs and `ikectl`.
+/// Why an IKE SA attempt or an IKE SA ended, for logs and `ikectl`. Grouped by who said so:
+/// the peer (it answered with an error notify), this node (the peer's message did not verify,
+/// or this node could not go on), or nobody (no answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
+    // --- authentication ---
     /// The peer's AUTH did not verify, or the peer said AUTHENTICATION_FAILED.
     Authentication { peer_said: bool },
+    // --- negotiation ---
     /// No proposal in common.
     NoProposalChosen { peer_said: bool },
-    /// The peer did not answer.
-    Timeout,
     /// The peer refused the Child SA's traffic selectors.
     TrafficSelectors,
+    /// The peer answered with another error notify (its number; see RFC 7296 §3.10.1).
+    PeerError { notify: u16 },
+    // --- the path ---
+    /// The peer did not answer.
+    Timeout,
+    // --- this node ---
+    /// This node could not make what the exchange needs.
+    Local(LocalError),
+}
+
+impl Failure {
+    /// The failure a peer's error notify in a response names.
+    pub(crate) fn from_peer_notify(notify_type: u16) -> Failure {
+        match notify_type {
+            notify::AUTHENTICATION_FAILED => Failure::Authentication { peer_said: true },
+            notify::NO_PROPOSAL_CHOSEN => Failure::NoProposalChosen { peer_said: true },
+            notify::TS_UNACCEPTABLE => Failure::TrafficSelectors,
+            notify => Failure::PeerError { notify },
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -106,7 +130,31 @@ impl std::fmt::Display for Failure {
             Failure::TrafficSelectors => {
                 f.write_str("TS_UNACCEPTABLE: the peer refused the traffic selectors; check vxlan_port on both nodes")
             }
+            Failure::PeerError { notify } => match notify::name(*notify) {
+                Some(name) => write!(f, "{name}: the peer refused our request; its log says why"),
+                None => write!(f, "error notify {notify}: the peer refused our request; its log says why"),
+            },
+            Failure::Local(error) => error.fmt(f),
         }
+    }
+}
+
+/// What this node failed to make during an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Rng(#[from] RngError),
+    /// aws-lc refused to make a key pair or derive keys.
+    #[error("the crypto library failed to {0}; meshd cannot key this peer: check the system's aws-lc/FIPS state and restart meshd")]
+    Crypto(&'static str),
+    /// Every message ID of the IKE SA is used (RFC 7296 §2.2); it must be rekeyed or made anew.
+    #[error("the IKE SA ran out of message IDs; it is made anew")]
+    MessageIdsExhausted,
+}
+
+impl From<RngError> for Failure {
+    fn from(error: RngError) -> Self {
+        Failure::Local(LocalError::Rng(error))
     }
 }
 
@@ -140,4 +188,56 @@ pub enum Refusal {
     UnknownSpi,
     /// It does not fit the IKE SA's state or message IDs.
     Unexpected,
+}
+
+impl Refusal {
+    /// The message for an operator reading `ikectl`'s drop counters or the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "does not parse or lacks a payload its exchange needs (a broken or hostile sender)",
+            Refusal::Unauthentic => "fails its integrity check (keys differ or the message was altered)",
+            Refusal::UnknownSpi => "names an IKE SA this node does not have (a restarted peer or an old SA)",
+            Refusal::Unexpected => "does not fit the IKE SA's state or message IDs (a late retransmission)",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_notify_names_its_failure() {
+        assert_eq!(
+            Failure::from_peer_notify(notify::AUTHENTICATION_FAILED),
+            Failure::Authentication { peer_said: true }
+        );
+        assert_eq!(
+            Failure::from_peer_notify(notify::NO_PROPOSAL_CHOSEN),
+            Failure::NoProposalChosen { peer_said: true }
+        );
+        assert_eq!(Failure::from_peer_notify(notify::TS_UNACCEPTABLE), Failure::TrafficSelectors);
+        assert_eq!(Failure::from_peer_notify(notify::INVALID_KE_PAYLOAD), Failure::PeerError { notify: 17 });
+        assert!(Failure::PeerError { notify: 17 }.to_string().starts_with("INVALID_KE_PAYLOAD: "));
+        assert!(Failure::PeerError { notify: 9999 }.to_string().starts_with("error notify 9999: "));
+    }
+
+    #[test]
+    fn every_failure_tells_the_operator_what_to_do() {
+        let all = [
+            Failure::Authentication { peer_said: true },
+            Failure::Authentication { peer_said: false },
+            Failure::NoProposalChosen { peer_said: false },
+            Failure::TrafficSelectors,
+            Failure::PeerError { notify: notify::INVALID_SYNTAX },
+            Failure::Timeout,
+            Failure::Local(LocalError::Rng(RngError)),
+            Failure::Local(LocalError::Crypto("make a key pair")),
+            Failure::Local(LocalError::MessageIdsExhausted),
+        ];
+        for failure in all {
+            let message = failure.to_string();
+            assert!(message.len() > 30, "{message}");
+        }
+    }
 }

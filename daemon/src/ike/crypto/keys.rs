@@ -496,8 +496,8 @@ mod tests {
             let (i_pub, r_pub) = (*i_dh.public_key(), *r_dh.public_key());
             let i_gir = i_dh.agree(&r_pub).unwrap();
             let r_gir = r_dh.agree(&i_pub).unwrap();
-            let ni = super::super::random_nonce().unwrap();
-            let nr = super::super::random_nonce().unwrap();
+            let ni = crate::ike::rng::nonce(&mut crate::ike::rng::SystemRng::new()).unwrap();
+            let nr = crate::ike::rng::nonce(&mut crate::ike::rng::SystemRng::new()).unwrap();
             let spis = SpiPair { initiator: [0xaa; 8], responder: [0xbb; 8] };
             let mut i = IkeSaKeys::derive(Role::Initiator, cipher, &i_gir[..], &ni, &nr, spis).unwrap();
             let mut r = IkeSaKeys::derive(Role::Responder, cipher, &r_gir[..], &ni, &nr, spis).unwrap();

@@ -35,28 +35,6 @@ pub use self::nat::{nat_detection_hash, NAT_DETECTION_HASH_LEN};
 pub use self::prf::{prf, prf_plus, PRF_KEY_LEN, PRF_OUTPUT_LEN};
 pub use self::sk::{sk_body_len, SkOpener, SkSealer, SK_ICV_LEN, SK_IV_LEN, SK_OVERHEAD};
 
-/// Length of the nonces we send (RFC 7296 §2.10: at least 128 bits and half the PRF key size;
-/// we use the PRF's full key size).
-pub const NONCE_LEN: usize = 32;
-
-/// A fresh random nonce of [`NONCE_LEN`] bytes, for a Nonce payload.
-pub fn random_nonce() -> Result<Vec<u8>, CryptoError> {
-    let mut n = vec![0u8; NONCE_LEN];
-    aws_lc_rs::rand::fill(&mut n).map_err(|_| CryptoError::Library("random generation"))?;
-    Ok(n)
-}
-
-/// A fresh random, non-zero IKE SPI (zero means "not yet known" in the IKE header).
-pub fn random_spi() -> Result<[u8; 8], CryptoError> {
-    loop {
-        let mut spi = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut spi).map_err(|_| CryptoError::Library("random generation"))?;
-        if spi != [0; 8] {
-            return Ok(spi);
-        }
-    }
-}
-
 /// Which end of an IKE SA we are.
 ///
 /// For an IKE SA made by IKE_SA_INIT this is the original initiator (the IKE header's
@@ -176,16 +154,6 @@ pub(crate) mod test_util {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn random_values() {
-        let a = random_nonce().unwrap();
-        let b = random_nonce().unwrap();
-        assert_eq!(a.len(), NONCE_LEN);
-        assert_ne!(a, b);
-        assert_ne!(random_spi().unwrap(), [0; 8]);
-        assert_ne!(random_spi().unwrap(), random_spi().unwrap());
-    }
 
     #[test]
     fn role_peer() {

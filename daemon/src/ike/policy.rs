@@ -1,0 +1,100 @@
+//! Mesh policy: who initiates, which of two duplicate IKE SAs wins, and how long to wait
+//! before trying a peer again.
+//!
+//! At start the node with the lower address initiates at once and the other after a delay, so
+//! that a full mesh started at once rarely initiates twice; when both did, the IKE SA initiated
+//! by the lower address wins and its loser is deleted by its own initiator, so every pair ends
+//! with one IKE SA and one Child SA pair. Rekeying is done by the original initiator of each
+//! IKE SA; the responder rekeys only if that did not happen well before expiry.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::types::{Failure, IkeSettings, PeerSettings};
+
+/// How long the node with the higher address waits before initiating itself.
+const HIGHER_ADDRESS_DELAY: Duration = Duration::from_secs(3);
+/// Between attempts to reach a peer we have no IKE SA with.
+pub(super) const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+/// After an authentication, proposal or local failure, try again this much later.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the initiator of a losing duplicate IKE SA has to delete it before we do (peers
+/// that do not resolve duplicates, e.g. strongSwan, never do).
+pub(super) const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
+/// Rekey at this fraction of the lifetime (minus up to `REKEY_JITTER` of it).
+const REKEY_FRACTION: f64 = 0.8;
+const REKEY_JITTER: f64 = 0.1;
+/// The responder rekeys itself only this late.
+const RESPONDER_REKEY_FRACTION: f64 = 0.95;
+
+/// When to try the next attempt after `failure`.
+pub(super) fn retry_delay(failure: &Failure) -> Duration {
+    match failure {
+        Failure::Timeout => RECONNECT_INTERVAL,
+        _ => FAILURE_BACKOFF,
+    }
+}
+
+/// The fraction of a lifetime at which to rekey, and its jitter: the original initiator rekeys
+/// first.
+pub(super) fn rekey_point(we_initiated: bool) -> (f64, f64) {
+    let fraction = if we_initiated { REKEY_FRACTION } else { RESPONDER_REKEY_FRACTION };
+    (fraction, REKEY_JITTER)
+}
+
+/// Our state of one configured peer.
+pub(super) struct PeerState {
+    /// When to try to establish an IKE SA if there is none.
+    pub(super) next_attempt: Instant,
+    /// The peer's last IKE_AUTH carried MESHD_PATH_MTU_PROBES: it answers path-MTU probes.
+    pub(super) answers_probes: bool,
+    /// Removed by a reload: never negotiated with again (its index stays, indexes are stable).
+    pub(super) removed: bool,
+}
+
+impl PeerState {
+    pub(super) fn new(settings: &IkeSettings, peer: &PeerSettings, now: Instant) -> Self {
+        let next_attempt = if settings.local < peer.address { now } else { now + HIGHER_ADDRESS_DELAY };
+        PeerState { next_attempt, removed: false, answers_probes: false }
+    }
+}
+
+/// How an IKE SA came to be, for duplicate resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// IKE_SA_INIT initiated by the node at this address.
+    Handshake { initiator_address: IpAddr },
+    /// Made by rekeying another IKE SA: it replaces that one and is never a duplicate.
+    Rekey,
+}
+
+/// The one rule for duplicates: whether an IKE SA of origin `ours` made at `our_time` beats one
+/// of `theirs` made at `their_time` when both are established with the same peer. The one
+/// initiated by the lower address wins, then the newer one; rekeyed IKE SAs neither beat nor
+/// lose.
+pub(super) fn beats((ours, our_time): (Origin, Instant), (theirs, their_time): (Origin, Instant)) -> bool {
+    match (ours, theirs) {
+        (Origin::Handshake { initiator_address: ours }, Origin::Handshake { initiator_address: theirs }) => {
+            ours < theirs || (ours == theirs && our_time > their_time)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lower_initiator_then_the_newer_wins_and_rekeys_never_count() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let low = Origin::Handshake { initiator_address: "198.18.0.1".parse().unwrap() };
+        let high = Origin::Handshake { initiator_address: "198.18.0.2".parse().unwrap() };
+        assert!(beats((low, now), (high, later)));
+        assert!(!beats((high, later), (low, now)));
+        assert!(beats((low, later), (low, now)));
+        assert!(!beats((low, now), (low, now)), "nothing beats itself");
+        assert!(!beats((Origin::Rekey, later), (high, now)) && !beats((low, now), (Origin::Rekey, later)));
+    }
+}
