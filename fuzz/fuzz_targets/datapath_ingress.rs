@@ -10,11 +10,12 @@ use mesh_config::Mode;
 use meshd::datapath::testkit::{address, node, receive, Setup, DEFAULT};
 use meshd::esp::{trailer_len, PLAINTEXT_OFFSET};
 use meshd::state::MeshState;
+use std::sync::Arc;
 use meshd::topology::PeerId;
 
 struct Pair {
-    sender: MeshState,
-    receiver: MeshState,
+    sender: Arc<MeshState>,
+    receiver: Arc<MeshState>,
     setup: Setup,
 }
 

@@ -13,6 +13,7 @@ use mesh_config::Mode;
 use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
+use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{Overlay, Path, PeerId, Topology};
@@ -150,6 +151,9 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
+        if sa.running_out(sequence) {
+            self.state.sa_notices.notify(SaNotice::SequenceRunningOut { peer: peer_id, spi: sa.params.spi });
+        }
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
         let sealed =

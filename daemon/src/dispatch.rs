@@ -1,0 +1,204 @@
+//! The one dispatch of control commands: each `Command` of `mesh_config::control` goes to the
+//! service that answers it (one match arm per command; a new command is a new arm). The socket
+//! and the framing are `ctl`'s.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use mesh_config::control::{Command, FlushReport, OverlayStatus, Reply, SaList, Spi, Status};
+use mesh_config::MeshConfig;
+
+use crate::diag::follow::{self, Follower};
+use crate::diag::kernel::KernelDrops;
+use crate::diag::query::QueryService;
+use crate::diag::{ping, trace, Sources};
+use crate::error::{ControlError, RequestError};
+use crate::keying::Keying;
+use crate::reload::Reloader;
+use crate::report;
+use crate::sadb::manager::SaManager;
+use crate::state::MeshState;
+use crate::topology::PeerId;
+
+/// How long `sa flush` waits for renegotiated SAs.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How often `sa flush` looks whether the SAs are back.
+const FLUSH_CHECK: Duration = Duration::from_millis(50);
+
+/// What the control commands are answered from.
+pub struct Services {
+    pub state: Arc<MeshState>,
+    /// The running mesh file (the reloader replaces it).
+    pub config: Arc<ArcSwap<MeshConfig>>,
+    pub keying: Arc<Keying>,
+    pub sas: Arc<SaManager>,
+    pub reloader: Arc<Reloader>,
+    pub overlays: Arc<ArcSwap<Vec<OverlayStatus>>>,
+    pub kernel_drops: Arc<KernelDrops>,
+    /// Asks peers for their view (`ikectl ping`).
+    pub query: Arc<QueryService>,
+    pub started: Instant,
+    pub workers: usize,
+}
+
+/// What a command turned into.
+pub enum Dispatched {
+    /// One reply (or error) line.
+    Done(Result<Reply, ControlError>),
+    /// `drops --follow`: a reply line whenever drops are recorded, until the client hangs up.
+    Follow(Follower),
+}
+
+/// Serves `command`.
+pub async fn dispatch(services: &Arc<Services>, command: Command) -> Dispatched {
+    let state = &services.state;
+    let done = match command {
+        Command::Status => Ok(Reply::Status(services.status())),
+        Command::SaList { peer } => services.peer_filter(peer.as_deref()).map(|peer| {
+            Reply::SaList(SaList {
+                ike_sas: services.keying.ike_sas(state, peer),
+                child_sas: report::sa_list(state, peer),
+            })
+        }),
+        Command::SaFlush { peer } => services.flush_and_wait(peer.as_deref()).await.map(Reply::SaFlush),
+        Command::Peers => Ok(Reply::Peers(report::peers(state, &services.keying))),
+        Command::Fdb => Ok(Reply::Fdb(report::fdb(state))),
+        Command::Drops { peer: name, kernel } => services.peer_filter(name.as_deref()).map(|peer| {
+            let topology = state.topology();
+            let mut report = state.drops.report(|id| topology.peer_name(id), peer);
+            report.kernel = kernel.then(|| services.kernel_drops.report(name.as_deref()));
+            Reply::Drops(report)
+        }),
+        Command::DropsFollow { peer, after, kernel_after } => match services.peer_filter(peer.as_deref()) {
+            Ok(_) => {
+                let start = follow::Start { after, kernel_after };
+                let kernel_drops = services.kernel_drops.clone();
+                return Dispatched::Follow(Follower::new(state.clone(), kernel_drops, peer, start));
+            }
+            Err(error) => Err(error),
+        },
+        // A reload waits for the datapath workers to pause: not on the runtime's thread.
+        Command::Reload => {
+            let reloader = services.reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(reloaded) => reloaded.map(Reply::Reload).map_err(ControlError::from),
+                Err(source) => Err(RequestError::Aborted { what: "reload", source }.into()),
+            }
+        }
+        Command::Ping { peer, count, size } => {
+            let overlays = services.overlays.load_full();
+            let config = services.config.load_full();
+            let sources = Sources { state, keying: &services.keying, overlays: &overlays };
+            let pinged = ping::ping(sources, &services.query, &config, &peer, count, size).await;
+            pinged.map(|report| Reply::Ping(Box::new(report))).map_err(ControlError::from)
+        }
+        // A trace runs `ip`: not on the runtime's thread.
+        Command::Trace { target, overlay } => {
+            let services = services.clone();
+            let traced = tokio::task::spawn_blocking(move || {
+                let overlays = services.overlays.load_full();
+                let sources = Sources { state: &services.state, keying: &services.keying, overlays: &overlays };
+                trace::trace(&sources, &target, overlay.as_deref())
+            });
+            match traced.await {
+                Ok(traced) => traced.map(Reply::Trace).map_err(ControlError::from),
+                Err(source) => Err(RequestError::Aborted { what: "trace", source }.into()),
+            }
+        }
+    };
+    Dispatched::Done(done)
+}
+
+impl Services {
+    /// The peer named `name`, or every peer for `None`.
+    fn peer_filter(&self, name: Option<&str>) -> Result<Option<PeerId>, ControlError> {
+        let topology = self.state.topology();
+        let resolved = name.map(|name| topology.resolve_peer(name)).transpose();
+        Ok(resolved.map_err(RequestError::UnknownPeer)?)
+    }
+
+    fn status(&self) -> Status {
+        let topology = self.state.topology();
+        let overlays = self.overlays.load();
+        Status {
+            node: topology.node_name.clone(),
+            mesh: topology.mesh_name.clone(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            config_path: self.config.load().path.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            underlay_address: topology.local_address,
+            workers: self.workers,
+            peers_configured: topology.peers.len(),
+            peers_with_sas: report::peers_with_sas(&self.state),
+            overlays: crate::pmtu::status::overlays(&self.state, &overlays),
+            drops_total: self.state.drops.total(),
+            warnings: crate::pmtu::status::warnings(&self.state, &overlays),
+        }
+    }
+
+    /// `sa flush`, then waits (up to `FLUSH_WAIT`) until IKE peers have SAs both ways again.
+    async fn flush_and_wait(&self, peer: Option<&str>) -> Result<FlushReport, ControlError> {
+        let started = Instant::now();
+        let only = self.peer_filter(peer)?;
+        let mut report = self.flush(only)?;
+        let ike_peers: Vec<PeerId> = self
+            .state
+            .topology()
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .filter(|p| self.keying.is_ike_peer(*p) && only.is_none_or(|o| o == *p))
+            .collect();
+        if ike_peers.is_empty() {
+            return Ok(report);
+        }
+        while started.elapsed() < FLUSH_WAIT {
+            let tables = self.state.sadb.load();
+            let back = ike_peers
+                .iter()
+                .all(|p| tables.outbound(*p).is_some() && tables.inbound_sas().any(|sa| sa.params.peer == *p));
+            if back {
+                report.traffic_back_ms = Some(started.elapsed().as_millis() as u64);
+                break;
+            }
+            tokio::time::sleep(FLUSH_CHECK).await;
+        }
+        if report.traffic_back_ms.is_none() {
+            report.advice = Some(format!(
+                "no new SAs within {}s: see `ikectl peers` (keying column) and the meshd log",
+                FLUSH_WAIT.as_secs()
+            ));
+        }
+        Ok(report)
+    }
+
+    /// Removes the SAs of `only` (or all peers), reinstalls manual ones and renegotiates IKE ones.
+    fn flush(&self, only: Option<PeerId>) -> Result<FlushReport, ControlError> {
+        let flushed = self.sas.flush(&self.config.load(), only)?;
+        let topology = self.state.topology();
+        for peer in topology.peers.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
+            self.keying.flush(peer.id);
+        }
+        let target = only.map_or_else(|| "every peer".to_string(), |p| topology.peer(p).name.clone());
+        tracing::info!(
+            peer = %target,
+            removed = flushed.removed.len(),
+            reinstalled = flushed.reinstalled.len(),
+            "SAs flushed"
+        );
+        let advice = (!flushed.reinstalled.is_empty()).then(|| {
+            format!(
+                "manual SAs start again at sequence number 1: flush them on {target} too \
+                 (ikectl sa flush --peer {}), or it drops this node's packets as replays",
+                topology.node_name
+            )
+        });
+        Ok(FlushReport {
+            removed: flushed.removed.into_iter().map(Spi).collect(),
+            reinstalled: flushed.reinstalled.into_iter().map(Spi).collect(),
+            advice,
+            traffic_back_ms: None,
+        })
+    }
+}
