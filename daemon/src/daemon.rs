@@ -23,7 +23,7 @@ use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::Topology;
-use crate::{netif, pmtu};
+use crate::{manual, netif, pmtu};
 
 /// How often learned FDB entries are checked for age.
 const FDB_EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let mut socket = SocketFile::bind(&options.ctl_socket)?;
     let state = Arc::new(MeshState::new(topology));
     let sas = Arc::new(SaManager::new(state.clone()));
-    let installed = sas.install_manual(&config, None)?;
+    let installed = manual::install(&config, &sas, None)?;
 
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
     let mut overlays = Vec::new();

@@ -15,6 +15,7 @@ use crate::diag::query::QueryService;
 use crate::diag::{ping, trace, Sources};
 use crate::error::{ControlError, RequestError};
 use crate::keying::Keying;
+use crate::manual;
 use crate::reload::Reloader;
 use crate::report;
 use crate::sadb::manager::SaManager;
@@ -175,7 +176,8 @@ impl Services {
 
     /// Removes the SAs of `only` (or all peers), reinstalls manual ones and renegotiates IKE ones.
     fn flush(&self, only: Option<PeerId>) -> Result<FlushReport, ControlError> {
-        let flushed = self.sas.flush(&self.config.load(), only)?;
+        let removed = self.sas.remove_peer(only);
+        let reinstalled = manual::install(&self.config.load(), &self.sas, only)?;
         let topology = self.state.topology();
         for peer in topology.peers.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
             self.keying.flush(peer.id);
@@ -183,11 +185,11 @@ impl Services {
         let target = only.map_or_else(|| "every peer".to_string(), |p| topology.peer(p).name.clone());
         tracing::info!(
             peer = %target,
-            removed = flushed.removed.len(),
-            reinstalled = flushed.reinstalled.len(),
+            removed = removed.len(),
+            reinstalled = reinstalled.len(),
             "SAs flushed"
         );
-        let advice = (!flushed.reinstalled.is_empty()).then(|| {
+        let advice = (!reinstalled.is_empty()).then(|| {
             format!(
                 "manual SAs start again at sequence number 1: flush them on {target} too \
                  (ikectl sa flush --peer {}), or it drops this node's packets as replays",
@@ -195,8 +197,8 @@ impl Services {
             )
         });
         Ok(FlushReport {
-            removed: flushed.removed.into_iter().map(Spi).collect(),
-            reinstalled: flushed.reinstalled.into_iter().map(Spi).collect(),
+            removed: removed.into_iter().map(Spi).collect(),
+            reinstalled: reinstalled.into_iter().map(Spi).collect(),
             advice,
             traffic_back_ms: None,
         })

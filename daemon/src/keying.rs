@@ -1,6 +1,6 @@
 //! The IKE driver: runs the sans-IO IKE endpoint on the control plane's runtime, gives it the
 //! datagrams of UDP 500 and 4500, the time and the datapath's notices (through the SA manager),
-//! sends what it says, and hands its Child SAs to the SA manager (docs/architecture.md).
+//! sends what it says, and hands its Child SAs to the SA manager.
 //!
 //! The driver is generic over `IkeEngine`, the part of `ike::Endpoint` it uses, so that its tests
 //! run against a fake endpoint.
@@ -657,5 +657,212 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use mesh_config::{Encap, Mode};
+
+    use super::*;
+    use crate::datapath::testkit::{address, mesh_file, Setup, DEFAULT};
+    use crate::esp::KeyMaterial;
+    use crate::sadb::manager::SaNotice;
+
+    /// What the driver asked of the endpoint.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Asked {
+        UnknownSpi(PeerIndex),
+        Rekey(PeerIndex, u32),
+        Flush(PeerIndex),
+        Remove(PeerIndex),
+        Add(IpAddr),
+    }
+
+    /// An endpoint that says what the test tells it to and records what it was asked.
+    #[derive(Default)]
+    struct FakeEndpoint {
+        events: VecDeque<Event>,
+        status: Vec<IkeSaStatus>,
+        asked: Vec<Asked>,
+        peers: usize,
+    }
+
+    impl IkeEngine for FakeEndpoint {
+        fn handle(&mut self, _: &[u8], _: SocketAddr, _: u16, _: Instant) {}
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<Event> {
+            self.events.pop_front()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn status(&self, _: Instant) -> Vec<IkeSaStatus> {
+            self.status.clone()
+        }
+        fn counters(&self) -> IkeCounters {
+            IkeCounters::default()
+        }
+        fn unknown_spi_from(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::UnknownSpi(peer));
+        }
+        fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, _: Instant) {
+            self.asked.push(Asked::Rekey(peer, outbound_spi));
+        }
+        fn flush(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Flush(peer));
+        }
+        fn add_peer(&mut self, peer: PeerSettings, _: Instant) -> PeerIndex {
+            self.asked.push(Asked::Add(peer.address));
+            self.peers += 1;
+            self.peers - 1
+        }
+        fn remove_peer(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Remove(peer));
+        }
+        fn reconfigure(&mut self, _: IkeSettings) {}
+        fn answers_probes(&self, _: PeerIndex) -> bool {
+            false
+        }
+    }
+
+    /// Node n0 of three: IKE keys n1 (endpoint index 0), n2 is manual.
+    fn driver() -> Keying<FakeEndpoint> {
+        let config = mesh_file(&Setup { nodes: 3, ..DEFAULT });
+        let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
+        let sas = Arc::new(SaManager::new(Arc::new(MeshState::new(topology))));
+        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], sas)
+    }
+
+    fn keys(spi: u32) -> ChildSaKeys {
+        ChildSaKeys {
+            spi,
+            cipher: Cipher::Aes256Gcm16,
+            esn: true,
+            mode: Mode::Transport,
+            remote: "198.18.0.2:4500".parse().unwrap(),
+            key: KeyMaterial::from_bytes(&[5u8; 36]).unwrap(),
+        }
+    }
+
+    fn established(peer: PeerIndex) -> IkeSaStatus {
+        IkeSaStatus {
+            peer: Some(peer),
+            initiator_spi: 1,
+            responder_spi: 2,
+            we_initiated: true,
+            state: IkeSaState::Established.as_text(),
+            cipher: Some(Cipher::Aes256Gcm16),
+            remote: "198.18.0.2:500".parse().unwrap(),
+            nat_detected: false,
+            udp_encap: false,
+            established_secs: Some(1),
+            rekey_in_secs: Some(100),
+            children: vec![(0x5001, 0x6001)],
+        }
+    }
+
+    fn happen(keying: &Keying<FakeEndpoint>, events: impl IntoIterator<Item = Event>) {
+        let mut ike = keying.lock();
+        ike.endpoint.events.extend(events);
+        ike.apply_events(&keying.sas);
+    }
+
+    fn asked(keying: &Keying<FakeEndpoint>) -> Vec<Asked> {
+        std::mem::take(&mut keying.lock().endpoint.asked)
+    }
+
+    #[test]
+    fn child_sas_go_to_the_sadb_and_a_replaced_outbound_sa_is_a_rekey() {
+        let keying = driver();
+        let state = keying.sas.state();
+        happen(
+            &keying,
+            [Event::InstallInbound { peer: 0, sa: keys(0x5001) }, Event::InstallOutbound { peer: 0, sa: keys(0x6001) }],
+        );
+        let tables = state.sadb.load();
+        let inbound = tables.inbound(0x5001).unwrap();
+        assert_eq!((inbound.params.peer, inbound.params.origin, inbound.params.esn), (PeerId(0), SaOrigin::Ike, true));
+        assert_eq!(inbound.params.encap, Encap::Udp);
+        assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
+        assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
+
+        happen(
+            &keying,
+            [
+                Event::InstallOutbound { peer: 0, sa: keys(0x6002) },
+                Event::RemoveOutbound { peer: 0, spi: 0x6001 },
+                Event::RemoveInbound { peer: 0, spi: 0x5001 },
+            ],
+        );
+        let tables = state.sadb.load();
+        assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6002, "the newer SA stays");
+        assert!(tables.inbound(0x5001).is_none());
+        assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
+        assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
+    }
+
+    #[test]
+    fn the_keying_state_follows_the_endpoint() {
+        let keying = driver();
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeConnecting);
+        assert_eq!(keying.state_of(PeerId(1)).to_string(), "manual");
+        let from = "198.18.0.2:500".parse().unwrap();
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeFailed(Failure::Timeout.to_string()));
+        assert_eq!(keying.stats(PeerId(0)).unwrap().handshake_failures, 1);
+        let drops = keying.sas.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
+        assert_eq!(drops.by_reason.get(&DropReason::IkeRetransmitGaveUp), Some(&1));
+
+        keying.lock().endpoint.status = vec![established(0)];
+        assert_eq!(keying.state_of(PeerId(0)).to_string(), "ike: established");
+        let listed = keying.ike_sas(keying.sas.state(), Some(PeerId(0)));
+        assert_eq!(IkeSaState::from_text(&listed[0].state), Some(IkeSaState::Established));
+        keying.lock().endpoint.status.clear();
+        happen(&keying, [Event::Established { peer: 0 }]);
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeConnecting, "the failure is forgotten");
+    }
+
+    #[test]
+    fn datapath_notices_reach_the_endpoint_for_ike_peers_at_most_once_a_second() {
+        let keying = driver();
+        keying.unknown_spi(PeerId(0));
+        keying.unknown_spi(PeerId(0));
+        keying.unknown_spi(PeerId(1));
+        assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)]);
+
+        // Through the SA manager, which passes on notices about the current SA only.
+        happen(&keying, [Event::InstallOutbound { peer: 0, sa: keys(0x6001) }]);
+        let manager = keying.sas.clone();
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6000 }, &keying);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6001 }, &keying);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6001 }, &keying);
+        assert_eq!(asked(&keying), vec![Asked::Rekey(0, 0x6001)]);
+
+        keying.lock().notices[0] = NoticesPassed::default();
+        manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &keying);
+        assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)], "again after the interval");
+    }
+
+    #[test]
+    fn peers_map_to_endpoint_indexes_across_reloads() {
+        let keying = driver();
+        assert!(keying.flush(PeerId(0)));
+        assert!(!keying.flush(PeerId(1)), "manual peers are flushed by the SA manager only");
+        keying.remove_peer(PeerId(0));
+        assert!(!keying.is_ike_peer(PeerId(0)));
+        let n2 = keying.sas.state().topology().peer(PeerId(1)).clone();
+        keying.add_peer(&n2);
+        keying.unknown_spi(PeerId(1));
+        keying.unknown_spi(PeerId(0));
+        assert_eq!(
+            asked(&keying),
+            vec![Asked::Flush(0), Asked::Remove(0), Asked::Add(n2.address), Asked::UnknownSpi(1)]
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Manual keying: installs the `[[manual_sa]]` entries of the mesh file that concern this node,
-//! through the SA manager (`SaManager::install_manual`, also on flush and reload).
+//! through the SA manager (at start, on `ikectl sa flush` and on reload).
 
 use std::net::SocketAddr;
 
@@ -14,7 +14,7 @@ use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::topology::PeerId;
 
 /// Installs the manual SAs between this node and `only` (or every peer); returns their SPIs.
-pub(crate) fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Result<Vec<u32>, KeyingError> {
+pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Result<Vec<u32>, KeyingError> {
     let state = sas.state();
     let topology = state.topology();
     let me = topology.node_name.as_str();

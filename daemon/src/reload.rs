@@ -22,6 +22,7 @@ use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
 use crate::error::ReloadError;
 use crate::keying::{self, Keying};
+use crate::manual;
 use crate::overlay_tap::bring_up;
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -65,7 +66,8 @@ struct PeerChanges {
 impl PeerChanges {
     fn of(plan: &ReloadPlan, current: &Topology, next: &Topology, ike_peers: &[PeerId]) -> Self {
         let rekeyed = || plan.peers_rekeyed.iter().map(|change| &change.name);
-        let leaving = plan.peers_removed.iter().chain(rekeyed()).filter_map(|name| current.peer_by_name(name)).collect();
+        let leaving =
+            plan.peers_removed.iter().chain(rekeyed()).filter_map(|name| current.peer_by_name(name)).collect();
         let coming = plan.peers_added.iter().chain(rekeyed()).filter_map(|name| next.peer_by_name(name));
         let (ike, manual) = coming.partition(|peer| ike_peers.contains(peer));
         PeerChanges { leaving, ike, manual }
@@ -133,7 +135,7 @@ impl Reloader {
             self.keying.add_peer(next.peer(*peer));
         }
         for peer in &changes.manual {
-            if let Err(error) = self.sas.install_manual(&new, Some(*peer)) {
+            if let Err(error) = manual::install(&new, &self.sas, Some(*peer)) {
                 failed.push(error.to_string());
             }
         }

@@ -5,12 +5,13 @@
 //! with the peer's real key, so the parsers behind authentication (inner IP, UDP, VXLAN,
 //! Ethernet) see arbitrary input too.
 
+use std::sync::Arc;
+
 use libfuzzer_sys::fuzz_target;
 use mesh_config::Mode;
 use meshd::datapath::testkit::{address, node, receive, Setup, DEFAULT};
 use meshd::esp::{trailer_len, PLAINTEXT_OFFSET};
 use meshd::state::MeshState;
-use std::sync::Arc;
 use meshd::topology::PeerId;
 
 struct Pair {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mesh_config::{Cipher, Encap, MeshConfig, Mode};
 
 use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
+use crate::manual;
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Topology};
@@ -84,7 +85,7 @@ pub fn node(setup: &Setup, index: usize) -> Arc<MeshState> {
     let config = mesh_file(setup);
     let name = format!("n{index}");
     let state = Arc::new(MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap()));
-    SaManager::new(state.clone()).install_manual(&config, None).unwrap();
+    manual::install(&config, &SaManager::new(state.clone()), None).unwrap();
     state
 }
 

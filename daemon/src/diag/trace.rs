@@ -81,15 +81,11 @@ pub fn trace(sources: &Sources<'_>, target: &str, overlay: Option<&str>) -> Resu
 fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target) -> Result<&'t Overlay, TraceError> {
     let names = || topology.overlays.iter().map(|o| o.name.clone()).collect();
     if let Some(name) = name {
-        return topology
-            .overlays
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| TraceError::NoSuchOverlay {
-                name: name.to_string(),
-                node: topology.node_name.clone(),
-                overlays: names(),
-            });
+        return topology.overlays.iter().find(|o| o.name == name).ok_or_else(|| TraceError::NoSuchOverlay {
+            name: name.to_string(),
+            node: topology.node_name.clone(),
+            overlays: names(),
+        });
     }
     if let [only] = &topology.overlays[..] {
         return Ok(only);
@@ -98,11 +94,7 @@ fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target
         (Target::Ip(ip), Some((own, prefix))) => same_subnet(ip, own, prefix),
         _ => false,
     };
-    topology
-        .overlays
-        .iter()
-        .find(in_subnet)
-        .ok_or_else(|| TraceError::AmbiguousOverlay { overlays: names() })
+    topology.overlays.iter().find(in_subnet).ok_or_else(|| TraceError::AmbiguousOverlay { overlays: names() })
 }
 
 fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {

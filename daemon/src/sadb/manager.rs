@@ -1,5 +1,5 @@
-//! The SA manager: the one writer of the SADB. Manual keying, IKE's events, `ikectl sa flush` and
-//! reload install and remove SAs through it (docs/architecture.md).
+//! The SA manager: the one writer of the SADB. Manual keying (`manual::install`), IKE's events,
+//! `ikectl sa flush` and reload install and remove SAs through it.
 //!
 //! It also hears from the datapath: a worker that sees ESP for an SPI no inbound SA has, or an
 //! outbound SA whose sequence numbers run out, puts a notice on a bounded queue (`SaNotices`)
@@ -9,12 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mesh_config::MeshConfig;
 use tokio::sync::mpsc;
 
 use super::{InboundSa, OutboundSa, SadbError};
-use crate::error::KeyingError;
-use crate::manual;
 use crate::state::MeshState;
 use crate::topology::PeerId;
 
@@ -116,21 +113,6 @@ impl SaManager {
         self.state.sadb.remove(peer)
     }
 
-    /// Installs the `[[manual_sa]]` entries of `config` between this node and `only` (or every
-    /// peer); returns their SPIs.
-    pub fn install_manual(&self, config: &MeshConfig, only: Option<PeerId>) -> Result<Vec<u32>, KeyingError> {
-        manual::install(config, self, only)
-    }
-
-    /// `ikectl sa flush`: removes the SAs of `only` (or all peers) and installs the manual ones
-    /// anew; returns the SPIs removed and those installed. IKE renegotiates its own
-    /// (`Keying::flush`).
-    pub fn flush(&self, config: &MeshConfig, only: Option<PeerId>) -> Result<Flushed, KeyingError> {
-        let removed = self.remove_peer(only);
-        let reinstalled = self.install_manual(config, only)?;
-        Ok(Flushed { removed, reinstalled })
-    }
-
     /// Hands one notice of the datapath to `handler`, unless it is about an SA that is gone.
     pub fn handle_notice(&self, notice: SaNotice, handler: &impl NoticeHandler) {
         match notice {
@@ -153,20 +135,16 @@ impl SaManager {
     }
 }
 
-/// What `SaManager::flush` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flushed {
-    pub removed: Vec<u32>,
-    pub reinstalled: Vec<u32>,
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
 
+    use mesh_config::MeshConfig;
+
     use super::*;
     use crate::datapath::testkit::{address, frame, mesh_file, receive, send, spi, DEFAULT, MAC_A, MAC_B};
     use crate::esp::{KeyMaterial, Sealer};
+    use crate::manual;
     use crate::sadb::{SaParams, SEQUENCE_REKEY_AT};
     use crate::topology::Topology;
 
@@ -200,13 +178,13 @@ mod tests {
     #[test]
     fn manual_sas_install_and_a_flush_installs_them_anew() {
         let (manager, config) = manager(0);
-        assert_eq!(manager.install_manual(&config, None).unwrap(), vec![spi(0, 1), spi(1, 0)]);
-        assert!(manager.install_manual(&config, None).is_err(), "an inbound SPI is never installed twice");
+        assert_eq!(manual::install(&config, &manager, None).unwrap(), vec![spi(0, 1), spi(1, 0)]);
+        assert!(manual::install(&config, &manager, None).is_err(), "an inbound SPI is never installed twice");
         let before = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
         before.next_sequence();
 
-        let flushed = manager.flush(&config, Some(PeerId(0))).unwrap();
-        assert_eq!(flushed, Flushed { removed: vec![spi(0, 1), spi(1, 0)], reinstalled: vec![spi(0, 1), spi(1, 0)] });
+        assert_eq!(manager.remove_peer(Some(PeerId(0))), vec![spi(0, 1), spi(1, 0)]);
+        assert_eq!(manual::install(&config, &manager, Some(PeerId(0))).unwrap(), vec![spi(0, 1), spi(1, 0)]);
         let after = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
         assert_eq!(after.last_sequence(), 0, "a flushed SA starts again");
         assert!(!Arc::ptr_eq(&before, &after));
@@ -215,7 +193,7 @@ mod tests {
     #[test]
     fn install_replace_and_remove() {
         let (manager, config) = manager(0);
-        manager.install_manual(&config, None).unwrap();
+        manual::install(&config, &manager, None).unwrap();
         let replaced = manager.install_outbound(outbound_sa(&manager, 0x7001)).unwrap();
         assert_eq!(replaced.params.spi, spi(0, 1));
         assert!(!manager.remove_outbound(PeerId(0), spi(0, 1)), "the replaced SA is gone already");
@@ -223,7 +201,7 @@ mod tests {
         assert!(manager.state().sadb.load().outbound(PeerId(0)).is_none());
         assert!(manager.remove_inbound(spi(1, 0)));
         assert!(!manager.remove_inbound(spi(1, 0)));
-        manager.install_manual(&config, None).unwrap();
+        manual::install(&config, &manager, None).unwrap();
         assert_eq!(manager.remove_peer(None), vec![spi(0, 1), spi(1, 0)]);
         assert!(manager.state().sadb.load().inbound_sas().next().is_none());
     }
@@ -231,7 +209,7 @@ mod tests {
     #[test]
     fn notices_about_gone_sas_are_dropped() {
         let (manager, config) = manager(0);
-        manager.install_manual(&config, None).unwrap();
+        manual::install(&config, &manager, None).unwrap();
         let heard = Heard::default();
         manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &heard);
         manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }, &heard);
@@ -265,8 +243,8 @@ mod tests {
     fn the_datapath_reports_unknown_spis_of_a_peer() {
         let (sender, config) = manager(0);
         let (receiver, _) = manager(1);
-        sender.install_manual(&config, None).unwrap();
-        receiver.install_manual(&config, None).unwrap();
+        manual::install(&config, &sender, None).unwrap();
+        manual::install(&config, &receiver, None).unwrap();
         let mut queue = receiver.state().sa_notices.take_receiver().unwrap();
         let packet = send(sender.state(), &frame(MAC_B, MAC_A, 64)).remove(0).0;
         receiver.remove_inbound(spi(0, 1));
@@ -280,7 +258,7 @@ mod tests {
     #[test]
     fn the_datapath_reports_sequence_numbers_running_out_once_per_stretch() {
         let (manager, config) = manager(0);
-        manager.install_manual(&config, None).unwrap();
+        manual::install(&config, &manager, None).unwrap();
         let mut queue = manager.state().sa_notices.take_receiver().unwrap();
         let sa = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
         sa.sequence.store(SEQUENCE_REKEY_AT - 2, Ordering::Relaxed);
