@@ -88,13 +88,26 @@ pub enum KeyingError {
 pub enum ReloadError {
     /// Nothing was applied.
     #[error("new config refused, the running one stays: {0}")]
-    Refused(String),
+    Refused(#[from] ReloadRefusal),
     #[error("applied, except: {}; correct the mesh file and reload again", .0.join("; "))]
     PartlyApplied(Vec<String>),
     #[error("the datapath is not running; restart meshd")]
     DatapathStopped,
     #[error("{0}; restart meshd")]
     DatapathRestart(DaemonError),
+}
+
+/// Why a reload applied nothing of the new mesh file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefusal {
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+    #[error("{0}")]
+    NotApplicable(#[from] mesh_config::reload::ReloadRefused),
+    #[error("{0}")]
+    Topology(String),
+    #[error("{0}")]
+    Keying(#[from] KeyingError),
 }
 
 /// `ikectl trace` did not understand what to trace.
@@ -106,6 +119,21 @@ pub enum TraceError {
     NoSuchOverlay { name: String, node: String, overlays: Vec<String> },
     #[error("several overlays could carry it; pick one with --overlay NAME ({})", overlays.join(", "))]
     AmbiguousOverlay { overlays: Vec<String> },
+}
+
+/// `ikectl ping` could not ask the peer's meshd; the report shows the message as a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no key to ask {peer} with: the mesh file has no psk_file and no [[manual_sa]] pair for {me} and {peer}")]
+    NoPairKey { me: String, peer: String },
+    #[error("the query for {peer} does not fit a datagram; shorten the node names")]
+    TooLong { peer: String },
+    #[error("cannot send the query to {destination}: {source}; check the route to {peer}")]
+    Send { destination: std::net::SocketAddr, peer: String, source: io::Error },
+    #[error("no answer from {peer}'s meshd on UDP {port} at {address}: is meshd running there, is UDP {port} open between the nodes, and do both use the same mesh.toml?")]
+    NoAnswer { peer: String, address: IpAddr, port: u16 },
+    #[error("the system's random source failed; check that the kernel's getrandom works (see the meshd log)")]
+    Random,
 }
 
 /// The usual cause of an OS error when meshd sets up its interfaces and sockets.

@@ -20,7 +20,7 @@ use tun_rs::SyncDevice;
 
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
-use crate::error::ReloadError;
+use crate::error::{ReloadError, ReloadRefusal};
 use crate::keying::{self, Keying};
 use crate::manual;
 use crate::overlay_tap::bring_up;
@@ -99,14 +99,13 @@ impl Reloader {
     }
 
     fn reload_with(&self, running: &mut Running) -> Result<ReloadPlan, ReloadError> {
-        let refused = |error: String| ReloadError::Refused(error);
-        let mut new = MeshConfig::load(&running.config_path).map_err(|e| refused(e.to_string()))?;
+        let mut new = MeshConfig::load(&running.config_path).map_err(ReloadRefusal::from)?;
         let old = self.config.load_full();
         let current = self.state.topology_full();
-        let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(|e| refused(e.to_string()))?;
-        let next = current.reloaded(&new).map_err(refused)?;
+        let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(ReloadRefusal::from)?;
+        let next = current.reloaded(&new).map_err(ReloadRefusal::Topology)?;
         let ike_peers = keying::ike_peers(&new, &next);
-        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(|e| refused(e.to_string()))?;
+        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(ReloadRefusal::from)?;
         let changes = PeerChanges::of(&plan, &current, &next, &ike_peers);
 
         // Valid: from here on everything is applied. First the SAs that must go.

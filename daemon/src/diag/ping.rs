@@ -121,7 +121,7 @@ pub async fn ping(
     let remote = match (&before, after) {
         (_, Ok((view, from))) => Some((view, from)),
         (_, Err(why)) => {
-            verdicts.push(why);
+            verdicts.push(why.to_string());
             None
         }
     };
@@ -174,7 +174,7 @@ async fn probe(state: &MeshState, keying: &Keying, peer: PeerId, count: u32, siz
     let first_id = match super::query::random_nonce() {
         Ok(nonce) => nonce as u32,
         Err(why) => {
-            summary.skipped = Some(why);
+            summary.skipped = Some(why.to_string());
             return summary;
         }
     };

@@ -18,6 +18,7 @@ use mesh_config::MeshConfig;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
+use crate::error::QueryError;
 use crate::keying::Keying;
 use crate::state::MeshState;
 use crate::wire::query::{Packet, QueryHeader, QueryType, MAC_LEN, MAX_BODY_LEN, MAX_LEN};
@@ -74,24 +75,23 @@ impl QueryService {
     }
 
     /// Asks `peer` (at `address`) for its view; the view and the address the answer came from.
-    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, String> {
-        let key = pair_key(config, me, peer).ok_or_else(|| {
-            format!("no key to ask {peer} with: the mesh file has no psk_file and no [[manual_sa]] pair for {me} and {peer}")
-        })?;
+    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, QueryError> {
+        let key = pair_key(config, me, peer)
+            .ok_or_else(|| QueryError::NoPairKey { me: me.to_string(), peer: peer.to_string() })?;
         let destination = SocketAddr::new(address, QUERY_PORT);
         for _ in 0..TRIES {
             let nonce = random_nonce()?;
-            let (sender, answer) = oneshot::channel();
-            self.lock_pending().insert(nonce, (peer.to_string(), sender));
             let request = seal(
                 &key,
                 QueryHeader { query_type: QueryType::Request, nonce, timestamp_ms: unix_ms(), sender: me },
                 b"",
             )
-            .ok_or("the query does not fit a datagram")?;
-            if let Err(error) = self.socket.send_to(&request, destination) {
+            .ok_or_else(|| QueryError::TooLong { peer: peer.to_string() })?;
+            let (sender, answer) = oneshot::channel();
+            self.lock_pending().insert(nonce, (peer.to_string(), sender));
+            if let Err(source) = self.socket.send_to(&request, destination) {
                 self.lock_pending().remove(&nonce);
-                return Err(format!("cannot send the query to {destination}: {error}; check the route to {peer}"));
+                return Err(QueryError::Send { destination, peer: peer.to_string(), source });
             }
             let answered = tokio::time::timeout(TRY_TIMEOUT, answer).await;
             self.lock_pending().remove(&nonce);
@@ -99,9 +99,7 @@ impl QueryService {
                 return Ok(answer);
             }
         }
-        Err(format!(
-            "no answer from {peer}'s meshd on UDP {QUERY_PORT} at {address}: is meshd running there, is UDP {QUERY_PORT} open between the nodes, and do both use the same mesh.toml?"
-        ))
+        Err(QueryError::NoAnswer { peer: peer.to_string(), address, port: QUERY_PORT })
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -122,9 +120,9 @@ impl QueryService {
     }
 }
 
-pub fn random_nonce() -> Result<u64, String> {
+pub fn random_nonce() -> Result<u64, QueryError> {
     let mut bytes = [0u8; 8];
-    rand::fill(&mut bytes).map_err(|_| "the system's random source failed".to_string())?;
+    rand::fill(&mut bytes).map_err(|_| QueryError::Random)?;
     Ok(u64::from_be_bytes(bytes))
 }
 
