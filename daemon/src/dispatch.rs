@@ -57,10 +57,7 @@ pub async fn dispatch(services: &Arc<Services>, command: Command) -> Dispatched 
     let done = match command {
         Command::Status => Ok(Reply::Status(services.status())),
         Command::SaList { peer } => services.peer_filter(peer.as_deref()).map(|peer| {
-            Reply::SaList(SaList {
-                ike_sas: services.keying.ike_sas(state, peer),
-                child_sas: report::sa_list(state, peer),
-            })
+            Reply::SaList(SaList { ike_sas: services.keying.ike_sas(peer), child_sas: report::sa_list(state, peer) })
         }),
         Command::SaFlush { peer } => services.flush_and_wait(peer.as_deref()).await.map(Reply::SaFlush),
         Command::Peers => Ok(Reply::Peers(report::peers(state, &services.keying))),

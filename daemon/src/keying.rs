@@ -389,9 +389,10 @@ impl<E: IkeEngine> Keying<E> {
         }
     }
 
-    pub fn ike_sas(&self, state: &MeshState, only: Option<PeerId>) -> Vec<IkeSaInfo> {
+    /// The IKE SAs with `only` (or every peer), for `ikectl sa list` and `ikectl ping`.
+    pub fn ike_sas(&self, only: Option<PeerId>) -> Vec<IkeSaInfo> {
         let cipher_prf_group = ("prfsha256".to_string(), "x25519".to_string());
-        let topology = state.topology();
+        let topology = self.sas.state().topology();
         let ike = self.lock();
         ike.endpoint
             .status(Instant::now())
@@ -821,7 +822,7 @@ mod tests {
 
         keying.lock().endpoint.status = vec![established(0)];
         assert_eq!(keying.state_of(PeerId(0)).to_string(), "ike: established");
-        let listed = keying.ike_sas(keying.sas.state(), Some(PeerId(0)));
+        let listed = keying.ike_sas(Some(PeerId(0)));
         assert_eq!(IkeSaState::from_text(&listed[0].state), Some(IkeSaState::Established));
         keying.lock().endpoint.status.clear();
         happen(&keying, [Event::Established { peer: 0 }]);

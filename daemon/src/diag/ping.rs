@@ -35,7 +35,7 @@ const SA_TROUBLE: &[DropReason] = &[DropReason::Authentication, DropReason::Unkn
 pub fn view_of_pair(state: &MeshState, keying: &Keying, peer: PeerId, observed: Option<SocketAddr>) -> PeerView {
     let topology = state.topology();
     let clock = &state.clock;
-    let ike = keying.ike_sas(state, Some(peer));
+    let ike = keying.ike_sas(Some(peer));
     let established = |sa: &&IkeSaInfo| IkeSaState::from_text(&sa.state) == Some(IkeSaState::Established);
     let ike = ike.iter().find(established).or(ike.first()).map(|sa| IkeView {
         initiator_spi: sa.initiator_spi.clone(),
