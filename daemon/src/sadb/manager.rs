@@ -127,7 +127,7 @@ impl SaManager {
         }
     }
 
-    /// Reads the datapath's notices until the queue closes (the workers and the state are gone).
+    /// Passes on the datapath's notices until the runtime stops.
     pub async fn run(self: Arc<Self>, mut notices: mpsc::Receiver<SaNotice>, handler: Arc<impl NoticeHandler>) {
         while let Some(notice) = notices.recv().await {
             self.handle_notice(notice, &*handler);
