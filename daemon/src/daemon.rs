@@ -6,22 +6,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use mesh_config::control::OverlayStatus;
 use mesh_config::MeshConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tun_rs::SyncDevice;
 
-use crate::ctl::{self, Control, SocketFile};
+use crate::ctl::{self, SocketFile};
 use crate::datapath::{Datapath, IkeInbox, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
 use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
+use crate::dispatch::Services;
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
-use crate::reload::Reloader;
+use crate::overlay_tap::bring_up;
+use crate::reload::{Reloader, Running};
+use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
-use crate::topology::{Overlay, Topology};
-use crate::{manual, netif, pmtu, tap};
+use crate::topology::Topology;
+use crate::{manual, netif, pmtu};
 
 /// How often learned FDB entries are checked for age.
 const FDB_EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -68,7 +70,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     // Bind first: a second meshd must fail before it touches any interface.
     let mut socket = SocketFile::bind(&options.ctl_socket)?;
     let state = Arc::new(MeshState::new(topology));
-    let installed = manual::install(&config, &state, None)?;
+    let sas = Arc::new(SaManager::new(state.clone()));
+    let installed = manual::install(&config, &sas, None)?;
 
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
     let mut overlays = Vec::new();
@@ -81,7 +84,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         }
         overlays.push(status);
     }
-    let keying = Arc::new(Keying::new(&config, &state, Instant::now()).map_err(DaemonError::Topology)?);
+    let keying = Arc::new(Keying::new(&config, sas.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
     let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?;
     tracing::info!(
@@ -100,21 +103,36 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         port: query::QUERY_PORT,
         source,
     })?;
-    let control = Arc::new(Control {
+    let config = Arc::new(ArcSwap::from_pointee(config));
+    let overlays = Arc::new(ArcSwap::from_pointee(overlays));
+    let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
+    let query = Arc::new(query);
+    let workers = datapath.workers();
+    let reloader = Arc::new(Reloader {
+        config: config.clone(),
         state: state.clone(),
-        config: ArcSwap::from_pointee(config),
         keying: keying.clone(),
-        started: Instant::now(),
-        workers: datapath.workers(),
-        overlays: ArcSwap::from_pointee(overlays),
-        reloader: Mutex::new(Reloader {
+        sas: sas.clone(),
+        overlays: overlays.clone(),
+        kernel_drops: kernel_drops.clone(),
+        running: Mutex::new(Running {
             config_path: options.config.clone(),
             datapath: Some(datapath),
             ike_inbox: inbox,
             tuning: options.tuning,
         }),
-        kernel_drops: KernelDrops::start(state.clone(), options.kernel_drops),
-        query,
+    });
+    let services = Arc::new(Services {
+        state: state.clone(),
+        config: config.clone(),
+        keying: keying.clone(),
+        sas: sas.clone(),
+        reloader: reloader.clone(),
+        overlays,
+        kernel_drops: kernel_drops.clone(),
+        query: query.clone(),
+        started: Instant::now(),
+        workers,
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
@@ -133,61 +151,42 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             encap: topology.encap,
             source,
         })?;
-        tokio::spawn(keying::run(keying, state.clone(), sockets, inbox_receiver));
+        if let Some(notices) = state.sa_notices.take_receiver() {
+            tokio::spawn(sas.clone().run(notices, keying.clone()));
+        }
+        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
         // Registered before anything can send it: SIGHUP's default action would end meshd.
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
-        tokio::spawn(reload_on_hangup(hangup, control.clone()));
-        tokio::spawn(query::serve(control.clone()));
-        if let Some(address) = control.config.load().metrics.listen {
+        tokio::spawn(reload_on_hangup(hangup, reloader.clone()));
+        let responder =
+            query::Responder { query, config: config.clone(), state: state.clone(), keying: keying.clone() };
+        tokio::spawn(query::serve(responder));
+        if let Some(address) = config.load().metrics.listen {
             let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
-            tokio::spawn(metrics::serve(listener, control.clone()));
+            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops };
+            tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
-        crate::flows::export::start(&state, &control.config.load().flows).await?;
+        crate::flows::export::start(&state, &config.load().flows).await?;
         let served = tokio::select! {
-            served = ctl::serve(&mut socket, control.clone()) => served,
+            served = ctl::serve(&mut socket, services) => served,
             signal = wait_for_stop_signal() => signal,
         };
         served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
     });
-    control.reloader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).shutdown();
+    reloader.shutdown();
     drop(socket);
     tracing::info!("meshd stopped");
     served
 }
 
-/// Creates the TAP of `overlay` with one queue per worker, with its MTU and address; returns the
-/// queues and what `ikectl status` shows of it.
-pub(crate) fn bring_up(
-    overlay: &Overlay,
-    topology: &Topology,
-    config: &MeshConfig,
-    queues: usize,
-    offload: bool,
-) -> Result<(Vec<SyncDevice>, OverlayStatus), DaemonError> {
-    let cipher = config.ike.proposals.first().map_or(mesh_config::Cipher::Aes256Gcm16, |p| p.cipher);
-    let (mtu, mtu_reason) = pmtu::auto::overlay_mtu(overlay, topology, cipher)?;
-    let devices = tap::create(&overlay.interface, mtu, overlay.address, queues, offload)
-        .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
-    tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, "overlay interface up");
-    let status = OverlayStatus {
-        name: overlay.name.clone(),
-        interface: overlay.interface.clone(),
-        vni: overlay.vni,
-        mtu: u32::from(mtu),
-        mtu_reason,
-        address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
-    };
-    Ok((devices, status))
-}
-
 /// Reloads on every SIGHUP, like `ikectl reload` (the outcome goes to the log).
-async fn reload_on_hangup(mut hangup: Signal, control: Arc<Control>) {
+async fn reload_on_hangup(mut hangup: Signal, reloader: Arc<Reloader>) {
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading {}", control.config.load().path.display());
-        let control = control.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || control.reload()).await {
+        tracing::info!("SIGHUP: reloading {}", reloader.config.load().path.display());
+        let reloader = reloader.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(%error, "the reload panicked");
         }
     }

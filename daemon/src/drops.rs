@@ -216,11 +216,6 @@ impl Drops {
         self.by_reason.total()
     }
 
-    /// Drops of one reason for one peer.
-    pub fn peer_count(&self, peer: PeerId, reason: DropReason) -> u64 {
-        self.by_peer.load().get(peer.0).map_or(0, |counters| counters.get(reason))
-    }
-
     pub fn peer_total(&self, peer: PeerId) -> u64 {
         self.by_peer.load().get(peer.0).map_or(0, |counters| counters.total())
     }

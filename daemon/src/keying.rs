@@ -1,8 +1,12 @@
-//! The IKE driver: runs the sans-IO [`Endpoint`] on the control plane's runtime, gives it the
-//! datagrams of UDP 500 and 4500 and the time, sends what it says, and applies its events to
-//! the SADB.
+//! The IKE driver: runs the sans-IO IKE endpoint on the control plane's runtime, gives it the
+//! datagrams of UDP 500 and 4500, the time and the datapath's notices (through the SA manager),
+//! sends what it says, and hands its Child SAs to the SA manager.
+//!
+//! The driver is generic over `IkeEngine`, the part of `ike::Endpoint` it uses, so that its tests
+//! run against a fake endpoint.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,43 +20,146 @@ use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
+use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
 use crate::ike::{
-    ChildSaKeys, Endpoint, Event, Failure, IkeSettings, IkeState, PeerIndex, PeerSettings, Refusal, IKE_PORT,
-    NAT_T_PORT,
+    ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeSaStatus, IkeSettings, IkeState, PeerIndex, PeerSettings,
+    Refusal, Transmit, IKE_PORT, NAT_T_PORT,
 };
+use crate::sadb::manager::{NoticeHandler, SaManager};
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::state::MeshState;
 use crate::topology::{Peer, PeerId, Topology};
 use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 
-/// How often the datapath is looked at: ESP for unknown SPIs (a liveness check or a new IKE
-/// SA), and outbound SAs whose sequence numbers run out (a rekey).
-const DATAPATH_CHECK: Duration = Duration::from_secs(1);
-/// Without ESN, rekey once this many sequence numbers are used (the 32-bit space must never wrap;
-/// at 10 Gbit/s of small packets the rest lasts minutes).
-const SEQUENCE_REKEY_AT: u64 = 3 << 30;
+/// The endpoint hears of a peer's unknown SPIs, and of its SA running out, at most this often
+/// (each unknown SPI would otherwise queue another liveness check).
+const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// Refused IKE messages are summed up in the log at most this often.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The IKE state shared by the driver task and the control socket.
-pub struct Keying {
-    ike: Mutex<Ike>,
+/// What the driver needs of an IKE endpoint (`ike::Endpoint`; a fake in tests).
+pub trait IkeEngine {
+    fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_event(&mut self) -> Option<Event>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn status(&self, now: Instant) -> Vec<IkeSaStatus>;
+    fn counters(&self) -> IkeCounters;
+    fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant);
+    fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant);
+    fn flush(&mut self, peer: PeerIndex, now: Instant);
+    fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex;
+    fn remove_peer(&mut self, peer: PeerIndex, now: Instant);
+    fn reconfigure(&mut self, settings: IkeSettings);
+    fn answers_probes(&self, peer: PeerIndex) -> bool;
+}
+
+impl IkeEngine for Endpoint {
+    fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
+        Endpoint::handle(self, datagram, from, local_port, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Endpoint::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Endpoint::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Endpoint::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Endpoint::poll_timeout(self)
+    }
+    fn status(&self, now: Instant) -> Vec<IkeSaStatus> {
+        Endpoint::status(self, now)
+    }
+    fn counters(&self) -> IkeCounters {
+        Endpoint::counters(self)
+    }
+    fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant) {
+        Endpoint::unknown_spi_from(self, peer, now)
+    }
+    fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant) {
+        Endpoint::rekey_child(self, peer, outbound_spi, now)
+    }
+    fn flush(&mut self, peer: PeerIndex, now: Instant) {
+        Endpoint::flush(self, peer, now)
+    }
+    fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex {
+        Endpoint::add_peer(self, peer, now)
+    }
+    fn remove_peer(&mut self, peer: PeerIndex, now: Instant) {
+        Endpoint::remove_peer(self, peer, now)
+    }
+    fn reconfigure(&mut self, settings: IkeSettings) {
+        Endpoint::reconfigure(self, settings)
+    }
+    fn answers_probes(&self, peer: PeerIndex) -> bool {
+        Endpoint::answers_probes(self, peer)
+    }
+}
+
+/// How a peer is keyed, and how far: the keying column of `ikectl peers` and `ikectl trace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyingState {
+    Manual,
+    IkeEstablished,
+    IkeConnecting,
+    /// The last failure, until an IKE SA comes up.
+    IkeFailed(String),
+}
+
+impl fmt::Display for KeyingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyingState::Manual => f.write_str("manual"),
+            KeyingState::IkeEstablished => f.write_str("ike: established"),
+            KeyingState::IkeConnecting => f.write_str("ike: connecting"),
+            KeyingState::IkeFailed(failure) => write!(f, "ike: {failure}"),
+        }
+    }
+}
+
+/// The IKE state shared by the driver task and the control plane.
+pub struct Keying<E = Endpoint> {
+    ike: Mutex<Ike<E>>,
     wake: Notify,
+    /// Where the Child SAs go.
+    sas: Arc<SaManager>,
 }
 
 /// The endpoint and the daemon's names for its peers, under one lock.
-struct Ike {
-    endpoint: Endpoint,
+struct Ike<E> {
+    endpoint: E,
     /// The topology's id of each IKE peer (index = the endpoint's peer index; peers that a reload
     /// removed keep their index).
     peers: Vec<PeerId>,
     /// The endpoint index of each peer IKE keys now.
     by_peer: HashMap<PeerId, usize>,
-    /// The last failure of each IKE peer, cleared when an IKE SA comes up.
+    /// Per IKE peer (by endpoint index), cleared when an IKE SA comes up or a reload adds it.
     failures: Vec<Option<String>>,
     /// Per IKE peer (by endpoint index), for metrics.
     stats: Vec<IkePeerStats>,
+    /// Per IKE peer (by endpoint index): when the endpoint last heard of the datapath's notices.
+    notices: Vec<NoticesPassed>,
+}
+
+/// When a peer's notices were last passed to the endpoint.
+#[derive(Debug, Default, Clone, Copy)]
+struct NoticesPassed {
+    unknown_spi: Option<Instant>,
+    running_out: Option<Instant>,
+}
+
+/// Whether a notice last passed on at `last` may be passed on again at `now`.
+fn due(last: &mut Option<Instant>, now: Instant) -> bool {
+    let due = last.is_none_or(|at| now.saturating_duration_since(at) >= NOTICE_INTERVAL);
+    if due {
+        *last = Some(now);
+    }
+    due
 }
 
 /// What happened to one IKE peer's SAs since meshd started.
@@ -106,16 +213,13 @@ pub fn ike_peers(config: &MeshConfig, topology: &Topology) -> Vec<PeerId> {
 
 /// IKE's settings for `config` with the peers `ike_peers`; fails when there are IKE peers but no
 /// pre-shared key.
-pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, String> {
+pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, KeyingError> {
     let psk = match (&config.psk, ike_peers.is_empty()) {
         (Some(psk), _) => psk.as_bytes().to_vec(),
         (None, true) => Vec::new(),
         (None, false) => {
-            let names: Vec<&str> = ike_peers.iter().map(|id| topology.peer(*id).name.as_str()).collect();
-            return Err(format!(
-                "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs the pre-shared key: set psk_file in [mesh]",
-                names.join(", ")
-            ));
+            let peers = ike_peers.iter().map(|id| topology.peer(*id).name.clone()).collect();
+            return Err(KeyingError::MissingPsk { peers });
         }
     };
     let proposals = if config.ike.proposals_explicit {
@@ -144,25 +248,45 @@ fn peer_settings(peer: &Peer) -> PeerSettings {
 impl Keying {
     /// The IKE state for the peers that have no manual SAs (there may be none yet: a reload can
     /// add some).
-    pub fn new(config: &MeshConfig, state: &MeshState, now: Instant) -> Result<Keying, String> {
-        let topology = state.topology();
+    pub fn new(config: &MeshConfig, sas: Arc<SaManager>, now: Instant) -> Result<Keying, KeyingError> {
+        let topology = sas.state().topology_full();
         let ike_peers = ike_peers(config, &topology);
         let settings = settings(config, &topology, &ike_peers)?;
-        let endpoint = Endpoint::new(settings, now).map_err(|e| e.to_string())?;
-        Ok(Keying {
+        let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
+        Ok(Keying::with_endpoint(endpoint, ike_peers, sas))
+    }
+}
+
+impl<E: IkeEngine> Keying<E> {
+    /// Drives `endpoint`, whose peer indexes are the positions of `ike_peers`.
+    pub fn with_endpoint(endpoint: E, ike_peers: Vec<PeerId>, sas: Arc<SaManager>) -> Keying<E> {
+        Keying {
             ike: Mutex::new(Ike {
                 endpoint,
                 failures: vec![None; ike_peers.len()],
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
+                notices: vec![NoticesPassed::default(); ike_peers.len()],
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
             }),
             wake: Notify::new(),
-        })
+            sas,
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ike> {
+    fn lock(&self) -> MutexGuard<'_, Ike<E>> {
         self.ike.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `step` on the endpoint with `peer`'s index (nothing for a manual peer), then wakes
+    /// the driver to send what it queued; false for a manual peer.
+    fn with_peer(&self, peer: PeerId, step: impl FnOnce(&mut Ike<E>, PeerIndex)) -> bool {
+        let mut ike = self.lock();
+        let Some(index) = ike.by_peer.get(&peer).copied() else { return false };
+        step(&mut ike, index);
+        drop(ike);
+        self.wake.notify_one();
+        true
     }
 
     /// Reload: new credentials and SA settings (see `Endpoint::reconfigure`).
@@ -177,6 +301,7 @@ impl Keying {
         ike.peers.push(peer.id);
         ike.failures.push(None);
         ike.stats.push(IkePeerStats::default());
+        ike.notices.push(NoticesPassed::default());
         ike.by_peer.insert(peer.id, index);
         drop(ike);
         self.wake.notify_one();
@@ -184,12 +309,10 @@ impl Keying {
 
     /// Reload: deletes the IKE and Child SAs with `peer` (telling it) and stops keying it.
     pub fn remove_peer(&self, peer: PeerId) {
-        let mut ike = self.lock();
-        if let Some(index) = ike.by_peer.remove(&peer) {
+        self.with_peer(peer, |ike, index| {
             ike.endpoint.remove_peer(index, Instant::now());
-            drop(ike);
-            self.wake.notify_one();
-        }
+            ike.by_peer.remove(&peer);
+        });
     }
 
     /// Rekeys and handshake failures of an IKE peer; `None` for a manual peer.
@@ -204,12 +327,7 @@ impl Keying {
 
     /// Deletes the SAs with `peer` (telling it) and negotiates anew; false for a manual peer.
     pub fn flush(&self, peer: PeerId) -> bool {
-        let mut ike = self.lock();
-        let Some(index) = ike.by_peer.get(&peer).copied() else { return false };
-        ike.endpoint.flush(index, Instant::now());
-        drop(ike);
-        self.wake.notify_one();
-        true
+        self.with_peer(peer, |ike, index| ike.endpoint.flush(index, Instant::now()))
     }
 
     /// Whether the IKE peer announced that it answers path-MTU probes.
@@ -218,23 +336,24 @@ impl Keying {
         ike.by_peer.get(&peer).is_some_and(|index| ike.endpoint.answers_probes(*index))
     }
 
-    /// "established", "connecting", or the last failure.
-    pub fn state_of(&self, peer: PeerId) -> Option<String> {
+    /// How `peer` is keyed, and how far IKE got.
+    pub fn state_of(&self, peer: PeerId) -> KeyingState {
         let ike = self.lock();
-        let index = *ike.by_peer.get(&peer)?;
+        let Some(index) = ike.by_peer.get(&peer).copied() else { return KeyingState::Manual };
         let failure = ike.failures.get(index).cloned().flatten();
         let statuses = ike.endpoint.status(Instant::now());
         let established = statuses.iter().any(|s| s.peer == Some(index) && s.state == IkeState::Established);
-        Some(match (established, failure) {
-            (true, _) => "ike: established".to_string(),
-            (false, Some(failure)) => format!("ike: {failure}"),
-            (false, None) => "ike: connecting".to_string(),
-        })
+        match (established, failure) {
+            (true, _) => KeyingState::IkeEstablished,
+            (false, Some(failure)) => KeyingState::IkeFailed(failure),
+            (false, None) => KeyingState::IkeConnecting,
+        }
     }
 
-    pub fn ike_sas(&self, state: &MeshState, only: Option<PeerId>) -> Vec<IkeSaInfo> {
+    /// The IKE SAs with `only` (or every peer), for `ikectl sa list` and `ikectl ping`.
+    pub fn ike_sas(&self, only: Option<PeerId>) -> Vec<IkeSaInfo> {
         let cipher_prf_group = ("prfsha256".to_string(), "x25519".to_string());
-        let topology = state.topology();
+        let topology = self.sas.state().topology();
         let ike = self.lock();
         ike.endpoint
             .status(Instant::now())
@@ -259,8 +378,9 @@ impl Keying {
             .collect()
     }
 
-    /// Applies the endpoint's events to the SADB and sends its datagrams.
-    fn drain(&self, state: &MeshState, sockets: &IkeSockets) {
+    /// Sends the endpoint's datagrams and applies its events.
+    fn drain(&self, sockets: &IkeSockets) {
+        let state = self.sas.state();
         let mut ike = self.lock();
         while let Some(transmit) = ike.endpoint.poll_transmit() {
             let sent = match (transmit.source_port, &sockets.port_4500) {
@@ -277,9 +397,7 @@ impl Keying {
                 state.drops.record(DropReason::SendFailed, context);
             }
         }
-        while let Some(event) = ike.endpoint.poll_event() {
-            ike.apply(state, event);
-        }
+        ike.apply_events(&self.sas);
     }
 
     fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
@@ -291,19 +409,45 @@ impl Keying {
     }
 }
 
-impl Ike {
-    fn apply(&mut self, state: &MeshState, event: Event) {
+/// The datapath's notices, as the SA manager passes them on: only IKE peers are told about, and
+/// each kind at most once per `NOTICE_INTERVAL`.
+impl<E: IkeEngine> NoticeHandler for Keying<E> {
+    fn unknown_spi(&self, peer: PeerId) {
+        let now = Instant::now();
+        self.with_peer(peer, |ike, index| {
+            if due(&mut ike.notices[index].unknown_spi, now) {
+                ike.endpoint.unknown_spi_from(index, now);
+            }
+        });
+    }
+
+    fn sequence_running_out(&self, peer: PeerId, spi: u32) {
+        let now = Instant::now();
+        self.with_peer(peer, |ike, index| {
+            if due(&mut ike.notices[index].running_out, now) {
+                ike.endpoint.rekey_child(index, spi, now);
+            }
+        });
+    }
+}
+
+impl<E: IkeEngine> Ike<E> {
+    fn apply_events(&mut self, sas: &SaManager) {
+        while let Some(event) = self.endpoint.poll_event() {
+            self.apply(sas, event);
+        }
+    }
+
+    fn apply(&mut self, sas: &SaManager, event: Event) {
+        let state = sas.state();
         match event {
             Event::InstallInbound { peer, sa } => {
                 let peer = self.peers[peer];
                 let (params, key) = sa_params(state, peer, sa);
                 match Opener::new(params.cipher, &key) {
                     Ok(opener) => {
-                        if let Err(error) = state.sadb.install_inbound(InboundSa::new(
-                            params,
-                            opener,
-                            ReplayWindow::new(DEFAULT_REPLAY_WINDOW),
-                        )) {
+                        let sa = InboundSa::new(params, opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW));
+                        if let Err(error) = sas.install_inbound(sa) {
                             tracing::error!(%error, "IKE Child SA not installed");
                         }
                     }
@@ -312,22 +456,21 @@ impl Ike {
             }
             Event::InstallOutbound { peer: index, sa } => {
                 let peer = self.peers[index];
-                if state.sadb.load().outbound(peer).is_some() {
-                    self.stats[index].rekeys += 1;
-                }
                 let (params, key) = sa_params(state, peer, sa);
                 match Sealer::new(params.cipher, &key) {
                     Ok(sealer) => {
-                        state.sadb.install_outbound(OutboundSa::new(params, sealer));
+                        if sas.install_outbound(OutboundSa::new(params, sealer)).is_some() {
+                            self.stats[index].rekeys += 1;
+                        }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
             Event::RemoveInbound { spi, .. } => {
-                state.sadb.remove_inbound(spi);
+                sas.remove_inbound(spi);
             }
             Event::RemoveOutbound { peer, spi } => {
-                state.sadb.remove_outbound(self.peers[peer], spi);
+                sas.remove_outbound(self.peers[peer], spi);
             }
             Event::Established { peer } => self.failures[peer] = None,
             Event::Failed { peer, from, failure } => {
@@ -354,7 +497,8 @@ impl Ike {
 
 /// A datagram on our own UDP 4500 socket (raw ESP mode): only IKE, after the non-ESP marker, is
 /// expected there.
-fn receive_own_4500(keying: &Keying, state: &MeshState, datagram: &[u8], from: SocketAddr) {
+fn receive_own_4500<E: IkeEngine>(keying: &Keying<E>, datagram: &[u8], from: SocketAddr) {
+    let state = keying.sas.state();
     let reason = match classify_udp_encap(datagram) {
         Ok(UdpEncapKind::Ike) => return keying.handle(&datagram[NON_ESP_MARKER_LEN..], from, NAT_T_PORT),
         Ok(UdpEncapKind::NatKeepalive) => return,
@@ -435,21 +579,14 @@ pub fn bind(local: IpAddr, datapath_4500: Option<StdUdpSocket>) -> io::Result<Ik
 }
 
 /// Runs IKE until the runtime stops.
-pub async fn run(
-    keying: Arc<Keying>,
-    state: Arc<MeshState>,
-    sockets: IkeSockets,
-    mut inbox: mpsc::Receiver<IkeDatagram>,
-) {
+pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut inbox: mpsc::Receiver<IkeDatagram>) {
     let mut buf_500 = vec![0u8; 65_536];
     let mut buf_4500 = vec![0u8; 65_536];
-    let mut unknown_spi_seen: Vec<u64> = Vec::new();
-    let mut datapath_tick = tokio::time::interval(DATAPATH_CHECK);
+    let mut refused_tick = tokio::time::interval(REFUSED_LOG_INTERVAL);
     let mut refused_logged = keying.lock().endpoint.counters();
-    let mut refused_logged_at = Instant::now();
     loop {
         keying.lock().endpoint.handle_timeout(Instant::now());
-        keying.drain(&state, &sockets);
+        keying.drain(&sockets);
         let deadline = keying.deadline().map(tokio::time::Instant::from_std);
         let sleep = async {
             match deadline {
@@ -469,30 +606,15 @@ pub async fn run(
                 Err(error) => tracing::debug!(%error, "receiving on UDP 500 failed"),
             },
             received = own_4500 => match received {
-                Ok((len, from)) => receive_own_4500(&keying, &state, &buf_4500[..len], from),
+                Ok((len, from)) => receive_own_4500(&keying, &buf_4500[..len], from),
                 Err(error) => tracing::debug!(%error, "receiving on UDP 4500 failed"),
             },
             Some(datagram) = inbox.recv() => keying.handle(&datagram.bytes, datagram.from, datagram.local_port),
             _ = sleep => {}
             _ = keying.wake.notified() => {}
-            _ = datapath_tick.tick() => {
-                let now = Instant::now();
-                let tables = state.sadb.load();
-                let mut ike = keying.lock();
-                let Ike { endpoint, peers, .. } = &mut *ike;
-                unknown_spi_seen.resize(peers.len(), 0);
-                for (index, peer) in peers.iter().enumerate() {
-                    let count = state.drops.peer_count(*peer, DropReason::UnknownSpi);
-                    if count > unknown_spi_seen[index] {
-                        unknown_spi_seen[index] = count;
-                        endpoint.unknown_spi_from(index, now);
-                    }
-                    if let Some(sa) = tables.outbound(*peer).filter(|sa| !sa.params.esn && sa.last_sequence() >= SEQUENCE_REKEY_AT) {
-                        endpoint.rekey_child(index, sa.params.spi, now);
-                    }
-                }
-                let counters = endpoint.counters();
-                if counters != refused_logged && now >= refused_logged_at + REFUSED_LOG_INTERVAL {
+            _ = refused_tick.tick() => {
+                let counters = keying.lock().endpoint.counters();
+                if counters != refused_logged {
                     tracing::warn!(
                         malformed = counters.malformed - refused_logged.malformed,
                         unauthentic = counters.unauthentic - refused_logged.unauthentic,
@@ -501,9 +623,215 @@ pub async fn run(
                         "IKE messages refused since the last report"
                     );
                     refused_logged = counters;
-                    refused_logged_at = now;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use mesh_config::{Encap, Mode};
+
+    use super::*;
+    use crate::datapath::testkit::{address, mesh_file, Setup, DEFAULT};
+    use crate::esp::KeyMaterial;
+    use crate::sadb::manager::SaNotice;
+
+    /// What the driver asked of the endpoint.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Asked {
+        UnknownSpi(PeerIndex),
+        Rekey(PeerIndex, u32),
+        Flush(PeerIndex),
+        Remove(PeerIndex),
+        Add(IpAddr),
+    }
+
+    /// An endpoint that says what the test tells it to and records what it was asked.
+    #[derive(Default)]
+    struct FakeEndpoint {
+        events: VecDeque<Event>,
+        status: Vec<IkeSaStatus>,
+        asked: Vec<Asked>,
+        peers: usize,
+    }
+
+    impl IkeEngine for FakeEndpoint {
+        fn handle(&mut self, _: &[u8], _: SocketAddr, _: u16, _: Instant) {}
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<Event> {
+            self.events.pop_front()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn status(&self, _: Instant) -> Vec<IkeSaStatus> {
+            self.status.clone()
+        }
+        fn counters(&self) -> IkeCounters {
+            IkeCounters::default()
+        }
+        fn unknown_spi_from(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::UnknownSpi(peer));
+        }
+        fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, _: Instant) {
+            self.asked.push(Asked::Rekey(peer, outbound_spi));
+        }
+        fn flush(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Flush(peer));
+        }
+        fn add_peer(&mut self, peer: PeerSettings, _: Instant) -> PeerIndex {
+            self.asked.push(Asked::Add(peer.address));
+            self.peers += 1;
+            self.peers - 1
+        }
+        fn remove_peer(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Remove(peer));
+        }
+        fn reconfigure(&mut self, _: IkeSettings) {}
+        fn answers_probes(&self, _: PeerIndex) -> bool {
+            false
+        }
+    }
+
+    /// Node n0 of three: IKE keys n1 (endpoint index 0), n2 is manual.
+    fn driver() -> Keying<FakeEndpoint> {
+        let config = mesh_file(&Setup { nodes: 3, ..DEFAULT });
+        let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
+        let sas = Arc::new(SaManager::new(Arc::new(MeshState::new(topology))));
+        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], sas)
+    }
+
+    fn keys(spi: u32) -> ChildSaKeys {
+        ChildSaKeys {
+            spi,
+            cipher: Cipher::Aes256Gcm16,
+            esn: true,
+            mode: Mode::Transport,
+            remote: "198.18.0.2:4500".parse().unwrap(),
+            key: KeyMaterial::from_bytes(&[5u8; 36]).unwrap(),
+        }
+    }
+
+    fn established(peer: PeerIndex) -> IkeSaStatus {
+        IkeSaStatus {
+            peer: Some(peer),
+            initiator_spi: 1,
+            responder_spi: 2,
+            we_initiated: true,
+            state: IkeState::Established,
+            cipher: Some(Cipher::Aes256Gcm16),
+            remote: "198.18.0.2:500".parse().unwrap(),
+            nat_detected: false,
+            udp_encap: false,
+            established_secs: Some(1),
+            rekey_in_secs: Some(100),
+            children: vec![(0x5001, 0x6001)],
+        }
+    }
+
+    fn happen(keying: &Keying<FakeEndpoint>, events: impl IntoIterator<Item = Event>) {
+        let mut ike = keying.lock();
+        ike.endpoint.events.extend(events);
+        ike.apply_events(&keying.sas);
+    }
+
+    fn asked(keying: &Keying<FakeEndpoint>) -> Vec<Asked> {
+        std::mem::take(&mut keying.lock().endpoint.asked)
+    }
+
+    #[test]
+    fn child_sas_go_to_the_sadb_and_a_replaced_outbound_sa_is_a_rekey() {
+        let keying = driver();
+        let state = keying.sas.state();
+        happen(
+            &keying,
+            [Event::InstallInbound { peer: 0, sa: keys(0x5001) }, Event::InstallOutbound { peer: 0, sa: keys(0x6001) }],
+        );
+        let tables = state.sadb.load();
+        let inbound = tables.inbound(0x5001).unwrap();
+        assert_eq!((inbound.params.peer, inbound.params.origin, inbound.params.esn), (PeerId(0), SaOrigin::Ike, true));
+        assert_eq!(inbound.params.encap, Encap::Udp);
+        assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
+        assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
+
+        happen(
+            &keying,
+            [
+                Event::InstallOutbound { peer: 0, sa: keys(0x6002) },
+                Event::RemoveOutbound { peer: 0, spi: 0x6001 },
+                Event::RemoveInbound { peer: 0, spi: 0x5001 },
+            ],
+        );
+        let tables = state.sadb.load();
+        assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6002, "the newer SA stays");
+        assert!(tables.inbound(0x5001).is_none());
+        assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
+        assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
+    }
+
+    #[test]
+    fn the_keying_state_follows_the_endpoint() {
+        let keying = driver();
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeConnecting);
+        assert_eq!(keying.state_of(PeerId(1)).to_string(), "manual");
+        let from = "198.18.0.2:500".parse().unwrap();
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeFailed(Failure::Timeout.to_string()));
+        assert_eq!(keying.stats(PeerId(0)).unwrap().handshake_failures, 1);
+        let drops = keying.sas.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
+        assert_eq!(drops.by_reason.get(&DropReason::IkeRetransmitGaveUp), Some(&1));
+
+        keying.lock().endpoint.status = vec![established(0)];
+        assert_eq!(keying.state_of(PeerId(0)).to_string(), "ike: established");
+        let listed = keying.ike_sas(Some(PeerId(0)));
+        assert_eq!(IkeState::from_text(&listed[0].state), Some(IkeState::Established));
+        keying.lock().endpoint.status.clear();
+        happen(&keying, [Event::Established { peer: 0 }]);
+        assert_eq!(keying.state_of(PeerId(0)), KeyingState::IkeConnecting, "the failure is forgotten");
+    }
+
+    #[test]
+    fn datapath_notices_reach_the_endpoint_for_ike_peers_at_most_once_a_second() {
+        let keying = driver();
+        keying.unknown_spi(PeerId(0));
+        keying.unknown_spi(PeerId(0));
+        keying.unknown_spi(PeerId(1));
+        assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)]);
+
+        // Through the SA manager, which passes on notices about the current SA only.
+        happen(&keying, [Event::InstallOutbound { peer: 0, sa: keys(0x6001) }]);
+        let manager = keying.sas.clone();
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6000 }, &keying);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6001 }, &keying);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6001 }, &keying);
+        assert_eq!(asked(&keying), vec![Asked::Rekey(0, 0x6001)]);
+
+        keying.lock().notices[0] = NoticesPassed::default();
+        manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &keying);
+        assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)], "again after the interval");
+    }
+
+    #[test]
+    fn peers_map_to_endpoint_indexes_across_reloads() {
+        let keying = driver();
+        assert!(keying.flush(PeerId(0)));
+        assert!(!keying.flush(PeerId(1)), "manual peers are flushed by the SA manager only");
+        keying.remove_peer(PeerId(0));
+        assert!(!keying.is_ike_peer(PeerId(0)));
+        let n2 = keying.sas.state().topology().peer(PeerId(1)).clone();
+        keying.add_peer(&n2);
+        keying.unknown_spi(PeerId(1));
+        keying.unknown_spi(PeerId(0));
+        assert_eq!(
+            asked(&keying),
+            vec![Asked::Flush(0), Asked::Remove(0), Asked::Add(n2.address), Asked::UnknownSpi(1)]
+        );
     }
 }

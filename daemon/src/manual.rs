@@ -1,4 +1,5 @@
-//! Manual keying: installs the `[[manual_sa]]` entries of the mesh file that concern this node.
+//! Manual keying: installs the `[[manual_sa]]` entries of the mesh file that concern this node,
+//! through the SA manager (at start, on `ikectl sa flush` and on reload).
 
 use std::net::SocketAddr;
 
@@ -6,14 +7,15 @@ use mesh_config::control::SaOrigin;
 use mesh_config::MeshConfig;
 
 use crate::datapath::ESP_IN_UDP_PORT;
-use crate::error::DaemonError;
+use crate::error::KeyingError;
 use crate::esp::{KeyMaterial, Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::sadb::manager::SaManager;
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
-use crate::state::MeshState;
 use crate::topology::PeerId;
 
 /// Installs the manual SAs between this node and `only` (or every peer); returns their SPIs.
-pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> Result<Vec<u32>, DaemonError> {
+pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Result<Vec<u32>, KeyingError> {
+    let state = sas.state();
     let topology = state.topology();
     let me = topology.node_name.as_str();
     let mut installed = Vec::new();
@@ -27,7 +29,7 @@ pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> 
         if only.is_some_and(|wanted| wanted != peer) {
             continue;
         }
-        let failed = |problem: String| DaemonError::ManualSa {
+        let failed = |problem: String| KeyingError::ManualSa {
             spi: entry.spi,
             from: entry.from.clone(),
             to: entry.to.clone(),
@@ -47,11 +49,11 @@ pub fn install(config: &MeshConfig, state: &MeshState, only: Option<PeerId>) -> 
         };
         if outbound {
             let sealer = Sealer::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;
-            state.sadb.install_outbound(OutboundSa::new(params, sealer));
+            sas.install_outbound(OutboundSa::new(params, sealer));
         } else {
             let opener = Opener::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;
             let sa = InboundSa::new(params, opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW));
-            state.sadb.install_inbound(sa).map_err(|e| failed(e.to_string()))?;
+            sas.install_inbound(sa).map_err(|e| failed(e.to_string()))?;
         }
         installed.push(entry.spi);
     }

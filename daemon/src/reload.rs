@@ -10,22 +10,40 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use mesh_config::control::OverlayStatus;
 use mesh_config::reload::ReloadPlan;
 use mesh_config::MeshConfig;
 use tun_rs::SyncDevice;
 
-use crate::ctl::Control;
-use crate::daemon::bring_up;
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
-use crate::keying;
+use crate::diag::kernel::KernelDrops;
+use crate::error::{ReloadError, ReloadRefusal};
+use crate::keying::{self, Keying};
 use crate::manual;
-use crate::topology::Topology;
+use crate::overlay_tap::bring_up;
+use crate::sadb::manager::SaManager;
+use crate::state::MeshState;
+use crate::topology::{PeerId, Topology};
 
-/// What a reload needs besides the shared state.
+/// Applies reloads: what it changes, and the datapath it pauses.
 pub struct Reloader {
+    /// The running mesh file; a reload replaces it.
+    pub config: Arc<ArcSwap<MeshConfig>>,
+    pub state: Arc<MeshState>,
+    pub keying: Arc<Keying>,
+    pub sas: Arc<SaManager>,
+    /// What `ikectl status` shows of the overlay interfaces.
+    pub overlays: Arc<ArcSwap<Vec<OverlayStatus>>>,
+    pub kernel_drops: Arc<KernelDrops>,
+    /// Held while a reload runs, so that reloads never overlap.
+    pub running: Mutex<Running>,
+}
+
+/// What only a reload (or shutdown) touches.
+pub struct Running {
     /// The mesh file meshd was started with.
     pub config_path: PathBuf,
     /// `None` only while a reload takes the datapath over, or after shutdown.
@@ -34,21 +52,45 @@ pub struct Reloader {
     pub tuning: WorkerTuning,
 }
 
-impl Reloader {
-    /// Stops the datapath for good (shutdown).
-    pub fn shutdown(&mut self) {
-        if let Some(datapath) = self.datapath.take() {
-            datapath.stop();
-        }
+/// Which peers' SAs a reload deletes, and how the new ones are made.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PeerChanges {
+    /// Removed, or rekeyed: by their ids in the current topology.
+    leaving: Vec<PeerId>,
+    /// Added or rekeyed, by their ids in the next topology: keyed by IKE.
+    ike: Vec<PeerId>,
+    /// Added or rekeyed: keyed with the new file's manual SAs.
+    manual: Vec<PeerId>,
+}
+
+impl PeerChanges {
+    fn of(plan: &ReloadPlan, current: &Topology, next: &Topology, ike_peers: &[PeerId]) -> Self {
+        let rekeyed = || plan.peers_rekeyed.iter().map(|change| &change.name);
+        let leaving =
+            plan.peers_removed.iter().chain(rekeyed()).filter_map(|name| current.peer_by_name(name)).collect();
+        let coming = plan.peers_added.iter().chain(rekeyed()).filter_map(|name| next.peer_by_name(name));
+        let (ike, manual) = coming.partition(|peer| ike_peers.contains(peer));
+        PeerChanges { leaving, ike, manual }
     }
 }
 
-impl Control {
+impl Reloader {
+    /// Stops the datapath for good (shutdown).
+    pub fn shutdown(&self) {
+        if let Some(datapath) = self.lock().datapath.take() {
+            datapath.stop();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Re-reads and applies the mesh file; returns what changed, or why nothing did (the old
     /// config keeps running), or what could not be applied.
-    pub fn reload(&self) -> Result<ReloadPlan, String> {
-        let mut reloader = self.reloader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = self.reload_with(&mut reloader);
+    pub fn reload(&self) -> Result<ReloadPlan, ReloadError> {
+        let mut running = self.lock();
+        let result = self.reload_with(&mut running);
         match &result {
             Ok(plan) => tracing::info!("reload: {}", plan.to_string().trim_end().replace('\n', "; ")),
             Err(error) => tracing::error!("reload: {error}"),
@@ -56,24 +98,22 @@ impl Control {
         result
     }
 
-    fn reload_with(&self, reloader: &mut Reloader) -> Result<ReloadPlan, String> {
-        let refused = |error: String| format!("new config refused, the running one stays: {error}");
-        let mut new = MeshConfig::load(&reloader.config_path).map_err(|e| refused(e.to_string()))?;
+    fn reload_with(&self, running: &mut Running) -> Result<ReloadPlan, ReloadError> {
+        let mut new = MeshConfig::load(&running.config_path).map_err(ReloadRefusal::from)?;
         let old = self.config.load_full();
         let current = self.state.topology_full();
-        let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(|e| refused(e.to_string()))?;
-        let next = current.reloaded(&new).map_err(refused)?;
+        let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(ReloadRefusal::from)?;
+        let next = current.reloaded(&new).map_err(ReloadRefusal::Topology)?;
         let ike_peers = keying::ike_peers(&new, &next);
-        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(refused)?;
+        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(ReloadRefusal::from)?;
+        let changes = PeerChanges::of(&plan, &current, &next, &ike_peers);
 
         // Valid: from here on everything is applied. First the SAs that must go.
-        let rekeyed: Vec<&String> = plan.peers_rekeyed.iter().map(|change| &change.name).collect();
-        let leaving = plan.peers_removed.iter().chain(rekeyed.iter().copied());
-        for peer in leaving.filter_map(|name| current.peer_by_name(name)) {
-            self.keying.remove_peer(peer);
-            self.state.sadb.remove(Some(peer));
+        for peer in &changes.leaving {
+            self.keying.remove_peer(*peer);
+            self.sas.remove_peer(Some(*peer));
             for overlay in &current.overlays {
-                overlay.fdb.forget_peer(peer);
+                overlay.fdb.forget_peer(*peer);
             }
         }
         let mut failed = Vec::new();
@@ -81,7 +121,7 @@ impl Control {
         // that only reorders the overlays still needs the queues sorted anew.
         let reordered = current.overlays.iter().map(|o| &o.name).ne(next.overlays.iter().map(|o| &o.name));
         if plan.changes_overlays() || reordered {
-            let failed_overlays = self.replace_overlays(reloader, &plan, &current, next, &new)?;
+            let failed_overlays = self.replace_overlays(running, &plan, &current, next, &new)?;
             new.overlays.retain(|overlay| !failed_overlays.iter().any(|(name, _)| *name == overlay.name));
             failed.extend(failed_overlays.into_iter().map(|(name, error)| format!("overlay {name}: {error}")));
         } else {
@@ -90,11 +130,11 @@ impl Control {
         self.keying.reconfigure(ike_settings);
 
         let next = self.state.topology_full();
-        let coming = plan.peers_added.iter().chain(rekeyed.iter().copied());
-        for peer in coming.filter_map(|name| next.peer_by_name(name)) {
-            if ike_peers.contains(&peer) {
-                self.keying.add_peer(next.peer(peer));
-            } else if let Err(error) = manual::install(&new, &self.state, Some(peer)) {
+        for peer in &changes.ike {
+            self.keying.add_peer(next.peer(*peer));
+        }
+        for peer in &changes.manual {
+            if let Err(error) = manual::install(&new, &self.sas, Some(*peer)) {
                 failed.push(error.to_string());
             }
         }
@@ -102,7 +142,7 @@ impl Control {
         self.kernel_drops.follow_overlays(&self.state.topology());
         match failed.is_empty() {
             true => Ok(plan),
-            false => Err(format!("applied, except: {}; correct the mesh file and reload again", failed.join("; "))),
+            false => Err(ReloadError::PartlyApplied(failed)),
         }
     }
 
@@ -111,13 +151,13 @@ impl Control {
     /// Returns the overlays whose interface could not be made, with why (they are left out).
     fn replace_overlays(
         &self,
-        reloader: &mut Reloader,
+        running: &mut Running,
         plan: &ReloadPlan,
         current: &Topology,
         next: Topology,
         config: &MeshConfig,
-    ) -> Result<Vec<(String, String)>, String> {
-        let datapath = reloader.datapath.take().ok_or("the datapath is not running; restart meshd")?;
+    ) -> Result<Vec<(String, String)>, ReloadError> {
+        let datapath = running.datapath.take().ok_or(ReloadError::DatapathStopped)?;
         let mut parts: Vec<WorkerParts> = datapath.stop();
         let recreated = |name: &str| plan.overlays_changed.iter().any(|c| c.name == name && c.recreate);
         // Each worker's queue of each current overlay, by overlay.
@@ -144,7 +184,7 @@ impl Control {
                     let status = status.map(|status| OverlayStatus { vni: overlay.vni, ..status });
                     up.extend(status.map(|status| (queues, status)));
                 }
-                None => match bring_up(overlay, &next, config, parts.len(), reloader.tuning.offload) {
+                None => match bring_up(overlay, &next, config, parts.len(), running.tuning.offload) {
                     Ok(made) => {
                         // A new interface: its MTU is the one just chosen, not one retuned before.
                         self.state.pmtu.forget_overlay(&overlay.name);
@@ -164,9 +204,61 @@ impl Control {
             statuses.push(status);
         }
         self.overlays.store(Arc::new(statuses));
-        let datapath = Datapath::resume(self.state.clone(), parts, Some(reloader.ike_inbox.clone()), reloader.tuning)
-            .map_err(|error| format!("{error}; restart meshd"))?;
-        reloader.datapath = Some(datapath);
+        let datapath = Datapath::resume(self.state.clone(), parts, Some(running.ike_inbox.clone()), running.tuning)
+            .map_err(ReloadError::DatapathRestart)?;
+        running.datapath = Some(datapath);
         Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_config::reload::Change;
+
+    use super::*;
+    use crate::datapath::testkit::{address, mesh_file, Setup, DEFAULT};
+
+    fn topology(nodes: usize) -> (MeshConfig, Topology) {
+        let config = mesh_file(&Setup { nodes, ..DEFAULT });
+        let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
+        (config, topology)
+    }
+
+    #[test]
+    fn an_added_node_is_keyed_and_nothing_else_is_touched() {
+        let (old, current) = topology(3);
+        let (new, _) = topology(4);
+        let next = current.reloaded(&new).unwrap();
+        let plan = mesh_config::reload::plan(&old, &new, "n0").unwrap();
+        let changes = PeerChanges::of(&plan, &current, &next, &keying::ike_peers(&new, &next));
+        let n3 = next.peer_by_name("n3").unwrap();
+        assert_eq!(changes, PeerChanges { leaving: vec![], ike: vec![], manual: vec![n3] });
+        assert_eq!(next.peer_by_name("n1"), current.peer_by_name("n1"), "peers keep their ids");
+    }
+
+    #[test]
+    fn removed_and_rekeyed_peers_leave_and_rekeyed_ones_come_back_by_their_keying() {
+        let (_, current) = topology(4);
+        let (new, _) = topology(3);
+        let next = current.reloaded(&new).unwrap();
+        let plan = ReloadPlan {
+            peers_removed: vec!["n3".to_string()],
+            peers_rekeyed: vec![
+                Change { name: "n1".to_string(), reason: "psk".to_string() },
+                Change { name: "n2".to_string(), reason: "manual SA".to_string() },
+            ],
+            ..ReloadPlan::default()
+        };
+        let id = |topology: &Topology, name: &str| topology.peer_by_name(name).unwrap();
+        let ike_peers = [id(&next, "n1")];
+        let changes = PeerChanges::of(&plan, &current, &next, &ike_peers);
+        assert_eq!(
+            changes,
+            PeerChanges {
+                leaving: vec![id(&current, "n3"), id(&current, "n1"), id(&current, "n2")],
+                ike: vec![id(&next, "n1")],
+                manual: vec![id(&next, "n2")],
+            }
+        );
     }
 }

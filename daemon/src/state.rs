@@ -7,13 +7,17 @@ use arc_swap::{ArcSwap, Guard};
 use crate::diag::observe::Observers;
 use crate::drops::Drops;
 use crate::pmtu::PathMtus;
+use crate::sadb::manager::SaNotices;
 use crate::sadb::Sadb;
 use crate::topology::{Clock, Topology};
 
 pub struct MeshState {
     /// Swapped whole by a reload; workers load it once per batch, like the SA tables.
     topology: ArcSwap<Topology>,
+    /// Read by everyone; written only by the SA manager (`sadb::manager`).
     pub sadb: Sadb,
+    /// Where the workers tell the SA manager about unknown SPIs and SAs running out.
+    pub sa_notices: SaNotices,
     pub drops: Drops,
     pub clock: Clock,
     pub pmtu: PathMtus,
@@ -26,6 +30,7 @@ impl MeshState {
         let peers = topology.peer_ids();
         MeshState {
             sadb: Sadb::new(peers),
+            sa_notices: SaNotices::default(),
             drops: Drops::new(peers),
             clock: Clock::new(),
             pmtu: PathMtus::default(),

@@ -5,6 +5,8 @@
 //! with the peer's real key, so the parsers behind authentication (inner IP, UDP, VXLAN,
 //! Ethernet) see arbitrary input too.
 
+use std::sync::Arc;
+
 use libfuzzer_sys::fuzz_target;
 use mesh_config::Mode;
 use meshd::datapath::testkit::{address, node, receive, Setup, DEFAULT};
@@ -13,8 +15,8 @@ use meshd::state::MeshState;
 use meshd::topology::PeerId;
 
 struct Pair {
-    sender: MeshState,
-    receiver: MeshState,
+    sender: Arc<MeshState>,
+    receiver: Arc<MeshState>,
     setup: Setup,
 }
 

@@ -14,6 +14,7 @@ use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp;
+use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{Overlay, Path, PeerId, Topology};
@@ -157,6 +158,9 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             let (overlay, spi, vni) = (overlay.id, sa.params.spi, overlay.vni);
             let seen = SeenFrame { direction: Direction::Out, overlay, peer: peer_id, spi, vni, frame };
             observing.frame(seen, self.now_ms);
+        }
+        if sa.running_out(sequence) {
+            self.state.sa_notices.notify(SaNotice::SequenceRunningOut { peer: peer_id, spi: sa.params.spi });
         }
         let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;

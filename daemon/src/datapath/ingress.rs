@@ -11,6 +11,7 @@ use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses};
 use crate::esp::{OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::pmtu::InbandMessage;
+use crate::sadb::manager::SaNotice;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Path, PeerId, Topology};
@@ -85,7 +86,11 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let spi = header.spi();
         let sequence_low = header.sequence_number();
         let Some(sa) = self.tables.inbound(spi) else {
-            self.state.drops.record(DropReason::UnknownSpi, context(peer_by_source(), Some(spi)));
+            let peer = peer_by_source();
+            self.state.drops.record(DropReason::UnknownSpi, context(peer, Some(spi)));
+            if let Some(peer) = peer {
+                self.state.sa_notices.notify(SaNotice::UnknownSpi { peer });
+            }
             return;
         };
         let peer = sa.params.peer;

@@ -5,11 +5,13 @@ use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use mesh_config::{Cipher, Encap, MeshConfig, Mode};
 
 use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
 use crate::manual;
+use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::{OverlayId, Topology};
 
@@ -79,11 +81,11 @@ pub fn mesh_file(setup: &Setup) -> MeshConfig {
 }
 
 /// Node `index` of the mesh, with its manual SAs installed.
-pub fn node(setup: &Setup, index: usize) -> MeshState {
+pub fn node(setup: &Setup, index: usize) -> Arc<MeshState> {
     let config = mesh_file(setup);
     let name = format!("n{index}");
-    let state = MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap());
-    manual::install(&config, &state, None).unwrap();
+    let state = Arc::new(MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap()));
+    manual::install(&config, &SaManager::new(state.clone()), None).unwrap();
     state
 }
 

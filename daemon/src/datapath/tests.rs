@@ -2,6 +2,7 @@
 //! node's ingress opens it, for every encapsulation, mode, IP version and cipher.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
@@ -9,6 +10,7 @@ use mesh_config::{Cipher, Encap, Mode};
 use super::testkit::{
     address, frame, node, receive, receive_batch, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B,
 };
+use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId};
 use crate::wire::ethernet::EthernetAddress;
@@ -61,7 +63,7 @@ fn round_trip_in_every_encapsulation() {
 #[test]
 fn a_mac_moving_between_peers_within_one_batch_is_learned_each_time() {
     let setup = Setup { nodes: 3, ..DEFAULT };
-    let nodes: Vec<MeshState> = (0..3).map(|i| node(&setup, i)).collect();
+    let nodes: Vec<Arc<MeshState>> = (0..3).map(|i| node(&setup, i)).collect();
     // A VM with MAC_A moves from n1 to n2 and back; n0 gets all three frames in one batch.
     let to_n0 = |from: usize| {
         let sent = send(&nodes[from], &frame(BROADCAST, MAC_A, 60));
@@ -81,7 +83,7 @@ fn a_mac_moving_between_peers_within_one_batch_is_learned_each_time() {
 #[test]
 fn broadcast_goes_to_every_peer_and_unicast_to_the_learned_one() {
     let setup = Setup { nodes: 3, ..DEFAULT };
-    let nodes: Vec<MeshState> = (0..3).map(|i| node(&setup, i)).collect();
+    let nodes: Vec<Arc<MeshState>> = (0..3).map(|i| node(&setup, i)).collect();
     let broadcast = frame(BROADCAST, MAC_A, 60);
     let sent = send(&nodes[0], &broadcast);
     let destinations: Vec<IpAddr> = sent.iter().map(|(_, to)| *to).collect();
@@ -145,7 +147,7 @@ fn a_vni_no_overlay_uses_is_dropped() {
 #[test]
 fn a_peer_without_outbound_sa_is_counted() {
     let state = node(&DEFAULT, 0);
-    state.sadb.remove(None);
+    SaManager::new(state.clone()).remove_peer(None);
     assert!(send(&state, &frame(MAC_B, MAC_A, 64)).is_empty());
     assert_eq!(drops(&state, DropReason::NoOutboundSa), 1);
 }

@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use std::process::Command as Process;
 use std::sync::Arc;
 
-use mesh_config::control::{Command, ReportFile, Response};
+use mesh_config::control::{Reply, ReportFile, Response};
 use mesh_config::MeshConfig;
 
 use super::hex;
-use crate::ctl::Control;
+use crate::ctl::response;
+use crate::dispatch::Services;
 
 /// Probes per peer in the report's pings.
 const PING_COUNT: u32 = 3;
@@ -20,29 +21,26 @@ const PING_COUNT: u32 = 3;
 const REDACTED: &str = "..redacted..";
 
 /// Every file of the report, scrubbed of secrets.
-pub async fn collect(control: &Arc<Control>) -> Vec<ReportFile> {
+pub async fn collect(services: &Arc<Services>) -> Vec<ReportFile> {
     let mut files = Vec::new();
+    let state = &services.state;
     let views = [
-        ("status.json", Command::Status),
-        ("sa-list.json", Command::SaList { peer: None }),
-        ("peers.json", Command::Peers),
-        ("fdb.json", Command::Fdb),
-        ("drops.json", Command::Drops { peer: None, kernel: true }),
+        ("status.json", Ok(Reply::Status(services.status()))),
+        ("sa-list.json", services.sa_list(None).map(Reply::SaList)),
+        ("peers.json", Ok(Reply::Peers(crate::report::peers(state, &services.keying)))),
+        ("fdb.json", Ok(Reply::Fdb(crate::report::fdb(state)))),
+        ("drops.json", services.drops(None, true).map(Reply::Drops)),
     ];
-    for (name, command) in views {
-        files.push(file(name, json(&control.handle(command))));
+    for (name, view) in views {
+        files.push(file(name, json(&response(view))));
     }
-    let peers: Vec<String> = control.state.topology().peers.iter().map(|p| p.name.clone()).collect();
+    let peers: Vec<String> = services.state.topology().peers.iter().map(|p| p.name.clone()).collect();
     let mut pings = tokio::task::JoinSet::new();
     for peer in peers {
-        let control = control.clone();
+        let services = services.clone();
         pings.spawn(async move {
-            let report = crate::diag::ping::ping(&control, &peer, PING_COUNT, 0).await;
-            let response = match report {
-                Ok(report) => Response::ok(mesh_config::control::Reply::Ping(Box::new(report))),
-                Err(message) => Response::error(message),
-            };
-            file(&format!("ping-{peer}.json"), json(&response))
+            let pinged = services.ping(&peer, PING_COUNT, 0).await.map(Reply::Ping);
+            file(&format!("ping-{peer}.json"), json(&response(pinged)))
         });
     }
     while let Some(done) = pings.join_next().await {
@@ -51,14 +49,14 @@ pub async fn collect(control: &Arc<Control>) -> Vec<ReportFile> {
             Err(error) => files.push(file("ping-failed.txt", format!("a ping task failed: {error}"))),
         }
     }
-    if let Some((tracked, overflow)) = control.state.observers.flow_stats() {
+    if let Some((tracked, overflow)) = services.state.observers.flow_stats() {
         let stats = format!("flows tracked: {tracked}\npackets not metered (flow cache full): {overflow}\n");
         files.push(file("flows.txt", stats));
     }
     files.push(file("log.txt", crate::logging::recent_lines().join("\n") + "\n"));
-    let config = control.config.load_full();
+    let config = services.config.load_full();
     files.push(file("config.txt", format!("# {} as meshd runs it\n{config:#?}\n", config.path.display())));
-    let peer_addresses: Vec<IpAddr> = control.state.topology().peers.iter().map(|p| p.address).collect();
+    let peer_addresses: Vec<IpAddr> = services.state.topology().peers.iter().map(|p| p.address).collect();
     match tokio::task::spawn_blocking(move || kernel_facts(&peer_addresses)).await {
         Ok(facts) => files.extend(facts),
         Err(error) => files.push(file("kernel.txt", format!("collecting the kernel facts failed: {error}"))),

@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, Lines};
 
 use super::hex;
 use super::observe::SeenFrame;
-use crate::ctl::{send, Control};
+use crate::ctl::send;
+use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId, Topology};
 
 /// Frames a second a capture takes at most, over all workers.
@@ -109,11 +110,11 @@ impl CaptureSession {
 }
 
 /// Removes the session from the datapath however the stream ends.
-struct Running<'a>(&'a Control);
+struct Running<'a>(&'a MeshState);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.state.observers.stop_capture();
+        self.0.observers.stop_capture();
     }
 }
 
@@ -138,7 +139,7 @@ fn interface_index(overlay: OverlayId, direction: Direction) -> u32 {
 
 /// Runs a capture for the client until `count` frames went out or the client hangs up.
 pub async fn stream<R, W>(
-    control: &Control,
+    state: &MeshState,
     request: CaptureRequest,
     lines: &mut Lines<BufReader<R>>,
     writer: &mut W,
@@ -147,15 +148,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let topology = control.state.topology_full();
+    let topology = state.topology_full();
     let (session, frames) = match session(&topology, &request) {
         Ok(session) => session,
         Err(message) => return send(writer, &Response::error(message)).await,
     };
-    if let Err(message) = control.state.observers.start_capture(session.clone()) {
+    if let Err(message) = state.observers.start_capture(session.clone()) {
         return send(writer, &Response::error(message)).await;
     }
-    let _running = Running(control);
+    let _running = Running(state);
     let interfaces = interfaces(&topology);
     let start = CaptureStart {
         node: topology.node_name.clone(),

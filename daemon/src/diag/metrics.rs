@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::http::{self, BadRequest, RequestLine};
-use crate::ctl::Control;
+use super::kernel::KernelDrops;
+use crate::keying::Keying;
+use crate::state::MeshState;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PLAIN: &str = "text/plain; charset=utf-8";
@@ -45,13 +47,20 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// What a scrape reads.
+pub struct Scraped {
+    pub state: Arc<MeshState>,
+    pub keying: Arc<Keying>,
+    pub kernel_drops: Arc<KernelDrops>,
+}
+
 /// Binds the endpoint; meshd refuses to start when it cannot.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
 /// Answers scrapes until the runtime stops.
-pub async fn serve(listener: TcpListener, control: Arc<Control>) {
+pub async fn serve(listener: TcpListener, scraped: Arc<Scraped>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
     loop {
         let stream = match listener.accept().await {
@@ -62,9 +71,9 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>) {
             }
         };
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let control = control.clone();
+        let scraped = scraped.clone();
         tokio::spawn(async move {
-            if let Err(error) = http::answer(stream, |request| respond(&control, request)).await {
+            if let Err(error) = http::answer(stream, |request| respond(&scraped, request)).await {
                 tracing::debug!(%error, "metrics connection ended");
             }
             drop(slot);
@@ -72,9 +81,9 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>) {
     }
 }
 
-fn respond(control: &Control, request: Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) {
+fn respond(scraped: &Scraped, request: Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) {
     match request {
-        Ok(RequestLine { method: "GET" | "HEAD", path: "/metrics" }) => match render(control) {
+        Ok(RequestLine { method: "GET" | "HEAD", path: "/metrics" }) => match render(scraped) {
             Ok(text) => (200, CONTENT_TYPE, text),
             Err(_) => (500, PLAIN, "meshd could not encode its metrics; see its log\n".to_string()),
         },
@@ -85,8 +94,8 @@ fn respond(control: &Control, request: Result<RequestLine<'_>, BadRequest>) -> (
 }
 
 /// The metrics as OpenMetrics text.
-pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
-    let state = &control.state;
+pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
+    let state = &scraped.state;
     let topology = state.topology();
     let mut registry = Registry::with_prefix("meshd");
 
@@ -94,7 +103,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     configured.set(topology.peers.len() as i64);
     registry.register("peers_configured", "Peers of this node in the mesh file", configured);
     let established = Gauge::<i64>::default();
-    established.set(control.peers_with_sas() as i64);
+    established.set(crate::report::peers_with_sas(state) as i64);
     registry.register("peers_established", "Peers with an SA in both directions", established);
 
     let bytes = Family::<TrafficLabels, Counter>::default();
@@ -114,7 +123,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
         if let Some(mtu) = peer.path_mtu.report().path_mtu {
             path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
         }
-        if let Some(stats) = control.keying.stats(peer.id) {
+        if let Some(stats) = scraped.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
             rekeys.get_or_create(&labels).inc_by(stats.rekeys);
             failures.get_or_create(&labels).inc_by(stats.handshake_failures);
@@ -135,7 +144,15 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     }
     registry.register("drops", "Packets meshd dropped, by reason and peer (docs/diagnostics.md)", drops);
 
-    let kernel = control.kernel_drops.report(None);
+    let notices_lost = Counter::<u64>::default();
+    notices_lost.inc_by(state.sa_notices.lost());
+    registry.register(
+        "sa_notices_lost",
+        "Notices of the datapath to the SA manager (unknown SPIs, SAs running out) lost to a full queue",
+        notices_lost,
+    );
+
+    let kernel = scraped.kernel_drops.report(None);
     let kernel_drops = Family::<ReasonLabels, Counter>::default();
     for (reason, count) in &kernel.by_reason {
         kernel_drops.get_or_create(&ReasonLabels { reason: reason.clone() }).inc_by(*count);

@@ -21,3 +21,17 @@ pub fn hex(bytes: &[u8]) -> String {
         text
     })
 }
+
+use mesh_config::control::OverlayStatus;
+
+use crate::keying::Keying;
+use crate::state::MeshState;
+
+/// What the per-peer diagnostics (`trace`, `ping`) read: the shared state, the keying driver and
+/// the overlays' interface status.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub state: &'a MeshState,
+    pub keying: &'a Keying,
+    pub overlays: &'a [OverlayStatus],
+}

@@ -8,15 +8,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mesh_config::control::{
-    DropReason, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaOrigin, SaView, Spi,
+    DropReason, IkeSaInfo, IkeView, PeerView, PingReport, PingRow, ProbeSummary, RecentDrop, SaOrigin, SaView, Spi,
 };
-use mesh_config::Encap;
+use mesh_config::{Encap, MeshConfig};
 
 use tokio::sync::oneshot;
 
-use super::query::QUERY_PORT;
-use crate::ctl::Control;
+use super::query::{QueryService, QUERY_PORT};
+use super::Sources;
+use crate::error::RequestError;
+use crate::ike::IkeState;
+use crate::keying::Keying;
 use crate::pmtu::EchoOrder;
+use crate::state::MeshState;
 use crate::topology::PeerId;
 
 /// How long a probe waits for its echo reply.
@@ -29,12 +33,12 @@ const RECENT_DROPS: usize = 5;
 const SA_TROUBLE: &[DropReason] = &[DropReason::Authentication, DropReason::UnknownSpi, DropReason::BadPadding];
 
 /// This node's view of the pair with `peer`; `observed` is where the asker's query came from.
-pub fn view_of_pair(control: &Control, peer: PeerId, observed: Option<SocketAddr>) -> PeerView {
-    let state = &control.state;
+pub fn view_of_pair(state: &MeshState, keying: &Keying, peer: PeerId, observed: Option<SocketAddr>) -> PeerView {
     let topology = state.topology();
     let clock = &state.clock;
-    let ike = control.keying.ike_sas(state, Some(peer));
-    let ike = ike.iter().find(|sa| sa.state == "established").or(ike.first()).map(|sa| IkeView {
+    let ike = keying.ike_sas(Some(peer));
+    let established = |sa: &&IkeSaInfo| IkeState::from_text(&sa.state) == Some(IkeState::Established);
+    let ike = ike.iter().find(established).or(ike.first()).map(|sa| IkeView {
         initiator_spi: sa.initiator_spi.clone(),
         responder_spi: sa.responder_spi.clone(),
         state: sa.state.clone(),
@@ -94,34 +98,37 @@ pub fn encode_view(mut view: PeerView, max: usize) -> Vec<u8> {
     }
 }
 
-/// The whole report; an error only for a peer that does not exist or cannot be asked at all.
+/// The whole report, asking the peer with `query` under the keys of `config`; an error only for a
+/// peer that does not exist.
 pub async fn ping(
-    control: &std::sync::Arc<Control>,
+    sources: Sources<'_>,
+    query: &QueryService,
+    config: &MeshConfig,
     peer_name: &str,
     count: u32,
     size: u32,
-) -> Result<PingReport, String> {
-    let topology = control.state.topology_full();
-    let peer_id = topology.resolve_peer(peer_name)?;
+) -> Result<PingReport, RequestError> {
+    let Sources { state, keying, overlays } = sources;
+    let topology = state.topology_full();
+    let peer_id = topology.resolve_peer(peer_name).map_err(RequestError::UnknownPeer)?;
     let peer = topology.peer(peer_id);
-    let config = control.config.load_full();
     let me = topology.node_name.clone();
-    let ask = || control.query.ask(&config, &me, &peer.name, peer.address);
+    let ask = || query.ask(config, &me, &peer.name, peer.address);
     let before = ask().await;
-    let probes = probe(control, peer_id, count, size).await;
+    let probes = probe(state, keying, peer_id, count, size).await;
     let after = ask().await;
-    let local = view_of_pair(control, peer_id, None);
+    let local = view_of_pair(state, keying, peer_id, None);
     let mut verdicts = Vec::new();
     let remote = match (&before, after) {
         (_, Ok((view, from))) => Some((view, from)),
         (_, Err(why)) => {
-            verdicts.push(why);
+            verdicts.push(why.to_string());
             None
         }
     };
     let peer_drops_before = before.as_ref().map(|(view, _)| view.drops.clone()).unwrap_or_default();
     let encap = topology.encap;
-    let overlays = crate::pmtu::status::overlays(&control.state, &control.overlays.load());
+    let overlays = crate::pmtu::status::overlays(state, overlays);
     let mtu_warnings = crate::pmtu::status::peer_warnings(peer, &overlays);
     let healthy = mtu_warnings.is_empty();
     verdicts.extend(mtu_warnings);
@@ -141,7 +148,7 @@ pub async fn ping(
 }
 
 /// Echo requests through the pair's SA, one at a time, each waited for up to `ECHO_TIMEOUT`.
-async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeSummary {
+async fn probe(state: &MeshState, keying: &Keying, peer: PeerId, count: u32, size: u32) -> ProbeSummary {
     let mut summary = ProbeSummary {
         size,
         sent: 0,
@@ -153,9 +160,9 @@ async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeS
     };
     // Only meshd peers that said so answer in-band echoes (as for path-MTU probes); a request to
     // any other would be dropped there and counted here as a loss.
-    let answers = control.state.sadb.load().outbound(peer).is_none_or(|sa| match sa.params.origin {
+    let answers = state.sadb.load().outbound(peer).is_none_or(|sa| match sa.params.origin {
         SaOrigin::Manual => true,
-        SaOrigin::Ike => control.keying.answers_probes(peer),
+        SaOrigin::Ike => keying.answers_probes(peer),
     });
     if !answers {
         summary.skipped = Some(
@@ -168,7 +175,7 @@ async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeS
     let first_id = match super::query::random_nonce() {
         Ok(nonce) => nonce as u32,
         Err(why) => {
-            summary.skipped = Some(why);
+            summary.skipped = Some(why.to_string());
             return summary;
         }
     };
@@ -178,7 +185,7 @@ async fn probe(control: &Control, peer: PeerId, count: u32, size: u32) -> ProbeS
         let (reply, answer) = oneshot::channel();
         let started = Instant::now();
         let order = EchoOrder { peer, id: first_id.wrapping_add(index), size, reply };
-        if !control.state.pmtu.order_echo(order) {
+        if !state.pmtu.order_echo(order) {
             summary.skipped =
                 Some("the path-MTU driver, which sends the probes, is not running; see the meshd log".into());
             return summary;

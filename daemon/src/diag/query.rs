@@ -11,13 +11,16 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use aws_lc_rs::{hmac, rand};
 use mesh_config::control::PeerView;
 use mesh_config::MeshConfig;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
-use crate::ctl::Control;
+use crate::error::QueryError;
+use crate::keying::Keying;
+use crate::state::MeshState;
 use crate::wire::query::{Packet, QueryHeader, QueryType, MAC_LEN, MAX_BODY_LEN, MAX_LEN};
 
 /// The UDP port of the diagnostic query on the underlay.
@@ -72,24 +75,23 @@ impl QueryService {
     }
 
     /// Asks `peer` (at `address`) for its view; the view and the address the answer came from.
-    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, String> {
-        let key = pair_key(config, me, peer).ok_or_else(|| {
-            format!("no key to ask {peer} with: the mesh file has no psk_file and no [[manual_sa]] pair for {me} and {peer}")
-        })?;
+    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, QueryError> {
+        let key = pair_key(config, me, peer)
+            .ok_or_else(|| QueryError::NoPairKey { me: me.to_string(), peer: peer.to_string() })?;
         let destination = SocketAddr::new(address, QUERY_PORT);
         for _ in 0..TRIES {
             let nonce = random_nonce()?;
-            let (sender, answer) = oneshot::channel();
-            self.lock_pending().insert(nonce, (peer.to_string(), sender));
             let request = seal(
                 &key,
                 QueryHeader { query_type: QueryType::Request, nonce, timestamp_ms: unix_ms(), sender: me },
                 b"",
             )
-            .ok_or("the query does not fit a datagram")?;
-            if let Err(error) = self.socket.send_to(&request, destination) {
+            .ok_or_else(|| QueryError::TooLong { peer: peer.to_string() })?;
+            let (sender, answer) = oneshot::channel();
+            self.lock_pending().insert(nonce, (peer.to_string(), sender));
+            if let Err(source) = self.socket.send_to(&request, destination) {
                 self.lock_pending().remove(&nonce);
-                return Err(format!("cannot send the query to {destination}: {error}; check the route to {peer}"));
+                return Err(QueryError::Send { destination, peer: peer.to_string(), source });
             }
             let answered = tokio::time::timeout(TRY_TIMEOUT, answer).await;
             self.lock_pending().remove(&nonce);
@@ -97,9 +99,7 @@ impl QueryService {
                 return Ok(answer);
             }
         }
-        Err(format!(
-            "no answer from {peer}'s meshd on UDP {QUERY_PORT} at {address}: is meshd running there, is UDP {QUERY_PORT} open between the nodes, and do both use the same mesh.toml?"
-        ))
+        Err(QueryError::NoAnswer { peer: peer.to_string(), address, port: QUERY_PORT })
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -120,9 +120,9 @@ impl QueryService {
     }
 }
 
-pub fn random_nonce() -> Result<u64, String> {
+pub fn random_nonce() -> Result<u64, QueryError> {
     let mut bytes = [0u8; 8];
-    rand::fill(&mut bytes).map_err(|_| "the system's random source failed".to_string())?;
+    rand::fill(&mut bytes).map_err(|_| QueryError::Random)?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -136,9 +136,17 @@ fn seal(key: &hmac::Key, header: QueryHeader<'_>, body: &[u8]) -> Option<Vec<u8>
     Some(buf)
 }
 
+/// What answering a peer's query reads: the mesh file (for the pair's key) and this node's view.
+pub struct Responder {
+    pub query: Arc<QueryService>,
+    pub config: Arc<ArcSwap<MeshConfig>>,
+    pub state: Arc<MeshState>,
+    pub keying: Arc<Keying>,
+}
+
 /// Answers requests and hands answers to `ask` until the runtime stops.
-pub async fn serve(control: Arc<Control>) -> io::Result<()> {
-    let socket = UdpSocket::from_std(control.query.socket.try_clone()?)?;
+pub async fn serve(responder: Responder) -> io::Result<()> {
+    let socket = UdpSocket::from_std(responder.query.socket.try_clone()?)?;
     let mut buf = vec![0u8; MAX_LEN + 1];
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
@@ -149,16 +157,16 @@ pub async fn serve(control: Arc<Control>) -> io::Result<()> {
                 continue;
             }
         };
-        if let Err(why) = receive(&control, &buf[..len], from) {
+        if let Err(why) = receive(&responder, &buf[..len], from) {
             tracing::debug!(%from, "diagnostic query refused: {why}");
         }
     }
 }
 
-fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &'static str> {
+fn receive(responder: &Responder, datagram: &[u8], from: SocketAddr) -> Result<(), &'static str> {
     let packet = Packet::new_checked(datagram).map_err(|_| "not a query")?;
-    let config = control.config.load();
-    let topology = control.state.topology();
+    let config = responder.config.load();
+    let topology = responder.state.topology();
     let me = topology.node_name.as_str();
     let sender = packet.sender();
     let peer = topology.peer_by_name(sender).ok_or("from a node that is not a peer")?;
@@ -167,7 +175,7 @@ fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &
     match packet.query_type() {
         QueryType::Response => {
             let view: PeerView = serde_json::from_slice(packet.body()).map_err(|_| "an unreadable view")?;
-            let waiting = control.query.lock_pending().remove(&packet.nonce());
+            let waiting = responder.query.lock_pending().remove(&packet.nonce());
             match waiting {
                 Some((asked, answer)) if asked == sender => {
                     let _ = answer.send((view, from));
@@ -180,10 +188,10 @@ fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &
             if unix_ms().abs_diff(packet.timestamp_ms()) > MAX_CLOCK_SKEW_MS {
                 return Err("a stale request (or clocks more than a minute apart)");
             }
-            if !control.query.first_time(sender, packet.nonce()) {
+            if !responder.query.first_time(sender, packet.nonce()) {
                 return Err("a replayed request");
             }
-            let view = super::ping::view_of_pair(control, peer, Some(from));
+            let view = super::ping::view_of_pair(&responder.state, &responder.keying, peer, Some(from));
             let body = super::ping::encode_view(view, MAX_BODY_LEN);
             let header = QueryHeader {
                 query_type: QueryType::Response,
@@ -192,7 +200,7 @@ fn receive(control: &Control, datagram: &[u8], from: SocketAddr) -> Result<(), &
                 sender: me,
             };
             let response = seal(&key, header, &body).ok_or("the answer does not fit")?;
-            control.query.socket.send_to(&response, from).map_err(|_| "cannot send the answer")?;
+            responder.query.socket.send_to(&response, from).map_err(|_| "cannot send the answer")?;
             Ok(())
         }
     }

@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 
 use mesh_config::control::{TraceHop, TraceReport};
 
-use crate::ctl::Control;
+use super::Sources;
+use crate::error::TraceError;
 use crate::overhead::{Encapsulation, IpVersion};
 use crate::pmtu::route::{self, RouteError, UnderlayRoute};
 use crate::sadb::OutboundSa;
@@ -28,13 +29,11 @@ enum Target {
 }
 
 impl Target {
-    fn parse(text: &str) -> Result<Target, String> {
+    fn parse(text: &str) -> Result<Target, TraceError> {
         if let Ok(ip) = text.parse::<IpAddr>() {
             return Ok(Target::Ip(ip));
         }
-        EthernetAddress::from_str(text).map(Target::Mac).map_err(|_| {
-            format!("\"{text}\" is neither a MAC address (02:00:5e:10:00:01) nor an IP address (10.244.0.2)")
-        })
+        EthernetAddress::from_str(text).map(Target::Mac).map_err(|_| TraceError::NotAnAddress(text.to_string()))
     }
 }
 
@@ -47,11 +46,11 @@ fn field(hop: &mut TraceHop, key: &str, value: impl ToString) {
 }
 
 /// The trace; an error names what could not be understood.
-pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<TraceReport, String> {
+pub fn trace(sources: &Sources<'_>, target: &str, overlay: Option<&str>) -> Result<TraceReport, TraceError> {
     let target_parsed = Target::parse(target)?;
-    let topology = control.state.topology_full();
+    let topology = sources.state.topology_full();
     let overlay = choose_overlay(&topology, overlay, target_parsed)?;
-    let mut hops = vec![overlay_hop(control, overlay)];
+    let mut hops = vec![overlay_hop(sources, overlay)];
     let mac = match target_parsed {
         Target::Mac(mac) => Some(mac),
         Target::Ip(ip) => {
@@ -60,11 +59,11 @@ pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<T
             mac
         }
     };
-    let (fdb, peers) = fdb_hop(control, &topology, overlay, mac);
+    let (fdb, peers) = fdb_hop(sources, &topology, overlay, mac);
     hops.push(fdb);
-    let tables = control.state.sadb.load();
+    let tables = sources.state.sadb.load();
     for peer in peers {
-        hops.push(peer_hop(control, peer));
+        hops.push(peer_hop(sources, peer));
         let Some(sa) = tables.outbound(peer.id) else {
             let mut none = hop("outbound SA", format!("none for {}", peer.name));
             none.problem = Some(format!(
@@ -77,15 +76,19 @@ pub fn trace(control: &Control, target: &str, overlay: Option<&str>) -> Result<T
         hops.push(sa_hop(sa));
         let (route_hop, route) = route_hop(topology.local_address, sa.params.remote.ip());
         hops.push(route_hop);
-        hops.push(mtu_hop(control, &topology, overlay, peer, sa, route.as_ref()));
+        hops.push(mtu_hop(sources, &topology, overlay, peer, sa, route.as_ref()));
     }
     Ok(TraceReport { target: target.to_string(), overlay: overlay.name.clone(), hops })
 }
 
-fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target) -> Result<&'t Overlay, String> {
-    let names = || topology.overlays.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
+fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target) -> Result<&'t Overlay, TraceError> {
+    let names = || topology.overlays.iter().map(|o| o.name.clone()).collect();
     if let Some(name) = name {
-        return topology.resolve_overlay(name);
+        return topology.overlays.iter().find(|o| o.name == name).ok_or_else(|| TraceError::NoSuchOverlay {
+            name: name.to_string(),
+            node: topology.node_name.clone(),
+            overlays: names(),
+        });
     }
     if let [only] = &topology.overlays[..] {
         return Ok(only);
@@ -94,11 +97,7 @@ fn choose_overlay<'t>(topology: &'t Topology, name: Option<&str>, target: Target
         (Target::Ip(ip), Some((own, prefix))) => same_subnet(ip, own, prefix),
         _ => false,
     };
-    topology
-        .overlays
-        .iter()
-        .find(in_subnet)
-        .ok_or_else(|| format!("several overlays could carry it; pick one with --overlay NAME ({})", names()))
+    topology.overlays.iter().find(in_subnet).ok_or_else(|| TraceError::AmbiguousOverlay { overlays: names() })
 }
 
 fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
@@ -111,8 +110,8 @@ fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
     a_len == b_len && prefix <= a_len && (prefix == 0 || (a ^ b) >> (128 - prefix) == 0)
 }
 
-fn overlay_hop(control: &Control, overlay: &Overlay) -> TraceHop {
-    let mtu = current_mtu(control, &overlay.name);
+fn overlay_hop(sources: &Sources<'_>, overlay: &Overlay) -> TraceHop {
+    let mtu = current_mtu(sources, &overlay.name);
     let mut h = hop("overlay", format!("{} (VNI {}) on interface {}", overlay.name, overlay.vni, overlay.interface));
     field(&mut h, "interface", &overlay.interface);
     field(&mut h, "vni", overlay.vni);
@@ -161,7 +160,7 @@ fn neighbour_hop(interface: &str, ip: IpAddr) -> (TraceHop, Option<EthernetAddre
 
 /// The FDB decision: the peer behind `mac`, or every peer (flooding).
 fn fdb_hop<'t>(
-    control: &Control,
+    sources: &Sources<'_>,
     topology: &'t Topology,
     overlay: &Overlay,
     mac: Option<EthernetAddress>,
@@ -179,7 +178,7 @@ fn fdb_hop<'t>(
     let learned = overlay.fdb.entries().into_iter().find(|(m, _, _)| *m == mac);
     match learned.map(|(_, peer, seen_ms)| (topology.peer(peer), seen_ms)) {
         Some((peer, seen_ms)) => {
-            let age = control.state.clock.secs_since(seen_ms).unwrap_or(0);
+            let age = sources.state.clock.secs_since(seen_ms).unwrap_or(0);
             let mut h = hop("fdb", format!("{mac} learned behind {} {age}s ago", peer.name));
             field(&mut h, "mac", mac);
             field(&mut h, "peer", &peer.name);
@@ -196,8 +195,8 @@ fn fdb_hop<'t>(
     }
 }
 
-fn peer_hop(control: &Control, peer: &Peer) -> TraceHop {
-    let keying = control.keying.state_of(peer.id).unwrap_or_else(|| "manual".to_string());
+fn peer_hop(sources: &Sources<'_>, peer: &Peer) -> TraceHop {
+    let keying = sources.keying.state_of(peer.id).to_string();
     let mut h = hop("peer", format!("{} at {} ({keying})", peer.name, peer.address));
     field(&mut h, "peer", &peer.name);
     field(&mut h, "address", peer.address);
@@ -211,7 +210,7 @@ fn peer_hop(control: &Control, peer: &Peer) -> TraceHop {
     ] {
         h.counters.insert(name.to_string(), counter.load(Ordering::Relaxed));
     }
-    h.counters.insert("drops".to_string(), control.state.drops.peer_total(peer.id));
+    h.counters.insert("drops".to_string(), sources.state.drops.peer_total(peer.id));
     h
 }
 
@@ -268,7 +267,7 @@ fn route_hop(source: IpAddr, destination: IpAddr) -> (TraceHop, Option<UnderlayR
 }
 
 fn mtu_hop(
-    control: &Control,
+    sources: &Sources<'_>,
     topology: &Topology,
     overlay: &Overlay,
     peer: &Peer,
@@ -283,7 +282,7 @@ fn mtu_hop(
         Some(mtu) => (Some(mtu as usize), report.source),
         None => (kernel_mtu, "kernel"),
     };
-    let overlay_mtu = current_mtu(control, &overlay.name).map(|mtu| mtu as usize);
+    let overlay_mtu = current_mtu(sources, &overlay.name).map(|mtu| mtu as usize);
     let encapsulation = Encapsulation {
         ip_version: IpVersion::of(peer.address),
         encap: topology.encap,
@@ -321,8 +320,8 @@ fn mtu_hop(
 }
 
 /// The overlay's MTU now (`mtu = "auto"` follows the paths).
-fn current_mtu(control: &Control, overlay: &str) -> Option<u32> {
-    crate::pmtu::status::overlays(&control.state, &control.overlays.load())
+fn current_mtu(sources: &Sources<'_>, overlay: &str) -> Option<u32> {
+    crate::pmtu::status::overlays(sources.state, sources.overlays)
         .into_iter()
         .find(|o| o.name == overlay)
         .map(|o| o.mtu)
@@ -361,7 +360,7 @@ mod tests {
     fn targets() {
         assert_eq!(Target::parse("10.244.0.2"), Ok(Target::Ip("10.244.0.2".parse().unwrap())));
         assert_eq!(Target::parse("02:00:00:00:00:02"), Ok(Target::Mac(EthernetAddress([2, 0, 0, 0, 0, 2]))));
-        assert!(Target::parse("n2").unwrap_err().contains("neither a MAC address"));
+        assert!(Target::parse("n2").unwrap_err().to_string().contains("neither a MAC address"));
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub enum IkeState {
     Deleting,
 }
 
+impl IkeState {
+    const ALL: [IkeState; 5] = [
+        IkeState::ExpectInitResponse,
+        IkeState::ExpectAuthRequest,
+        IkeState::ExpectAuthResponse,
+        IkeState::Established,
+        IkeState::Deleting,
+    ];
+
+    /// The state whose `Display` is `text`: how a peer's answer to a diagnostic query (which
+    /// carries `ikectl sa list`'s text) is read back.
+    pub fn from_text(text: &str) -> Option<IkeState> {
+        IkeState::ALL.into_iter().find(|state| state.to_string() == text)
+    }
+}
+
 impl fmt::Display for IkeState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -1,8 +1,9 @@
-//! The security association database: the only owner of SA state.
+//! The security association database.
 //!
 //! Inbound SAs are found by SPI, outbound SAs by peer. The tables are an immutable snapshot behind
-//! an `ArcSwap`: workers load the snapshot once per batch without taking any lock, and the control
-//! plane (manual keying now, IKE later) installs or removes SAs by publishing a new snapshot. Per-SA
+//! an `ArcSwap`: workers load the snapshot once per batch without taking any lock. Only the SA
+//! manager (`manager`, the one writer: manual keying, IKE, flush and reload all go through it)
+//! installs or removes SAs, by publishing a new snapshot; the compiler holds everyone else to it. Per-SA
 //! state that changes per packet lives in atomics, except the replay window, which has a lock of
 //! its own per SA (never a global one).
 
@@ -18,6 +19,14 @@ use mesh_config::{Cipher, Encap, Mode};
 use crate::drops::ReasonCounters;
 use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
+
+pub mod manager;
+
+/// Without ESN, an outbound SA is rekeyed once this many sequence numbers are used (the 32-bit
+/// space must never wrap; at 10 Gbit/s of small packets the rest lasts minutes).
+pub const SEQUENCE_REKEY_AT: u64 = 3 << 30;
+/// How many sequence numbers apart the datapath repeats its notice that an SA runs out.
+const RUNNING_OUT_REPEAT: u64 = 1 << 16;
 
 /// Properties common to both directions.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +88,15 @@ impl OutboundSa {
 
     pub fn last_sequence(&self) -> u64 {
         self.sequence.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker that handed out `sequence` tells the SA manager that this SA needs a
+    /// rekey: at `SEQUENCE_REKEY_AT` and again every `RUNNING_OUT_REPEAT` numbers after (in case
+    /// a notice was lost to a full queue). Never with ESN.
+    pub fn running_out(&self, sequence: u64) -> bool {
+        !self.params.esn
+            && sequence >= SEQUENCE_REKEY_AT
+            && (sequence - SEQUENCE_REKEY_AT).is_multiple_of(RUNNING_OUT_REPEAT)
     }
 }
 
@@ -159,7 +177,7 @@ impl Sadb {
         result
     }
 
-    pub fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
+    pub(in crate::sadb) fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
         let spi = sa.params.spi;
         self.update(|tables| {
             if tables.inbound.contains_key(&spi) {
@@ -171,7 +189,7 @@ impl Sadb {
     }
 
     /// Installs the outbound SA for its peer, replacing (and returning) the previous one.
-    pub fn install_outbound(&self, sa: OutboundSa) -> Option<Arc<OutboundSa>> {
+    pub(in crate::sadb) fn install_outbound(&self, sa: OutboundSa) -> Option<Arc<OutboundSa>> {
         let peer = sa.params.peer;
         self.update(|tables| {
             if tables.outbound.len() <= peer.0 {
@@ -182,12 +200,12 @@ impl Sadb {
     }
 
     /// Removes one inbound SA; true when it existed.
-    pub fn remove_inbound(&self, spi: u32) -> bool {
+    pub(in crate::sadb) fn remove_inbound(&self, spi: u32) -> bool {
         self.update(|tables| tables.inbound.remove(&spi).is_some())
     }
 
     /// Removes `peer`'s outbound SA if it is still the one with `spi` (a newer one stays).
-    pub fn remove_outbound(&self, peer: PeerId, spi: u32) -> bool {
+    pub(in crate::sadb) fn remove_outbound(&self, peer: PeerId, spi: u32) -> bool {
         self.update(|tables| match tables.outbound.get_mut(peer.0) {
             Some(slot) if slot.as_ref().is_some_and(|sa| sa.params.spi == spi) => slot.take().is_some(),
             _ => false,
@@ -195,7 +213,7 @@ impl Sadb {
     }
 
     /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
-    pub fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
+    pub(in crate::sadb) fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
         let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
         self.update(|tables| {
             let mut removed: Vec<u32> = Vec::new();

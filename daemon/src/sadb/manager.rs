@@ -1,0 +1,271 @@
+//! The SA manager: the one writer of the SADB. Manual keying (`manual::install`), IKE's events,
+//! `ikectl sa flush` and reload install and remove SAs through it.
+//!
+//! It also hears from the datapath: a worker that sees ESP for an SPI no inbound SA has, or an
+//! outbound SA whose sequence numbers run out, puts a notice on a bounded queue (`SaNotices`)
+//! with `try_send`, so a worker never waits; a full queue only counts the notice as lost. The
+//! manager drops notices about SAs that are gone by now and hands the rest to keying.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::{InboundSa, OutboundSa, SadbError};
+use crate::state::MeshState;
+use crate::topology::PeerId;
+
+/// Notices the queue holds before workers' notices are counted as lost. Notices are rare (a
+/// peer that lost its state, an SA near its end), and the keying driver reads them at once.
+const NOTICE_QUEUE_LEN: usize = 256;
+
+/// What the datapath tells the SA manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaNotice {
+    /// ESP from `peer` for an SPI that no inbound SA has: the peer's SAs and ours differ.
+    UnknownSpi { peer: PeerId },
+    /// `peer`'s outbound SA `spi` has used most of its sequence numbers (`OutboundSa::running_out`).
+    SequenceRunningOut { peer: PeerId, spi: u32 },
+}
+
+/// The datapath's end of the notice queue (and, until the manager takes it, the manager's end).
+pub struct SaNotices {
+    sender: mpsc::Sender<SaNotice>,
+    receiver: Mutex<Option<mpsc::Receiver<SaNotice>>>,
+    /// Notices dropped because the queue was full.
+    lost: AtomicU64,
+}
+
+impl Default for SaNotices {
+    fn default() -> Self {
+        SaNotices::with_capacity(NOTICE_QUEUE_LEN)
+    }
+}
+
+impl SaNotices {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity);
+        SaNotices { sender, receiver: Mutex::new(Some(receiver)), lost: AtomicU64::new(0) }
+    }
+
+    /// Queues `notice` without waiting; counts it as lost when the queue is full (or nobody reads).
+    pub fn notify(&self, notice: SaNotice) {
+        if self.sender.try_send(notice).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notices dropped so far because the queue was full.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// The manager's end of the queue (once).
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<SaNotice>> {
+        self.receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+/// Who acts on the datapath's notices: the keying driver (which ignores manually keyed peers).
+pub trait NoticeHandler {
+    /// ESP from `peer` for an unknown SPI.
+    fn unknown_spi(&self, peer: PeerId);
+    /// `peer`'s current outbound SA `spi` needs a rekey before its sequence numbers run out.
+    fn sequence_running_out(&self, peer: PeerId, spi: u32);
+}
+
+/// The one writer of `MeshState::sadb`.
+pub struct SaManager {
+    state: Arc<MeshState>,
+}
+
+impl SaManager {
+    pub fn new(state: Arc<MeshState>) -> Self {
+        SaManager { state }
+    }
+
+    /// The state whose SADB this manager writes.
+    pub fn state(&self) -> &MeshState {
+        &self.state
+    }
+
+    pub fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
+        self.state.sadb.install_inbound(sa)
+    }
+
+    /// Installs the outbound SA for its peer; returns the one it replaced.
+    pub fn install_outbound(&self, sa: OutboundSa) -> Option<Arc<OutboundSa>> {
+        self.state.sadb.install_outbound(sa)
+    }
+
+    /// Removes one inbound SA; true when it existed.
+    pub fn remove_inbound(&self, spi: u32) -> bool {
+        self.state.sadb.remove_inbound(spi)
+    }
+
+    /// Removes `peer`'s outbound SA if it is still the one with `spi` (a newer one stays).
+    pub fn remove_outbound(&self, peer: PeerId, spi: u32) -> bool {
+        self.state.sadb.remove_outbound(peer, spi)
+    }
+
+    /// Removes every SA of `peer` (or of all peers); returns the SPIs removed.
+    pub fn remove_peer(&self, peer: Option<PeerId>) -> Vec<u32> {
+        self.state.sadb.remove(peer)
+    }
+
+    /// Hands one notice of the datapath to `handler`, unless it is about an SA that is gone.
+    pub fn handle_notice(&self, notice: SaNotice, handler: &impl NoticeHandler) {
+        match notice {
+            SaNotice::UnknownSpi { peer } => handler.unknown_spi(peer),
+            SaNotice::SequenceRunningOut { peer, spi } => {
+                // A notice from before the rekey finished, or a repeat: the new SA is fine.
+                let current = self.state.sadb.load().outbound(peer).is_some_and(|sa| sa.params.spi == spi);
+                if current {
+                    handler.sequence_running_out(peer, spi);
+                }
+            }
+        }
+    }
+
+    /// Passes on the datapath's notices until the runtime stops.
+    pub async fn run(self: Arc<Self>, mut notices: mpsc::Receiver<SaNotice>, handler: Arc<impl NoticeHandler>) {
+        while let Some(notice) = notices.recv().await {
+            self.handle_notice(notice, &*handler);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use mesh_config::MeshConfig;
+
+    use super::*;
+    use crate::datapath::testkit::{address, frame, mesh_file, receive, send, spi, DEFAULT, MAC_A, MAC_B};
+    use crate::esp::{KeyMaterial, Sealer};
+    use crate::manual;
+    use crate::sadb::{SaParams, SEQUENCE_REKEY_AT};
+    use crate::topology::Topology;
+
+    fn manager(node: usize) -> (SaManager, MeshConfig) {
+        let config = mesh_file(&DEFAULT);
+        let name = format!("n{node}");
+        let state = MeshState::new(Topology::new(&config, &name, address(&DEFAULT, node)).unwrap());
+        (SaManager::new(Arc::new(state)), config)
+    }
+
+    /// Another outbound SA to `manager`'s first peer, like the one installed but with `new_spi`.
+    fn outbound_sa(manager: &SaManager, new_spi: u32) -> OutboundSa {
+        let params = manager.state().sadb.load().outbound(PeerId(0)).unwrap().params;
+        let params = SaParams { spi: new_spi, ..params };
+        let key = KeyMaterial::from_bytes(&[9u8; 36]).unwrap();
+        OutboundSa::new(params, Sealer::new(params.cipher, &key).unwrap())
+    }
+
+    #[derive(Default)]
+    struct Heard(RefCell<Vec<SaNotice>>);
+
+    impl NoticeHandler for Heard {
+        fn unknown_spi(&self, peer: PeerId) {
+            self.0.borrow_mut().push(SaNotice::UnknownSpi { peer });
+        }
+        fn sequence_running_out(&self, peer: PeerId, spi: u32) {
+            self.0.borrow_mut().push(SaNotice::SequenceRunningOut { peer, spi });
+        }
+    }
+
+    #[test]
+    fn manual_sas_install_and_a_flush_installs_them_anew() {
+        let (manager, config) = manager(0);
+        assert_eq!(manual::install(&config, &manager, None).unwrap(), vec![spi(0, 1), spi(1, 0)]);
+        assert!(manual::install(&config, &manager, None).is_err(), "an inbound SPI is never installed twice");
+        let before = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        before.next_sequence();
+
+        assert_eq!(manager.remove_peer(Some(PeerId(0))), vec![spi(0, 1), spi(1, 0)]);
+        assert_eq!(manual::install(&config, &manager, Some(PeerId(0))).unwrap(), vec![spi(0, 1), spi(1, 0)]);
+        let after = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        assert_eq!(after.last_sequence(), 0, "a flushed SA starts again");
+        assert!(!Arc::ptr_eq(&before, &after));
+    }
+
+    #[test]
+    fn install_replace_and_remove() {
+        let (manager, config) = manager(0);
+        manual::install(&config, &manager, None).unwrap();
+        let replaced = manager.install_outbound(outbound_sa(&manager, 0x7001)).unwrap();
+        assert_eq!(replaced.params.spi, spi(0, 1));
+        assert!(!manager.remove_outbound(PeerId(0), spi(0, 1)), "the replaced SA is gone already");
+        assert!(manager.remove_outbound(PeerId(0), 0x7001));
+        assert!(manager.state().sadb.load().outbound(PeerId(0)).is_none());
+        assert!(manager.remove_inbound(spi(1, 0)));
+        assert!(!manager.remove_inbound(spi(1, 0)));
+        manual::install(&config, &manager, None).unwrap();
+        assert_eq!(manager.remove_peer(None), vec![spi(0, 1), spi(1, 0)]);
+        assert!(manager.state().sadb.load().inbound_sas().next().is_none());
+    }
+
+    #[test]
+    fn notices_about_gone_sas_are_dropped() {
+        let (manager, config) = manager(0);
+        manual::install(&config, &manager, None).unwrap();
+        let heard = Heard::default();
+        manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &heard);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }, &heard);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x7001 }, &heard);
+        manager.remove_peer(None);
+        manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }, &heard);
+        assert_eq!(
+            heard.0.into_inner(),
+            vec![
+                SaNotice::UnknownSpi { peer: PeerId(0) },
+                SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_counts_notices_instead_of_blocking() {
+        let notices = SaNotices::with_capacity(2);
+        for _ in 0..5 {
+            notices.notify(SaNotice::UnknownSpi { peer: PeerId(0) });
+        }
+        assert_eq!(notices.lost(), 3);
+        let mut receiver = notices.take_receiver().unwrap();
+        assert!(notices.take_receiver().is_none(), "one reader");
+        assert_eq!(receiver.try_recv(), Ok(SaNotice::UnknownSpi { peer: PeerId(0) }));
+        assert_eq!(receiver.try_recv(), Ok(SaNotice::UnknownSpi { peer: PeerId(0) }));
+        assert!(receiver.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_datapath_reports_unknown_spis_of_a_peer() {
+        let (sender, config) = manager(0);
+        let (receiver, _) = manager(1);
+        manual::install(&config, &sender, None).unwrap();
+        manual::install(&config, &receiver, None).unwrap();
+        let mut queue = receiver.state().sa_notices.take_receiver().unwrap();
+        let packet = send(sender.state(), &frame(MAC_B, MAC_A, 64)).remove(0).0;
+        receiver.remove_inbound(spi(0, 1));
+        receive(receiver.state(), &packet, address(&DEFAULT, 0));
+        assert_eq!(queue.try_recv(), Ok(SaNotice::UnknownSpi { peer: PeerId(0) }));
+        // From an address that is no peer: nobody to renegotiate with.
+        receive(receiver.state(), &packet, "198.18.0.99".parse().unwrap());
+        assert!(queue.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_datapath_reports_sequence_numbers_running_out_once_per_stretch() {
+        let (manager, config) = manager(0);
+        manual::install(&config, &manager, None).unwrap();
+        let mut queue = manager.state().sa_notices.take_receiver().unwrap();
+        let sa = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        sa.sequence.store(SEQUENCE_REKEY_AT - 2, Ordering::Relaxed);
+        for _ in 0..3 {
+            assert_eq!(send(manager.state(), &frame(MAC_B, MAC_A, 64)).len(), 1);
+        }
+        assert_eq!(queue.try_recv(), Ok(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }));
+        assert!(queue.try_recv().is_err(), "not once per packet");
+    }
+}
