@@ -16,7 +16,7 @@ MESHD_PACKAGES+=(openssh-client openssh-server)
 
 meshd_require_root() {
     if [ "$(id -u)" -ne 0 ]; then
-        echo "$0: run this as root (it creates network namespaces and TAP interfaces): sudo $0 $*" >&2
+        echo "$0: run this as root (it creates network namespaces and TAP interfaces): from a root shell (su -), or sudo $0 $* where sudo is installed" >&2
         exit 1
     fi
 }
