@@ -41,6 +41,11 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverlayLabels {
+    overlay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -100,6 +105,7 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     let bytes = Family::<TrafficLabels, Counter>::default();
     let packets = Family::<TrafficLabels, Counter>::default();
     let path_mtu = Family::<PeerLabels, Gauge>::default();
+    let path_overlay_mtu = Family::<PeerLabels, Gauge>::default();
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
     for peer in &topology.peers {
@@ -111,8 +117,12 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
             bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
             packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
         }
-        if let Some(mtu) = peer.path_mtu.report().path_mtu {
+        let report = peer.path_mtu.report();
+        if let Some(mtu) = report.path_mtu {
             path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
+        }
+        if let Some(mtu) = report.overlay_mtu {
+            path_overlay_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
         }
         if let Some(stats) = control.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
@@ -123,6 +133,20 @@ pub fn render(control: &Control) -> Result<String, std::fmt::Error> {
     registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);
     registry.register("peer_packets", "Overlay frames per peer and direction (tx: sent, rx: received)", packets);
     registry.register("path_mtu", "Underlay path MTU toward each peer, in bytes (docs/mtu.md)", path_mtu);
+    registry.register(
+        "path_overlay_mtu",
+        "The largest overlay packet the path toward each peer carries, in bytes; below an overlay's MTU, larger packets are dropped",
+        path_overlay_mtu,
+    );
+    let overlay_mtu = Family::<OverlayLabels, Gauge>::default();
+    for overlay in crate::pmtu::status::overlays(state, &control.overlays.load()) {
+        overlay_mtu.get_or_create(&OverlayLabels { overlay: overlay.name }).set(i64::from(overlay.mtu));
+    }
+    registry.register(
+        "overlay_mtu",
+        "Each overlay interface's MTU, in bytes (as `mtu = \"auto\"` set it)",
+        overlay_mtu,
+    );
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
 
