@@ -3,11 +3,11 @@
 #![deny(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mesh_config::control::DEFAULT_SOCKET;
 use meshd::daemon::{self, RunOptions};
 use meshd::datapath::WorkerTuning;
@@ -43,6 +43,10 @@ enum CliCommand {
         /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
         #[arg(long)]
         no_kernel_drops: bool,
+        /// How log lines are written to stderr: plain text (journald), or one JSON object per
+        /// line for log shippers.
+        #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+        log_format: LogFormat,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -51,20 +55,25 @@ enum CliCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Write the man pages and shell completions of meshd into a folder (scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops, log_format } => {
+            init_logs(log_format);
             daemon::run(RunOptions {
                 config,
                 node,
@@ -74,13 +83,36 @@ fn main() -> ExitCode {
             })
         }
         CliCommand::Check { config, node } => {
+            init_logs(LogFormat::Plain);
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }
+        CliCommand::Generate { out } => return generate(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("meshd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr at RUST_LOG's level (default info); colours only on a terminal.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn generate(out: &Path) -> ExitCode {
+    match clidoc::write(Cli::command(), "8", out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("meshd: cannot write the man pages and completions into {}: {error}", out.display());
             ExitCode::FAILURE
         }
     }

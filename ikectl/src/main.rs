@@ -10,7 +10,7 @@ mod render;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mesh_config::control::{Command, Reply, DEFAULT_SOCKET};
 
 #[derive(Parser)]
@@ -79,6 +79,12 @@ enum CliCommand {
         #[command(subcommand)]
         command: fleet::FleetCommand,
     },
+    /// Write the man pages and shell completions of ikectl into a folder (scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +117,15 @@ fn main() -> ExitCode {
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
+        CliCommand::Generate { out } => {
+            return match clidoc::write(Cli::command(), "1", &out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ikectl: cannot write the man pages and completions into {}: {error}", out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {
@@ -137,7 +152,6 @@ fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_consistent() {

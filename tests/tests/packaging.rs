@@ -1,15 +1,18 @@
-//! The systemd unit (`packaging/meshd.service`) and the Vagrant lab (`vagrant/`) as a user gets
-//! them: `systemd-analyze verify` accepts the unit with the binaries where it expects them,
-//! `vagrant validate` accepts the Vagrantfile, and the mesh file the lab writes passes
-//! `meshd check` for every node. Needs `systemd-analyze` (systemd) and `vagrant` (Debian's
-//! package; scripts/test installs both); no VM. The capability test needs root (namespaces).
+//! What ships, as a user gets it: the Debian package (`scripts/package`, unpacked with
+//! `dpkg-deb`, never installed here, and checked by lintian), the systemd unit
+//! (`packaging/meshd.service`: `systemd-analyze verify` accepts it with the binaries where it
+//! expects them), the Vagrant lab (`vagrant validate`, and its mesh file passes `meshd check`),
+//! the Prometheus rules and Grafana dashboard (`packaging/prometheus`, `packaging/grafana`:
+//! promtool, and every metric they use is in meshd's output) and `meshd run --log-format json`.
+//! Needs `systemd-analyze` (systemd), `vagrant`, `lintian`, `promtool` (prometheus) and
+//! cargo-deb (scripts/test installs them all); no VM. The lab tests need root (namespaces).
 //!
 //! Run: `cargo build --workspace && cargo test -p meshd-lab --test packaging`.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
 use std::time::Duration;
 
 use meshd_lab::meshd::terminate;
@@ -48,10 +51,12 @@ fn systemd_unit_verifies_with_the_binaries_in_place() {
     // A root with the system's units, the binaries where the unit runs them, and the unit.
     let root = tempfile::tempdir().expect("tempdir");
     copy_dir(Path::new("/usr/lib/systemd/system"), &root.path().join("usr/lib/systemd/system"));
-    let bin = root.path().join("usr/local/bin");
-    fs::create_dir_all(&bin).expect("create bin");
-    fs::copy(meshd_bin(), bin.join("meshd")).expect("copy meshd (cargo build --workspace first)");
-    fs::copy(ikectl_bin(), bin.join("ikectl")).expect("copy ikectl (cargo build --workspace first)");
+    for (bin, folder) in [(meshd_bin(), "usr/sbin"), (ikectl_bin(), "usr/bin")] {
+        let folder = root.path().join(folder);
+        fs::create_dir_all(&folder).expect("create bin folder");
+        let name = bin.file_name().expect("a binary's file name");
+        fs::copy(&bin, folder.join(name)).expect("copy the binary (cargo build --workspace first)");
+    }
     let units = root.path().join("etc/systemd/system");
     fs::create_dir_all(&units).expect("create units");
     fs::copy(repo().join("packaging/meshd.service"), units.join("meshd.service")).expect("copy the unit");
@@ -64,7 +69,8 @@ fn systemd_unit_verifies_with_the_binaries_in_place() {
 
     let unit = fs::read_to_string(units.join("meshd.service")).expect("read unit");
     for line in [
-        "ExecReload=/usr/local/bin/ikectl reload",
+        "ExecReload=/usr/bin/ikectl reload",
+        "ConditionPathExists=/etc/meshd/mesh.toml",
         "Restart=on-failure",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_BPF CAP_PERFMON CAP_SYSLOG",
     ] {
@@ -188,4 +194,113 @@ fn meshd_runs_with_only_the_units_capabilities() {
     assert_eq!(drops["kernel"]["unavailable"], serde_json::Value::Null, "kernel drop tracing is off: {drops:#}");
     terminate(&mut n1, Duration::from_secs(5));
     drop(n2);
+}
+
+/// Every `meshd_...` name in `text` (metric names in PromQL, in YAML or JSON).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.match_indices("meshd_")
+        .filter(|(at, _)| !text[..*at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|(at, _)| text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+        .collect()
+}
+
+/// The metric names an OpenMetrics scrape exposes: every sample's name, and each family's
+/// sample name even when it has no sample yet (a counter `meshd_drops` is `meshd_drops_total`).
+fn exposed_metrics(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            let mut words = family.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                names.insert(if kind == "counter" { format!("{name}_total") } else { name.to_string() });
+            }
+        } else if !line.starts_with('#') {
+            names.extend(line.split(['{', ' ']).next().filter(|name| !name.is_empty()).map(str::to_string));
+        }
+    }
+    names
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_fire_on_their_test_series() {
+    require_tool("promtool", "prometheus");
+    let rules = repo().join("packaging/prometheus");
+    let check = Command::new("promtool").args(["check", "rules", "meshd.rules.yml"]).current_dir(&rules).output();
+    let check = check.expect("run promtool check rules");
+    assert!(check.status.success(), "promtool check rules:\n{}", describe_output(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 4 rules found"), "{}", describe_output(&check));
+    // The unit tests: each alert fires on the series that should raise it, and only there.
+    let test = Command::new("promtool").args(["test", "rules", "meshd.rules.test.yml"]).current_dir(&rules).output();
+    let test = test.expect("run promtool test rules");
+    assert!(test.status.success(), "promtool test rules:\n{}", describe_output(&test));
+}
+
+/// A lab meshd with `[metrics] listen`, scraped: every metric the alert rules and the dashboard
+/// use is one meshd exposes (a renamed metric would leave an alert that never fires).
+#[test]
+fn every_metric_of_the_rules_and_dashboard_is_in_meshds_output() {
+    require_root();
+    let lab = Lab::new("pkmt", 2);
+    let mesh = MeshFile::builder(&lab).ike().extra("[metrics]\nlisten = \"127.0.0.1:9477\"\n").write();
+    let _n2 = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let n1 = Meshd::start(lab.node(0), mesh.path(), "n1");
+    let established = wait_until(Duration::from_secs(30), || {
+        (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(established.is_some(), "n1 and n2 did not negotiate SAs\n{}", n1.log());
+    // Metric families without a sample are not in the output: make a drop of each kind. meshd
+    // drops an IKE message it cannot parse; the kernel drops n2's ESP-in-UDP (nftables in n1).
+    lab.node(1).run_ok(["bash", "-c", &format!("printf garbage > /dev/udp/{}/500", lab.addr(0))]);
+    lab.node(0).run_ok(["nft", "add", "table", "inet", "pkmt"]);
+    lab.node(0).run_ok(["nft", "add chain inet pkmt input { type filter hook input priority 0; }"]);
+    lab.node(0).run_ok(["nft", "add", "rule", "inet", "pkmt", "input", "udp", "dport", "4500", "drop"]);
+    let _ = lab.node(0).ping(&lab.overlay_addr(1).to_string(), 2);
+    let scrape = wait_until(Duration::from_secs(30), || {
+        let out = lab.node(0).exec(["curl", "-sS", "http://127.0.0.1:9477/metrics"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ["meshd_path_overlay_mtu{", "meshd_drops_total{", "meshd_kernel_drops_total{"]
+            .iter()
+            .all(|sample| text.contains(sample))
+            .then_some(text)
+    });
+    let scrape = scrape.unwrap_or_else(|| panic!("n1's metrics lack a path MTU or drops after 30 s\n{}", n1.log()));
+    let exposed = exposed_metrics(&scrape);
+    for file in ["packaging/prometheus/meshd.rules.yml", "packaging/grafana/meshd.json"] {
+        let text = fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let used = metric_names(&text);
+        assert!(used.len() >= 4, "{file} uses hardly any meshd metric: {used:?}");
+        let missing: Vec<&String> = used.difference(&exposed).collect();
+        assert!(missing.is_empty(), "{file} uses metrics meshd does not expose: {missing:?}\nscrape:\n{scrape}");
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo().join("packaging/grafana/meshd.json")).expect("read dashboard"))
+            .expect("the dashboard is JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 6), "dashboard panels: {dashboard:#}");
+}
+
+/// `--log-format json`: every line meshd logs is one JSON object with a level and a message;
+/// without it, plain lines (what journald gets).
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    require_root();
+    let lab = Lab::new("pklg", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let plain = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let json = Meshd::start_with(lab.node(0), mesh.path(), "n1", &["--log-format", "json"]);
+    let established = wait_until(Duration::from_secs(30), || {
+        (json.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(established.is_some(), "n1 did not establish\n{}", json.log());
+    let log = json.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "n1 logged hardly anything:\n{log}");
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}\n{log}"));
+        assert!(record["level"].is_string() && record["timestamp"].is_string(), "{line}");
+        assert!(record["fields"]["message"].is_string(), "no message: {line}");
+    }
+    let plain_log = plain.log();
+    let first = plain_log.lines().next().unwrap_or_else(|| panic!("n2 logged nothing"));
+    assert!(serde_json::from_str::<serde_json::Value>(first).is_err() && first.contains("INFO"), "{first}");
 }
