@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use meshd_lab::meshd::terminate;
@@ -303,4 +303,123 @@ fn log_format_json_writes_one_object_per_line() {
     let plain_log = plain.log();
     let first = plain_log.lines().next().unwrap_or_else(|| panic!("n2 logged nothing"));
     assert!(serde_json::from_str::<serde_json::Value>(first).is_err() && first.contains("INFO"), "{first}");
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(output.status.success(), "{command:?} failed:\n{}", describe_output(&output));
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `./scripts/package` as a user runs it, then the .deb looked at with dpkg-deb (listed, its
+/// control files read, unpacked into a temp dir: never installed here) and lintian: the binaries,
+/// the unit, the example conffile, man pages and completions are where they belong; the
+/// maintainer scripts enable meshd, start it only through the unit's condition and restart it
+/// after an upgrade; lintian finds no error, and every warning it gives is explained in
+/// docs/install.md.
+#[test]
+fn debian_package_holds_everything_in_place_and_passes_lintian() {
+    require_tool("dpkg-deb", "dpkg");
+    require_tool("lintian", "lintian");
+    let built = run(Command::new(repo().join("scripts/package")).current_dir(repo()));
+    let deb = stdout(&built)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("scripts/package printed no .deb:\n{}", describe_output(&built)));
+    assert!(deb.starts_with(repo().join("target/debian")), "the package is not in target/debian: {}", deb.display());
+
+    let version = env!("CARGO_PKG_VERSION");
+    let info = stdout(&run(Command::new("dpkg-deb").arg("-I").arg(&deb)));
+    for field in ["Package: meshd", &format!("Version: {version}-1"), "Section: net", "Depends: ", "Maintainer: "] {
+        assert!(info.lines().any(|l| l.trim_start().starts_with(field)), "no {field:?} in dpkg-deb -I:\n{info}");
+    }
+
+    let listing = stdout(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)));
+    let paths: BTreeSet<&str> =
+        listing.lines().filter_map(|line| line.split_whitespace().nth(5)).map(|p| p.trim_start_matches('.')).collect();
+    for path in [
+        "/usr/sbin/meshd",
+        "/usr/bin/ikectl",
+        "/usr/lib/systemd/system/meshd.service",
+        "/etc/meshd/mesh.toml.example",
+        "/usr/share/man/man8/meshd.8.gz",
+        "/usr/share/man/man8/meshd-run.8.gz",
+        "/usr/share/man/man1/ikectl.1.gz",
+        "/usr/share/man/man1/ikectl-fleet-update.1.gz",
+        "/usr/share/bash-completion/completions/meshd",
+        "/usr/share/bash-completion/completions/ikectl",
+        "/usr/share/zsh/vendor-completions/_meshd",
+        "/usr/share/zsh/vendor-completions/_ikectl",
+        "/usr/share/fish/vendor_completions.d/meshd.fish",
+        "/usr/share/fish/vendor_completions.d/ikectl.fish",
+        "/usr/share/meshd/prometheus/meshd.rules.yml",
+        "/usr/share/meshd/grafana/meshd.json",
+        "/usr/share/doc/meshd/copyright",
+    ] {
+        assert!(paths.contains(path), "the package has no {path}:\n{listing}");
+    }
+    assert!(!paths.contains("/etc/meshd/mesh.toml"), "the package must not ship a live mesh file");
+    let mode = |path: &str| listing.lines().find(|l| l.ends_with(&format!(".{path}"))).map(|l| l[..10].to_string());
+    assert_eq!(mode("/usr/sbin/meshd").as_deref(), Some("-rwxr-xr-x"), "{listing}");
+
+    // The control files: the example is a conffile; install enables and starts (the unit's
+    // condition skips the start without a mesh file); an upgrade restarts; removal stops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = dir.path().join("DEBIAN");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    let conffiles = fs::read_to_string(control.join("conffiles")).expect("the package has conffiles");
+    assert_eq!(conffiles.trim(), "/etc/meshd/mesh.toml.example");
+    let postinst = fs::read_to_string(control.join("postinst")).expect("postinst");
+    assert!(postinst.contains("deb-systemd-helper enable meshd.service"), "{postinst}");
+    assert!(postinst.contains("_dh_action=restart") && postinst.contains("_dh_action=start"), "{postinst}");
+    let prerm = fs::read_to_string(control.join("prerm")).expect("prerm");
+    assert!(prerm.contains("\"$1\" = remove") && prerm.contains("deb-systemd-invoke stop meshd.service"), "{prerm}");
+    assert!(control.join("postrm").exists(), "no postrm (purge cleans the unit's state)");
+
+    let root = dir.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/meshd.service")).expect("unit");
+    assert_eq!(unit, fs::read_to_string(repo().join("packaging/meshd.service")).expect("read the unit"));
+    for line in ["ConditionPathExists=/etc/meshd/mesh.toml", "ExecStart=/usr/sbin/meshd run --config /etc/meshd/mesh.toml"] {
+        assert!(unit.lines().any(|l| l == line), "the packaged unit has no {line:?}");
+    }
+    let meshd = root.join("usr/sbin/meshd");
+    assert_eq!(stdout(&run(Command::new(&meshd).arg("--version"))).trim(), format!("meshd {version}"));
+    assert_eq!(
+        stdout(&run(Command::new(root.join("usr/bin/ikectl")).arg("--version"))).trim(),
+        format!("ikectl {version}")
+    );
+    for (page, says) in [("man8/meshd-run.8.gz", "\\-\\-log\\-format"), ("man1/ikectl-fleet-update.1.gz", "\\-\\-meshd")] {
+        let text = stdout(&run(Command::new("gzip").arg("-dc").arg(root.join("usr/share/man").join(page))));
+        assert!(text.starts_with(".ie") || text.contains(".TH "), "{page} is no man page:\n{text}");
+        assert!(text.contains(says), "{page} does not document {says}:\n{text}");
+    }
+    let bash = fs::read_to_string(root.join("usr/share/bash-completion/completions/ikectl")).expect("bash completion");
+    assert!(bash.contains("fleet") && bash.contains("--remote-restart"), "{bash}");
+
+    // The example mesh file is a valid one (with a psk beside it).
+    let example = dir.path().join("example");
+    fs::create_dir_all(&example).expect("mkdir");
+    fs::copy(root.join("etc/meshd/mesh.toml.example"), example.join("mesh.toml")).expect("copy the example");
+    fs::write(example.join("psk"), "0123456789abcdef0123456789abcdef\n").expect("write psk");
+    fs::set_permissions(example.join("psk"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    run(Command::new(&meshd).args(["check", "--node", "n1", "--config"]).arg(example.join("mesh.toml")));
+
+    let lintian = Command::new("lintian").args(["--fail-on", "error", "--no-tag-display-limit"]).arg(&deb).output();
+    let lintian = lintian.expect("run lintian");
+    let report = describe_output(&lintian);
+    eprintln!("lintian:\n{report}");
+    assert!(lintian.status.success(), "lintian reports errors:\n{report}");
+    let explained = fs::read_to_string(repo().join("docs/install.md")).expect("read docs/install.md");
+    for line in stdout(&lintian).lines().filter(|l| l.starts_with("W: ") || l.starts_with("E: ")) {
+        let tag = line.split_whitespace().nth(2).unwrap_or(line);
+        assert!(explained.contains(&format!("`{tag}`")), "lintian's {tag} is not explained in docs/install.md: {line}");
+    }
 }
