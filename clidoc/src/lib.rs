@@ -6,12 +6,26 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::Command;
 use clap_complete::Shell;
 
 /// The shells completions are written for, with the file name each expects for `bin`.
 const SHELLS: [(Shell, &str, &str); 3] = [(Shell::Bash, "", ""), (Shell::Zsh, "_", ""), (Shell::Fish, "", ".fish")];
+
+/// What the hidden `generate` subcommands run: [`write`], and on failure a one-line reason on
+/// stderr and exit status 1.
+pub fn generate(command: Command, section: &str, dir: &Path) -> ExitCode {
+    let name = command.get_name().to_string();
+    match write(command, section, dir) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: cannot write the man pages and completions into {}: {error}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Writes into `dir`: `man/NAME.SECTION` for the command and `man/NAME-SUB.SECTION` for each
 /// subcommand (hidden ones left out), and `completions/{bash,zsh,fish}/FILE` under the names

@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Plain);
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }
-        CliCommand::Generate { out } => return generate(&out),
+        CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "8", &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,15 +105,5 @@ fn init_logs(format: LogFormat) {
     match format {
         LogFormat::Plain => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
-    }
-}
-
-fn generate(out: &Path) -> ExitCode {
-    match clidoc::write(Cli::command(), "8", out) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("meshd: cannot write the man pages and completions into {}: {error}", out.display());
-            ExitCode::FAILURE
-        }
     }
 }

@@ -117,15 +117,7 @@ fn main() -> ExitCode {
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
         CliCommand::Fleet { command } => return fleet::run(command, cli.json),
-        CliCommand::Generate { out } => {
-            return match clidoc::write(Cli::command(), "1", &out) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("ikectl: cannot write the man pages and completions into {}: {error}", out.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "1", &out),
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {

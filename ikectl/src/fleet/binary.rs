@@ -119,7 +119,7 @@ impl Binaries {
     /// Where each binary is on the node, with its SHA-256 and version.
     pub async fn fetch(&self, node: &Node<'_>) -> Result<NodeBinaries, String> {
         const FETCH: &str = "p=$(command -v -- \"$1\") || { echo \"$1 is not installed (or not on the PATH of ssh sessions)\" >&2; exit 1; }; \
-            case \"$p\" in /*) ;; *) echo \"$1 is not a file but a shell $p\" >&2; exit 1;; esac; \
+            case \"$p\" in /*) ;; *) echo \"$1 is a shell builtin, alias or function here ($p), not a binary\" >&2; exit 1;; esac; \
             echo \"$p\"; sha256sum -- \"$p\" | cut -d ' ' -f 1; \"$p\" --version 2>/dev/null | head -n 1";
         let mut found = Vec::new();
         for upload in &self.uploads {
@@ -188,7 +188,7 @@ impl Binaries {
             sync \"$1\" \"$(dirname -- \"$1\")\"";
         for upload in &self.uploads {
             let path = self.remote_path(node, upload.program);
-            if let Err(failure) = expect(node, Step::Install, INSTALL, &path).await {
+            if let Err(failure) = node.expect(Step::Install, INSTALL, &[&path], None).await {
                 // Some binaries may be replaced already: the batch restores them.
                 return (Err(failure), true, None);
             }
@@ -207,12 +207,7 @@ impl Binaries {
         const UPLOAD: &str =
             "set -e; umask 022; new=\"$1.fleet-new\"; cat > \"$new\"; chmod 0755 \"$new\"; sync \"$new\"";
         let path = self.remote_path(node, upload.program);
-        let ran = node.host.script(UPLOAD, &[&path], Some(&upload.bytes)).await;
-        match ran {
-            Ok(ran) if ran.success => {}
-            Ok(ran) => return Err(Failure { step: Step::Upload, reason: ran.complaint() }),
-            Err(reason) => return Err(Failure { step: Step::Upload, reason }),
-        }
+        node.expect(Step::Upload, UPLOAD, &[&path], Some(&upload.bytes)).await?;
         let new = format!("{path}.fleet-new");
         let check_failed = |reason: String| Failure { step: Step::Check, reason };
         let ran = node.host.run(&new, &["--version"], None).await.map_err(check_failed)?;
@@ -292,14 +287,6 @@ pub async fn runs_version(node: &Node<'_>, expected: &str) -> Result<(), Failure
         Ok(())
     } else {
         Err(health_failed(format!("meshd {running} runs, not the new {wanted} (did the restart command restart it?)")))
-    }
-}
-
-async fn expect(node: &Node<'_>, step: Step, script: &str, path: &str) -> Result<(), Failure> {
-    match node.host.script(script, &[path], None).await {
-        Ok(ran) if ran.success => Ok(()),
-        Ok(ran) => Err(Failure { step, reason: ran.complaint() }),
-        Err(reason) => Err(Failure { step, reason }),
     }
 }
 

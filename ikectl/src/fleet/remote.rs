@@ -163,7 +163,14 @@ impl Node<'_> {
         }
     }
 
-    async fn expect(&self, step: Step, script: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), Failure> {
+    /// Runs `script` with `args`; a failure (or a lost connection) is `step`'s.
+    pub(super) async fn expect(
+        &self,
+        step: Step,
+        script: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<(), Failure> {
         match self.host.script(script, args, input).await {
             Ok(ran) if ran.success => Ok(()),
             Ok(ran) => Err(Failure { step, reason: ran.complaint() }),
