@@ -76,8 +76,9 @@ enum CliCommand {
     },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
+        // Boxed: the fleet options are most of the size of the whole command line.
         #[command(subcommand)]
-        command: fleet::FleetCommand,
+        command: Box<fleet::FleetCommand>,
     },
     /// Write the man pages and shell completions of ikectl into a folder (scripts/package).
     #[command(hide = true)]
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
         CliCommand::Reload => Command::Reload,
         CliCommand::Trace { target, overlay } => Command::Trace { target, overlay },
         CliCommand::Ping { node, count, size } => Command::Ping { peer: node, count, size },
-        CliCommand::Fleet { command } => return fleet::run(command, cli.json),
+        CliCommand::Fleet { command } => return fleet::run(*command, cli.json),
         CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "1", &out),
     };
     match client::request(&cli.socket, command) {

@@ -272,16 +272,22 @@ impl Binaries {
     }
 }
 
-/// The version the node's running meshd reports (`ikectl --json status`), and its uptime.
-pub async fn running_version(node: &Node<'_>) -> Result<(String, u64), String> {
+/// The meshd a node runs, as `ikectl --json status` reports it.
+pub struct Running {
+    pub version: String,
+    pub uptime_secs: u64,
+}
+
+/// The version the node's running meshd reports, and its uptime.
+pub async fn running_version(node: &Node<'_>) -> Result<Running, String> {
     let status = node.status().await?;
-    Ok((status.daemon_version, status.uptime_secs))
+    Ok(Running { version: status.daemon_version, uptime_secs: status.uptime_secs })
 }
 
 /// After a restart: the running meshd must be the new one (`expected`: its `--version` line).
 pub async fn runs_version(node: &Node<'_>, expected: &str) -> Result<(), Failure> {
     let health_failed = |reason: String| Failure { step: Step::Health, reason };
-    let (running, _) = running_version(node).await.map_err(health_failed)?;
+    let running = running_version(node).await.map_err(health_failed)?.version;
     let wanted = version_number(expected);
     if running == wanted {
         Ok(())

@@ -1,7 +1,7 @@
 //! `ikectl fleet status`: every node's peers, collected in parallel, as the N x N matrix, and
 //! the meshd version each node runs.
 
-use super::binary::running_version;
+use super::binary::{running_version, Running};
 use super::matrix::{matrix, Cell, View};
 use super::{Fleet, FleetOptions};
 use crate::render::table;
@@ -11,7 +11,7 @@ pub async fn status(options: &FleetOptions, json: bool) -> Result<bool, String> 
     let fleet = Fleet::connect(options, &[]).await?;
     let names = fleet.names();
     let indexes: Vec<usize> = (0..names.len()).collect();
-    let (views, versions): (Vec<View>, Vec<Result<(String, u64), String>>) = fleet
+    let (views, versions): (Vec<View>, Vec<Result<Running, String>>) = fleet
         .on_each(&indexes, |_, node| async move {
             match node {
                 Ok(node) => (node.peers().await, running_version(&node).await),
@@ -32,7 +32,7 @@ pub async fn status(options: &FleetOptions, json: bool) -> Result<bool, String> 
             "matrix": cells,
             "versions": versions
                 .iter()
-                .map(|v| v.as_ref().ok().map(|(meshd, uptime)| serde_json::json!({"meshd": meshd, "uptime_secs": uptime})))
+                .map(|v| v.as_ref().ok().map(|r| serde_json::json!({"meshd": r.version, "uptime_secs": r.uptime_secs})))
                 .collect::<Vec<_>>(),
         });
         println!("{value:#}");
@@ -50,7 +50,7 @@ pub async fn status(options: &FleetOptions, json: bool) -> Result<bool, String> 
     let mut running = table(&["node", "meshd", "up"]);
     for (name, version) in names.iter().zip(&versions) {
         let (meshd, up) = match version {
-            Ok((meshd, uptime)) => (meshd.clone(), format!("{uptime} s")),
+            Ok(running) => (running.version.clone(), format!("{} s", running.uptime_secs)),
             Err(_) => ("?".to_string(), "?".to_string()),
         };
         running.add_row(vec![name.clone(), meshd, up]);
