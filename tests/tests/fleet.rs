@@ -369,12 +369,21 @@ fn a_binary_rollout_restarts_every_node_on_the_new_meshd_and_ikectl() {
     let new_ikectl = script(builds.path(), "ikectl", &ikectl);
     let config = mesh.path().to_str().expect("utf-8 path");
     let binaries = ["--meshd", new_meshd.to_str().unwrap(), "--ikectl", new_ikectl.to_str().unwrap()];
+    // n2 as a rollout killed after its install leaves it: the new meshd in place, the old one
+    // kept as .fleet-previous, the pending mark set, meshd never restarted.
+    let n2_meshd = fleet.node_binary(1, "meshd");
+    let build = fs::read_link(&n2_meshd).expect("n2's meshd is a link to the build's");
+    std::os::unix::fs::symlink(&build, n2_meshd.with_file_name("meshd.fleet-previous")).expect("keep the old one");
+    fs::remove_file(&n2_meshd).expect("remove the link (writing through it would change the build)");
+    script(n2_meshd.parent().expect("bin folder"), "meshd", &meshd);
+    fs::write(n2_meshd.with_file_name("meshd.fleet-pending"), "").expect("mark the restart pending");
 
     let dry = fleet.run("update", &[&["--config", config, "--dry-run"], &binaries[..]].concat());
     assert!(dry.status.success(), "dry run failed\n{}", text(&dry));
     let plan = String::from_utf8_lossy(&dry.stdout);
     eprintln!("{plan}");
     assert_eq!(plan.matches(": new binary").count(), 3, "{plan}");
+    assert!(plan.contains("n2/bin/meshd is the new one, but an interrupted run never saw meshd restart"), "{plan}");
     assert!(plan.contains("meshd: /") && plan.contains("ikectl: /") && plan.contains("-> sha256 "), "{plan}");
     assert_eq!(fleet.service_pid(0), pids_before[0], "a dry run restarted n1");
 
@@ -386,7 +395,10 @@ fn a_binary_rollout_restarts_every_node_on_the_new_meshd_and_ikectl() {
         assert_eq!(fs::read_to_string(fleet.node_binary(i, "meshd")).unwrap(), meshd, "{node} has not the new meshd");
         assert_eq!(fs::read_to_string(fleet.node_binary(i, "ikectl")).unwrap(), ikectl, "{node}: not the new ikectl");
         assert_ne!(fleet.service_pid(i), pids_before[i], "{node}'s meshd was not restarted");
+        assert!(!fleet.node_binary(i, "meshd.fleet-pending").exists(), "{node} still has a restart pending");
     }
+    // n2's rollback copy is still the binary from before the interrupted run.
+    assert_eq!(fs::read_link(n2_meshd.with_file_name("meshd.fleet-previous")).ok(), Some(build));
     services_established(&lab, &fleet);
     ping_every_pair(&lab, 3, 0);
 

@@ -4,9 +4,11 @@
 //!
 //! On the node, next to each binary (found as `command -v` finds it): `<binary>.fleet-new` (the
 //! upload, run with `--version`, and for meshd `check` against the live mesh file, before it is
-//! installed) and `<binary>.fleet-previous` (the binary it replaced, a hard link, for rollback).
-//! Installing is a rename, so the path always holds a whole binary. After meshd is replaced the
-//! node's restart command runs (default `systemctl restart meshd`).
+//! installed), `<binary>.fleet-previous` (the binary it replaced, a hard link, for rollback) and
+//! `meshd.fleet-pending` (a new meshd installed, its restart not yet seen to succeed: the next run
+//! restarts a node an interrupted run left so). Installing is a rename, so the path always holds
+//! a whole binary. After meshd is replaced the node's restart command runs (default `systemctl
+//! restart meshd`).
 
 use std::path::{Path, PathBuf};
 
@@ -67,18 +69,27 @@ pub struct Installed {
     pub sha256: String,
     /// The first line of its `--version` ("meshd 0.1.0"), empty if it printed none.
     pub version: String,
+    /// An interrupted run installed it and never saw meshd restart on it.
+    pub restart_pending: bool,
 }
 
-/// What fetching a node's binary printed: its path, SHA-256 and version, one per line.
+/// What fetching a node's binary printed, one per line: its path, SHA-256, `pending` or
+/// `installed`, and its version.
 fn parse_installed(stdout: &str) -> Option<Installed> {
     let mut lines = stdout.lines();
     let path = lines.next()?.trim();
     let sha256 = lines.next()?.trim();
+    let restart_pending = match lines.next()?.trim() {
+        "pending" => true,
+        "installed" => false,
+        _ => return None,
+    };
     let version = lines.next().unwrap_or("").trim();
     (path.starts_with('/') && sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Installed {
         path: path.to_string(),
         sha256: sha256.to_string(),
         version: version.to_string(),
+        restart_pending,
     })
 }
 
@@ -120,7 +131,8 @@ impl Binaries {
     pub async fn fetch(&self, node: &Node<'_>) -> Result<NodeBinaries, String> {
         const FETCH: &str = "p=$(command -v -- \"$1\") || { echo \"$1 is not installed (or not on the PATH of ssh sessions)\" >&2; exit 1; }; \
             case \"$p\" in /*) ;; *) echo \"$1 is a shell builtin, alias or function here ($p), not a binary\" >&2; exit 1;; esac; \
-            echo \"$p\"; sha256sum -- \"$p\" | cut -d ' ' -f 1; \"$p\" --version 2>/dev/null | head -n 1";
+            echo \"$p\"; sha256sum -- \"$p\" | cut -d ' ' -f 1; \
+            if [ -e \"$p.fleet-pending\" ]; then echo pending; else echo installed; fi; \"$p\" --version 2>/dev/null | head -n 1";
         let mut found = Vec::new();
         for upload in &self.uploads {
             let wanted = self.remote_path(node, upload.program);
@@ -140,7 +152,8 @@ impl Binaries {
         Ok(found)
     }
 
-    /// The node's change: unchanged when every binary has the new one's SHA-256.
+    /// The node's change: unchanged when every binary has the new one's SHA-256 (and no restart
+    /// is pending).
     pub fn change(&self, fetched: Result<NodeBinaries, String>) -> Change {
         let installed = match fetched {
             Ok(installed) => installed,
@@ -150,8 +163,15 @@ impl Binaries {
             .uploads
             .iter()
             .zip(&installed)
-            .filter(|(upload, on_node)| upload.sha256 != on_node.sha256)
+            .filter(|(upload, on_node)| upload.sha256 != on_node.sha256 || on_node.restart_pending)
             .map(|(upload, on_node)| {
+                if upload.sha256 == on_node.sha256 {
+                    return format!(
+                        "{}: {} is the new one, but an interrupted run never saw meshd restart on it",
+                        upload.program.name(),
+                        on_node.path
+                    );
+                }
                 let version = if on_node.version.is_empty() { "no --version" } else { &on_node.version };
                 format!(
                     "{}: {} ({version}, sha256 {}) -> sha256 {}",
@@ -184,17 +204,21 @@ impl Binaries {
                 }
             }
         }
-        const INSTALL: &str = "set -e; ln -f -- \"$1\" \"$1.fleet-previous\"; mv -f -- \"$1.fleet-new\" \"$1\"; \
-            sync \"$1\" \"$(dirname -- \"$1\")\"";
+        // After an interrupted run (pending mark), `.fleet-previous` is still the binary from
+        // before it. A new meshd is marked pending until its restart succeeds ($2 = restart).
+        const INSTALL: &str = "set -e; if [ -e \"$1.fleet-pending\" ] && [ -e \"$1.fleet-previous\" ]; then :; \
+            else ln -f -- \"$1\" \"$1.fleet-previous\"; fi; if [ \"$2\" = restart ]; then : > \"$1.fleet-pending\"; fi; \
+            mv -f -- \"$1.fleet-new\" \"$1\"; sync \"$1\" \"$(dirname -- \"$1\")\"";
         for upload in &self.uploads {
             let path = self.remote_path(node, upload.program);
-            if let Err(failure) = node.expect(Step::Install, INSTALL, &[&path], None).await {
+            let mark = if upload.program == Program::Meshd { "restart" } else { "" };
+            if let Err(failure) = node.expect(Step::Install, INSTALL, &[&path, mark], None).await {
                 // Some binaries may be replaced already: the batch restores them.
                 return (Err(failure), true, None);
             }
         }
         if new_version.is_some() {
-            if let Err(reason) = self.restart(node).await {
+            if let Err(reason) = self.restart_and_unmark(node).await {
                 return (Err(Failure { step: Step::Restart, reason }), true, None);
             }
         }
@@ -239,14 +263,19 @@ impl Binaries {
         }
     }
 
-    /// The node's restart command (`--remote-restart`).
-    async fn restart(&self, node: &Node<'_>) -> Result<(), String> {
+    /// The node's restart command (`--remote-restart`), then the pending mark goes.
+    async fn restart_and_unmark(&self, node: &Node<'_>) -> Result<(), String> {
         let command = node.remote.restart.replace("{node}", node.name);
         let ran = node.host.script(&command, &[], None).await?;
+        if !ran.success {
+            return Err(format!("`{command}` failed: {}", ran.complaint()));
+        }
+        let meshd = self.remote_path(node, Program::Meshd);
+        let ran = node.host.script("rm -f -- \"$1.fleet-pending\"", &[&meshd], None).await?;
         if ran.success {
             Ok(())
         } else {
-            Err(format!("`{command}` failed: {}", ran.complaint()))
+            Err(format!("meshd restarted, but removing {meshd}.fleet-pending failed: {}", ran.complaint()))
         }
     }
 
@@ -266,7 +295,7 @@ impl Binaries {
             restart |= upload.program == Program::Meshd && ran.stdout.trim() == "restored";
         }
         if restart {
-            self.restart(node).await?;
+            self.restart_and_unmark(node).await?;
         }
         Ok(())
     }
@@ -313,12 +342,19 @@ mod tests {
 
     #[test]
     fn installed_binaries_parse() {
-        let parsed = parse_installed(&format!("/usr/sbin/meshd\n{SHA}\nmeshd 0.1.0\n"));
+        let parsed = parse_installed(&format!("/usr/sbin/meshd\n{SHA}\ninstalled\nmeshd 0.1.0\n"));
         assert_eq!(
             parsed,
-            Some(Installed { path: "/usr/sbin/meshd".into(), sha256: SHA.into(), version: "meshd 0.1.0".into() })
+            Some(Installed {
+                path: "/usr/sbin/meshd".into(),
+                sha256: SHA.into(),
+                version: "meshd 0.1.0".into(),
+                restart_pending: false
+            })
         );
-        assert_eq!(parse_installed(&format!("/usr/bin/ikectl\n{SHA}\n")).map(|i| i.version), Some(String::new()));
+        let pending = parse_installed(&format!("/usr/bin/ikectl\n{SHA}\npending\n")).expect("parses");
+        assert!(pending.restart_pending && pending.version.is_empty(), "{pending:?}");
+        assert_eq!(parse_installed(&format!("/usr/sbin/meshd\n{SHA}\nmeshd 0.1.0\n")), None);
         assert_eq!(parse_installed("meshd\nnot-a-hash\n"), None);
         assert_eq!(parse_installed(""), None);
         assert_eq!(version_number("meshd 0.2.0"), "0.2.0");
@@ -327,14 +363,21 @@ mod tests {
     #[test]
     fn a_node_with_the_new_binaries_is_unchanged() {
         let binaries = Binaries { uploads: vec![upload(Program::Meshd, b"test")] };
-        let on_node = |sha256: &str| {
-            Ok(vec![Installed { path: "/usr/sbin/meshd".into(), sha256: sha256.into(), version: "meshd 0.1.0".into() }])
+        let on_node = |sha256: &str, restart_pending| {
+            Ok(vec![Installed {
+                path: "/usr/sbin/meshd".into(),
+                sha256: sha256.into(),
+                version: "meshd 0.1.0".into(),
+                restart_pending,
+            }])
         };
-        assert_eq!(binaries.change(on_node(SHA)), Change::Unchanged);
-        let Change::Update { diff, kind: UpdateKind::Binary } = binaries.change(on_node(&"0".repeat(64))) else {
+        assert_eq!(binaries.change(on_node(SHA, false)), Change::Unchanged);
+        let Change::Update { diff, kind: UpdateKind::Binary } = binaries.change(on_node(&"0".repeat(64), false)) else {
             panic!("an update")
         };
         assert_eq!(diff, "meshd: /usr/sbin/meshd (meshd 0.1.0, sha256 000000000000) -> sha256 9f86d081884c");
+        let Change::Update { diff, .. } = binaries.change(on_node(SHA, true)) else { panic!("a pending restart") };
+        assert!(diff.contains("never saw meshd restart"), "{diff}");
         assert_eq!(binaries.change(Err("no route".into())), Change::Unreachable("no route".into()));
     }
 }
