@@ -128,7 +128,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         keying: keying.clone(),
         sas: sas.clone(),
         reloader: reloader.clone(),
-        overlays,
+        overlays: overlays.clone(),
         kernel_drops: kernel_drops.clone(),
         query: query.clone(),
         started: Instant::now(),
@@ -165,7 +165,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         if let Some(address) = config.load().metrics.listen {
             let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
-            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops };
+            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops, overlays };
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mesh_config::control::DEFAULT_SOCKET;
 use meshd::daemon::{self, RunOptions};
 use meshd::datapath::WorkerTuning;
@@ -42,6 +42,10 @@ enum CliCommand {
         /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
         #[arg(long)]
         no_kernel_drops: bool,
+        /// How log lines are written to stderr: plain text (journald), or one JSON object per
+        /// line for log shippers.
+        #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+        log_format: LogFormat,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -50,13 +54,25 @@ enum CliCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Write the man pages and shell completions of meshd into a folder (scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    meshd::logging::init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops, log_format } => {
+            init_logs(log_format);
             daemon::run(RunOptions {
                 config,
                 node,
@@ -66,8 +82,10 @@ fn main() -> ExitCode {
             })
         }
         CliCommand::Check { config, node } => {
+            init_logs(LogFormat::Plain);
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }
+        CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "8", &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,4 +94,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr at RUST_LOG's level (default info), as plain lines (colours only on a
+/// terminal) or JSON; the level can change at runtime (`ikectl log level`).
+fn init_logs(format: LogFormat) {
+    meshd::logging::init(format == LogFormat::Json);
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use mesh_config::control::OverlayStatus;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +45,11 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverlayLabels {
+    overlay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -52,6 +59,8 @@ pub struct Scraped {
     pub state: Arc<MeshState>,
     pub keying: Arc<Keying>,
     pub kernel_drops: Arc<KernelDrops>,
+    /// The overlay interfaces as brought up (their MTU).
+    pub overlays: Arc<ArcSwap<Vec<OverlayStatus>>>,
 }
 
 /// Binds the endpoint; meshd refuses to start when it cannot.
@@ -109,6 +118,7 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     let bytes = Family::<TrafficLabels, Counter>::default();
     let packets = Family::<TrafficLabels, Counter>::default();
     let path_mtu = Family::<PeerLabels, Gauge>::default();
+    let path_overlay_mtu = Family::<PeerLabels, Gauge>::default();
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
     for peer in &topology.peers {
@@ -120,8 +130,12 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
             bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
             packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
         }
-        if let Some(mtu) = peer.path_mtu.report().path_mtu {
+        let report = peer.path_mtu.report();
+        if let Some(mtu) = report.path_mtu {
             path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
+        }
+        if let Some(mtu) = report.overlay_mtu {
+            path_overlay_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
         }
         if let Some(stats) = scraped.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
@@ -132,6 +146,20 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);
     registry.register("peer_packets", "Overlay frames per peer and direction (tx: sent, rx: received)", packets);
     registry.register("path_mtu", "Underlay path MTU toward each peer, in bytes (docs/mtu.md)", path_mtu);
+    registry.register(
+        "path_overlay_mtu",
+        "The largest overlay packet the path toward each peer carries, in bytes; below an overlay's MTU, larger packets are dropped",
+        path_overlay_mtu,
+    );
+    let overlay_mtu = Family::<OverlayLabels, Gauge>::default();
+    for overlay in crate::pmtu::status::overlays(state, &scraped.overlays.load()) {
+        overlay_mtu.get_or_create(&OverlayLabels { overlay: overlay.name }).set(i64::from(overlay.mtu));
+    }
+    registry.register(
+        "overlay_mtu",
+        "Each overlay interface's MTU, in bytes (as `mtu = \"auto\"` set it)",
+        overlay_mtu,
+    );
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
 

@@ -27,6 +27,8 @@ pub enum UpdateKind {
     New,
     /// It has the new file, but an interrupted run installed it and never saw meshd reload it.
     ReloadPending,
+    /// Its meshd or ikectl binary differs from the one rolled out.
+    Binary,
 }
 
 /// What fetching a node's current config gave.
@@ -122,6 +124,8 @@ pub enum Step {
     Check,
     Install,
     Reload,
+    /// Restarting meshd after its binary was replaced.
+    Restart,
     Health,
 }
 
@@ -132,6 +136,7 @@ impl fmt::Display for Step {
             Step::Check => "meshd check",
             Step::Install => "install",
             Step::Reload => "reload",
+            Step::Restart => "restart",
             Step::Health => "health check",
         })
     }
@@ -147,11 +152,12 @@ pub struct Failure {
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Upload, check, install and reload the new config on these nodes.
+    /// Upload, check, install and reload the new config (or restart on the new binary) on these
+    /// nodes.
     Apply(Vec<usize>),
     /// Wait until these nodes have SAs both ways with their peers.
     CheckHealth(Vec<usize>),
-    /// Put the previous config back on these nodes and reload them.
+    /// Put the previous config (or binary) back on these nodes and reload (restart) them.
     Restore(Vec<usize>),
     Done,
 }
@@ -232,7 +238,7 @@ impl Rollout {
         for (node, result) in results {
             if let Err(error) = result {
                 self.outcomes[node] = Some(Outcome::Failed(format!(
-                    "{reason}; restoring the previous config failed too: {error} (log in and put the .fleet-previous file back)"
+                    "{reason}; restoring the previous version failed too: {error} (log in and put the .fleet-previous file back)"
                 )));
             }
         }
