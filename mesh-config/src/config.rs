@@ -199,8 +199,38 @@ pub struct Overlay {
     pub mtu: OverlayMtu,
     /// Host address of each node's overlay interface, by node name (nodes may be absent).
     pub addresses: BTreeMap<String, IfaceAddress>,
+    /// MACs pinned to a node (`static_macs`): no other node's frames may claim them.
+    pub static_macs: Vec<StaticMac>,
     /// Line of this overlay's `[[overlay]]` header.
     pub line: usize,
+}
+
+/// The most `static_macs` entries one overlay may have (a share of the forwarding table).
+pub const MAX_STATIC_MACS: usize = 4_096;
+
+/// One `static_macs = [{ mac = "02:00:00:00:00:01", node = "n2" }]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMac {
+    pub mac: [u8; 6],
+    pub node: String,
+}
+
+/// A unicast MAC written as six colon-separated hex pairs; the error says what is wrong.
+pub fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
+    let pairs: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    let well_formed = pairs.len() == 6
+        && pairs
+            .iter()
+            .zip(mac.iter_mut())
+            .all(|(pair, byte)| pair.len() == 2 && u8::from_str_radix(pair, 16).map(|value| *byte = value).is_ok());
+    if !well_formed {
+        return Err(format!("\"{}\" is not a MAC address", s.escape_default()));
+    }
+    if mac[0] & 0x01 != 0 {
+        return Err(format!("{s} is a group (multicast or broadcast) address, which is never learned"));
+    }
+    Ok(mac)
 }
 
 /// `mtu = "auto"` or `mtu = 1400`.
