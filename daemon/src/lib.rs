@@ -8,6 +8,7 @@ pub mod drops;
 pub mod error;
 pub mod esp;
 pub mod fdb;
+pub mod guard;
 pub mod ike;
 pub mod keying;
 pub mod manual;

@@ -51,6 +51,56 @@ enum CliCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The fail-closed guard: an nftables table (inet meshd_guard) that drops traffic to the
+    /// overlays' prefixes and plaintext VXLAN leaving through any but the overlay interfaces,
+    /// also while meshd is stopped or crashed (docs/operate.md).
+    Guard {
+        #[command(subcommand)]
+        action: GuardAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuardAction {
+    /// Install the guard for the mesh file's overlays, or replace it (after an overlay change).
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+        /// Another interface that may carry overlay traffic (e.g. a bridge holding an overlay
+        /// interface); repeatable.
+        #[arg(long = "allow-interface", value_name = "INTERFACE")]
+        allow_interfaces: Vec<String>,
+    },
+    /// Remove the guard: overlay traffic may then leave in plaintext while meshd is not running.
+    Remove,
+    /// Whether the guard is installed, and what it dropped.
+    Status,
+}
+
+fn guard(action: GuardAction) -> Result<String, String> {
+    use meshd::guard::{self, Guard};
+    match action {
+        GuardAction::Install { config, allow_interfaces } => {
+            let config = mesh_config::MeshConfig::load(&config).map_err(|errors| errors.to_string())?;
+            let guard = Guard::of(&config, &allow_interfaces);
+            guard.install().map_err(|e| e.to_string())?;
+            Ok(format!(
+                "guard installed (table {}): overlay prefixes {} only through {}; UDP {} never in plaintext",
+                guard::TABLE,
+                guard.prefixes.iter().map(|p| format!("{}/{}", p.addr, p.prefix_len)).collect::<Vec<_>>().join(", "),
+                guard.interfaces.join(", "),
+                guard.vxlan_port
+            ))
+        }
+        GuardAction::Remove => match guard::remove().map_err(|e| e.to_string())? {
+            true => Ok(format!(
+                "guard removed (table {}): overlay traffic can leave in plaintext while meshd is not running",
+                guard::TABLE
+            )),
+            false => Ok(format!("no guard to remove (table {} is not installed)", guard::TABLE)),
+        },
+        GuardAction::Status => guard::status().map(|text| text.trim_end().to_string()).map_err(|e| e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,6 +126,16 @@ fn main() -> ExitCode {
         CliCommand::Check { config, node } => {
             daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
         }
+        CliCommand::Guard { action } => match guard(action) {
+            Ok(text) => {
+                println!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(error) => {
+                eprintln!("meshd guard: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

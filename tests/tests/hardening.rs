@@ -6,8 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use meshd_lab::lab::NODE_IFACE;
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::{require_root, start_all, Lab, MeshFile, RawSender};
+use meshd_lab::util::send_signal;
+use meshd_lab::{meshd_bin, require_root, start_all, wait_until, Capture, Lab, MeshFile, Netns, RawSender};
 use serde_json::Value;
 
 /// Frames a second the generator behind n2 aims at, and for how long.
@@ -112,4 +114,68 @@ fn a_source_mac_flood_behind_one_node_costs_the_others_nothing() {
     assert!(behind_n2 <= PEER_QUOTA, "{summary}");
     assert!(drops_by_reason(&report, "fdb_rate_limited") > 0, "{summary}\n{report:#}");
     assert!(cpu_percent <= MAX_N1_CPU_PERCENT, "{summary}");
+}
+
+/// The frames in a capture that tshark's display `filter` selects.
+fn count_frames(capture: &mut Capture, filter: &str) -> usize {
+    capture.read(&["-Y", filter, "-T", "fields", "-e", "frame.number"]).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// `meshd ARGS...` in `ns`; its stdout, or a panic with everything it printed.
+fn meshd_in(ns: &Netns, args: &[&str]) -> String {
+    let mut full = vec![meshd_bin().to_string_lossy().into_owned()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    String::from_utf8_lossy(&ns.run_ok(&full).stdout).into_owned()
+}
+
+/// Five pings to n2's overlay address and one plaintext VXLAN datagram from n1, captured on n1's
+/// underlay: how many of each left.
+fn leaks(lab: &Lab) -> (usize, usize) {
+    let n1 = lab.node(0);
+    let mut capture = Capture::start_with_filter(n1, NODE_IFACE, Some("icmp or udp port 4790"));
+    let _ = n1.ping(&lab.overlay_addr(1).to_string(), 5);
+    let vxlan = format!("echo plaintext > /dev/udp/{}/4790", lab.addr(1));
+    // ICMP errors quote the UDP header: count only the datagrams themselves.
+    let _ = n1.exec(["bash", "-c", &vxlan]);
+    let pings = count_frames(&mut capture, &format!("icmp && ip.dst == {}", lab.overlay_addr(1)));
+    let datagrams = count_frames(&mut capture, "udp.dstport == 4790 && !icmp");
+    (pings, datagrams)
+}
+
+/// Issue 15, finding 3: with a default route on the underlay and meshd killed (-9), nothing to
+/// an overlay address and no plaintext VXLAN leaves while the guard is installed; the guard
+/// counts what it dropped and survives the crash; after `meshd guard remove` the same traffic
+/// leaves in plaintext again (the problem the guard closes, and proof the capture sees it).
+#[test]
+fn the_guard_keeps_overlay_traffic_off_the_underlay_while_meshd_is_dead() {
+    require_root();
+    let lab = Lab::new("hdgd", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let mut daemons = start_all(&lab, mesh.path());
+    let n1 = lab.node(0);
+    let overlay = daemons[0].overlay_interface(OVERLAY_NAME);
+    assert!(n1.ping(&lab.overlay_addr(1).to_string(), 2).status.success(), "the overlay works");
+    n1.run_ok(["ip", "route", "add", "default", "via", &lab.addr(1).to_string(), "dev", NODE_IFACE]);
+    let config = mesh.path().to_string_lossy().into_owned();
+    let installed = meshd_in(n1, &["guard", "install", "--config", &config]);
+    assert!(installed.contains("10.244.0.0/24") && installed.contains(&overlay), "{installed}");
+
+    let pid = daemons[0].pid().expect("n1's meshd runs");
+    send_signal(pid, libc::SIGKILL);
+    wait_until(Duration::from_secs(10), || (!daemons[0].is_running()).then_some(())).expect("meshd died");
+    wait_until(Duration::from_secs(10), || (!n1.has_link(&overlay)).then_some(())).expect("the TAP went with it");
+
+    assert_eq!(leaks(&lab), (0, 0), "nothing left in plaintext while the guard was installed");
+    let status = meshd_in(n1, &["guard", "status"]);
+    let dropped = |rule: &str| -> u64 {
+        let line = status.lines().find(|l| l.trim_start().starts_with(rule)).unwrap_or_default();
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert!(dropped("overlay_plaintext:") >= 5, "{status}");
+    assert!(dropped("vxlan_plaintext:") >= 1, "{status}");
+
+    let removed = meshd_in(n1, &["guard", "remove"]);
+    assert!(removed.contains("guard removed"), "{removed}");
+    assert!(meshd_in(n1, &["guard", "status"]).starts_with("no guard"));
+    assert_eq!(leaks(&lab), (5, 1), "without the guard the same traffic leaves in plaintext");
 }
