@@ -12,6 +12,7 @@ pub mod guard;
 pub mod ike;
 pub mod keying;
 pub mod manual;
+pub mod manual_nonces;
 pub mod netif;
 pub mod offload;
 pub mod overhead;

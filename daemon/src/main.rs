@@ -43,6 +43,10 @@ enum CliCommand {
         /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
         #[arg(long)]
         no_kernel_drops: bool,
+        /// Where manual SAs keep their sequence numbers, so that no AES-GCM/ChaCha20 nonce is
+        /// used twice across restarts; default: $MESHD_STATE_DIR, else /var/lib/meshd.
+        #[arg(long, value_name = "DIRECTORY")]
+        state_dir: Option<PathBuf>,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -114,13 +118,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops, state_dir } => {
+            let state_dir = state_dir
+                .or_else(|| std::env::var_os("MESHD_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(meshd::manual_nonces::DEFAULT_STATE_DIR));
             daemon::run(RunOptions {
                 config,
                 node,
                 ctl_socket,
                 tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
+                state_dir,
             })
         }
         CliCommand::Check { config, node } => {

@@ -4,12 +4,13 @@
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test hardening`.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use meshd_lab::lab::NODE_IFACE;
 use meshd_lab::meshfile::OVERLAY_NAME;
 use meshd_lab::util::send_signal;
-use meshd_lab::{meshd_bin, require_root, start_all, wait_until, Capture, Lab, MeshFile, Netns, RawSender};
+use meshd_lab::{meshd_bin, require_root, start_all, wait_until, Capture, Lab, MeshFile, Meshd, Netns, RawSender};
 use serde_json::Value;
 
 /// Frames a second the generator behind n2 aims at, and for how long.
@@ -178,4 +179,98 @@ fn the_guard_keeps_overlay_traffic_off_the_underlay_while_meshd_is_dead() {
     assert!(removed.contains("guard removed"), "{removed}");
     assert!(meshd_in(n1, &["guard", "status"]).starts_with("no guard"));
     assert_eq!(leaks(&lab), (5, 1), "without the guard the same traffic leaves in plaintext");
+}
+
+/// (SPI, IV) of every ESP packet from `source` in the captured frames (Ethernet, IPv4, ESP in
+/// UDP 4500 or raw ESP). The IV is the 8 bytes after the sequence number.
+fn esp_ivs(frames: &[Vec<u8>], source: IpAddr) -> Vec<(u32, [u8; 8])> {
+    let IpAddr::V4(source) = source else { panic!("an IPv4 lab") };
+    frames
+        .iter()
+        .filter_map(|frame| {
+            let ip = frame.get(14..)?;
+            if frame.get(12..14)? != [0x08, 0x00] || ip.get(12..16)? != source.octets() {
+                return None;
+            }
+            let payload = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+            let esp = match ip[9] {
+                50 => payload,
+                // ESP in UDP 4500; four zero bytes mark IKE instead.
+                17 if payload.get(2..4)? == 4500u16.to_be_bytes() && payload.get(8..12)? != [0; 4] => {
+                    payload.get(8..)?
+                }
+                _ => return None,
+            };
+            let spi = u32::from_be_bytes(esp.get(..4)?.try_into().ok()?);
+            Some((spi, esp.get(8..16)?.try_into().ok()?))
+        })
+        .collect()
+}
+
+/// The ones that repeat an earlier (SPI, IV).
+fn repeats(ivs: &[(u32, [u8; 8])]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    ivs.iter().filter(|pair| !seen.insert(**pair)).count()
+}
+
+/// Issue 15, finding 1: n1 sends ESP under its manual keys, is killed with -9, restarts with the
+/// same keys, sends again, has its SAs flushed, sends again: no (SPI, IV) pair appears twice on
+/// the wire. n2 is killed and restarted too and refuses an ESP packet it accepted before.
+#[test]
+fn manual_keys_never_repeat_a_nonce_across_crashes_restarts_and_flushes() {
+    require_root();
+    let lab = Lab::new("hdnc", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let mut daemons = start_all(&lab, mesh.path());
+    let (n1, n2_overlay) = (lab.node(0), lab.overlay_addr(1).to_string());
+    let mut capture = Capture::start_with_filter(n1, NODE_IFACE, Some("esp or udp port 4500"));
+    // Whether they get through is checked at the end: the nonces are what matters here.
+    let pings = |_life: &str| {
+        let _ = n1.ping(&n2_overlay, 5);
+    };
+    pings("first life");
+    send_signal(daemons[0].pid().expect("n1 runs"), libc::SIGKILL);
+    wait_until(Duration::from_secs(10), || (!daemons[0].is_running()).then_some(())).expect("n1's meshd died");
+    daemons[0] = Meshd::start(n1, mesh.path(), &lab.node_name(0));
+    pings("after kill -9 and restart");
+    let flushed = daemons[0].ikectl(&["sa", "flush"]);
+    assert!(flushed.status.success(), "{flushed:?}");
+    pings("after sa flush");
+    let frames = capture.frames();
+    let ivs = esp_ivs(&frames, lab.addr(0));
+    assert!(ivs.len() >= 15, "captured n1's ESP: {} packets", ivs.len());
+    assert_eq!(repeats(&ivs), 0, "(SPI, IV) pairs repeated among {} ESP packets from n1", ivs.len());
+
+    // The receiver: an ESP packet n2 accepted, replayed after n2 crashed and came back.
+    let old = frames
+        .iter()
+        .rev()
+        .find(|frame| !esp_ivs(std::slice::from_ref(*frame), lab.addr(0)).is_empty())
+        .expect("an ESP packet from n1")
+        .clone();
+    // Longer than PERSIST_INTERVAL: n2 has written its mark.
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(daemons[1].pid().expect("n2 runs"), libc::SIGKILL);
+    wait_until(Duration::from_secs(10), || (!daemons[1].is_running()).then_some(())).expect("n2's meshd died");
+    daemons[1] = Meshd::start(lab.node(1), mesh.path(), &lab.node_name(1));
+    let mut replay = old;
+    meshd_lab::fix_udp_checksum(&mut replay);
+    meshd_lab::inject_frame(n1, NODE_IFACE, &replay);
+    let refused = wait_until(Duration::from_secs(5), || {
+        let drops = daemons[1].ikectl_json(&["drops"]);
+        let refused = drops_by_reason(&drops, "replay") + drops_by_reason(&drops, "too_old");
+        (refused > 0).then_some(refused)
+    });
+    assert_eq!(refused, Some(1), "n2 refused the old packet after its restart: {}", daemons[1].ikectl_json(&["drops"]));
+    // n2's new overlay interface has a new MAC: forget the old one.
+    n1.run_ok(["ip", "neigh", "flush", "dev", &daemons[0].overlay_interface(OVERLAY_NAME)]);
+    let after = n1.ping(&n2_overlay, 3);
+    assert!(
+        after.status.success(),
+        "the pair still talks after both restarts: {after:?}\nn1 drops {}\nn2 drops {}\nn1 SAs {}\nn2 SAs {}",
+        daemons[0].ikectl_json(&["drops"]),
+        daemons[1].ikectl_json(&["drops"]),
+        daemons[0].ikectl_json(&["sa", "list"]),
+        daemons[1].ikectl_json(&["sa", "list"]),
+    );
 }
