@@ -251,6 +251,37 @@ impl fmt::Display for OverlayMtu {
     }
 }
 
+/// A mesh file holding `[[manual_sa]]` keys is a key file: like the psk_file, group and others
+/// must not read it.
+fn check_mode_for_manual_keys(config: &MeshConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(first) = config.manual_sas.first() else { return Ok(()) };
+    let shown = config.path.display();
+    let mode = std::fs::metadata(&config.path)
+        .map_err(|e| {
+            ConfigError::new(
+                &config.path,
+                None,
+                "file",
+                format!("cannot stat the mesh file: {e}"),
+                "check the --config path",
+            )
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        &config.path,
+        Some(first.line),
+        "manual_sa[0].key",
+        format!("the mesh file {shown} holds [[manual_sa]] keys and has mode {mode:04o}: group or others may read or write it"),
+        format!("run `chmod 600 {shown}`"),
+    ))
+}
+
 /// An interface address with its prefix length, `10.244.0.1/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IfaceAddress {
@@ -343,7 +374,9 @@ impl MeshConfig {
                 .into())
             }
         };
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        check_mode_for_manual_keys(&config)?;
+        Ok(config)
     }
 
     /// Validates `text` as the contents of `path`; reads the psk_file (relative to `path`'s folder).

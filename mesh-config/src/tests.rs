@@ -96,6 +96,8 @@ fn full_example_loads() {
     let dir = dir_with_psk(GOOD_PSK, 0o600);
     let path = dir.path().join("mesh.toml");
     fs::copy(example_path(), &path).unwrap();
+    // It holds [[manual_sa]] keys.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     let c = MeshConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.path, path);
     assert_eq!(c.mesh.name, "lab");
@@ -1103,4 +1105,27 @@ fn a_reload_that_changes_static_macs_keeps_the_interface() {
     assert_eq!(plan.overlays_changed.len(), 1);
     assert_eq!(plan.overlays_changed[0].reason, "static MACs changed");
     assert!(!plan.overlays_changed[0].recreate);
+}
+
+// ---------------------------------------------------------------- manual keys make mesh.toml a key file
+
+#[test]
+fn a_mesh_file_with_manual_keys_must_be_0600() {
+    let dir = dir_with_psk(GOOD_PSK, 0o600);
+    let path = dir.path().join("mesh.toml");
+    let text = with(&format!(
+        "\n[[manual_sa]]\nfrom = \"n1\"\nto = \"n2\"\nspi = \"0x1102\"\ncipher = \"aes256gcm16\"\nkey = \"{KEY1}\"\n"
+    ));
+    fs::write(&path, &text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let errors = MeshConfig::load(&path).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    check(&errors.0[0], "manual_sa[0].key", Some(13), &["has mode 0644", "chmod 600"]);
+    assert!(!errors.to_string().contains(KEY1), "the key is never shown: {errors}");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(MeshConfig::load(&path).unwrap().manual_sas.len(), 1);
+    // Without manual keys, the mesh file holds no secret.
+    fs::write(&path, BASE).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(MeshConfig::load(&path).is_ok());
 }

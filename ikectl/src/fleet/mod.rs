@@ -6,6 +6,7 @@
 mod matrix;
 mod plan;
 mod remote;
+mod sanitize;
 mod ssh;
 mod status;
 mod update;
