@@ -109,7 +109,9 @@ impl NonceStore {
     pub fn track_outbound(&self, spi: u32, key: &[u8], sa: &Arc<OutboundSa>) {
         let path = self.path(Direction::Outbound, spi, key);
         let mut tracked = self.outbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tracked.retain(|(_, sa)| sa.strong_count() > 0);
+        // The SA this one replaces (a flush or reload) must not extend its reservation into
+        // this one's numbers while a worker still holds it.
+        tracked.retain(|(other, sa)| sa.strong_count() > 0 && *other != path);
         tracked.push((path, Arc::downgrade(sa)));
     }
 
@@ -124,7 +126,7 @@ impl NonceStore {
         let path = self.path(Direction::Inbound, spi, key);
         let floor = sa.replay().highest();
         let mut tracked = self.inbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tracked.retain(|(_, _, sa)| sa.strong_count() > 0);
+        tracked.retain(|(other, _, sa)| sa.strong_count() > 0 && *other != path);
         tracked.push((path, floor, Arc::downgrade(sa)));
     }
 
@@ -217,6 +219,33 @@ mod tests {
         assert!(names.iter().all(|n| n.starts_with("manual-out-0000110")), "{names:?}");
         let mode = fs::metadata(&dir).unwrap().permissions();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reservations_grow_before_they_are_used_up_and_inbound_marks_follow_acceptance() {
+        use crate::esp::Sealer;
+        use crate::sadb::tests::{inbound, key, params};
+        let dir = temporary_dir("persist");
+        let store = NonceStore::open(&dir);
+        let (floor, reserved) = store.resume_outbound(0x1102, KEY).unwrap();
+        let sealer = Sealer::new(mesh_config::Cipher::Aes256Gcm16, &key()).unwrap();
+        let sa = Arc::new(OutboundSa::resumed(params(0x1102, 0, false), sealer, floor, reserved));
+        store.track_outbound(0x1102, KEY, &sa);
+        store.persist();
+        assert_eq!(sa.reserved(), RESERVE, "not half used yet");
+        while sa.last_sequence() < RESERVE / 2 {
+            sa.next_sequence().unwrap();
+        }
+        store.persist();
+        assert_eq!(sa.reserved(), 2 * RESERVE);
+        assert_eq!(read_mark(&store.path(Direction::Outbound, 0x1102, KEY)).unwrap(), 2 * RESERVE, "on disk first");
+
+        let received = Arc::new(inbound(0x1201, 0));
+        store.track_inbound(0x1201, KEY, &received);
+        received.replay().accept(42).unwrap();
+        store.persist();
+        assert_eq!(store.resume_inbound(0x1201, KEY).unwrap(), 42);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -243,11 +243,11 @@ impl Sadb {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::esp::{KeyMaterial, DEFAULT_REPLAY_WINDOW};
 
-    fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
+    pub(crate) fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
         SaParams {
             spi,
             peer: PeerId(peer),
@@ -261,11 +261,11 @@ mod tests {
         }
     }
 
-    fn key() -> KeyMaterial {
+    pub(crate) fn key() -> KeyMaterial {
         KeyMaterial::from_bytes(&[7u8; 36]).unwrap()
     }
 
-    fn inbound(spi: u32, peer: usize) -> InboundSa {
+    pub(crate) fn inbound(spi: u32, peer: usize) -> InboundSa {
         let opener = Opener::new(Cipher::Aes256Gcm16, &key()).unwrap();
         InboundSa::new(params(spi, peer, false), opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW))
     }
