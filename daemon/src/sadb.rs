@@ -330,7 +330,7 @@ pub(crate) mod tests {
     #[test]
     fn a_resumed_sa_starts_above_its_floor_and_stops_at_its_reservation() {
         let fresh = outbound(0x3003, 0, false);
-        let sa = OutboundSa::resumed(fresh.params.clone(), fresh.sealer, 1_000, 1_002);
+        let sa = OutboundSa::resumed(fresh.params, fresh.sealer, 1_000, 1_002);
         assert_eq!(sa.next_sequence(), Some(1_001));
         assert_eq!(sa.next_sequence(), Some(1_002));
         assert_eq!(sa.next_sequence(), None, "not past the reservation on disk");
