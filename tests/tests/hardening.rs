@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use meshd_lab::lab::NODE_IFACE;
 use meshd_lab::meshfile::OVERLAY_NAME;
 use meshd_lab::util::send_signal;
-use meshd_lab::{meshd_bin, require_root, start_all, wait_until, Capture, Lab, MeshFile, Meshd, Netns, RawSender};
+use meshd_lab::{
+    meshd_bin, require_root, start_all, wait_until, Capture, Lab, MeshFile, Meshd, Netns, RawSender, SshFleet,
+};
 use serde_json::Value;
 
 /// Frames a second the generator behind n2 aims at, and for how long.
@@ -273,4 +275,42 @@ fn manual_keys_never_repeat_a_nonce_across_crashes_restarts_and_flushes() {
         daemons[0].ikectl_json(&["sa", "list"]),
         daemons[1].ikectl_json(&["sa", "list"]),
     );
+}
+
+/// Issue 15, findings 4 and 7: `ikectl fleet update` to a mesh with other manual keys shows that
+/// the key lines change, never a key, in the plan and in JSON; and a node whose commands print
+/// terminal escape sequences cannot drive the operator's terminal.
+#[test]
+fn fleet_output_shows_no_manual_key_and_no_terminal_escape_from_a_node() {
+    require_root();
+    let lab = Lab::new("hdfo", 2);
+    let fleet = SshFleet::start(&lab, "hdfo");
+    let addresses = vec![lab.addr(0), lab.addr(1)];
+    let old = MeshFile::for_addresses(addresses.clone()).write();
+    let new = MeshFile::for_addresses(addresses).write();
+    for i in 0..2 {
+        fleet.write_node_config(i, &old.text(), &old.psk());
+    }
+    let config = new.path().to_str().expect("utf-8 path");
+    let everything = |output: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    for args in [&["--config", config, "--dry-run"][..], &["--config", config, "--dry-run", "--json"]] {
+        let dry = fleet.run("update", args);
+        let shown = everything(&dry);
+        assert!(dry.status.success(), "{shown}");
+        for sa in old.sas().iter().chain(new.sas()) {
+            assert!(!shown.contains(&sa.key_hex()), "a manual key is shown by fleet update {args:?}:\n{shown}");
+        }
+        assert!(shown.contains("<redacted>"), "the key lines still show as changed:\n{shown}");
+    }
+
+    // n1 (the canary) is compromised: what its commands print is meant for the operator's terminal.
+    let hostile = "#!/bin/sh\nprintf 'pwned\\033]0;owned\\007\\033[2J\\r\\n' >&2\nexit 1\n";
+    fleet.shadow_command(0, "sync", hostile);
+    let run = fleet.run("update", &["--config", config]);
+    let shown = everything(&run);
+    assert!(!run.status.success(), "n1 fails its install:\n{shown}");
+    assert!(shown.contains("pwned\\x1b]0;owned\\x07\\x1b[2J"), "n1's output is shown, made visible:\n{shown}");
+    assert!(!shown.contains(['\x1b', '\x07', '\r']), "control characters from n1 reached the terminal:\n{shown}");
 }
