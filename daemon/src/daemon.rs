@@ -18,6 +18,7 @@ use crate::diag::query::{self, QueryService};
 use crate::dispatch::Services;
 use crate::error::DaemonError;
 use crate::keying::{self, Keying};
+use crate::manual_nonces;
 use crate::overlay_tap::bring_up;
 use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub kernel_drops: bool,
     /// TAP offloads (off only for debugging and comparison) and busy polling of the workers.
     pub tuning: WorkerTuning,
+    /// Where manual SAs keep their sequence numbers across restarts (manual_nonces.rs).
+    pub state_dir: PathBuf,
 }
 
 /// Loads the config and finds which node this host is.
@@ -70,6 +73,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     // Bind first: a second meshd must fail before it touches any interface.
     let mut socket = SocketFile::bind(&options.ctl_socket)?;
     let state = Arc::new(MeshState::new(topology));
+    manual_nonces::use_state_dir(&options.state_dir).map_err(DaemonError::Thread)?;
     let sas = Arc::new(SaManager::new(state.clone()));
     let installed = manual::install(&config, &sas, None)?;
 
@@ -176,6 +180,10 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
     });
     reloader.shutdown();
+    // The replay marks of the last moments, so that a restart refuses those packets too.
+    if let Some(store) = manual_nonces::store() {
+        store.persist();
+    }
     drop(socket);
     tracing::info!("meshd stopped");
     served

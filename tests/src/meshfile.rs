@@ -157,7 +157,7 @@ impl MeshFileBuilder {
             }
         }
         let file = MeshFile { path: dir.path().join("mesh.toml"), dir, options: self, sas };
-        fs::write(&file.path, file.render(&file.sas, "psk")).expect("write mesh.toml");
+        write_private(&file.path, &file.render(&file.sas, "psk"));
         file
     }
 }
@@ -257,7 +257,7 @@ impl MeshFile {
             .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1));
         sa.key = key.to_vec();
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&sas, "psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&sas, "psk"));
         path
     }
 
@@ -268,7 +268,7 @@ impl MeshFile {
         fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
         fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&self.sas, "other-psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&self.sas, "other-psk"));
         path
     }
 
@@ -280,7 +280,7 @@ impl MeshFile {
             self.sas.iter().filter(|sa| nodes.contains(&sa.from) && nodes.contains(&sa.to)).cloned().collect();
         let mut text = self.render_nodes(nodes, &sas, "psk");
         text.push_str(extra);
-        fs::write(&self.path, text).expect("rewrite mesh.toml");
+        write_private(&self.path, &text);
     }
 
     fn render(&self, sas: &[ManualSa], psk_file: &str) -> String {
@@ -329,4 +329,10 @@ impl MeshFile {
         }
         t
     }
+}
+
+/// Writes a mesh file with mode 0600: with `[[manual_sa]]` keys meshd refuses any other.
+pub(crate) fn write_private(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the mesh file");
 }

@@ -134,9 +134,9 @@ impl SshFleet {
         self.node_dir(&self.names[i]).join("mesh.toml")
     }
 
-    /// Writes node `i`'s mesh file and copies `psk` next to it (mode 0600).
+    /// Writes node `i`'s mesh file and copies `psk` next to it (both mode 0600).
     pub fn write_node_config(&self, i: usize, text: &str, psk: &[u8]) {
-        fs::write(self.node_config(i), text).expect("write node mesh.toml");
+        crate::meshfile::write_private(&self.node_config(i), text);
         let psk_path = self.node_dir(&self.names[i]).join("psk");
         fs::write(&psk_path, psk).expect("write node psk");
         fs::set_permissions(&psk_path, fs::Permissions::from_mode(0o600)).expect("chmod psk");

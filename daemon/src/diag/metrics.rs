@@ -14,7 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::http::{self, BadRequest, RequestLine};
 use super::kernel::KernelDrops;
@@ -23,8 +22,6 @@ use crate::state::MeshState;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PLAIN: &str = "text/plain; charset=utf-8";
-/// Scrapes answered at once; more wait for their turn.
-const CONCURRENT_SCRAPES: usize = 4;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -70,24 +67,7 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Answers scrapes until the runtime stops.
 pub async fn serve(listener: TcpListener, scraped: Arc<Scraped>) {
-    let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "accepting a metrics connection failed");
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let scraped = scraped.clone();
-        tokio::spawn(async move {
-            if let Err(error) = http::answer(stream, |request| respond(&scraped, request)).await {
-                tracing::debug!(%error, "metrics connection ended");
-            }
-            drop(slot);
-        });
-    }
+    http::serve(listener, move |request| respond(&scraped, request)).await
 }
 
 fn respond(scraped: &Scraped, request: Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) {

@@ -7,6 +7,7 @@ mod binary;
 mod matrix;
 mod plan;
 mod remote;
+mod sanitize;
 mod ssh;
 mod status;
 mod update;

@@ -59,12 +59,14 @@ pub fn change(node: &str, fetched: Fetched, new: &str) -> Change {
     }
 }
 
+/// The diff with `[[manual_sa]]` keys redacted: it is printed and put in JSON.
 fn unified_diff(node: &str, current: &str, new: &str) -> String {
-    TextDiff::from_lines(current, new)
+    let diff = TextDiff::from_lines(current, new)
         .unified_diff()
         .context_radius(2)
         .header(&format!("{node}: current"), &format!("{node}: new"))
-        .to_string()
+        .to_string();
+    super::sanitize::redact_keys(&diff)
 }
 
 /// The canary (the first node to update, alone), then batches of `batch` nodes, in the order
@@ -307,6 +309,19 @@ mod tests {
         let Change::Update { diff, kind: UpdateKind::New } = change("n4", Fetched::Missing, "x\n") else { panic!() };
         assert!(diff.contains("+x\n"), "{diff}");
         assert_eq!(change("n1", Fetched::Failed("no route".into()), "a"), Change::Unreachable("no route".into()));
+    }
+
+    #[test]
+    fn diffs_never_show_manual_keys() {
+        let (old_key, new_key) = ("00".repeat(36), "ff".repeat(36));
+        let current = format!("[[manual_sa]]\nspi = \"0x1102\"\nkey = \"{old_key}\"\n");
+        let new = format!("[[manual_sa]]\nspi = \"0x1102\"\nkey = \"{new_key}\"\n");
+        let fetched = Fetched::Config { text: current, reload_pending: false };
+        let Change::Update { diff, .. } = change("n1", fetched, &new) else { panic!("an update") };
+        assert!(!diff.contains(&old_key) && !diff.contains(&new_key), "{diff}");
+        assert!(diff.contains("-key = \"<redacted>\"\n+key = \"<redacted>\""), "the change still shows: {diff}");
+        let Change::Update { diff, .. } = change("n4", Fetched::Missing, &new) else { panic!("an update") };
+        assert!(!diff.contains(&new_key), "{diff}");
     }
 
     #[test]

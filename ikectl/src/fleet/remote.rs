@@ -131,9 +131,13 @@ impl Node<'_> {
     /// `ikectl --json peers` on the node.
     pub async fn peers(&self) -> Result<Vec<PeerView>, String> {
         let json = self.ikectl(&["--json", "peers"]).await?;
-        serde_json::from_str(&json).map_err(|e| {
+        let unreadable = |e: serde_json::Error| {
             format!("{}: cannot read its `ikectl --json peers` ({e}); is its ikectl the same version?", self.name)
-        })
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&json).map_err(unreadable)?;
+        // JSON escapes decode to control characters: clean them like the rest of its output.
+        super::sanitize::strip_controls_in_json(&mut value);
+        serde_json::from_value(value).map_err(unreadable)
     }
 
     /// `ikectl --json status` on the node.
