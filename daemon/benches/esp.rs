@@ -2,7 +2,7 @@
 //! the public `meshd::esp` API, in place in caller-owned buffers as the datapath does it; and, as
 //! the floor to compare with, the bare aws-lc-rs AEAD seal of the same 1400 bytes.
 //!
-//!     cargo bench -p meshd --bench esp            # or `-- --quick` for a short run
+//!     cargo bench -p meshd --features internals --bench esp  # or `-- --quick` for a short run
 
 use std::hint::black_box;
 

@@ -3,7 +3,7 @@
 //! super-frame (as received): with the TCP checksums verified as Linux GRO does, and without, as
 //! the datapath coalesces segments the ESP AEAD has just authenticated.
 //!
-//!     cargo bench -p meshd --bench offload          # or `-- --quick` for a short run
+//!     cargo bench -p meshd --features internals --bench offload  # or `-- --quick` for a short run
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
