@@ -11,7 +11,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tun_rs::SyncDevice;
 
 use crate::ctl::{self, SocketFile};
-use crate::datapath::{Datapath, IkeInbox, WorkerTuning};
+use crate::datapath::{Datapath, IkeInbox};
+// For the command line (src/main.rs), which sets it from its options.
+pub use crate::datapath::WorkerTuning;
 use crate::diag::kernel::KernelDrops;
 use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mesh_config::control::DEFAULT_SOCKET;
-use meshd::daemon::{self, RunOptions};
-use meshd::datapath::WorkerTuning;
+use meshd::daemon::{self, RunOptions, WorkerTuning};
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
