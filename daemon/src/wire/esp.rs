@@ -6,7 +6,9 @@
 //! next header) | ICV (16)
 //! ```
 
-use super::{read_u32, write_u32, Error, Result};
+#[cfg(test)]
+use super::write_u32;
+use super::{read_u32, Error, Result};
 
 /// SPI and sequence number.
 pub const HEADER_LEN: usize = 8;
@@ -18,17 +20,19 @@ pub const ICV_LEN: usize = 16;
 /// bytes of payload or padding), ICV: nothing shorter can decrypt.
 pub const MIN_LEN: usize = HEADER_LEN + IV_LEN + 4 + ICV_LEN;
 
-/// UDP port of IKE with NAT traversal and of UDP-encapsulated ESP (RFC 3948).
-pub const UDP_ENCAP_PORT: u16 = 4500;
-/// Length of the non-ESP marker that precedes IKE messages on [`UDP_ENCAP_PORT`].
+/// Length of the non-ESP marker that precedes IKE messages on UDP port 4500 (RFC 3948).
 pub const NON_ESP_MARKER_LEN: usize = 4;
 
 mod field {
-    use crate::wire::{Field, Rest};
+    use crate::wire::Field;
+    #[cfg(any(test, feature = "internals"))]
+    use crate::wire::Rest;
 
     pub const SPI: Field = 0..4;
     pub const SEQUENCE_NUMBER: Field = 4..8;
+    #[cfg(any(test, feature = "internals"))]
     pub const IV: Field = 8..16;
+    #[cfg(any(test, feature = "internals"))]
     pub const PAYLOAD: Rest = super::HEADER_LEN..;
 }
 
@@ -63,29 +67,35 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The `IV_LEN` bytes after the header.
+    #[cfg(any(test, feature = "internals"))]
     pub fn iv(&self) -> &[u8] {
         &self.buffer.as_ref()[field::IV]
     }
 
     /// Everything after the SPI and sequence number: IV, ciphertext and ICV.
+    #[cfg(any(test, feature = "internals"))]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    #[cfg(test)]
     pub fn set_spi(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::SPI, value);
     }
 
+    #[cfg(test)]
     pub fn set_sequence_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::SEQUENCE_NUMBER, value);
     }
 
+    #[cfg(test)]
     pub fn iv_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::IV]
     }
 
+    #[cfg(test)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -93,12 +103,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// An ESP header to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(test)]
 pub struct EspHeader {
     pub spi: u32,
     /// The low 32 bits of the sequence number.
     pub sequence_number: u32,
 }
 
+#[cfg(test)]
 impl EspHeader {
     /// Writes `HEADER_LEN` bytes at the start of `buf`.
     ///
@@ -123,7 +135,7 @@ pub enum UdpEncapKind {
     NatKeepalive,
 }
 
-/// Classifies the payload of a UDP datagram received on [`UDP_ENCAP_PORT`]. Only looks at
+/// Classifies the payload of a UDP datagram received on UDP port 4500 (RFC 3948). Only looks at
 /// the first bytes: the chosen parser checks the rest.
 pub fn classify_udp_encap(payload: &[u8]) -> Result<UdpEncapKind> {
     match payload {

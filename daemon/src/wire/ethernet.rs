@@ -11,12 +11,14 @@ use super::{read_u16, write_u16, Error, Result};
 pub struct EthernetAddress(pub [u8; 6]);
 
 impl EthernetAddress {
+    #[cfg(any(test, feature = "internals"))]
     pub const BROADCAST: EthernetAddress = EthernetAddress([0xff; 6]);
 
     pub fn as_bytes(&self) -> &[u8; 6] {
         &self.0
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
@@ -68,6 +70,7 @@ impl FromStr for EthernetAddress {
 }
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
+#[cfg(test)]
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86DD;
 
@@ -131,6 +134,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         write_u16(self.buffer.as_mut(), field::ETHERTYPE, value);
     }
 
+    #[cfg(test)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }

@@ -20,7 +20,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 12;
 
 mod field {
-    use crate::wire::{Field, Rest};
+    use crate::wire::Field;
+    #[cfg(any(test, feature = "internals"))]
+    use crate::wire::Rest;
 
     pub const VERSION: usize = 0;
     pub const TYPE: usize = 1;
@@ -28,6 +30,7 @@ mod field {
     pub const ID: Field = 4..8;
     pub const SIZE: Field = 8..10;
     pub const RESERVED_2: Field = 10..12;
+    #[cfg(any(test, feature = "internals"))]
     pub const PADDING: Rest = super::HEADER_LEN..;
 }
 
@@ -111,6 +114,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Everything after the header (a probe's padding).
+    #[cfg(any(test, feature = "internals"))]
     pub fn padding(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PADDING]
     }

@@ -77,10 +77,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.buffer.as_ref()[field::VERSION_IHL] & 0x0F) * 4
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn dscp(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN] >> 2
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN] & 0x03
     }
@@ -113,6 +115,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Time to live.
+    #[cfg(any(test, feature = "internals"))]
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
@@ -121,6 +124,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
@@ -178,22 +182,26 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(self.buffer.as_mut(), field::IDENTIFICATION, value);
     }
 
+    #[cfg(test)]
     fn set_flag(&mut self, flag: u16, value: bool) {
         let raw = read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT_OFFSET);
         let raw = if value { raw | flag } else { raw & !flag };
         write_u16(self.buffer.as_mut(), field::FLAGS_FRAGMENT_OFFSET, raw);
     }
 
+    #[cfg(test)]
     pub fn set_dont_fragment(&mut self, value: bool) {
         self.set_flag(FLAG_DONT_FRAGMENT, value);
     }
 
+    #[cfg(test)]
     pub fn set_more_fragments(&mut self, value: bool) {
         self.set_flag(FLAG_MORE_FRAGMENTS, value);
     }
 
     /// Sets the fragment offset from bytes; the field holds 8-byte units, so the low 3 bits
     /// of `value` are dropped.
+    #[cfg(test)]
     pub fn set_fragment_offset(&mut self, value: u16) {
         let raw = read_u16(self.buffer.as_ref(), field::FLAGS_FRAGMENT_OFFSET);
         let raw = (raw & !FRAGMENT_OFFSET_MASK) | (value / 8);
@@ -227,6 +235,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_checksum(!sum);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let range = self.header_length()..usize::from(self.total_length());
         &mut self.buffer.as_mut()[range]

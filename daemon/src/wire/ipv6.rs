@@ -55,10 +55,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         (self.version_tc_flow() >> 28) as u8
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn traffic_class(&self) -> u8 {
         (self.version_tc_flow() >> 20) as u8
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn flow_label(&self) -> u32 {
         self.version_tc_flow() & FLOW_LABEL_MAX
     }
@@ -72,6 +74,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
@@ -102,15 +105,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u32(self.buffer.as_mut(), field::VERSION_TC_FLOW, raw);
     }
 
+    #[cfg(test)]
     pub fn set_version(&mut self, value: u8) {
         self.set_version_tc_flow(value, self.traffic_class(), self.flow_label());
     }
 
+    #[cfg(test)]
     pub fn set_traffic_class(&mut self, value: u8) {
         self.set_version_tc_flow(self.version(), value, self.flow_label());
     }
 
     /// Sets the flow label; bits above the low 20 are dropped.
+    #[cfg(test)]
     pub fn set_flow_label(&mut self, value: u32) {
         self.set_version_tc_flow(self.version(), self.traffic_class(), value);
     }
@@ -135,6 +141,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&value.octets());
     }
 
+    #[cfg(test)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = HEADER_LEN + usize::from(self.payload_length());
         &mut self.buffer.as_mut()[HEADER_LEN..end]

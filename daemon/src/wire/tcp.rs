@@ -2,9 +2,12 @@
 //!
 //! Options are exposed as a byte slice, not parsed: the offload code only compares them.
 
+#[cfg(test)]
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{checksum, read_u16, read_u32, write_u16, write_u32, Error, Result};
+#[cfg(test)]
+use super::checksum;
+use super::{read_u16, read_u32, write_u16, write_u32, Error, Result};
 
 /// The IP protocol number of TCP.
 pub const PROTOCOL_TCP: u8 = 6;
@@ -12,6 +15,7 @@ pub const PROTOCOL_TCP: u8 = 6;
 /// Length of a header without options (data offset 5).
 pub const HEADER_LEN: usize = field::URGENT.end;
 /// Largest header: data offset 15, 40 bytes of options.
+#[cfg(any(test, feature = "internals"))]
 pub const MAX_HEADER_LEN: usize = 60;
 /// Where the checksum sits in the header (the virtio-net `csum_offset` of TCP).
 pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
@@ -19,10 +23,13 @@ pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 /// The flag bits of [`Packet::flags`], in their header positions (byte 13, plus AE in byte 12).
 pub mod flags {
     pub const FIN: u16 = 0x001;
+    #[cfg(test)]
     pub const SYN: u16 = 0x002;
+    #[cfg(test)]
     pub const RST: u16 = 0x004;
     pub const PSH: u16 = 0x008;
     pub const ACK: u16 = 0x010;
+    #[cfg(test)]
     pub const URG: u16 = 0x020;
     pub const ECE: u16 = 0x040;
     pub const CWR: u16 = 0x080;
@@ -33,12 +40,16 @@ pub mod flags {
 mod field {
     use crate::wire::Field;
 
+    #[cfg(any(test, feature = "internals"))]
     pub const SOURCE_PORT: Field = 0..2;
+    #[cfg(any(test, feature = "internals"))]
     pub const DESTINATION_PORT: Field = 2..4;
     pub const SEQUENCE: Field = 4..8;
+    #[cfg(any(test, feature = "internals"))]
     pub const ACKNOWLEDGMENT: Field = 8..12;
     /// Data offset (4 bits), reserved (3), AE (1), then CWR..FIN (8).
     pub const OFFSET_FLAGS: Field = 12..14;
+    #[cfg(any(test, feature = "internals"))]
     pub const WINDOW: Field = 14..16;
     pub const CHECKSUM: Field = 16..18;
     pub const URGENT: Field = 18..20;
@@ -75,10 +86,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn source_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SOURCE_PORT)
     }
 
+    #[cfg(test)]
     pub fn destination_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DESTINATION_PORT)
     }
@@ -87,6 +100,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u32(self.buffer.as_ref(), field::SEQUENCE)
     }
 
+    #[cfg(test)]
     pub fn acknowledgment_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::ACKNOWLEDGMENT)
     }
@@ -101,66 +115,81 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.buffer.as_ref(), field::OFFSET_FLAGS) & FLAGS_MASK
     }
 
+    #[cfg(test)]
     pub fn fin(&self) -> bool {
         self.flags() & flags::FIN != 0
     }
 
+    #[cfg(test)]
     pub fn syn(&self) -> bool {
         self.flags() & flags::SYN != 0
     }
 
+    #[cfg(test)]
     pub fn rst(&self) -> bool {
         self.flags() & flags::RST != 0
     }
 
+    #[cfg(test)]
     pub fn psh(&self) -> bool {
         self.flags() & flags::PSH != 0
     }
 
+    #[cfg(test)]
     pub fn ack(&self) -> bool {
         self.flags() & flags::ACK != 0
     }
 
+    #[cfg(test)]
     pub fn urg(&self) -> bool {
         self.flags() & flags::URG != 0
     }
 
+    #[cfg(test)]
     pub fn ece(&self) -> bool {
         self.flags() & flags::ECE != 0
     }
 
+    #[cfg(test)]
     pub fn cwr(&self) -> bool {
         self.flags() & flags::CWR != 0
     }
 
+    #[cfg(test)]
     pub fn window_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::WINDOW)
     }
 
+    #[cfg(test)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    #[cfg(test)]
     pub fn urgent_pointer(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::URGENT)
     }
 
     /// The option bytes between the fixed header and the data offset, padding included.
+    #[cfg(test)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_length()]
     }
 
     /// Everything after the header, to the end of the buffer.
+    #[cfg(test)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_length()..]
     }
 
+    #[cfg(test)]
     fn segment_length(&self) -> usize {
         self.buffer.as_ref().len()
     }
 
     /// True if the checksum over the IPv4 pseudo-header, header and payload is correct.
     /// A segment longer than 65535 bytes cannot be carried by IPv4 and fails.
+    #[cfg(test)]
     pub fn verify_checksum_ipv4(&self, source: Ipv4Addr, destination: Ipv4Addr) -> bool {
         let Ok(length) = u16::try_from(self.segment_length()) else {
             return false;
@@ -170,6 +199,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// True if the checksum over the IPv6 pseudo-header, header and payload is correct.
+    #[cfg(test)]
     pub fn verify_checksum_ipv6(&self, source: Ipv6Addr, destination: Ipv6Addr) -> bool {
         let Ok(length) = u32::try_from(self.segment_length()) else {
             return false;
@@ -180,10 +210,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_source_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::SOURCE_PORT, value);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_destination_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::DESTINATION_PORT, value);
     }
@@ -192,11 +224,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u32(self.buffer.as_mut(), field::SEQUENCE, value);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_acknowledgment_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::ACKNOWLEDGMENT, value);
     }
 
     /// Sets the data offset from a length in bytes, which must be a multiple of 4 from 20 to 60.
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_header_length(&mut self, value: usize) {
         debug_assert!(
             value & 3 == 0 && (HEADER_LEN..=MAX_HEADER_LEN).contains(&value),
@@ -212,6 +246,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(self.buffer.as_mut(), field::OFFSET_FLAGS, (raw & !FLAGS_MASK) | (value & FLAGS_MASK));
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_window_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::WINDOW, value);
     }
@@ -220,20 +255,24 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_urgent_pointer(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::URGENT, value);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn options_mut(&mut self) -> &mut [u8] {
         let end = self.header_length();
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
 
+    #[cfg(test)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_length();
         &mut self.buffer.as_mut()[start..]
     }
 
+    #[cfg(test)]
     fn store_checksum(&mut self, pseudo: u16) {
         self.set_checksum(0);
         let sum = checksum::combine(&[pseudo, checksum::data(self.buffer.as_ref())]);
@@ -244,12 +283,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     ///
     /// # Panics
     /// If the buffer is longer than 65535 bytes.
+    #[cfg(test)]
     pub fn fill_checksum_ipv4(&mut self, source: Ipv4Addr, destination: Ipv4Addr) {
         let length = u16::try_from(self.segment_length()).expect("TCP segment exceeds 65535 bytes");
         self.store_checksum(checksum::pseudo_header_v4(source, destination, PROTOCOL_TCP, length));
     }
 
     /// Computes the checksum over the IPv6 pseudo-header, header and payload (the whole buffer).
+    #[cfg(test)]
     pub fn fill_checksum_ipv6(&mut self, source: Ipv6Addr, destination: Ipv6Addr) {
         let length = u32::try_from(self.segment_length()).expect("TCP segment exceeds 2^32 bytes");
         self.store_checksum(checksum::pseudo_header_v6(source, destination, PROTOCOL_TCP, length));
@@ -259,6 +300,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// A TCP header to write, with checksum 0: fill it afterwards with
 /// [`Packet::fill_checksum_ipv4`] / [`Packet::fill_checksum_ipv6`] once the payload is in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(any(test, feature = "internals"))]
 pub struct TcpHeader<'a> {
     pub source_port: u16,
     pub destination_port: u16,
@@ -272,6 +314,7 @@ pub struct TcpHeader<'a> {
     pub options: &'a [u8],
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl TcpHeader<'_> {
     /// Length of the header this writes.
     pub fn header_len(&self) -> usize {

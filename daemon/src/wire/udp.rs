@@ -1,6 +1,8 @@
 //! UDP headers (RFC 768) and their checksum over IPv4 and IPv6 pseudo-headers.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+#[cfg(any(test, feature = "internals"))]
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
 
 use super::ipv4::PROTOCOL_UDP;
 use super::{checksum, read_u16, write_u16, Error, Result};
@@ -44,6 +46,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn source_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SOURCE_PORT)
     }
@@ -57,6 +60,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
@@ -71,6 +75,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// True if the checksum is correct or absent (0, which RFC 768 allows over IPv4).
+    #[cfg(any(test, feature = "internals"))]
     pub fn verify_checksum_ipv4(&self, source: Ipv4Addr, destination: Ipv4Addr) -> bool {
         if self.checksum() == 0 {
             return true;
@@ -81,6 +86,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// True if the checksum is correct. A zero checksum fails, as RFC 8200 §8.1 requires; a
     /// caller that accepts zero-checksum tunnels (RFC 6935) checks `checksum() == 0` first.
+    #[cfg(any(test, feature = "internals"))]
     pub fn verify_checksum_ipv6(&self, source: Ipv6Addr, destination: Ipv6Addr) -> bool {
         if self.checksum() == 0 {
             return false;
@@ -107,6 +113,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = usize::from(self.length());
         &mut self.buffer.as_mut()[HEADER_LEN..end]
@@ -123,6 +130,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Computes the checksum over the IPv4 pseudo-header, header and payload (as far as the
     /// length field says).
+    #[cfg(any(test, feature = "internals"))]
     pub fn fill_checksum_ipv4(&mut self, source: Ipv4Addr, destination: Ipv4Addr) {
         let pseudo = checksum::pseudo_header_v4(source, destination, PROTOCOL_UDP, self.length());
         self.store_checksum(pseudo);

@@ -67,6 +67,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::VNI].copy_from_slice(&value.to_be_bytes()[1..]);
     }
 
+    #[cfg(test)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
