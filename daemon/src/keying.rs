@@ -766,7 +766,7 @@ mod tests {
             [
                 Event::InstallOutbound { peer: 0, sa: keys(0x6002) },
                 Event::RemoveOutbound { peer: 0, spi: 0x6001 },
-                Event::RemoveInbound { peer: 0, spi: 0x5001 },
+                Event::RemoveInbound { spi: 0x5001 },
             ],
         );
         let tables = state.sadb.load();

@@ -87,7 +87,7 @@ impl Children {
         for child in expired {
             tracing::warn!(spi = format_args!("{:#010x}", child.inbound_spi), "Child SA expired before it was rekeyed");
             cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
-            cx.events.push_back(Event::RemoveInbound { peer, spi: child.inbound_spi });
+            cx.events.push_back(Event::RemoveInbound { spi: child.inbound_spi });
         }
         self.list.iter().filter(|c| !c.rekeyed && now >= c.rekey_at).map(|c| c.inbound_spi).collect()
     }
@@ -110,7 +110,7 @@ impl Children {
             self.release_pending(cx, peer);
         }
         cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
-        cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
+        cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
         child.inbound_spi
     }
 }
@@ -220,9 +220,9 @@ impl IkeSa {
         for child in self.children.list.drain(..) {
             cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
             if now_too {
-                cx.events.push_back(Event::RemoveInbound { peer, spi: child.inbound_spi });
+                cx.events.push_back(Event::RemoveInbound { spi: child.inbound_spi });
             } else {
-                cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
+                cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
             }
         }
     }
@@ -327,7 +327,7 @@ impl IkeSa {
             tracing::debug!("Child SA rekey collision: deleting our redundant Child SA");
             if let Some(index) = self.children.by_inbound(new_inbound_spi) {
                 let child = self.children.list.remove(index);
-                cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
+                cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
             }
             self.queue(cx, Queued::DeleteChild(vec![new_inbound_spi]), now)?;
         }

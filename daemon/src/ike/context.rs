@@ -25,8 +25,8 @@ pub(super) struct Context {
     pub(super) rng: Box<dyn Rng>,
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
-    /// Inbound SAs to remove later: (peer, SPI, when).
-    pub(super) retiring: Vec<(PeerIndex, u32, Instant)>,
+    /// Inbound SAs to remove later: (SPI, when).
+    pub(super) retiring: Vec<(u32, Instant)>,
     pub(super) counters: IkeCounters,
     /// Our SPIs of every IKE SA (also those still connecting), so that new ones are unique.
     pub(super) spis_in_use: HashSet<u64>,

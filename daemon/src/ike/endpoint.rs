@@ -78,7 +78,7 @@ impl Endpoint {
         let attempts = waiting_peers.map(|(_, peer)| peer.next_attempt);
         let initiators = self.connecting.values().map(|c| c.sending.next_send);
         let sas = self.sas.values().filter_map(|sa| sa.timeout(self.cx.settings.dpd));
-        let retiring = self.cx.retiring.iter().map(|(_, _, at)| *at);
+        let retiring = self.cx.retiring.iter().map(|(_, at)| *at);
         attempts.chain(initiators).chain(sas).chain(retiring).min()
     }
 
@@ -104,6 +104,7 @@ impl Endpoint {
     }
 
     /// Establishes an IKE SA with `peer` now, unless one exists or is being made.
+    #[cfg(any(test, feature = "internals"))]
     pub fn connect(&mut self, peer: PeerIndex, now: Instant) {
         if self.cx.is_member(peer) && !self.has_sa_with(peer) {
             self.start_initiator(peer, now);
@@ -493,10 +494,10 @@ impl Endpoint {
                 self.start_initiator(index, now);
             }
         }
-        let (due, later) = std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, _, at)| *at <= now);
+        let (due, later) = std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, at)| *at <= now);
         self.cx.retiring = later;
-        for (peer, spi, _) in due {
-            self.cx.events.push_back(Event::RemoveInbound { peer, spi });
+        for (spi, _) in due {
+            self.cx.events.push_back(Event::RemoveInbound { spi });
         }
     }
 

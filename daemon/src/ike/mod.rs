@@ -29,11 +29,8 @@ pub mod types;
 mod window;
 
 pub use self::endpoint::Endpoint;
-pub use self::rng::{Rng, RngError, SystemRng};
 pub use self::status::{IkeCounters, IkeSaStatus, IkeState};
-pub use self::types::{
-    ChildSaKeys, Event, Failure, IkeSettings, LocalError, PeerIndex, PeerSettings, Refusal, Transmit,
-};
+pub use self::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
 
 pub const IKE_PORT: u16 = 500;
 pub const NAT_T_PORT: u16 = 4500;

@@ -166,7 +166,7 @@ pub enum Event {
     /// Send to the peer on this SA from now on (it replaces the previous outbound SA).
     InstallOutbound { peer: PeerIndex, sa: ChildSaKeys },
     /// Stop accepting ESP on this inbound SPI.
-    RemoveInbound { peer: PeerIndex, spi: u32 },
+    RemoveInbound { spi: u32 },
     /// The outbound SA with this SPI is gone (remove it if it is still the current one).
     RemoveOutbound { peer: PeerIndex, spi: u32 },
     /// An IKE SA with the peer is up.

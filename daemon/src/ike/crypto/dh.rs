@@ -11,8 +11,6 @@ use zeroize::Zeroizing;
 
 use super::CryptoError;
 
-/// The Transform ID of Curve25519 among the Key Exchange Methods (RFC 8031 §5).
-pub const X25519_GROUP: u16 = 31;
 /// Length of a public value (the KE payload's data) and of the shared secret.
 pub const X25519_PUBLIC_LEN: usize = 32;
 

@@ -21,7 +21,9 @@ use zeroize::Zeroizing;
 
 use super::auth::{self, SignedOctets};
 use super::prf::{prf_parts, prf_plus_parts, PRF_KEY_LEN};
-use super::sk::{key_material_len, SkOpener, SkSealer, SK_KEY_MATERIAL_LEN};
+#[cfg(test)]
+use super::sk::SK_KEY_MATERIAL_LEN;
+use super::sk::{key_material_len, SkOpener, SkSealer};
 use super::{CryptoError, HexBytes, Role};
 use crate::esp::{KeyMaterial, KEY_MATERIAL_LEN};
 
@@ -64,7 +66,9 @@ pub struct IkeSaKeys {
     cipher: Cipher,
     spis: SpiPair,
     sk_d: Zeroizing<[u8; PRF_KEY_LEN]>,
+    #[cfg(test)]
     sk_ei: Zeroizing<[u8; SK_KEY_MATERIAL_LEN]>,
+    #[cfg(test)]
     sk_er: Zeroizing<[u8; SK_KEY_MATERIAL_LEN]>,
     sk_pi: Zeroizing<[u8; PRF_KEY_LEN]>,
     sk_pr: Zeroizing<[u8; PRF_KEY_LEN]>,
@@ -148,7 +152,9 @@ impl IkeSaKeys {
             cipher,
             spis,
             sk_d: array(sk_d),
+            #[cfg(test)]
             sk_ei: array(sk_ei),
+            #[cfg(test)]
             sk_er: array(sk_er),
             sk_pi: array(sk_pi),
             sk_pr: array(sk_pr),
@@ -185,6 +191,7 @@ impl IkeSaKeys {
     }
 
     /// Our role in this IKE SA.
+    #[cfg(test)]
     pub fn role(&self) -> Role {
         self.role
     }
@@ -195,6 +202,7 @@ impl IkeSaKeys {
     }
 
     /// The IKE SA's SPIs.
+    #[cfg(test)]
     pub fn spis(&self) -> SpiPair {
         self.spis
     }
@@ -210,16 +218,19 @@ impl IkeSaKeys {
     }
 
     /// SK_d, for Child SA keys and for rekeying.
+    #[cfg(test)]
     pub fn sk_d(&self) -> &[u8] {
         &self.sk_d[..]
     }
 
     /// SK_ei (key | salt), e.g. for a test's decryption table. SK_ai is empty.
+    #[cfg(test)]
     pub fn sk_ei(&self) -> &[u8] {
         &self.sk_ei[..]
     }
 
     /// SK_er (key | salt). SK_ar is empty.
+    #[cfg(test)]
     pub fn sk_er(&self) -> &[u8] {
         &self.sk_er[..]
     }
@@ -295,16 +306,19 @@ pub struct ChildSaKeys {
 
 impl ChildSaKeys {
     /// Keys for ESP from the exchange's initiator to its responder.
+    #[cfg(test)]
     pub fn initiator_to_responder(&self) -> &KeyMaterial {
         &self.i_to_r
     }
 
     /// Keys for ESP from the exchange's responder to its initiator.
+    #[cfg(test)]
     pub fn responder_to_initiator(&self) -> &KeyMaterial {
         &self.r_to_i
     }
 
     /// Keys for the ESP we send, given our role in the exchange that created the Child SA.
+    #[cfg(test)]
     pub fn outbound(&self, role: Role) -> &KeyMaterial {
         match role {
             Role::Initiator => &self.i_to_r,
@@ -313,6 +327,7 @@ impl ChildSaKeys {
     }
 
     /// Keys for the ESP we receive, given our role in the exchange that created the Child SA.
+    #[cfg(test)]
     pub fn inbound(&self, role: Role) -> &KeyMaterial {
         self.outbound(role.peer())
     }

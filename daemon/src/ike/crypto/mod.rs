@@ -27,13 +27,12 @@ pub mod nat;
 pub mod prf;
 pub mod sk;
 
-pub use self::auth::{psk_auth, verify_psk_auth, SignedOctets};
-pub use self::cookie::{CookieJar, COOKIE_LEN};
-pub use self::dh::{X25519KeyPair, X25519_GROUP, X25519_PUBLIC_LEN};
-pub use self::keys::{ChildSaKeys, IkeSaKeys, SpiPair, MAX_NONCE_LEN, MIN_NONCE_LEN};
-pub use self::nat::{nat_detection_hash, NAT_DETECTION_HASH_LEN};
-pub use self::prf::{prf, prf_plus, PRF_KEY_LEN, PRF_OUTPUT_LEN};
-pub use self::sk::{sk_body_len, SkOpener, SkSealer, SK_ICV_LEN, SK_IV_LEN, SK_OVERHEAD};
+pub use self::auth::SignedOctets;
+pub use self::cookie::CookieJar;
+pub use self::dh::X25519KeyPair;
+pub use self::keys::{ChildSaKeys, IkeSaKeys, SpiPair};
+pub use self::nat::nat_detection_hash;
+pub use self::sk::sk_body_len;
 
 /// Which end of an IKE SA we are.
 ///

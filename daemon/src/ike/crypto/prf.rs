@@ -38,6 +38,7 @@ fn sign_parts(key: &hmac::Key, parts: &[&[u8]]) -> Zeroizing<[u8; PRF_OUTPUT_LEN
 /// `T1 = prf(K, S | 0x01)`, `Tn = prf(K, Tn-1 | S | n)`, output `T1 | T2 | ...`.
 ///
 /// Fails past 255 blocks ([`PRF_PLUS_MAX_LEN`] bytes).
+#[cfg(test)]
 pub fn prf_plus(key: &[u8], seed: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     prf_plus_parts(key, &[seed], len)
 }

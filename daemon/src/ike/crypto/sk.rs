@@ -111,11 +111,13 @@ impl SkSealer {
     }
 
     /// The AEAD.
+    #[cfg(test)]
     pub fn cipher(&self) -> Cipher {
         self.key.cipher
     }
 
     /// How many bodies this sealer has sealed (the next IV).
+    #[cfg(test)]
     pub fn sealed_count(&self) -> u64 {
         self.next_iv
     }
@@ -123,6 +125,7 @@ impl SkSealer {
     /// Encrypts `inner` (the inner payload chain) and appends the SK payload body
     /// (`IV | ciphertext | ICV`, [`sk_body_len`]`(inner.len())` bytes) to `out`. `aad` is the
     /// message from the IKE header through the SK payload's generic header, with final lengths.
+    #[cfg(test)]
     pub fn seal(&mut self, aad: &[u8], inner: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let iv = self.take_iv()?;
         seal_into(&self.key, iv, Some(aad), out, inner, &[])
@@ -187,6 +190,7 @@ impl SkOpener {
     }
 
     /// The AEAD.
+    #[cfg(test)]
     pub fn cipher(&self) -> Cipher {
         self.key.cipher
     }

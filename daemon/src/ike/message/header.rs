@@ -78,6 +78,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Sent as 0 and ignored on receipt.
+    #[cfg(test)]
     pub fn minor_version(&self) -> u8 {
         self.buffer.as_ref()[field::VERSION] & 0x0F
     }
@@ -95,6 +96,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.flags() & flag::INITIATOR != 0
     }
 
+    #[cfg(test)]
     pub fn version_flag(&self) -> bool {
         self.flags() & flag::VERSION != 0
     }
@@ -113,11 +115,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The bytes of the whole message: the header and the payloads up to the Length.
+    #[cfg(any(test, feature = "internals"))]
     pub fn message(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.length() as usize]
     }
 
     /// The payload chain: the bytes between the header and the Length.
+    #[cfg(any(test, feature = "internals"))]
     pub fn payload(&self) -> &[u8] {
         &self.message()[HEADER_LEN..]
     }

@@ -25,13 +25,13 @@ mod traffic_selector;
 
 use crate::wire::{Error, Result};
 
-pub use self::builder::{encode_encrypted_prefix, encode_message, encode_payloads, ENCRYPTED_PREFIX_LEN};
+pub use self::builder::{encode_encrypted_prefix, encode_message, encode_payloads};
 pub use self::header::{Header, Packet, HEADER_LEN};
 pub use self::identification::{Authentication, Identification};
 pub use self::key_exchange::{KeyExchange, Nonce};
 pub use self::notify::{Delete, Notify};
 pub use self::payload::{RawPayload, RawPayloads};
-pub use self::security_association::{Attribute, AttributeValue, Proposal, SecurityAssociation, Transform};
+pub use self::security_association::{Proposal, SecurityAssociation, Transform};
 pub use self::traffic_selector::{TrafficSelector, TrafficSelectors};
 
 use self::ids::payload as payload_type;

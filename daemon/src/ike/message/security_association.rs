@@ -157,6 +157,7 @@ impl Proposal {
     }
 
     /// The transforms of one type, in the order proposed.
+    #[cfg(test)]
     pub fn transforms_of_type(&self, transform_type: u8) -> impl Iterator<Item = &Transform> {
         self.transforms.iter().filter(move |t| t.transform_type == transform_type)
     }
