@@ -37,6 +37,7 @@ pub const MAX_UDP_PAYLOAD_V4: usize = 65_507;
 /// Largest UDP payload of one send over IPv6 (65,535 - 8 UDP; the IPv6 header is not counted).
 pub const MAX_UDP_PAYLOAD_V6: usize = 65_527;
 /// A receive buffer this large never truncates a GRO read (coalesced runs stay under 64 KiB).
+#[cfg(test)]
 pub const GRO_BUFFER_LEN: usize = 65_535;
 /// Messages per [`MmsgBatch`], and per `sendmmsg`/`recvmmsg` call.
 pub const MMSG_BATCH: usize = sys::MMSG_MAX;
@@ -70,6 +71,7 @@ fn segments_per_call(destination: &SocketAddr, segment_size: u16) -> io::Result<
 /// Returns the bytes sent. Like `write`, a partial count means the datagrams after it were not
 /// sent (the error that stopped them is dropped); an error means nothing was sent. Fails with
 /// `EIO` where GSO is not possible; [`SegmentSender`] falls back then.
+#[cfg(test)]
 pub fn send_segments(socket: impl AsFd, destination: SocketAddr, buf: &[u8], segment_size: u16) -> io::Result<usize> {
     match gso_send(socket, destination, buf, segment_size)? {
         (0, Some(error)) => Err(error),
@@ -143,10 +145,12 @@ impl SegmentSender {
     }
 
     /// Never uses GSO (offloads off, or for comparison).
+    #[cfg(test)]
     pub fn without_gso() -> Self {
         SegmentSender { gso: false }
     }
 
+    #[cfg(test)]
     pub fn uses_gso(&self) -> bool {
         self.gso
     }
@@ -208,6 +212,7 @@ impl Received {
     }
 
     /// The datagrams in `buf` (the buffer this read filled).
+    #[cfg(test)]
     pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
         buf[..self.len].chunks(self.step())
     }
@@ -295,6 +300,7 @@ impl MmsgBatch {
     }
 
     /// Messages queued and not yet sent.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.len()
     }
@@ -305,11 +311,6 @@ impl MmsgBatch {
 
     pub fn is_full(&self) -> bool {
         self.pending.len() >= MMSG_BATCH
-    }
-
-    /// Forgets the queued messages.
-    pub fn clear(&mut self) {
-        self.pending.clear();
     }
 
     /// Sends every queued message (each tried once) with as few `sendmmsg` calls as errors allow,

@@ -20,8 +20,11 @@ use std::thread::JoinHandle;
 use mesh_config::Encap;
 use tun_rs::SyncDevice;
 
-pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN, TRAILER_ROOM};
+pub use self::egress::TRAILER_ROOM;
+#[cfg(any(test, fuzzing))]
+pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
+#[cfg(any(test, fuzzing))]
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 
