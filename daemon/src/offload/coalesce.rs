@@ -248,11 +248,13 @@ impl Coalescer {
         Coalescer { slots, verify_checksums: config.verify_checksums, clock: 0, stats: Stats::default() }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn stats(&self) -> Stats {
         self.stats
     }
 
     /// True if no segment is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(|slot| slot.held.is_none())
     }

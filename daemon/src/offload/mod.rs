@@ -24,8 +24,11 @@ mod kernel_tests;
 #[cfg(test)]
 mod testutil;
 
-pub use self::coalesce::{Coalescer, Config as CoalesceConfig, Stats as CoalesceStats};
-pub use self::segment::{complete_checksum, segment_into, Segmenter};
+pub use self::coalesce::{Coalescer, Config as CoalesceConfig};
+#[cfg(test)]
+pub use self::segment::segment_into;
+pub use self::segment::{complete_checksum, Segmenter};
+#[cfg(test)]
 pub use self::virtio_net::{Gso, VirtioNetHeader};
 
 /// Throughput on this machine, in release mode:

@@ -12,7 +12,8 @@
 //! Nothing here allocates: segments are written into caller-owned buffers, at whatever offset
 //! the caller chooses, so the ESP headers can go in front of each one in place.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+#[cfg(test)]
+use std::net::Ipv4Addr;
 
 use super::headers::{self, IpVersion, Strictness, TcpFrame};
 use super::virtio_net::{Gso, VirtioNetHeader};
@@ -83,16 +84,19 @@ impl<'a> Segmenter<'a> {
     }
 
     /// How many segments the super-frame makes.
+    #[cfg(test)]
     pub fn segments(&self) -> usize {
         self.segments
     }
 
     /// How many `write_next` calls are left to make.
+    #[cfg(test)]
     pub fn remaining(&self) -> usize {
         self.segments - self.next
     }
 
     /// Ethernet + IP + TCP header length, the same in every segment.
+    #[cfg(test)]
     pub fn headers_len(&self) -> usize {
         self.tcp.payload
     }
@@ -107,6 +111,7 @@ impl<'a> Segmenter<'a> {
     }
 
     /// The length of the first, longest segment: the room each `write_next` needs.
+    #[cfg(any(test, feature = "internals"))]
     pub fn max_segment_len(&self) -> usize {
         self.tcp.payload + self.mss.min(self.tcp.payload_len())
     }
@@ -190,6 +195,7 @@ pub fn complete_checksum(header: &VirtioNetHeader, frame: &mut [u8]) -> Result<(
 ///
 /// # Panics
 /// If `buf` has less than the frame's (or the largest segment's) length after `offset`.
+#[cfg(test)]
 pub fn segment_into(
     header: &VirtioNetHeader,
     frame: &[u8],
@@ -215,13 +221,9 @@ pub fn segment_into(
 /// The pseudo-header sum that goes in the TCP checksum field of a NEEDS_CSUM frame, as the
 /// kernel leaves it (`~tcp_v4_check(len, saddr, daddr, 0)`): folded, not inverted, with the
 /// TCP length of the whole (super-)frame.
+#[cfg(test)]
 pub fn partial_checksum_v4(source: Ipv4Addr, destination: Ipv4Addr, tcp_len: usize) -> u16 {
     PseudoHeader::v4(source, destination, PROTOCOL_TCP).with_len(tcp_len)
-}
-
-/// The IPv6 counterpart of [`partial_checksum_v4`].
-pub fn partial_checksum_v6(source: Ipv6Addr, destination: Ipv6Addr, tcp_len: usize) -> u16 {
-    PseudoHeader::v6(source, destination, PROTOCOL_TCP).with_len(tcp_len)
 }
 
 #[cfg(test)]

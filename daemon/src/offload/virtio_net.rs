@@ -38,9 +38,8 @@ pub mod flags {
     /// the result at `csum_start + csum_offset`.
     pub const NEEDS_CSUM: u8 = 1;
     /// The checksum was verified (receive side only; a TAP never reads it on write).
+    #[cfg(test)]
     pub const DATA_VALID: u8 = 2;
-    /// `csum_*` carry receive-segment-coalescing counts (a virtio device feature, not TAP's).
-    pub const RSC_INFO: u8 = 4;
 }
 
 /// Values of the `gso_type` field.
@@ -54,20 +53,6 @@ pub mod gso {
     pub const UDP_L4: u8 = 5;
     /// Flag bit: the TCP super-frame has CWR set (it must stay on the first segment only).
     pub const ECN: u8 = 0x80;
-}
-
-/// Feature bits for `TUNSETOFFLOAD` (`include/uapi/linux/if_tun.h`): what this side of the TAP
-/// accepts from the kernel. The datapath turns on `CSUM | TSO4 | TSO6 | TSO_ECN`, the set this
-/// module can segment.
-pub mod tun_offload {
-    /// Frames may come with NEEDS_CSUM.
-    pub const CSUM: u32 = 0x01;
-    pub const TSO4: u32 = 0x02;
-    pub const TSO6: u32 = 0x04;
-    pub const TSO_ECN: u32 = 0x08;
-    pub const UFO: u32 = 0x10;
-    pub const USO4: u32 = 0x20;
-    pub const USO6: u32 = 0x40;
 }
 
 /// A fixed-size field: a byte range within the header.
@@ -138,6 +123,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The Ethernet frame after the header.
+    #[cfg(test)]
     pub fn frame(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -166,10 +152,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     pub fn set_csum_offset(&mut self, value: u16) {
         write_le16(self.buffer.as_mut(), field::CSUM_OFFSET, value);
-    }
-
-    pub fn frame_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[HEADER_LEN..]
     }
 }
 
