@@ -34,10 +34,13 @@ mod replay;
 mod seal;
 mod trailer;
 
-pub use self::key::{CryptoError, KeyMaterial, KEY_LEN, KEY_MATERIAL_LEN, SALT_LEN};
-pub use self::replay::{ReplayError, ReplayState, ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
-pub use self::seal::{OpenError, Opened, Opener, SealError, Sealer};
-pub use self::trailer::{sealed_len, trailer_len};
+pub use self::key::{KeyMaterial, KEY_MATERIAL_LEN};
+pub use self::replay::{ReplayError, ReplayWindow, DEFAULT_REPLAY_WINDOW};
+pub use self::seal::{OpenError, Opener, Sealer};
+#[cfg(feature = "internals")]
+pub use self::trailer::sealed_len;
+#[cfg(any(test, feature = "internals"))]
+pub use self::trailer::trailer_len;
 
 /// The header lengths are the wire format's (`crate::wire::esp`); named here for the crypto code.
 pub use crate::wire::esp::{HEADER_LEN as ESP_HEADER_LEN, ICV_LEN, IV_LEN};
