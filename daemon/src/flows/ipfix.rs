@@ -13,6 +13,7 @@ use mesh_config::control::Direction;
 
 /// The protocol version in every message header.
 pub const VERSION: u16 = 10;
+#[cfg(test)]
 pub const MESSAGE_HEADER_LEN: usize = 16;
 pub const SET_HEADER_LEN: usize = 4;
 pub const TEMPLATE_SET_ID: u16 = 2;
