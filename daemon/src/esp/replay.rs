@@ -28,17 +28,6 @@ pub enum ReplayError {
     Zero,
 }
 
-impl ReplayError {
-    /// A short stable name, for drop counters and logs.
-    pub fn code(self) -> &'static str {
-        match self {
-            ReplayError::Replayed => "esp_replayed",
-            ReplayError::TooOld => "esp_too_old",
-            ReplayError::Zero => "esp_sequence_zero",
-        }
-    }
-}
-
 /// The window as `ikectl sa list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayState {

@@ -183,18 +183,6 @@ pub enum OpenError {
     BadPadding,
 }
 
-impl OpenError {
-    /// A short stable name, for drop counters and logs.
-    pub fn code(self) -> &'static str {
-        match self {
-            OpenError::Truncated => "esp_truncated",
-            OpenError::SequenceMismatch => "esp_sequence_mismatch",
-            OpenError::Authentication => "esp_auth_failed",
-            OpenError::BadPadding => "esp_bad_padding",
-        }
-    }
-}
-
 impl Opener {
     /// An opener for `cipher` with the SA's key material.
     pub fn new(cipher: Cipher, key: &KeyMaterial) -> Result<Self, CryptoError> {
@@ -648,10 +636,9 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_and_codes() {
+    fn error_messages() {
         assert!(OpenError::Truncated.to_string().contains("34"));
         assert!(OpenError::Authentication.to_string().contains("integrity check failed"));
-        assert_eq!(OpenError::BadPadding.code(), "esp_bad_padding");
         let e = SealError::BufferTooShort { needed: 100, available: 50 }.to_string();
         assert!(e.contains("100") && e.contains("50"), "{e}");
         assert!(SealError::SequenceExhausted(1 << 32).to_string().contains("rekeyed"));
