@@ -73,6 +73,7 @@ impl ReplayWindow {
     }
 
     /// The window size in sequence numbers.
+    #[cfg(test)]
     pub fn size(&self) -> u32 {
         self.size
     }
