@@ -202,8 +202,17 @@ pub struct Overlay {
     pub mtu: OverlayMtu,
     /// Host address of each node's overlay interface, by node name (nodes may be absent).
     pub addresses: BTreeMap<String, IfaceAddress>,
+    /// The nodes on this overlay (`nodes = [...]`), in file order; `None`: every node.
+    pub members: Option<Vec<String>>,
     /// Line of this overlay's `[[overlay]]` header.
     pub line: usize,
+}
+
+impl Overlay {
+    /// Whether node `name` is on this overlay.
+    pub fn has_member(&self, name: &str) -> bool {
+        self.members.as_ref().is_none_or(|members| members.iter().any(|m| m == name))
+    }
 }
 
 /// `mtu = "auto"` or `mtu = 1400`.
@@ -344,9 +353,20 @@ impl MeshConfig {
         }
     }
 
-    /// Every node but `node` (the mesh is full: every node peers with every other).
+    /// The nodes `node` peers with, in file order: every node that shares an overlay with it
+    /// (a mesh without overlays peers every pair, as if one overlay held every node).
     pub fn peers_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.nodes.iter().filter(move |n| n.name != node)
+        self.nodes.iter().filter(move |n| n.name != node && self.share_overlay(node, &n.name))
+    }
+
+    /// Whether nodes `a` and `b` are on one overlay (or the mesh has no overlays).
+    pub fn share_overlay(&self, a: &str, b: &str) -> bool {
+        self.overlays.is_empty() || self.overlays.iter().any(|o| o.has_member(a) && o.has_member(b))
+    }
+
+    /// The overlays `node` is on, in file order.
+    pub fn overlays_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Overlay> + 'a {
+        self.overlays.iter().filter(move |o| o.has_member(node))
     }
 
     /// The ESP mode between two nodes: each node's mode is its override or `[mesh] mode`;

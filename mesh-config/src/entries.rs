@@ -48,6 +48,9 @@ pub(crate) struct OverlayP {
     pub mtu: OverlayMtu,
     /// (node name, address) in file order; the address is `None` when it did not parse.
     pub addresses: Vec<(At<String>, Option<At<IfaceAddress>>)>,
+    /// `nodes = [...]` as written (each name with where it was written); `None` when absent
+    /// or not a list of strings (reported).
+    pub members: Option<At<Vec<At<String>>>>,
 }
 
 impl OverlayP {

@@ -20,7 +20,7 @@ const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metr
 const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
-const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address"];
+const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address", "nodes"];
 const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
 pub(crate) const NAME_RULE: &str = "use 1-32 characters from a-z, 0-9, '-' and '_'";
@@ -87,7 +87,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
 
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
-    validate::manual_sas(&mut ctx, &sas, &nodes);
+    validate::manual_sas(&mut ctx, &sas, &nodes, &overlays);
     let psk = mesh.psk_file.as_ref().and_then(|f| validate::read_psk(&mut ctx, f));
 
     if !ctx.errors.is_empty() {
@@ -116,6 +116,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             interface: o.interface.expect("validated").v,
             mtu: o.mtu,
             addresses: o.addresses.into_iter().map(|(n, a)| (n.v, a.expect("validated").v)).collect::<BTreeMap<_, _>>(),
+            members: o.members.map(|members| members.v.into_iter().map(|m| m.v).collect()),
             line: o.line,
         })
         .collect();
@@ -507,6 +508,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
             interface_key: t.key("interface"),
             mtu: OverlayMtu::Auto,
             addresses: Vec::new(),
+            members: None,
         };
         if let Some(vni) = t.req_int(ctx, "vni", "vni = 4242") {
             if (0..=i128::from(MAX_VNI)).contains(&vni.v) {
@@ -620,9 +622,37 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                 o.addresses.push((node, addr));
             }
         }
+        o.members = parse_members(ctx, &t);
         overlays.push(o);
     }
     overlays
+}
+
+/// `nodes = ["n1", "n2"]` of an overlay: the names as written (checked against the nodes in
+/// `validate`); `None` when absent or not a list of strings (reported).
+fn parse_members(ctx: &mut Ctx<'_>, t: &Tab<'_, '_>) -> Option<At<Vec<At<String>>>> {
+    let v = t.raw("nodes")?;
+    let fix = "list the nodes on this overlay by name, e.g. nodes = [\"n1\", \"n2\"], or remove the line to put every node on it";
+    let DeValue::Array(items) = v.get_ref() else {
+        ctx.err(
+            &v.span(),
+            t.key("nodes"),
+            format!("expected a list of node names, found {}", type_name(v.get_ref())),
+            fix,
+        );
+        return None;
+    };
+    let mut members = Vec::new();
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(name) => members.push(At { v: name.to_string(), span: item.span() }),
+            other => {
+                ctx.err(&item.span(), t.key("nodes"), format!("expected a node name, found {}", type_name(other)), fix);
+                return None;
+            }
+        }
+    }
+    Some(At { v: members, span: v.span() })
 }
 
 fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {

@@ -131,8 +131,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
     }
 
     let mut plan = ReloadPlan::default();
+    // A node that was in the mesh but shared no overlay with this one is added like a new one.
     for peer in new.peers_of(node) {
-        match old.node(&peer.name) {
+        match old.peers_of(node).find(|before| before.name == peer.name) {
             Some(before) if before.address == peer.address => {
                 if let Some(reason) = rekey_reason(old, new, node, &peer.name) {
                     plan.peers_rekeyed.push(Change { name: peer.name.clone(), reason });
@@ -145,7 +146,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
             None => plan.peers_added.push(peer.name.clone()),
         }
     }
-    plan.peers_removed.extend(old.peers_of(node).filter(|p| new.node(&p.name).is_none()).map(|p| p.name.clone()));
+    plan.peers_removed.extend(
+        old.peers_of(node).filter(|p| !new.peers_of(node).any(|kept| kept.name == p.name)).map(|p| p.name.clone()),
+    );
 
     // An automatic MTU follows the most expensive pair's mode.
     let modes = |config: &MeshConfig| {
@@ -155,8 +158,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
         modes
     };
     let modes_changed = modes(old) != modes(new);
-    for overlay in &new.overlays {
-        match old.overlay(&overlay.name) {
+    // Overlays this node joins or leaves are added or removed here.
+    for overlay in new.overlays_of(node) {
+        match old.overlays_of(node).find(|before| before.name == overlay.name) {
             Some(before) => {
                 if let Some(change) = overlay_change(before, overlay, node, modes_changed) {
                     plan.overlays_changed.push(change);
@@ -165,8 +169,11 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
             None => plan.overlays_added.push(overlay.name.clone()),
         }
     }
-    plan.overlays_removed
-        .extend(old.overlays.iter().filter(|o| new.overlay(&o.name).is_none()).map(|o| o.name.clone()));
+    plan.overlays_removed.extend(
+        old.overlays_of(node)
+            .filter(|o| !new.overlays_of(node).any(|kept| kept.name == o.name))
+            .map(|o| o.name.clone()),
+    );
 
     let ike = [
         ("ike_lifetime", old.ike.ike_lifetime, new.ike.ike_lifetime),
@@ -225,6 +232,11 @@ fn overlay_change(before: &Overlay, after: &Overlay, me: &str, modes_changed: bo
     let recreate = !reasons.is_empty();
     if before.vni != after.vni {
         reasons.push(format!("vni {} -> {}", before.vni, after.vni));
+    }
+    // Membership changes whom frames are flooded to; the interface stays.
+    if before.members != after.members {
+        let members = |overlay: &Overlay| overlay.members.as_ref().map_or_else(|| "every node".to_string(), list);
+        reasons.push(format!("nodes {} -> {}", members(before), members(after)));
     }
     (!reasons.is_empty()).then(|| OverlayChange { name: after.name.clone(), reason: reasons.join(", "), recreate })
 }
@@ -335,6 +347,31 @@ mod tests {
         assert!(plan(&old, &moved, "n1").unwrap().peers_rekeyed.is_empty());
         let to_ike = plan(&old, &mesh(&THREE, ""), "n2").unwrap();
         assert_eq!(to_ike.peers_rekeyed, vec![Change { name: "n1".into(), reason: "now keyed by IKE".into() }]);
+    }
+
+    #[test]
+    fn membership_changes_add_and_remove_peers_and_overlays() {
+        let on = |a: &str, b: &str| {
+            format!("[[overlay]]\nname = \"a\"\nvni = 1\nnodes = [{a}]\n[[overlay]]\nname = \"b\"\nvni = 2\nnodes = [{b}]\n")
+        };
+        let old = mesh(&THREE, &on("\"n1\", \"n2\"", "\"n2\", \"n3\""));
+        // n1 leaves a and joins b: it now peers with n3 only.
+        let new = mesh(&THREE, &on("\"n2\"", "\"n1\", \"n2\", \"n3\""));
+        let plan = plan(&old, &new, "n1").unwrap();
+        assert_eq!(plan.peers_added, names(&["n3"]));
+        assert!(plan.peers_removed.is_empty(), "n2 is still a peer, through b: {plan:?}");
+        assert_eq!((plan.overlays_added.clone(), plan.overlays_removed.clone()), (names(&["b"]), names(&["a"])));
+        // On n2 both overlays stay; only their members change, and the interfaces are kept.
+        let on_n2 = super::plan(&old, &new, "n2").unwrap();
+        assert!(on_n2.peers_added.is_empty() && on_n2.peers_removed.is_empty());
+        let reasons: Vec<(&str, &str, bool)> =
+            on_n2.overlays_changed.iter().map(|c| (c.name.as_str(), c.reason.as_str(), c.recreate)).collect();
+        assert_eq!(reasons, [("a", "nodes n1, n2 -> n2", false), ("b", "nodes n2, n3 -> n1, n2, n3", false)]);
+        // n3 loses nothing and gains n1.
+        let on_n3 = super::plan(&old, &new, "n3").unwrap();
+        assert_eq!((on_n3.peers_added, on_n3.peers_removed), (names(&["n1"]), vec![]));
+        // Back again: n1 loses n3.
+        assert_eq!(super::plan(&new, &old, "n1").unwrap().peers_removed, names(&["n3"]));
     }
 
     #[test]
