@@ -108,6 +108,8 @@ pub struct Overlay {
     pub address: Option<(IpAddr, u8)>,
     /// Kept across reloads while the overlay stays.
     pub fdb: Arc<Fdb>,
+    /// The peers on this overlay: where its broadcast, multicast and unknown unicast go.
+    pub members: Vec<PeerId>,
 }
 
 /// Where a `PeerId` points.
@@ -196,9 +198,9 @@ impl Topology {
             slots[gone.id.0] = Slot::Departed(departed.len());
             departed.push(gone.clone());
         }
+        // Only the overlays this node is on; each floods to the peers on it.
         let overlays: Vec<Overlay> = config
-            .overlays
-            .iter()
+            .overlays_of(node_name)
             .enumerate()
             .map(|(index, overlay)| Overlay {
                 id: OverlayId(index),
@@ -208,6 +210,7 @@ impl Topology {
                 mtu: overlay.mtu,
                 address: overlay.addresses.get(node_name).map(|a| (a.addr, a.prefix_len)),
                 fdb: self.overlays.iter().find(|o| o.name == overlay.name).map(|o| o.fdb.clone()).unwrap_or_default(),
+                members: peers.iter().filter(|p| overlay.has_member(&p.name)).map(|p| p.id).collect(),
             })
             .collect();
         Ok(Topology {

@@ -74,7 +74,7 @@ pub struct Egress<'a, U: EspSender, S: FrameSink> {
 
 impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]`, read from `overlay`'s TAP:
-    /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
+    /// to the peer that owns the destination MAC, or to every peer on the overlay (head-end replication) for
     /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
     pub fn forward(&self, overlay: &Overlay, buf: &mut [u8], scratch: &mut [u8], frame_len: usize) {
         if let Some(destination) = self.destination(overlay, &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]) {
@@ -114,17 +114,16 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.send(overlay, peer, buf, frame_len);
             return;
         }
-        let peers = &self.topology.peers;
-        let Some((last, others)) = peers.split_last() else {
+        let Some((last, others)) = overlay.members.split_last() else {
             self.drop(DropReason::NoPeer, None, Some(overlay.vni), &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
             return;
         };
         for peer in others {
             scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len]
                 .copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
-            self.send(overlay, peer.id, scratch, frame_len);
+            self.send(overlay, *peer, scratch, frame_len);
         }
-        self.send(overlay, last.id, buf, frame_len);
+        self.send(overlay, *last, buf, frame_len);
     }
 
     fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {

@@ -82,10 +82,15 @@ pub fn mesh_file(setup: &Setup) -> MeshConfig {
 
 /// Node `index` of the mesh, with its manual SAs installed.
 pub fn node(setup: &Setup, index: usize) -> Arc<MeshState> {
-    let config = mesh_file(setup);
+    node_of(&mesh_file(setup), setup, index)
+}
+
+/// Node `index` of `config` (a [`mesh_file`] of `setup`, perhaps changed), with its manual SAs
+/// installed.
+pub fn node_of(config: &MeshConfig, setup: &Setup, index: usize) -> Arc<MeshState> {
     let name = format!("n{index}");
-    let state = Arc::new(MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap()));
-    manual::install(&config, &SaManager::new(state.clone()), None).unwrap();
+    let state = Arc::new(MeshState::new(Topology::new(config, &name, address(setup, index)).unwrap()));
+    manual::install(config, &SaManager::new(state.clone()), None).unwrap();
     state
 }
 
