@@ -130,6 +130,13 @@ impl Reloader {
         self.keying.reconfigure(ike_settings);
 
         let next = self.state.topology_full();
+        // A peer that stays but left an overlay: what was learned behind it there is stale.
+        for overlay in &next.overlays {
+            let before = current.overlays.iter().find(|o| o.name == overlay.name);
+            for peer in before.iter().flat_map(|o| &o.members).filter(|p| !overlay.members.contains(p)) {
+                overlay.fdb.forget_peer(*peer);
+            }
+        }
         for peer in &changes.ike {
             self.keying.add_peer(next.peer(*peer));
         }

@@ -66,11 +66,18 @@ impl Meshd {
 
     /// Like [`Meshd::start`] with more `meshd run` arguments (e.g. `--no-offload`).
     pub fn start_with(ns: &Netns, config: &Path, node: &str, extra: &[&str]) -> Meshd {
+        let mut meshd = Meshd::spawn(ns, config, node, extra);
+        meshd.wait_ready(Duration::from_secs(10));
+        meshd
+    }
+
+    /// Starts meshd like [`Meshd::start_with`] without waiting for it to answer.
+    fn spawn(ns: &Netns, config: &Path, node: &str, extra: &[&str]) -> Meshd {
         let dir = tempfile::Builder::new().prefix("meshd-run-").tempdir().expect("tempdir");
         let socket = dir.path().join(format!("{node}.sock"));
         let log = dir.path().join(format!("{node}.log"));
         let child = spawn_meshd(ns, config, node, &socket, &log, extra);
-        let mut meshd = Meshd {
+        Meshd {
             child: Some(child),
             netns: ns.name().to_string(),
             node: node.to_string(),
@@ -78,9 +85,7 @@ impl Meshd {
             log,
             exit: None,
             _dir: dir,
-        };
-        meshd.wait_ready(Duration::from_secs(10));
-        meshd
+        }
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -280,8 +285,19 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     child.wait().expect("wait for killed child")
 }
 
-/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, and waits until each
-/// answers `ikectl status`.
+/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, all at once, and waits
+/// until each answers `ikectl status` (at most 10 s, and a second more per ten nodes).
 pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
-    (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
+    start_all_with(lab, config, &[])
+}
+
+/// Like [`start_all`] with more `meshd run` arguments (e.g. `--no-kernel-drops`).
+pub fn start_all_with(lab: &crate::Lab, config: &Path, extra: &[&str]) -> Vec<Meshd> {
+    let mut daemons: Vec<Meshd> =
+        (0..lab.len()).map(|i| Meshd::spawn(lab.node(i), config, &lab.node_name(i), extra)).collect();
+    let timeout = Duration::from_secs(10 + lab.len() as u64 / 10);
+    for meshd in &mut daemons {
+        meshd.wait_ready(timeout);
+    }
+    daemons
 }

@@ -64,6 +64,8 @@ pub struct MeshFileBuilder {
     node_modes: Vec<(usize, String)>,
     /// `[ike]` keys in order: (key, TOML value).
     ike: Vec<(String, String)>,
+    /// The nodes on `ovl0` (0-based); `None`: every node (no `nodes` key).
+    overlay_nodes: Option<Vec<usize>>,
 }
 
 impl MeshFileBuilder {
@@ -117,6 +119,14 @@ impl MeshFileBuilder {
         self
     }
 
+    /// `nodes = [...]` of `ovl0`: only these nodes (0-based) are on it and have addresses on it.
+    /// Manual SAs are written for the pairs on it only; add a second overlay with
+    /// [`MeshFileBuilder::extra`] for the others.
+    pub fn overlay_nodes(mut self, nodes: &[usize]) -> Self {
+        self.overlay_nodes = Some(nodes.to_vec());
+        self
+    }
+
     /// "aes256gcm16" (default) or "chacha20poly1305", for every manual SA.
     pub fn cipher(mut self, cipher: &str) -> Self {
         self.cipher = cipher.to_string();
@@ -140,7 +150,8 @@ impl MeshFileBuilder {
         let mut sas = Vec::new();
         for from in 0..n {
             for to in 0..n {
-                if from == to {
+                let on_ovl0 = |i: usize| self.overlay_nodes.as_ref().is_none_or(|nodes| nodes.contains(&i));
+                if from == to || !(on_ovl0(from) && on_ovl0(to)) {
                     continue;
                 }
                 sas.push(ManualSa {
@@ -199,6 +210,7 @@ impl MeshFile {
             manual: true,
             node_modes: Vec::new(),
             ike: Vec::new(),
+            overlay_nodes: None,
         }
     }
 
@@ -309,8 +321,17 @@ impl MeshFile {
                 let _ = writeln!(t, "mode = \"{mode}\"");
             }
         }
-        let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}\n[overlay.address]");
-        for i in nodes {
+        let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}");
+        let on_overlay: Vec<usize> = match &o.overlay_nodes {
+            Some(members) => members.iter().copied().filter(|i| nodes.contains(i)).collect(),
+            None => nodes.to_vec(),
+        };
+        if o.overlay_nodes.is_some() {
+            let names: Vec<String> = on_overlay.iter().map(|i| format!("\"{}\"", node_name(*i))).collect();
+            let _ = writeln!(t, "nodes = [{}]", names.join(", "));
+        }
+        let _ = writeln!(t, "[overlay.address]");
+        for i in &on_overlay {
             let _ = writeln!(t, "{} = \"{}/24\"", node_name(*i), overlay_addr(*i));
         }
         for sa in sas {
