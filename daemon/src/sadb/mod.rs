@@ -168,6 +168,11 @@ impl Sadb {
         self.tables.load()
     }
 
+    /// The tables now, to keep (not for the packet path: `load` is cheaper).
+    pub fn load_full(&self) -> Arc<SaTables> {
+        self.tables.load_full()
+    }
+
     fn update<R>(&self, change: impl FnOnce(&mut SaTables) -> R) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.tables.load_full();
