@@ -285,14 +285,16 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     child.wait().expect("wait for killed child")
 }
 
-/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, all at once, and waits
-/// until each answers `ikectl status` (at most 10 s, and a second more per ten nodes).
+/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, one after the other,
+/// and waits until each answers `ikectl status` before the next starts.
 pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
-    start_all_with(lab, config, &[])
+    (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
 }
 
-/// Like [`start_all`] with more `meshd run` arguments (e.g. `--no-kernel-drops`).
-pub fn start_all_with(lab: &crate::Lab, config: &Path, extra: &[&str]) -> Vec<Meshd> {
+/// Starts one `meshd` per lab node with the same mesh file and `extra` `meshd run` arguments,
+/// all at once, then waits until each answers `ikectl status` (at most 10 s, and a second more
+/// per ten nodes).
+pub fn start_all_at_once(lab: &crate::Lab, config: &Path, extra: &[&str]) -> Vec<Meshd> {
     let mut daemons: Vec<Meshd> =
         (0..lab.len()).map(|i| Meshd::spawn(lab.node(i), config, &lab.node_name(i), extra)).collect();
     let timeout = Duration::from_secs(10 + lab.len() as u64 / 10);

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use meshd_lab::util::{describe_output, wait_until};
-use meshd_lab::{require_root, start_all, start_all_with, Lab, MeshFile, Meshd, NeighbourTable, Netns};
+use meshd_lab::{require_root, start_all, start_all_at_once, Lab, MeshFile, Meshd, NeighbourTable, Netns};
 use serde_json::Value;
 
 /// The names of the peers a node has an established IKE SA with, sorted.
@@ -126,7 +126,7 @@ fn fifty_nodes_started_at_once_converge_to_a_full_mesh() {
     let started = Instant::now();
     eprintln!("{NODES} nodes: lab built in {:?}", started - built);
     // 50 eBPF tracers would only slow the start on a small CI machine.
-    let daemons = start_all_with(&lab, mesh.path(), &["--no-kernel-drops"]);
+    let daemons = start_all_at_once(&lab, mesh.path(), &["--no-kernel-drops"]);
     eprintln!("{NODES} nodes: every meshd answers {:?} after the start", started.elapsed());
     let peers = (NODES - 1) as u64;
     let timeout = Duration::from_secs(45);
