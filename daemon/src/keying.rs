@@ -49,6 +49,7 @@ pub trait IkeEngine {
     fn counters(&self) -> IkeCounters;
     fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant);
     fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant);
+    fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr);
     fn flush(&mut self, peer: PeerIndex, now: Instant);
     fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex;
     fn remove_peer(&mut self, peer: PeerIndex, now: Instant);
@@ -83,6 +84,9 @@ impl IkeEngine for Endpoint {
     }
     fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant) {
         Endpoint::rekey_child(self, peer, outbound_spi, now)
+    }
+    fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+        Endpoint::peer_moved(self, peer, remote)
     }
     fn flush(&mut self, peer: PeerIndex, now: Instant) {
         Endpoint::flush(self, peer, now)
@@ -429,6 +433,10 @@ impl<E: IkeEngine> NoticeHandler for Keying<E> {
             }
         });
     }
+
+    fn peer_moved(&self, peer: PeerId, remote: SocketAddr) {
+        self.with_peer(peer, |ike, index| ike.endpoint.peer_moved(index, remote));
+    }
 }
 
 impl<E: IkeEngine> Ike<E> {
@@ -646,6 +654,7 @@ mod tests {
         UnknownSpi(PeerIndex),
         Rekey(PeerIndex, u32),
         Flush(PeerIndex),
+        Moved(PeerIndex, SocketAddr),
         Remove(PeerIndex),
         Add(IpAddr),
     }
@@ -682,6 +691,9 @@ mod tests {
         }
         fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, _: Instant) {
             self.asked.push(Asked::Rekey(peer, outbound_spi));
+        }
+        fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+            self.asked.push(Asked::Moved(peer, remote));
         }
         fn flush(&mut self, peer: PeerIndex, _: Instant) {
             self.asked.push(Asked::Flush(peer));
@@ -816,6 +828,12 @@ mod tests {
         keying.lock().notices[0] = NoticesPassed::default();
         manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &keying);
         assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)], "again after the interval");
+
+        // A NAT mapping the SA manager followed: the IKE SAs follow too (manual peers have none).
+        let rebound: SocketAddr = "198.18.0.254:40000".parse().unwrap();
+        keying.peer_moved(PeerId(0), rebound);
+        keying.peer_moved(PeerId(1), rebound);
+        assert_eq!(asked(&keying), vec![Asked::Moved(0, rebound)]);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             return;
         };
         let Some(sequence) = sa.next_sequence() else {
-            sa.counters.drop(DropReason::SequenceExhausted);
+            sa.counters.count_drop(DropReason::SequenceExhausted);
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
@@ -168,7 +168,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
         let Ok(esp_len) = sealed else {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
-            sa.counters.drop(DropReason::FrameTooLarge);
+            sa.counters.count_drop(DropReason::FrameTooLarge);
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &[]);
             return;
         };
@@ -183,7 +183,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                 } else {
                     DropReason::SendFailed
                 };
-                sa.counters.drop(reason);
+                sa.counters.count_drop(reason);
                 // The frame is sealed by now: no inner addresses.
                 self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);

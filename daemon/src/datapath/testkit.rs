@@ -142,12 +142,19 @@ pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId
 
 /// What `state` delivers for `packets`, handled as one receive batch of a worker.
 pub fn receive_batch(state: &MeshState, packets: &[(&[u8], IpAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
+    let packets: Vec<(&[u8], SocketAddr)> =
+        packets.iter().map(|(packet, from)| (*packet, SocketAddr::new(*from, 4500))).collect();
+    receive_from(state, &packets)
+}
+
+/// What `state` delivers for `packets` from the given addresses and ports, as one batch.
+pub fn receive_from(state: &MeshState, packets: &[(&[u8], SocketAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
     let ingress = Ingress::new(state, &topology, &tables, &taps, 7, None);
     for (packet, from) in packets {
-        ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
+        ingress.receive(&mut packet.to_vec(), *from);
     }
     taps.0.into_inner()
 }

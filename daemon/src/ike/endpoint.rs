@@ -28,7 +28,7 @@ use super::sa::{IkeSa, Next, Phase};
 use super::status::{IkeCounters, IkeSaStatus, IkeState};
 use super::types::{Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
 use super::window::{Queued, Resend};
-use super::IKE_PORT;
+use super::{IKE_PORT, NAT_T_PORT};
 
 pub struct Endpoint {
     cx: Context,
@@ -132,6 +132,15 @@ impl Endpoint {
         });
         if let Some((our_spi, inbound_spi)) = found {
             self.queue(our_spi, Queued::RekeyChild(inbound_spi), now);
+        }
+    }
+
+    /// The datapath took authentic ESP from `peer` at `remote`, a new NAT mapping (the SA
+    /// manager checked that the peer is behind NAT): its IKE SAs on UDP 4500 follow, as they would
+    /// for an IKE message from there (RFC 7296 §2.23).
+    pub fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+        for sa in self.sas.values_mut().filter(|sa| sa.peer == Some(peer) && sa.local_port == NAT_T_PORT) {
+            sa.remote = remote;
         }
     }
 

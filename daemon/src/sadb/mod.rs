@@ -8,7 +8,7 @@
 //! its own per SA (never a global one).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,6 +19,7 @@ use mesh_config::{Cipher, Encap, Mode};
 use crate::drops::ReasonCounters;
 use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
+use crate::wire::esp::UDP_ENCAP_PORT;
 
 pub mod manager;
 
@@ -44,6 +45,15 @@ pub struct SaParams {
     pub remote: SocketAddr,
 }
 
+impl SaParams {
+    /// Whether the peer's ESP crosses a NAT on its way here: it comes in UDP from another
+    /// address or port than the peer's own (`address`, 4500). Only then may the SA follow the
+    /// peer to a new address (RFC 7296 §2.23, RFC 3948).
+    pub fn peer_behind_nat(&self, address: IpAddr) -> bool {
+        self.encap == Encap::Udp && self.remote != SocketAddr::new(address, UDP_ENCAP_PORT)
+    }
+}
+
 /// Traffic and drop counters of one SA.
 #[derive(Debug, Default)]
 pub struct SaCounters {
@@ -60,22 +70,34 @@ impl SaCounters {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.drops.add(reason);
     }
 }
 
+/// The key, sequence numbers and counters are shared with the copies `moved_to` makes, so that a
+/// worker still sending on the old copy never reuses a sequence number of the new one.
 pub struct OutboundSa {
     pub params: SaParams,
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
     /// The last sequence number handed out (0: none yet).
-    sequence: AtomicU64,
-    pub counters: SaCounters,
+    sequence: Arc<AtomicU64>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl OutboundSa {
     pub fn new(params: SaParams, sealer: Sealer) -> Self {
-        OutboundSa { params, sealer, sequence: AtomicU64::new(0), counters: SaCounters::default() }
+        OutboundSa { params, sealer: Arc::new(sealer), sequence: Arc::new(AtomicU64::new(0)), counters: Arc::default() }
+    }
+
+    /// The same SA sending to `remote` (the peer's NAT mapping changed).
+    pub fn moved_to(&self, remote: SocketAddr) -> Self {
+        OutboundSa {
+            params: SaParams { remote, ..self.params },
+            sealer: self.sealer.clone(),
+            sequence: self.sequence.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// Reserves the next sequence number, or `None` once the SA is used up (a 32-bit sequence
@@ -100,16 +122,27 @@ impl OutboundSa {
     }
 }
 
+/// Like `OutboundSa`, the copies `moved_to` makes share the key, replay window and counters.
 pub struct InboundSa {
     pub params: SaParams,
-    pub opener: Opener,
-    replay: Mutex<ReplayWindow>,
-    pub counters: SaCounters,
+    pub opener: Arc<Opener>,
+    replay: Arc<Mutex<ReplayWindow>>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl InboundSa {
     pub fn new(params: SaParams, opener: Opener, replay: ReplayWindow) -> Self {
-        InboundSa { params, opener, replay: Mutex::new(replay), counters: SaCounters::default() }
+        InboundSa { params, opener: Arc::new(opener), replay: Arc::new(Mutex::new(replay)), counters: Arc::default() }
+    }
+
+    /// The same SA expecting the peer's ESP from `remote` (the peer's NAT mapping changed).
+    pub fn moved_to(&self, remote: SocketAddr) -> Self {
+        InboundSa {
+            params: SaParams { remote, ..self.params },
+            opener: self.opener.clone(),
+            replay: self.replay.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// The replay window of this SA. A worker that panicked while holding it cannot have left it
@@ -209,6 +242,26 @@ impl Sadb {
         self.update(|tables| match tables.outbound.get_mut(peer.0) {
             Some(slot) if slot.as_ref().is_some_and(|sa| sa.params.spi == spi) => slot.take().is_some(),
             _ => false,
+        })
+    }
+
+    /// Points every SA of `peer` at `remote`; returns how many SAs moved.
+    pub(in crate::sadb) fn move_peer(&self, peer: PeerId, remote: SocketAddr) -> usize {
+        self.update(|tables| {
+            let mut moved = 0;
+            if let Some(Some(sa)) = tables.outbound.get_mut(peer.0) {
+                if sa.params.remote != remote {
+                    *sa = Arc::new(sa.moved_to(remote));
+                    moved += 1;
+                }
+            }
+            for sa in tables.inbound.values_mut() {
+                if sa.params.peer == peer && sa.params.remote != remote {
+                    *sa = Arc::new(sa.moved_to(remote));
+                    moved += 1;
+                }
+            }
+            moved
         })
     }
 
