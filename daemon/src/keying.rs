@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
-use crate::drops::DropContext;
+use crate::drops::{DropContext, SendErrorKind};
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
 use crate::ike::{
@@ -148,6 +148,9 @@ struct Ike<E> {
     stats: Vec<IkePeerStats>,
     /// Per IKE peer (by endpoint index): when the endpoint last heard of the datapath's notices.
     notices: Vec<NoticesPassed>,
+    /// Per IKE peer (by endpoint index): why the kernel last refused to send it an IKE message,
+    /// until an IKE SA comes up or an attempt fails (then the failure names it).
+    send_failed: Vec<Option<SendErrorKind>>,
 }
 
 /// When a peer's notices were last passed to the endpoint.
@@ -270,6 +273,7 @@ impl<E: IkeEngine> Keying<E> {
                 failures: vec![None; ike_peers.len()],
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
                 notices: vec![NoticesPassed::default(); ike_peers.len()],
+                send_failed: vec![None; ike_peers.len()],
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
             }),
@@ -306,6 +310,7 @@ impl<E: IkeEngine> Keying<E> {
         ike.failures.push(None);
         ike.stats.push(IkePeerStats::default());
         ike.notices.push(NoticesPassed::default());
+        ike.send_failed.push(None);
         ike.by_peer.insert(peer.id, index);
         drop(ike);
         self.wake.notify_one();
@@ -394,9 +399,18 @@ impl<E: IkeEngine> Keying<E> {
                 }
             };
             if let Err(error) = sent {
-                // IKE retransmits; a lost datagram only costs time.
+                // IKE retransmits; a lost datagram only costs time, but if the attempt fails it
+                // was not for want of an answer.
                 tracing::debug!(%error, destination = %transmit.destination, "sending an IKE message failed");
-                let peer = state.topology().peer_by_address(transmit.destination.ip());
+                let topology = state.topology();
+                let peer = topology.peer_by_address(transmit.destination.ip());
+                if let Some(id) = peer {
+                    let kind = SendErrorKind::of(&error);
+                    topology.peer(id).counters.send_errors.count(kind);
+                    if let Some(index) = ike.by_peer.get(&id).copied() {
+                        ike.send_failed[index] = Some(kind);
+                    }
+                }
                 let context = DropContext { peer, outer_source: Some(transmit.destination), ..DropContext::default() };
                 state.drops.record(DropReason::SendFailed, context);
             }
@@ -480,16 +494,26 @@ impl<E: IkeEngine> Ike<E> {
             Event::RemoveOutbound { peer, spi } => {
                 sas.remove_outbound(self.peers[peer], spi);
             }
-            Event::Established { peer } => self.failures[peer] = None,
+            Event::Established { peer } => {
+                self.failures[peer] = None;
+                self.send_failed[peer] = None;
+            }
             Event::Failed { peer, from, failure } => {
                 let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer_name(self.peers[p]));
-                tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
+                let send_failed = peer.and_then(|p| self.send_failed[p].take());
+                let text = match (&failure, send_failed) {
+                    (Failure::Timeout, Some(kind)) => {
+                        format!("our IKE messages could not be sent ({}): {}", kind.name(), kind.advice())
+                    }
+                    _ => failure.to_string(),
+                };
+                tracing::error!(peer = %name, "IKE with {name} failed: {text}");
                 if let Some(reason) = failure_reason(&failure) {
                     self.record_drop(state, reason, peer, from);
                 }
                 if let Some(peer) = peer {
                     self.stats[peer].handshake_failures += 1;
-                    self.failures[peer] = Some(failure.to_string());
+                    self.failures[peer] = Some(text);
                 }
             }
             Event::Refused { peer, from, refusal } => self.record_drop(state, refusal_reason(refusal), peer, from),
@@ -799,6 +823,12 @@ mod tests {
         assert_eq!(keying.stats(PeerId(0)).unwrap().handshake_failures, 1);
         let drops = keying.sas.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
         assert_eq!(drops.by_reason.get(&DropReason::IkeRetransmitGaveUp), Some(&1));
+
+        // A timeout after the kernel refused to send: the state names the errno, not the peer.
+        keying.lock().send_failed[0] = Some(SendErrorKind::NoBufferSpace);
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
+        let state = keying.state_of(PeerId(0)).to_string();
+        assert!(state.contains("could not be sent (ENOBUFS)") && state.contains("gc_thresh"), "{state}");
 
         keying.lock().endpoint.status = vec![established(0)];
         assert_eq!(keying.state_of(PeerId(0)).to_string(), "ike: established");

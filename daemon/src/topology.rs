@@ -51,6 +51,8 @@ pub struct PeerCounters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub last_rx_ms: AtomicU64,
+    /// Packets to the peer (ESP, IKE, path-MTU messages) that the kernel refused to send.
+    pub send_errors: crate::drops::SendErrors,
 }
 
 impl PeerCounters {

@@ -267,6 +267,7 @@ fn render_peers(peers: &[PeerInfo]) -> String {
         "rx bytes",
         "last rx",
         "drops",
+        "send errors",
         "keying",
         "path MTU",
         "overlay MTU",
@@ -285,6 +286,11 @@ fn render_peers(peers: &[PeerInfo]) -> String {
             p.rx_bytes.to_string(),
             ago(p.last_rx_secs),
             p.drops.to_string(),
+            if p.send_errors.is_empty() {
+                "-".to_string()
+            } else {
+                p.send_errors.iter().map(|(errno, count)| format!("{errno}={count}")).collect::<Vec<_>>().join(" ")
+            },
             p.keying.clone(),
             match (p.path_mtu, &p.path_mtu_source) {
                 (Some(mtu), Some(source)) => format!("{mtu} ({source})"),

@@ -387,6 +387,9 @@ pub struct PeerInfo {
     pub rx_bytes: u64,
     pub last_rx_secs: Option<u64>,
     pub drops: u64,
+    /// Packets to this peer the kernel refused to send, by errno name (`ENOBUFS`, `EPERM`, ...).
+    #[serde(default)]
+    pub send_errors: BTreeMap<String, u64>,
     /// How this peer is keyed: "manual", or the IKE state ("established", "connecting",
     /// or the last failure with what to do).
     pub keying: String,

@@ -148,3 +148,31 @@ fn after_a_link_outage_the_pair_is_back_within_two_seconds_of_the_link() {
         );
     }
 }
+
+/// n1's own firewall drops what it sends to UDP 500 and 4500 (sendmsg fails with EPERM, as it
+/// fails with ENOBUFS when the neighbour table is full): n1 counts the send errors per peer and
+/// reason in `ikectl peers`, and its keying state says the messages could not be sent, not that
+/// the peer does not answer.
+#[test]
+fn send_errors_are_counted_per_peer_and_reason_and_named_in_the_keying_state() {
+    require_root();
+    let lab = Lab::new("nhse", 2);
+    lab.node(0).run_ok(["nft", "add table inet block"]);
+    lab.node(0).run_ok(["nft", "add chain inet block out { type filter hook output priority 0 ; }"]);
+    lab.node(0).run_ok(["nft", "add rule inet block out udp dport { 500, 4500 } drop"]);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let n1 = Meshd::start(lab.node(0), mesh.path(), "n1");
+    let _n2 = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let failed = wait_until(Duration::from_secs(30), || {
+        let peer = n1.ikectl_json(&["peers"])[0].clone();
+        let keying = peer["keying"].as_str().unwrap_or_default().to_string();
+        keying.starts_with("ike: ").then_some(()).filter(|()| keying != "ike: connecting").map(|()| peer)
+    });
+    let peer = failed.unwrap_or_else(|| panic!("n1's IKE with n2 did not fail\n{}", n1.log()));
+    let keying = peer["keying"].as_str().unwrap_or_default();
+    assert!(keying.contains("could not be sent") && keying.contains("EPERM"), "{peer:#}");
+    assert!(!keying.contains("no answer"), "{peer:#}");
+    assert!(peer["send_errors"]["EPERM"].as_u64().is_some_and(|n| n >= 1), "{peer:#}");
+    let text = String::from_utf8_lossy(&n1.ikectl(&["peers"]).stdout).to_string();
+    assert!(text.contains("EPERM"), "ikectl peers shows the send errors:\n{text}");
+}

@@ -12,7 +12,7 @@ use mesh_config::Mode;
 
 use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::diag::observe::{Observing, SeenFrame};
-use crate::drops::{DropContext, InnerAddresses};
+use crate::drops::{DropContext, InnerAddresses, SendErrorKind};
 use crate::esp;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
@@ -184,6 +184,9 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                     DropReason::SendFailed
                 };
                 sa.counters.count_drop(reason);
+                if reason == DropReason::SendFailed {
+                    peer.counters.send_errors.count(SendErrorKind::of(&error));
+                }
                 // The frame is sealed by now: no inner addresses.
                 self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);
