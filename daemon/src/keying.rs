@@ -483,6 +483,13 @@ impl<E: IkeEngine> Ike<E> {
                     Ok(sealer) => {
                         if sas.install_outbound(OutboundSa::new(params, sealer)).is_some() {
                             self.stats[index].rekeys += 1;
+                        } else {
+                            // SAs with the peer again (a restart on either side): it learns our
+                            // overlay MACs now rather than when its neighbour entries go stale.
+                            let topology = state.topology();
+                            for overlay in &topology.overlays {
+                                crate::overlay_tap::announce(&topology, overlay);
+                            }
                         }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),

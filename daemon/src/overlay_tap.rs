@@ -8,7 +8,7 @@ use tun_rs::SyncDevice;
 use crate::error::DaemonError;
 use crate::topology::{Overlay, Topology};
 use crate::wire::ethernet::EthernetAddress;
-use crate::{pmtu, tap};
+use crate::{netif, pmtu, tap};
 
 /// Creates the TAP of `overlay` with one queue per worker, with its MTU and address; returns the
 /// queues and what `ikectl status` shows of it.
@@ -24,6 +24,7 @@ pub fn bring_up(
     let mac = overlay_mac(&topology.mesh_name, &topology.node_name, &overlay.name);
     let devices = tap::create(&overlay.interface, mtu, mac, overlay.address, queues, offload)
         .map_err(|source| DaemonError::OverlayInterface { interface: overlay.interface.clone(), source })?;
+    announce(topology, overlay);
     tracing::info!(overlay = %overlay.name, interface = %overlay.interface, vni = overlay.vni, mtu, %mtu_reason, mac = %EthernetAddress(mac), "overlay interface up");
     let status = OverlayStatus {
         name: overlay.name.clone(),
@@ -34,6 +35,16 @@ pub fn bring_up(
         address: overlay.address.map(|(ip, prefix)| format!("{ip}/{prefix}")),
     };
     Ok((devices, status))
+}
+
+/// Announces this node's address and MAC on `overlay` (gratuitous ARP, unsolicited NA): when
+/// its interface comes up and when SAs with a peer come up, so that the peers' neighbour caches
+/// are right at once.
+pub fn announce(topology: &Topology, overlay: &Overlay) {
+    let mac = overlay_mac(&topology.mesh_name, &topology.node_name, &overlay.name);
+    if let Err(error) = netif::announce(&overlay.interface, mac) {
+        tracing::warn!(interface = %overlay.interface, %error, "announcing the overlay address failed");
+    }
 }
 
 /// The MAC of this node's interface on an overlay: the same at every start, so that the other

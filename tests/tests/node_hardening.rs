@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use meshd_lab::util::{describe_output, send_signal, wait_until};
-use meshd_lab::{require_root, start_all, Family, Lab, MeshFile, Meshd, RoutedPair};
+use meshd_lab::{require_root, start_all, Capture, Family, Lab, MeshFile, Meshd, RoutedPair};
 
 /// Interval of the ping streams, and the longest outage allowed in them.
 const PING_INTERVAL: f64 = 0.05;
@@ -66,7 +66,8 @@ fn a_changed_nat_mapping_is_followed_within_two_seconds() {
 /// Four nodes, dpd 2 s and short lifetimes (rekeys happen between the restarts). n2 is killed
 /// with SIGKILL and restarted three times; each time every other node reaches n2's overlay
 /// address within three liveness intervals (6 s) of the restart, although the neighbour caches
-/// of the others still hold n2's MAC from before: it is the same MAC each time.
+/// of the others still hold n2's MAC from before: it is the same MAC each time, and n2 announces
+/// it with a gratuitous ARP once its SAs are back.
 #[test]
 fn a_node_killed_and_restarted_is_back_on_the_overlay_within_six_seconds_every_time() {
     require_root();
@@ -81,7 +82,9 @@ fn a_node_killed_and_restarted_is_back_on_the_overlay_within_six_seconds_every_t
     let all_reach = || others.iter().all(|i| lab.node(*i).ping(&target, 1).status.success()).then_some(());
     assert!(wait_until(Duration::from_secs(20), all_reach).is_some(), "the mesh did not come up\n{}", daemons[1].log());
     let mac_before = lab.node(1).mac(&daemons[1].overlay_interface("ovl0"));
+    let n1_overlay = daemons[0].overlay_interface("ovl0");
     for round in 1..=3 {
+        let mut capture = Capture::start_with_filter(lab.node(0), &n1_overlay, Some("arp"));
         send_signal(daemons[1].pid().expect("n2 runs"), libc::SIGKILL);
         daemons[1].kill();
         // Long enough for the others' liveness checks to notice (dpd 2 s).
@@ -105,6 +108,15 @@ fn a_node_killed_and_restarted_is_back_on_the_overlay_within_six_seconds_every_t
         );
         let mac = lab.node(1).mac(&daemons[1].overlay_interface("ovl0"));
         assert_eq!(mac, mac_before, "round {round}: n2's overlay MAC is the same after the restart");
+        // n2 announced itself (gratuitous ARP) once its SAs were back (the capture gets a moment
+        // to write what it saw).
+        std::thread::sleep(Duration::from_millis(500));
+        let announced = capture.read(&["-Y", &format!("arp.isgratuitous && arp.src.proto_ipv4 == {target}")]);
+        assert!(
+            !announced.trim().is_empty(),
+            "round {round}: n1 saw no gratuitous ARP from n2 ({target}) on {n1_overlay}\n--- n2 ---\n{}",
+            daemons[1].log()
+        );
     }
 }
 
