@@ -586,6 +586,7 @@ fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, cra
         origin: SaOrigin::Ike,
         created_ms: state.clock.now_ms(),
         remote: sa.remote,
+        behind_nat: sa.remote != SocketAddr::new(state.topology().peer(peer).address, NAT_T_PORT),
     };
     (params, sa.key)
 }

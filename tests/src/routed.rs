@@ -100,11 +100,16 @@ impl RoutedPair {
     /// `masquerade_towards(i)`): its connection tracking is flushed and UDP leaves from `port`,
     /// as when a home router restarts or a carrier NAT times a mapping out.
     pub fn rebind_masquerade(&self, i: usize, port: u16) {
-        self.router.run_ok(["nft", "flush chain ip nat post"]);
         let iface = router_iface(i);
-        self.router
-            .run_ok(["nft", &format!("add rule ip nat post oifname {iface} meta l4proto udp masquerade to :{port}")]);
-        self.router.run_ok(["nft", &format!("add rule ip nat post oifname {iface} masquerade")]);
+        // One nft invocation is one transaction: nothing leaves untranslated in between.
+        self.router.run_ok([
+            "nft",
+            &format!(
+                "flush chain ip nat post; \
+                 add rule ip nat post oifname {iface} meta l4proto udp masquerade to :{port}; \
+                 add rule ip nat post oifname {iface} masquerade"
+            ),
+        ]);
         self.router.run_ok(["conntrack", "-F"]);
     }
 

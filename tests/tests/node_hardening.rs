@@ -161,30 +161,42 @@ fn after_a_link_outage_the_pair_is_back_within_two_seconds_of_the_link() {
     }
 }
 
-/// n1's own firewall drops what it sends to UDP 500 and 4500 (sendmsg fails with EPERM, as it
-/// fails with ENOBUFS when the neighbour table is full): n1 counts the send errors per peer and
-/// reason in `ikectl peers`, and its keying state says the messages could not be sent, not that
-/// the peer does not answer.
+/// Once the pair is up, n1's own firewall drops what it sends to UDP 500 and 4500 (sendmsg fails
+/// with EPERM, as it fails with ENOBUFS when the neighbour table is full): `ikectl ping` names
+/// the refused sends, n1 counts them per peer and errno in `ikectl peers` and the metrics, and
+/// when the liveness checks (dpd 2 s) give up, the keying state says the messages could not be
+/// sent, not that the peer does not answer.
 #[test]
-fn send_errors_are_counted_per_peer_and_reason_and_named_in_the_keying_state() {
+fn send_errors_are_counted_per_peer_and_reason_and_named() {
     require_root();
     let lab = Lab::new("nhse", 2);
+    let mesh =
+        MeshFile::builder(&lab).ike().extra("[ike]\ndpd = \"2s\"\n\n[metrics]\nlisten = \"127.0.0.1:9469\"\n").write();
+    let daemons = start_all(&lab, mesh.path());
+    let n1 = &daemons[0];
+    let up = wait_until(Duration::from_secs(20), || established_with_peer(n1).then_some(()));
+    assert!(up.is_some(), "the pair did not come up\n{}", n1.log());
     lab.node(0).run_ok(["nft", "add table inet block"]);
     lab.node(0).run_ok(["nft", "add chain inet block out { type filter hook output priority 0 ; }"]);
     lab.node(0).run_ok(["nft", "add rule inet block out udp dport { 500, 4500 } drop"]);
-    let mesh = MeshFile::builder(&lab).ike().write();
-    let n1 = Meshd::start(lab.node(0), mesh.path(), "n1");
-    let _n2 = Meshd::start(lab.node(1), mesh.path(), "n2");
+
+    let ping = n1.ikectl(&["--json", "ping", "n2", "--count", "2"]);
+    let report: serde_json::Value = serde_json::from_slice(&ping.stdout).expect("ikectl ping --json");
+    let said = report["verdicts"].to_string();
+    assert!(!ping.status.success() && said.contains("refused") && said.contains("EPERM"), "{report:#}");
+
     let failed = wait_until(Duration::from_secs(30), || {
         let peer = n1.ikectl_json(&["peers"])[0].clone();
         let keying = peer["keying"].as_str().unwrap_or_default().to_string();
-        keying.starts_with("ike: ").then_some(()).filter(|()| keying != "ike: connecting").map(|()| peer)
+        (keying != "ike: established" && keying != "ike: connecting").then_some(peer)
     });
     let peer = failed.unwrap_or_else(|| panic!("n1's IKE with n2 did not fail\n{}", n1.log()));
     let keying = peer["keying"].as_str().unwrap_or_default();
     assert!(keying.contains("could not be sent") && keying.contains("EPERM"), "{peer:#}");
     assert!(!keying.contains("no answer"), "{peer:#}");
-    assert!(peer["send_errors"]["EPERM"].as_u64().is_some_and(|n| n >= 1), "{peer:#}");
+    assert!(peer["send_errors"]["EPERM"].as_u64().is_some_and(|n| n >= 2), "{peer:#}");
     let text = String::from_utf8_lossy(&n1.ikectl(&["peers"]).stdout).to_string();
-    assert!(text.contains("EPERM"), "ikectl peers shows the send errors:\n{text}");
+    assert!(text.contains("EPERM="), "ikectl peers shows the send errors:\n{text}");
+    let metrics = lab.node(0).run_stdout(["curl", "-s", "http://127.0.0.1:9469/metrics"]);
+    assert!(metrics.contains("meshd_send_errors_total{reason=\"EPERM\",peer=\"n2\"}"), "{metrics}");
 }

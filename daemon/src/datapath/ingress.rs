@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use mesh_config::control::{Direction, DropReason};
-use mesh_config::{Encap, Mode};
+use mesh_config::Mode;
 
 use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses};
@@ -113,8 +113,7 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
     ) -> Result<(), Dropped> {
         let peer = self.topology.peer(sa.params.peer);
         // A NAT'd peer whose mapping changed: followed once the packet proved authentic and new.
-        let moved = sa.params.encap == Encap::Udp && sa.params.remote != source;
-        let follow = moved && sa.params.peer_behind_nat(peer.address);
+        let follow = sa.params.follows_peer() && sa.params.remote != source;
         if sa.params.remote.ip() != source.ip() && !follow {
             return Err(DropReason::WrongPeer.into());
         }

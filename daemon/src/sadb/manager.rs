@@ -139,14 +139,13 @@ impl SaManager {
         }
     }
 
-    /// Points `peer`'s SAs at `remote` if inbound SA `spi` (of `peer`, behind NAT) still expects
+    /// Points `peer`'s SAs at `remote` if inbound SA `spi` (of `peer`, which follows it through a
+    /// NAT) still expects
     /// the peer elsewhere; false for a repeat or an SA that is gone.
     fn follow(&self, peer: PeerId, spi: u32, remote: SocketAddr) -> bool {
         let tables = self.state.sadb.load();
         let Some(sa) = tables.inbound(spi).filter(|sa| sa.params.peer == peer) else { return false };
-        let topology = self.state.topology();
-        let behind_nat = topology.peers.get(peer.0).is_some_and(|p| sa.params.peer_behind_nat(p.address));
-        sa.params.remote != remote && behind_nat && self.state.sadb.move_peer(peer, remote) > 0
+        sa.params.remote != remote && sa.params.follows_peer() && self.state.sadb.move_peer(peer, remote) > 0
     }
 
     /// Passes on the datapath's notices until the runtime stops.
@@ -305,7 +304,17 @@ mod tests {
         let (receiver, _) = manager(1);
         manual::install(&config, &sender, None).unwrap();
         manual::install(&config, &receiver, None).unwrap();
-        receiver.state().sadb.move_peer(PeerId(0), nat);
+        // As IKE would have made them: the peer's ESP came through the NAT.
+        receiver.state().sadb.update(|tables| {
+            for slot in tables.outbound.iter_mut().flatten() {
+                let params = SaParams { remote: nat, behind_nat: true, ..slot.params };
+                *slot = Arc::new(slot.with_params(params));
+            }
+            for sa in tables.inbound.values_mut() {
+                let params = SaParams { remote: nat, behind_nat: true, ..sa.params };
+                *sa = Arc::new(sa.with_params(params));
+            }
+        });
         let queue = receiver.state().sa_notices.take_receiver().unwrap();
         (sender, receiver, queue)
     }
@@ -363,7 +372,7 @@ mod tests {
         assert!(queue.try_recv().is_err());
         let drops = receiver.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
         assert_eq!(drops.by_reason.get(&DropReason::WrongPeer), Some(&1));
-        // A notice forged for a peer that is not behind NAT moves nothing.
+        // A notice about a peer that is not behind NAT moves nothing.
         let heard = Heard::default();
         receiver.handle_notice(SaNotice::PeerMoved { peer: PeerId(0), spi: spi(0, 1), remote: elsewhere }, &heard);
         assert!(heard.0.into_inner().is_empty());

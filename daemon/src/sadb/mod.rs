@@ -8,7 +8,7 @@
 //! its own per SA (never a global one).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +19,6 @@ use mesh_config::{Cipher, Encap, Mode};
 use crate::drops::ReasonCounters;
 use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
-use crate::wire::esp::UDP_ENCAP_PORT;
 
 pub mod manager;
 
@@ -43,14 +42,16 @@ pub struct SaParams {
     /// Where the peer's ESP comes from and ours goes: its address and port 4500, or what its
     /// NAT shows (the port is ignored for raw ESP).
     pub remote: SocketAddr,
+    /// The peer's ESP came from another address or port than the peer's own (address, 4500)
+    /// when the SA was made: a NAT is in front of the peer. Kept when the SA moves.
+    pub behind_nat: bool,
 }
 
 impl SaParams {
-    /// Whether the peer's ESP crosses a NAT on its way here: it comes in UDP from another
-    /// address or port than the peer's own (`address`, 4500). Only then may the SA follow the
-    /// peer to a new address (RFC 7296 §2.23, RFC 3948).
-    pub fn peer_behind_nat(&self, address: IpAddr) -> bool {
-        self.encap == Encap::Udp && self.remote != SocketAddr::new(address, UDP_ENCAP_PORT)
+    /// Whether the SA may follow its peer to another address: its ESP crossed a NAT (in UDP)
+    /// when the SA was made (RFC 7296 §2.23, RFC 3948).
+    pub fn follows_peer(&self) -> bool {
+        self.encap == Encap::Udp && self.behind_nat
     }
 }
 
@@ -75,7 +76,7 @@ impl SaCounters {
     }
 }
 
-/// The key, sequence numbers and counters are shared with the copies `moved_to` makes, so that a
+/// The key, sequence numbers and counters are shared with the copies `with_params` makes, so that a
 /// worker still sending on the old copy never reuses a sequence number of the new one.
 pub struct OutboundSa {
     pub params: SaParams,
@@ -90,10 +91,10 @@ impl OutboundSa {
         OutboundSa { params, sealer: Arc::new(sealer), sequence: Arc::new(AtomicU64::new(0)), counters: Arc::default() }
     }
 
-    /// The same SA sending to `remote` (the peer's NAT mapping changed).
-    pub fn moved_to(&self, remote: SocketAddr) -> Self {
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`).
+    pub fn with_params(&self, params: SaParams) -> Self {
         OutboundSa {
-            params: SaParams { remote, ..self.params },
+            params,
             sealer: self.sealer.clone(),
             sequence: self.sequence.clone(),
             counters: self.counters.clone(),
@@ -122,7 +123,7 @@ impl OutboundSa {
     }
 }
 
-/// Like `OutboundSa`, the copies `moved_to` makes share the key, replay window and counters.
+/// Like `OutboundSa`, the copies `with_params` makes share the key, replay window and counters.
 pub struct InboundSa {
     pub params: SaParams,
     pub opener: Arc<Opener>,
@@ -135,14 +136,9 @@ impl InboundSa {
         InboundSa { params, opener: Arc::new(opener), replay: Arc::new(Mutex::new(replay)), counters: Arc::default() }
     }
 
-    /// The same SA expecting the peer's ESP from `remote` (the peer's NAT mapping changed).
-    pub fn moved_to(&self, remote: SocketAddr) -> Self {
-        InboundSa {
-            params: SaParams { remote, ..self.params },
-            opener: self.opener.clone(),
-            replay: self.replay.clone(),
-            counters: self.counters.clone(),
-        }
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`).
+    pub fn with_params(&self, params: SaParams) -> Self {
+        InboundSa { params, opener: self.opener.clone(), replay: self.replay.clone(), counters: self.counters.clone() }
     }
 
     /// The replay window of this SA. A worker that panicked while holding it cannot have left it
@@ -251,13 +247,13 @@ impl Sadb {
             let mut moved = 0;
             if let Some(Some(sa)) = tables.outbound.get_mut(peer.0) {
                 if sa.params.remote != remote {
-                    *sa = Arc::new(sa.moved_to(remote));
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
                     moved += 1;
                 }
             }
             for sa in tables.inbound.values_mut() {
                 if sa.params.peer == peer && sa.params.remote != remote {
-                    *sa = Arc::new(sa.moved_to(remote));
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
                     moved += 1;
                 }
             }
@@ -304,6 +300,7 @@ mod tests {
             origin: SaOrigin::Manual,
             created_ms: 1,
             remote: "198.18.0.2:4500".parse().unwrap(),
+            behind_nat: false,
         }
     }
 
