@@ -136,6 +136,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
+    follow_underlay(keying.clone());
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -211,4 +213,29 @@ async fn wait_for_stop_signal() -> std::io::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
     }
     Ok(())
+}
+
+/// Renegotiates with peers that have no IKE SA as soon as the kernel reports a link or route up
+/// (a thread of its own: reading rtnetlink blocks). Without it, meshd retries on its timers.
+fn follow_underlay(keying: Arc<Keying>) {
+    let mut events = match pmtu::route::UnderlayEvents::open() {
+        Ok(events) => events,
+        Err(error) => {
+            tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
+            return;
+        }
+    };
+    let follow = move || loop {
+        match events.wait() {
+            Ok(true) => keying.underlay_changed(),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reading link and route changes failed; IKE retries on its timers only");
+                return;
+            }
+        }
+    };
+    if let Err(error) = std::thread::Builder::new().name("meshd-underlay".to_string()).spawn(follow) {
+        tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
+    }
 }

@@ -35,6 +35,9 @@ use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 /// The endpoint hears of a peer's unknown SPIs, and of its SA running out, at most this often
 /// (each unknown SPI would otherwise queue another liveness check).
 const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+/// After SAs with a peer come up, this node announces its overlay addresses at once and again
+/// this much later.
+const ANNOUNCE_AGAIN: Duration = Duration::from_secs(1);
 /// Refused IKE messages are summed up in the log at most this often.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -50,6 +53,7 @@ pub trait IkeEngine {
     fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant);
     fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant);
     fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr);
+    fn retry_now(&mut self, peer: PeerIndex, now: Instant);
     fn flush(&mut self, peer: PeerIndex, now: Instant);
     fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex;
     fn remove_peer(&mut self, peer: PeerIndex, now: Instant);
@@ -87,6 +91,9 @@ impl IkeEngine for Endpoint {
     }
     fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
         Endpoint::peer_moved(self, peer, remote)
+    }
+    fn retry_now(&mut self, peer: PeerIndex, now: Instant) {
+        Endpoint::retry_now(self, peer, now)
     }
     fn flush(&mut self, peer: PeerIndex, now: Instant) {
         Endpoint::flush(self, peer, now)
@@ -151,6 +158,8 @@ struct Ike<E> {
     /// Per IKE peer (by endpoint index): why the kernel last refused to send it an IKE message,
     /// until an IKE SA comes up or an attempt fails (then the failure names it).
     send_failed: Vec<Option<SendErrorKind>>,
+    /// When to announce this node's overlay addresses once more after SAs with a peer came up.
+    announce_again: Option<Instant>,
 }
 
 /// When a peer's notices were last passed to the endpoint.
@@ -158,6 +167,7 @@ struct Ike<E> {
 struct NoticesPassed {
     unknown_spi: Option<Instant>,
     running_out: Option<Instant>,
+    underlay_changed: Option<Instant>,
 }
 
 /// Whether a notice last passed on at `last` may be passed on again at `now`.
@@ -274,6 +284,7 @@ impl<E: IkeEngine> Keying<E> {
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
                 notices: vec![NoticesPassed::default(); ike_peers.len()],
                 send_failed: vec![None; ike_peers.len()],
+                announce_again: None,
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
             }),
@@ -332,6 +343,22 @@ impl<E: IkeEngine> Keying<E> {
 
     pub fn is_ike_peer(&self, peer: PeerId) -> bool {
         self.lock().by_peer.contains_key(&peer)
+    }
+
+    /// The kernel reported a link or route up (`pmtu::route::UnderlayEvents`): peers without an
+    /// IKE SA are tried at once, each at most once per `NOTICE_INTERVAL` (a flapping link must
+    /// not restart attempts before they can finish).
+    pub fn underlay_changed(&self) {
+        let now = Instant::now();
+        let mut ike = self.lock();
+        let indexes: Vec<usize> = ike.by_peer.values().copied().collect();
+        for index in indexes {
+            if due(&mut ike.notices[index].underlay_changed, now) {
+                ike.endpoint.retry_now(index, now);
+            }
+        }
+        drop(ike);
+        self.wake.notify_one();
     }
 
     /// Deletes the SAs with `peer` (telling it) and negotiates anew; false for a manual peer.
@@ -416,6 +443,10 @@ impl<E: IkeEngine> Keying<E> {
             }
         }
         ike.apply_events(&self.sas);
+        if ike.announce_again.is_some_and(|at| at <= Instant::now()) {
+            ike.announce_again = None;
+            announce_overlays(state);
+        }
     }
 
     fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
@@ -423,7 +454,8 @@ impl<E: IkeEngine> Keying<E> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.lock().endpoint.poll_timeout()
+        let ike = self.lock();
+        [ike.endpoint.poll_timeout(), ike.announce_again].into_iter().flatten().min()
     }
 }
 
@@ -485,11 +517,11 @@ impl<E: IkeEngine> Ike<E> {
                             self.stats[index].rekeys += 1;
                         } else {
                             // SAs with the peer again (a restart on either side): it learns our
-                            // overlay MACs now rather than when its neighbour entries go stale.
-                            let topology = state.topology();
-                            for overlay in &topology.overlays {
-                                crate::overlay_tap::announce(&topology, overlay);
-                            }
+                            // overlay MACs now rather than when its neighbour entries go stale;
+                            // once more a moment later, in case the peer (as initiator) had not
+                            // installed its inbound SA yet.
+                            announce_overlays(state);
+                            self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
                         }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
@@ -558,6 +590,14 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
         Refusal::Unauthentic => DropReason::IkeIntegrity,
         Refusal::UnknownSpi => DropReason::IkeUnknownSpi,
         Refusal::Unexpected => DropReason::IkeUnexpected,
+    }
+}
+
+/// Gratuitous ARP / unsolicited NA on every overlay (`overlay_tap::announce`).
+fn announce_overlays(state: &MeshState) {
+    let topology = state.topology();
+    for overlay in &topology.overlays {
+        crate::overlay_tap::announce(&topology, overlay);
     }
 }
 
@@ -687,6 +727,7 @@ mod tests {
         Rekey(PeerIndex, u32),
         Flush(PeerIndex),
         Moved(PeerIndex, SocketAddr),
+        Retry(PeerIndex),
         Remove(PeerIndex),
         Add(IpAddr),
     }
@@ -726,6 +767,9 @@ mod tests {
         }
         fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
             self.asked.push(Asked::Moved(peer, remote));
+        }
+        fn retry_now(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Retry(peer));
         }
         fn flush(&mut self, peer: PeerIndex, _: Instant) {
             self.asked.push(Asked::Flush(peer));
@@ -804,6 +848,9 @@ mod tests {
         assert_eq!(inbound.params.encap, Encap::Udp);
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
+        let announce_at = keying.lock().announce_again.expect("a first SA is announced again later");
+        assert!(keying.deadline().is_some_and(|at| at <= announce_at), "the driver wakes for it");
+        keying.lock().announce_again = None;
 
         happen(
             &keying,
@@ -817,6 +864,7 @@ mod tests {
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6002, "the newer SA stays");
         assert!(tables.inbound(0x5001).is_none());
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
+        assert_eq!(keying.lock().announce_again, None, "a rekey is not announced");
         assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
     }
 
@@ -872,6 +920,11 @@ mod tests {
         keying.peer_moved(PeerId(0), rebound);
         keying.peer_moved(PeerId(1), rebound);
         assert_eq!(asked(&keying), vec![Asked::Moved(0, rebound)]);
+
+        // A link or route came up: IKE peers are retried, at most once a second.
+        keying.underlay_changed();
+        keying.underlay_changed();
+        assert_eq!(asked(&keying), vec![Asked::Retry(0)]);
     }
 
     #[test]

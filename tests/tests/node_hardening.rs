@@ -4,10 +4,19 @@
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test node_hardening`.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use meshd_lab::util::{describe_output, send_signal, wait_until};
 use meshd_lab::{require_root, start_all, Capture, Family, Lab, MeshFile, Meshd, RoutedPair};
+
+/// These tests measure recovery in seconds: they run one at a time, so that they do not slow
+/// each other's daemons down.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Interval of the ping streams, and the longest outage allowed in them.
 const PING_INTERVAL: f64 = 0.05;
@@ -32,6 +41,7 @@ fn longest_outage(ping_output: &str, count: u32) -> Duration {
 #[test]
 fn a_changed_nat_mapping_is_followed_within_two_seconds() {
     require_root();
+    let _one_at_a_time = one_at_a_time();
     let nat = RoutedPair::new("nhnat", Family::V4, 1500);
     nat.masquerade_towards(1);
     let (n1, n2) = (nat.node(0), nat.node(1));
@@ -71,6 +81,7 @@ fn a_changed_nat_mapping_is_followed_within_two_seconds() {
 #[test]
 fn a_node_killed_and_restarted_is_back_on_the_overlay_within_six_seconds_every_time() {
     require_root();
+    let _one_at_a_time = one_at_a_time();
     let lab = Lab::new("nhrs", 4);
     let mesh = MeshFile::builder(&lab)
         .ike()
@@ -136,6 +147,7 @@ fn established_with_peer(d: &Meshd) -> bool {
 #[test]
 fn after_a_link_outage_the_pair_is_back_within_two_seconds_of_the_link() {
     require_root();
+    let _one_at_a_time = one_at_a_time();
     let lab = Lab::new("nhln", 2);
     let mesh = MeshFile::builder(&lab).ike().extra("[ike]\ndpd = \"2s\"\n").write();
     let daemons = start_all(&lab, mesh.path());
@@ -169,6 +181,7 @@ fn after_a_link_outage_the_pair_is_back_within_two_seconds_of_the_link() {
 #[test]
 fn send_errors_are_counted_per_peer_and_reason_and_named() {
     require_root();
+    let _one_at_a_time = one_at_a_time();
     let lab = Lab::new("nhse", 2);
     let mesh =
         MeshFile::builder(&lab).ike().extra("[ike]\ndpd = \"2s\"\n\n[metrics]\nlisten = \"127.0.0.1:9469\"\n").write();

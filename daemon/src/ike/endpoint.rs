@@ -144,6 +144,19 @@ impl Endpoint {
         }
     }
 
+    /// The underlay changed (a link or route came up): without a live IKE SA with `peer`,
+    /// negotiate now instead of at the next timed attempt or retransmission.
+    pub fn retry_now(&mut self, peer: PeerIndex, now: Instant) {
+        if !self.cx.is_member(peer) || self.sas.values().any(|sa| sa.peer == Some(peer) && sa.is_live()) {
+            return;
+        }
+        let waiting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
+        for spi in waiting {
+            self.forget(spi);
+        }
+        self.start_initiator(peer, now);
+    }
+
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
     pub fn flush(&mut self, peer: PeerIndex, now: Instant) {
         self.delete_sas_with(peer, now);
