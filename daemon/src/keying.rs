@@ -345,14 +345,15 @@ impl<E: IkeEngine> Keying<E> {
         self.lock().by_peer.contains_key(&peer)
     }
 
-    /// The kernel reported a link or route up (`pmtu::route::UnderlayEvents`): peers without an
-    /// IKE SA are tried at once, each at most once per `NOTICE_INTERVAL` (a flapping link must
-    /// not restart attempts before they can finish).
+    /// The kernel reported a link or route up (`pmtu::route::UnderlayEvents`): peers whose last
+    /// IKE attempt failed are tried at once, each at most once per `NOTICE_INTERVAL` (a flapping
+    /// link must not restart attempts before they can finish). Peers still being negotiated
+    /// with for the first time are left alone: links change as overlays come up and announce.
     pub fn underlay_changed(&self) {
         let now = Instant::now();
         let mut ike = self.lock();
-        let indexes: Vec<usize> = ike.by_peer.values().copied().collect();
-        for index in indexes {
+        let failed: Vec<usize> = ike.by_peer.values().copied().filter(|index| ike.failures[*index].is_some()).collect();
+        for index in failed {
             if due(&mut ike.notices[index].underlay_changed, now) {
                 ike.endpoint.retry_now(index, now);
             }
@@ -921,7 +922,12 @@ mod tests {
         keying.peer_moved(PeerId(1), rebound);
         assert_eq!(asked(&keying), vec![Asked::Moved(0, rebound)]);
 
-        // A link or route came up: IKE peers are retried, at most once a second.
+        // A link or route came up: IKE peers whose attempt failed are retried, at most once a
+        // second; others are left to the attempt under way.
+        keying.underlay_changed();
+        assert_eq!(asked(&keying), vec![]);
+        let from = "198.18.0.2:500".parse().unwrap();
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
         keying.underlay_changed();
         keying.underlay_changed();
         assert_eq!(asked(&keying), vec![Asked::Retry(0)]);
