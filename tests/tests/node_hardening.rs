@@ -161,7 +161,7 @@ fn after_a_link_outage_the_pair_is_back_within_two_seconds_of_the_link() {
         lab.switch().run_ok(["ip", "link", "set", "p1", "up"]);
         let link_back = Instant::now();
         // No overlay traffic meanwhile: ESP for an unknown SPI would make the peer renegotiate.
-        let back = wait_until(MAX_OUTAGE, || daemons.iter().all(|d| established_with_peer(d)).then_some(()));
+        let back = wait_until(MAX_OUTAGE, || daemons.iter().all(established_with_peer).then_some(()));
         let back = back.and_then(|()| lab.node(0).ping(&target, 1).status.success().then_some(()));
         assert!(
             back.is_some(),
