@@ -119,3 +119,11 @@ pub(super) fn detect_nat(payloads: &[Payload], spis: &SpiPair, to: SocketAddr) -
     let ours = nat_detection_hash(&spis.initiator, &spis.responder, to);
     notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_DESTINATION_IP && n.data != ours)
 }
+
+/// Whether a NAT is in front of the peer: none of its NAT_DETECTION_SOURCE_IP hashes names the
+/// address the message came from (RFC 7296 §2.23). A peer that forces encapsulation sends a hash
+/// that cannot match, and counts as behind NAT, as it asks to.
+pub(super) fn detect_peer_nat(payloads: &[Payload], spis: &SpiPair, from: SocketAddr) -> bool {
+    let theirs = nat_detection_hash(&spis.initiator, &spis.responder, from);
+    !notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_SOURCE_IP && n.data == theirs)
+}

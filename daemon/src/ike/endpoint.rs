@@ -215,14 +215,11 @@ impl Endpoint {
             self.cx.refuse(Refusal::Malformed, from);
             return;
         };
-        sa.last_heard = now;
-        // Follow the peer's address and port (NAT mappings change); RFC 7296 §2.23.
-        sa.remote = from;
-        sa.local_port = local_port;
+        let arrival = (from, local_port);
         let next = if header.response {
-            sa.handle_response(&mut self.cx, header, payloads, outbound_allowed, now)
+            sa.handle_response(&mut self.cx, header, payloads, outbound_allowed, arrival, now)
         } else {
-            sa.handle_request(&mut self.cx, header, payloads, now)
+            sa.handle_request(&mut self.cx, header, payloads, arrival, now)
         };
         self.apply(our_spi, next, now);
     }

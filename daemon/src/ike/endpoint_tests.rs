@@ -697,3 +697,64 @@ fn a_request_with_the_highest_message_id_is_refused() {
     pair.run(Duration::from_secs(30));
     pair.assert_one_pair();
 }
+
+/// Issue 14, finding 3: one authentic message captured on the wire and replayed from another
+/// address (the Child SAs made meanwhile would follow it) must not move the IKE SA.
+#[test]
+fn a_replayed_message_from_another_address_does_not_move_the_ike_sa() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let captured = pair.a.endpoint.poll_transmit().unwrap();
+    pair.b.endpoint.handle(&captured.bytes, "198.18.0.1:4500".parse().unwrap(), 4500, now);
+    pair.pump(&mut |_| Fate::Deliver);
+    let spoofed: SocketAddr = "198.18.7.7:4500".parse().unwrap();
+    pair.b.endpoint.handle(&captured.bytes, spoofed, 4500, now);
+    pair.b.apply_events();
+    for transmit in std::iter::from_fn(|| pair.b.endpoint.poll_transmit()) {
+        assert_ne!(transmit.destination, spoofed, "B answered the spoofed address");
+    }
+    let remote = pair.b.established_sas(pair.now)[0].remote;
+    assert_eq!(remote, "198.18.0.1:4500".parse().unwrap(), "B's IKE SA followed the replay");
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+    assert_eq!(pair.b.outbound.as_ref().unwrap().remote, "198.18.0.1:4500".parse().unwrap());
+}
+
+/// Issue 14, finding 3: without NAT in front of the peer (RFC 7296 §2.23) even a new authentic
+/// request from another address does not move the IKE SA.
+#[test]
+fn without_nat_the_peer_address_never_follows_a_message() {
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.force_udp_encap = false;
+    b.force_udp_encap = false;
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    pair.b.endpoint.handle(&request.bytes, "198.18.7.7:500".parse().unwrap(), 500, now);
+    let answer = pair.b.endpoint.poll_transmit().unwrap();
+    assert_eq!(answer.destination, "198.18.0.1:500".parse().unwrap(), "answered to the peer's address");
+    assert_eq!(pair.b.established_sas(now)[0].remote, "198.18.0.1:500".parse().unwrap());
+}
+
+/// Issue 14, finding 3: with the peer behind NAT, a new authentic request from a new mapping
+/// moves the IKE SA (the NAT changed its mapping).
+#[test]
+fn behind_nat_the_peer_address_follows_a_new_authentic_request() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    let mapping: SocketAddr = "198.18.0.1:31000".parse().unwrap();
+    pair.b.endpoint.handle(&request.bytes, mapping, 4500, now);
+    assert_eq!(pair.b.established_sas(now)[0].remote, mapping);
+}

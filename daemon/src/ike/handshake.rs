@@ -10,7 +10,7 @@ use mesh_config::Mode;
 
 use super::auth;
 use super::child::{ChildInstall, NewChild};
-use super::context::{detect_nat, Context};
+use super::context::{detect_nat, detect_peer_nat, Context};
 use super::crypto::{IkeSaKeys, Role, SpiPair, X25519KeyPair};
 use super::message::ids::{diffie_hellman, exchange, notify};
 use super::message::{encode_message, Header, KeyExchange, Message, Nonce, Notify, Payload};
@@ -123,6 +123,7 @@ impl Connecting {
             return None;
         };
         let nat_detected = detect_nat(&message.payloads, &spis, SocketAddr::new(cx.settings.local, local_port));
+        let peer_behind_nat = detect_peer_nat(&message.payloads, &spis, from);
         let (remote, local_port) = if nat_detected || cx.settings.force_udp_encap {
             (SocketAddr::new(from.ip(), NAT_T_PORT), NAT_T_PORT)
         } else {
@@ -141,6 +142,7 @@ impl Connecting {
                 remote,
                 local_port,
                 nat_detected,
+                peer_behind_nat,
                 origin: Origin::Handshake { initiator_address: cx.settings.local },
                 created: self.created,
             },
@@ -236,6 +238,7 @@ pub(super) fn answer_init_request(
     let request_spis = SpiPair { initiator: spis.initiator, responder: [0; 8] };
     let local = SocketAddr::new(cx.settings.local, local_port);
     let nat_detected = detect_nat(payloads, &request_spis, local);
+    let peer_behind_nat = detect_peer_nat(payloads, &request_spis, from);
     let mut response_payloads = vec![
         Payload::SecurityAssociation(proposal::ike_answer(&chosen, &[])),
         Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: our_public }),
@@ -264,6 +267,7 @@ pub(super) fn answer_init_request(
             remote: from,
             local_port,
             nat_detected,
+            peer_behind_nat,
             origin: Origin::Handshake { initiator_address: from.ip() },
             created: now,
         },

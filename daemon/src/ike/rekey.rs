@@ -134,6 +134,7 @@ impl IkeSa {
                 remote: self.remote,
                 local_port: self.local_port,
                 nat_detected: self.nat_detected,
+                peer_behind_nat: self.peer_behind_nat,
                 origin: Origin::Rekey,
                 created: now,
             },

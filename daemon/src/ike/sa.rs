@@ -100,6 +100,9 @@ pub(super) struct IkeSa {
     pub(super) last_heard: Instant,
     pub(super) rekey_at: Option<Instant>,
     pub(super) nat_detected: bool,
+    /// Whether a NAT is in front of the peer (or the peer pretends so to force encapsulation):
+    /// only then does its address follow its messages (RFC 7296 §2.23).
+    pub(super) peer_behind_nat: bool,
     pub(super) origin: Origin,
     /// A duplicate the peer should delete; we do it ourselves if it has not by then.
     pub(super) delete_at: Option<Instant>,
@@ -116,6 +119,7 @@ pub(super) struct NewIkeSa {
     pub(super) remote: SocketAddr,
     pub(super) local_port: u16,
     pub(super) nat_detected: bool,
+    pub(super) peer_behind_nat: bool,
     pub(super) origin: Origin,
     /// When its making started (the IKE_SA_INIT request, or the rekey).
     pub(super) created: Instant,
@@ -142,6 +146,7 @@ impl IkeSa {
             last_heard: now,
             rekey_at: None,
             nat_detected: new.nat_detected,
+            peer_behind_nat: new.peer_behind_nat,
             origin: new.origin,
             delete_at: None,
         }
@@ -313,16 +318,30 @@ impl IkeSa {
 
     // ----- receiving -----
 
+    /// A message that passed the integrity and message-ID checks arrived from `from` on our
+    /// port `local_port`: the peer is alive. Its address follows the message only when a NAT is
+    /// in front of the peer (RFC 7296 §2.23); otherwise only the switch from port 500 to 4500
+    /// is followed. A replay never gets here, so a capture sent from elsewhere moves nothing.
+    fn heard(&mut self, (from, local_port): (SocketAddr, u16), now: Instant) {
+        self.last_heard = now;
+        let floated = from.ip() == self.remote.ip() && from.port() == NAT_T_PORT && local_port == NAT_T_PORT;
+        if self.peer_behind_nat || floated {
+            self.remote = from;
+            self.local_port = local_port;
+        }
+    }
+
     /// A decrypted request from the peer.
     pub(super) fn handle_request(
         &mut self,
         cx: &mut Context,
         request: Header,
         payloads: Vec<Payload>,
+        arrival: (SocketAddr, u16),
         now: Instant,
     ) -> Result<Next, Failure> {
         match self.window.incoming(request.message_id) {
-            Incoming::New => {}
+            Incoming::New => self.heard(arrival, now),
             Incoming::Retransmitted(cached) => {
                 // The cached response again (RFC 7296 §2.1).
                 if let Some(bytes) = cached.map(<[u8]>::to_vec) {
@@ -357,6 +376,7 @@ impl IkeSa {
         response: Header,
         payloads: Vec<Payload>,
         outbound_allowed: bool,
+        arrival: (SocketAddr, u16),
         now: Instant,
     ) -> Result<Next, Failure> {
         let Some(purpose) = self.window.answered(response.message_id) else {
@@ -364,6 +384,7 @@ impl IkeSa {
             cx.refuse(Refusal::Unexpected, self.remote);
             return Ok(Next::Stay);
         };
+        self.heard(arrival, now);
         let next = match purpose {
             Purpose::Auth { inbound_spi } => return Ok(Next::AuthResponse { payloads, inbound_spi }),
             Purpose::Liveness | Purpose::DeleteChild => Next::Stay,
