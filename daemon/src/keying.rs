@@ -518,7 +518,8 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
         Refusal::Malformed => DropReason::IkeMalformed,
         Refusal::Unauthentic => DropReason::IkeIntegrity,
         Refusal::UnknownSpi => DropReason::IkeUnknownSpi,
-        Refusal::Unexpected => DropReason::IkeUnexpected,
+        Refusal::Unexpected | Refusal::HalfOpenFull => DropReason::IkeUnexpected,
+        Refusal::NoProposal => DropReason::IkeNoProposal,
     }
 }
 
@@ -620,6 +621,8 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
                         unauthentic = counters.unauthentic - refused_logged.unauthentic,
                         unknown_ike_sa = counters.unknown_spi - refused_logged.unknown_spi,
                         cookies_sent = counters.cookies_sent - refused_logged.cookies_sent,
+                        no_proposal = counters.no_proposal - refused_logged.no_proposal,
+                        half_open_full = counters.half_open_full - refused_logged.half_open_full,
                         "IKE messages refused since the last report"
                     );
                     refused_logged = counters;

@@ -58,6 +58,8 @@ impl Context {
             Refusal::Malformed | Refusal::Unexpected => self.counters.malformed += 1,
             Refusal::Unauthentic => self.counters.unauthentic += 1,
             Refusal::UnknownSpi => self.counters.unknown_spi += 1,
+            Refusal::NoProposal => self.counters.no_proposal += 1,
+            Refusal::HalfOpenFull => self.counters.half_open_full += 1,
         }
         tracing::debug!(%from, "IKE message dropped: it {}", refusal.describe());
         self.events.push_back(Event::Refused { peer: self.peer_by_address(from.ip()), from, refusal });

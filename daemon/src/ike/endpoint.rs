@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::context::Context;
-use super::cookie_gate::{Admission, CookieGate};
+use super::cookie_gate::{Admission, CookieGate, INIT_REQUEST_MAX_LEN};
 use super::crypto::CryptoError;
 use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, FirstChild, InitResponse};
 use super::message::ids::{exchange, notify};
@@ -26,7 +26,7 @@ use super::policy::{beats, retry_delay, Origin, PeerState, DUPLICATE_GRACE, RECO
 use super::rng::{Rng, SystemRng};
 use super::sa::{IkeSa, Next, Phase};
 use super::status::{IkeCounters, IkeSaStatus, IkeState};
-use super::types::{Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
+use super::types::{Event, Failure, IkeSettings, LocalError, PeerIndex, PeerSettings, Refusal, Transmit};
 use super::window::{Queued, Resend};
 use super::IKE_PORT;
 
@@ -51,7 +51,7 @@ impl Endpoint {
             cx: Context::new(settings, rng, now),
             sas: HashMap::new(),
             connecting: HashMap::new(),
-            gate: CookieGate::new()?,
+            gate: CookieGate::new(now)?,
         })
     }
 
@@ -232,10 +232,26 @@ impl Endpoint {
         now: Instant,
     ) {
         let header = message.header;
+        if datagram.len() > INIT_REQUEST_MAX_LEN {
+            self.cx.refuse(Refusal::Malformed, from);
+            return;
+        }
         if let Some(our_spi) = self.gate.half_open_for(from, header.initiator_spi) {
-            // A retransmission: answer with the same response.
-            if let Some(Phase::ExpectAuthRequest(handshake)) = self.sas.get(&our_spi).map(|sa| &sa.phase) {
-                self.cx.send(from, local_port, handshake.init_response.clone());
+            // A retransmission: only the same request, byte for byte, gets the same response,
+            // and not more often than the initiator retransmits (else a forged header, or a
+            // replay, draws a larger answer to whoever it names: a reflector).
+            let response = match self.sas.get(&our_spi).map(|sa| &sa.phase) {
+                Some(Phase::ExpectAuthRequest(handshake)) if handshake.init_request == datagram => {
+                    Some(handshake.init_response.clone())
+                }
+                _ => None,
+            };
+            match response {
+                Some(bytes) if self.gate.resend_due(from, header.initiator_spi, now) => {
+                    self.cx.send(from, local_port, bytes)
+                }
+                Some(_) => {}
+                None => self.cx.refuse(Refusal::Unexpected, from),
             }
             return;
         }
@@ -245,25 +261,31 @@ impl Endpoint {
             return;
         };
         let cookie = notifies(payloads).find(|n| n.notify_type == notify::COOKIE).map(|n| n.data.as_slice());
-        if let Admission::DemandCookie(cookie) = self.gate.admit(from, header.initiator_spi, ni, cookie) {
-            self.cx.counters.cookies_sent += 1;
-            reply_unprotected(&mut self.cx, header, Notify::new(notify::COOKIE, cookie), from, local_port);
-            return;
-        }
-        let answered =
-            self.cx.fresh_ike_spi().map_err(Failure::from).and_then(|our_spi| {
+        let admission = self.gate.admit(from, header.initiator_spi, ni, cookie, now);
+        let admission = admission.map_err(|_| Failure::Local(LocalError::Crypto("rotate the cookie secret")));
+        let answered = match admission {
+            Ok(Admission::Admit) => self.cx.fresh_ike_spi().map_err(Failure::from).and_then(|our_spi| {
                 answer_init_request(&mut self.cx, message, datagram, (from, local_port), our_spi, now)
-            });
+            }),
+            Ok(Admission::DemandCookie(cookie)) => {
+                self.cx.counters.cookies_sent += 1;
+                reply_unprotected(&mut self.cx, header, Notify::new(notify::COOKIE, cookie), from, local_port);
+                return;
+            }
+            Ok(Admission::Full) => return self.cx.refuse(Refusal::HalfOpenFull, from),
+            Err(failure) => Err(failure),
+        };
         match answered {
             Ok(Some(sa)) => {
-                self.gate.opened(from, header.initiator_spi, sa.our_spi);
+                self.gate.opened(from, header.initiator_spi, sa.our_spi, now);
                 self.insert(sa);
             }
             Ok(None) => {}
             Err(failure) => {
+                // Our own failure (RNG, crypto library), not the sender's: no peer's state
+                // changes for an unauthenticated request.
                 tracing::error!(%from, "IKE_SA_INIT not answered: {failure}");
-                let peer = self.cx.peer_by_address(from.ip());
-                self.cx.events.push_back(Event::Failed { peer, from, failure });
+                self.cx.events.push_back(Event::Failed { peer: None, from, failure });
             }
         }
     }

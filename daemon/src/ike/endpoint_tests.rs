@@ -297,7 +297,8 @@ fn no_common_proposal_is_reported() {
         Pair::new(settings(A, B, PSK, &[Cipher::Aes256Gcm16]), settings(B, A, PSK, &[Cipher::Chacha20Poly1305]));
     pair.run(Duration::from_secs(1));
     assert!(pair.a.failures.contains(&Failure::NoProposalChosen { peer_said: true }), "{:?}", pair.a.failures);
-    assert!(pair.b.failures.contains(&Failure::NoProposalChosen { peer_said: false }), "{:?}", pair.b.failures);
+    // The responder only counts it: the request is not authenticated (issue 14, finding 5).
+    assert!(pair.b.refusals.contains(&Refusal::NoProposal), "{:?}", pair.b.refusals);
     assert!(pair.a.outbound.is_none());
 }
 
@@ -757,4 +758,130 @@ fn behind_nat_the_peer_address_follows_a_new_authentic_request() {
     let mapping: SocketAddr = "198.18.0.1:31000".parse().unwrap();
     pair.b.endpoint.handle(&request.bytes, mapping, 4500, now);
     assert_eq!(pair.b.established_sas(now)[0].remote, mapping);
+}
+
+/// Half-open responder SAs of `node`.
+fn half_open(node: &Node, now: Instant) -> usize {
+    node.endpoint.status(now).iter().filter(|s| s.state == IkeState::ExpectAuthRequest).count()
+}
+
+/// One IKE_SA_INIT request from `stranger` (a fresh SPI and nonce each time) to `target`, sent
+/// from `from`; a COOKIE demand is met, as a determined flooder would. Returns what `target`
+/// sent back to `from`.
+fn flood_once(target: &mut Endpoint, stranger: &mut Endpoint, from: SocketAddr, now: Instant) -> Vec<Transmit> {
+    stranger.flush(0, now);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        // Only IKE_SA_INIT: the flooder does not authenticate.
+        let Some(request) = stranger.poll_transmit().filter(|t| t.bytes[18] == exchange::IKE_SA_INIT) else { break };
+        target.handle(&request.bytes, from, 500, now);
+        while let Some(answer) = target.poll_transmit() {
+            stranger.handle(&answer.bytes, SocketAddr::new(answer.destination.ip(), 500), 500, now);
+            answers.push(answer);
+        }
+    }
+    while stranger.poll_transmit().is_some() {}
+    answers
+}
+
+fn stranger(now: Instant) -> Endpoint {
+    Endpoint::new(settings("198.18.9.1", B, PSK, BOTH), now).unwrap()
+}
+
+/// Issue 14, finding 1: a flooder that answers cookies from one address made a half-open SA
+/// (two X25519 operations and its whole request) per request, without a bound.
+#[test]
+fn one_flooding_address_keeps_few_half_open_sas_and_the_peer_still_gets_in() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    let mut flooder = stranger(now);
+    let from: SocketAddr = "198.18.9.1:500".parse().unwrap();
+    for _ in 0..200 {
+        flood_once(&mut pair.b.endpoint, &mut flooder, from, now);
+    }
+    let count = half_open(&pair.b, now);
+    assert!(count <= crate::ike::cookie_gate::HALF_OPEN_PER_SOURCE, "{count} half-open SAs from one address");
+    pair.run(Duration::from_secs(2));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 1: many addresses, each answering cookies, stay under the hard cap.
+#[test]
+fn half_open_sas_stay_under_the_hard_cap() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    let mut flooder = stranger(now);
+    for i in 0..800usize {
+        let from = SocketAddr::new(IpAddr::from([198, 18, 10 + (i / 200) as u8, (i % 200) as u8 + 1]), 500);
+        flood_once(&mut pair.b.endpoint, &mut flooder, from, now);
+    }
+    let count = half_open(&pair.b, now);
+    assert!(count <= crate::ike::cookie_gate::HALF_OPEN_HARD_LIMIT, "{count} half-open SAs");
+    pair.b.apply_events();
+    assert!(pair.b.failures.is_empty(), "{:?}", pair.b.failures);
+    // Once the half-open SAs time out, the peer gets in.
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 1: an IKE_SA_INIT request is kept whole by its half-open SA; a large one
+/// is refused before it costs anything.
+#[test]
+fn an_oversized_init_request_is_refused() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, BOTH), now);
+    let mut flooder = stranger(now);
+    flooder.connect(0, now);
+    let request = flooder.poll_transmit().unwrap();
+    let message = crate::ike::message::Message::parse(&request.bytes).unwrap();
+    let mut payloads = message.payloads.clone();
+    payloads.push(Payload::Notify(Notify::new(40_000, vec![0; 4000])));
+    let oversized = crate::ike::message::encode_message(&message.header, &payloads);
+    b.endpoint.handle(&oversized, "198.18.9.1:500".parse().unwrap(), 500, now);
+    assert!(b.endpoint.poll_transmit().is_none(), "answered");
+    assert_eq!(half_open(&b, now), 0);
+    b.apply_events();
+    assert_eq!(b.refusals, [Refusal::Malformed]);
+}
+
+/// Issue 14, finding 4: a bare 28-byte header with the (source, SPI) of a half-open SA drew
+/// the ~200-byte IKE_SA_INIT response (a reflector); now only the same request, byte for byte,
+/// is answered again, and at most every half second.
+#[test]
+fn only_an_identical_init_request_is_answered_again_and_not_too_often() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, BOTH), now);
+    let mut flooder = stranger(now);
+    let from: SocketAddr = "198.18.9.1:500".parse().unwrap();
+    assert_eq!(flood_once(&mut b.endpoint, &mut flooder, from, now).len(), 1);
+    flooder.flush(0, now);
+    let request = flooder.poll_transmit().unwrap();
+    b.endpoint.handle(&request.bytes, from, 500, now);
+    assert!(b.endpoint.poll_transmit().is_some());
+    let header = crate::ike::message::Message::parse(&request.bytes).unwrap().header;
+    let bare = crate::ike::message::encode_message(&header, &[]);
+    assert_eq!(bare.len(), 28);
+    b.endpoint.handle(&bare, from, 500, now + Duration::from_secs(1));
+    assert!(b.endpoint.poll_transmit().is_none(), "a bare header was answered");
+    b.endpoint.handle(&request.bytes, from, 500, now + Duration::from_millis(100));
+    assert!(b.endpoint.poll_transmit().is_none(), "answered again at once");
+    b.endpoint.handle(&request.bytes, from, 500, now + Duration::from_secs(1));
+    assert!(b.endpoint.poll_transmit().is_some(), "a retransmission is answered");
+}
+
+/// Issue 14, finding 5: an IKE_SA_INIT with no acceptable proposal, sent from a peer's address
+/// (which anyone can), set that peer's keying state to failed; unauthenticated, it is only
+/// counted now.
+#[test]
+fn an_unauthenticated_init_request_without_a_proposal_changes_no_peer() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, &[Cipher::Aes256Gcm16]), now);
+    let mut spoofer = Endpoint::new(settings(A, B, PSK, &[Cipher::Chacha20Poly1305]), now).unwrap();
+    spoofer.connect(0, now);
+    let request = spoofer.poll_transmit().unwrap();
+    b.endpoint.handle(&request.bytes, "198.18.0.1:500".parse().unwrap(), 500, now);
+    b.apply_events();
+    assert!(b.failures.is_empty(), "a peer failed on an unauthenticated message: {:?}", b.failures);
+    assert_eq!(b.refusals, [Refusal::NoProposal]);
+    assert_eq!(b.endpoint.counters().no_proposal, 1);
 }

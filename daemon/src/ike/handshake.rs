@@ -209,10 +209,10 @@ pub(super) fn answer_init_request(
     let (header, payloads) = (message.header, &message.payloads);
     let parts = Parts::of(payloads);
     let Some(chosen) = parts.security_association.and_then(|offer| proposal::choose_ike(offer, &cx.ciphers)) else {
-        tracing::warn!(%from, "IKE_SA_INIT: no proposal in common; answering NO_PROPOSAL_CHOSEN");
+        // Unauthenticated, and anyone can send it from a peer's address: counted and summed up
+        // like refused messages, it changes no peer's state (the initiator reports it).
         reply_unprotected(cx, header, Notify::new(notify::NO_PROPOSAL_CHOSEN, Vec::new()), from, local_port);
-        let failure = Failure::NoProposalChosen { peer_said: false };
-        cx.events.push_back(Event::Failed { peer: cx.peer_by_address(from.ip()), from, failure });
+        cx.refuse(Refusal::NoProposal, from);
         return Ok(None);
     };
     let (Some(ke), Some(ni)) = (parts.key_exchange, parts.nonce) else {

@@ -78,4 +78,8 @@ pub struct IkeCounters {
     pub unauthentic: u64,
     pub unknown_spi: u64,
     pub cookies_sent: u64,
+    /// IKE_SA_INIT requests with no proposal we accept.
+    pub no_proposal: u64,
+    /// IKE_SA_INIT requests dropped at the half-open caps.
+    pub half_open_full: u64,
 }

@@ -188,16 +188,28 @@ pub enum Refusal {
     UnknownSpi,
     /// It does not fit the IKE SA's state or message IDs.
     Unexpected,
+    /// An IKE_SA_INIT request with no proposal we accept (answered with NO_PROPOSAL_CHOSEN).
+    NoProposal,
+    /// An IKE_SA_INIT request while too many half-open IKE SAs wait, in all or from its address.
+    HalfOpenFull,
 }
 
 impl Refusal {
     /// The message for an operator reading `ikectl`'s drop counters or the log.
     pub fn describe(self) -> &'static str {
         match self {
-            Refusal::Malformed => "does not parse or lacks a payload its exchange needs (a broken or hostile sender)",
+            Refusal::Malformed => {
+                "does not parse, is too large or lacks a payload its exchange needs (a broken or hostile sender)"
+            }
             Refusal::Unauthentic => "fails its integrity check (keys differ or the message was altered)",
             Refusal::UnknownSpi => "names an IKE SA this node does not have (a restarted peer or an old SA)",
             Refusal::Unexpected => "does not fit the IKE SA's state or message IDs (a late retransmission)",
+            Refusal::NoProposal => {
+                "offers no proposal this node accepts (compare `ciphers` in both nodes' mesh.toml)"
+            }
+            Refusal::HalfOpenFull => {
+                "starts IKE while too many half-open IKE SAs wait (an IKE_SA_INIT flood; from one address if only it is refused)"
+            }
         }
     }
 }
