@@ -586,7 +586,12 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
     let mut refused_tick = tokio::time::interval(REFUSED_LOG_INTERVAL);
     let mut refused_logged = keying.lock().endpoint.counters();
     loop {
-        keying.lock().endpoint.handle_timeout(Instant::now());
+        // Timers only when one is due: a received datagram does not make the endpoint look at
+        // its other IKE SAs.
+        let now = Instant::now();
+        if keying.deadline().is_some_and(|at| at <= now) {
+            keying.lock().endpoint.handle_timeout(now);
+        }
         keying.drain(&sockets);
         let deadline = keying.deadline().map(tokio::time::Instant::from_std);
         let sleep = async {

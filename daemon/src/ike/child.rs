@@ -37,6 +37,8 @@ struct Child {
     pending_outbound: Option<(ChildSaKeys, Instant)>,
     /// A rekey of this Child SA is under way or done.
     rekeyed: bool,
+    /// Its rekey is queued behind another request: not due again meanwhile.
+    rekey_queued: bool,
 }
 
 /// The Child SAs of one IKE SA.
@@ -70,7 +72,9 @@ impl Children {
     /// The earliest Child SA timer.
     pub(super) fn timeout(&self) -> Option<Instant> {
         let pending = self.list.iter().filter_map(|c| c.pending_outbound.as_ref().map(|(_, at)| *at));
-        self.list.iter().flat_map(|c| [c.rekey_at, c.expire_at]).chain(pending).min()
+        // A Child SA being rekeyed waits for the exchange, not for its rekey time again.
+        let rekeys = self.list.iter().filter(|c| !c.rekeyed && !c.rekey_queued).map(|c| c.rekey_at);
+        self.list.iter().map(|c| c.expire_at).chain(rekeys).chain(pending).min()
     }
 
     /// Held-back outbound SAs whose DELETE did not come are used; expired Child SAs go.
@@ -89,7 +93,12 @@ impl Children {
             cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
             cx.events.push_back(Event::RemoveInbound { peer, spi: child.inbound_spi });
         }
-        self.list.iter().filter(|c| !c.rekeyed && now >= c.rekey_at).map(|c| c.inbound_spi).collect()
+        let due = self.list.iter_mut().filter(|c| !c.rekeyed && !c.rekey_queued && now >= c.rekey_at);
+        due.map(|c| {
+            c.rekey_queued = true;
+            c.inbound_spi
+        })
+        .collect()
     }
 
     /// Uses the outbound halves held back for a replaced Child SA now.
@@ -185,6 +194,7 @@ impl IkeSa {
             expire_at: now + lifetime,
             pending_outbound: None,
             rekeyed: false,
+            rekey_queued: false,
         };
         cx.events.push_back(Event::InstallInbound { peer, sa: keys_for(inbound_spi, inbound_key) });
         let outbound = keys_for(chosen.spi, outbound_key);
@@ -310,7 +320,8 @@ impl IkeSa {
             let error = notifies(payloads).find(|n| n.is_error()).map(|n| n.notify_type);
             tracing::debug!(?error, "the peer refused our Child SA rekey; keeping the Child SA");
             if let Some(index) = self.children.by_inbound(old_inbound_spi) {
-                self.children.list[index].rekeyed = false;
+                let child = &mut self.children.list[index];
+                (child.rekeyed, child.rekey_queued) = (false, false);
             }
             return Ok(());
         };

@@ -11,7 +11,7 @@
 //! [`rekey`](super::rekey)); the rules between IKE SAs of a peer are in
 //! [`policy`](super::policy), the half-open limit in [`cookie_gate`](super::cookie_gate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use super::policy::{beats, retry_delay, Origin, PeerState, DUPLICATE_GRACE, RECO
 use super::rng::{Rng, SystemRng};
 use super::sa::{IkeSa, Next, Phase};
 use super::status::{IkeCounters, IkeSaStatus, IkeState};
+use super::timers::Timers;
 use super::types::{Event, Failure, IkeSettings, LocalError, PeerIndex, PeerSettings, Refusal, Transmit};
 use super::window::{Queued, Resend};
 use super::IKE_PORT;
@@ -37,6 +38,23 @@ pub struct Endpoint {
     /// Our IKE_SA_INIT requests waiting for their response, by our SPI.
     connecting: HashMap<u64, Connecting>,
     gate: CookieGate,
+    /// The deadline of every IKE SA, attempt and retirement; kept up to date by [`settle`](Self::settle).
+    timers: Timers<Timer>,
+    /// IKE SAs (ours SPIs, also connecting ones) and peers whose deadlines may have changed
+    /// since the last `settle`.
+    touched: HashSet<u64>,
+    touched_peers: HashSet<PeerIndex>,
+}
+
+/// What a deadline in [`Endpoint::timers`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// Inbound SAs to retire.
+    Retiring,
+    /// The next attempt to reach a peer with no IKE SA.
+    Attempt(PeerIndex),
+    /// An IKE SA or a connecting initiator, by our SPI.
+    Sa(u64),
 }
 
 impl Endpoint {
@@ -47,12 +65,18 @@ impl Endpoint {
 
     /// An endpoint that draws SPIs, nonces and jitter from `rng`.
     pub fn with_rng(settings: IkeSettings, rng: Box<dyn Rng>, now: Instant) -> Result<Self, CryptoError> {
-        Ok(Endpoint {
+        let settings_peers = settings.peers.len();
+        let mut endpoint = Endpoint {
             cx: Context::new(settings, rng, now),
             sas: HashMap::new(),
             connecting: HashMap::new(),
             gate: CookieGate::new(now)?,
-        })
+            timers: Timers::new(),
+            touched: HashSet::new(),
+            touched_peers: (0..settings_peers).collect(),
+        };
+        endpoint.settle();
+        Ok(endpoint)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -70,16 +94,7 @@ impl Endpoint {
 
     /// The earliest time `handle_timeout` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let waiting_peers = self.cx.peers.iter().enumerate().filter(|(index, peer)| {
-            !peer.removed
-                && !self.sas.values().any(|sa| sa.peer == Some(*index))
-                && !self.connecting.values().any(|c| c.peer == *index)
-        });
-        let attempts = waiting_peers.map(|(_, peer)| peer.next_attempt);
-        let initiators = self.connecting.values().map(|c| c.sending.next_send);
-        let sas = self.sas.values().filter_map(|sa| sa.timeout(self.cx.settings.dpd));
-        let retiring = self.cx.retiring.iter().map(|(_, _, at)| *at);
-        attempts.chain(initiators).chain(sas).chain(retiring).min()
+        self.timers.next()
     }
 
     /// The IKE SAs, for `ikectl`.
@@ -108,6 +123,7 @@ impl Endpoint {
         if self.cx.is_member(peer) && !self.has_sa_with(peer) {
             self.start_initiator(peer, now);
         }
+        self.settle();
     }
 
     /// ESP arrived for an SPI we do not know from `peer`: our state and the peer's differ.
@@ -117,11 +133,12 @@ impl Endpoint {
             if self.cx.peers.get(peer).is_some_and(|p| !p.removed && now >= p.next_attempt) {
                 self.start_initiator(peer, now);
             }
-            return;
+        } else {
+            for spi in self.established_with(peer) {
+                self.queue(spi, Queued::Liveness, now);
+            }
         }
-        for spi in self.established_with(peer) {
-            self.queue(spi, Queued::Liveness, now);
-        }
+        self.settle();
     }
 
     /// Rekeys the Child SA that sends on `outbound_spi` now (its sequence numbers run out).
@@ -133,19 +150,24 @@ impl Endpoint {
         if let Some((our_spi, inbound_spi)) = found {
             self.queue(our_spi, Queued::RekeyChild(inbound_spi), now);
         }
+        self.settle();
     }
 
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
     pub fn flush(&mut self, peer: PeerIndex, now: Instant) {
         self.delete_sas_with(peer, now);
         self.start_initiator(peer, now);
+        self.settle();
     }
 
     /// A reload adds a peer; returns its index. Negotiation starts as for the peers of `new`.
     pub fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex {
         self.cx.peers.push(PeerState::new(&self.cx.settings, &peer, now));
         self.cx.settings.peers.push(peer);
-        self.cx.peers.len() - 1
+        let index = self.cx.peers.len() - 1;
+        self.touched_peers.insert(index);
+        self.settle();
+        index
     }
 
     /// A reload removes a peer: its SAs are deleted (telling it) and it is never negotiated with
@@ -155,6 +177,8 @@ impl Endpoint {
         if let Some(state) = self.cx.peers.get_mut(peer) {
             state.removed = true;
         }
+        self.touched_peers.insert(peer);
+        self.settle();
     }
 
     /// A reload changes the credentials or SA settings (`settings.peers` is ignored: peers come
@@ -164,6 +188,9 @@ impl Endpoint {
         settings.peers = std::mem::take(&mut self.cx.settings.peers);
         self.cx.ciphers = settings.ciphers();
         self.cx.settings = settings;
+        // The liveness interval may differ now.
+        self.touched.extend(self.sas.keys());
+        self.settle();
     }
 
     /// `peer` announced that it answers meshd's path-MTU probes (docs/mtu.md).
@@ -176,6 +203,11 @@ impl Endpoint {
     /// Handles one received IKE message (without the non-ESP marker) that arrived from `from`
     /// on our port `local_port`.
     pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
+        self.receive(datagram, from, local_port, now);
+        self.settle();
+    }
+
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
         let Ok(message) = Message::parse(datagram) else {
             self.cx.refuse(Refusal::Malformed, from);
             return;
@@ -187,6 +219,9 @@ impl Endpoint {
         }
         // Our SPI is the initiator's when the sender is not the original initiator.
         let our_spi = if header.initiator { header.responder_spi } else { header.initiator_spi };
+        if self.sas.contains_key(&our_spi) || self.connecting.contains_key(&our_spi) {
+            self.touched.insert(our_spi);
+        }
         if header.exchange_type == exchange::IKE_SA_INIT {
             if header.response && self.connecting.contains_key(&our_spi) {
                 self.handle_init_response(our_spi, &message, datagram, (from, local_port), now);
@@ -393,6 +428,7 @@ impl Endpoint {
                     sa.start_deleting(cx, now).map(|()| Next::Stay)
                 });
             } else if let Some(sa) = self.sas.get_mut(&spi) {
+                self.touched.insert(spi);
                 sa.delete_at.get_or_insert(now + DUPLICATE_GRACE);
             }
         }
@@ -473,12 +509,14 @@ impl Endpoint {
         match started {
             Ok(connecting) => {
                 self.cx.peers[peer].next_attempt = now + RECONNECT_INTERVAL;
+                self.touched.insert(connecting.our_spi);
                 self.cx.spis_in_use.insert(connecting.our_spi);
                 self.connecting.insert(connecting.our_spi, connecting);
             }
             Err(failure) => {
                 tracing::error!(%address, "cannot start IKE with the peer: {failure}");
                 self.cx.peers[peer].next_attempt = now + retry_delay(&failure);
+                self.touched_peers.insert(peer);
                 let from = SocketAddr::new(address, IKE_PORT);
                 self.cx.events.push_back(Event::Failed { peer: Some(peer), from, failure });
             }
@@ -487,10 +525,34 @@ impl Endpoint {
 
     // ----- time -----
 
+    /// Does what is due at `now`: only the IKE SAs, attempts and retirements whose deadlines
+    /// passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let connecting: Vec<u64> = self.connecting.keys().copied().collect();
-        for spi in connecting {
-            let Some(c) = self.connecting.get_mut(&spi) else { continue };
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Sa(spi) => self.sa_due(spi, now),
+                Timer::Attempt(peer) => {
+                    self.touched_peers.insert(peer);
+                    if self.cx.is_member(peer) && !self.has_sa_with(peer) && now >= self.cx.peers[peer].next_attempt {
+                        self.start_initiator(peer, now);
+                    }
+                }
+                Timer::Retiring => {
+                    let (due, later) =
+                        std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, _, at)| *at <= now);
+                    self.cx.retiring = later;
+                    for (peer, spi, _) in due {
+                        self.cx.events.push_back(Event::RemoveInbound { peer, spi });
+                    }
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn sa_due(&mut self, spi: u64, now: Instant) {
+        self.touched.insert(spi);
+        if let Some(c) = self.connecting.get_mut(&spi) {
             match c.sending.due(now) {
                 Resend::NotYet => {}
                 Resend::Send(bytes) => {
@@ -502,21 +564,32 @@ impl Endpoint {
                     self.fail(spi, Failure::Timeout, now);
                 }
             }
+            return;
         }
-        let spis: Vec<u64> = self.sas.keys().copied().collect();
-        for spi in spis {
-            self.run(spi, now, |sa, cx| sa.tick(cx, now));
+        self.run(spi, now, |sa, cx| sa.tick(cx, now));
+    }
+
+    /// Brings the deadlines of what was touched up to date: after every entry point, so that
+    /// `poll_timeout` and `handle_timeout` never walk every IKE SA.
+    fn settle(&mut self) {
+        for spi in std::mem::take(&mut self.touched) {
+            let (deadline, peer) = if let Some(sa) = self.sas.get(&spi) {
+                (sa.timeout(self.cx.settings.dpd), sa.peer)
+            } else if let Some(c) = self.connecting.get(&spi) {
+                (Some(c.sending.next_send), Some(c.peer))
+            } else {
+                (None, None)
+            };
+            self.timers.set(Timer::Sa(spi), deadline);
+            self.touched_peers.extend(peer);
         }
-        for index in 0..self.cx.peers.len() {
-            if self.cx.is_member(index) && !self.has_sa_with(index) && now >= self.cx.peers[index].next_attempt {
-                self.start_initiator(index, now);
-            }
+        for peer in std::mem::take(&mut self.touched_peers) {
+            let waiting = self.cx.is_member(peer) && !self.has_sa_with(peer);
+            let deadline = waiting.then(|| self.cx.peers[peer].next_attempt);
+            self.timers.set(Timer::Attempt(peer), deadline);
         }
-        let (due, later) = std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, _, at)| *at <= now);
-        self.cx.retiring = later;
-        for (peer, spi, _) in due {
-            self.cx.events.push_back(Event::RemoveInbound { peer, spi });
-        }
+        let retiring = self.cx.retiring.iter().map(|(_, _, at)| *at).min();
+        self.timers.set(Timer::Retiring, retiring);
     }
 
     // ----- the table of IKE SAs -----
@@ -524,6 +597,7 @@ impl Endpoint {
     /// Runs one step of IKE SA `spi` and does what it says next.
     fn run(&mut self, spi: u64, now: Instant, step: impl FnOnce(&mut IkeSa, &mut Context) -> Result<Next, Failure>) {
         if let Some(sa) = self.sas.get_mut(&spi) {
+            self.touched.insert(spi);
             let next = step(sa, &mut self.cx);
             self.apply(spi, next, now);
         }
@@ -547,6 +621,7 @@ impl Endpoint {
     }
 
     fn insert(&mut self, sa: IkeSa) {
+        self.touched.insert(sa.our_spi);
         self.cx.spis_in_use.insert(sa.our_spi);
         self.sas.insert(sa.our_spi, sa);
     }
@@ -569,8 +644,10 @@ impl Endpoint {
     }
 
     fn forget(&mut self, spi: u64) {
-        self.sas.remove(&spi);
-        self.connecting.remove(&spi);
+        let sa_peer = self.sas.remove(&spi).and_then(|sa| sa.peer);
+        let connecting_peer = self.connecting.remove(&spi).map(|c| c.peer);
+        self.touched.insert(spi);
+        self.touched_peers.extend(sa_peer.or(connecting_peer));
         self.gate.closed(spi);
         self.cx.spis_in_use.remove(&spi);
     }

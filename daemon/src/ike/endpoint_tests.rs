@@ -885,3 +885,24 @@ fn an_unauthenticated_init_request_without_a_proposal_changes_no_peer() {
     assert_eq!(b.refusals, [Refusal::NoProposal]);
     assert_eq!(b.endpoint.counters().no_proposal, 1);
 }
+
+/// Issue 14, finding 2: with a request outstanding past the liveness interval, `poll_timeout`
+/// named a time already past after `handle_timeout` had run, so the driver woke at once, again
+/// and again, walking every IKE SA each time until the request was answered or given up.
+#[test]
+fn after_handle_timeout_the_next_timeout_is_in_the_future() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let inbound = pair.a.endpoint.sas[&spi].children.spis()[0].0;
+    pair.a.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+    let mut at = now;
+    while at < now + Duration::from_secs(14) {
+        at += Duration::from_millis(100);
+        pair.a.endpoint.handle_timeout(at);
+        while pair.a.endpoint.poll_transmit().is_some() {}
+        let next = pair.a.endpoint.poll_timeout();
+        assert!(next.is_none_or(|next| next > at), "at +{:?}: due at once again", at - now);
+    }
+}

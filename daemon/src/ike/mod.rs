@@ -8,7 +8,8 @@
 //! - `child`: the Child SA lifecycle; `rekey`: IKE SA rekeys.
 //! - `window`: the request window (message IDs, retransmission, response cache).
 //! - `policy`: who initiates, which duplicate wins, backoff; `cookie_gate`: the half-open limit.
-//! - `status`: what `ikectl` shows; [`rng`]: where SPIs and nonces come from.
+//! - `status`: what `ikectl` shows; [`rng`]: where SPIs and nonces come from; `timers`: the
+//!   endpoint's deadlines in order.
 
 mod auth;
 mod child;
@@ -25,6 +26,7 @@ mod rekey;
 pub mod rng;
 mod sa;
 mod status;
+mod timers;
 pub mod types;
 mod window;
 

@@ -191,7 +191,10 @@ impl IkeSa {
         match self.phase {
             Phase::ExpectAuthRequest(_) => times.push(self.created + HALF_OPEN_TIMEOUT),
             Phase::Established { .. } => {
-                times.push(self.last_heard + dpd);
+                // With a request outstanding, its retransmission timer stands for liveness.
+                if self.window.idle() {
+                    times.push(self.last_heard + dpd);
+                }
                 times.extend(self.delete_at);
                 times.extend(self.rekey_at);
                 times.extend(self.children.timeout());
