@@ -397,6 +397,11 @@ impl Endpoint {
         }
         self.cx.events.push_back(Event::Established { peer });
         self.resolve_duplicates(peer, now);
+        if !self.sas.get(&spi).is_some_and(IkeSa::is_established) {
+            // It lost to a duplicate and is being deleted already: a Child SA installed now
+            // would outlive it (the peer drops its half with the IKE SA).
+            return;
+        }
         let outbound_allowed = self.outbound_allowed(spi);
         self.run(spi, now, |sa, cx| sa.install_first_child(cx, first, outbound_allowed, now).map(|()| Next::Stay));
     }

@@ -906,3 +906,23 @@ fn after_handle_timeout_the_next_timeout_is_in_the_future() {
         assert!(next.is_none_or(|next| next > at), "at +{:?}: due at once again", at - now);
     }
 }
+
+/// The duplicate IKE SA of a simultaneous initiation that loses at IKE_AUTH left its first
+/// Child SA's inbound SA installed for good.
+#[test]
+fn a_duplicate_losing_at_ike_auth_leaves_no_inbound_sa_behind() {
+    for (a_first, b_first) in [(true, true), (true, false), (false, true)] {
+        let mut pair = Pair::standard();
+        let now = pair.now;
+        if a_first {
+            pair.a.endpoint.connect(0, now);
+        }
+        if b_first {
+            pair.b.endpoint.connect(0, now);
+        }
+        pair.run(Duration::from_secs(10));
+        pair.assert_one_pair();
+        assert_eq!(pair.a.inbound.len(), 1, "A: {:?}", pair.a.inbound.keys());
+        assert_eq!(pair.b.inbound.len(), 1, "B: {:?}", pair.b.inbound.keys());
+    }
+}
