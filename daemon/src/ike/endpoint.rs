@@ -621,8 +621,49 @@ impl Endpoint {
                 self.complete_auth_response(spi, payloads, inbound_spi, now)
             }
             Ok(Next::Successor(successor)) => self.insert(*successor),
+            Ok(Next::ChildrenTo { to, redundant, deleted }) => {
+                if let Some(redundant) = redundant {
+                    self.insert(*redundant);
+                }
+                let moved = self.move_children(spi, to);
+                if deleted {
+                    if !moved {
+                        self.run(spi, now, |sa, cx| {
+                            sa.remove_children(cx, now, false);
+                            Ok(Next::Stay)
+                        });
+                    }
+                    self.forget(spi);
+                }
+            }
+            Ok(Next::FinishChildRekeyOn { to, payloads, rekey }) => {
+                // Out of the table for the step, so that the successor can use its keys.
+                let Some(replaced) = self.sas.remove(&spi) else { return };
+                let outbound_allowed = self.outbound_allowed(to);
+                let keys = Some(&replaced.keys);
+                self.run(to, now, |sa, cx| {
+                    sa.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, keys, now).map(|()| Next::Stay)
+                });
+                self.sas.insert(spi, replaced);
+            }
             Err(failure) => self.fail(spi, failure, now),
         }
+    }
+
+    /// The Child SAs of IKE SA `from` move to `to` (a rekey collision resolved), exactly once.
+    /// Returns whether they moved; with `to` gone already, they stay where they were.
+    fn move_children(&mut self, from: u64, to: u64) -> bool {
+        let Some(children) = self.sas.get_mut(&from).map(|sa| std::mem::take(&mut sa.children)) else { return false };
+        self.touched.extend([from, to]);
+        if let Some(successor) = self.sas.get_mut(&to) {
+            successor.children.adopt(children);
+            return true;
+        }
+        if let Some(sa) = self.sas.get_mut(&from) {
+            sa.children = children;
+            sa.children_moved_to = None;
+        }
+        false
     }
 
     fn insert(&mut self, sa: IkeSa) {

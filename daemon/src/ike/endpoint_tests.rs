@@ -926,3 +926,153 @@ fn a_duplicate_losing_at_ike_auth_leaves_no_inbound_sa_behind() {
         assert_eq!(pair.b.inbound.len(), 1, "B: {:?}", pair.b.inbound.keys());
     }
 }
+
+/// A pair with scripted nonces (see [`TestRng`]), established; returns it with both scripts.
+type Script = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>;
+
+fn scripted_pair(ike_lifetime: Duration) -> (Pair, Script, Script) {
+    let (a_rng, b_rng) = (TestRng::new(1), TestRng::new(2));
+    let (a_script, b_script) = (a_rng.nonces.clone(), b_rng.nonces.clone());
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.ike_lifetime = ike_lifetime;
+    b.ike_lifetime = ike_lifetime;
+    let now = Instant::now();
+    let mut pair = Pair { a: Node::with_rng(a, Box::new(a_rng), now), b: Node::with_rng(b, Box::new(b_rng), now), now };
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    (pair, a_script, b_script)
+}
+
+/// Both nodes start an IKE SA rekey at the same moment.
+fn queue_ike_rekeys(pair: &mut Pair) {
+    let now = pair.now;
+    for node in [&mut pair.a, &mut pair.b] {
+        let spi = node.endpoint.sas.keys().copied().next().unwrap();
+        node.endpoint.queue(spi, Queued::RekeyIke, now);
+    }
+}
+
+/// After a rekey collision: one IKE SA each, the same one, with the one Child SA pair under it,
+/// every inbound SA installed once and none left behind.
+fn assert_one_rekeyed_pair(pair: &mut Pair, before: u64) {
+    pair.run(Duration::from_secs(30));
+    pair.assert_one_pair();
+    assert_ne!(pair.a.established_sas(pair.now)[0].initiator_spi, before, "rekeyed");
+    assert_eq!(pair.a.endpoint.sas.len(), 1, "A keeps {:?}", pair.a.endpoint.status(pair.now));
+    assert_eq!(pair.b.endpoint.sas.len(), 1, "B keeps {:?}", pair.b.endpoint.status(pair.now));
+    assert_eq!((pair.a.inbound.len(), pair.b.inbound.len()), (1, 1));
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
+    // And the Child SA still rekeys over the IKE SA both sides kept.
+    pair.run(Duration::from_secs(600));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 7, RFC 7296 §2.8.2: simultaneous IKE SA rekeys left both sides with two
+/// new IKE SAs and the Child SAs under different parents. The exchange with the lowest nonce
+/// loses, whichever side made it.
+#[test]
+fn simultaneous_ike_sa_rekeys_end_with_one_ike_sa_holding_the_child_sa() {
+    let nonce = |byte: u8| [byte; 32];
+    // Each node draws its request's Ni first, then the Nr of its answer.
+    for (a_nonces, b_nonces) in [
+        ([nonce(0x10), nonce(0x40)], [nonce(0x30), nonce(0x20)]),
+        ([nonce(0x30), nonce(0x20)], [nonce(0x10), nonce(0x40)]),
+    ] {
+        let (mut pair, a_script, b_script) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        a_script.lock().unwrap().extend(a_nonces);
+        b_script.lock().unwrap().extend(b_nonces);
+        queue_ike_rekeys(&mut pair);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: the peer's rekey request crosses ours, but its answer to ours arrives before its
+/// request: the peer has finished and deletes the old IKE SA; our request is refused.
+#[test]
+fn an_ike_sa_rekey_answered_before_the_crossing_request_arrives_ends_with_one_ike_sa() {
+    for a_first in [true, false] {
+        let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        queue_ike_rekeys(&mut pair);
+        let now = pair.now;
+        let (first, second) = if a_first { (&mut pair.a, &mut pair.b) } else { (&mut pair.b, &mut pair.a) };
+        let first_request = first.endpoint.poll_transmit().unwrap();
+        let second_request = second.endpoint.poll_transmit().unwrap();
+        // `second`'s request reaches `first`, whose answer reaches `second` at once.
+        let second_from = SocketAddr::new(second.address, second_request.source_port);
+        first.endpoint.handle(&second_request.bytes, second_from, 4500, now);
+        let answer = first.endpoint.poll_transmit().unwrap();
+        second.endpoint.handle(&answer.bytes, SocketAddr::new(first.address, 4500), 4500, now);
+        // Only now does `first`'s request reach `second`.
+        second.endpoint.handle(&first_request.bytes, SocketAddr::new(first.address, 4500), 4500, now);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: a Child SA rekey crossing an IKE SA rekey: the new Child SA ends under the IKE
+/// SA both sides keep, once.
+#[test]
+fn a_child_sa_rekey_crossing_an_ike_sa_rekey_ends_with_one_child_sa() {
+    for a_rekeys_the_ike_sa in [true, false] {
+        let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        let now = pair.now;
+        let (ike, child) = if a_rekeys_the_ike_sa { (&mut pair.a, &mut pair.b) } else { (&mut pair.b, &mut pair.a) };
+        let spi = ike.endpoint.sas.keys().copied().next().unwrap();
+        ike.endpoint.queue(spi, Queued::RekeyIke, now);
+        let spi = child.endpoint.sas.keys().copied().next().unwrap();
+        let inbound = child.endpoint.sas[&spi].children.spis()[0].0;
+        child.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: a second REKEY_SA request for the same Child SA (a new message ID) made another
+/// Child SA each time; it is answered with the Child SA the first one made.
+#[test]
+fn a_repeated_rekey_of_the_same_child_sa_is_answered_with_the_existing_result() {
+    let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+    let now = pair.now;
+    let a_spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let old_inbound = pair.a.endpoint.sas[&a_spi].children.spis()[0].0;
+    pair.a.endpoint.queue(a_spi, Queued::RekeyChild(old_inbound), now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    let from = SocketAddr::new(pair.a.address, 4500);
+    pair.b.endpoint.handle(&request.bytes, from, 4500, now);
+    let first_answer = pair.b.endpoint.poll_transmit().unwrap();
+    pair.b.apply_events();
+    let installed = pair.b.inbound.len();
+    assert_eq!(installed, 2, "the old and the new Child SA");
+    // A asks again for the same Child SA in a new request (the next message ID).
+    let mut rekey = Notify::new(notify::REKEY_SA, Vec::new());
+    rekey.protocol_id = crate::ike::message::ids::protocol::ESP;
+    rekey.spi = old_inbound.to_be_bytes().to_vec();
+    let payloads = [
+        Payload::Notify(rekey),
+        Payload::SecurityAssociation(crate::ike::proposal::esp_offer(&[Cipher::Aes256Gcm16], 0x1234_5678, true)),
+        Payload::Nonce(crate::ike::message::Nonce { data: vec![7; 32] }),
+        Payload::TrafficSelectorInitiator(crate::ike::proposal::node_selector(A.parse().unwrap(), 4790)),
+        Payload::TrafficSelectorResponder(crate::ike::proposal::node_selector(B.parse().unwrap(), 4790)),
+    ];
+    let message_id = crate::ike::message::Message::parse(&request.bytes).unwrap().header.message_id + 1;
+    let a_sa = pair.a.endpoint.sas.get_mut(&a_spi).unwrap();
+    let again = a_sa.encrypt(exchange::CREATE_CHILD_SA, false, message_id, &payloads).unwrap();
+    pair.b.endpoint.handle(&again, from, 4500, now);
+    pair.b.apply_events();
+    assert_eq!(pair.b.inbound.len(), installed, "another Child SA was made");
+    let second_answer = pair.b.endpoint.poll_transmit().expect("answered");
+    let b_sa = pair.b.endpoint.sas.values_mut().next().unwrap();
+    let open = |sa: &mut crate::ike::sa::IkeSa, bytes: &[u8]| {
+        let message = crate::ike::message::Message::parse(bytes).unwrap();
+        let encrypted = message.encrypted.unwrap();
+        let inner = sa.keys.opener().open(encrypted.associated_data, encrypted.body).unwrap();
+        crate::ike::message::parse_payloads(encrypted.first_payload, &inner).unwrap()
+    };
+    // B opens its own answers with A's keys: the payloads are the same.
+    let a_sa = pair.a.endpoint.sas.get_mut(&a_spi).unwrap();
+    let (first, second) = (open(a_sa, &first_answer.bytes), open(a_sa, &second_answer.bytes));
+    assert_eq!(first, second, "the existing result");
+    let _ = b_sa;
+}

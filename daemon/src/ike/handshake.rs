@@ -474,7 +474,16 @@ impl IkeSa {
         match first {
             FirstChild::Agreed { chosen, inbound_spi, mode, ni, nr } => {
                 let install = ChildInstall::Both { outbound_allowed };
-                let new = NewChild { chosen, inbound_spi, mode, shared_secret: None, ni: &ni, nr: &nr, install };
+                let new = NewChild {
+                    chosen,
+                    inbound_spi,
+                    mode,
+                    shared_secret: None,
+                    ni: &ni,
+                    nr: &nr,
+                    install,
+                    exchange_keys: None,
+                };
                 self.add_child(cx, peer, new, now)
             }
             FirstChild::Refused(failure) => {

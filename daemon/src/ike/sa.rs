@@ -10,13 +10,14 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::child::Children;
+use super::child::{Children, OurRekey};
 use super::context::Context;
 use super::cookie_gate::HALF_OPEN_TIMEOUT;
 use super::crypto::{sk_body_len, IkeSaKeys, SpiPair};
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
 use super::policy::{Origin, RECONNECT_INTERVAL};
+use super::rekey::IkeCollision;
 use super::status::{IkeSaStatus, IkeState};
 use super::types::{Failure, LocalError, PeerIndex, Refusal};
 use super::window::{Incoming, Purpose, Queued, RequestWindow, Resend};
@@ -81,6 +82,21 @@ pub(super) enum Next {
     },
     /// An IKE SA rekey made this SA's successor; this one is being deleted or replaced.
     Successor(Box<IkeSa>),
+    /// A rekey collision was resolved (RFC 7296 §2.8.2): this SA's Child SAs move to IKE SA
+    /// `to`, the successor that won; `redundant`, the one that lost, is being deleted; with
+    /// `deleted`, the peer deleted this SA and it is forgotten.
+    ChildrenTo {
+        to: u64,
+        redundant: Option<Box<IkeSa>>,
+        deleted: bool,
+    },
+    /// The answer to our Child SA rekey arrived after the Child SAs moved to IKE SA `to`: it
+    /// is finished there.
+    FinishChildRekeyOn {
+        to: u64,
+        payloads: Vec<Payload>,
+        rekey: OurRekey,
+    },
 }
 
 pub(super) struct IkeSa {
@@ -106,6 +122,10 @@ pub(super) struct IkeSa {
     pub(super) origin: Origin,
     /// A duplicate the peer should delete; we do it ourselves if it has not by then.
     pub(super) delete_at: Option<Instant>,
+    /// The peer's IKE SA rekey that crossed ours, until ours is answered.
+    pub(super) ike_collision: Option<IkeCollision>,
+    /// Our SPI of the successor the Child SAs moved to; this SA waits for its DELETE.
+    pub(super) children_moved_to: Option<u64>,
 }
 
 /// What makes a new IKE SA; [`IkeSa::new`] is its one constructor.
@@ -149,6 +169,8 @@ impl IkeSa {
             peer_behind_nat: new.peer_behind_nat,
             origin: new.origin,
             delete_at: None,
+            ike_collision: None,
+            children_moved_to: None,
         }
     }
 
@@ -362,8 +384,14 @@ impl IkeSa {
             (exchange::INFORMATIONAL, Phase::Established { .. } | Phase::Deleting { .. }) => {
                 self.handle_informational(cx, request, &payloads, now)
             }
-            (exchange::CREATE_CHILD_SA, Phase::Established { .. }) => {
+            (exchange::CREATE_CHILD_SA, Phase::Established { .. }) if self.children_moved_to.is_none() => {
                 self.handle_create_child(cx, request, &payloads, now)
+            }
+            (exchange::CREATE_CHILD_SA, Phase::Established { .. } | Phase::Deleting { .. }) => {
+                // Replaced by a rekey, or being deleted: what the peer asks for belongs on the
+                // successor (RFC 7296 §2.8.2: a crossing rekey that arrives late is refused).
+                self.answer_notify(cx, request, notify::TEMPORARY_FAILURE, Vec::new())?;
+                Ok(Next::Stay)
             }
             _ => {
                 cx.refuse(Refusal::Unexpected, self.remote);
@@ -393,9 +421,14 @@ impl IkeSa {
             Purpose::Liveness | Purpose::DeleteChild => Next::Stay,
             Purpose::DeleteIke => return Ok(Next::Forget),
             Purpose::RekeyChild { old_inbound_spi, new_inbound_spi, nonce } => {
-                let rekey = super::child::OurRekey { old_inbound_spi, new_inbound_spi, ni: nonce };
-                self.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, now)?;
-                Next::Stay
+                let rekey = OurRekey { old_inbound_spi, new_inbound_spi, ni: nonce };
+                match self.children_moved_to {
+                    Some(to) => Next::FinishChildRekeyOn { to, payloads, rekey },
+                    None => {
+                        self.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, None, now)?;
+                        Next::Stay
+                    }
+                }
             }
             Purpose::RekeyIke { new_spi, nonce, dh } => {
                 self.finish_ike_rekey(cx, &payloads, new_spi, &nonce, dh, now)?
@@ -430,6 +463,10 @@ impl IkeSa {
         }
         if delete_ike {
             self.send_response(cx, request, &[])?;
+            if let Some(collision) = self.ike_collision.take() {
+                // The peer's crossing rekey won and it finished first: its IKE SA is the one.
+                return Ok(Next::ChildrenTo { to: collision.successor, redundant: None, deleted: true });
+            }
             self.remove_children(cx, now, false);
             if let Some(peer) = self.peer {
                 tracing::info!(peer = %cx.peer_address(peer), "the peer deleted the IKE SA");
