@@ -86,7 +86,7 @@ impl IkeSa {
             // Ours is the redundant one: delete it; the peer's gets the Child SAs, and the
             // peer deletes this old IKE SA.
             tracing::debug!("IKE SA rekey collision: deleting our redundant IKE SA");
-            let mut redundant = self.successor(cx, new_spi, their_new_spi, true, keys, false, now)?;
+            let mut redundant = self.successor(cx, new_spi, their_new_spi, true, keys, now)?;
             redundant.start_deleting(cx, now)?;
             self.children_moved_to = Some(collision.successor);
             let redundant = Some(Box::new(redundant));
@@ -94,7 +94,8 @@ impl IkeSa {
         }
         // Ours stands (with or without a collision): the peer deletes the IKE SA its crossing
         // exchange made.
-        let successor = self.successor(cx, new_spi, their_new_spi, true, keys, true, now)?;
+        let mut successor = self.successor(cx, new_spi, their_new_spi, true, keys, now)?;
+        successor.children = std::mem::take(&mut self.children);
         self.start_deleting(cx, now)?;
         Ok(Next::Successor(Box::new(successor)))
     }
@@ -148,17 +149,17 @@ impl IkeSa {
         // Crossing our own rekey: the Child SAs stay until ours is answered and decides.
         let crossing = matches!(self.window.outstanding(), Some(Purpose::RekeyIke { .. }));
         let their_new_spi = u64::from_be_bytes(their_new_spi);
-        let successor = self.successor(cx, new_spi, their_new_spi, false, keys, !crossing, now)?;
+        let mut successor = self.successor(cx, new_spi, their_new_spi, false, keys, now)?;
         if crossing {
             self.ike_collision = Some(IkeCollision { ni: ni.to_vec(), nr, successor: new_spi });
         } else {
+            successor.children = std::mem::take(&mut self.children);
             self.children_moved_to = Some(new_spi);
         }
         Ok(Next::Successor(Box::new(successor)))
     }
 
-    /// The IKE SA that replaces this one; the Child SAs move to it with `take_children`.
-    #[allow(clippy::too_many_arguments)]
+    /// The IKE SA that replaces this one (the caller moves the Child SAs to it, or not).
     fn successor(
         &mut self,
         cx: &mut Context,
@@ -166,7 +167,6 @@ impl IkeSa {
         their_spi: u64,
         we_initiated: bool,
         keys: IkeSaKeys,
-        take_children: bool,
         now: Instant,
     ) -> Result<IkeSa, Failure> {
         let mut new = IkeSa::new(
@@ -187,9 +187,6 @@ impl IkeSa {
             now,
         );
         new.enter_established(cx, now)?;
-        if take_children {
-            new.children = std::mem::take(&mut self.children);
-        }
         self.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");
         Ok(new)
