@@ -3,7 +3,7 @@
 SECONDS seconds from BIND to TARGET:500, each with a fresh SPI and nonce and a valid proposal
 (AES-GCM-256, PRF-HMAC-SHA256, Curve25519), and answers every COOKIE it is given by sending that
 request again with the COOKIE (RFC 7296 section 2.6), as a determined flooder would. Prints one
-line of counters at the end: sent, answers, cookies met.
+line at the end: requests sent, the seconds it took, answers, cookies met.
 
 Usage: ike_init_flood.py BIND TARGET RATE SECONDS
 """
@@ -102,7 +102,8 @@ def main():
                 cookies += 1
                 sock.sendto(request(spi, nonces[spi], cookie), (target, 500))
         time.sleep(0.005)
-    print(f"sent={sent} answers={answers} cookies={cookies}", flush=True)
+    took = time.monotonic() - start
+    print(f"sent={sent} seconds={took:.2f} answers={answers} cookies={cookies}", flush=True)
 
 
 if __name__ == "__main__":
