@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
+use crate::ike::crypto::NodeKey;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
 use crate::ike::{
     ChildSaKeys, Endpoint, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, IKE_PORT, NAT_T_PORT,
@@ -103,16 +104,22 @@ pub fn ike_peers(config: &MeshConfig, topology: &Topology) -> Vec<PeerId> {
         .collect()
 }
 
-/// IKE's settings for `config` with the peers `ike_peers`; fails when there are IKE peers but no
-/// pre-shared key.
-pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, String> {
-    let psk = match (&config.psk, ike_peers.is_empty()) {
-        (Some(psk), _) => psk.as_bytes().to_vec(),
-        (None, true) => Vec::new(),
-        (None, false) => {
-            let names: Vec<&str> = ike_peers.iter().map(|id| topology.peer(*id).name.as_str()).collect();
+/// IKE's settings for `config` with the peers `ike_peers`, signing with `node_key`; fails when
+/// some IKE peer needs the pre-shared key (it or this node has no public key) and there is none.
+pub fn settings(
+    config: &MeshConfig,
+    topology: &Topology,
+    ike_peers: &[PeerId],
+    node_key: Option<Arc<NodeKey>>,
+) -> Result<IkeSettings, String> {
+    let needs_psk = |id: &&PeerId| node_key.is_none() || topology.peer(**id).public_keys.is_empty();
+    let psk = match &config.psk {
+        Some(psk) => psk.as_bytes().to_vec(),
+        None if !ike_peers.iter().any(|id| needs_psk(&id)) => Vec::new(),
+        None => {
+            let names: Vec<&str> = ike_peers.iter().filter(needs_psk).map(|id| topology.peer(*id).name.as_str()).collect();
             return Err(format!(
-                "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs the pre-shared key: set psk_file in [mesh]",
+                "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs public keys on both nodes or the pre-shared key: give every node its public_key, or set psk_file in [mesh]",
                 names.join(", ")
             ));
         }
@@ -125,6 +132,7 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
     Ok(IkeSettings {
         local: topology.local_address,
         psk: Zeroizing::new(psk),
+        node_key,
         proposals,
         ike_lifetime: config.ike.ike_lifetime,
         child_lifetime: config.ike.child_lifetime,
@@ -137,16 +145,21 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
 }
 
 fn peer_settings(peer: &Peer) -> PeerSettings {
-    PeerSettings { address: peer.address, mode: peer.mode }
+    PeerSettings { address: peer.address, mode: peer.mode, public_keys: peer.public_keys.clone() }
 }
 
 impl Keying {
     /// The IKE state for the peers that have no manual SAs (there may be none yet: a reload can
     /// add some).
-    pub fn new(config: &MeshConfig, state: &MeshState, now: Instant) -> Result<Keying, String> {
+    pub fn new(
+        config: &MeshConfig,
+        state: &MeshState,
+        node_key: Option<Arc<NodeKey>>,
+        now: Instant,
+    ) -> Result<Keying, String> {
         let topology = state.topology();
         let ike_peers = ike_peers(config, &topology);
-        let settings = settings(config, &topology, &ike_peers)?;
+        let settings = settings(config, &topology, &ike_peers, node_key)?;
         let endpoint = Endpoint::new(settings, now).map_err(|e| e.to_string())?;
         Ok(Keying {
             ike: Mutex::new(Ike {
@@ -377,7 +390,7 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
 
 fn failure_reason(failure: &Failure) -> DropReason {
     match failure {
-        Failure::Authentication { .. } => DropReason::IkeAuthFailed,
+        Failure::Authentication { .. } | Failure::Identity(_) => DropReason::IkeAuthFailed,
         Failure::NoProposalChosen { .. } => DropReason::IkeNoProposal,
         Failure::Timeout => DropReason::IkeRetransmitGaveUp,
         Failure::TrafficSelectors => DropReason::IkeTsUnacceptable,

@@ -12,6 +12,7 @@ pub mod ike;
 pub mod keying;
 pub mod manual;
 pub mod netif;
+pub mod node_identity;
 pub mod offload;
 pub mod overhead;
 pub mod pmtu;

@@ -20,7 +20,9 @@ use tun_rs::SyncDevice;
 use crate::ctl::Control;
 use crate::daemon::bring_up;
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
+use crate::ike::crypto::NodeKey;
 use crate::keying;
+use crate::node_identity;
 use crate::manual;
 use crate::topology::Topology;
 
@@ -28,6 +30,10 @@ use crate::topology::Topology;
 pub struct Reloader {
     /// The mesh file meshd was started with.
     pub config_path: PathBuf,
+    /// `meshd run --key`, if given; the key is read again at each reload (a key rotation).
+    pub key_file: Option<PathBuf>,
+    /// The key the running settings sign with.
+    pub node_key: Option<Arc<NodeKey>>,
     /// `None` only while a reload takes the datapath over, or after shutdown.
     pub datapath: Option<Datapath>,
     pub ike_inbox: IkeInbox,
@@ -64,7 +70,14 @@ impl Control {
         let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(|e| refused(e.to_string()))?;
         let next = current.reloaded(&new).map_err(refused)?;
         let ike_peers = keying::ike_peers(&new, &next);
-        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(refused)?;
+        let node = new.node(&next.node_name).ok_or_else(|| refused("this node is not in it".into()))?;
+        let (node_key, mismatch) =
+            node_identity::load(&new, node, reloader.key_file.as_deref()).map_err(|e| refused(e.to_string()))?;
+        if let Some(mismatch) = mismatch {
+            tracing::error!("{mismatch}; peers will refuse this node's AUTH");
+        }
+        let ike_settings = keying::settings(&new, &next, &ike_peers, node_key.clone()).map_err(refused)?;
+        reloader.node_key = node_key;
 
         // Valid: from here on everything is applied. First the SAs that must go.
         let rekeyed: Vec<&String> = plan.peers_rekeyed.iter().map(|change| &change.name).collect();

@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 use mesh_config::{Cipher, Mode};
 
 use super::crypto::sk_body_len;
-use super::crypto::{
-    nat_detection_hash, ChildSaKeys as DerivedChildKeys, IkeSaKeys, Role, SignedOctets, SpiPair, X25519KeyPair,
-};
-use super::message::ids::{authentication, diffie_hellman, exchange, notify, protocol};
+use super::crypto::{nat_detection_hash, ChildSaKeys as DerivedChildKeys, IkeSaKeys, Role, SpiPair, X25519KeyPair};
+use super::identity::{self, AuthInputs, PeerAuth, PeerClaim};
+use super::message::ids::{diffie_hellman, exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_message, encode_payloads};
 use super::message::{
     parse_payloads, Authentication, Delete, Header, Identification, KeyExchange, Message, Nonce, Notify, Payload,
@@ -189,6 +188,8 @@ struct IkeSa {
     collision_nonces: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     /// A duplicate the peer should delete; we do it ourselves if it has not by then.
     delete_at: Option<Instant>,
+    /// How the peer authenticated (kept across IKE rekeys).
+    peer_auth: Option<PeerAuth>,
 }
 
 impl IkeSa {
@@ -220,34 +221,14 @@ impl IkeSa {
         Some(message)
     }
 
-    /// The signer's message and the other side's nonce, for AUTH (RFC 7296 §2.15): the
-    /// initiator signs its IKE_SA_INIT request and Nr, the responder its response and Ni.
-    fn signed_by(&self, initiator: bool) -> (&[u8], &[u8]) {
-        let handshake = &self.handshake;
-        match initiator {
-            true => (&handshake.init_request, &handshake.nr),
-            false => (&handshake.init_response, &handshake.ni),
-        }
-    }
-
-    /// Our ID payload (our address) and the AUTH data over it.
-    fn our_auth(&self, psk: &[u8], local: IpAddr) -> Option<(Identification, Vec<u8>)> {
-        let id = Identification::from_ip(local);
-        let mut id_payload_body = Vec::new();
-        id.emit(&mut id_payload_body);
-        let (real_message, peer_nonce) = self.signed_by(self.initiator);
-        let octets = SignedOctets { real_message, peer_nonce, id_payload_body: &id_payload_body };
-        let auth = self.keys.as_ref()?.psk_auth(psk, &octets);
-        Some((id, auth.to_vec()))
-    }
-
-    /// Whether the peer's AUTH data over its ID payload verifies with our PSK.
-    fn peer_auth_verifies(&self, psk: &[u8], id: &Identification, auth: &[u8]) -> bool {
-        let mut id_payload_body = Vec::new();
-        id.emit(&mut id_payload_body);
-        let (real_message, peer_nonce) = self.signed_by(!self.initiator);
-        let octets = SignedOctets { real_message, peer_nonce, id_payload_body: &id_payload_body };
-        self.keys.as_ref().is_some_and(|keys| keys.verify_peer_psk_auth(psk, &octets, auth).is_ok())
+    /// What the AUTH payloads of this IKE SA's IKE_AUTH cover.
+    fn auth_inputs(&self) -> Option<AuthInputs<'_>> {
+        let h = &self.handshake;
+        let (our_message, peer_message, our_nonce, peer_nonce, role) = match self.initiator {
+            true => (&h.init_request, &h.init_response, &h.ni, &h.nr, Role::Initiator),
+            false => (&h.init_response, &h.init_request, &h.nr, &h.ni, Role::Responder),
+        };
+        Some(AuthInputs { keys: self.keys.as_ref()?, role, our_message, peer_message, our_nonce, peer_nonce })
     }
 
     fn child_by_outbound(&self, spi: u32) -> Option<usize> {
@@ -277,6 +258,8 @@ pub struct IkeSaStatus {
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.
     pub children: Vec<(u32, u32)>,
+    /// How the peer authenticated, once it has.
+    pub peer_auth: Option<PeerAuth>,
 }
 
 /// Counters of messages that were refused.
@@ -415,6 +398,7 @@ impl Endpoint {
                     established_secs: sa.established.map(|at| now.saturating_duration_since(at).as_secs()),
                     rekey_in_secs: sa.rekey_at.map(|at| at.saturating_duration_since(now).as_secs()),
                     children: sa.children.iter().map(|c| (c.inbound_spi, c.outbound_spi)).collect(),
+                    peer_auth: sa.peer_auth,
                 }
             })
             .collect();
@@ -478,11 +462,13 @@ impl Endpoint {
         }
     }
 
-    /// A reload changes the credentials or SA settings (`settings.peers` is ignored: peers come
-    /// and go with `add_peer` and `remove_peer`). SAs made from now on use them; the reload
+    /// A reload changes the credentials or SA settings (of `settings.peers` only the public keys
+    /// are taken: peers come and go with `add_peer` and `remove_peer`). SAs made from now on use them; the reload
     /// re-keys the peers whose SAs must change.
     pub fn reconfigure(&mut self, mut settings: IkeSettings) {
-        settings.peers = std::mem::take(&mut self.settings.peers);
+        let mut peers = std::mem::take(&mut self.settings.peers);
+        identity::update_peer_keys(&mut peers, &settings.peers);
+        settings.peers = peers;
         self.ciphers = settings.ciphers();
         self.settings = settings;
     }
@@ -595,6 +581,7 @@ impl Endpoint {
         payloads.push(Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: public.to_vec() }));
         payloads.push(Payload::Nonce(Nonce { data: ni.to_vec() }));
         payloads.extend(self.nat_notifies(&spis, local, remote));
+        payloads.extend(identity::init_notify(&self.settings));
         let header = Header {
             initiator_spi: our_spi,
             responder_spi: 0,
@@ -654,6 +641,7 @@ impl Endpoint {
             initiator_address: self.settings.local,
             collision_nonces: Vec::new(),
             delete_at: None,
+            peer_auth: None,
         };
         tracing::debug!(peer = %settings.address, spi = format_args!("{our_spi:016x}"), "IKE_SA_INIT ->");
         self.transmits.push_back(Transmit { destination: remote, source_port: IKE_PORT, bytes: request });
@@ -801,6 +789,7 @@ impl Endpoint {
             Payload::Nonce(Nonce { data: nr.clone() }),
         ];
         response_payloads.extend(self.nat_notifies(&spis, local, from));
+        response_payloads.extend(identity::init_notify(&self.settings));
         let response_header = Header {
             initiator_spi: header.initiator_spi,
             responder_spi: our_spi,
@@ -837,6 +826,7 @@ impl Endpoint {
             initiator_address: from.ip(),
             collision_nonces: Vec::new(),
             delete_at: None,
+            peer_auth: None,
         };
         self.sas.insert(our_spi, sa);
         self.half_open.insert((from, header.initiator_spi), our_spi);
@@ -942,19 +932,16 @@ impl Endpoint {
         let ciphers = self.ciphers.clone();
         let initial_contact =
             self.sas.get(&our_spi).and_then(|sa| sa.peer).is_some_and(|peer| self.established_with(peer).is_empty());
-        let psk = self.settings.psk.clone();
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         let Some(peer) = sa.peer else { return };
         let peer_settings = &self.settings.peers[peer];
-        let Some((id, auth)) = sa.our_auth(&psk, local) else { return };
+        let Some(inputs) = sa.auth_inputs() else { return };
+        let (id, auth) = identity::our_auth(&self.settings, peer_settings, &inputs);
         let mut payloads = vec![Payload::IdentificationInitiator(id)];
         if initial_contact {
             payloads.push(Payload::Notify(Notify::new(notify::INITIAL_CONTACT, Vec::new())));
         }
-        payloads.push(Payload::Authentication(Authentication {
-            method: authentication::SHARED_KEY_MESSAGE_INTEGRITY_CODE,
-            data: auth,
-        }));
+        payloads.push(Payload::Authentication(auth));
         if peer_settings.mode == Mode::Transport {
             payloads.push(Payload::Notify(Notify::new(notify::USE_TRANSPORT_MODE, Vec::new())));
         }
@@ -970,23 +957,35 @@ impl Endpoint {
         let Some(sa) = self.sas.get(&our_spi) else { return };
         let from = sa.remote;
         let parts = Parts::of(&payloads);
-        let id = parts.identification_initiator.cloned();
-        let auth = parts.authentication.map(|auth| auth.data.clone());
-        let (Some(id), Some(auth)) = (id, auth) else {
+        let (Some(id), Some(auth), Some(inputs)) = (parts.identification_initiator, parts.authentication, sa.auth_inputs())
+        else {
             self.drop_message(Refusal::Malformed, from);
             return;
         };
         let peer = id.ip().and_then(|address| self.peer_by_address(address));
-        let verified = sa.peer_auth_verifies(&self.settings.psk, &id, &auth);
-        let Some(peer) = peer.filter(|_| verified) else {
-            let failure = Failure::Authentication { peer_said: false };
-            tracing::error!(%from, identity = ?id.ip(), "IKE_AUTH from {from}: {failure}");
+        let claim = PeerClaim {
+            peer: peer.map(|peer| &self.settings.peers[peer]),
+            id,
+            auth,
+            source: from.ip(),
+            we_are_behind_nat: sa.nat_detected,
+            source_is_a_node: self.peer_by_address(from.ip()).is_some(),
+        };
+        let verified = identity::verify_peer(&self.settings, &claim, &inputs)
+            .and_then(|auth| peer.map(|peer| (peer, auth)).ok_or(Failure::Authentication { peer_said: false }));
+        let identity = id.ip();
+        let (peer_index, peer_auth) = match verified {
+            Ok(verified) => verified,
+            Err(failure) => {
+            tracing::error!(%from, ?identity, "IKE_AUTH from {from}: {failure}");
             let payloads = [Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()))];
             self.send_response(our_spi, header, &payloads);
             self.events.push_back(Event::Failed { peer, from, failure });
             self.forget(our_spi);
             return;
+            }
         };
+        let peer = peer_index;
         if notifies(&payloads).any(|n| n.notify_type == notify::INITIAL_CONTACT) {
             self.drop_stale_sas(peer, our_spi, now);
         }
@@ -994,16 +993,14 @@ impl Endpoint {
         let local = self.settings.local;
         let peer_settings = self.settings.peers[peer].clone();
         let port = self.settings.vxlan_port;
-        let psk = self.settings.psk.clone();
         let Some(sa) = self.sas.get_mut(&our_spi) else { return };
         sa.peer = Some(peer);
-        let Some((id_r, our_auth)) = sa.our_auth(&psk, local) else { return };
+        sa.peer_auth = Some(peer_auth);
+        let Some(inputs) = sa.auth_inputs() else { return };
+        let (id_r, our_auth) = identity::our_auth(&self.settings, &peer_settings, &inputs);
         let mut response = vec![
             Payload::IdentificationResponder(id_r),
-            Payload::Authentication(Authentication {
-                method: authentication::SHARED_KEY_MESSAGE_INTEGRITY_CODE,
-                data: our_auth,
-            }),
+            Payload::Authentication(our_auth),
             Payload::Notify(Notify::new(notify::MESHD_PATH_MTU_PROBES, Vec::new())),
         ];
         let child = self.negotiate_child(&payloads, &peer_settings.address, port);
@@ -1068,19 +1065,32 @@ impl Endpoint {
         let Some(peer) = sa.peer else { return };
         let peer_address = self.settings.peers[peer].address;
         let parts = Parts::of(&payloads);
-        let id = parts.identification_responder.cloned();
-        let auth = parts.authentication.map(|auth| auth.data.clone());
-        let verified = match (&id, &auth) {
-            (Some(id), Some(auth)) if id.ip() == Some(peer_address) => {
-                sa.peer_auth_verifies(&self.settings.psk, id, auth)
+        let verified = match (parts.identification_responder, parts.authentication, sa.auth_inputs()) {
+            (Some(id), Some(auth), Some(inputs)) => {
+                // The responder must be the node we contacted: an ID naming any other is unknown here.
+                let peer_settings = &self.settings.peers[peer];
+                let claim = PeerClaim {
+                    peer: (id.ip() == Some(peer_address)).then_some(peer_settings),
+                    id,
+                    auth,
+                    source: remote.ip(),
+                    we_are_behind_nat: sa.nat_detected,
+                    source_is_a_node: self.peer_by_address(remote.ip()).is_some(),
+                };
+                identity::verify_peer(&self.settings, &claim, &inputs)
             }
-            _ => false,
+            _ => Err(Failure::Authentication { peer_said: false }),
         };
-        if !verified {
-            let failure = Failure::Authentication { peer_said: false };
-            tracing::error!(peer = %remote, "IKE_AUTH response: {failure}");
-            self.fail(our_spi, failure, now);
-            return;
+        let peer_auth = match verified {
+            Ok(peer_auth) => peer_auth,
+            Err(failure) => {
+                tracing::error!(peer = %remote, "IKE_AUTH response: {failure}");
+                self.fail(our_spi, failure, now);
+                return;
+            }
+        };
+        if let Some(sa) = self.sas.get_mut(&our_spi) {
+            sa.peer_auth = Some(peer_auth);
         }
         self.note_probe_support(peer, &payloads);
         self.establish(our_spi, now);
@@ -1653,6 +1663,7 @@ impl Endpoint {
             initiator_address: if we_initiated { local } else { old.remote.ip() },
             collision_nonces: Vec::new(),
             delete_at: None,
+            peer_auth: old.peer_auth,
         };
         old.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");

@@ -20,6 +20,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
     IkeSettings {
         local: local.parse().unwrap(),
         psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        node_key: None,
         proposals: ciphers
             .iter()
             .map(|cipher| Proposal { cipher: *cipher, prf: Prf::HmacSha256, group: DhGroup::X25519 })
@@ -30,7 +31,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
         force_udp_encap: true,
         esn: true,
         vxlan_port: 4790,
-        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport }],
+        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport, public_keys: Vec::new() }],
     }
 }
 

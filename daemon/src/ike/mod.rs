@@ -4,6 +4,7 @@
 
 pub mod crypto;
 pub mod endpoint;
+pub mod identity;
 pub mod message;
 pub mod proposal;
 pub mod types;

@@ -12,6 +12,7 @@
 //!   (§2.17).
 //! - [`sk`]: sealing and opening the Encrypted payload body (§3.14, RFC 5282 §3-5, RFC 7634 §2-3).
 //! - [`auth`]: the pre-shared key AUTH value (§2.15).
+//! - [`signature`]: Ed25519 digital signature AUTH (RFC 7427, RFC 8420) and the node's key.
 //! - [`nat`]: the NAT_DETECTION_*_IP hash (§2.23).
 //! - [`cookie`]: stateless COOKIE values with a rotating secret (§2.6).
 //!
@@ -25,6 +26,7 @@ pub mod dh;
 pub mod keys;
 pub mod nat;
 pub mod prf;
+pub mod signature;
 pub mod sk;
 
 pub use self::auth::{psk_auth, verify_psk_auth, SignedOctets};
@@ -33,6 +35,7 @@ pub use self::dh::{X25519KeyPair, X25519_GROUP, X25519_PUBLIC_LEN};
 pub use self::keys::{ChildSaKeys, IkeSaKeys, SpiPair, MAX_NONCE_LEN, MIN_NONCE_LEN};
 pub use self::nat::{nat_detection_hash, NAT_DETECTION_HASH_LEN};
 pub use self::prf::{prf, prf_plus, PRF_KEY_LEN, PRF_OUTPUT_LEN};
+pub use self::signature::{verify_auth_signature, NodeKey, ED25519_SIGNATURE_LEN};
 pub use self::sk::{sk_body_len, SkOpener, SkSealer, SK_ICV_LEN, SK_IV_LEN, SK_OVERHEAD};
 
 /// Length of the nonces we send (RFC 7296 §2.10: at least 128 bits and half the PRF key size;
@@ -136,6 +139,9 @@ pub enum CryptoError {
     /// The AUTH payload does not match what the pre-shared key gives.
     #[error("the AUTH payload does not match the pre-shared key (different PSK, or the exchange was tampered with)")]
     AuthMismatch,
+    /// The AUTH signature does not verify with any public key mesh.toml lists for the peer.
+    #[error("the AUTH signature does not verify with the public key(s) mesh.toml lists for this node (another node's key, an old key, or a tampered exchange)")]
+    SignatureMismatch,
     /// A COOKIE was not made by us with the current or the previous secret for this request.
     #[error("the COOKIE is not valid for this request (forged, expired or from another address)")]
     CookieInvalid,
@@ -205,6 +211,7 @@ mod tests {
             CryptoError::SkPadLength { pad_len: 200, available: 10 },
             CryptoError::SkIvExhausted,
             CryptoError::AuthMismatch,
+            CryptoError::SignatureMismatch,
             CryptoError::CookieInvalid,
             CryptoError::Library("random generation"),
         ];
