@@ -53,7 +53,11 @@ fn load(config: &std::path::Path, node: Option<&str>) -> Result<(MeshConfig, Top
 
 /// `meshd check`: validates the config (and that this host is one of its nodes, with its
 /// private key when it has public keys); returns a summary.
-pub fn check(config: &std::path::Path, node: Option<&str>, key: Option<&std::path::Path>) -> Result<String, DaemonError> {
+pub fn check(
+    config: &std::path::Path,
+    node: Option<&str>,
+    key: Option<&std::path::Path>,
+) -> Result<String, DaemonError> {
     let (config, topology) = load(config, node)?;
     let (node_key, mismatch) = load_node_key(&config, &topology, key)?;
     if let Some(mismatch) = mismatch {
@@ -81,7 +85,8 @@ fn load_node_key(
     topology: &Topology,
     explicit: Option<&std::path::Path>,
 ) -> Result<(Option<Arc<NodeKey>>, Option<mesh_config::ConfigError>), DaemonError> {
-    let node = config.node(&topology.node_name).ok_or_else(|| DaemonError::Topology("this node left the mesh file".into()))?;
+    let node =
+        config.node(&topology.node_name).ok_or_else(|| DaemonError::Topology("this node left the mesh file".into()))?;
     Ok(node_identity::load(config, node, explicit)?)
 }
 

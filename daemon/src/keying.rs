@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
-use crate::ike::crypto::NodeKey;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::ike::crypto::NodeKey;
 use crate::ike::{
     ChildSaKeys, Endpoint, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, IKE_PORT, NAT_T_PORT,
 };
@@ -117,7 +117,8 @@ pub fn settings(
         Some(psk) => psk.as_bytes().to_vec(),
         None if !ike_peers.iter().any(|id| needs_psk(&id)) => Vec::new(),
         None => {
-            let names: Vec<&str> = ike_peers.iter().filter(needs_psk).map(|id| topology.peer(*id).name.as_str()).collect();
+            let names: Vec<&str> =
+                ike_peers.iter().filter(needs_psk).map(|id| topology.peer(*id).name.as_str()).collect();
             return Err(format!(
                 "peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs public keys on both nodes or the pre-shared key: give every node its public_key, or set psk_file in [mesh]",
                 names.join(", ")

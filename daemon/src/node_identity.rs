@@ -34,9 +34,9 @@ pub fn keygen(out: &Path) -> Result<PublicKey, String> {
 /// `meshd pubkey --key FILE`: the public key of an existing private key file.
 pub fn pubkey(key: &Path) -> Result<PublicKey, ConfigError> {
     let seed = PrivateKeySeed::read(key)?;
-    NodeKey::from_seed(&seed).map(|key| key.public_key()).map_err(|e| {
-        ConfigError::new(key, None, "private key", e.to_string(), "make a new key with `meshd keygen`")
-    })
+    NodeKey::from_seed(&seed)
+        .map(|key| key.public_key())
+        .map_err(|e| ConfigError::new(key, None, "private key", e.to_string(), "make a new key with `meshd keygen`"))
 }
 
 /// The key `node` signs with, when mesh.toml lists public keys for it (`None`: it uses the
@@ -54,8 +54,9 @@ pub fn load(
     }
     let path = config.key_path(explicit);
     let seed = PrivateKeySeed::read(&path)?;
-    let key = NodeKey::from_seed(&seed)
-        .map_err(|e| ConfigError::new(&path, None, "private key", e.to_string(), "make a new key with `meshd keygen`"))?;
+    let key = NodeKey::from_seed(&seed).map_err(|e| {
+        ConfigError::new(&path, None, "private key", e.to_string(), "make a new key with `meshd keygen`")
+    })?;
     let mismatch = mismatch(config, node, &path, key.public_key());
     Ok((Some(Arc::new(key)), mismatch))
 }

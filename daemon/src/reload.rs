@@ -22,8 +22,8 @@ use crate::daemon::bring_up;
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::ike::crypto::NodeKey;
 use crate::keying;
-use crate::node_identity;
 use crate::manual;
+use crate::node_identity;
 use crate::topology::Topology;
 
 /// What a reload needs besides the shared state.

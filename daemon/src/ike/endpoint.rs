@@ -936,7 +936,7 @@ impl Endpoint {
         let Some(peer) = sa.peer else { return };
         let peer_settings = &self.settings.peers[peer];
         let Some(inputs) = sa.auth_inputs() else { return };
-        let (id, auth) = identity::our_auth(&self.settings, peer_settings, &inputs);
+        let (id, auth) = identity::our_auth(&self.settings, peer_settings, None, &inputs);
         let mut payloads = vec![Payload::IdentificationInitiator(id)];
         if initial_contact {
             payloads.push(Payload::Notify(Notify::new(notify::INITIAL_CONTACT, Vec::new())));
@@ -957,7 +957,8 @@ impl Endpoint {
         let Some(sa) = self.sas.get(&our_spi) else { return };
         let from = sa.remote;
         let parts = Parts::of(&payloads);
-        let (Some(id), Some(auth), Some(inputs)) = (parts.identification_initiator, parts.authentication, sa.auth_inputs())
+        let (Some(id), Some(auth), Some(inputs)) =
+            (parts.identification_initiator, parts.authentication, sa.auth_inputs())
         else {
             self.drop_message(Refusal::Malformed, from);
             return;
@@ -977,12 +978,12 @@ impl Endpoint {
         let (peer_index, peer_auth) = match verified {
             Ok(verified) => verified,
             Err(failure) => {
-            tracing::error!(%from, ?identity, "IKE_AUTH from {from}: {failure}");
-            let payloads = [Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()))];
-            self.send_response(our_spi, header, &payloads);
-            self.events.push_back(Event::Failed { peer, from, failure });
-            self.forget(our_spi);
-            return;
+                tracing::error!(%from, ?identity, "IKE_AUTH from {from}: {failure}");
+                let payloads = [Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()))];
+                self.send_response(our_spi, header, &payloads);
+                self.events.push_back(Event::Failed { peer, from, failure });
+                self.forget(our_spi);
+                return;
             }
         };
         let peer = peer_index;
@@ -997,7 +998,7 @@ impl Endpoint {
         sa.peer = Some(peer);
         sa.peer_auth = Some(peer_auth);
         let Some(inputs) = sa.auth_inputs() else { return };
-        let (id_r, our_auth) = identity::our_auth(&self.settings, &peer_settings, &inputs);
+        let (id_r, our_auth) = identity::our_auth(&self.settings, &peer_settings, Some(peer_auth), &inputs);
         let mut response = vec![
             Payload::IdentificationResponder(id_r),
             Payload::Authentication(our_auth),

@@ -6,7 +6,8 @@
 //!
 //! - We sign toward a peer when we hold our private key, mesh.toml lists the peer's public key,
 //!   and the peer's IKE_SA_INIT announced Ed25519 (SIGNATURE_HASH_ALGORITHMS with Identity,
-//!   RFC 7427 §4, RFC 8420 §2); we announce it whenever we hold our key. Otherwise we use the PSK.
+//!   RFC 7427 §4, RFC 8420 §2); we announce it whenever we hold our key. Otherwise, and as a
+//!   responder to a peer that used the PSK (it does not know our key), we use the PSK.
 //! - We accept a signature only from a node with public keys in mesh.toml, made with one of
 //!   them. We accept the PSK only while mesh.toml names a psk_file: from nodes without keys, and,
 //!   while a mesh moves from PSK to keys, from any node (a node whose peers still run the old
@@ -22,8 +23,8 @@ use mesh_config::PublicKey;
 use super::crypto::{nat_detection_hash, verify_auth_signature, IkeSaKeys, Role, SignedOctets};
 use super::message::ids::{authentication, notify};
 use super::message::{
-    lists_identity_hash, signature_hash_algorithms, Authentication, DigitalSignature, Identification, Message,
-    Notify, Payload,
+    lists_identity_hash, signature_hash_algorithms, Authentication, DigitalSignature, Identification, Message, Notify,
+    Payload,
 };
 use super::types::{Failure, IkeSettings, PeerSettings};
 
@@ -120,16 +121,29 @@ pub fn init_notify(settings: &IkeSettings) -> Option<Payload> {
     Some(Payload::Notify(Notify::new(notify::SIGNATURE_HASH_ALGORITHMS, signature_hash_algorithms())))
 }
 
-/// Our ID payload and AUTH payload toward `peer`.
-pub fn our_auth(settings: &IkeSettings, peer: &PeerSettings, inputs: &AuthInputs<'_>) -> (Identification, Authentication) {
+/// Our ID payload and AUTH payload toward `peer`; as a responder, `peer_auth` is how the
+/// initiator authenticated.
+pub fn our_auth(
+    settings: &IkeSettings,
+    peer: &PeerSettings,
+    peer_auth: Option<PeerAuth>,
+    inputs: &AuthInputs<'_>,
+) -> (Identification, Authentication) {
     let id = Identification::from_ip(settings.local);
     let mut id_payload_body = Vec::new();
     id.emit(&mut id_payload_body);
-    let octets =
-        SignedOctets { real_message: inputs.our_message, peer_nonce: inputs.peer_nonce, id_payload_body: &id_payload_body };
+    let octets = SignedOctets {
+        real_message: inputs.our_message,
+        peer_nonce: inputs.peer_nonce,
+        id_payload_body: &id_payload_body,
+    };
     let sk_p = inputs.keys.sk_p(inputs.role);
     let auth = match &settings.node_key {
-        Some(key) if !peer.public_keys.is_empty() && announces_ed25519(inputs.peer_message) => {
+        Some(key)
+            if !peer.public_keys.is_empty()
+                && announces_ed25519(inputs.peer_message)
+                && peer_auth.is_none_or(|auth| auth.method == AuthMethod::Ed25519) =>
+        {
             let signature = key.sign_auth(sk_p, &octets);
             Authentication {
                 method: authentication::DIGITAL_SIGNATURE,
@@ -158,7 +172,11 @@ pub struct PeerClaim<'a> {
 }
 
 /// Checks the peer's identity and AUTH; how it authenticated, or why it is refused.
-pub fn verify_peer(settings: &IkeSettings, claim: &PeerClaim<'_>, inputs: &AuthInputs<'_>) -> Result<PeerAuth, Failure> {
+pub fn verify_peer(
+    settings: &IkeSettings,
+    claim: &PeerClaim<'_>,
+    inputs: &AuthInputs<'_>,
+) -> Result<PeerAuth, Failure> {
     let refuse = |failure| Err(Failure::Identity(failure));
     let Some(peer) = claim.peer else {
         let id = claim.id.ip().map_or_else(|| format!("(ID type {})", claim.id.id_type), |ip| ip.to_string());
@@ -171,11 +189,16 @@ pub fn verify_peer(settings: &IkeSettings, claim: &PeerClaim<'_>, inputs: &AuthI
     }
     let mut id_payload_body = Vec::new();
     claim.id.emit(&mut id_payload_body);
-    let octets =
-        SignedOctets { real_message: inputs.peer_message, peer_nonce: inputs.our_nonce, id_payload_body: &id_payload_body };
+    let octets = SignedOctets {
+        real_message: inputs.peer_message,
+        peer_nonce: inputs.our_nonce,
+        id_payload_body: &id_payload_body,
+    };
     let sk_p = inputs.keys.sk_p(inputs.role.peer());
     match claim.auth.method {
-        authentication::DIGITAL_SIGNATURE if peer.public_keys.is_empty() => refuse(IdentityFailure::NoPublicKey { node }),
+        authentication::DIGITAL_SIGNATURE if peer.public_keys.is_empty() => {
+            refuse(IdentityFailure::NoPublicKey { node })
+        }
         authentication::DIGITAL_SIGNATURE => match DigitalSignature::parse(&claim.auth.data) {
             Ok(signature) if signature.is_ed25519() => {
                 match verify_auth_signature(&peer.public_keys, sk_p, &octets, signature.signature) {
@@ -226,9 +249,7 @@ fn peer_behind_nat(peer_message: &[u8], source: IpAddr) -> bool {
     // The hash covers the SPIs of the request: the responder's is still zero there.
     let spi_r = if message.header.response { message.header.responder_spi.to_be_bytes() } else { [0; 8] };
     let expected = nat_detection_hash(&spi_i, &spi_r, SocketAddr::new(source, super::IKE_PORT));
-    init_notifies(peer_message)
-        .iter()
-        .any(|n| n.notify_type == notify::NAT_DETECTION_SOURCE_IP && n.data != expected)
+    init_notifies(peer_message).iter().any(|n| n.notify_type == notify::NAT_DETECTION_SOURCE_IP && n.data != expected)
 }
 
 /// A reload: each peer in `peers` takes the public keys `new` lists for its address (peers keep
