@@ -236,6 +236,7 @@ impl Control {
             overlays: crate::pmtu::status::overlays(&self.state, &self.overlays.load()),
             drops_total: self.state.drops.total(),
             warnings: crate::pmtu::status::warnings(&self.state, &self.overlays.load()),
+            public_key: self.keying.public_key().map(|key| key.fingerprint()),
         }
     }
 

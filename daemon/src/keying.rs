@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mesh_config::control::{DropReason, IkeSaInfo, SaOrigin, Spi};
-use mesh_config::{Cipher, MeshConfig, Proposal};
+use mesh_config::{Cipher, MeshConfig, Proposal, PublicKey};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
@@ -53,6 +53,8 @@ struct Ike {
     failures: Vec<Option<String>>,
     /// Per IKE peer (by endpoint index), for metrics.
     stats: Vec<IkePeerStats>,
+    /// The public key of the key this node signs with.
+    public_key: Option<PublicKey>,
 }
 
 /// What happened to one IKE peer's SAs since meshd started.
@@ -160,6 +162,7 @@ impl Keying {
     ) -> Result<Keying, String> {
         let topology = state.topology();
         let ike_peers = ike_peers(config, &topology);
+        let public_key = node_key.as_ref().map(|key| key.public_key());
         let settings = settings(config, &topology, &ike_peers, node_key)?;
         let endpoint = Endpoint::new(settings, now).map_err(|e| e.to_string())?;
         Ok(Keying {
@@ -169,6 +172,7 @@ impl Keying {
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
+                public_key,
             }),
             wake: Notify::new(),
         })
@@ -180,7 +184,14 @@ impl Keying {
 
     /// Reload: new credentials and SA settings (see `Endpoint::reconfigure`).
     pub fn reconfigure(&self, settings: IkeSettings) {
-        self.lock().endpoint.reconfigure(settings);
+        let mut ike = self.lock();
+        ike.public_key = settings.node_key.as_ref().map(|key| key.public_key());
+        ike.endpoint.reconfigure(settings);
+    }
+
+    /// The public key this node signs with; `None`: it uses the pre-shared key.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.lock().public_key
     }
 
     /// Reload: starts keying `peer` with IKE.
@@ -268,6 +279,8 @@ impl Keying {
                 established_secs: s.established_secs,
                 rekey_in_secs: s.rekey_in_secs,
                 child_spis: s.children.iter().map(|(i, o)| (Spi(*i), Spi(*o))).collect(),
+                peer_auth: s.peer_auth.map(|auth| auth.method.as_str().to_string()),
+                peer_key: s.peer_auth.and_then(|auth| auth.key).map(|key| key.fingerprint()),
             })
             .collect()
     }
