@@ -17,7 +17,7 @@ use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
 const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics"];
-const MESH_KEYS: &[&str] = &["name", "psk_file", "key_file", "vxlan_port", "encap", "mode"];
+const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode", "key_file"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode", "public_key", "public_keys"];
 const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address"];
