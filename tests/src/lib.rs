@@ -26,7 +26,7 @@ pub mod util;
 pub use capture::{Capture, EspSaKeys};
 pub use inject::{fix_udp_checksum, inject_frame};
 pub use lab::{Family, Lab, LabBuilder};
-pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
+pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, start_all_with_keys, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
 pub use routed::RoutedPair;
