@@ -189,6 +189,12 @@ impl Keying {
         ike.endpoint.reconfigure(settings);
     }
 
+    /// The diagnostic query keys of `peer`'s IKE SAs, newest first (none for a manual peer).
+    pub fn query_keys(&self, peer: PeerId) -> Vec<Zeroizing<Vec<u8>>> {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).map(|index| ike.endpoint.query_keys(*index)).unwrap_or_default()
+    }
+
     /// The public key this node signs with; `None`: it uses the pre-shared key.
     pub fn public_key(&self) -> Option<PublicKey> {
         self.lock().public_key

@@ -106,7 +106,7 @@ pub async fn ping(
     let peer = topology.peer(peer_id);
     let config = control.config.load_full();
     let me = topology.node_name.clone();
-    let ask = || control.query.ask(&config, &me, &peer.name, peer.address);
+    let ask = || control.query.ask(control, &config, &me, &peer.name, peer.address);
     let before = ask().await;
     let probes = probe(control, peer_id, count, size).await;
     let after = ask().await;

@@ -1127,6 +1127,14 @@ impl Endpoint {
         }
     }
 
+    /// The diagnostic query keys of the established IKE SAs with `peer`, newest first.
+    pub fn query_keys(&self, peer: PeerIndex) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
+        let mut sas: Vec<&IkeSa> =
+            self.sas.values().filter(|sa| sa.peer == Some(peer) && sa.state == State::Established).collect();
+        sas.sort_by_key(|sa| std::cmp::Reverse(sa.established));
+        sas.iter().filter_map(|sa| sa.keys.as_ref()?.query_key().ok()).collect()
+    }
+
     /// `peer` announced that it answers meshd's path-MTU probes (docs/mtu.md).
     pub fn answers_probes(&self, peer: PeerIndex) -> bool {
         self.peers.get(peer).is_some_and(|state| state.answers_probes)
