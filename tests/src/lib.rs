@@ -31,6 +31,6 @@ pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
 pub use routed::RoutedPair;
 pub use sshd::SshFleet;
-pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
+pub use strongswan::{Charon, CharonConfig, Ed25519Keys, Routing, StartAction, UdpEndpoint, VxlanDevice};
 pub use transfer::tcp_transfer;
 pub use util::{require_root, wait_until};
