@@ -693,7 +693,7 @@ fn meshd_rekeys_child_and_ike_without_loss() {
 /// says meshd's ED25519 signature verified, and meshd's `sa list` that charon signed with n2's key.
 #[test]
 fn ed25519_public_keys_both_ways_with_rekeys() {
-    for (prefix, initiator) in [("iope", Initiator::Charon), ("iopf", Initiator::Meshd)] {
+    for (prefix, initiator) in [("ioedc", Initiator::Charon), ("ioedm", Initiator::Meshd)] {
         let mut t = Interop::start(prefix, |m| m.keys(), |c| c, None, initiator);
         assert!(!t.mesh.text().contains("psk_file"), "{}", t.mesh.text());
         let first = t.wait_established(Duration::from_secs(15));
