@@ -177,6 +177,38 @@ pub(crate) mod test_util {
     pub(crate) fn to_hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
+
+    /// The signed octets of the AUTH test vectors (auth.rs, signature.rs): nonces 0..32 and
+    /// 32..64, IKE_SA_INIT messages of 200 bytes, IDs ID_IPV4_ADDR 198.18.0.1 and 198.18.0.2.
+    pub(crate) struct AuthVectors {
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        m1: Vec<u8>,
+        m2: Vec<u8>,
+        idi: Vec<u8>,
+        idr: Vec<u8>,
+    }
+
+    impl AuthVectors {
+        pub(crate) fn new() -> AuthVectors {
+            AuthVectors {
+                ni: (0u8..32).collect(),
+                nr: (32u8..64).collect(),
+                m1: b"IKE_SA_INIT request ".repeat(10),
+                m2: b"IKE_SA_INIT response".repeat(10),
+                idi: hex("01000000c6120001"),
+                idr: hex("01000000c6120002"),
+            }
+        }
+
+        pub(crate) fn initiator(&self) -> super::SignedOctets<'_> {
+            super::SignedOctets { real_message: &self.m1, peer_nonce: &self.nr, id_payload_body: &self.idi }
+        }
+
+        pub(crate) fn responder(&self) -> super::SignedOctets<'_> {
+            super::SignedOctets { real_message: &self.m2, peer_nonce: &self.ni, id_payload_body: &self.idr }
+        }
+    }
 }
 
 #[cfg(test)]

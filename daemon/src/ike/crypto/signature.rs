@@ -102,7 +102,7 @@ fn signed_octets(sk_p: &[u8], octets: &SignedOctets<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ike::crypto::test_util::{hex, to_hex};
+    use crate::ike::crypto::test_util::{hex, to_hex, AuthVectors};
 
     // The inputs of auth.rs's PSK test (SK_pi, SK_pr as keys.rs derives them).
     const SK_PI: &str = "721d76bb7099af838ea90083fb88845179dfff839f5de7a793fca39600e596e0";
@@ -128,14 +128,8 @@ mod tests {
     /// ```
     #[test]
     fn signatures_against_python() {
-        let ni: Vec<u8> = (0u8..32).collect();
-        let nr: Vec<u8> = (32u8..64).collect();
-        let m1 = b"IKE_SA_INIT request ".repeat(10);
-        let m2 = b"IKE_SA_INIT response".repeat(10);
-        let idi = hex("01000000c6120001");
-        let idr = hex("01000000c6120002");
-        let i = SignedOctets { real_message: &m1, peer_nonce: &nr, id_payload_body: &idi };
-        let r = SignedOctets { real_message: &m2, peer_nonce: &ni, id_payload_body: &idr };
+        let vectors = AuthVectors::new();
+        let (i, r) = (vectors.initiator(), vectors.responder());
         let seed = |first: u8| PrivateKeySeed::new(core::array::from_fn(|n| first + n as u8));
         let initiator = NodeKey::from_seed(&seed(100)).unwrap();
         let responder = NodeKey::from_seed(&seed(200)).unwrap();
