@@ -179,6 +179,13 @@ fn a_node_holding_another_nodes_key_is_refused() {
         refused.unwrap_or_else(|| panic!("n1 does not refuse n2: {}\n{}", n1.ikectl_json(&["peers"]), n1.log()));
     assert!(state.contains("AUTHENTICATION_FAILED") && state.contains("198.18.0.2"), "{state}");
     assert!(n1.log().contains("does not verify with its public key"), "{}", n1.log());
+    // n2 learns that n1 refused it (n1 initiates to n2: it tells the responder).
+    let told = wait_until(CONVERGE, || {
+        let peers = n2.ikectl_json(&["peers"]);
+        let state = peers.as_array()?.iter().find(|p| p["name"] == "n1")?["keying"].as_str()?.to_string();
+        state.contains("AUTHENTICATION_FAILED").then_some(())
+    });
+    assert!(told.is_some(), "n2 shows the refusal: {}\n{}", n2.ikectl_json(&["peers"]), n2.log());
     assert!(
         ike_sa_with(&n1, "n2").is_none() && !lab.node(0).ping(&lab.overlay_addr(1).to_string(), 1).status.success()
     );

@@ -1086,6 +1086,12 @@ impl Endpoint {
             Ok(peer_auth) => peer_auth,
             Err(failure) => {
                 tracing::error!(peer = %remote, "IKE_AUTH response: {failure}");
+                // The responder thinks the IKE SA is up: tell it, once (RFC 7296 §2.21.2).
+                let refusal = [
+                    Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new())),
+                    Payload::Delete(Delete::ike()),
+                ];
+                self.send_request(our_spi, exchange::INFORMATIONAL, &refusal, Purpose::DeleteIke, now);
                 self.fail(our_spi, failure, now);
                 return;
             }
@@ -1450,6 +1456,14 @@ impl Endpoint {
                 }
                 _ => {}
             }
+        }
+        if delete_ike && notifies(&payloads).any(|n| n.notify_type == notify::AUTHENTICATION_FAILED) {
+            // The initiator refused our IKE_AUTH response.
+            self.send_response(our_spi, header, &[]);
+            let failure = Failure::Authentication { peer_said: true };
+            tracing::error!(peer = ?self.sas.get(&our_spi).map(|sa| sa.remote), "IKE_AUTH: {failure}");
+            self.fail(our_spi, failure, now);
+            return;
         }
         if delete_ike {
             self.send_response(our_spi, header, &[]);

@@ -532,6 +532,9 @@ fn a_node_signing_with_a_key_that_is_not_its_own_is_refused() {
     assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
     assert!(pair.a.established_sas(pair.now).is_empty() && pair.a.outbound.is_none());
     assert!(refused.to_string().contains("does not verify with its public key"), "{refused}");
+    // A initiated: B, the responder, learns it was refused and keeps nothing either.
+    assert!(pair.b.failures.contains(&Failure::Authentication { peer_said: true }), "{:?}", pair.b.failures);
+    assert!(pair.b.established_sas(pair.now).is_empty() && pair.b.outbound.is_none() && pair.b.inbound.is_empty());
 }
 
 #[test]
