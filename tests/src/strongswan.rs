@@ -147,6 +147,8 @@ pub struct CharonConfig {
     pub child: String,
     /// Ed25519 raw public keys (RFC 8420) instead of the PSK.
     pub ed25519: Option<Ed25519Keys>,
+    /// Log the IKE SA keys (`ike = 4`), for [`Charon::first_ike_keys`] (lab only).
+    pub log_ike_keys: bool,
 }
 
 /// charon's Ed25519 key and its peer's public key, for `auth = pubkey` with `pubkeys`.
@@ -205,7 +207,14 @@ impl CharonConfig {
             conn: "peer".into(),
             child: "overlay".into(),
             ed25519: None,
+            log_ike_keys: false,
         }
+    }
+
+    /// charon logs the keys of its IKE SAs, so that tshark can decrypt IKE_AUTH.
+    pub fn log_ike_keys(mut self) -> Self {
+        self.log_ike_keys = true;
+        self
     }
 
     /// Authenticate with Ed25519 public keys (`auth = pubkey`) instead of the PSK.
@@ -287,7 +296,7 @@ charon {{
             ike_name = yes
             flush_line = yes
             default = 1
-            ike = 2
+            ike = {ike_level}
             cfg = 2
             knl = 2
             esp = 2
@@ -318,6 +327,7 @@ swanctl {{
 "#,
             log = log.display(),
             vici = vici.display(),
+            ike_level = if self.log_ike_keys { 4 } else { 2 },
         )
     }
 
@@ -534,6 +544,29 @@ impl Charon {
     }
 
     /// charon's log so far (its filelog: default level 1, ike/cfg/knl 2).
+    /// SK_ei and SK_er (hex) of the first IKE SA, from a log made with
+    /// [`CharonConfig::log_ike_keys`] (`Sk_ei secret => 36 bytes @ ...` and a hex dump).
+    pub fn first_ike_keys(&self) -> Option<(String, String)> {
+        let log = self.log();
+        let key = |name: &str| {
+            let mut lines = log.lines().skip_while(|line| !line.contains(&format!("{name} secret =>")));
+            let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+            let len: usize = header.iter().position(|t| *t == "=>").and_then(|at| header.get(at + 1)?.parse().ok())?;
+            let mut hex = String::new();
+            for line in lines {
+                let tokens: Vec<&str> = line.split_whitespace().collect();
+                let at = tokens.iter().position(|t| t.strip_suffix(':').is_some_and(|n| n.parse::<usize>().is_ok()))?;
+                let wanted = (len - hex.len() / 2).min(16);
+                tokens.get(at + 1..at + 1 + wanted)?.iter().for_each(|byte| hex.push_str(&byte.to_lowercase()));
+                if hex.len() / 2 == len {
+                    return Some(hex);
+                }
+            }
+            None
+        };
+        Some((key("Sk_ei")?, key("Sk_er")?))
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }

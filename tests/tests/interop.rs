@@ -694,7 +694,7 @@ fn meshd_rekeys_child_and_ike_without_loss() {
 #[test]
 fn ed25519_public_keys_both_ways_with_rekeys() {
     for (prefix, initiator) in [("ioedc", Initiator::Charon), ("ioedm", Initiator::Meshd)] {
-        let mut t = Interop::start(prefix, |m| m.keys(), |c| c, None, initiator);
+        let mut t = Interop::start(prefix, |m| m.keys(), |c| c.log_ike_keys(), None, initiator);
         assert!(!t.mesh.text().contains("psk_file"), "{}", t.mesh.text());
         let first = t.wait_established(Duration::from_secs(15));
         first.check(&AES, initiator == Initiator::Charon);
@@ -724,6 +724,43 @@ fn ed25519_public_keys_both_ways_with_rekeys() {
         }
         let summary = t.wire().ike_summary();
         assert!(summary.contains("16431"), "SIGNATURE_HASH_ALGORITHMS in IKE_SA_INIT:\n{summary}");
+        // tshark decrypts the first IKE_AUTH with charon's keys (byte fields of the UAT are bare
+        // hex, the others quoted): both AUTH payloads are method
+        // 14 with the Ed25519 AlgorithmIdentifier, and meshd announced Identity (5).
+        let (sk_ei, sk_er) = t.charon().first_ike_keys().unwrap_or_else(|| panic!("no keys in charon's log"));
+        let spi = |key: &str| first.ike[key].as_str().unwrap_or_default().trim_start_matches("0x").to_string();
+        let uat = format!(
+            "uat:ikev2_decryption_table:{},{},{sk_ei},{sk_er},\"AES-GCM-256 with 16 octet ICV [RFC5282]\",,,\"NONE [RFC4306]\"",
+            spi("initiator_spi"),
+            spi("responder_spi")
+        );
+        let auth = t.wire().capture.read(&[
+            "-o",
+            &uat,
+            "-Y",
+            "isakmp.exchangetype == 35",
+            "-T",
+            "fields",
+            "-e",
+            "isakmp.auth.method",
+            "-e",
+            "isakmp.auth.data.sig.asn1.data",
+        ]);
+        let methods: Vec<&str> = auth.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            methods,
+            ["14\t300506032b6570", "14\t300506032b6570"],
+            "the IKE_AUTH exchange as tshark decrypts it:\n{auth}"
+        );
+        let hashes = t.wire().capture.read(&[
+            "-Y",
+            "isakmp.exchangetype == 34 && ip.src == 198.18.0.1",
+            "-T",
+            "fields",
+            "-e",
+            "isakmp.notify.data.signature_hash_algorithms",
+        ]);
+        assert!(hashes.contains('5'), "meshd announces Identity: {hashes}");
         t.check_wire(&first.esp_spis());
     }
 }
