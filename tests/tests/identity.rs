@@ -135,6 +135,14 @@ fn nodes_with_keys_sign_every_ike_auth_without_a_psk_file() {
         let sa_list = String::from_utf8_lossy(&d.ikectl(&["sa", "list"]).stdout).to_string();
         assert!(sa_list.contains("peer auth") && sa_list.contains("ed25519 "), "{sa_list}");
     }
+    // `ikectl ping` asks the peer over UDP 4795 with a key from the pair's IKE SA (no PSK here).
+    let ping = daemons[0].ikectl(&["ping", "n2", "--count", "2"]);
+    let text = String::from_utf8_lossy(&ping.stdout).to_string();
+    assert!(
+        ping.status.success() && text.contains("peer (n2)") && text.contains("verdict: healthy"),
+        "{}",
+        describe_output(&ping)
+    );
     // meshd check: the node's own key passes; another node's key, or a key others may read, does not.
     let own = meshd_check(&lab, 1, &mesh, &mesh.key_file(1));
     assert!(

@@ -32,15 +32,18 @@ const SEEN_NONCES: usize = 4096;
 const KEY_LABEL: &[u8] = b"meshd diagnostic query v1";
 /// Each try waits this long for the answer.
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
-const TRIES: u32 = 3;
+const TRIES: usize = 3;
 
-/// The HMAC keys of the pair `me`-`peer`, newest first: from the pair's manual SA keys in the
-/// mesh file, else from its established IKE SAs.
+/// The HMAC keys of the pair `me`-`peer`, the likeliest first. From its established IKE SAs,
+/// newest first; for a manually keyed pair from both its SA keys, then from each direction's
+/// alone, so that a pair whose nodes disagree on one key (what `ikectl ping` is there to find)
+/// can still be asked.
 fn pair_keys(control: &Control, config: &MeshConfig, me: &str, peer: &str) -> Vec<hmac::Key> {
     let (low, high) = if me <= peer { (me, peer) } else { (peer, me) };
     let secrets: Vec<zeroize::Zeroizing<Vec<u8>>> = match (config.manual_sa(low, high), config.manual_sa(high, low)) {
         (Some(up), Some(down)) => {
-            vec![zeroize::Zeroizing::new([up.key.as_bytes().as_slice(), down.key.as_bytes().as_slice()].concat())]
+            let (up, down) = (up.key.as_bytes().as_slice(), down.key.as_bytes().as_slice());
+            [[up, down].concat(), up.to_vec(), down.to_vec()].into_iter().map(zeroize::Zeroizing::new).collect()
         }
         _ => match control.state.topology().peer_by_name(peer) {
             Some(id) => control.keying.query_keys(id),
@@ -93,16 +96,18 @@ impl QueryService {
         peer: &str,
         address: IpAddr,
     ) -> Result<Answer, String> {
-        let key = pair_keys(control, config, me, peer).into_iter().next().ok_or_else(|| {
-            format!("no key to ask {peer} with: there is no IKE SA with {peer} (see `ikectl peers`) and no [[manual_sa]] pair for {me} and {peer}")
-        })?;
+        let keys = pair_keys(control, config, me, peer);
+        if keys.is_empty() {
+            return Err(format!("no key to ask {peer} with: there is no IKE SA with {peer} (see `ikectl peers`) and no [[manual_sa]] pair for {me} and {peer}"));
+        }
         let destination = SocketAddr::new(address, QUERY_PORT);
-        for _ in 0..TRIES {
+        // Each try with the next key: the peer answers with the one it shares.
+        for key in keys.iter().cycle().take(TRIES.max(keys.len())) {
             let nonce = random_nonce()?;
             let (sender, answer) = oneshot::channel();
             self.lock_pending().insert(nonce, (peer.to_string(), sender));
             let request = seal(
-                &key,
+                key,
                 QueryHeader { query_type: QueryType::Request, nonce, timestamp_ms: unix_ms(), sender: me },
                 b"",
             )
