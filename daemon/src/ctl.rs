@@ -161,7 +161,7 @@ pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, response: &Response) ->
 impl Control {
     pub fn handle(&self, command: Command) -> Response {
         let result = match command {
-            Command::Status => Ok(Reply::Status(self.status())),
+            Command::Status => Ok(Reply::Status(Box::new(self.status()))),
             Command::SaList { peer } => self.peer_filter(peer.as_deref()).map(|peer| {
                 let ike_sas = self.keying.ike_sas(&self.state, peer);
                 Reply::SaList(SaList { ike_sas, child_sas: self.sa_list(peer) })

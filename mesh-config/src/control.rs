@@ -100,7 +100,7 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
-    Status(Status),
+    Status(Box<Status>),
     SaList(SaList),
     SaFlush(FlushReport),
     Peers(Vec<PeerInfo>),

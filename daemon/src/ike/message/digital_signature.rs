@@ -62,7 +62,7 @@ pub fn signature_hash_algorithms() -> Vec<u8> {
 /// Whether SIGNATURE_HASH_ALGORITHMS data lists Identity (RFC 8420 §2: what Ed25519 needs). Data
 /// of an odd length is malformed.
 pub fn lists_identity_hash(data: &[u8]) -> Result<bool> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(Error::Malformed("SIGNATURE_HASH_ALGORITHMS data of an odd length"));
     }
     Ok(data.chunks_exact(2).any(|pair| u16::from_be_bytes([pair[0], pair[1]]) == hash_algorithm::IDENTITY))
