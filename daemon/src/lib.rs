@@ -16,6 +16,7 @@ pub mod keying;
 pub mod logging;
 pub mod manual;
 pub mod netif;
+pub mod node_identity;
 pub mod offload;
 pub mod overhead;
 pub mod overlay_tap;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use mesh_config::control::DEFAULT_SOCKET;
 use meshd::daemon::{self, RunOptions};
 use meshd::datapath::WorkerTuning;
+use meshd::error::DaemonError;
+use meshd::node_identity;
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
@@ -28,6 +30,9 @@ enum CliCommand {
         /// Which node this is; default: the node whose address is on this host.
         #[arg(long)]
         node: Option<String>,
+        /// This node's private key; default: [mesh] key_file, else /etc/meshd/node.key.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Where ikectl finds this daemon.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         ctl_socket: PathBuf,
@@ -49,6 +54,20 @@ enum CliCommand {
         config: PathBuf,
         #[arg(long)]
         node: Option<String>,
+        /// The private key to check against this node's public keys (default as for `run`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 private key to FILE (mode 0600; never overwrites) and print its
+    /// public key (base64), for this node's `public_key` in mesh.toml.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key (base64) of a private key file.
+    Pubkey {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
     },
 }
 
@@ -56,17 +75,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     meshd::logging::init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+        CliCommand::Run { config, node, key, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
             daemon::run(RunOptions {
                 config,
                 node,
+                key,
                 ctl_socket,
                 tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
             })
         }
-        CliCommand::Check { config, node } => {
-            daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
+        CliCommand::Check { config, node, key } => {
+            daemon::check(&config, node.as_deref(), key.as_deref()).map(|summary| println!("{summary}"))
+        }
+        CliCommand::Keygen { out } => {
+            node_identity::keygen(&out).map(|public| println!("{public}")).map_err(DaemonError::Topology)
+        }
+        CliCommand::Pubkey { key } => {
+            node_identity::pubkey(&key).map(|public| println!("{public}")).map_err(DaemonError::from)
         }
     };
     match result {

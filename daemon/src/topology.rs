@@ -91,6 +91,8 @@ pub struct Peer {
     pub path: Path,
     /// ESP mode for this pair (tunnel when either side asks for it).
     pub mode: Mode,
+    /// Its Ed25519 public keys from mesh.toml (empty: it uses the pre-shared key).
+    pub public_keys: Vec<mesh_config::PublicKey>,
     /// Shared by every version of the topology (reloads keep them).
     pub counters: Arc<PeerCounters>,
     /// The path MTU towards the peer, kept across reloads like the counters.
@@ -188,6 +190,7 @@ impl Topology {
                 address: node.address,
                 path,
                 mode: config.mode_between(node_name, &node.name),
+                public_keys: node.public_keys.clone(),
                 counters: kept.map(|p| p.counters.clone()).unwrap_or_default(),
                 path_mtu: kept.map(|p| p.path_mtu.clone()).unwrap_or_default(),
             });

@@ -58,6 +58,8 @@ pub struct MeshSection {
     /// As written in the file (relative paths are relative to the mesh file's folder;
     /// see [`MeshConfig::psk_path`]).
     pub psk_file: Option<PathBuf>,
+    /// This node's private key file as written (see [`MeshConfig::key_path`]).
+    pub key_file: Option<PathBuf>,
     pub vxlan_port: u16,
     pub encap: Encap,
     pub mode: Mode,
@@ -188,6 +190,9 @@ pub struct Node {
     pub ssh: String,
     /// Per-node mode override.
     pub mode: Option<Mode>,
+    /// Ed25519 public keys: empty for a node that authenticates with the psk_file; two while it
+    /// moves to a new private key.
+    pub public_keys: Vec<crate::PublicKey>,
     /// Line of this node's `[[node]]` header.
     pub line: usize,
 }
@@ -302,6 +307,16 @@ impl MeshConfig {
     /// Where the psk_file is: relative paths are taken from the mesh file's folder.
     pub fn psk_path(&self) -> Option<PathBuf> {
         self.mesh.psk_file.as_deref().map(|p| resolve_relative(&self.path, p))
+    }
+
+    /// This node's private key file: `explicit` (`meshd run --key`), else `key_file` (relative to
+    /// the mesh file's folder), else [`crate::DEFAULT_KEY_FILE`].
+    pub fn key_path(&self, explicit: Option<&Path>) -> PathBuf {
+        match (explicit, &self.mesh.key_file) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(path)) => resolve_relative(&self.path, path),
+            (None, None) => PathBuf::from(crate::DEFAULT_KEY_FILE),
+        }
     }
 
     /// Which node am I: by `--node NAME` if given, else the one node whose address is in

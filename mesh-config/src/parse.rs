@@ -11,15 +11,16 @@ use crate::config::*;
 use crate::duration::{parse_duration, DURATION_FORM};
 use crate::entries::{ManualSaP, MeshP, NodeP, OverlayP};
 use crate::error::{ConfigError, ConfigErrors};
+use crate::identity;
 use crate::reader::{integer, type_name, At, Ctx, Tab};
 use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
 const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics", "flows"];
-const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
+const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode", "key_file"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
-const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
+const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode", "public_key", "public_keys"];
 const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address"];
 const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
@@ -88,6 +89,8 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
     validate::manual_sas(&mut ctx, &sas, &nodes);
+    let node_keys: Vec<_> = nodes.iter().map(|n| (n.label(), n.line, n.public_keys.as_slice())).collect();
+    identity::check_nodes(&mut ctx, &node_keys, mesh.psk_file.is_some());
     let psk = mesh.psk_file.as_ref().and_then(|f| validate::read_psk(&mut ctx, f));
 
     if !ctx.errors.is_empty() {
@@ -104,6 +107,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
                 ssh: n.ssh.unwrap_or_else(|| default_ssh(address)),
                 address,
                 mode: n.mode,
+                public_keys: n.public_keys.into_iter().map(|k| k.v).collect(),
                 line: n.line,
             }
         })
@@ -135,6 +139,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         mesh: MeshSection {
             name: mesh.name.expect("validated"),
             psk_file: mesh.psk_file.map(|p| p.v),
+            key_file: mesh.key_file,
             vxlan_port: mesh.vxlan_port,
             encap: mesh.encap,
             mode: mesh.mode,
@@ -228,8 +233,14 @@ fn choice<T: std::str::FromStr<Err = String>>(
 }
 
 fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
-    let mut m =
-        MeshP { name: None, psk_file: None, vxlan_port: DEFAULT_VXLAN_PORT, encap: Encap::Udp, mode: Mode::Transport };
+    let mut m = MeshP {
+        name: None,
+        psk_file: None,
+        key_file: None,
+        vxlan_port: DEFAULT_VXLAN_PORT,
+        encap: Encap::Udp,
+        mode: Mode::Transport,
+    };
     let Some(t) = root.table(ctx, "mesh", "[mesh]", "[mesh] followed by name = \"lab\" on the next line") else {
         if root.raw("mesh").is_none() {
             ctx.err_line(
@@ -270,6 +281,7 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
             m.psk_file = Some(At { v: PathBuf::from(p.v), span: p.span });
         }
     }
+    m.key_file = t.str(ctx, "key_file", "key_file = \"/etc/meshd/node.key\"").map(|p| PathBuf::from(p.v));
     if let Some(port) = t.int(ctx, "vxlan_port", "vxlan_port = 4790") {
         match port.v {
             0 => ctx.err(
@@ -424,7 +436,9 @@ fn parse_nodes(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<NodeP> {
     for (idx, item, table) in items {
         let t = Tab { t: table, path: format!("node[{idx}]"), span: item.span(), header: "[[node]]".into() };
         t.check_keys(ctx, NODE_KEYS);
-        let mut n = NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None };
+        let public_keys = identity::node_keys(ctx, &t);
+        let mut n =
+            NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None, public_keys };
         if let Some(name) = t.req_str(ctx, "name", "name = \"n1\"") {
             if let Err(problem) = check_name(name.v) {
                 ctx.err(&name.span, t.key("name"), problem, format!("{NAME_RULE}, e.g. name = \"n1\""));

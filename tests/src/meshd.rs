@@ -285,3 +285,15 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
 pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
     (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
 }
+
+/// Like [`start_all`] for a mesh file whose nodes have keys: node `i` runs with
+/// `--key <its key file>` ([`crate::MeshFile::key_args`]).
+pub fn start_all_with_keys(lab: &crate::Lab, mesh: &crate::MeshFile) -> Vec<Meshd> {
+    (0..lab.len())
+        .map(|i| {
+            let key = mesh.key_args(i);
+            let args: Vec<&str> = key.iter().map(String::as_str).collect();
+            Meshd::start_with(lab.node(i), mesh.path(), &lab.node_name(i), &args)
+        })
+        .collect()
+}

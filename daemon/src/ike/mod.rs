@@ -17,6 +17,7 @@ mod cookie_gate;
 pub mod crypto;
 mod endpoint;
 mod handshake;
+pub mod identity;
 pub mod message;
 mod parts;
 mod policy;
