@@ -778,6 +778,7 @@ mod tests {
             established_secs: Some(1),
             rekey_in_secs: Some(100),
             children: vec![(0x5001, 0x6001)],
+            peer_auth: None,
         }
     }
 
