@@ -332,7 +332,7 @@ impl MeshFile {
 }
 
 /// Writes a mesh file with mode 0600: with `[[manual_sa]]` keys meshd refuses any other.
-pub(crate) fn write_private(path: &Path, text: &str) {
+pub fn write_private(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the mesh file");
 }
