@@ -19,6 +19,7 @@ use crate::dispatch::Services;
 use crate::error::DaemonError;
 use crate::ike::crypto::NodeKey;
 use crate::keying::{self, Keying};
+use crate::manual_nonces;
 use crate::node_identity;
 use crate::overlay_tap::bring_up;
 use crate::reload::{Reloader, Running};
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub kernel_drops: bool,
     /// TAP offloads (off only for debugging and comparison) and busy polling of the workers.
     pub tuning: WorkerTuning,
+    /// Where manual SAs keep their sequence numbers across restarts (manual_nonces.rs).
+    pub state_dir: PathBuf,
 }
 
 /// Loads the config and finds which node this host is.
@@ -102,6 +105,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     // Bind first: a second meshd must fail before it touches any interface.
     let mut socket = SocketFile::bind(&options.ctl_socket)?;
     let state = Arc::new(MeshState::new(topology));
+    manual_nonces::use_state_dir(&options.state_dir).map_err(DaemonError::Thread)?;
     let sas = Arc::new(SaManager::new(state.clone()));
     let installed = manual::install(&config, &sas, None)?;
 
@@ -162,7 +166,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         keying: keying.clone(),
         sas: sas.clone(),
         reloader: reloader.clone(),
-        overlays,
+        overlays: overlays.clone(),
         kernel_drops: kernel_drops.clone(),
         query: query.clone(),
         started: Instant::now(),
@@ -199,7 +203,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         if let Some(address) = config.load().metrics.listen {
             let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
-            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops };
+            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops, overlays };
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;
@@ -210,6 +214,10 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
     });
     reloader.shutdown();
+    // The replay marks of the last moments, so that a restart refuses those packets too.
+    if let Some(store) = manual_nonces::store() {
+        store.persist();
+    }
     drop(socket);
     tracing::info!("meshd stopped");
     served

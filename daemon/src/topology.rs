@@ -10,10 +10,11 @@ use std::time::Instant;
 use mesh_config::{Encap, Mode};
 use mesh_config::{MeshConfig, OverlayMtu};
 
-use crate::fdb::Fdb;
+use crate::fdb::{Fdb, StaticOwner};
 // Re-exported for the modules that name peers through the topology.
 pub use crate::ids::{OverlayId, PeerId};
 use crate::pmtu::PeerPathMtu;
+use crate::wire::ethernet::EthernetAddress;
 
 /// Monotonic milliseconds since the daemon started; cheap to store in an atomic.
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +214,21 @@ impl Topology {
                 fdb: self.overlays.iter().find(|o| o.name == overlay.name).map(|o| o.fdb.clone()).unwrap_or_default(),
             })
             .collect();
+        for (overlay, configured) in overlays.iter().zip(&config.overlays) {
+            let statics: Vec<(EthernetAddress, StaticOwner)> = configured
+                .static_macs
+                .iter()
+                .filter_map(|pinned| {
+                    let owner = match peers.iter().find(|p| p.name == pinned.node) {
+                        Some(peer) => StaticOwner::Peer(peer.id),
+                        None if pinned.node == node_name => StaticOwner::ThisNode,
+                        None => return None,
+                    };
+                    Some((EthernetAddress(pinned.mac), owner))
+                })
+                .collect();
+            overlay.fdb.set_static(&statics);
+        }
         Ok(Topology {
             mesh_name: config.mesh.name.clone(),
             node_name: node_name.to_string(),

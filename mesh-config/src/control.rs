@@ -690,6 +690,16 @@ pub enum DropReason {
     MtuExceeded,
     /// An in-band control message (path-MTU probe) arrived while the queue to the control plane was full.
     InbandBacklog,
+    /// A frame whose source MAC is configured (`static_macs`) behind another node.
+    FdbStaticMac,
+    /// A frame whose source MAC was in use behind another peer within the move hold-down.
+    FdbMoveHeldDown,
+    /// A frame with a new source MAC from a peer that already holds its quota of MACs.
+    FdbPeerQuota,
+    /// A frame with a new source MAC from a peer that learns MACs faster than the rate limit.
+    FdbRateLimited,
+    /// A frame with a new source MAC while the overlay's forwarding table is full.
+    FdbTableFull,
 }
 
 impl DropReason {
@@ -722,6 +732,11 @@ impl DropReason {
         DropReason::EspInUdpUnexpected,
         DropReason::MtuExceeded,
         DropReason::InbandBacklog,
+        DropReason::FdbStaticMac,
+        DropReason::FdbMoveHeldDown,
+        DropReason::FdbPeerQuota,
+        DropReason::FdbRateLimited,
+        DropReason::FdbTableFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -754,6 +769,11 @@ impl DropReason {
             DropReason::EspInUdpUnexpected => "esp_in_udp_unexpected",
             DropReason::MtuExceeded => "mtu_exceeded",
             DropReason::InbandBacklog => "inband_backlog",
+            DropReason::FdbStaticMac => "fdb_static_mac",
+            DropReason::FdbMoveHeldDown => "fdb_move_held_down",
+            DropReason::FdbPeerQuota => "fdb_peer_quota",
+            DropReason::FdbRateLimited => "fdb_rate_limited",
+            DropReason::FdbTableFull => "fdb_table_full",
         }
     }
 

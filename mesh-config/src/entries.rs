@@ -51,6 +51,8 @@ pub(crate) struct OverlayP {
     pub mtu: OverlayMtu,
     /// (node name, address) in file order; the address is `None` when it did not parse.
     pub addresses: Vec<(At<String>, Option<At<IfaceAddress>>)>,
+    /// (MAC, node name) of each well-formed `static_macs` entry, in file order.
+    pub static_macs: Vec<(At<[u8; 6]>, At<String>)>,
 }
 
 impl OverlayP {

@@ -21,7 +21,8 @@ const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metr
 const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode", "key_file"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode", "public_key", "public_keys"];
-const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address"];
+const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address", "static_macs"];
+const STATIC_MAC_KEYS: &[&str] = &["mac", "node"];
 const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
 pub(crate) const NAME_RULE: &str = "use 1-32 characters from a-z, 0-9, '-' and '_'";
@@ -57,7 +58,9 @@ impl MeshConfig {
                 .into())
             }
         };
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        crate::config::check_mode_for_manual_keys(&config)?;
+        Ok(config)
     }
 
     /// Validates `text` as the contents of `path`; reads the psk_file (relative to `path`'s folder).
@@ -120,6 +123,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             interface: o.interface.expect("validated").v,
             mtu: o.mtu,
             addresses: o.addresses.into_iter().map(|(n, a)| (n.v, a.expect("validated").v)).collect::<BTreeMap<_, _>>(),
+            static_macs: o.static_macs.into_iter().map(|(mac, node)| StaticMac { mac: mac.v, node: node.v }).collect(),
             line: o.line,
         })
         .collect();
@@ -521,6 +525,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
             interface_key: t.key("interface"),
             mtu: OverlayMtu::Auto,
             addresses: Vec::new(),
+            static_macs: Vec::new(),
         };
         if let Some(vni) = t.req_int(ctx, "vni", "vni = 4242") {
             if (0..=i128::from(MAX_VNI)).contains(&vni.v) {
@@ -634,9 +639,53 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                 o.addresses.push((node, addr));
             }
         }
+        o.static_macs = parse_static_macs(ctx, &t);
         overlays.push(o);
     }
     overlays
+}
+
+/// `static_macs = [{ mac = "02:00:00:00:00:01", node = "n2" }]`; entries with a problem are
+/// reported and left out.
+fn parse_static_macs(ctx: &mut Ctx<'_>, overlay: &Tab<'_, '_>) -> Vec<(At<[u8; 6]>, At<String>)> {
+    let example = "static_macs = [{ mac = \"02:00:00:00:00:01\", node = \"n2\" }]";
+    let Some(items) = overlay.array_of_tables(ctx, "static_macs", example) else {
+        return Vec::new();
+    };
+    if items.len() > MAX_STATIC_MACS {
+        if let Some(v) = overlay.raw("static_macs") {
+            ctx.err(
+                &v.span(),
+                overlay.key("static_macs"),
+                format!("{} static MACs, more than the {MAX_STATIC_MACS} an overlay may pin", items.len()),
+                "pin only the MACs that must never move (gateways, routers), and let the others be learned",
+            );
+        }
+        return Vec::new();
+    }
+    let mut entries = Vec::new();
+    for (idx, item, table) in items {
+        let t = Tab {
+            t: table,
+            path: format!("{}[{idx}]", overlay.key("static_macs")),
+            span: item.span(),
+            header: "a static_macs entry".into(),
+        };
+        t.check_keys(ctx, STATIC_MAC_KEYS);
+        let mac = t.req_str(ctx, "mac", "mac = \"02:00:00:00:00:01\"");
+        let node = t.req_str(ctx, "node", "node = \"n2\"");
+        let mac = mac.and_then(|mac| match parse_unicast_mac(mac.v) {
+            Ok(bytes) => Some(At { v: bytes, span: mac.span }),
+            Err(problem) => {
+                ctx.err(&mac.span, t.key("mac"), problem, "write a unicast MAC like mac = \"02:00:00:00:00:01\"");
+                None
+            }
+        });
+        if let (Some(mac), Some(node)) = (mac, node) {
+            entries.push((mac, At { v: node.v.to_string(), span: node.span }));
+        }
+    }
+    entries
 }
 
 fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {

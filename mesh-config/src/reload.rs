@@ -226,6 +226,9 @@ fn overlay_change(before: &Overlay, after: &Overlay, me: &str, modes_changed: bo
         reasons.push(format!("address {} -> {}", address(before), address(after)));
     }
     let recreate = !reasons.is_empty();
+    if before.static_macs != after.static_macs {
+        reasons.push("static MACs changed".to_string());
+    }
     if before.vni != after.vni {
         reasons.push(format!("vni {} -> {}", before.vni, after.vni));
     }

@@ -24,7 +24,7 @@ pub mod transfer;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
-pub use inject::{fix_udp_checksum, inject_frame};
+pub use inject::{fix_udp_checksum, inject_frame, RawSender};
 pub use lab::{Family, Lab, LabBuilder};
 pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, start_all_with_keys, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};

@@ -260,6 +260,10 @@ pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &P
         .stderr(err);
     // Plain text logs in the file (tracing-subscriber honours NO_COLOR).
     command.env("NO_COLOR", "1");
+    // Manual SAs' sequence marks next to the mesh file, per node: kept across restarts of the
+    // node within a test, never in the host's /var/lib/meshd.
+    let config_dir = config.parent().unwrap_or(Path::new("."));
+    command.env("MESHD_STATE_DIR", config_dir.join(format!("state-{node}")));
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
     }

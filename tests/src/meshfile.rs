@@ -183,7 +183,7 @@ impl MeshFileBuilder {
                 auth.public_keys[node].push(public);
             }
         }
-        fs::write(&file.path, file.render(&file.sas, "psk")).expect("write mesh.toml");
+        write_private(&file.path, &file.render(&file.sas, "psk"));
         file
     }
 }
@@ -280,7 +280,7 @@ impl MeshFile {
                 };
             }
         }
-        fs::write(&self.path, self.render(&self.sas, "psk")).expect("rewrite mesh.toml");
+        write_private(&self.path, &self.render(&self.sas, "psk"));
     }
 
     /// A key rotation's first step for node `i`: a new private key `<key file>.new` next to
@@ -290,7 +290,7 @@ impl MeshFile {
         let path = self.key_file(i).with_extension("key.new");
         let public = keygen(&path);
         self.lock_auth().public_keys[i].push(public);
-        fs::write(&self.path, self.render(&self.sas, "psk")).expect("rewrite mesh.toml");
+        write_private(&self.path, &self.render(&self.sas, "psk"));
         path
     }
 
@@ -301,7 +301,7 @@ impl MeshFile {
             let keys = &mut auth.public_keys[i];
             keys.drain(..keys.len().saturating_sub(1));
         }
-        fs::write(&self.path, self.render(&self.sas, "psk")).expect("rewrite mesh.toml");
+        write_private(&self.path, &self.render(&self.sas, "psk"));
     }
 
     pub fn path(&self) -> &Path {
@@ -359,7 +359,7 @@ impl MeshFile {
             .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1));
         sa.key = key.to_vec();
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&sas, "psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&sas, "psk"));
         path
     }
 
@@ -370,7 +370,7 @@ impl MeshFile {
         fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
         fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&self.sas, "other-psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&self.sas, "other-psk"));
         path
     }
 
@@ -382,7 +382,7 @@ impl MeshFile {
             self.sas.iter().filter(|sa| nodes.contains(&sa.from) && nodes.contains(&sa.to)).cloned().collect();
         let mut text = self.render_nodes(nodes, &sas, "psk");
         text.push_str(extra);
-        fs::write(&self.path, text).expect("rewrite mesh.toml");
+        write_private(&self.path, &text);
     }
 
     fn render(&self, sas: &[ManualSa], psk_file: &str) -> String {
@@ -446,4 +446,10 @@ pub fn pubkey(path: &Path) -> String {
         std::process::Command::new(meshd_bin()).arg("pubkey").arg("--key").arg(path).output().expect("meshd pubkey");
     assert!(out.status.success(), "meshd pubkey --key {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("base64").trim().to_string()
+}
+
+/// Writes a mesh file with mode 0600: with `[[manual_sa]]` keys meshd refuses any other.
+pub fn write_private(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the mesh file");
 }
