@@ -187,6 +187,7 @@ impl IkeSa {
             now,
         );
         new.enter_established(cx, now)?;
+        new.peer_auth = self.peer_auth;
         self.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");
         Ok(new)

@@ -14,8 +14,10 @@ use super::child::{Children, OurRekey};
 use super::context::Context;
 use super::cookie_gate::HALF_OPEN_TIMEOUT;
 use super::crypto::{sk_body_len, IkeSaKeys, SpiPair};
+use super::identity::PeerAuth;
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
+use super::parts::has_notify;
 use super::policy::{Origin, RECONNECT_INTERVAL};
 use super::rekey::IkeCollision;
 use super::status::{IkeSaStatus, IkeState};
@@ -57,7 +59,7 @@ impl Phase {
         }
     }
 
-    fn established_since(&self) -> Option<Instant> {
+    pub(super) fn established_since(&self) -> Option<Instant> {
         match self {
             Phase::Established { since } | Phase::Deleting { since } => Some(*since),
             _ => None,
@@ -126,6 +128,8 @@ pub(super) struct IkeSa {
     pub(super) ike_collision: Option<IkeCollision>,
     /// Our SPI of the successor the Child SAs moved to; this SA waits for its DELETE.
     pub(super) children_moved_to: Option<u64>,
+    /// How the peer authenticated (kept across IKE rekeys).
+    pub(super) peer_auth: Option<PeerAuth>,
 }
 
 /// What makes a new IKE SA; [`IkeSa::new`] is its one constructor.
@@ -171,6 +175,7 @@ impl IkeSa {
             delete_at: None,
             ike_collision: None,
             children_moved_to: None,
+            peer_auth: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl IkeSa {
             established_secs: self.phase.established_since().map(|at| now.saturating_duration_since(at).as_secs()),
             rekey_in_secs: self.rekey_at.map(|at| at.saturating_duration_since(now).as_secs()),
             children: self.children.spis(),
+            peer_auth: self.peer_auth,
         }
     }
 
@@ -460,6 +466,13 @@ impl IkeSa {
                 }
                 _ => {}
             }
+        }
+        if delete_ike && has_notify(payloads, notify::AUTHENTICATION_FAILED) {
+            // The initiator refused our IKE_AUTH response (RFC 7296 §2.21.2).
+            self.send_response(cx, request, &[])?;
+            let failure = Failure::Authentication { peer_said: true };
+            tracing::error!(peer = %self.remote, "IKE_AUTH: {failure}");
+            return Err(failure);
         }
         if delete_ike {
             self.send_response(cx, request, &[])?;
