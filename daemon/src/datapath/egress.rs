@@ -12,7 +12,7 @@ use mesh_config::Mode;
 
 use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::diag::observe::{Observing, SeenFrame};
-use crate::drops::{DropContext, InnerAddresses};
+use crate::drops::{DropContext, InnerAddresses, SendErrorKind};
 use crate::esp;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
@@ -149,7 +149,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             return;
         };
         let Some(sequence) = sa.next_sequence() else {
-            sa.counters.drop(DropReason::SequenceExhausted);
+            sa.counters.count_drop(DropReason::SequenceExhausted);
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
@@ -167,7 +167,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
         let Ok(esp_len) = sealed else {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
-            sa.counters.drop(DropReason::FrameTooLarge);
+            sa.counters.count_drop(DropReason::FrameTooLarge);
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &[]);
             return;
         };
@@ -182,7 +182,10 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                 } else {
                     DropReason::SendFailed
                 };
-                sa.counters.drop(reason);
+                sa.counters.count_drop(reason);
+                if reason == DropReason::SendFailed {
+                    peer.counters.send_errors.count(SendErrorKind::of(&error));
+                }
                 // The frame is sealed by now: no inner addresses.
                 self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);

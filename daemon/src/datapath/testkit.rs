@@ -142,17 +142,28 @@ pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
 
 /// What `state` delivers to its overlays for `packet` from `from`.
 pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
-    receive_batch(state, &[(packet, from)])
+    receive_batch_at(state, &[(packet, from)], 7)
 }
 
-/// What `state` delivers for `packets`, handled as one receive batch of a worker.
-pub fn receive_batch(state: &MeshState, packets: &[(&[u8], IpAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
+/// What `state` delivers for `packets`, handled as one receive batch of a worker at `now_ms`.
+pub fn receive_batch_at(state: &MeshState, packets: &[(&[u8], IpAddr)], now_ms: u64) -> Vec<(OverlayId, Vec<u8>)> {
+    let packets: Vec<(&[u8], SocketAddr)> =
+        packets.iter().map(|(packet, from)| (*packet, SocketAddr::new(*from, 4500))).collect();
+    receive_from_at(state, &packets, now_ms)
+}
+
+/// What `state` delivers for `packets` from the given addresses and ports, as one batch.
+pub fn receive_from(state: &MeshState, packets: &[(&[u8], SocketAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
+    receive_from_at(state, packets, 7)
+}
+
+fn receive_from_at(state: &MeshState, packets: &[(&[u8], SocketAddr)], now_ms: u64) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let ingress = Ingress::new(state, &topology, &tables, &taps, 7, None);
+    let ingress = Ingress::new(state, &topology, &tables, &taps, now_ms, None);
     for (packet, from) in packets {
-        ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
+        ingress.receive(&mut packet.to_vec(), *from);
     }
     taps.0.into_inner()
 }

@@ -27,6 +27,7 @@ use super::auto::{self, Underlay};
 use super::search::{Search, State, Timing};
 use super::{EchoOrder, InbandMessage, PathReport};
 use crate::datapath::{EspOut, TRAILER_ROOM};
+use crate::drops::SendErrorKind;
 use crate::esp::PLAINTEXT_OFFSET;
 use crate::ids::PeerId;
 use crate::keying::Keying;
@@ -325,7 +326,8 @@ impl Driver {
         let tables = self.state.sadb.load();
         let sa = tables.outbound(peer.id).ok_or_else(|| io::Error::other("no outbound SA"))?;
         let len = seal_inband(sa, self.encapsulation(topology, peer, Some(sa)), header, size, buf)?;
-        self.out.send(&buf[..len], sa.params.remote)?;
+        let sent = self.out.send(&buf[..len], sa.params.remote);
+        sent.inspect_err(|error| peer.counters.send_errors.count(SendErrorKind::of(error)))?;
         Ok(())
     }
 

@@ -42,6 +42,17 @@ pub struct SaParams {
     /// Where the peer's ESP comes from and ours goes: its address and port 4500, or what its
     /// NAT shows (the port is ignored for raw ESP).
     pub remote: SocketAddr,
+    /// The peer's ESP came from another address or port than the peer's own (address, 4500)
+    /// when the SA was made: a NAT is in front of the peer. Kept when the SA moves.
+    pub behind_nat: bool,
+}
+
+impl SaParams {
+    /// Whether the SA may follow its peer to another address: its ESP crossed a NAT (in UDP)
+    /// when the SA was made (RFC 7296 §2.23, RFC 3948).
+    pub fn follows_peer(&self) -> bool {
+        self.encap == Encap::Udp && self.behind_nat
+    }
 }
 
 /// Traffic and drop counters of one SA.
@@ -60,30 +71,69 @@ impl SaCounters {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.drops.add(reason);
     }
 }
 
+/// The key, sequence numbers and counters are shared with the copies `with_params` makes, so that a
+/// worker still sending on the old copy never reuses a sequence number of the new one.
 pub struct OutboundSa {
     pub params: SaParams,
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
     /// The last sequence number handed out (0: none yet).
-    sequence: AtomicU64,
-    pub counters: SaCounters,
+    sequence: Arc<AtomicU64>,
+    /// The highest number it may hand out: the reservation on disk of a manual SA
+    /// (manual_nonces.rs), unlimited for IKE SAs.
+    reserved: Arc<AtomicU64>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl OutboundSa {
     pub fn new(params: SaParams, sealer: Sealer) -> Self {
-        OutboundSa { params, sealer, sequence: AtomicU64::new(0), counters: SaCounters::default() }
+        OutboundSa::resumed(params, sealer, 0, u64::MAX)
+    }
+
+    /// An SA whose numbers up to `floor` were used before (a manual SA's earlier lives) and
+    /// which may use them up to `reserved` for now.
+    pub fn resumed(params: SaParams, sealer: Sealer, floor: u64, reserved: u64) -> Self {
+        OutboundSa {
+            params,
+            sealer: Arc::new(sealer),
+            sequence: Arc::new(AtomicU64::new(floor)),
+            reserved: Arc::new(AtomicU64::new(reserved)),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`):
+    /// key, sequence numbers, reservation and counters stay shared with this one.
+    pub fn with_params(&self, params: SaParams) -> Self {
+        OutboundSa {
+            params,
+            sealer: self.sealer.clone(),
+            sequence: self.sequence.clone(),
+            reserved: self.reserved.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// Reserves the next sequence number, or `None` once the SA is used up (a 32-bit sequence
-    /// number must never wrap without ESN, RFC 4303 §3.3.3).
+    /// number must never wrap without ESN, RFC 4303 §3.3.3) or has used its reservation.
     pub fn next_sequence(&self) -> Option<u64> {
         let limit = if self.params.esn { u64::MAX } else { u64::from(u32::MAX) };
+        let limit = limit.min(self.reserved.load(Ordering::Acquire));
         let previous = self.sequence.fetch_add(1, Ordering::Relaxed);
         (previous < limit).then_some(previous + 1)
+    }
+
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Raises the reservation, once the new one is on disk.
+    pub fn reserve_until(&self, reserved: u64) {
+        self.reserved.fetch_max(reserved, Ordering::AcqRel);
     }
 
     pub fn last_sequence(&self) -> u64 {
@@ -100,16 +150,22 @@ impl OutboundSa {
     }
 }
 
+/// Like `OutboundSa`, the copies `with_params` makes share the key, replay window and counters.
 pub struct InboundSa {
     pub params: SaParams,
-    pub opener: Opener,
-    replay: Mutex<ReplayWindow>,
-    pub counters: SaCounters,
+    pub opener: Arc<Opener>,
+    replay: Arc<Mutex<ReplayWindow>>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl InboundSa {
     pub fn new(params: SaParams, opener: Opener, replay: ReplayWindow) -> Self {
-        InboundSa { params, opener, replay: Mutex::new(replay), counters: SaCounters::default() }
+        InboundSa { params, opener: Arc::new(opener), replay: Arc::new(Mutex::new(replay)), counters: Arc::default() }
+    }
+
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`).
+    pub fn with_params(&self, params: SaParams) -> Self {
+        InboundSa { params, opener: self.opener.clone(), replay: self.replay.clone(), counters: self.counters.clone() }
     }
 
     /// The replay window of this SA. A worker that panicked while holding it cannot have left it
@@ -217,6 +273,26 @@ impl Sadb {
         })
     }
 
+    /// Points every SA of `peer` at `remote`; returns how many SAs moved.
+    pub(in crate::sadb) fn move_peer(&self, peer: PeerId, remote: SocketAddr) -> usize {
+        self.update(|tables| {
+            let mut moved = 0;
+            if let Some(Some(sa)) = tables.outbound.get_mut(peer.0) {
+                if sa.params.remote != remote {
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
+                    moved += 1;
+                }
+            }
+            for sa in tables.inbound.values_mut() {
+                if sa.params.peer == peer && sa.params.remote != remote {
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
+                    moved += 1;
+                }
+            }
+            moved
+        })
+    }
+
     /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
     pub(in crate::sadb) fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
         let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
@@ -241,11 +317,11 @@ impl Sadb {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::esp::{KeyMaterial, DEFAULT_REPLAY_WINDOW};
 
-    fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
+    pub(crate) fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
         SaParams {
             spi,
             peer: PeerId(peer),
@@ -256,14 +332,15 @@ mod tests {
             origin: SaOrigin::Manual,
             created_ms: 1,
             remote: "198.18.0.2:4500".parse().unwrap(),
+            behind_nat: false,
         }
     }
 
-    fn key() -> KeyMaterial {
+    pub(crate) fn key() -> KeyMaterial {
         KeyMaterial::from_bytes(&[7u8; 36]).unwrap()
     }
 
-    fn inbound(spi: u32, peer: usize) -> InboundSa {
+    pub(crate) fn inbound(spi: u32, peer: usize) -> InboundSa {
         let opener = Opener::new(Cipher::Aes256Gcm16, &key()).unwrap();
         InboundSa::new(params(spi, peer, false), opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW))
     }
@@ -323,5 +400,21 @@ mod tests {
         let esn = outbound(0x3002, 0, true);
         esn.sequence.store(u64::from(u32::MAX), Ordering::Relaxed);
         assert_eq!(esn.next_sequence(), Some(u64::from(u32::MAX) + 1));
+    }
+
+    #[test]
+    fn a_resumed_sa_starts_above_its_floor_and_stops_at_its_reservation() {
+        let fresh = outbound(0x3003, 0, false);
+        let sa = fresh.with_params(fresh.params);
+        sa.sequence.store(1_000, Ordering::Relaxed);
+        sa.reserved.store(1_002, Ordering::Relaxed);
+        assert_eq!(sa.next_sequence(), Some(1_001));
+        assert_eq!(sa.next_sequence(), Some(1_002));
+        assert_eq!(sa.next_sequence(), None, "not past the reservation on disk");
+        sa.reserve_until(2_000);
+        sa.reserve_until(1_500);
+        assert_eq!(sa.reserved(), 2_000, "reservations only grow");
+        let next = sa.next_sequence().unwrap();
+        assert!(next > 1_002 && next <= 2_000, "skips refused numbers, never repeats one: {next}");
     }
 }
