@@ -10,6 +10,8 @@ MESHD_PACKAGES=(iproute2 iputils-ping iperf3 tshark nftables python3 procps buil
 MESHD_PACKAGES+=(clang bpftool libbpf-dev libelf-dev zlib1g-dev)
 # The metrics test scrapes with curl.
 MESHD_PACKAGES+=(curl)
+# The NAT rebinding test flushes the router's connection tracking with conntrack.
+MESHD_PACKAGES+=(conntrack)
 # The flow export test collects IPFIX with nfdump's nfcapd and reads it with nfdump.
 MESHD_PACKAGES+=(nfdump)
 # ikectl fleet's tests: ssh and ssh-keygen, and an sshd per lab namespace (its own config and keys;

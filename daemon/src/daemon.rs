@@ -19,8 +19,10 @@ use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
 use crate::dispatch::Services;
 use crate::error::DaemonError;
+use crate::ike::crypto::NodeKey;
 use crate::keying::{self, Keying};
 use crate::manual_nonces;
+use crate::node_identity;
 use crate::overlay_tap::bring_up;
 use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
@@ -36,6 +38,8 @@ const MAX_WORKERS: usize = 8;
 pub struct RunOptions {
     pub config: PathBuf,
     pub node: Option<String>,
+    /// `--key`: this node's private key file instead of the mesh file's `key_file`.
+    pub key: Option<PathBuf>,
     pub ctl_socket: PathBuf,
     /// Trace the kernel's drops of mesh traffic with eBPF.
     pub kernel_drops: bool,
@@ -54,11 +58,24 @@ fn load(config: &std::path::Path, node: Option<&str>) -> Result<(MeshConfig, Top
     Ok((config, topology))
 }
 
-/// `meshd check`: validates the config (and that this host is one of its nodes); returns a summary.
-pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, DaemonError> {
+/// `meshd check`: validates the config (and that this host is one of its nodes, with its
+/// private key when it has public keys); returns a summary.
+pub fn check(
+    config: &std::path::Path,
+    node: Option<&str>,
+    key: Option<&std::path::Path>,
+) -> Result<String, DaemonError> {
     let (config, topology) = load(config, node)?;
+    let (node_key, mismatch) = load_node_key(&config, &topology, key)?;
+    if let Some(mismatch) = mismatch {
+        return Err(mismatch.into());
+    }
+    let authentication = match node_key {
+        Some(key) => format!("signs with the Ed25519 key {}", key.public_key().fingerprint()),
+        None => "authenticates with the pre-shared key".to_string(),
+    };
     Ok(format!(
-        "{}: OK: mesh \"{}\", {} nodes, {} overlays, {} manual SAs; this host is node {} ({})",
+        "{}: OK: mesh \"{}\", {} nodes, {} overlays, {} manual SAs; this host is node {} ({}) and {authentication}",
         config.path.display(),
         config.mesh.name,
         config.nodes.len(),
@@ -69,9 +86,24 @@ pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, Dae
     ))
 }
 
+/// This node's key (see `node_identity::load`).
+fn load_node_key(
+    config: &MeshConfig,
+    topology: &Topology,
+    explicit: Option<&std::path::Path>,
+) -> Result<(Option<Arc<NodeKey>>, Option<mesh_config::ConfigError>), DaemonError> {
+    let node =
+        config.node(&topology.node_name).ok_or_else(|| DaemonError::Topology("this node left the mesh file".into()))?;
+    Ok(node_identity::load(config, node, explicit)?)
+}
+
 /// `meshd run`: runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     let (config, topology) = load(&options.config, options.node.as_deref())?;
+    let (node_key, mismatch) = load_node_key(&config, &topology, options.key.as_deref())?;
+    if let Some(mismatch) = mismatch {
+        tracing::error!("{mismatch}; peers will refuse this node's AUTH");
+    }
     // Bind first: a second meshd must fail before it touches any interface.
     let mut socket = SocketFile::bind(&options.ctl_socket)?;
     let state = Arc::new(MeshState::new(topology));
@@ -90,7 +122,7 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         }
         overlays.push(status);
     }
-    let keying = Arc::new(Keying::new(&config, sas.clone(), Instant::now())?);
+    let keying = Arc::new(Keying::new(&config, sas.clone(), node_key.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
     let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?;
     tracing::info!(
@@ -123,6 +155,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         kernel_drops: kernel_drops.clone(),
         running: Mutex::new(Running {
             config_path: options.config.clone(),
+            key_file: options.key.clone(),
+            node_key,
             datapath: Some(datapath),
             ike_inbox: inbox,
             tuning: options.tuning,
@@ -141,6 +175,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
         workers,
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
+
+    follow_underlay(keying.clone());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -221,4 +257,29 @@ async fn wait_for_stop_signal() -> std::io::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
     }
     Ok(())
+}
+
+/// Renegotiates with peers that have no IKE SA as soon as the kernel reports a link or route up
+/// (a thread of its own: reading rtnetlink blocks). Without it, meshd retries on its timers.
+fn follow_underlay(keying: Arc<Keying>) {
+    let mut events = match pmtu::route::UnderlayEvents::open() {
+        Ok(events) => events,
+        Err(error) => {
+            tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
+            return;
+        }
+    };
+    let follow = move || loop {
+        match events.wait() {
+            Ok(true) => keying.underlay_changed(),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reading link and route changes failed; IKE retries on its timers only");
+                return;
+            }
+        }
+    };
+    if let Err(error) = std::thread::Builder::new().name("meshd-underlay".to_string()).spawn(follow) {
+        tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
+    }
 }

@@ -275,6 +275,91 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why the kernel refused to send a packet to a peer (sendmsg's errno), the classes an operator
+/// can act on; counted per peer in `SendErrors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendErrorKind {
+    NoBufferSpace,
+    NotPermitted,
+    NetworkUnreachable,
+    HostUnreachable,
+    Other,
+}
+
+impl SendErrorKind {
+    pub const ALL: [SendErrorKind; 5] = [
+        SendErrorKind::NoBufferSpace,
+        SendErrorKind::NotPermitted,
+        SendErrorKind::NetworkUnreachable,
+        SendErrorKind::HostUnreachable,
+        SendErrorKind::Other,
+    ];
+
+    pub fn of(error: &std::io::Error) -> SendErrorKind {
+        match error.raw_os_error() {
+            Some(libc::ENOBUFS) => SendErrorKind::NoBufferSpace,
+            Some(libc::EPERM | libc::EACCES) => SendErrorKind::NotPermitted,
+            Some(libc::ENETUNREACH | libc::ENETDOWN) => SendErrorKind::NetworkUnreachable,
+            Some(libc::EHOSTUNREACH) => SendErrorKind::HostUnreachable,
+            _ => SendErrorKind::Other,
+        }
+    }
+
+    /// The errno's name, the key in `ikectl peers` and the metrics' `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendErrorKind::NoBufferSpace => "ENOBUFS",
+            SendErrorKind::NotPermitted => "EPERM",
+            SendErrorKind::NetworkUnreachable => "ENETUNREACH",
+            SendErrorKind::HostUnreachable => "EHOSTUNREACH",
+            SendErrorKind::Other => "other",
+        }
+    }
+
+    /// What the operator should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            SendErrorKind::NoBufferSpace => {
+                "the kernel's neighbour table is likely full (many peers on one link): raise \
+                 net.ipv4.neigh.default.gc_thresh1/2/3 (net.ipv6.neigh.default.* for IPv6), see docs/install.md"
+            }
+            SendErrorKind::NotPermitted => {
+                "a firewall on this node drops meshd's packets: allow UDP 500 and 4500 (and ESP) out"
+            }
+            SendErrorKind::NetworkUnreachable => {
+                "this node has no route to the peer: check `ip route get <peer address>`"
+            }
+            SendErrorKind::HostUnreachable => {
+                "the peer's address does not answer neighbour discovery: check the underlay link"
+            }
+            SendErrorKind::Other => "see meshd's log at debug level for the error",
+        }
+    }
+}
+
+/// Send errors of one peer by kind.
+#[derive(Debug, Default)]
+pub struct SendErrors([AtomicU64; SendErrorKind::ALL.len()]);
+
+impl SendErrors {
+    pub fn count(&self, kind: SendErrorKind) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: SendErrorKind) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// The non-zero counts by errno name.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        SendErrorKind::ALL
+            .iter()
+            .map(|kind| (kind.name().to_string(), self.get(*kind)))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +447,16 @@ mod tests {
         let inner = InnerAddresses::of_frame(&frame).unwrap().to_control();
         assert_eq!(inner.to_string(), "10.244.0.1 (02:00:00:00:00:01) -> 10.244.0.2 (02:00:00:00:00:02)");
         assert_eq!(InnerAddresses::of_frame(&frame[..10]), None);
+    }
+
+    #[test]
+    fn send_errors_are_counted_by_errno() {
+        let errors = SendErrors::default();
+        for errno in [libc::ENOBUFS, libc::ENOBUFS, libc::EPERM, libc::EACCES, libc::EINVAL] {
+            errors.count(SendErrorKind::of(&std::io::Error::from_raw_os_error(errno)));
+        }
+        let counted: Vec<(String, u64)> = errors.snapshot().into_iter().collect();
+        assert_eq!(counted, vec![("ENOBUFS".to_string(), 2), ("EPERM".to_string(), 2), ("other".to_string(), 1)]);
+        assert!(SendErrorKind::NoBufferSpace.advice().contains("gc_thresh"));
     }
 }

@@ -13,15 +13,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mesh_config::control::{DropReason, IkeSaInfo, SaOrigin, Spi};
-use mesh_config::{Cipher, MeshConfig, Proposal};
+use mesh_config::{Cipher, MeshConfig, Proposal, PublicKey};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
 
 use crate::datapath::IkeDatagram;
-use crate::drops::DropContext;
+use crate::drops::{DropContext, SendErrorKind};
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::ike::crypto::NodeKey;
 use crate::ike::{
     ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeSaStatus, IkeSettings, IkeState, PeerIndex, PeerSettings,
     Refusal, Transmit, IKE_PORT, NAT_T_PORT,
@@ -35,6 +36,9 @@ use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 /// The endpoint hears of a peer's unknown SPIs, and of its SA running out, at most this often
 /// (each unknown SPI would otherwise queue another liveness check).
 const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+/// After SAs with a peer come up, this node announces its overlay addresses at once and again
+/// this much later.
+const ANNOUNCE_AGAIN: Duration = Duration::from_secs(1);
 /// Refused IKE messages are summed up in the log at most this often.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -49,11 +53,14 @@ pub trait IkeEngine {
     fn counters(&self) -> IkeCounters;
     fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant);
     fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant);
+    fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr);
+    fn retry_now(&mut self, peer: PeerIndex, now: Instant);
     fn flush(&mut self, peer: PeerIndex, now: Instant);
     fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex;
     fn remove_peer(&mut self, peer: PeerIndex, now: Instant);
     fn reconfigure(&mut self, settings: IkeSettings);
     fn answers_probes(&self, peer: PeerIndex) -> bool;
+    fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>>;
 }
 
 impl IkeEngine for Endpoint {
@@ -84,6 +91,12 @@ impl IkeEngine for Endpoint {
     fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, now: Instant) {
         Endpoint::rekey_child(self, peer, outbound_spi, now)
     }
+    fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+        Endpoint::peer_moved(self, peer, remote)
+    }
+    fn retry_now(&mut self, peer: PeerIndex, now: Instant) {
+        Endpoint::retry_now(self, peer, now)
+    }
     fn flush(&mut self, peer: PeerIndex, now: Instant) {
         Endpoint::flush(self, peer, now)
     }
@@ -98,6 +111,9 @@ impl IkeEngine for Endpoint {
     }
     fn answers_probes(&self, peer: PeerIndex) -> bool {
         Endpoint::answers_probes(self, peer)
+    }
+    fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+        Endpoint::query_keys(self, peer)
     }
 }
 
@@ -144,6 +160,13 @@ struct Ike<E> {
     stats: Vec<IkePeerStats>,
     /// Per IKE peer (by endpoint index): when the endpoint last heard of the datapath's notices.
     notices: Vec<NoticesPassed>,
+    /// Per IKE peer (by endpoint index): why the kernel last refused to send it an IKE message,
+    /// until an IKE SA comes up or an attempt fails (then the failure names it).
+    send_failed: Vec<Option<SendErrorKind>>,
+    /// When to announce this node's overlay addresses once more after SAs with a peer came up.
+    announce_again: Option<Instant>,
+    /// The public key of the key this node signs with.
+    public_key: Option<PublicKey>,
 }
 
 /// When a peer's notices were last passed to the endpoint.
@@ -151,6 +174,7 @@ struct Ike<E> {
 struct NoticesPassed {
     unknown_spi: Option<Instant>,
     running_out: Option<Instant>,
+    underlay_changed: Option<Instant>,
 }
 
 /// Whether a notice last passed on at `last` may be passed on again at `now`.
@@ -211,14 +235,20 @@ pub fn ike_peers(config: &MeshConfig, topology: &Topology) -> Vec<PeerId> {
         .collect()
 }
 
-/// IKE's settings for `config` with the peers `ike_peers`; fails when there are IKE peers but no
-/// pre-shared key.
-pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, KeyingError> {
-    let psk = match (&config.psk, ike_peers.is_empty()) {
-        (Some(psk), _) => psk.as_bytes().to_vec(),
-        (None, true) => Vec::new(),
-        (None, false) => {
-            let peers = ike_peers.iter().map(|id| topology.peer(*id).name.clone()).collect();
+/// IKE's settings for `config` with the peers `ike_peers`, signing with `node_key`; fails when
+/// some IKE peer needs the pre-shared key (it or this node has no public key) and there is none.
+pub fn settings(
+    config: &MeshConfig,
+    topology: &Topology,
+    ike_peers: &[PeerId],
+    node_key: Option<Arc<NodeKey>>,
+) -> Result<IkeSettings, KeyingError> {
+    let needs_psk = |id: &&PeerId| node_key.is_none() || topology.peer(**id).public_keys.is_empty();
+    let psk = match &config.psk {
+        Some(psk) => psk.as_bytes().to_vec(),
+        None if !ike_peers.iter().any(|id| needs_psk(&id)) => Vec::new(),
+        None => {
+            let peers = ike_peers.iter().filter(needs_psk).map(|id| topology.peer(*id).name.clone()).collect();
             return Err(KeyingError::MissingPsk { peers });
         }
     };
@@ -230,6 +260,7 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
     Ok(IkeSettings {
         local: topology.local_address,
         psk: Zeroizing::new(psk),
+        node_key,
         proposals,
         ike_lifetime: config.ike.ike_lifetime,
         child_lifetime: config.ike.child_lifetime,
@@ -242,32 +273,47 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
 }
 
 fn peer_settings(peer: &Peer) -> PeerSettings {
-    PeerSettings { address: peer.address, mode: peer.mode }
+    PeerSettings { address: peer.address, mode: peer.mode, public_keys: peer.public_keys.clone() }
 }
 
 impl Keying {
     /// The IKE state for the peers that have no manual SAs (there may be none yet: a reload can
     /// add some).
-    pub fn new(config: &MeshConfig, sas: Arc<SaManager>, now: Instant) -> Result<Keying, KeyingError> {
+    pub fn new(
+        config: &MeshConfig,
+        sas: Arc<SaManager>,
+        node_key: Option<Arc<NodeKey>>,
+        now: Instant,
+    ) -> Result<Keying, KeyingError> {
         let topology = sas.state().topology_full();
         let ike_peers = ike_peers(config, &topology);
-        let settings = settings(config, &topology, &ike_peers)?;
+        let public_key = node_key.as_ref().map(|key| key.public_key());
+        let settings = settings(config, &topology, &ike_peers, node_key)?;
         let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
-        Ok(Keying::with_endpoint(endpoint, ike_peers, sas))
+        Ok(Keying::with_endpoint(endpoint, ike_peers, public_key, sas))
     }
 }
 
 impl<E: IkeEngine> Keying<E> {
-    /// Drives `endpoint`, whose peer indexes are the positions of `ike_peers`.
-    pub fn with_endpoint(endpoint: E, ike_peers: Vec<PeerId>, sas: Arc<SaManager>) -> Keying<E> {
+    /// Drives `endpoint`, whose peer indexes are the positions of `ike_peers`; this node signs
+    /// with the key of `public_key` (`None`: the pre-shared key).
+    pub fn with_endpoint(
+        endpoint: E,
+        ike_peers: Vec<PeerId>,
+        public_key: Option<PublicKey>,
+        sas: Arc<SaManager>,
+    ) -> Keying<E> {
         Keying {
             ike: Mutex::new(Ike {
                 endpoint,
                 failures: vec![None; ike_peers.len()],
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
                 notices: vec![NoticesPassed::default(); ike_peers.len()],
+                send_failed: vec![None; ike_peers.len()],
+                announce_again: None,
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
+                public_key,
             }),
             wake: Notify::new(),
             sas,
@@ -291,7 +337,20 @@ impl<E: IkeEngine> Keying<E> {
 
     /// Reload: new credentials and SA settings (see `Endpoint::reconfigure`).
     pub fn reconfigure(&self, settings: IkeSettings) {
-        self.lock().endpoint.reconfigure(settings);
+        let mut ike = self.lock();
+        ike.public_key = settings.node_key.as_ref().map(|key| key.public_key());
+        ike.endpoint.reconfigure(settings);
+    }
+
+    /// The diagnostic query keys of `peer`'s IKE SAs, newest first (none for a manual peer).
+    pub fn query_keys(&self, peer: PeerId) -> Vec<Zeroizing<Vec<u8>>> {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).map(|index| ike.endpoint.query_keys(*index)).unwrap_or_default()
+    }
+
+    /// The public key this node signs with; `None`: it uses the pre-shared key.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.lock().public_key
     }
 
     /// Reload: starts keying `peer` with IKE.
@@ -302,6 +361,7 @@ impl<E: IkeEngine> Keying<E> {
         ike.failures.push(None);
         ike.stats.push(IkePeerStats::default());
         ike.notices.push(NoticesPassed::default());
+        ike.send_failed.push(None);
         ike.by_peer.insert(peer.id, index);
         drop(ike);
         self.wake.notify_one();
@@ -323,6 +383,23 @@ impl<E: IkeEngine> Keying<E> {
 
     pub fn is_ike_peer(&self, peer: PeerId) -> bool {
         self.lock().by_peer.contains_key(&peer)
+    }
+
+    /// The kernel reported a link or route up (`pmtu::route::UnderlayEvents`): peers whose last
+    /// IKE attempt failed are tried at once, each at most once per `NOTICE_INTERVAL` (a flapping
+    /// link must not restart attempts before they can finish). Peers still being negotiated
+    /// with for the first time are left alone: links change as overlays come up and announce.
+    pub fn underlay_changed(&self) {
+        let now = Instant::now();
+        let mut ike = self.lock();
+        let failed: Vec<usize> = ike.by_peer.values().copied().filter(|index| ike.failures[*index].is_some()).collect();
+        for index in failed {
+            if due(&mut ike.notices[index].underlay_changed, now) {
+                ike.endpoint.retry_now(index, now);
+            }
+        }
+        drop(ike);
+        self.wake.notify_one();
     }
 
     /// Deletes the SAs with `peer` (telling it) and negotiates anew; false for a manual peer.
@@ -374,6 +451,8 @@ impl<E: IkeEngine> Keying<E> {
                 established_secs: s.established_secs,
                 rekey_in_secs: s.rekey_in_secs,
                 child_spis: s.children.iter().map(|(i, o)| (Spi(*i), Spi(*o))).collect(),
+                peer_auth: s.peer_auth.map(|auth| auth.method.as_str().to_string()),
+                peer_key: s.peer_auth.and_then(|auth| auth.key).map(|key| key.fingerprint()),
             })
             .collect()
     }
@@ -390,14 +469,27 @@ impl<E: IkeEngine> Keying<E> {
                 }
             };
             if let Err(error) = sent {
-                // IKE retransmits; a lost datagram only costs time.
+                // IKE retransmits; a lost datagram only costs time, but if the attempt fails it
+                // was not for want of an answer.
                 tracing::debug!(%error, destination = %transmit.destination, "sending an IKE message failed");
-                let peer = state.topology().peer_by_address(transmit.destination.ip());
+                let topology = state.topology();
+                let peer = topology.peer_by_address(transmit.destination.ip());
+                if let Some(id) = peer {
+                    let kind = SendErrorKind::of(&error);
+                    topology.peer(id).counters.send_errors.count(kind);
+                    if let Some(index) = ike.by_peer.get(&id).copied() {
+                        ike.send_failed[index] = Some(kind);
+                    }
+                }
                 let context = DropContext { peer, outer_source: Some(transmit.destination), ..DropContext::default() };
                 state.drops.record(DropReason::SendFailed, context);
             }
         }
         ike.apply_events(&self.sas);
+        if ike.announce_again.is_some_and(|at| at <= Instant::now()) {
+            ike.announce_again = None;
+            announce_overlays(state);
+        }
     }
 
     fn handle(&self, bytes: &[u8], from: SocketAddr, local_port: u16) {
@@ -405,7 +497,8 @@ impl<E: IkeEngine> Keying<E> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.lock().endpoint.poll_timeout()
+        let ike = self.lock();
+        [ike.endpoint.poll_timeout(), ike.announce_again].into_iter().flatten().min()
     }
 }
 
@@ -428,6 +521,10 @@ impl<E: IkeEngine> NoticeHandler for Keying<E> {
                 ike.endpoint.rekey_child(index, spi, now);
             }
         });
+    }
+
+    fn peer_moved(&self, peer: PeerId, remote: SocketAddr) {
+        self.with_peer(peer, |ike, index| ike.endpoint.peer_moved(index, remote));
     }
 }
 
@@ -461,27 +558,45 @@ impl<E: IkeEngine> Ike<E> {
                     Ok(sealer) => {
                         if sas.install_outbound(OutboundSa::new(params, sealer)).is_some() {
                             self.stats[index].rekeys += 1;
+                        } else {
+                            // SAs with the peer again (a restart on either side): it learns our
+                            // overlay MACs now rather than when its neighbour entries go stale;
+                            // once more a moment later, in case the peer (as initiator) had not
+                            // installed its inbound SA yet.
+                            announce_overlays(state);
+                            self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
                         }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
-            Event::RemoveInbound { spi, .. } => {
+            Event::RemoveInbound { peer, spi } => {
+                tracing::debug!(peer = %sas.state().topology().peer_name(self.peers[peer]), spi = format_args!("{spi:#010x}"), "inbound Child SA retired");
                 sas.remove_inbound(spi);
             }
             Event::RemoveOutbound { peer, spi } => {
                 sas.remove_outbound(self.peers[peer], spi);
             }
-            Event::Established { peer } => self.failures[peer] = None,
+            Event::Established { peer } => {
+                self.failures[peer] = None;
+                self.send_failed[peer] = None;
+            }
             Event::Failed { peer, from, failure } => {
                 let name = peer.map_or_else(|| from.to_string(), |p| state.topology().peer_name(self.peers[p]));
-                tracing::error!(peer = %name, "IKE with {name} failed: {failure}");
+                let send_failed = peer.and_then(|p| self.send_failed[p].take());
+                let text = match (&failure, send_failed) {
+                    (Failure::Timeout, Some(kind)) => {
+                        format!("our IKE messages could not be sent ({}): {}", kind.name(), kind.advice())
+                    }
+                    _ => failure.to_string(),
+                };
+                tracing::error!(peer = %name, "IKE with {name} failed: {text}");
                 if let Some(reason) = failure_reason(&failure) {
                     self.record_drop(state, reason, peer, from);
                 }
                 if let Some(peer) = peer {
                     self.stats[peer].handshake_failures += 1;
-                    self.failures[peer] = Some(failure.to_string());
+                    self.failures[peer] = Some(text);
                 }
             }
             Event::Refused { peer, from, refusal } => self.record_drop(state, refusal_reason(refusal), peer, from),
@@ -518,7 +633,16 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
         Refusal::Malformed => DropReason::IkeMalformed,
         Refusal::Unauthentic => DropReason::IkeIntegrity,
         Refusal::UnknownSpi => DropReason::IkeUnknownSpi,
-        Refusal::Unexpected => DropReason::IkeUnexpected,
+        Refusal::Unexpected | Refusal::HalfOpenFull => DropReason::IkeUnexpected,
+        Refusal::NoProposal => DropReason::IkeNoProposal,
+    }
+}
+
+/// Gratuitous ARP / unsolicited NA on every overlay (`overlay_tap::announce`).
+fn announce_overlays(state: &MeshState) {
+    let topology = state.topology();
+    for overlay in &topology.overlays {
+        crate::overlay_tap::announce(&topology, overlay);
     }
 }
 
@@ -526,7 +650,7 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
 /// the log and `ikectl` show.
 fn failure_reason(failure: &Failure) -> Option<DropReason> {
     Some(match failure {
-        Failure::Authentication { .. } => DropReason::IkeAuthFailed,
+        Failure::Authentication { .. } | Failure::Identity(_) => DropReason::IkeAuthFailed,
         Failure::NoProposalChosen { .. } => DropReason::IkeNoProposal,
         Failure::Timeout => DropReason::IkeRetransmitGaveUp,
         Failure::TrafficSelectors => DropReason::IkeTsUnacceptable,
@@ -547,6 +671,7 @@ fn sa_params(state: &MeshState, peer: PeerId, sa: ChildSaKeys) -> (SaParams, cra
         origin: SaOrigin::Ike,
         created_ms: state.clock.now_ms(),
         remote: sa.remote,
+        behind_nat: sa.remote != SocketAddr::new(state.topology().peer(peer).address, NAT_T_PORT),
     };
     (params, sa.key)
 }
@@ -585,7 +710,12 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
     let mut refused_tick = tokio::time::interval(REFUSED_LOG_INTERVAL);
     let mut refused_logged = keying.lock().endpoint.counters();
     loop {
-        keying.lock().endpoint.handle_timeout(Instant::now());
+        // Timers only when one is due: a received datagram does not make the endpoint look at
+        // its other IKE SAs.
+        let now = Instant::now();
+        if keying.deadline().is_some_and(|at| at <= now) {
+            keying.lock().endpoint.handle_timeout(now);
+        }
         keying.drain(&sockets);
         let deadline = keying.deadline().map(tokio::time::Instant::from_std);
         let sleep = async {
@@ -620,6 +750,8 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
                         unauthentic = counters.unauthentic - refused_logged.unauthentic,
                         unknown_ike_sa = counters.unknown_spi - refused_logged.unknown_spi,
                         cookies_sent = counters.cookies_sent - refused_logged.cookies_sent,
+                        no_proposal = counters.no_proposal - refused_logged.no_proposal,
+                        half_open_full = counters.half_open_full - refused_logged.half_open_full,
                         "IKE messages refused since the last report"
                     );
                     refused_logged = counters;
@@ -646,6 +778,8 @@ mod tests {
         UnknownSpi(PeerIndex),
         Rekey(PeerIndex, u32),
         Flush(PeerIndex),
+        Moved(PeerIndex, SocketAddr),
+        Retry(PeerIndex),
         Remove(PeerIndex),
         Add(IpAddr),
     }
@@ -683,6 +817,12 @@ mod tests {
         fn rekey_child(&mut self, peer: PeerIndex, outbound_spi: u32, _: Instant) {
             self.asked.push(Asked::Rekey(peer, outbound_spi));
         }
+        fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+            self.asked.push(Asked::Moved(peer, remote));
+        }
+        fn retry_now(&mut self, peer: PeerIndex, _: Instant) {
+            self.asked.push(Asked::Retry(peer));
+        }
         fn flush(&mut self, peer: PeerIndex, _: Instant) {
             self.asked.push(Asked::Flush(peer));
         }
@@ -698,6 +838,9 @@ mod tests {
         fn answers_probes(&self, _: PeerIndex) -> bool {
             false
         }
+        fn query_keys(&self, _: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+            Vec::new()
+        }
     }
 
     /// Node n0 of three: IKE keys n1 (endpoint index 0), n2 is manual.
@@ -705,7 +848,7 @@ mod tests {
         let config = mesh_file(&Setup { nodes: 3, ..DEFAULT });
         let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
         let sas = Arc::new(SaManager::new(Arc::new(MeshState::new(topology))));
-        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], sas)
+        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], None, sas)
     }
 
     fn keys(spi: u32) -> ChildSaKeys {
@@ -733,6 +876,7 @@ mod tests {
             established_secs: Some(1),
             rekey_in_secs: Some(100),
             children: vec![(0x5001, 0x6001)],
+            peer_auth: None,
         }
     }
 
@@ -760,19 +904,23 @@ mod tests {
         assert_eq!(inbound.params.encap, Encap::Udp);
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
+        let announce_at = keying.lock().announce_again.expect("a first SA is announced again later");
+        assert!(keying.deadline().is_some_and(|at| at <= announce_at), "the driver wakes for it");
+        keying.lock().announce_again = None;
 
         happen(
             &keying,
             [
                 Event::InstallOutbound { peer: 0, sa: keys(0x6002) },
                 Event::RemoveOutbound { peer: 0, spi: 0x6001 },
-                Event::RemoveInbound { spi: 0x5001 },
+                Event::RemoveInbound { peer: 0, spi: 0x5001 },
             ],
         );
         let tables = state.sadb.load();
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6002, "the newer SA stays");
         assert!(tables.inbound(0x5001).is_none());
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
+        assert_eq!(keying.lock().announce_again, None, "a rekey is not announced");
         assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
     }
 
@@ -787,6 +935,12 @@ mod tests {
         assert_eq!(keying.stats(PeerId(0)).unwrap().handshake_failures, 1);
         let drops = keying.sas.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
         assert_eq!(drops.by_reason.get(&DropReason::IkeRetransmitGaveUp), Some(&1));
+
+        // A timeout after the kernel refused to send: the state names the errno, not the peer.
+        keying.lock().send_failed[0] = Some(SendErrorKind::NoBufferSpace);
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
+        let state = keying.state_of(PeerId(0)).to_string();
+        assert!(state.contains("could not be sent (ENOBUFS)") && state.contains("gc_thresh"), "{state}");
 
         keying.lock().endpoint.status = vec![established(0)];
         assert_eq!(keying.state_of(PeerId(0)).to_string(), "ike: established");
@@ -816,6 +970,22 @@ mod tests {
         keying.lock().notices[0] = NoticesPassed::default();
         manager.handle_notice(SaNotice::UnknownSpi { peer: PeerId(0) }, &keying);
         assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)], "again after the interval");
+
+        // A NAT mapping the SA manager followed: the IKE SAs follow too (manual peers have none).
+        let rebound: SocketAddr = "198.18.0.254:40000".parse().unwrap();
+        keying.peer_moved(PeerId(0), rebound);
+        keying.peer_moved(PeerId(1), rebound);
+        assert_eq!(asked(&keying), vec![Asked::Moved(0, rebound)]);
+
+        // A link or route came up: IKE peers whose attempt failed are retried, at most once a
+        // second; others are left to the attempt under way.
+        keying.underlay_changed();
+        assert_eq!(asked(&keying), vec![]);
+        let from = "198.18.0.2:500".parse().unwrap();
+        happen(&keying, [Event::Failed { peer: Some(0), from, failure: Failure::Timeout }]);
+        keying.underlay_changed();
+        keying.underlay_changed();
+        assert_eq!(asked(&keying), vec![Asked::Retry(0)]);
     }
 
     #[test]

@@ -19,12 +19,36 @@ macro_rules! internal_modules {
 
 // What the command line (src/main.rs) uses.
 pub mod daemon;
+pub mod error;
 pub mod guard;
 pub mod logging;
 pub mod manual_nonces;
+pub mod node_identity;
 
 internal_modules!(
-    ctl, datapath, diag, dispatch, drops, error, esp, fdb, flows, ids, ike, keying, manual, netif, offload, overhead,
-    overlay_tap, pmtu, reload, report, sadb, state, tap, topology, wire,
+    ctl,
+    datapath,
+    diag,
+    dispatch,
+    drops,
+    esp,
+    fdb,
+    flows,
+    ids,
+    ike,
+    keying,
+    manual,
+    netif,
+    offload,
+    overhead,
+    overlay_tap,
+    pmtu,
+    reload,
+    report,
+    sadb,
+    state,
+    tap,
+    topology,
+    wire,
 );
 mod sys;

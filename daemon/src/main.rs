@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use mesh_config::control::DEFAULT_SOCKET;
 use meshd::daemon::{self, RunOptions, WorkerTuning};
+use meshd::error::DaemonError;
+use meshd::node_identity;
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "IPsec (ESP) overlay mesh daemon: VXLAN between hypervisor nodes")]
@@ -27,6 +29,9 @@ enum CliCommand {
         /// Which node this is; default: the node whose address is on this host.
         #[arg(long)]
         node: Option<String>,
+        /// This node's private key; default: [mesh] key_file, else /etc/meshd/node.key.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Where ikectl finds this daemon.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         ctl_socket: PathBuf,
@@ -56,6 +61,20 @@ enum CliCommand {
         config: PathBuf,
         #[arg(long)]
         node: Option<String>,
+        /// The private key to check against this node's public keys (default as for `run`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 private key to FILE (mode 0600; never overwrites) and print its
+    /// public key (base64), for this node's `public_key` in mesh.toml.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key (base64) of a private key file.
+    Pubkey {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
     },
     /// Write the man pages and shell completions of meshd into a folder (scripts/package).
     #[command(hide = true)]
@@ -124,7 +143,17 @@ fn guard(action: GuardAction) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops, log_format, state_dir } => {
+        CliCommand::Run {
+            config,
+            node,
+            ctl_socket,
+            no_offload,
+            busy_poll,
+            no_kernel_drops,
+            log_format,
+            state_dir,
+            key,
+        } => {
             init_logs(log_format);
             let state_dir = state_dir
                 .or_else(|| std::env::var_os("MESHD_STATE_DIR").map(PathBuf::from))
@@ -132,15 +161,22 @@ fn main() -> ExitCode {
             daemon::run(RunOptions {
                 config,
                 node,
+                key,
                 ctl_socket,
                 tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
                 state_dir,
             })
         }
-        CliCommand::Check { config, node } => {
+        CliCommand::Check { config, node, key } => {
             init_logs(LogFormat::Plain);
-            daemon::check(&config, node.as_deref()).map(|summary| println!("{summary}"))
+            daemon::check(&config, node.as_deref(), key.as_deref()).map(|summary| println!("{summary}"))
+        }
+        CliCommand::Keygen { out } => {
+            node_identity::keygen(&out).map(|public| println!("{public}")).map_err(DaemonError::Topology)
+        }
+        CliCommand::Pubkey { key } => {
+            node_identity::pubkey(&key).map(|public| println!("{public}")).map_err(DaemonError::from)
         }
         CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "8", &out),
         CliCommand::Guard { action } => match guard(action) {

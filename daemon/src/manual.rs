@@ -47,6 +47,8 @@ pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Re
             origin: SaOrigin::Manual,
             created_ms: state.clock.now_ms(),
             remote: SocketAddr::new(topology.peer(peer).address, ESP_IN_UDP_PORT),
+            // Manual SAs go to the configured address and never follow a peer elsewhere.
+            behind_nat: false,
         };
         // Sequence numbers (the AEAD nonces) resume where the key's earlier lives left off.
         let nonces = manual_nonces::store();

@@ -24,6 +24,20 @@ pub fn interface_mtu(name: &str) -> io::Result<usize> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{path} does not hold a number: {text:?}")))
 }
 
+/// Has the kernel announce interface `name`'s addresses (gratuitous ARP, unsolicited neighbour
+/// advertisement) whenever its MAC is set, and announces them now: the other nodes' neighbour
+/// caches learn this node's overlay MAC without waiting for their entries to go stale.
+pub fn announce(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    for (family, setting) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
+        let path = format!("/proc/sys/net/{family}/conf/{name}/{setting}");
+        // No IPv6 on this host or interface: nothing to announce there.
+        if family == "ipv4" || std::path::Path::new(&path).exists() {
+            std::fs::write(&path, "1")?;
+        }
+    }
+    crate::sys::set_interface_mac(name, mac)
+}
+
 fn addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let list = getifaddrs().map_err(io::Error::from)?;
     Ok(list

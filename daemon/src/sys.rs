@@ -37,7 +37,29 @@ pub fn forbid_fragmentation_v6(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Sets the MTU of interface `name` (SIOCSIFMTU), e.g. to retune an overlay interface live.
 pub fn set_interface_mtu(name: &str, mtu: u16) -> io::Result<()> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut request = interface_request(name)?;
+    request.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+    interface_ioctl(libc::SIOCSIFMTU, &request)
+}
+
+/// Sets the MAC of Ethernet interface `name` (SIOCSIFHWADDR). Setting the MAC it has already
+/// still tells the kernel's listeners of an address change: with `arp_notify` / `ndisc_notify`
+/// on, the kernel then announces the interface's addresses (gratuitous ARP, unsolicited NA).
+pub fn set_interface_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut request = interface_request(name)?;
+    // SAFETY: writing plain data into the `ifru_hwaddr` member of the zeroed union; the kernel
+    // reads exactly that member for SIOCSIFHWADDR.
+    unsafe {
+        request.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (slot, byte) in request.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *slot = byte as libc::c_char;
+        }
+    }
+    interface_ioctl(libc::SIOCSIFHWADDR, &request)
+}
+
+/// An `ifreq` naming interface `name`, the rest zero.
+fn interface_request(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data (a name array and a union of integers); all zeros is valid.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
@@ -47,10 +69,15 @@ pub fn set_interface_mtu(name: &str, mtu: u16) -> io::Result<()> {
     for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
         *slot = *byte as libc::c_char;
     }
-    request.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+    Ok(request)
+}
+
+/// One interface ioctl (`SIOCSIF*`) with `request` on a throwaway socket.
+fn interface_ioctl(operation: libc::Ioctl, request: &libc::ifreq) -> io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     // SAFETY: the socket is live for the call; `request` is an initialised ifreq with a
-    // NUL-terminated name (the array was zeroed and the name is shorter), as SIOCSIFMTU reads.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFMTU, &request) };
+    // NUL-terminated name (the array was zeroed and the name is shorter), as SIOCSIF* reads.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), operation, request) };
     if rc == 0 {
         Ok(())
     } else {

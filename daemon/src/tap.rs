@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
-/// Creates TAP `name` with `queues` queues (IFF_MULTI_QUEUE), sets its MTU and host address, and
-/// brings it up. The interface disappears when the last queue is closed.
+/// Creates TAP `name` with `queues` queues (IFF_MULTI_QUEUE), sets its MTU, MAC and host address,
+/// and brings it up. The interface disappears when the last queue is closed.
 ///
 /// With `offload` (IFF_VNET_HDR and TUNSETOFFLOAD with checksum and TSO) every read and write
 /// starts with a virtio-net header, and the kernel hands over TCP super-frames of up to 64 KiB,
@@ -14,11 +14,13 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 pub fn create(
     name: &str,
     mtu: u16,
+    mac: [u8; 6],
     address: Option<(IpAddr, u8)>,
     queues: usize,
     offload: bool,
 ) -> io::Result<Vec<SyncDevice>> {
-    let mut builder = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).multi_queue(true).offload(offload);
+    let mut builder =
+        DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).mac_addr(mac).multi_queue(true).offload(offload);
     builder = match address {
         Some((IpAddr::V4(ip), prefix)) => builder.ipv4(ip, prefix, None),
         Some((IpAddr::V6(ip), prefix)) => builder.ipv6(ip, prefix),

@@ -52,6 +52,8 @@ pub struct PeerCounters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub last_rx_ms: AtomicU64,
+    /// Packets to the peer (ESP, IKE, path-MTU messages) that the kernel refused to send.
+    pub send_errors: crate::drops::SendErrors,
 }
 
 impl PeerCounters {
@@ -92,6 +94,8 @@ pub struct Peer {
     pub path: Path,
     /// ESP mode for this pair (tunnel when either side asks for it).
     pub mode: Mode,
+    /// Its Ed25519 public keys from mesh.toml (empty: it uses the pre-shared key).
+    pub public_keys: Vec<mesh_config::PublicKey>,
     /// Shared by every version of the topology (reloads keep them).
     pub counters: Arc<PeerCounters>,
     /// The path MTU towards the peer, kept across reloads like the counters.
@@ -109,6 +113,8 @@ pub struct Overlay {
     pub address: Option<(IpAddr, u8)>,
     /// Kept across reloads while the overlay stays.
     pub fdb: Arc<Fdb>,
+    /// The peers on this overlay: where its broadcast, multicast and unknown unicast go.
+    pub members: Vec<PeerId>,
 }
 
 /// Where a `PeerId` points.
@@ -189,6 +195,7 @@ impl Topology {
                 address: node.address,
                 path,
                 mode: config.mode_between(node_name, &node.name),
+                public_keys: node.public_keys.clone(),
                 counters: kept.map(|p| p.counters.clone()).unwrap_or_default(),
                 path_mtu: kept.map(|p| p.path_mtu.clone()).unwrap_or_default(),
             });
@@ -197,9 +204,9 @@ impl Topology {
             slots[gone.id.0] = Slot::Departed(departed.len());
             departed.push(gone.clone());
         }
+        // Only the overlays this node is on; each floods to the peers on it.
         let overlays: Vec<Overlay> = config
-            .overlays
-            .iter()
+            .overlays_of(node_name)
             .enumerate()
             .map(|(index, overlay)| Overlay {
                 id: OverlayId(index),
@@ -209,6 +216,7 @@ impl Topology {
                 mtu: overlay.mtu,
                 address: overlay.addresses.get(node_name).map(|a| (a.addr, a.prefix_len)),
                 fdb: self.overlays.iter().find(|o| o.name == overlay.name).map(|o| o.fdb.clone()).unwrap_or_default(),
+                members: peers.iter().filter(|p| overlay.has_member(&p.name)).map(|p| p.id).collect(),
             })
             .collect();
         for (overlay, configured) in overlays.iter().zip(&config.overlays) {

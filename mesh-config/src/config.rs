@@ -58,6 +58,8 @@ pub struct MeshSection {
     /// As written in the file (relative paths are relative to the mesh file's folder;
     /// see [`MeshConfig::psk_path`]).
     pub psk_file: Option<PathBuf>,
+    /// This node's private key file as written (see [`MeshConfig::key_path`]).
+    pub key_file: Option<PathBuf>,
     pub vxlan_port: u16,
     pub encap: Encap,
     pub mode: Mode,
@@ -188,6 +190,9 @@ pub struct Node {
     pub ssh: String,
     /// Per-node mode override.
     pub mode: Option<Mode>,
+    /// Ed25519 public keys: empty for a node that authenticates with the psk_file; two while it
+    /// moves to a new private key.
+    pub public_keys: Vec<crate::PublicKey>,
     /// Line of this node's `[[node]]` header.
     pub line: usize,
 }
@@ -202,10 +207,19 @@ pub struct Overlay {
     pub mtu: OverlayMtu,
     /// Host address of each node's overlay interface, by node name (nodes may be absent).
     pub addresses: BTreeMap<String, IfaceAddress>,
+    /// The nodes on this overlay (`nodes = [...]`), in file order; `None`: every node.
+    pub members: Option<Vec<String>>,
     /// MACs pinned to a node (`static_macs`): no other node's frames may claim them.
     pub static_macs: Vec<StaticMac>,
     /// Line of this overlay's `[[overlay]]` header.
     pub line: usize,
+}
+
+impl Overlay {
+    /// Whether node `name` is on this overlay.
+    pub fn has_member(&self, name: &str) -> bool {
+        self.members.as_ref().is_none_or(|members| members.iter().any(|m| m == name))
+    }
 }
 
 /// The most `static_macs` entries one overlay may have (a share of the forwarding table).
@@ -365,6 +379,16 @@ impl MeshConfig {
         self.mesh.psk_file.as_deref().map(|p| resolve_relative(&self.path, p))
     }
 
+    /// This node's private key file: `explicit` (`meshd run --key`), else `key_file` (relative to
+    /// the mesh file's folder), else [`crate::DEFAULT_KEY_FILE`].
+    pub fn key_path(&self, explicit: Option<&Path>) -> PathBuf {
+        match (explicit, &self.mesh.key_file) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(path)) => resolve_relative(&self.path, path),
+            (None, None) => PathBuf::from(crate::DEFAULT_KEY_FILE),
+        }
+    }
+
     /// Which node am I: by `--node NAME` if given, else the one node whose address is in
     /// `local_addresses`.
     pub fn local_node(&self, explicit: Option<&str>, local_addresses: &[IpAddr]) -> Result<&Node, ConfigError> {
@@ -405,9 +429,20 @@ impl MeshConfig {
         }
     }
 
-    /// Every node but `node` (the mesh is full: every node peers with every other).
+    /// The nodes `node` peers with, in file order: every node that shares an overlay with it
+    /// (a mesh without overlays peers every pair, as if one overlay held every node).
     pub fn peers_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.nodes.iter().filter(move |n| n.name != node)
+        self.nodes.iter().filter(move |n| n.name != node && self.share_overlay(node, &n.name))
+    }
+
+    /// Whether nodes `a` and `b` are on one overlay (or the mesh has no overlays).
+    pub fn share_overlay(&self, a: &str, b: &str) -> bool {
+        self.overlays.is_empty() || self.overlays.iter().any(|o| o.has_member(a) && o.has_member(b))
+    }
+
+    /// The overlays `node` is on, in file order.
+    pub fn overlays_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Overlay> + 'a {
+        self.overlays.iter().filter(move |o| o.has_member(node))
     }
 
     /// The ESP mode between two nodes: each node's mode is its override or `[mesh] mode`;

@@ -121,7 +121,7 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
-    Status(Status),
+    Status(Box<Status>),
     SaList(SaList),
     SaFlush(FlushReport),
     Peers(Vec<PeerInfo>),
@@ -283,6 +283,10 @@ pub struct Status {
     /// Things the operator should know, e.g. a path MTU that forces an overlay below its MTU.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The short fingerprint of the public key this node signs with; `None`: it uses the
+    /// pre-shared key.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +362,12 @@ pub struct IkeSaInfo {
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.
     pub child_spis: Vec<(Spi, Spi)>,
+    /// How the peer authenticated ("ed25519" or "psk"), once it has.
+    #[serde(default)]
+    pub peer_auth: Option<String>,
+    /// The short fingerprint of the public key the peer signed with (`PublicKey::fingerprint`).
+    #[serde(default)]
+    pub peer_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,6 +397,9 @@ pub struct PeerInfo {
     pub rx_bytes: u64,
     pub last_rx_secs: Option<u64>,
     pub drops: u64,
+    /// Packets to this peer the kernel refused to send, by errno name (`ENOBUFS`, `EPERM`, ...).
+    #[serde(default)]
+    pub send_errors: BTreeMap<String, u64>,
     /// How this peer is keyed: "manual", or the IKE state ("established", "connecting",
     /// or the last failure with what to do).
     pub keying: String,

@@ -17,6 +17,7 @@ mod duration;
 mod entries;
 mod error;
 mod flows;
+mod identity;
 mod metrics;
 mod parse;
 mod reader;
@@ -34,6 +35,7 @@ pub use config::{
 pub use duration::{format_duration, parse_duration, DURATION_FORM};
 pub use error::{ConfigError, ConfigErrors};
 pub use flows::FlowsSection;
+pub use identity::{base64_encode, PrivateKeySeed, PublicKey, DEFAULT_KEY_FILE, ED25519_KEY_LEN};
 pub use metrics::{MetricsSection, DEFAULT_METRICS_PORT};
 pub use secret::{KeyBytes, Psk, MANUAL_KEY_LEN};
 

@@ -11,16 +11,17 @@ use crate::config::*;
 use crate::duration::{parse_duration, DURATION_FORM};
 use crate::entries::{ManualSaP, MeshP, NodeP, OverlayP};
 use crate::error::{ConfigError, ConfigErrors};
+use crate::identity;
 use crate::reader::{integer, type_name, At, Ctx, Tab};
 use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
 const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics", "flows"];
-const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
+const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode", "key_file"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
-const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
-const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address", "static_macs"];
+const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode", "public_key", "public_keys"];
+const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address", "nodes", "static_macs"];
 const STATIC_MAC_KEYS: &[&str] = &["mac", "node"];
 const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
@@ -90,7 +91,9 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
 
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
-    validate::manual_sas(&mut ctx, &sas, &nodes);
+    validate::manual_sas(&mut ctx, &sas, &nodes, &overlays);
+    let node_keys: Vec<_> = nodes.iter().map(|n| (n.label(), n.line, n.public_keys.as_slice())).collect();
+    identity::check_nodes(&mut ctx, &node_keys, mesh.psk_file.is_some());
     let psk = mesh.psk_file.as_ref().and_then(|f| validate::read_psk(&mut ctx, f));
 
     if !ctx.errors.is_empty() {
@@ -107,6 +110,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
                 ssh: n.ssh.unwrap_or_else(|| default_ssh(address)),
                 address,
                 mode: n.mode,
+                public_keys: n.public_keys.into_iter().map(|k| k.v).collect(),
                 line: n.line,
             }
         })
@@ -119,6 +123,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             interface: o.interface.expect("validated").v,
             mtu: o.mtu,
             addresses: o.addresses.into_iter().map(|(n, a)| (n.v, a.expect("validated").v)).collect::<BTreeMap<_, _>>(),
+            members: o.members.map(|members| members.v.into_iter().map(|m| m.v).collect()),
             static_macs: o.static_macs.into_iter().map(|(mac, node)| StaticMac { mac: mac.v, node: node.v }).collect(),
             line: o.line,
         })
@@ -139,6 +144,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         mesh: MeshSection {
             name: mesh.name.expect("validated"),
             psk_file: mesh.psk_file.map(|p| p.v),
+            key_file: mesh.key_file,
             vxlan_port: mesh.vxlan_port,
             encap: mesh.encap,
             mode: mesh.mode,
@@ -232,8 +238,14 @@ fn choice<T: std::str::FromStr<Err = String>>(
 }
 
 fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
-    let mut m =
-        MeshP { name: None, psk_file: None, vxlan_port: DEFAULT_VXLAN_PORT, encap: Encap::Udp, mode: Mode::Transport };
+    let mut m = MeshP {
+        name: None,
+        psk_file: None,
+        key_file: None,
+        vxlan_port: DEFAULT_VXLAN_PORT,
+        encap: Encap::Udp,
+        mode: Mode::Transport,
+    };
     let Some(t) = root.table(ctx, "mesh", "[mesh]", "[mesh] followed by name = \"lab\" on the next line") else {
         if root.raw("mesh").is_none() {
             ctx.err_line(
@@ -274,6 +286,7 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
             m.psk_file = Some(At { v: PathBuf::from(p.v), span: p.span });
         }
     }
+    m.key_file = t.str(ctx, "key_file", "key_file = \"/etc/meshd/node.key\"").map(|p| PathBuf::from(p.v));
     if let Some(port) = t.int(ctx, "vxlan_port", "vxlan_port = 4790") {
         match port.v {
             0 => ctx.err(
@@ -428,7 +441,9 @@ fn parse_nodes(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<NodeP> {
     for (idx, item, table) in items {
         let t = Tab { t: table, path: format!("node[{idx}]"), span: item.span(), header: "[[node]]".into() };
         t.check_keys(ctx, NODE_KEYS);
-        let mut n = NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None };
+        let public_keys = identity::node_keys(ctx, &t);
+        let mut n =
+            NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None, public_keys };
         if let Some(name) = t.req_str(ctx, "name", "name = \"n1\"") {
             if let Err(problem) = check_name(name.v) {
                 ctx.err(&name.span, t.key("name"), problem, format!("{NAME_RULE}, e.g. name = \"n1\""));
@@ -511,6 +526,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
             interface_key: t.key("interface"),
             mtu: OverlayMtu::Auto,
             addresses: Vec::new(),
+            members: None,
             static_macs: Vec::new(),
         };
         if let Some(vni) = t.req_int(ctx, "vni", "vni = 4242") {
@@ -625,10 +641,38 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                 o.addresses.push((node, addr));
             }
         }
+        o.members = parse_members(ctx, &t);
         o.static_macs = parse_static_macs(ctx, &t);
         overlays.push(o);
     }
     overlays
+}
+
+/// `nodes = ["n1", "n2"]` of an overlay: the names as written (checked against the nodes in
+/// `validate`); `None` when absent or not a list of strings (reported).
+fn parse_members(ctx: &mut Ctx<'_>, t: &Tab<'_, '_>) -> Option<At<Vec<At<String>>>> {
+    let v = t.raw("nodes")?;
+    let fix = "list the nodes on this overlay by name, e.g. nodes = [\"n1\", \"n2\"], or remove the line to put every node on it";
+    let DeValue::Array(items) = v.get_ref() else {
+        ctx.err(
+            &v.span(),
+            t.key("nodes"),
+            format!("expected a list of node names, found {}", type_name(v.get_ref())),
+            fix,
+        );
+        return None;
+    };
+    let mut members = Vec::new();
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(name) => members.push(At { v: name.to_string(), span: item.span() }),
+            other => {
+                ctx.err(&item.span(), t.key("nodes"), format!("expected a node name, found {}", type_name(other)), fix);
+                return None;
+            }
+        }
+    }
+    Some(At { v: members, span: v.span() })
 }
 
 /// `static_macs = [{ mac = "02:00:00:00:00:01", node = "n2" }]`; entries with a problem are

@@ -131,8 +131,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
     }
 
     let mut plan = ReloadPlan::default();
+    // A node that was in the mesh but shared no overlay with this one is added like a new one.
     for peer in new.peers_of(node) {
-        match old.node(&peer.name) {
+        match old.peers_of(node).find(|before| before.name == peer.name) {
             Some(before) if before.address == peer.address => {
                 if let Some(reason) = rekey_reason(old, new, node, &peer.name) {
                     plan.peers_rekeyed.push(Change { name: peer.name.clone(), reason });
@@ -145,7 +146,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
             None => plan.peers_added.push(peer.name.clone()),
         }
     }
-    plan.peers_removed.extend(old.peers_of(node).filter(|p| new.node(&p.name).is_none()).map(|p| p.name.clone()));
+    plan.peers_removed.extend(
+        old.peers_of(node).filter(|p| !new.peers_of(node).any(|kept| kept.name == p.name)).map(|p| p.name.clone()),
+    );
 
     // An automatic MTU follows the most expensive pair's mode.
     let modes = |config: &MeshConfig| {
@@ -155,8 +158,9 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
         modes
     };
     let modes_changed = modes(old) != modes(new);
-    for overlay in &new.overlays {
-        match old.overlay(&overlay.name) {
+    // Overlays this node joins or leaves are added or removed here.
+    for overlay in new.overlays_of(node) {
+        match old.overlays_of(node).find(|before| before.name == overlay.name) {
             Some(before) => {
                 if let Some(change) = overlay_change(before, overlay, node, modes_changed) {
                     plan.overlays_changed.push(change);
@@ -165,8 +169,11 @@ pub fn plan(old: &MeshConfig, new: &MeshConfig, node: &str) -> Result<ReloadPlan
             None => plan.overlays_added.push(overlay.name.clone()),
         }
     }
-    plan.overlays_removed
-        .extend(old.overlays.iter().filter(|o| new.overlay(&o.name).is_none()).map(|o| o.name.clone()));
+    plan.overlays_removed.extend(
+        old.overlays_of(node)
+            .filter(|o| !new.overlays_of(node).any(|kept| kept.name == o.name))
+            .map(|o| o.name.clone()),
+    );
 
     let ike = [
         ("ike_lifetime", old.ike.ike_lifetime, new.ike.ike_lifetime),
@@ -202,7 +209,10 @@ fn rekey_reason(old: &MeshConfig, new: &MeshConfig, me: &str, peer: &str) -> Opt
         (true, false) => Some("now keyed by manual SAs".to_string()),
         (false, true) => Some("now keyed by IKE".to_string()),
         (false, false) => (manual(old) != manual(new)).then(|| "manual SAs changed".to_string()),
-        (true, true) if old.psk != new.psk => Some("pre-shared key changed".to_string()),
+        // Adding or removing the psk_file (a move to keys) leaves the running SAs alone.
+        (true, true) if old.psk.is_some() && new.psk.is_some() && old.psk != new.psk => {
+            Some("pre-shared key changed".to_string())
+        }
         (true, true) if old.ike.proposals != new.ike.proposals => Some("IKE proposals changed".to_string()),
         (true, true) => None,
     }
@@ -228,6 +238,11 @@ fn overlay_change(before: &Overlay, after: &Overlay, me: &str, modes_changed: bo
     }
     if before.vni != after.vni {
         reasons.push(format!("vni {} -> {}", before.vni, after.vni));
+    }
+    // Membership changes whom frames are flooded to; the interface stays.
+    if before.members != after.members {
+        let members = |overlay: &Overlay| overlay.members.as_ref().map_or_else(|| "every node".to_string(), list);
+        reasons.push(format!("nodes {} -> {}", members(before), members(after)));
     }
     (!reasons.is_empty()).then(|| OverlayChange { name: after.name.clone(), reason: reasons.join(", "), recreate })
 }
@@ -299,6 +314,21 @@ mod tests {
     }
 
     #[test]
+    fn moving_from_psk_to_keys_rekeys_nothing() {
+        let keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="];
+        let keyed: Vec<String> = (0..2).map(|i| format!("{}\"\npublic_key = \"{}", THREE[i].1, keys[i])).collect();
+        let nodes = [("n1", keyed[0].as_str()), ("n2", keyed[1].as_str())];
+        let old = mesh(&THREE[..2], "");
+        let both = mesh(&nodes, "");
+        let without_psk = config(&format!(
+            "[mesh]\nname = \"lab\"\n[[node]]\nname = \"n1\"\naddress = \"{}\"\n[[node]]\nname = \"n2\"\naddress = \"{}\"\n",
+            keyed[0], keyed[1]
+        ));
+        assert!(plan(&old, &both, "n1").unwrap().is_empty());
+        assert!(plan(&both, &without_psk, "n1").unwrap().is_empty());
+    }
+
+    #[test]
     fn keying_changes_rekey() {
         let old = mesh(&THREE, "");
         let other_psk = mesh_with_psk("psk2", &THREE, "");
@@ -338,6 +368,31 @@ mod tests {
         assert!(plan(&old, &moved, "n1").unwrap().peers_rekeyed.is_empty());
         let to_ike = plan(&old, &mesh(&THREE, ""), "n2").unwrap();
         assert_eq!(to_ike.peers_rekeyed, vec![Change { name: "n1".into(), reason: "now keyed by IKE".into() }]);
+    }
+
+    #[test]
+    fn membership_changes_add_and_remove_peers_and_overlays() {
+        let on = |a: &str, b: &str| {
+            format!("[[overlay]]\nname = \"a\"\nvni = 1\nnodes = [{a}]\n[[overlay]]\nname = \"b\"\nvni = 2\nnodes = [{b}]\n")
+        };
+        let old = mesh(&THREE, &on("\"n1\", \"n2\"", "\"n2\", \"n3\""));
+        // n1 leaves a and joins b: it now peers with n3 only.
+        let new = mesh(&THREE, &on("\"n2\"", "\"n1\", \"n2\", \"n3\""));
+        let plan = plan(&old, &new, "n1").unwrap();
+        assert_eq!(plan.peers_added, names(&["n3"]));
+        assert!(plan.peers_removed.is_empty(), "n2 is still a peer, through b: {plan:?}");
+        assert_eq!((plan.overlays_added.clone(), plan.overlays_removed.clone()), (names(&["b"]), names(&["a"])));
+        // On n2 both overlays stay; only their members change, and the interfaces are kept.
+        let on_n2 = super::plan(&old, &new, "n2").unwrap();
+        assert!(on_n2.peers_added.is_empty() && on_n2.peers_removed.is_empty());
+        let reasons: Vec<(&str, &str, bool)> =
+            on_n2.overlays_changed.iter().map(|c| (c.name.as_str(), c.reason.as_str(), c.recreate)).collect();
+        assert_eq!(reasons, [("a", "nodes n1, n2 -> n2", false), ("b", "nodes n2, n3 -> n1, n2, n3", false)]);
+        // n3 loses nothing and gains n1.
+        let on_n3 = super::plan(&old, &new, "n3").unwrap();
+        assert_eq!((on_n3.peers_added, on_n3.peers_removed), (names(&["n1"]), vec![]));
+        // Back again: n1 loses n3.
+        assert_eq!(super::plan(&new, &old, "n1").unwrap().peers_removed, names(&["n3"]));
     }
 
     #[test]

@@ -802,6 +802,95 @@ fn overlay_address_duplicate() {
     parse_ok(&overlay("[overlay.address]\nn1 = \"10.0.0.1/24\"\n\n[[overlay]]\nname = \"ovl1\"\nvni = 1\n[overlay.address]\nn1 = \"10.0.0.1/24\"\n"));
 }
 
+// ---------------------------------------------------------------- overlay membership
+
+/// BASE with n3 (lines 12-14), then `extra` from line 15 on.
+fn with_three(extra: &str) -> String {
+    format!("{BASE}[[node]]\nname = \"n3\"\naddress = \"198.18.0.3\"\n{extra}")
+}
+
+/// Two overlays that share n2: `a` holds n1 and n2, `b` holds n2 and n3.
+const SHARED_BY_N2: &str = "[[overlay]]\nname = \"a\"\nvni = 1\nnodes = [\"n1\", \"n2\"]\n[[overlay]]\nname = \"b\"\nvni = 2\nnodes = [\"n2\", \"n3\"]\n";
+
+#[test]
+fn overlay_members_default_to_every_node() {
+    let c = parse_ok(&with_three("[[overlay]]\nname = \"ovl0\"\nvni = 1\n"));
+    assert_eq!(c.overlays[0].members, None);
+    assert!(["n1", "n2", "n3"].iter().all(|n| c.overlays[0].has_member(n)));
+    assert_eq!(c.peers_of("n1").map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n2", "n3"]);
+}
+
+#[test]
+fn nodes_peer_only_where_their_overlays_meet() {
+    let c = parse_ok(&with_three(SHARED_BY_N2));
+    assert_eq!(c.overlays[0].members, Some(vec!["n1".to_string(), "n2".to_string()]));
+    let peers = |node: &str| c.peers_of(node).map(|n| n.name.clone()).collect::<Vec<_>>();
+    assert_eq!(peers("n1"), ["n2"]);
+    assert_eq!(peers("n2"), ["n1", "n3"]);
+    assert_eq!(peers("n3"), ["n2"]);
+    assert!(c.share_overlay("n1", "n2") && !c.share_overlay("n1", "n3"));
+    let overlays = |node: &str| c.overlays_of(node).map(|o| o.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        (overlays("n1"), overlays("n2"), overlays("n3")),
+        (vec!["a".into()], vec!["a".into(), "b".into()], vec!["b".into()])
+    );
+}
+
+#[test]
+fn a_node_on_no_overlay_with_others_is_fine_and_has_no_peers() {
+    let c = parse_ok(&with_three("[[overlay]]\nname = \"a\"\nvni = 1\nnodes = [\"n1\", \"n2\"]\n[[overlay]]\nname = \"b\"\nvni = 2\nnodes = [\"n3\"]\n"));
+    assert_eq!(c.peers_of("n3").count(), 0);
+    assert_eq!(c.overlays_of("n3").count(), 1);
+}
+
+#[test]
+fn a_mesh_without_overlays_peers_every_pair() {
+    let c = three();
+    assert_eq!(c.peers_of("n2").count(), 2);
+}
+
+#[test]
+fn overlay_members_must_be_nodes_listed_once() {
+    one(
+        &overlay("nodes = [\"n1\", \"n9\"]\n"),
+        "overlay.ovl0.nodes",
+        Some(16),
+        &["\"n9\" is not a node of this mesh", "use one of the node names: n1, n2"],
+    );
+    one(&overlay("nodes = [\"n1\", \"n1\"]\n"), "overlay.ovl0.nodes", Some(16), &["\"n1\" is listed twice"]);
+    one(
+        &overlay("nodes = []\n"),
+        "overlay.ovl0.nodes",
+        Some(16),
+        &["empty nodes list", "remove the line to put every node on it"],
+    );
+    one(
+        &overlay("nodes = \"n1\"\n"),
+        "overlay.ovl0.nodes",
+        Some(16),
+        &["expected a list of node names, found a string"],
+    );
+    one(&overlay("nodes = [\"n1\", 2]\n"), "overlay.ovl0.nodes", Some(16), &["expected a node name, found an integer"]);
+}
+
+#[test]
+fn an_overlay_address_needs_membership() {
+    one(
+        &overlay("nodes = [\"n1\"]\n[overlay.address]\nn1 = \"10.0.0.1/24\"\nn2 = \"10.0.0.2/24\"\n"),
+        "overlay.ovl0.address.n2",
+        Some(19),
+        &["node \"n2\" has an address on overlay \"ovl0\" but is not in its nodes list", "add \"n2\" to nodes"],
+    );
+}
+
+#[test]
+fn manual_sas_between_nodes_that_share_no_overlay_are_refused() {
+    let text = with_three(&format!("{SHARED_BY_N2}{}", sa("n1", "n3", "\"0x1001\"", "aes256gcm16", KEY1)));
+    // SHARED_BY_N2 is 8 lines (15-22); the manual SA's header is on line 24.
+    one(&text, "manual_sa[0]", Some(24), &["\"n1\" and \"n3\" share no overlay", "put both nodes on one overlay"]);
+    parse_ok(&with_three(&format!("{SHARED_BY_N2}{}", sa("n1", "n2", "\"0x1001\"", "aes256gcm16", KEY1))));
+}
+
 // ---------------------------------------------------------------- [[manual_sa]]
 
 fn sa(from: &str, to: &str, spi: &str, cipher: &str, key: &str) -> String {

@@ -125,6 +125,7 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
                 by_ifname.insert(&ifname.v, o);
             }
         }
+        members(ctx, o, &names);
         static_macs(ctx, o, &names);
         let mut by_addr: BTreeMap<IpAddr, &At<String>> = BTreeMap::new();
         for (node, addr) in &o.addresses {
@@ -135,6 +136,15 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
                     key.clone(),
                     format!("\"{}\" is not a node of this mesh", node.v),
                     format!("use one of the node names: {}", list(&names)),
+                );
+            }
+            let outside = o.members.as_ref().is_some_and(|m| !m.v.iter().any(|member| member.v == node.v));
+            if outside && names.contains(&node.v.as_str()) {
+                ctx.err(
+                    &node.span,
+                    key.clone(),
+                    format!("node \"{}\" has an address on {} but is not in its nodes list", node.v, o.label()),
+                    format!("add \"{}\" to nodes = [...] of this overlay, or remove its address", node.v),
                 );
             }
             let Some(addr) = addr else { continue };
@@ -154,6 +164,40 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
             }
         }
     }
+}
+
+/// An overlay's `nodes = [...]`: known names, each once, not empty.
+fn members(ctx: &mut Ctx<'_>, o: &OverlayP, names: &[&str]) {
+    let Some(members) = &o.members else { return };
+    let key = format!("{}.nodes", o.prefix);
+    if members.v.is_empty() {
+        ctx.err(
+            &members.span,
+            key.clone(),
+            format!("{} has an empty nodes list, so no node is on it", o.label()),
+            "list the nodes on this overlay, e.g. nodes = [\"n1\", \"n2\"], or remove the line to put every node on it",
+        );
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for member in &members.v {
+        if !names.contains(&member.v.as_str()) {
+            ctx.err(
+                &member.span,
+                key.clone(),
+                format!("\"{}\" is not a node of this mesh", member.v),
+                format!("use one of the node names: {}", list(names)),
+            );
+        } else if seen.contains(&member.v.as_str()) {
+            ctx.err(&member.span, key.clone(), format!("\"{}\" is listed twice", member.v), "list each node once");
+        }
+        seen.push(&member.v);
+    }
+}
+
+/// Whether nodes `a` and `b` are on one overlay as written (or there are no overlays).
+fn share_overlay(overlays: &[OverlayP], a: &str, b: &str) -> bool {
+    let on = |o: &OverlayP, name: &str| o.members.as_ref().is_none_or(|m| m.v.iter().any(|member| member.v == name));
+    overlays.is_empty() || overlays.iter().any(|o| on(o, a) && on(o, b))
 }
 
 /// Every static MAC names a node of the mesh, and appears once per overlay.
@@ -183,7 +227,7 @@ fn static_macs(ctx: &mut Ctx<'_>, overlay: &OverlayP, names: &[&str]) {
     }
 }
 
-pub(crate) fn manual_sas(ctx: &mut Ctx<'_>, sas: &[ManualSaP], nodes: &[NodeP]) {
+pub(crate) fn manual_sas(ctx: &mut Ctx<'_>, sas: &[ManualSaP], nodes: &[NodeP], overlays: &[OverlayP]) {
     let names = node_names(nodes);
     let mut by_dir: BTreeMap<(&str, &str), &ManualSaP> = BTreeMap::new();
     let mut by_spi: BTreeMap<(&str, u32), &ManualSaP> = BTreeMap::new();
@@ -211,6 +255,17 @@ pub(crate) fn manual_sas(ctx: &mut Ctx<'_>, sas: &[ManualSaP], nodes: &[NodeP]) 
                 "a manual SA carries traffic from one node to another: name two different nodes",
             );
             continue;
+        }
+        if names.contains(&from.v.as_str())
+            && names.contains(&to.v.as_str())
+            && !share_overlay(overlays, &from.v, &to.v)
+        {
+            ctx.err_line(
+                Some(sa.line),
+                sa.prefix.clone(),
+                format!("\"{}\" and \"{}\" share no overlay, so they never exchange traffic", from.v, to.v),
+                "put both nodes on one overlay (nodes = [...]), or remove this [[manual_sa]]",
+            );
         }
         if let Some(prev) = by_dir.get(&(from.v.as_str(), to.v.as_str())) {
             ctx.err_line(

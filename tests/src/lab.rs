@@ -173,3 +173,41 @@ pub fn underlay_addr(family: Family, i: usize) -> IpAddr {
 pub fn overlay_addr(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 244, 0, u8::try_from(i + 1).expect("node index < 255")))
 }
+
+/// The kernel's neighbour-table thresholds (`gc_thresh1..3` of IPv4 and IPv6), raised for a lab
+/// of many nodes while this guard lives and restored when it drops. The table is shared by all
+/// namespaces: N nodes that talk to each other hold N x (N-1) entries, and past `gc_thresh3`
+/// (1024 by default) sends fail with ENOBUFS.
+#[derive(Debug)]
+pub struct NeighbourTable {
+    saved: Vec<(String, String)>,
+}
+
+impl NeighbourTable {
+    /// Room for `nodes` nodes that all talk to each other (thresholds only ever go up).
+    pub fn raise_for(nodes: usize) -> NeighbourTable {
+        let entries = nodes * nodes;
+        let mut saved = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            for (n, wanted) in [(1, entries), (2, 2 * entries), (3, 4 * entries)] {
+                let key = format!("/proc/sys/net/{family}/neigh/default/gc_thresh{n}");
+                let before = std::fs::read_to_string(&key).unwrap_or_else(|e| panic!("read {key}: {e}"));
+                let current: usize = before.trim().parse().unwrap_or(0);
+                if current < wanted {
+                    std::fs::write(&key, wanted.to_string()).unwrap_or_else(|e| panic!("write {key}: {e}"));
+                    saved.push((key, before.trim().to_string()));
+                }
+            }
+        }
+        NeighbourTable { saved }
+    }
+}
+
+impl Drop for NeighbourTable {
+    fn drop(&mut self) {
+        // Lowest threshold first: gc_thresh1 <= gc_thresh2 <= gc_thresh3 holds at every step.
+        for (key, value) in &self.saved {
+            let _ = std::fs::write(key, value);
+        }
+    }
+}

@@ -66,11 +66,18 @@ impl Meshd {
 
     /// Like [`Meshd::start`] with more `meshd run` arguments (e.g. `--no-offload`).
     pub fn start_with(ns: &Netns, config: &Path, node: &str, extra: &[&str]) -> Meshd {
+        let mut meshd = Meshd::spawn(ns, config, node, extra);
+        meshd.wait_ready(Duration::from_secs(10));
+        meshd
+    }
+
+    /// Starts meshd like [`Meshd::start_with`] without waiting for it to answer.
+    fn spawn(ns: &Netns, config: &Path, node: &str, extra: &[&str]) -> Meshd {
         let dir = tempfile::Builder::new().prefix("meshd-run-").tempdir().expect("tempdir");
         let socket = dir.path().join(format!("{node}.sock"));
         let log = dir.path().join(format!("{node}.log"));
         let child = spawn_meshd(ns, config, node, &socket, &log, extra);
-        let mut meshd = Meshd {
+        Meshd {
             child: Some(child),
             netns: ns.name().to_string(),
             node: node.to_string(),
@@ -78,9 +85,7 @@ impl Meshd {
             log,
             exit: None,
             _dir: dir,
-        };
-        meshd.wait_ready(Duration::from_secs(10));
-        meshd
+        }
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -284,8 +289,33 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     child.wait().expect("wait for killed child")
 }
 
-/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, and waits until each
-/// answers `ikectl status`.
+/// Starts one `meshd` per lab node (`n1`..`nN`) with the same mesh file, one after the other,
+/// and waits until each answers `ikectl status` before the next starts.
 pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
     (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
+}
+
+/// Starts one `meshd` per lab node with the same mesh file and `extra` `meshd run` arguments,
+/// all at once, then waits until each answers `ikectl status` (at most 10 s, and a second more
+/// per ten nodes).
+pub fn start_all_at_once(lab: &crate::Lab, config: &Path, extra: &[&str]) -> Vec<Meshd> {
+    let mut daemons: Vec<Meshd> =
+        (0..lab.len()).map(|i| Meshd::spawn(lab.node(i), config, &lab.node_name(i), extra)).collect();
+    let timeout = Duration::from_secs(10 + lab.len() as u64 / 10);
+    for meshd in &mut daemons {
+        meshd.wait_ready(timeout);
+    }
+    daemons
+}
+
+/// Like [`start_all`] for a mesh file whose nodes have keys: node `i` runs with
+/// `--key <its key file>` ([`crate::MeshFile::key_args`]).
+pub fn start_all_with_keys(lab: &crate::Lab, mesh: &crate::MeshFile) -> Vec<Meshd> {
+    (0..lab.len())
+        .map(|i| {
+            let key = mesh.key_args(i);
+            let args: Vec<&str> = key.iter().map(String::as_str).collect();
+            Meshd::start_with(lab.node(i), mesh.path(), &lab.node_name(i), &args)
+        })
+        .collect()
 }

@@ -96,6 +96,23 @@ impl RoutedPair {
         self.router.run_ok(["nft", &format!("add rule ip nat post oifname {} masquerade", router_iface(i))]);
     }
 
+    /// The masquerading router gets a new mapping for what it forwards to node `i` (after
+    /// `masquerade_towards(i)`): its connection tracking is flushed and UDP leaves from `port`,
+    /// as when a home router restarts or a carrier NAT times a mapping out.
+    pub fn rebind_masquerade(&self, i: usize, port: u16) {
+        let iface = router_iface(i);
+        // One nft invocation is one transaction: nothing leaves untranslated in between.
+        self.router.run_ok([
+            "nft",
+            &format!(
+                "flush chain ip nat post; \
+                 add rule ip nat post oifname {iface} meta l4proto udp masquerade to :{port}; \
+                 add rule ip nat post oifname {iface} masquerade"
+            ),
+        ]);
+        self.router.run_ok(["conntrack", "-F"]);
+    }
+
     /// How many ICMP errors the router's nftables rules dropped so far.
     pub fn dropped_icmp(&self) -> u64 {
         let listing = self.router.run_stdout(["nft", "list table inet pmtu"]);

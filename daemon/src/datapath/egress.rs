@@ -12,7 +12,7 @@ use mesh_config::Mode;
 
 use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::diag::observe::{Observing, SeenFrame};
-use crate::drops::{DropContext, InnerAddresses};
+use crate::drops::{DropContext, InnerAddresses, SendErrorKind};
 use crate::esp;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
@@ -74,7 +74,7 @@ pub struct Egress<'a, U: EspSender, S: FrameSink> {
 
 impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     /// Forwards the frame at `buf[FRAME_OFFSET..][..frame_len]`, read from `overlay`'s TAP:
-    /// to the peer that owns the destination MAC, or to every peer (head-end replication) for
+    /// to the peer that owns the destination MAC, or to every peer on the overlay (head-end replication) for
     /// broadcast, multicast and unknown unicast. `scratch` holds the copies for replication.
     pub fn forward(&self, overlay: &Overlay, buf: &mut [u8], scratch: &mut [u8], frame_len: usize) {
         if let Some(destination) = self.destination(overlay, &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]) {
@@ -114,17 +114,16 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             self.send(overlay, peer, buf, frame_len);
             return;
         }
-        let peers = &self.topology.peers;
-        let Some((last, others)) = peers.split_last() else {
+        let Some((last, others)) = overlay.members.split_last() else {
             self.drop(DropReason::NoPeer, None, Some(overlay.vni), &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
             return;
         };
         for peer in others {
             scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len]
                 .copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
-            self.send(overlay, peer.id, scratch, frame_len);
+            self.send(overlay, *peer, scratch, frame_len);
         }
-        self.send(overlay, last.id, buf, frame_len);
+        self.send(overlay, *last, buf, frame_len);
     }
 
     fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
@@ -150,7 +149,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             return;
         };
         let Some(sequence) = sa.next_sequence() else {
-            sa.counters.drop(DropReason::SequenceExhausted);
+            sa.counters.count_drop(DropReason::SequenceExhausted);
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
             return;
         };
@@ -168,7 +167,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
         let Ok(esp_len) = sealed else {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
-            sa.counters.drop(DropReason::FrameTooLarge);
+            sa.counters.count_drop(DropReason::FrameTooLarge);
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &[]);
             return;
         };
@@ -183,7 +182,10 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                 } else {
                     DropReason::SendFailed
                 };
-                sa.counters.drop(reason);
+                sa.counters.count_drop(reason);
+                if reason == DropReason::SendFailed {
+                    peer.counters.send_errors.count(SendErrorKind::of(&error));
+                }
                 // The frame is sealed by now: no inner addresses.
                 self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
                 log_send_error(&error);

@@ -1,7 +1,7 @@
 //! Underlay -> ESP open with anti-replay -> VXLAN -> overlay TAP, in place in the worker's buffer.
 
 use std::cell::Cell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 
 use mesh_config::control::{Direction, DropReason};
@@ -94,8 +94,8 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
             return;
         };
         let peer = sa.params.peer;
-        if let Err(dropped) = self.open_and_deliver(sa, packet, source.ip(), sequence_low) {
-            sa.counters.drop(dropped.reason);
+        if let Err(dropped) = self.open_and_deliver(sa, packet, source, sequence_low) {
+            sa.counters.count_drop(dropped.reason);
             let mut context = context(Some(peer), Some(spi));
             context.sequence = dropped.sequence;
             context.vni = dropped.vni;
@@ -108,11 +108,13 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         &self,
         sa: &InboundSa,
         packet: &mut [u8],
-        source: IpAddr,
+        source: SocketAddr,
         sequence_low: u32,
     ) -> Result<(), Dropped> {
         let peer = self.topology.peer(sa.params.peer);
-        if sa.params.remote.ip() != source {
+        // A NAT'd peer whose mapping changed: followed once the packet proved authentic and new.
+        let follow = sa.params.follows_peer() && sa.params.remote != source;
+        if sa.params.remote.ip() != source.ip() && !follow {
             return Err(DropReason::WrongPeer.into());
         }
         let esn = sa.params.esn;
@@ -131,6 +133,9 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let opened = sa.opener.open(sequence, esn, packet).map_err(|error| with_sequence(open_reason(error)))?;
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
+        if follow {
+            self.state.sa_notices.notify(SaNotice::PeerMoved { peer: peer.id, spi: sa.params.spi, remote: source });
+        }
         if opened.next_header == inband::NEXT_HEADER {
             return self.inband(peer.id, opened.payload).map_err(with_sequence);
         }

@@ -82,10 +82,15 @@ pub fn mesh_file(setup: &Setup) -> MeshConfig {
 
 /// Node `index` of the mesh, with its manual SAs installed.
 pub fn node(setup: &Setup, index: usize) -> Arc<MeshState> {
-    let config = mesh_file(setup);
+    node_of(&mesh_file(setup), setup, index)
+}
+
+/// Node `index` of `config` (a [`mesh_file`] of `setup`, perhaps changed), with its manual SAs
+/// installed.
+pub fn node_of(config: &MeshConfig, setup: &Setup, index: usize) -> Arc<MeshState> {
     let name = format!("n{index}");
-    let state = Arc::new(MeshState::new(Topology::new(&config, &name, address(setup, index)).unwrap()));
-    manual::install(&config, &SaManager::new(state.clone()), None).unwrap();
+    let state = Arc::new(MeshState::new(Topology::new(config, &name, address(setup, index)).unwrap()));
+    manual::install(config, &SaManager::new(state.clone()), None).unwrap();
     state
 }
 
@@ -142,12 +147,23 @@ pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId
 
 /// What `state` delivers for `packets`, handled as one receive batch of a worker at `now_ms`.
 pub fn receive_batch_at(state: &MeshState, packets: &[(&[u8], IpAddr)], now_ms: u64) -> Vec<(OverlayId, Vec<u8>)> {
+    let packets: Vec<(&[u8], SocketAddr)> =
+        packets.iter().map(|(packet, from)| (*packet, SocketAddr::new(*from, 4500))).collect();
+    receive_from_at(state, &packets, now_ms)
+}
+
+/// What `state` delivers for `packets` from the given addresses and ports, as one batch.
+pub fn receive_from(state: &MeshState, packets: &[(&[u8], SocketAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
+    receive_from_at(state, packets, 7)
+}
+
+fn receive_from_at(state: &MeshState, packets: &[(&[u8], SocketAddr)], now_ms: u64) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
     let ingress = Ingress::new(state, &topology, &tables, &taps, now_ms, None);
     for (packet, from) in packets {
-        ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
+        ingress.receive(&mut packet.to_vec(), *from);
     }
     taps.0.into_inner()
 }

@@ -8,8 +8,8 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{
-    address, frame, node, receive, receive_batch_at, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A,
-    MAC_B,
+    address, frame, mesh_file, node, node_of, receive, receive_batch_at, send, send_and_answer, spi, Setup, BROADCAST,
+    DEFAULT, MAC_A, MAC_B,
 };
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -59,6 +59,34 @@ fn round_trip_in_every_encapsulation() {
             }
         }
     }
+}
+
+#[test]
+fn broadcast_goes_only_to_the_peers_on_the_overlay() {
+    // n0 is on ovl0 with n1 and on ovl1 with n2; n1 and n2 share no overlay.
+    let setup = Setup { nodes: 3, ..DEFAULT };
+    let mut config = mesh_file(&setup);
+    let mut second = config.overlays[0].clone();
+    (second.name, second.interface, second.vni) = ("ovl1".into(), "ovl1".into(), 4243);
+    config.overlays[0].members = Some(vec!["n0".into(), "n1".into()]);
+    second.members = Some(vec!["n0".into(), "n2".into()]);
+    config.overlays.push(second);
+    let n0 = node_of(&config, &setup, 0);
+    let members: Vec<Vec<String>> = n0
+        .topology()
+        .overlays
+        .iter()
+        .map(|o| o.members.iter().map(|id| n0.topology().peer(*id).name.clone()).collect())
+        .collect();
+    assert_eq!(members, [vec!["n1".to_string()], vec!["n2".to_string()]]);
+    let sent = send(&n0, &frame(BROADCAST, MAC_A, 60));
+    assert_eq!(sent.iter().map(|(_, to)| *to).collect::<Vec<_>>(), vec![address(&setup, 1)]);
+    let n1 = node_of(&config, &setup, 1);
+    assert_eq!(
+        n1.topology().peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["n0"],
+        "n1 does not peer with n2"
+    );
 }
 
 #[test]

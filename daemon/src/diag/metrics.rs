@@ -101,7 +101,11 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     let path_overlay_mtu = Family::<PeerLabels, Gauge>::default();
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
+    let send_errors = Family::<DropLabels, Counter>::default();
     for peer in &topology.peers {
+        for (errno, count) in peer.counters.send_errors.snapshot() {
+            send_errors.get_or_create(&DropLabels { reason: errno, peer: peer.name.clone() }).inc_by(count);
+        }
         let counters = &peer.counters;
         for (direction, byte_count, packet_count) in
             [("tx", &counters.tx_bytes, &counters.tx_packets), ("rx", &counters.rx_bytes, &counters.rx_packets)]
@@ -142,6 +146,11 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     );
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
+    registry.register(
+        "send_errors",
+        "Packets to a peer the kernel refused to send, by errno (ENOBUFS: neighbour table full, docs/install.md)",
+        send_errors,
+    );
 
     let drops = Family::<DropLabels, Counter>::default();
     let report = state.drops.report(|id| topology.peer_name(id), None);

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::query::{QueryService, QUERY_PORT};
 use super::Sources;
+use crate::drops::SendErrorKind;
 use crate::error::RequestError;
 use crate::ike::IkeState;
 use crate::keying::Keying;
@@ -113,7 +114,8 @@ pub async fn ping(
     let peer_id = topology.resolve_peer(peer_name).map_err(RequestError::UnknownPeer)?;
     let peer = topology.peer(peer_id);
     let me = topology.node_name.clone();
-    let ask = || query.ask(config, &me, &peer.name, peer.address);
+    let ask = || query.ask(config, keying, &me, peer);
+    let send_errors_before = SendErrorKind::ALL.map(|kind| peer.counters.send_errors.get(kind));
     let before = ask().await;
     let probes = probe(state, keying, peer_id, count, size).await;
     let after = ask().await;
@@ -130,8 +132,20 @@ pub async fn ping(
     let encap = topology.encap;
     let overlays = crate::pmtu::status::overlays(state, overlays);
     let mtu_warnings = crate::pmtu::status::peer_warnings(peer, &overlays);
-    let healthy = mtu_warnings.is_empty();
+    let mut healthy = mtu_warnings.is_empty();
     verdicts.extend(mtu_warnings);
+    for (kind, before) in SendErrorKind::ALL.into_iter().zip(send_errors_before) {
+        let failed = peer.counters.send_errors.get(kind).saturating_sub(before);
+        if failed > 0 {
+            healthy = false;
+            verdicts.push(format!(
+                "the kernel refused {failed} packets to {} during this ping ({}): {}",
+                peer.name,
+                kind.name(),
+                kind.advice()
+            ));
+        }
+    }
     let healthy =
         healthy & judge(&local, remote.as_ref(), &peer_drops_before, &probes, &peer.name, encap, &mut verdicts);
     let rows = rows(&local, remote.as_ref(), &probes, topology.local_address);

@@ -158,20 +158,21 @@ fn neighbour_hop(interface: &str, ip: IpAddr) -> (TraceHop, Option<EthernetAddre
     (h, mac)
 }
 
-/// The FDB decision: the peer behind `mac`, or every peer (flooding).
+/// The FDB decision: the peer behind `mac`, or every peer on the overlay (flooding).
 fn fdb_hop<'t>(
     sources: &Sources<'_>,
     topology: &'t Topology,
     overlay: &Overlay,
     mac: Option<EthernetAddress>,
 ) -> (TraceHop, Vec<&'t Peer>) {
-    let everyone: Vec<&Peer> = topology.peers.iter().collect();
+    let everyone: Vec<&Peer> = overlay.members.iter().map(|id| topology.peer(*id)).collect();
     let Some(mac) = mac else {
-        let h = hop("fdb", format!("no MAC yet: flooded to every peer ({})", everyone.len()));
+        let h = hop("fdb", format!("no MAC yet: flooded to every peer on the overlay ({})", everyone.len()));
         return (h, everyone);
     };
     if !mac.is_unicast() {
-        let mut h = hop("fdb", format!("{mac} is broadcast/multicast: sent to every peer ({})", everyone.len()));
+        let mut h =
+            hop("fdb", format!("{mac} is broadcast/multicast: sent to every peer on the overlay ({})", everyone.len()));
         field(&mut h, "mac", mac);
         return (h, everyone);
     }
@@ -187,8 +188,13 @@ fn fdb_hop<'t>(
             (h, vec![peer])
         }
         None => {
-            let mut h =
-                hop("fdb", format!("{mac} not learned: unknown unicast, flooded to every peer ({})", everyone.len()));
+            let mut h = hop(
+                "fdb",
+                format!(
+                    "{mac} not learned: unknown unicast, flooded to every peer on the overlay ({})",
+                    everyone.len()
+                ),
+            );
             field(&mut h, "mac", mac);
             (h, everyone)
         }

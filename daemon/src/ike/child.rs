@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mesh_config::Mode;
 
 use super::context::Context;
-use super::crypto::{ChildSaKeys as DerivedChildKeys, Role, X25519KeyPair};
+use super::crypto::{ChildSaKeys as DerivedChildKeys, IkeSaKeys, Role, X25519KeyPair};
 use super::message::ids::{diffie_hellman, exchange, notify, protocol};
 use super::message::{Header, KeyExchange, Nonce, Notify, Payload};
 use super::parts::{flag, has_notify, notifies, our_group, Parts};
@@ -37,6 +37,10 @@ struct Child {
     pending_outbound: Option<(ChildSaKeys, Instant)>,
     /// A rekey of this Child SA is under way or done.
     rekeyed: bool,
+    /// Its rekey is queued behind another request: not due again meanwhile.
+    rekey_queued: bool,
+    /// Our answer to the peer's rekey of it: a repeated REKEY_SA gets the same one.
+    rekey_answer: Option<Vec<Payload>>,
 }
 
 /// The Child SAs of one IKE SA.
@@ -70,7 +74,15 @@ impl Children {
     /// The earliest Child SA timer.
     pub(super) fn timeout(&self) -> Option<Instant> {
         let pending = self.list.iter().filter_map(|c| c.pending_outbound.as_ref().map(|(_, at)| *at));
-        self.list.iter().flat_map(|c| [c.rekey_at, c.expire_at]).chain(pending).min()
+        // A Child SA being rekeyed waits for the exchange, not for its rekey time again.
+        let rekeys = self.list.iter().filter(|c| !c.rekeyed && !c.rekey_queued).map(|c| c.rekey_at);
+        self.list.iter().map(|c| c.expire_at).chain(rekeys).chain(pending).min()
+    }
+
+    /// Takes in the Child SAs of the IKE SA this one replaced.
+    pub(super) fn adopt(&mut self, other: Children) {
+        self.list.extend(other.list);
+        self.collision_nonces.extend(other.collision_nonces);
     }
 
     /// Held-back outbound SAs whose DELETE did not come are used; expired Child SAs go.
@@ -87,9 +99,14 @@ impl Children {
         for child in expired {
             tracing::warn!(spi = format_args!("{:#010x}", child.inbound_spi), "Child SA expired before it was rekeyed");
             cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
-            cx.events.push_back(Event::RemoveInbound { spi: child.inbound_spi });
+            cx.events.push_back(Event::RemoveInbound { peer, spi: child.inbound_spi });
         }
-        self.list.iter().filter(|c| !c.rekeyed && now >= c.rekey_at).map(|c| c.inbound_spi).collect()
+        let due = self.list.iter_mut().filter(|c| !c.rekeyed && !c.rekey_queued && now >= c.rekey_at);
+        due.map(|c| {
+            c.rekey_queued = true;
+            c.inbound_spi
+        })
+        .collect()
     }
 
     /// Uses the outbound halves held back for a replaced Child SA now.
@@ -110,14 +127,14 @@ impl Children {
             self.release_pending(cx, peer);
         }
         cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
-        cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
+        cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
         child.inbound_spi
     }
 }
 
 /// RFC 7296 §2.8.1: of crossed rekeys of one Child SA, the exchange with the lowest nonce
 /// loses; true if ours (nonces `ni`, `nr`) lost to one of `theirs`.
-fn lost_collision(ni: &[u8], nr: &[u8], theirs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+pub(super) fn lost_collision(ni: &[u8], nr: &[u8], theirs: &[(Vec<u8>, Vec<u8>)]) -> bool {
     let lowest_ours = ni.min(nr);
     theirs.iter().any(|(their_ni, their_nr)| lowest_ours < their_ni.as_slice().min(their_nr.as_slice()))
 }
@@ -143,6 +160,9 @@ pub(super) struct NewChild<'a> {
     pub(super) ni: &'a [u8],
     pub(super) nr: &'a [u8],
     pub(super) install: ChildInstall,
+    /// The keys of the IKE SA the exchange ran over, when that is not this one (it was
+    /// replaced by a rekey meanwhile): the Child SA's keys come from its SK_d.
+    pub(super) exchange_keys: Option<&'a IkeSaKeys>,
 }
 
 /// Our Child SA rekey request, now answered.
@@ -161,9 +181,9 @@ impl IkeSa {
         new: NewChild<'_>,
         now: Instant,
     ) -> Result<(), Failure> {
-        let NewChild { chosen, inbound_spi, mode, shared_secret, ni, nr, install } = new;
-        let derived = self
-            .keys
+        let NewChild { chosen, inbound_spi, mode, shared_secret, ni, nr, install, exchange_keys } = new;
+        let derived = exchange_keys
+            .unwrap_or(&self.keys)
             .child_sa_keys(chosen.cipher, shared_secret, ni, nr)
             .map_err(|_| Failure::Local(LocalError::Crypto("derive Child SA keys")))?;
         let initiator_of_exchange = match install {
@@ -185,6 +205,8 @@ impl IkeSa {
             expire_at: now + lifetime,
             pending_outbound: None,
             rekeyed: false,
+            rekey_queued: false,
+            rekey_answer: None,
         };
         cx.events.push_back(Event::InstallInbound { peer, sa: keys_for(inbound_spi, inbound_key) });
         let outbound = keys_for(chosen.spi, outbound_key);
@@ -220,9 +242,9 @@ impl IkeSa {
         for child in self.children.list.drain(..) {
             cx.events.push_back(Event::RemoveOutbound { peer, spi: child.outbound_spi });
             if now_too {
-                cx.events.push_back(Event::RemoveInbound { spi: child.inbound_spi });
+                cx.events.push_back(Event::RemoveInbound { peer, spi: child.inbound_spi });
             } else {
-                cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
+                cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
             }
         }
     }
@@ -298,6 +320,7 @@ impl IkeSa {
         payloads: &[Payload],
         rekey: OurRekey,
         outbound_allowed: bool,
+        exchange_keys: Option<&IkeSaKeys>,
         now: Instant,
     ) -> Result<(), Failure> {
         let Some(peer) = self.peer else { return Ok(()) };
@@ -310,7 +333,8 @@ impl IkeSa {
             let error = notifies(payloads).find(|n| n.is_error()).map(|n| n.notify_type);
             tracing::debug!(?error, "the peer refused our Child SA rekey; keeping the Child SA");
             if let Some(index) = self.children.by_inbound(old_inbound_spi) {
-                self.children.list[index].rekeyed = false;
+                let child = &mut self.children.list[index];
+                (child.rekeyed, child.rekey_queued) = (false, false);
             }
             return Ok(());
         };
@@ -318,8 +342,16 @@ impl IkeSa {
         let mode = self.children.by_inbound(old_inbound_spi).map_or(Mode::Tunnel, |i| self.children.list[i].mode);
         let lost = lost_collision(&ni, &nr, &self.children.collision_nonces);
         let install = ChildInstall::RekeyInitiator { outbound_allowed };
-        let new =
-            NewChild { chosen, inbound_spi: new_inbound_spi, mode, shared_secret: None, ni: &ni, nr: &nr, install };
+        let new = NewChild {
+            chosen,
+            inbound_spi: new_inbound_spi,
+            mode,
+            shared_secret: None,
+            ni: &ni,
+            nr: &nr,
+            install,
+            exchange_keys,
+        };
         self.add_child(cx, peer, new, now)?;
         self.children.collision_nonces.clear();
         if lost {
@@ -327,7 +359,7 @@ impl IkeSa {
             tracing::debug!("Child SA rekey collision: deleting our redundant Child SA");
             if let Some(index) = self.children.by_inbound(new_inbound_spi) {
                 let child = self.children.list.remove(index);
-                cx.retiring.push((child.inbound_spi, now + INBOUND_GRACE));
+                cx.retiring.push((peer, child.inbound_spi, now + INBOUND_GRACE));
             }
             self.queue(cx, Queued::DeleteChild(vec![new_inbound_spi]), now)?;
         }
@@ -386,6 +418,10 @@ impl IkeSa {
         let (Some(peer), Some(index)) = (self.peer, self.children.by_outbound(old_spi)) else {
             return self.send_response(cx, request, &[child_not_found(old_spi)]);
         };
+        if let Some(answer) = self.children.list[index].rekey_answer.clone() {
+            // Rekeyed already at the peer's request: the same result, no second Child SA.
+            return self.send_response(cx, request, &answer);
+        }
         let old_mode = self.children.list[index].mode;
         let chosen = match self.negotiate_child(cx, peer, payloads) {
             Ok((chosen, _)) => chosen,
@@ -420,6 +456,7 @@ impl IkeSa {
         response.push(Payload::TrafficSelectorInitiator(proposal::node_selector(cx.peer_address(peer), port)));
         response.push(Payload::TrafficSelectorResponder(proposal::node_selector(cx.settings.local, port)));
         self.send_response(cx, request, &response)?;
+        self.children.list[index].rekey_answer = Some(response);
         // A collision: our own rekey of the same Child SA is under way (RFC 7296 §2.8.1).
         let old_inbound = self.children.list[index].inbound_spi;
         if matches!(self.window.outstanding(), Some(Purpose::RekeyChild { old_inbound_spi, .. }) if *old_inbound_spi == old_inbound)
@@ -429,7 +466,16 @@ impl IkeSa {
         self.children.list[index].rekeyed = true;
         let secret = shared.as_ref().map(|s| &s[..]);
         let install = ChildInstall::RekeyResponder;
-        let new = NewChild { chosen, inbound_spi, mode: old_mode, shared_secret: secret, ni, nr: &nr, install };
+        let new = NewChild {
+            chosen,
+            inbound_spi,
+            mode: old_mode,
+            shared_secret: secret,
+            ni,
+            nr: &nr,
+            install,
+            exchange_keys: None,
+        };
         self.add_child(cx, peer, new, now)
     }
 }

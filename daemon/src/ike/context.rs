@@ -25,8 +25,8 @@ pub(super) struct Context {
     pub(super) rng: Box<dyn Rng>,
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
-    /// Inbound SAs to remove later: (SPI, when).
-    pub(super) retiring: Vec<(u32, Instant)>,
+    /// Inbound SAs to remove later: (peer, SPI, when).
+    pub(super) retiring: Vec<(PeerIndex, u32, Instant)>,
     pub(super) counters: IkeCounters,
     /// Our SPIs of every IKE SA (also those still connecting), so that new ones are unique.
     pub(super) spis_in_use: HashSet<u64>,
@@ -58,6 +58,8 @@ impl Context {
             Refusal::Malformed | Refusal::Unexpected => self.counters.malformed += 1,
             Refusal::Unauthentic => self.counters.unauthentic += 1,
             Refusal::UnknownSpi => self.counters.unknown_spi += 1,
+            Refusal::NoProposal => self.counters.no_proposal += 1,
+            Refusal::HalfOpenFull => self.counters.half_open_full += 1,
         }
         tracing::debug!(%from, "IKE message dropped: it {}", refusal.describe());
         self.events.push_back(Event::Refused { peer: self.peer_by_address(from.ip()), from, refusal });
@@ -118,4 +120,12 @@ impl Context {
 pub(super) fn detect_nat(payloads: &[Payload], spis: &SpiPair, to: SocketAddr) -> bool {
     let ours = nat_detection_hash(&spis.initiator, &spis.responder, to);
     notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_DESTINATION_IP && n.data != ours)
+}
+
+/// Whether a NAT is in front of the peer: none of its NAT_DETECTION_SOURCE_IP hashes names the
+/// address the message came from (RFC 7296 §2.23). A peer that forces encapsulation sends a hash
+/// that cannot match, and counts as behind NAT, as it asks to.
+pub(super) fn detect_peer_nat(payloads: &[Payload], spis: &SpiPair, from: SocketAddr) -> bool {
+    let theirs = nat_detection_hash(&spis.initiator, &spis.responder, from);
+    !notifies(payloads).any(|n| n.notify_type == notify::NAT_DETECTION_SOURCE_IP && n.data == theirs)
 }

@@ -11,14 +11,17 @@
 //! [`rekey`](super::rekey)); the rules between IKE SAs of a peer are in
 //! [`policy`](super::policy), the half-open limit in [`cookie_gate`](super::cookie_gate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 use super::context::Context;
-use super::cookie_gate::{Admission, CookieGate};
+use super::cookie_gate::{Admission, CookieGate, INIT_REQUEST_MAX_LEN};
 use super::crypto::CryptoError;
 use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, FirstChild, InitResponse};
+use super::identity;
 use super::message::ids::{exchange, notify};
 use super::message::{parse_payloads, Header, Message, Notify, Payload};
 use super::parts::{has_notify, notifies, Parts};
@@ -26,9 +29,10 @@ use super::policy::{beats, retry_delay, Origin, PeerState, DUPLICATE_GRACE, RECO
 use super::rng::{Rng, SystemRng};
 use super::sa::{IkeSa, Next, Phase};
 use super::status::{IkeCounters, IkeSaStatus, IkeState};
-use super::types::{Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
+use super::timers::Timers;
+use super::types::{Event, Failure, IkeSettings, LocalError, PeerIndex, PeerSettings, Refusal, Transmit};
 use super::window::{Queued, Resend};
-use super::IKE_PORT;
+use super::{IKE_PORT, NAT_T_PORT};
 
 pub struct Endpoint {
     cx: Context,
@@ -37,6 +41,23 @@ pub struct Endpoint {
     /// Our IKE_SA_INIT requests waiting for their response, by our SPI.
     connecting: HashMap<u64, Connecting>,
     gate: CookieGate,
+    /// The deadline of every IKE SA, attempt and retirement; kept up to date by [`settle`](Self::settle).
+    timers: Timers<Timer>,
+    /// IKE SAs (ours SPIs, also connecting ones) and peers whose deadlines may have changed
+    /// since the last `settle`.
+    touched: HashSet<u64>,
+    touched_peers: HashSet<PeerIndex>,
+}
+
+/// What a deadline in [`Endpoint::timers`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// Inbound SAs to retire.
+    Retiring,
+    /// The next attempt to reach a peer with no IKE SA.
+    Attempt(PeerIndex),
+    /// An IKE SA or a connecting initiator, by our SPI.
+    Sa(u64),
 }
 
 impl Endpoint {
@@ -47,12 +68,18 @@ impl Endpoint {
 
     /// An endpoint that draws SPIs, nonces and jitter from `rng`.
     pub fn with_rng(settings: IkeSettings, rng: Box<dyn Rng>, now: Instant) -> Result<Self, CryptoError> {
-        Ok(Endpoint {
+        let settings_peers = settings.peers.len();
+        let mut endpoint = Endpoint {
             cx: Context::new(settings, rng, now),
             sas: HashMap::new(),
             connecting: HashMap::new(),
-            gate: CookieGate::new()?,
-        })
+            gate: CookieGate::new(now)?,
+            timers: Timers::new(),
+            touched: HashSet::new(),
+            touched_peers: (0..settings_peers).collect(),
+        };
+        endpoint.settle();
+        Ok(endpoint)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -70,16 +97,7 @@ impl Endpoint {
 
     /// The earliest time `handle_timeout` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let waiting_peers = self.cx.peers.iter().enumerate().filter(|(index, peer)| {
-            !peer.removed
-                && !self.sas.values().any(|sa| sa.peer == Some(*index))
-                && !self.connecting.values().any(|c| c.peer == *index)
-        });
-        let attempts = waiting_peers.map(|(_, peer)| peer.next_attempt);
-        let initiators = self.connecting.values().map(|c| c.sending.next_send);
-        let sas = self.sas.values().filter_map(|sa| sa.timeout(self.cx.settings.dpd));
-        let retiring = self.cx.retiring.iter().map(|(_, at)| *at);
-        attempts.chain(initiators).chain(sas).chain(retiring).min()
+        self.timers.next()
     }
 
     /// The IKE SAs, for `ikectl`.
@@ -97,18 +115,21 @@ impl Endpoint {
             established_secs: None,
             rekey_in_secs: None,
             children: Vec::new(),
+            peer_auth: None,
         });
         let mut list: Vec<IkeSaStatus> = self.sas.values().map(|sa| sa.status(now)).chain(connecting).collect();
         list.sort_by_key(|s| (s.peer, s.initiator_spi));
         list
     }
 
-    /// Establishes an IKE SA with `peer` now, unless one exists or is being made.
+    /// Establishes an IKE SA with `peer` now, unless one exists or is being made (tests and the
+    /// fuzz target; the daemon lets the mesh policy's timers decide).
     #[cfg(any(test, feature = "internals"))]
     pub fn connect(&mut self, peer: PeerIndex, now: Instant) {
         if self.cx.is_member(peer) && !self.has_sa_with(peer) {
             self.start_initiator(peer, now);
         }
+        self.settle();
     }
 
     /// ESP arrived for an SPI we do not know from `peer`: our state and the peer's differ.
@@ -118,11 +139,12 @@ impl Endpoint {
             if self.cx.peers.get(peer).is_some_and(|p| !p.removed && now >= p.next_attempt) {
                 self.start_initiator(peer, now);
             }
-            return;
+        } else {
+            for spi in self.established_with(peer) {
+                self.queue(spi, Queued::Liveness, now);
+            }
         }
-        for spi in self.established_with(peer) {
-            self.queue(spi, Queued::Liveness, now);
-        }
+        self.settle();
     }
 
     /// Rekeys the Child SA that sends on `outbound_spi` now (its sequence numbers run out).
@@ -134,19 +156,46 @@ impl Endpoint {
         if let Some((our_spi, inbound_spi)) = found {
             self.queue(our_spi, Queued::RekeyChild(inbound_spi), now);
         }
+        self.settle();
+    }
+
+    /// The datapath took authentic ESP from `peer` at `remote`, a new NAT mapping (the SA
+    /// manager checked that the peer is behind NAT): its IKE SAs on UDP 4500 follow, as they would
+    /// for an IKE message from there (RFC 7296 §2.23).
+    pub fn peer_moved(&mut self, peer: PeerIndex, remote: SocketAddr) {
+        for sa in self.sas.values_mut().filter(|sa| sa.peer == Some(peer) && sa.local_port == NAT_T_PORT) {
+            sa.remote = remote;
+        }
+    }
+
+    /// The underlay changed (a link or route came up): without a live IKE SA with `peer`,
+    /// negotiate now instead of at the next timed attempt or retransmission.
+    pub fn retry_now(&mut self, peer: PeerIndex, now: Instant) {
+        if !self.cx.is_member(peer) || self.sas.values().any(|sa| sa.peer == Some(peer) && sa.is_live()) {
+            return;
+        }
+        let waiting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
+        for spi in waiting {
+            self.forget(spi);
+        }
+        self.start_initiator(peer, now);
     }
 
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
     pub fn flush(&mut self, peer: PeerIndex, now: Instant) {
         self.delete_sas_with(peer, now);
         self.start_initiator(peer, now);
+        self.settle();
     }
 
     /// A reload adds a peer; returns its index. Negotiation starts as for the peers of `new`.
     pub fn add_peer(&mut self, peer: PeerSettings, now: Instant) -> PeerIndex {
         self.cx.peers.push(PeerState::new(&self.cx.settings, &peer, now));
         self.cx.settings.peers.push(peer);
-        self.cx.peers.len() - 1
+        let index = self.cx.peers.len() - 1;
+        self.touched_peers.insert(index);
+        self.settle();
+        index
     }
 
     /// A reload removes a peer: its SAs are deleted (telling it) and it is never negotiated with
@@ -156,15 +205,30 @@ impl Endpoint {
         if let Some(state) = self.cx.peers.get_mut(peer) {
             state.removed = true;
         }
+        self.touched_peers.insert(peer);
+        self.settle();
     }
 
-    /// A reload changes the credentials or SA settings (`settings.peers` is ignored: peers come
-    /// and go with `add_peer` and `remove_peer`). SAs made from now on use them; the reload
-    /// re-keys the peers whose SAs must change.
+    /// A reload changes the credentials or SA settings (of `settings.peers` only the public keys
+    /// are taken: peers come and go with `add_peer` and `remove_peer`). SAs made from now on use
+    /// them; the reload re-keys the peers whose SAs must change.
     pub fn reconfigure(&mut self, mut settings: IkeSettings) {
-        settings.peers = std::mem::take(&mut self.cx.settings.peers);
+        let mut peers = std::mem::take(&mut self.cx.settings.peers);
+        identity::update_peer_keys(&mut peers, &settings.peers);
+        settings.peers = peers;
         self.cx.ciphers = settings.ciphers();
         self.cx.settings = settings;
+        // The liveness interval may differ now.
+        self.touched.extend(self.sas.keys());
+        self.settle();
+    }
+
+    /// The diagnostic query keys of the established IKE SAs with `peer`, newest first.
+    pub fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+        let mut sas: Vec<&IkeSa> =
+            self.sas.values().filter(|sa| sa.peer == Some(peer) && sa.is_established()).collect();
+        sas.sort_by_key(|sa| std::cmp::Reverse(sa.phase.established_since()));
+        sas.iter().filter_map(|sa| sa.keys.query_key().ok()).collect()
     }
 
     /// `peer` announced that it answers meshd's path-MTU probes (docs/mtu.md).
@@ -177,6 +241,11 @@ impl Endpoint {
     /// Handles one received IKE message (without the non-ESP marker) that arrived from `from`
     /// on our port `local_port`.
     pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
+        self.receive(datagram, from, local_port, now);
+        self.settle();
+    }
+
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
         let Ok(message) = Message::parse(datagram) else {
             self.cx.refuse(Refusal::Malformed, from);
             return;
@@ -188,6 +257,9 @@ impl Endpoint {
         }
         // Our SPI is the initiator's when the sender is not the original initiator.
         let our_spi = if header.initiator { header.responder_spi } else { header.initiator_spi };
+        if self.sas.contains_key(&our_spi) || self.connecting.contains_key(&our_spi) {
+            self.touched.insert(our_spi);
+        }
         if header.exchange_type == exchange::IKE_SA_INIT {
             if header.response && self.connecting.contains_key(&our_spi) {
                 self.handle_init_response(our_spi, &message, datagram, (from, local_port), now);
@@ -216,14 +288,11 @@ impl Endpoint {
             self.cx.refuse(Refusal::Malformed, from);
             return;
         };
-        sa.last_heard = now;
-        // Follow the peer's address and port (NAT mappings change); RFC 7296 §2.23.
-        sa.remote = from;
-        sa.local_port = local_port;
+        let arrival = (from, local_port);
         let next = if header.response {
-            sa.handle_response(&mut self.cx, header, payloads, outbound_allowed, now)
+            sa.handle_response(&mut self.cx, header, payloads, outbound_allowed, arrival, now)
         } else {
-            sa.handle_request(&mut self.cx, header, payloads, now)
+            sa.handle_request(&mut self.cx, header, payloads, arrival, now)
         };
         self.apply(our_spi, next, now);
     }
@@ -236,10 +305,26 @@ impl Endpoint {
         now: Instant,
     ) {
         let header = message.header;
+        if datagram.len() > INIT_REQUEST_MAX_LEN {
+            self.cx.refuse(Refusal::Malformed, from);
+            return;
+        }
         if let Some(our_spi) = self.gate.half_open_for(from, header.initiator_spi) {
-            // A retransmission: answer with the same response.
-            if let Some(Phase::ExpectAuthRequest(handshake)) = self.sas.get(&our_spi).map(|sa| &sa.phase) {
-                self.cx.send(from, local_port, handshake.init_response.clone());
+            // A retransmission: only the same request, byte for byte, gets the same response,
+            // and not more often than the initiator retransmits (else a forged header, or a
+            // replay, draws a larger answer to whoever it names: a reflector).
+            let response = match self.sas.get(&our_spi).map(|sa| &sa.phase) {
+                Some(Phase::ExpectAuthRequest(handshake)) if handshake.init_request == datagram => {
+                    Some(handshake.init_response.clone())
+                }
+                _ => None,
+            };
+            match response {
+                Some(bytes) if self.gate.resend_due(from, header.initiator_spi, now) => {
+                    self.cx.send(from, local_port, bytes)
+                }
+                Some(_) => {}
+                None => self.cx.refuse(Refusal::Unexpected, from),
             }
             return;
         }
@@ -249,25 +334,31 @@ impl Endpoint {
             return;
         };
         let cookie = notifies(payloads).find(|n| n.notify_type == notify::COOKIE).map(|n| n.data.as_slice());
-        if let Admission::DemandCookie(cookie) = self.gate.admit(from, header.initiator_spi, ni, cookie) {
-            self.cx.counters.cookies_sent += 1;
-            reply_unprotected(&mut self.cx, header, Notify::new(notify::COOKIE, cookie), from, local_port);
-            return;
-        }
-        let answered =
-            self.cx.fresh_ike_spi().map_err(Failure::from).and_then(|our_spi| {
+        let admission = self.gate.admit(from, header.initiator_spi, ni, cookie, now);
+        let admission = admission.map_err(|_| Failure::Local(LocalError::Crypto("rotate the cookie secret")));
+        let answered = match admission {
+            Ok(Admission::Admit) => self.cx.fresh_ike_spi().map_err(Failure::from).and_then(|our_spi| {
                 answer_init_request(&mut self.cx, message, datagram, (from, local_port), our_spi, now)
-            });
+            }),
+            Ok(Admission::DemandCookie(cookie)) => {
+                self.cx.counters.cookies_sent += 1;
+                reply_unprotected(&mut self.cx, header, Notify::new(notify::COOKIE, cookie), from, local_port);
+                return;
+            }
+            Ok(Admission::Full) => return self.cx.refuse(Refusal::HalfOpenFull, from),
+            Err(failure) => Err(failure),
+        };
         match answered {
             Ok(Some(sa)) => {
-                self.gate.opened(from, header.initiator_spi, sa.our_spi);
+                self.gate.opened(from, header.initiator_spi, sa.our_spi, now);
                 self.insert(sa);
             }
             Ok(None) => {}
             Err(failure) => {
+                // Our own failure (RNG, crypto library), not the sender's: no peer's state
+                // changes for an unauthenticated request.
                 tracing::error!(%from, "IKE_SA_INIT not answered: {failure}");
-                let peer = self.cx.peer_by_address(from.ip());
-                self.cx.events.push_back(Event::Failed { peer, from, failure });
+                self.cx.events.push_back(Event::Failed { peer: None, from, failure });
             }
         }
     }
@@ -303,8 +394,8 @@ impl Endpoint {
     /// older IKE SAs go before the new one is established.
     fn complete_auth_request(&mut self, spi: u64, request: Header, payloads: Vec<Payload>, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else { return };
-        let peer = match sa.authenticate_request(&mut self.cx, request, &payloads) {
-            Ok(AuthVerdict::Authenticated(peer)) => peer,
+        let (peer, peer_auth) = match sa.authenticate_request(&mut self.cx, request, &payloads) {
+            Ok(AuthVerdict::Authenticated(peer, peer_auth)) => (peer, peer_auth),
             Ok(AuthVerdict::Dropped) => return,
             Ok(AuthVerdict::Rejected { peer, failure }) => {
                 let from = sa.remote;
@@ -317,7 +408,7 @@ impl Endpoint {
             self.drop_stale_sas(peer, spi, now);
         }
         let Some(sa) = self.sas.get_mut(&spi) else { return };
-        match sa.answer_auth_request(&mut self.cx, peer, request, &payloads, now) {
+        match sa.answer_auth_request(&mut self.cx, (peer, peer_auth), request, &payloads, now) {
             Ok(first) => self.established(spi, peer, first, now),
             Err(failure) => self.fail(spi, failure, now),
         }
@@ -344,6 +435,11 @@ impl Endpoint {
         }
         self.cx.events.push_back(Event::Established { peer });
         self.resolve_duplicates(peer, now);
+        if !self.sas.get(&spi).is_some_and(IkeSa::is_established) {
+            // It lost to a duplicate and is being deleted already: a Child SA installed now
+            // would outlive it (the peer drops its half with the IKE SA).
+            return;
+        }
         let outbound_allowed = self.outbound_allowed(spi);
         self.run(spi, now, |sa, cx| sa.install_first_child(cx, first, outbound_allowed, now).map(|()| Next::Stay));
     }
@@ -375,6 +471,7 @@ impl Endpoint {
                     sa.start_deleting(cx, now).map(|()| Next::Stay)
                 });
             } else if let Some(sa) = self.sas.get_mut(&spi) {
+                self.touched.insert(spi);
                 sa.delete_at.get_or_insert(now + DUPLICATE_GRACE);
             }
         }
@@ -455,12 +552,14 @@ impl Endpoint {
         match started {
             Ok(connecting) => {
                 self.cx.peers[peer].next_attempt = now + RECONNECT_INTERVAL;
+                self.touched.insert(connecting.our_spi);
                 self.cx.spis_in_use.insert(connecting.our_spi);
                 self.connecting.insert(connecting.our_spi, connecting);
             }
             Err(failure) => {
                 tracing::error!(%address, "cannot start IKE with the peer: {failure}");
                 self.cx.peers[peer].next_attempt = now + retry_delay(&failure);
+                self.touched_peers.insert(peer);
                 let from = SocketAddr::new(address, IKE_PORT);
                 self.cx.events.push_back(Event::Failed { peer: Some(peer), from, failure });
             }
@@ -469,10 +568,34 @@ impl Endpoint {
 
     // ----- time -----
 
+    /// Does what is due at `now`: only the IKE SAs, attempts and retirements whose deadlines
+    /// passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let connecting: Vec<u64> = self.connecting.keys().copied().collect();
-        for spi in connecting {
-            let Some(c) = self.connecting.get_mut(&spi) else { continue };
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Sa(spi) => self.sa_due(spi, now),
+                Timer::Attempt(peer) => {
+                    self.touched_peers.insert(peer);
+                    if self.cx.is_member(peer) && !self.has_sa_with(peer) && now >= self.cx.peers[peer].next_attempt {
+                        self.start_initiator(peer, now);
+                    }
+                }
+                Timer::Retiring => {
+                    let (due, later) =
+                        std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, _, at)| *at <= now);
+                    self.cx.retiring = later;
+                    for (peer, spi, _) in due {
+                        self.cx.events.push_back(Event::RemoveInbound { peer, spi });
+                    }
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn sa_due(&mut self, spi: u64, now: Instant) {
+        self.touched.insert(spi);
+        if let Some(c) = self.connecting.get_mut(&spi) {
             match c.sending.due(now) {
                 Resend::NotYet => {}
                 Resend::Send(bytes) => {
@@ -484,21 +607,32 @@ impl Endpoint {
                     self.fail(spi, Failure::Timeout, now);
                 }
             }
+            return;
         }
-        let spis: Vec<u64> = self.sas.keys().copied().collect();
-        for spi in spis {
-            self.run(spi, now, |sa, cx| sa.tick(cx, now));
+        self.run(spi, now, |sa, cx| sa.tick(cx, now));
+    }
+
+    /// Brings the deadlines of what was touched up to date: after every entry point, so that
+    /// `poll_timeout` and `handle_timeout` never walk every IKE SA.
+    fn settle(&mut self) {
+        for spi in std::mem::take(&mut self.touched) {
+            let (deadline, peer) = if let Some(sa) = self.sas.get(&spi) {
+                (sa.timeout(self.cx.settings.dpd), sa.peer)
+            } else if let Some(c) = self.connecting.get(&spi) {
+                (Some(c.sending.next_send), Some(c.peer))
+            } else {
+                (None, None)
+            };
+            self.timers.set(Timer::Sa(spi), deadline);
+            self.touched_peers.extend(peer);
         }
-        for index in 0..self.cx.peers.len() {
-            if self.cx.is_member(index) && !self.has_sa_with(index) && now >= self.cx.peers[index].next_attempt {
-                self.start_initiator(index, now);
-            }
+        for peer in std::mem::take(&mut self.touched_peers) {
+            let waiting = self.cx.is_member(peer) && !self.has_sa_with(peer);
+            let deadline = waiting.then(|| self.cx.peers[peer].next_attempt);
+            self.timers.set(Timer::Attempt(peer), deadline);
         }
-        let (due, later) = std::mem::take(&mut self.cx.retiring).into_iter().partition(|(_, at)| *at <= now);
-        self.cx.retiring = later;
-        for (spi, _) in due {
-            self.cx.events.push_back(Event::RemoveInbound { spi });
-        }
+        let retiring = self.cx.retiring.iter().map(|(_, _, at)| *at).min();
+        self.timers.set(Timer::Retiring, retiring);
     }
 
     // ----- the table of IKE SAs -----
@@ -506,6 +640,7 @@ impl Endpoint {
     /// Runs one step of IKE SA `spi` and does what it says next.
     fn run(&mut self, spi: u64, now: Instant, step: impl FnOnce(&mut IkeSa, &mut Context) -> Result<Next, Failure>) {
         if let Some(sa) = self.sas.get_mut(&spi) {
+            self.touched.insert(spi);
             let next = step(sa, &mut self.cx);
             self.apply(spi, next, now);
         }
@@ -524,11 +659,53 @@ impl Endpoint {
                 self.complete_auth_response(spi, payloads, inbound_spi, now)
             }
             Ok(Next::Successor(successor)) => self.insert(*successor),
+            Ok(Next::ChildrenTo { to, redundant, deleted }) => {
+                if let Some(redundant) = redundant {
+                    self.insert(*redundant);
+                }
+                let moved = self.move_children(spi, to);
+                if deleted {
+                    if !moved {
+                        self.run(spi, now, |sa, cx| {
+                            sa.remove_children(cx, now, false);
+                            Ok(Next::Stay)
+                        });
+                    }
+                    self.forget(spi);
+                }
+            }
+            Ok(Next::FinishChildRekeyOn { to, payloads, rekey }) => {
+                // Out of the table for the step, so that the successor can use its keys.
+                let Some(replaced) = self.sas.remove(&spi) else { return };
+                let outbound_allowed = self.outbound_allowed(to);
+                let keys = Some(&replaced.keys);
+                self.run(to, now, |sa, cx| {
+                    sa.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, keys, now).map(|()| Next::Stay)
+                });
+                self.sas.insert(spi, replaced);
+            }
             Err(failure) => self.fail(spi, failure, now),
         }
     }
 
+    /// The Child SAs of IKE SA `from` move to `to` (a rekey collision resolved), exactly once.
+    /// Returns whether they moved; with `to` gone already, they stay where they were.
+    fn move_children(&mut self, from: u64, to: u64) -> bool {
+        let Some(children) = self.sas.get_mut(&from).map(|sa| std::mem::take(&mut sa.children)) else { return false };
+        self.touched.extend([from, to]);
+        if let Some(successor) = self.sas.get_mut(&to) {
+            successor.children.adopt(children);
+            return true;
+        }
+        if let Some(sa) = self.sas.get_mut(&from) {
+            sa.children = children;
+            sa.children_moved_to = None;
+        }
+        false
+    }
+
     fn insert(&mut self, sa: IkeSa) {
+        self.touched.insert(sa.our_spi);
         self.cx.spis_in_use.insert(sa.our_spi);
         self.sas.insert(sa.our_spi, sa);
     }
@@ -551,8 +728,10 @@ impl Endpoint {
     }
 
     fn forget(&mut self, spi: u64) {
-        self.sas.remove(&spi);
-        self.connecting.remove(&spi);
+        let sa_peer = self.sas.remove(&spi).and_then(|sa| sa.peer);
+        let connecting_peer = self.connecting.remove(&spi).map(|c| c.peer);
+        self.touched.insert(spi);
+        self.touched_peers.extend(sa_peer.or(connecting_peer));
         self.gate.closed(spi);
         self.cx.spis_in_use.remove(&spi);
     }

@@ -23,6 +23,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
     IkeSettings {
         local: local.parse().unwrap(),
         psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        node_key: None,
         proposals: ciphers
             .iter()
             .map(|cipher| Proposal { cipher: *cipher, prf: Prf::HmacSha256, group: DhGroup::X25519 })
@@ -33,7 +34,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
         force_udp_encap: true,
         esn: true,
         vxlan_port: 4790,
-        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport }],
+        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport, public_keys: Vec::new() }],
     }
 }
 
@@ -297,7 +298,8 @@ fn no_common_proposal_is_reported() {
         Pair::new(settings(A, B, PSK, &[Cipher::Aes256Gcm16]), settings(B, A, PSK, &[Cipher::Chacha20Poly1305]));
     pair.run(Duration::from_secs(1));
     assert!(pair.a.failures.contains(&Failure::NoProposalChosen { peer_said: true }), "{:?}", pair.a.failures);
-    assert!(pair.b.failures.contains(&Failure::NoProposalChosen { peer_said: false }), "{:?}", pair.b.failures);
+    // The responder only counts it: the request is not authenticated (issue 14, finding 5).
+    assert!(pair.b.refusals.contains(&Refusal::NoProposal), "{:?}", pair.b.refusals);
     assert!(pair.a.outbound.is_none());
 }
 
@@ -696,4 +698,496 @@ fn a_request_with_the_highest_message_id_is_refused() {
     assert!(pair.b.endpoint.poll_transmit().is_none(), "not answered");
     pair.run(Duration::from_secs(30));
     pair.assert_one_pair();
+}
+
+/// Issue 14, finding 3: one authentic message captured on the wire and replayed from another
+/// address (the Child SAs made meanwhile would follow it) must not move the IKE SA.
+#[test]
+fn a_replayed_message_from_another_address_does_not_move_the_ike_sa() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let captured = pair.a.endpoint.poll_transmit().unwrap();
+    pair.b.endpoint.handle(&captured.bytes, "198.18.0.1:4500".parse().unwrap(), 4500, now);
+    pair.pump(&mut |_| Fate::Deliver);
+    let spoofed: SocketAddr = "198.18.7.7:4500".parse().unwrap();
+    pair.b.endpoint.handle(&captured.bytes, spoofed, 4500, now);
+    pair.b.apply_events();
+    for transmit in std::iter::from_fn(|| pair.b.endpoint.poll_transmit()) {
+        assert_ne!(transmit.destination, spoofed, "B answered the spoofed address");
+    }
+    let remote = pair.b.established_sas(pair.now)[0].remote;
+    assert_eq!(remote, "198.18.0.1:4500".parse().unwrap(), "B's IKE SA followed the replay");
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+    assert_eq!(pair.b.outbound.as_ref().unwrap().remote, "198.18.0.1:4500".parse().unwrap());
+}
+
+/// Issue 14, finding 3: without NAT in front of the peer (RFC 7296 §2.23) even a new authentic
+/// request from another address does not move the IKE SA.
+#[test]
+fn without_nat_the_peer_address_never_follows_a_message() {
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.force_udp_encap = false;
+    b.force_udp_encap = false;
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    pair.b.endpoint.handle(&request.bytes, "198.18.7.7:500".parse().unwrap(), 500, now);
+    let answer = pair.b.endpoint.poll_transmit().unwrap();
+    assert_eq!(answer.destination, "198.18.0.1:500".parse().unwrap(), "answered to the peer's address");
+    assert_eq!(pair.b.established_sas(now)[0].remote, "198.18.0.1:500".parse().unwrap());
+}
+
+/// Issue 14, finding 3: with the peer behind NAT, a new authentic request from a new mapping
+/// moves the IKE SA (the NAT changed its mapping).
+#[test]
+fn behind_nat_the_peer_address_follows_a_new_authentic_request() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    let mapping: SocketAddr = "198.18.0.1:31000".parse().unwrap();
+    pair.b.endpoint.handle(&request.bytes, mapping, 4500, now);
+    assert_eq!(pair.b.established_sas(now)[0].remote, mapping);
+}
+
+/// Half-open responder SAs of `node`.
+fn half_open(node: &Node, now: Instant) -> usize {
+    node.endpoint.status(now).iter().filter(|s| s.state == IkeState::ExpectAuthRequest).count()
+}
+
+/// One IKE_SA_INIT request from `stranger` (a fresh SPI and nonce each time) to `target`, sent
+/// from `from`; a COOKIE demand is met, as a determined flooder would. Returns what `target`
+/// sent back to `from`.
+fn flood_once(target: &mut Endpoint, stranger: &mut Endpoint, from: SocketAddr, now: Instant) -> Vec<Transmit> {
+    stranger.flush(0, now);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        // Only IKE_SA_INIT: the flooder does not authenticate.
+        let Some(request) = stranger.poll_transmit().filter(|t| t.bytes[18] == exchange::IKE_SA_INIT) else { break };
+        target.handle(&request.bytes, from, 500, now);
+        while let Some(answer) = target.poll_transmit() {
+            stranger.handle(&answer.bytes, SocketAddr::new(answer.destination.ip(), 500), 500, now);
+            answers.push(answer);
+        }
+    }
+    while stranger.poll_transmit().is_some() {}
+    answers
+}
+
+fn stranger(now: Instant) -> Endpoint {
+    Endpoint::new(settings("198.18.9.1", B, PSK, BOTH), now).unwrap()
+}
+
+/// Issue 14, finding 1: a flooder that answers cookies from one address made a half-open SA
+/// (two X25519 operations and its whole request) per request, without a bound.
+#[test]
+fn one_flooding_address_keeps_few_half_open_sas_and_the_peer_still_gets_in() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    let mut flooder = stranger(now);
+    let from: SocketAddr = "198.18.9.1:500".parse().unwrap();
+    for _ in 0..200 {
+        flood_once(&mut pair.b.endpoint, &mut flooder, from, now);
+    }
+    let count = half_open(&pair.b, now);
+    assert!(count <= crate::ike::cookie_gate::HALF_OPEN_PER_SOURCE, "{count} half-open SAs from one address");
+    pair.run(Duration::from_secs(2));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 1: many addresses, each answering cookies, stay under the hard cap.
+#[test]
+fn half_open_sas_stay_under_the_hard_cap() {
+    let mut pair = Pair::standard();
+    let now = pair.now;
+    let mut flooder = stranger(now);
+    for i in 0..800usize {
+        let from = SocketAddr::new(IpAddr::from([198, 18, 10 + (i / 200) as u8, (i % 200) as u8 + 1]), 500);
+        flood_once(&mut pair.b.endpoint, &mut flooder, from, now);
+    }
+    let count = half_open(&pair.b, now);
+    assert!(count <= crate::ike::cookie_gate::HALF_OPEN_HARD_LIMIT, "{count} half-open SAs");
+    pair.b.apply_events();
+    assert!(pair.b.failures.is_empty(), "{:?}", pair.b.failures);
+    // Once the half-open SAs time out, the peer gets in.
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 1: an IKE_SA_INIT request is kept whole by its half-open SA; a large one
+/// is refused before it costs anything.
+#[test]
+fn an_oversized_init_request_is_refused() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, BOTH), now);
+    let mut flooder = stranger(now);
+    flooder.connect(0, now);
+    let request = flooder.poll_transmit().unwrap();
+    let message = crate::ike::message::Message::parse(&request.bytes).unwrap();
+    let mut payloads = message.payloads.clone();
+    payloads.push(Payload::Notify(Notify::new(40_000, vec![0; 4000])));
+    let oversized = crate::ike::message::encode_message(&message.header, &payloads);
+    b.endpoint.handle(&oversized, "198.18.9.1:500".parse().unwrap(), 500, now);
+    assert!(b.endpoint.poll_transmit().is_none(), "answered");
+    assert_eq!(half_open(&b, now), 0);
+    b.apply_events();
+    assert_eq!(b.refusals, [Refusal::Malformed]);
+}
+
+/// Issue 14, finding 4: a bare 28-byte header with the (source, SPI) of a half-open SA drew
+/// the ~200-byte IKE_SA_INIT response (a reflector); now only the same request, byte for byte,
+/// is answered again, and at most every half second.
+#[test]
+fn only_an_identical_init_request_is_answered_again_and_not_too_often() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, BOTH), now);
+    let mut flooder = stranger(now);
+    let from: SocketAddr = "198.18.9.1:500".parse().unwrap();
+    assert_eq!(flood_once(&mut b.endpoint, &mut flooder, from, now).len(), 1);
+    flooder.flush(0, now);
+    let request = flooder.poll_transmit().unwrap();
+    b.endpoint.handle(&request.bytes, from, 500, now);
+    assert!(b.endpoint.poll_transmit().is_some());
+    let header = crate::ike::message::Message::parse(&request.bytes).unwrap().header;
+    let bare = crate::ike::message::encode_message(&header, &[]);
+    assert_eq!(bare.len(), 28);
+    b.endpoint.handle(&bare, from, 500, now + Duration::from_secs(1));
+    assert!(b.endpoint.poll_transmit().is_none(), "a bare header was answered");
+    b.endpoint.handle(&request.bytes, from, 500, now + Duration::from_millis(100));
+    assert!(b.endpoint.poll_transmit().is_none(), "answered again at once");
+    b.endpoint.handle(&request.bytes, from, 500, now + Duration::from_secs(1));
+    assert!(b.endpoint.poll_transmit().is_some(), "a retransmission is answered");
+}
+
+/// Issue 14, finding 5: an IKE_SA_INIT with no acceptable proposal, sent from a peer's address
+/// (which anyone can), set that peer's keying state to failed; unauthenticated, it is only
+/// counted now.
+#[test]
+fn an_unauthenticated_init_request_without_a_proposal_changes_no_peer() {
+    let now = Instant::now();
+    let mut b = Node::new(settings(B, A, PSK, &[Cipher::Aes256Gcm16]), now);
+    let mut spoofer = Endpoint::new(settings(A, B, PSK, &[Cipher::Chacha20Poly1305]), now).unwrap();
+    spoofer.connect(0, now);
+    let request = spoofer.poll_transmit().unwrap();
+    b.endpoint.handle(&request.bytes, "198.18.0.1:500".parse().unwrap(), 500, now);
+    b.apply_events();
+    assert!(b.failures.is_empty(), "a peer failed on an unauthenticated message: {:?}", b.failures);
+    assert_eq!(b.refusals, [Refusal::NoProposal]);
+    assert_eq!(b.endpoint.counters().no_proposal, 1);
+}
+
+/// Issue 14, finding 2: with a request outstanding past the liveness interval, `poll_timeout`
+/// named a time already past after `handle_timeout` had run, so the driver woke at once, again
+/// and again, walking every IKE SA each time until the request was answered or given up.
+#[test]
+fn after_handle_timeout_the_next_timeout_is_in_the_future() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let now = pair.now;
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let inbound = pair.a.endpoint.sas[&spi].children.spis()[0].0;
+    pair.a.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+    let mut at = now;
+    while at < now + Duration::from_secs(14) {
+        at += Duration::from_millis(100);
+        pair.a.endpoint.handle_timeout(at);
+        while pair.a.endpoint.poll_transmit().is_some() {}
+        let next = pair.a.endpoint.poll_timeout();
+        assert!(next.is_none_or(|next| next > at), "at +{:?}: due at once again", at - now);
+    }
+}
+
+/// The duplicate IKE SA of a simultaneous initiation that loses at IKE_AUTH left its first
+/// Child SA's inbound SA installed for good.
+#[test]
+fn a_duplicate_losing_at_ike_auth_leaves_no_inbound_sa_behind() {
+    for (a_first, b_first) in [(true, true), (true, false), (false, true)] {
+        let mut pair = Pair::standard();
+        let now = pair.now;
+        if a_first {
+            pair.a.endpoint.connect(0, now);
+        }
+        if b_first {
+            pair.b.endpoint.connect(0, now);
+        }
+        pair.run(Duration::from_secs(10));
+        pair.assert_one_pair();
+        assert_eq!(pair.a.inbound.len(), 1, "A: {:?}", pair.a.inbound.keys());
+        assert_eq!(pair.b.inbound.len(), 1, "B: {:?}", pair.b.inbound.keys());
+    }
+}
+
+/// A pair with scripted nonces (see [`TestRng`]), established; returns it with both scripts.
+type Script = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>;
+
+fn scripted_pair(ike_lifetime: Duration) -> (Pair, Script, Script) {
+    let (a_rng, b_rng) = (TestRng::new(1), TestRng::new(2));
+    let (a_script, b_script) = (a_rng.nonces.clone(), b_rng.nonces.clone());
+    let mut a = settings(A, B, PSK, BOTH);
+    let mut b = settings(B, A, PSK, BOTH);
+    a.ike_lifetime = ike_lifetime;
+    b.ike_lifetime = ike_lifetime;
+    let now = Instant::now();
+    let mut pair = Pair { a: Node::with_rng(a, Box::new(a_rng), now), b: Node::with_rng(b, Box::new(b_rng), now), now };
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    (pair, a_script, b_script)
+}
+
+/// Both nodes start an IKE SA rekey at the same moment.
+fn queue_ike_rekeys(pair: &mut Pair) {
+    let now = pair.now;
+    for node in [&mut pair.a, &mut pair.b] {
+        let spi = node.endpoint.sas.keys().copied().next().unwrap();
+        node.endpoint.queue(spi, Queued::RekeyIke, now);
+    }
+}
+
+/// After a rekey collision: one IKE SA each, the same one, with the one Child SA pair under it,
+/// every inbound SA installed once and none left behind.
+fn assert_one_rekeyed_pair(pair: &mut Pair, before: u64) {
+    pair.run(Duration::from_secs(30));
+    pair.assert_one_pair();
+    assert_ne!(pair.a.established_sas(pair.now)[0].initiator_spi, before, "rekeyed");
+    assert_eq!(pair.a.endpoint.sas.len(), 1, "A keeps {:?}", pair.a.endpoint.status(pair.now));
+    assert_eq!(pair.b.endpoint.sas.len(), 1, "B keeps {:?}", pair.b.endpoint.status(pair.now));
+    assert_eq!((pair.a.inbound.len(), pair.b.inbound.len()), (1, 1));
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
+    // And the Child SA still rekeys over the IKE SA both sides kept.
+    pair.run(Duration::from_secs(600));
+    pair.assert_one_pair();
+}
+
+/// Issue 14, finding 7, RFC 7296 §2.8.2: simultaneous IKE SA rekeys left both sides with two
+/// new IKE SAs and the Child SAs under different parents. The exchange with the lowest nonce
+/// loses, whichever side made it.
+#[test]
+fn simultaneous_ike_sa_rekeys_end_with_one_ike_sa_holding_the_child_sa() {
+    let nonce = |byte: u8| [byte; 32];
+    // Each node draws its request's Ni first, then the Nr of its answer.
+    for (a_nonces, b_nonces) in [
+        ([nonce(0x10), nonce(0x40)], [nonce(0x30), nonce(0x20)]),
+        ([nonce(0x30), nonce(0x20)], [nonce(0x10), nonce(0x40)]),
+    ] {
+        let (mut pair, a_script, b_script) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        a_script.lock().unwrap().extend(a_nonces);
+        b_script.lock().unwrap().extend(b_nonces);
+        queue_ike_rekeys(&mut pair);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: the peer's rekey request crosses ours, but its answer to ours arrives before its
+/// request: the peer has finished and deletes the old IKE SA; our request is refused.
+#[test]
+fn an_ike_sa_rekey_answered_before_the_crossing_request_arrives_ends_with_one_ike_sa() {
+    for a_first in [true, false] {
+        let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        queue_ike_rekeys(&mut pair);
+        let now = pair.now;
+        let (first, second) = if a_first { (&mut pair.a, &mut pair.b) } else { (&mut pair.b, &mut pair.a) };
+        let first_request = first.endpoint.poll_transmit().unwrap();
+        let second_request = second.endpoint.poll_transmit().unwrap();
+        // `second`'s request reaches `first`, whose answer reaches `second` at once.
+        let second_from = SocketAddr::new(second.address, second_request.source_port);
+        first.endpoint.handle(&second_request.bytes, second_from, 4500, now);
+        let answer = first.endpoint.poll_transmit().unwrap();
+        second.endpoint.handle(&answer.bytes, SocketAddr::new(first.address, 4500), 4500, now);
+        // Only now does `first`'s request reach `second`.
+        second.endpoint.handle(&first_request.bytes, SocketAddr::new(first.address, 4500), 4500, now);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: a Child SA rekey crossing an IKE SA rekey: the new Child SA ends under the IKE
+/// SA both sides keep, once.
+#[test]
+fn a_child_sa_rekey_crossing_an_ike_sa_rekey_ends_with_one_child_sa() {
+    for a_rekeys_the_ike_sa in [true, false] {
+        let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+        let before = pair.a.established_sas(pair.now)[0].initiator_spi;
+        let now = pair.now;
+        let (ike, child) = if a_rekeys_the_ike_sa { (&mut pair.a, &mut pair.b) } else { (&mut pair.b, &mut pair.a) };
+        let spi = ike.endpoint.sas.keys().copied().next().unwrap();
+        ike.endpoint.queue(spi, Queued::RekeyIke, now);
+        let spi = child.endpoint.sas.keys().copied().next().unwrap();
+        let inbound = child.endpoint.sas[&spi].children.spis()[0].0;
+        child.endpoint.queue(spi, Queued::RekeyChild(inbound), now);
+        assert_one_rekeyed_pair(&mut pair, before);
+    }
+}
+
+/// Finding 7: a second REKEY_SA request for the same Child SA (a new message ID) made another
+/// Child SA each time; it is answered with the Child SA the first one made.
+#[test]
+fn a_repeated_rekey_of_the_same_child_sa_is_answered_with_the_existing_result() {
+    let (mut pair, _, _) = scripted_pair(Duration::from_secs(3600));
+    let now = pair.now;
+    let a_spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let old_inbound = pair.a.endpoint.sas[&a_spi].children.spis()[0].0;
+    pair.a.endpoint.queue(a_spi, Queued::RekeyChild(old_inbound), now);
+    let request = pair.a.endpoint.poll_transmit().unwrap();
+    let from = SocketAddr::new(pair.a.address, 4500);
+    pair.b.endpoint.handle(&request.bytes, from, 4500, now);
+    let first_answer = pair.b.endpoint.poll_transmit().unwrap();
+    pair.b.apply_events();
+    let installed = pair.b.inbound.len();
+    assert_eq!(installed, 2, "the old and the new Child SA");
+    // A asks again for the same Child SA in a new request (the next message ID).
+    let mut rekey = Notify::new(notify::REKEY_SA, Vec::new());
+    rekey.protocol_id = crate::ike::message::ids::protocol::ESP;
+    rekey.spi = old_inbound.to_be_bytes().to_vec();
+    let payloads = [
+        Payload::Notify(rekey),
+        Payload::SecurityAssociation(crate::ike::proposal::esp_offer(&[Cipher::Aes256Gcm16], 0x1234_5678, true)),
+        Payload::Nonce(crate::ike::message::Nonce { data: vec![7; 32] }),
+        Payload::TrafficSelectorInitiator(crate::ike::proposal::node_selector(A.parse().unwrap(), 4790)),
+        Payload::TrafficSelectorResponder(crate::ike::proposal::node_selector(B.parse().unwrap(), 4790)),
+    ];
+    let message_id = crate::ike::message::Message::parse(&request.bytes).unwrap().header.message_id + 1;
+    let a_sa = pair.a.endpoint.sas.get_mut(&a_spi).unwrap();
+    let again = a_sa.encrypt(exchange::CREATE_CHILD_SA, false, message_id, &payloads).unwrap();
+    pair.b.endpoint.handle(&again, from, 4500, now);
+    pair.b.apply_events();
+    assert_eq!(pair.b.inbound.len(), installed, "another Child SA was made");
+    let second_answer = pair.b.endpoint.poll_transmit().expect("answered");
+    let b_sa = pair.b.endpoint.sas.values_mut().next().unwrap();
+    let open = |sa: &mut crate::ike::sa::IkeSa, bytes: &[u8]| {
+        let message = crate::ike::message::Message::parse(bytes).unwrap();
+        let encrypted = message.encrypted.unwrap();
+        let inner = sa.keys.opener().open(encrypted.associated_data, encrypted.body).unwrap();
+        crate::ike::message::parse_payloads(encrypted.first_payload, &inner).unwrap()
+    };
+    // B opens its own answers with A's keys: the payloads are the same.
+    let a_sa = pair.a.endpoint.sas.get_mut(&a_spi).unwrap();
+    let (first, second) = (open(a_sa, &first_answer.bytes), open(a_sa, &second_answer.bytes));
+    assert_eq!(first, second, "the existing result");
+    let _ = b_sa;
+}
+
+// ----- identities (ike::identity) -----
+
+/// Settings of a node that signs with `own` and knows the peer by `peer_keys`; no psk_file.
+fn keyed(
+    local: &str,
+    peer: &str,
+    own: &std::sync::Arc<crate::ike::crypto::NodeKey>,
+    peer_keys: &[mesh_config::PublicKey],
+) -> IkeSettings {
+    let mut settings = settings(local, peer, "", BOTH);
+    settings.node_key = Some(own.clone());
+    settings.peers[0].public_keys = peer_keys.to_vec();
+    settings
+}
+
+fn new_key() -> std::sync::Arc<crate::ike::crypto::NodeKey> {
+    std::sync::Arc::new(crate::ike::crypto::NodeKey::generate().unwrap())
+}
+
+fn peer_auth_of(node: &Node, now: Instant) -> Option<crate::ike::identity::PeerAuth> {
+    node.established_sas(now).first().and_then(|sa| sa.peer_auth)
+}
+
+#[test]
+fn nodes_with_keys_authenticate_with_ed25519_signatures() {
+    use crate::ike::identity::{AuthMethod, PeerAuth};
+    let (key_a, key_b) = (new_key(), new_key());
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_b, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let signed =
+        |key: &crate::ike::crypto::NodeKey| Some(PeerAuth { method: AuthMethod::Ed25519, key: Some(key.public_key()) });
+    assert_eq!(peer_auth_of(&pair.a, pair.now), signed(&key_b));
+    assert_eq!(peer_auth_of(&pair.b, pair.now), signed(&key_a));
+    // A rotation: B lists A's old and new key; A signs with the new one.
+    let new_a = new_key();
+    let mut pair = Pair::new(
+        keyed(A, B, &new_a, &[key_b.public_key()]),
+        keyed(B, A, &key_b, &[key_a.public_key(), new_a.public_key()]),
+    );
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.b, pair.now), signed(&new_a));
+}
+
+#[test]
+fn a_node_signing_with_a_key_that_is_not_its_own_is_refused() {
+    use crate::ike::identity::IdentityFailure;
+    let (key_a, key_b, key_c) = (new_key(), new_key(), new_key());
+    // B signs with C's key: A verifies with B's key and refuses, whoever initiates.
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_c, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(5));
+    let refused = Failure::Identity(IdentityFailure::SignatureMismatch { node: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty() && pair.a.outbound.is_none());
+    assert!(refused.to_string().contains("does not verify with its public key"), "{refused}");
+    // A initiated: B, the responder, learns it was refused and keeps nothing either.
+    assert!(pair.b.failures.contains(&Failure::Authentication { peer_said: true }), "{:?}", pair.b.failures);
+    assert!(pair.b.established_sas(pair.now).is_empty() && pair.b.outbound.is_none() && pair.b.inbound.is_empty());
+}
+
+#[test]
+fn a_node_cannot_pass_as_another_from_its_own_address() {
+    use crate::ike::identity::IdentityFailure;
+    // N knows B and C. B holds C's stolen key and claims C's identity from B's own address.
+    const N: &str = "198.18.0.9";
+    const C: &str = "198.18.0.3";
+    let (key_n, key_b, key_c) = (new_key(), new_key(), new_key());
+    let mut n = keyed(N, B, &key_n, &[key_b.public_key()]);
+    n.peers.push(PeerSettings {
+        address: C.parse().unwrap(),
+        mode: Mode::Transport,
+        public_keys: vec![key_c.public_key()],
+    });
+    let mut pair = Pair::new(n, keyed(C, N, &key_c, &[key_n.public_key()]));
+    pair.b.address = B.parse().unwrap();
+    // N, the higher address, waits 3 s before it initiates (to B and C, which are not here).
+    pair.run(Duration::from_secs(2));
+    let refused =
+        Failure::Identity(IdentityFailure::NotFromItsAddress { node: C.parse().unwrap(), source: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty());
+    assert!(refused.to_string().contains("impersonation"), "{refused}");
+}
+
+#[test]
+fn the_pre_shared_key_is_accepted_from_a_keyed_node_only_while_there_is_a_psk_file() {
+    use crate::ike::identity::{AuthMethod, IdentityFailure, PeerAuth};
+    let (key_a, key_b) = (new_key(), new_key());
+    // B still runs the old mesh file: no keys, the PSK. A has the new one without psk_file.
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), settings(B, A, PSK, BOTH));
+    pair.run(Duration::from_secs(5));
+    let refused = Failure::Identity(IdentityFailure::SignatureRequired { node: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty());
+    // During the migration A's file keeps psk_file: B's PSK is accepted, and A uses it too
+    // (B did not announce signatures).
+    let mut a = keyed(A, B, &key_a, &[key_b.public_key()]);
+    a.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut pair = Pair::new(a, settings(B, A, PSK, BOTH));
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.a, pair.now), Some(PeerAuth { method: AuthMethod::SharedKey, key: None }));
+    // A responder answers a PSK AUTH with the PSK: the initiator does not know its key.
+    let mut b = keyed(B, A, &key_b, &[key_a.public_key()]);
+    b.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut a = keyed(A, B, &key_a, &[]);
+    a.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.a, pair.now).map(|auth| auth.method), Some(AuthMethod::SharedKey));
 }

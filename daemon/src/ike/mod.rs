@@ -4,11 +4,13 @@
 //!
 //! - [`endpoint`]: demultiplexes datagrams to IKE SAs by SPI, applies mesh policy, queues output.
 //! - `sa`: one IKE SA after IKE_SA_INIT, its phases named for what they wait for.
-//! - `handshake`: IKE_SA_INIT and IKE_AUTH in both roles; `auth`: the AUTH payload and IDs.
+//! - `handshake`: IKE_SA_INIT and IKE_AUTH in both roles; `auth`: the AUTH payload and IDs;
+//!   [`identity`]: who may authenticate how (Ed25519 signatures or the pre-shared key).
 //! - `child`: the Child SA lifecycle; `rekey`: IKE SA rekeys.
 //! - `window`: the request window (message IDs, retransmission, response cache).
 //! - `policy`: who initiates, which duplicate wins, backoff; `cookie_gate`: the half-open limit.
-//! - `status`: what `ikectl` shows; [`rng`]: where SPIs and nonces come from.
+//! - `status`: what `ikectl` shows; [`rng`]: where SPIs and nonces come from; `timers`: the
+//!   endpoint's deadlines in order.
 
 mod auth;
 mod child;
@@ -17,6 +19,7 @@ mod cookie_gate;
 pub mod crypto;
 mod endpoint;
 mod handshake;
+pub mod identity;
 pub mod message;
 mod parts;
 mod policy;
@@ -25,6 +28,7 @@ mod rekey;
 pub mod rng;
 mod sa;
 mod status;
+mod timers;
 pub mod types;
 mod window;
 

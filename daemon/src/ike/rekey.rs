@@ -1,9 +1,12 @@
 //! Rekeying the IKE SA itself (RFC 7296 §2.18): a CREATE_CHILD_SA exchange makes a successor
 //! IKE SA with new SPIs and keys; the Child SAs move to it and the old one is deleted by the
-//! rekey's initiator.
+//! rekey's initiator. When both sides rekey at once (RFC 7296 §2.8.2), the exchange with the
+//! lowest nonce loses: its initiator deletes the IKE SA it made, the Child SAs move to the
+//! winner's, and the winner's initiator deletes the old IKE SA.
 
 use std::time::Instant;
 
+use super::child::lost_collision;
 use super::context::Context;
 use super::crypto::{IkeSaKeys, Role, SpiPair, X25519KeyPair};
 use super::message::ids::{diffie_hellman, exchange, notify};
@@ -15,6 +18,14 @@ use super::rng;
 use super::sa::{IkeSa, NewIkeSa, Next, Phase};
 use super::types::{Failure, LocalError, Refusal};
 use super::window::Purpose;
+
+/// The peer's IKE SA rekey answered while ours was outstanding.
+pub(super) struct IkeCollision {
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// Our SPI of the IKE SA that exchange made.
+    pub(super) successor: u64,
+}
 
 fn key_derivation_failed<E>(_: E) -> Failure {
     Failure::Local(LocalError::Crypto("derive the rekeyed IKE SA's keys"))
@@ -46,8 +57,14 @@ impl IkeSa {
     ) -> Result<Next, Failure> {
         let parts = Parts::of(payloads);
         let chosen = parts.security_association.and_then(|offer| proposal::choose_ike(offer, &cx.ciphers));
+        let collision = self.ike_collision.take();
         let (Some(chosen), Some(nr), Some(ke)) = (chosen, parts.nonce, parts.key_exchange) else {
-            // Refused (a collision, or the peer is busy): try again later.
+            if let Some(collision) = collision {
+                // The peer finished its crossing rekey first: its IKE SA is the one.
+                self.children_moved_to = Some(collision.successor);
+                return Ok(Next::ChildrenTo { to: collision.successor, redundant: None, deleted: false });
+            }
+            // Refused (the peer is busy): try again later.
             self.rekey_at = Some(now + RECONNECT_INTERVAL);
             return Ok(Next::Stay);
         };
@@ -63,7 +80,22 @@ impl IkeSa {
             .keys
             .rekey(Role::Initiator, chosen.cipher, &secret[..], ni, nr, spis)
             .map_err(key_derivation_failed)?;
-        let successor = self.successor(cx, new_spi, u64::from_be_bytes(their_new_spi), true, keys, now)?;
+        let their_new_spi = u64::from_be_bytes(their_new_spi);
+        let lost = collision.as_ref().filter(|c| lost_collision(ni, nr, &[(c.ni.clone(), c.nr.clone())]));
+        if let Some(collision) = lost {
+            // Ours is the redundant one: delete it; the peer's gets the Child SAs, and the
+            // peer deletes this old IKE SA.
+            tracing::debug!("IKE SA rekey collision: deleting our redundant IKE SA");
+            let mut redundant = self.successor(cx, new_spi, their_new_spi, true, keys, now)?;
+            redundant.start_deleting(cx, now)?;
+            self.children_moved_to = Some(collision.successor);
+            let redundant = Some(Box::new(redundant));
+            return Ok(Next::ChildrenTo { to: collision.successor, redundant, deleted: false });
+        }
+        // Ours stands (with or without a collision): the peer deletes the IKE SA its crossing
+        // exchange made.
+        let mut successor = self.successor(cx, new_spi, their_new_spi, true, keys, now)?;
+        successor.children = std::mem::take(&mut self.children);
         self.start_deleting(cx, now)?;
         Ok(Next::Successor(Box::new(successor)))
     }
@@ -78,6 +110,11 @@ impl IkeSa {
         ke: Option<&KeyExchange>,
         now: Instant,
     ) -> Result<Next, Failure> {
+        if self.ike_collision.is_some() {
+            // A second crossing rekey: one is enough.
+            self.answer_notify(cx, request, notify::TEMPORARY_FAILURE, Vec::new())?;
+            return Ok(Next::Stay);
+        }
         let Some(chosen) = proposal::choose_ike(offer, &cx.ciphers) else {
             self.answer_notify(cx, request, notify::NO_PROPOSAL_CHOSEN, Vec::new())?;
             return Ok(Next::Stay);
@@ -105,15 +142,24 @@ impl IkeSa {
             .map_err(key_derivation_failed)?;
         let payloads = vec![
             Payload::SecurityAssociation(proposal::ike_answer(&chosen, &new_spi.to_be_bytes())),
-            Payload::Nonce(Nonce { data: nr }),
+            Payload::Nonce(Nonce { data: nr.clone() }),
             Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: our_public }),
         ];
         self.send_response(cx, request, &payloads)?;
-        let successor = self.successor(cx, new_spi, u64::from_be_bytes(their_new_spi), false, keys, now)?;
+        // Crossing our own rekey: the Child SAs stay until ours is answered and decides.
+        let crossing = matches!(self.window.outstanding(), Some(Purpose::RekeyIke { .. }));
+        let their_new_spi = u64::from_be_bytes(their_new_spi);
+        let mut successor = self.successor(cx, new_spi, their_new_spi, false, keys, now)?;
+        if crossing {
+            self.ike_collision = Some(IkeCollision { ni: ni.to_vec(), nr, successor: new_spi });
+        } else {
+            successor.children = std::mem::take(&mut self.children);
+            self.children_moved_to = Some(new_spi);
+        }
         Ok(Next::Successor(Box::new(successor)))
     }
 
-    /// The IKE SA that replaces this one; the Child SAs move to it.
+    /// The IKE SA that replaces this one (the caller moves the Child SAs to it, or not).
     fn successor(
         &mut self,
         cx: &mut Context,
@@ -134,13 +180,14 @@ impl IkeSa {
                 remote: self.remote,
                 local_port: self.local_port,
                 nat_detected: self.nat_detected,
+                peer_behind_nat: self.peer_behind_nat,
                 origin: Origin::Rekey,
                 created: now,
             },
             now,
         );
         new.enter_established(cx, now)?;
-        new.children = std::mem::take(&mut self.children);
+        new.peer_auth = self.peer_auth;
         self.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");
         Ok(new)

@@ -10,13 +10,16 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::child::Children;
+use super::child::{Children, OurRekey};
 use super::context::Context;
 use super::cookie_gate::HALF_OPEN_TIMEOUT;
 use super::crypto::{sk_body_len, IkeSaKeys, SpiPair};
+use super::identity::PeerAuth;
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
+use super::parts::has_notify;
 use super::policy::{Origin, RECONNECT_INTERVAL};
+use super::rekey::IkeCollision;
 use super::status::{IkeSaStatus, IkeState};
 use super::types::{Failure, LocalError, PeerIndex, Refusal};
 use super::window::{Incoming, Purpose, Queued, RequestWindow, Resend};
@@ -56,7 +59,7 @@ impl Phase {
         }
     }
 
-    fn established_since(&self) -> Option<Instant> {
+    pub(super) fn established_since(&self) -> Option<Instant> {
         match self {
             Phase::Established { since } | Phase::Deleting { since } => Some(*since),
             _ => None,
@@ -81,6 +84,21 @@ pub(super) enum Next {
     },
     /// An IKE SA rekey made this SA's successor; this one is being deleted or replaced.
     Successor(Box<IkeSa>),
+    /// A rekey collision was resolved (RFC 7296 §2.8.2): this SA's Child SAs move to IKE SA
+    /// `to`, the successor that won; `redundant`, the one that lost, is being deleted; with
+    /// `deleted`, the peer deleted this SA and it is forgotten.
+    ChildrenTo {
+        to: u64,
+        redundant: Option<Box<IkeSa>>,
+        deleted: bool,
+    },
+    /// The answer to our Child SA rekey arrived after the Child SAs moved to IKE SA `to`: it
+    /// is finished there.
+    FinishChildRekeyOn {
+        to: u64,
+        payloads: Vec<Payload>,
+        rekey: OurRekey,
+    },
 }
 
 pub(super) struct IkeSa {
@@ -100,9 +118,18 @@ pub(super) struct IkeSa {
     pub(super) last_heard: Instant,
     pub(super) rekey_at: Option<Instant>,
     pub(super) nat_detected: bool,
+    /// Whether a NAT is in front of the peer (or the peer pretends so to force encapsulation):
+    /// only then does its address follow its messages (RFC 7296 §2.23).
+    pub(super) peer_behind_nat: bool,
     pub(super) origin: Origin,
     /// A duplicate the peer should delete; we do it ourselves if it has not by then.
     pub(super) delete_at: Option<Instant>,
+    /// The peer's IKE SA rekey that crossed ours, until ours is answered.
+    pub(super) ike_collision: Option<IkeCollision>,
+    /// Our SPI of the successor the Child SAs moved to; this SA waits for its DELETE.
+    pub(super) children_moved_to: Option<u64>,
+    /// How the peer authenticated (kept across IKE rekeys).
+    pub(super) peer_auth: Option<PeerAuth>,
 }
 
 /// What makes a new IKE SA; [`IkeSa::new`] is its one constructor.
@@ -116,6 +143,7 @@ pub(super) struct NewIkeSa {
     pub(super) remote: SocketAddr,
     pub(super) local_port: u16,
     pub(super) nat_detected: bool,
+    pub(super) peer_behind_nat: bool,
     pub(super) origin: Origin,
     /// When its making started (the IKE_SA_INIT request, or the rekey).
     pub(super) created: Instant,
@@ -142,8 +170,12 @@ impl IkeSa {
             last_heard: now,
             rekey_at: None,
             nat_detected: new.nat_detected,
+            peer_behind_nat: new.peer_behind_nat,
             origin: new.origin,
             delete_at: None,
+            ike_collision: None,
+            children_moved_to: None,
+            peer_auth: None,
         }
     }
 
@@ -177,6 +209,7 @@ impl IkeSa {
             established_secs: self.phase.established_since().map(|at| now.saturating_duration_since(at).as_secs()),
             rekey_in_secs: self.rekey_at.map(|at| at.saturating_duration_since(now).as_secs()),
             children: self.children.spis(),
+            peer_auth: self.peer_auth,
         }
     }
 
@@ -186,7 +219,10 @@ impl IkeSa {
         match self.phase {
             Phase::ExpectAuthRequest(_) => times.push(self.created + HALF_OPEN_TIMEOUT),
             Phase::Established { .. } => {
-                times.push(self.last_heard + dpd);
+                // With a request outstanding, its retransmission timer stands for liveness.
+                if self.window.idle() {
+                    times.push(self.last_heard + dpd);
+                }
                 times.extend(self.delete_at);
                 times.extend(self.rekey_at);
                 times.extend(self.children.timeout());
@@ -313,16 +349,30 @@ impl IkeSa {
 
     // ----- receiving -----
 
+    /// A message that passed the integrity and message-ID checks arrived from `from` on our
+    /// port `local_port`: the peer is alive. Its address follows the message only when a NAT is
+    /// in front of the peer (RFC 7296 §2.23); otherwise only the switch from port 500 to 4500
+    /// is followed. A replay never gets here, so a capture sent from elsewhere moves nothing.
+    fn heard(&mut self, (from, local_port): (SocketAddr, u16), now: Instant) {
+        self.last_heard = now;
+        let floated = from.ip() == self.remote.ip() && from.port() == NAT_T_PORT && local_port == NAT_T_PORT;
+        if self.peer_behind_nat || floated {
+            self.remote = from;
+            self.local_port = local_port;
+        }
+    }
+
     /// A decrypted request from the peer.
     pub(super) fn handle_request(
         &mut self,
         cx: &mut Context,
         request: Header,
         payloads: Vec<Payload>,
+        arrival: (SocketAddr, u16),
         now: Instant,
     ) -> Result<Next, Failure> {
         match self.window.incoming(request.message_id) {
-            Incoming::New => {}
+            Incoming::New => self.heard(arrival, now),
             Incoming::Retransmitted(cached) => {
                 // The cached response again (RFC 7296 §2.1).
                 if let Some(bytes) = cached.map(<[u8]>::to_vec) {
@@ -340,8 +390,14 @@ impl IkeSa {
             (exchange::INFORMATIONAL, Phase::Established { .. } | Phase::Deleting { .. }) => {
                 self.handle_informational(cx, request, &payloads, now)
             }
-            (exchange::CREATE_CHILD_SA, Phase::Established { .. }) => {
+            (exchange::CREATE_CHILD_SA, Phase::Established { .. }) if self.children_moved_to.is_none() => {
                 self.handle_create_child(cx, request, &payloads, now)
+            }
+            (exchange::CREATE_CHILD_SA, Phase::Established { .. } | Phase::Deleting { .. }) => {
+                // Replaced by a rekey, or being deleted: what the peer asks for belongs on the
+                // successor (RFC 7296 §2.8.2: a crossing rekey that arrives late is refused).
+                self.answer_notify(cx, request, notify::TEMPORARY_FAILURE, Vec::new())?;
+                Ok(Next::Stay)
             }
             _ => {
                 cx.refuse(Refusal::Unexpected, self.remote);
@@ -357,6 +413,7 @@ impl IkeSa {
         response: Header,
         payloads: Vec<Payload>,
         outbound_allowed: bool,
+        arrival: (SocketAddr, u16),
         now: Instant,
     ) -> Result<Next, Failure> {
         let Some(purpose) = self.window.answered(response.message_id) else {
@@ -364,14 +421,20 @@ impl IkeSa {
             cx.refuse(Refusal::Unexpected, self.remote);
             return Ok(Next::Stay);
         };
+        self.heard(arrival, now);
         let next = match purpose {
             Purpose::Auth { inbound_spi } => return Ok(Next::AuthResponse { payloads, inbound_spi }),
             Purpose::Liveness | Purpose::DeleteChild => Next::Stay,
             Purpose::DeleteIke => return Ok(Next::Forget),
             Purpose::RekeyChild { old_inbound_spi, new_inbound_spi, nonce } => {
-                let rekey = super::child::OurRekey { old_inbound_spi, new_inbound_spi, ni: nonce };
-                self.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, now)?;
-                Next::Stay
+                let rekey = OurRekey { old_inbound_spi, new_inbound_spi, ni: nonce };
+                match self.children_moved_to {
+                    Some(to) => Next::FinishChildRekeyOn { to, payloads, rekey },
+                    None => {
+                        self.finish_child_rekey(cx, &payloads, rekey, outbound_allowed, None, now)?;
+                        Next::Stay
+                    }
+                }
             }
             Purpose::RekeyIke { new_spi, nonce, dh } => {
                 self.finish_ike_rekey(cx, &payloads, new_spi, &nonce, dh, now)?
@@ -404,8 +467,19 @@ impl IkeSa {
                 _ => {}
             }
         }
+        if delete_ike && has_notify(payloads, notify::AUTHENTICATION_FAILED) {
+            // The initiator refused our IKE_AUTH response (RFC 7296 §2.21.2).
+            self.send_response(cx, request, &[])?;
+            let failure = Failure::Authentication { peer_said: true };
+            tracing::error!(peer = %self.remote, "IKE_AUTH: {failure}");
+            return Err(failure);
+        }
         if delete_ike {
             self.send_response(cx, request, &[])?;
+            if let Some(collision) = self.ike_collision.take() {
+                // The peer's crossing rekey won and it finished first: its IKE SA is the one.
+                return Ok(Next::ChildrenTo { to: collision.successor, redundant: None, deleted: true });
+            }
             self.remove_children(cx, now, false);
             if let Some(peer) = self.peer {
                 tracing::info!(peer = %cx.peer_address(peer), "the peer deleted the IKE SA");

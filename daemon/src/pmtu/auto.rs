@@ -6,6 +6,8 @@
 //! [`Underlay::read`] asks the kernel (it blocks: never on the control-plane runtime);
 //! [`choose`] decides from what it read.
 
+use std::collections::HashMap;
+
 use mesh_config::{Mode, OverlayMtu};
 
 use crate::error::DaemonError;
@@ -20,6 +22,8 @@ use crate::topology::{Overlay, Topology};
 pub struct Underlay {
     /// The route towards each peer that has one, in topology order.
     routes: Vec<(PeerId, UnderlayRoute)>,
+    /// Where each peer's route is in `routes`.
+    by_peer: HashMap<PeerId, usize>,
     /// Read only when no peer has a route: the interface holding the node's address and its
     /// MTU, or why they are unknown.
     local_interface: Option<Result<(String, usize), String>>,
@@ -43,12 +47,17 @@ impl Underlay {
             Err(error) => tracing::warn!(%error, "cannot look up underlay routes"),
         }
         let local_interface = routes.is_empty().then(|| local_interface(topology));
-        Underlay { routes, local_interface }
+        Underlay::new(routes, local_interface)
+    }
+
+    fn new(routes: Vec<(PeerId, UnderlayRoute)>, local_interface: Option<Result<(String, usize), String>>) -> Self {
+        let by_peer = routes.iter().enumerate().map(|(index, (peer, _))| (*peer, index)).collect();
+        Underlay { routes, by_peer, local_interface }
     }
 
     /// The route towards `peer`, if it has one.
     pub fn route(&self, peer: PeerId) -> Option<&UnderlayRoute> {
-        self.routes.iter().find(|(id, _)| *id == peer).map(|(_, route)| route)
+        self.by_peer.get(&peer).map(|index| &self.routes[*index].1)
     }
 }
 
@@ -151,13 +160,13 @@ mod tests {
     #[test]
     fn the_smallest_route_towards_a_peer_sets_the_mtu() {
         let topology = topology("\"auto\"");
-        let underlay = Underlay {
-            routes: vec![
+        let underlay = Underlay::new(
+            vec![
                 (peer(&topology, "n2"), route("eth0", 1500, None)),
                 (peer(&topology, "n3"), route("eth1", 1500, Some(1400))),
             ],
-            local_interface: None,
-        };
+            None,
+        );
         let (mtu, reason) = choose(&topology.overlays[0], &topology, Cipher::Aes256Gcm16, &underlay).unwrap();
         assert_eq!(mtu, 1400 - 92);
         assert_eq!(reason, "auto: eth1 (route to n3) MTU 1400 - 92 bytes (udp, transport, IPv4)");
@@ -166,11 +175,11 @@ mod tests {
     #[test]
     fn without_routes_the_interface_holding_the_address_sets_the_mtu() {
         let topology = topology("\"auto\"");
-        let underlay = Underlay { routes: Vec::new(), local_interface: Some(Ok(("eth0".to_string(), 9000))) };
+        let underlay = Underlay::new(Vec::new(), Some(Ok(("eth0".to_string(), 9000))));
         let (mtu, reason) = choose(&topology.overlays[0], &topology, Cipher::Aes256Gcm16, &underlay).unwrap();
         assert_eq!((mtu, reason.as_str()), (9000 - 92, "auto: eth0 MTU 9000 - 92 bytes (udp, transport, IPv4)"));
 
-        let unknown = Underlay { routes: Vec::new(), local_interface: Some(Err("no interface holds it".to_string())) };
+        let unknown = Underlay::new(Vec::new(), Some(Err("no interface holds it".to_string())));
         let error = choose(&topology.overlays[0], &topology, Cipher::Aes256Gcm16, &unknown).unwrap_err();
         assert!(error.to_string().contains("no interface holds it; set `mtu`"), "{error}");
     }
@@ -178,8 +187,7 @@ mod tests {
     #[test]
     fn an_underlay_too_small_for_any_overlay_is_an_error() {
         let topology = topology("\"auto\"");
-        let underlay =
-            Underlay { routes: vec![(peer(&topology, "n2"), route("eth0", 600, None))], local_interface: None };
+        let underlay = Underlay::new(vec![(peer(&topology, "n2"), route("eth0", 600, None))], None);
         let error = choose(&topology.overlays[0], &topology, Cipher::Aes256Gcm16, &underlay).unwrap_err();
         assert!(error.to_string().contains("MTU 600, too small"), "{error}");
     }

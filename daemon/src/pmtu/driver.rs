@@ -4,11 +4,17 @@
 //! underlay interface's MTU for overlays with `mtu = "auto"`.
 //!
 //! The driver is a task on the control-plane runtime; what the kernel says of the underlay
-//! (the route lookup, which blocks) is read on tokio's blocking pool, one [`Underlay`] at a
-//! time, and serves both the probe searches and `mtu = "auto"`.
+//! (the route lookup, which blocks) is read on tokio's blocking pool, one [`Underlay`] for all
+//! peers at a time, and serves both the probe searches and `mtu = "auto"`.
+//!
+//! Idle peers cost (next to) nothing: the driver sleeps until the earliest search timer, or at
+//! most [`TRAFFIC_CHECK`]; a wake-up looks at one counter per peer and works only on the peers
+//! whose timer is due, that sent traffic while idle, or whose SA or route changed. The
+//! underlay is read once per [`ROUTE_PERIOD`] (sooner only for a peer with no route yet).
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,21 +27,25 @@ use super::auto::{self, Underlay};
 use super::search::{Search, State, Timing};
 use super::{EchoOrder, InbandMessage, PathReport};
 use crate::datapath::{EspOut, TRAILER_ROOM};
+use crate::drops::SendErrorKind;
 use crate::esp::PLAINTEXT_OFFSET;
 use crate::ids::PeerId;
 use crate::keying::Keying;
 use crate::overhead::{Encapsulation, IpVersion};
-use crate::sadb::OutboundSa;
+use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{Peer, Topology};
 use crate::wire::inband::{self, InbandHeader, MessageType};
 use crate::{netif, sys};
 
-/// How often the kernel's MTU is read (one route lookup at a time) and the searches' timers are
-/// looked at.
+/// The shortest sleep: timers due within it are handled together.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the underlay interface's MTU is read for `mtu = "auto"` overlays.
-const AUTO_MTU_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest sleep: how soon traffic towards an idle peer is noticed (its path is then
+/// probed again), and a new SA or a reload's new peers.
+const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
+/// How often the kernel's view of the underlay (the route and MTU towards every peer, and the
+/// underlay link's MTU for `mtu = "auto"`) is read, in one batch.
+const ROUTE_PERIOD: Duration = Duration::from_secs(2);
 /// Room for the largest probe: a 64 KiB IP packet.
 const PROBE_BUFFER_LEN: usize = 65_536;
 
@@ -58,6 +68,32 @@ struct PeerPath {
     /// Runs while the peer has an outbound SA that answers probes; it outlives rekeys (the path
     /// stays the same), so a known black hole does not reopen every hour.
     search: Option<Search>,
+    /// The peer's transmitted-packet counter when last looked at: a change is traffic.
+    tx_seen: u64,
+}
+
+impl PeerPath {
+    /// Whether the search's timer is due at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.search.as_ref().and_then(Search::poll_timeout).is_some_and(|at| at <= now)
+    }
+}
+
+/// What a pass over the peers compares with the last one: any change means every peer is
+/// looked at (new SAs, a reload, a new route reading). The snapshots are held, so that a new
+/// one can never reuse an old one's address.
+struct Seen {
+    sadb: Arc<SaTables>,
+    topology: Arc<Topology>,
+    underlay: u64,
+}
+
+impl Seen {
+    fn same(&self, other: &Seen) -> bool {
+        Arc::ptr_eq(&self.sadb, &other.sadb)
+            && Arc::ptr_eq(&self.topology, &other.topology)
+            && self.underlay == other.underlay
+    }
 }
 
 impl Driver {
@@ -81,45 +117,69 @@ impl Driver {
         // By peer id: a reload may add peers (new ids) and remove some.
         let mut peers: HashMap<PeerId, PeerPath> = HashMap::new();
         let mut buf = vec![0u8; PROBE_BUFFER_LEN];
-        let mut tick = tokio::time::interval(TICK);
-        let mut next_auto = Instant::now() + AUTO_MTU_INTERVAL;
+        let mut wake = Instant::now();
         let mut echo_orders = self.state.pmtu.take_echo_receiver();
         let mut echoes = Echoes::new();
-        // The newest look at the underlay, and the one being read.
+        // The newest look at the underlay (and how many there were), the one being read, when
+        // the next is due.
         let mut underlay = Underlay::default();
+        let mut readings = 0u64;
         let mut reading: Option<JoinHandle<Underlay>> = None;
+        let mut next_read = Instant::now();
+        let mut seen: Option<Seen> = None;
         loop {
             tokio::select! {
                 message = inbox.recv() => match message {
-                    Some(message) => self.handle_message(message, &mut peers, &mut echoes, &mut buf),
+                    Some(message) => self.handle_message(message, &mut peers, &underlay, &mut echoes, &mut buf),
                     None => return,
                 },
                 Some(order) = next_order(&mut echo_orders) => self.send_echo(order, &mut echoes, &mut buf),
                 read = underlay_read(&mut reading) => {
                     reading = None;
                     match read {
-                        Ok(read) => underlay = read,
+                        Ok(read) => {
+                            underlay = read;
+                            readings += 1;
+                            self.follow_auto_mtu(&underlay);
+                            wake = Instant::now();
+                        }
                         Err(error) => tracing::warn!(%error, "the underlay route lookup failed"),
                     }
-                    if Instant::now() >= next_auto {
-                        next_auto = Instant::now() + AUTO_MTU_INTERVAL;
-                        self.follow_auto_mtu(&underlay);
-                    }
                 }
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     // Pings that gave up waiting.
                     echoes.retain(|_, reply| !reply.is_closed());
                     let topology = self.state.topology_full();
-                    peers.retain(|id, _| topology.is_member(*id));
+                    let tables = self.state.sadb.load_full();
+                    let now_seen = Seen { sadb: tables.clone(), topology: topology.clone(), underlay: readings };
+                    let changed = !seen.as_ref().is_some_and(|before| before.same(&now_seen));
+                    seen = Some(now_seen);
+                    if changed {
+                        peers.retain(|id, _| topology.is_member(*id));
+                    }
+                    let mut unrouted = false;
                     for peer in &topology.peers {
                         let path = peers.entry(peer.id).or_default();
-                        let kernel = underlay.route(peer.id).map(|route| route.mtu());
-                        self.update_peer(&topology, peer, path, kernel, now, &mut buf);
+                        let tx = peer.counters.tx_packets.load(Ordering::Relaxed);
+                        let traffic = std::mem::replace(&mut path.tx_seen, tx) != tx;
+                        if let (true, Some(search)) = (traffic, path.search.as_mut()) {
+                            search.on_traffic(now);
+                        }
+                        let route = underlay.route(peer.id);
+                        // Only a peer with an SA needs its route (as its probes' ceiling).
+                        unrouted |= route.is_none() && tables.outbound(peer.id).is_some();
+                        if changed || traffic || path.due(now) {
+                            self.update_peer(&topology, peer, path, route.map(|route| route.mtu()), now, &mut buf);
+                        }
                     }
-                    if reading.is_none() {
+                    // One batch for all peers; sooner while a peer has no route yet.
+                    if reading.is_none() && (now >= next_read || unrouted) {
+                        next_read = now + ROUTE_PERIOD;
                         reading = Some(tokio::task::spawn_blocking(move || Underlay::read(&topology)));
                     }
+                    let next_timer = peers.values().filter_map(|path| path.search.as_ref()?.poll_timeout()).min();
+                    wake = next_timer.unwrap_or(now + TRAFFIC_CHECK).clamp(now + TICK, now + TRAFFIC_CHECK);
                 }
             }
         }
@@ -129,6 +189,7 @@ impl Driver {
         &self,
         message: InbandMessage,
         peers: &mut HashMap<PeerId, PeerPath>,
+        underlay: &Underlay,
         echoes: &mut Echoes,
         buf: &mut [u8],
     ) {
@@ -144,8 +205,14 @@ impl Driver {
                 }
             }
             MessageType::ProbeAck => {
-                if let Some(search) = peers.get_mut(&message.peer).and_then(|path| path.search.as_mut()) {
-                    search.on_ack(id, Instant::now());
+                // The next probe (or the settled size) goes out now, not at the next timer.
+                if let Some(path) = peers.get_mut(&message.peer) {
+                    if let Some(search) = path.search.as_mut() {
+                        let now = Instant::now();
+                        search.on_ack(id, now);
+                        let kernel = underlay.route(message.peer).map(|route| route.mtu());
+                        self.update_peer(&topology, peer, path, kernel, now, buf);
+                    }
                 }
             }
             MessageType::EchoRequest => {
@@ -259,7 +326,8 @@ impl Driver {
         let tables = self.state.sadb.load();
         let sa = tables.outbound(peer.id).ok_or_else(|| io::Error::other("no outbound SA"))?;
         let len = seal_inband(sa, self.encapsulation(topology, peer, Some(sa)), header, size, buf)?;
-        self.out.send(&buf[..len], sa.params.remote)?;
+        let sent = self.out.send(&buf[..len], sa.params.remote);
+        sent.inspect_err(|error| peer.counters.send_errors.count(SendErrorKind::of(error)))?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_core::{NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -140,6 +140,54 @@ impl RouteLookup {
             }
         }
     }
+}
+
+/// rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 routes, IPv6 routes.
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+/// Message types of a link or route that appeared or changed.
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWROUTE: u16 = 24;
+
+/// The kernel's reports of links and routes as they change (rtnetlink multicast): after an
+/// outage, meshd renegotiates when the link is back instead of at its next timed attempt.
+/// `wait` blocks, so it runs on a thread of its own.
+pub struct UnderlayEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl UnderlayEvents {
+    pub fn open() -> Result<UnderlayEvents, RouteError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+        socket.bind(&SocketAddr::new(0, groups)).map_err(RouteError::Socket)?;
+        Ok(UnderlayEvents { socket, buf: vec![0u8; REPLY_BUFFER_LEN] })
+    }
+
+    /// Waits for the kernel's next report; true when it tells of a link or route that appeared
+    /// or changed (deletions change nothing meshd could act on).
+    pub fn wait(&mut self) -> io::Result<bool> {
+        let len = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        Ok(tells_of_new_link_or_route(&self.buf[..len]))
+    }
+}
+
+/// Whether one rtnetlink datagram holds an RTM_NEWLINK or RTM_NEWROUTE message.
+fn tells_of_new_link_or_route(mut bytes: &[u8]) -> bool {
+    while let Ok(message) = NetlinkBuffer::new_checked(bytes) {
+        if matches!(message.message_type(), RTM_NEWLINK | RTM_NEWROUTE) {
+            return true;
+        }
+        // Messages are 4-byte aligned (NLMSG_ALIGN).
+        let next = (message.length() as usize).next_multiple_of(4);
+        if next == 0 || next >= bytes.len() {
+            return false;
+        }
+        bytes = &bytes[next..];
+    }
+    false
 }
 
 /// Looks up the route from `source` towards `destination` and its link (one socket for one
@@ -363,6 +411,20 @@ mod tests {
         assert_eq!(parse_link_answer(payload(LINK), 3).unwrap(), LinkAnswer { name: "d0".to_string(), mtu: 1400 });
         // A route answer where a link answer belongs is no link.
         assert!(matches!(parse_link_answer(payload(ROUTE_V4), 3), Err(RouteError::Malformed(_))));
+    }
+
+    #[test]
+    fn new_links_and_routes_are_told_apart_from_other_reports() {
+        // Two 16-byte headers: RTM_DELROUTE (25), then RTM_NEWLINK (16).
+        let mut reports = Vec::new();
+        for message_type in [25u16, 16] {
+            reports.extend_from_slice(&16u32.to_ne_bytes());
+            reports.extend_from_slice(&message_type.to_ne_bytes());
+            reports.extend_from_slice(&[0u8; 10]);
+        }
+        assert!(tells_of_new_link_or_route(&reports));
+        assert!(!tells_of_new_link_or_route(&reports[..16]), "a deleted route alone");
+        assert!(!tells_of_new_link_or_route(&reports[..10]), "truncated");
     }
 
     #[test]

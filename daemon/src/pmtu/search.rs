@@ -9,6 +9,10 @@
 //! The search is optimistic: until a probe fails, the kernel's idea of the path (the ceiling, the
 //! MTU of the route towards the peer) is used, so a healthy path never limits traffic. A lost
 //! probe at the current size (a black hole) drops the limit to the base at once and searches up.
+//!
+//! Probing costs nothing on an idle path: once the path is known, it is confirmed again only
+//! while traffic flows ([`Search::on_traffic`]); a path that saw none when its confirmation was
+//! due waits [`State::Idle`], without a timer, and the first traffic confirms it at once.
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,8 @@ pub struct Timing {
     pub confirm_attempts: u8,
     /// Probes of one size before a size above the current one counts as too large.
     pub search_attempts: u8,
-    /// How often the current size is confirmed, so that a path that shrinks is noticed.
+    /// How often the current size is confirmed while traffic flows, so that a path that shrinks
+    /// is noticed.
     pub confirm_interval: Duration,
     /// How long after a search that ended below the ceiling a larger size is tried again.
     pub raise_interval: Duration,
@@ -67,6 +72,9 @@ pub enum State {
     ConfirmingCurrent { attempts: u8, deadline: Instant },
     /// The time to ask again a peer that acknowledged nothing; the current size stays.
     PeerSilent { retry_at: Instant },
+    /// Traffic: none flowed when a confirmation (or a retry) was due, so the path may be stale;
+    /// the first traffic probes it again.
+    Idle,
 }
 
 impl State {
@@ -77,6 +85,7 @@ impl State {
             State::SearchComplete { .. } => "search_complete",
             State::ConfirmingCurrent { .. } => "confirming_current",
             State::PeerSilent { .. } => "peer_silent",
+            State::Idle => "idle",
         }
     }
 }
@@ -101,6 +110,8 @@ pub struct Search {
     awaited_size: u16,
     next_id: u32,
     pending: Option<Probe>,
+    /// Whether traffic flowed since the last confirmation or retry was due.
+    traffic: bool,
 }
 
 impl Search {
@@ -119,6 +130,7 @@ impl Search {
             awaited_size: 0,
             next_id: 1,
             pending: None,
+            traffic: false,
         };
         search.confirm_base(now);
         search
@@ -143,14 +155,26 @@ impl Search {
         self.pending.take()
     }
 
-    /// When [`Search::handle_timeout`] wants to run next.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`Search::handle_timeout`] wants to run next; `None` while idle (it waits for
+    /// [`Search::on_traffic`]).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::ConfirmingBase { deadline, .. }
             | State::SearchingUp { deadline, .. }
-            | State::ConfirmingCurrent { deadline, .. } => deadline,
-            State::SearchComplete { confirm_at, raise_at } => raise_at.map_or(confirm_at, |at| at.min(confirm_at)),
-            State::PeerSilent { retry_at } => retry_at,
+            | State::ConfirmingCurrent { deadline, .. } => Some(deadline),
+            State::SearchComplete { confirm_at, raise_at } => {
+                Some(raise_at.map_or(confirm_at, |at| at.min(confirm_at)))
+            }
+            State::PeerSilent { retry_at } => Some(retry_at),
+            State::Idle => None,
+        }
+    }
+
+    /// Traffic towards the peer flowed (since the last call). An idle path is probed again now.
+    pub fn on_traffic(&mut self, now: Instant) {
+        self.traffic = true;
+        if self.state == State::Idle {
+            self.resume(now);
         }
     }
 
@@ -168,7 +192,7 @@ impl Search {
                 self.current = self.current.max(size);
                 self.search_up(now);
             }
-            State::SearchComplete { .. } | State::PeerSilent { .. } => {}
+            State::SearchComplete { .. } | State::PeerSilent { .. } | State::Idle => {}
         }
     }
 
@@ -198,10 +222,15 @@ impl Search {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now < self.poll_timeout() {
+        if self.poll_timeout().is_none_or(|at| now < at) {
             return;
         }
         let timing = self.timing;
+        // What is due next would probe a path nobody uses: wait for traffic instead.
+        if matches!(self.state, State::SearchComplete { .. } | State::PeerSilent { .. }) && !self.traffic {
+            self.state = State::Idle;
+            return;
+        }
         match self.state {
             State::ConfirmingBase { attempts, .. } if attempts < timing.confirm_attempts => {
                 self.resend(self.base(), attempts, now)
@@ -232,15 +261,23 @@ impl Search {
                 self.raise_at = None;
                 self.confirm_base(now);
             }
-            State::SearchComplete { raise_at: Some(at), .. } if now >= at && self.current < self.ceiling => {
-                self.high = self.ceiling.saturating_add(1);
-                self.raise_at = None;
-                self.search_up(now);
-            }
-            State::SearchComplete { .. } => {
-                self.send(self.current, now, |deadline| State::ConfirmingCurrent { attempts: 1, deadline })
-            }
-            State::PeerSilent { .. } => self.confirm_base(now),
+            State::SearchComplete { .. } | State::PeerSilent { .. } => self.resume(now),
+            State::Idle => {}
+        }
+    }
+
+    /// What a settled path does when its timer is due and traffic flows: try a larger size when
+    /// that is due, else confirm what it uses; a peer that never answered is asked again.
+    fn resume(&mut self, now: Instant) {
+        self.traffic = false;
+        if self.low == 0 {
+            self.confirm_base(now);
+        } else if self.raise_at.is_some_and(|at| now >= at) && self.current < self.ceiling {
+            self.high = self.ceiling.saturating_add(1);
+            self.raise_at = None;
+            self.search_up(now);
+        } else {
+            self.send(self.current, now, |deadline| State::ConfirmingCurrent { attempts: 1, deadline });
         }
     }
 
@@ -313,12 +350,14 @@ mod tests {
         now: Instant,
         search: Search,
         probes: Vec<u16>,
+        /// Whether traffic flows towards the peer.
+        busy: bool,
     }
 
     impl Path {
         fn new(ceiling: u16, mtu: u16) -> Path {
             let now = Instant::now();
-            Path { mtu, now, search: Search::new(Timing::DEFAULT, ceiling, now), probes: Vec::new() }
+            Path { mtu, now, search: Search::new(Timing::DEFAULT, ceiling, now), probes: Vec::new(), busy: true }
         }
 
         /// Runs the search for `duration` in 100 ms steps.
@@ -332,6 +371,9 @@ mod tests {
                     }
                 }
                 self.now += Duration::from_millis(100);
+                if self.busy {
+                    self.search.on_traffic(self.now);
+                }
                 self.search.handle_timeout(self.now);
             }
         }
@@ -413,6 +455,37 @@ mod tests {
         path.search.set_ceiling(9000, path.now);
         path.run(Duration::from_secs(10));
         assert_eq!(path.search.current(), 9000);
+    }
+
+    #[test]
+    fn an_idle_path_is_not_probed_until_traffic_flows() {
+        let mut path = Path::new(1500, 1500);
+        path.busy = false;
+        path.run(Duration::from_secs(3));
+        assert_eq!(path.probes, [1280, 1500], "the unknown path is searched without traffic");
+        assert_eq!((path.search.state(), path.search.poll_timeout()), (State::Idle, None));
+        path.run(Duration::from_secs(600));
+        assert_eq!(path.probes.len(), 2, "no probe in ten idle minutes");
+        // It shrank meanwhile: the first traffic confirms at once and finds out.
+        path.mtu = 1300;
+        path.busy = true;
+        path.run(Duration::from_millis(200));
+        assert_eq!(path.probes[2], 1500, "traffic confirms the idle path at once");
+        path.run(Duration::from_secs(30));
+        assert_eq!(path.search.current(), 1300);
+    }
+
+    #[test]
+    fn a_silent_peer_is_asked_again_only_with_traffic() {
+        let mut path = Path::new(1500, 0);
+        path.busy = false;
+        path.run(Duration::from_secs(60));
+        assert_eq!(path.probes, [1280, 1280, 1280], "three tries, then idle");
+        assert_eq!(path.search.state(), State::Idle);
+        path.mtu = 1500;
+        path.busy = true;
+        path.run(Duration::from_secs(5));
+        assert_eq!((path.search.current(), path.search.confirmed()), (1500, true));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! with `try_send`, so a worker never waits; a full queue only counts the notice as lost. The
 //! manager drops notices about SAs that are gone by now and hands the rest to keying.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,9 @@ pub enum SaNotice {
     UnknownSpi { peer: PeerId },
     /// `peer`'s outbound SA `spi` has used most of its sequence numbers (`OutboundSa::running_out`).
     SequenceRunningOut { peer: PeerId, spi: u32 },
+    /// ESP of inbound SA `spi` that authenticated and passed the replay window came from
+    /// `remote`, not from the SA's peer address: the NAT in front of `peer` changed its mapping.
+    PeerMoved { peer: PeerId, spi: u32, remote: SocketAddr },
 }
 
 /// The datapath's end of the notice queue (and, until the manager takes it, the manager's end).
@@ -72,6 +76,8 @@ pub trait NoticeHandler {
     fn unknown_spi(&self, peer: PeerId);
     /// `peer`'s current outbound SA `spi` needs a rekey before its sequence numbers run out.
     fn sequence_running_out(&self, peer: PeerId, spi: u32);
+    /// `peer`, behind NAT, now sends from `remote`; its SAs in the SADB follow already.
+    fn peer_moved(&self, peer: PeerId, remote: SocketAddr);
 }
 
 /// The one writer of `MeshState::sadb`.
@@ -124,7 +130,22 @@ impl SaManager {
                     handler.sequence_running_out(peer, spi);
                 }
             }
+            SaNotice::PeerMoved { peer, spi, remote } => {
+                if self.follow(peer, spi, remote) {
+                    tracing::info!(peer = %self.state.topology().peer_name(peer), %remote, "peer's NAT mapping changed; its SAs follow");
+                    handler.peer_moved(peer, remote);
+                }
+            }
         }
+    }
+
+    /// Points `peer`'s SAs at `remote` if inbound SA `spi` (of `peer`, which follows it through a
+    /// NAT) still expects
+    /// the peer elsewhere; false for a repeat or an SA that is gone.
+    fn follow(&self, peer: PeerId, spi: u32, remote: SocketAddr) -> bool {
+        let tables = self.state.sadb.load();
+        let Some(sa) = tables.inbound(spi).filter(|sa| sa.params.peer == peer) else { return false };
+        sa.params.remote != remote && sa.params.follows_peer() && self.state.sadb.move_peer(peer, remote) > 0
     }
 
     /// Passes on the datapath's notices until the runtime stops.
@@ -139,10 +160,13 @@ impl SaManager {
 mod tests {
     use std::cell::RefCell;
 
+    use mesh_config::control::DropReason;
     use mesh_config::MeshConfig;
 
     use super::*;
-    use crate::datapath::testkit::{address, frame, mesh_file, receive, send, spi, DEFAULT, MAC_A, MAC_B};
+    use crate::datapath::testkit::{
+        address, frame, mesh_file, receive, receive_from, send, spi, DEFAULT, MAC_A, MAC_B,
+    };
     use crate::esp::{KeyMaterial, Sealer};
     use crate::manual;
     use crate::sadb::{SaParams, SEQUENCE_REKEY_AT};
@@ -172,6 +196,10 @@ mod tests {
         }
         fn sequence_running_out(&self, peer: PeerId, spi: u32) {
             self.0.borrow_mut().push(SaNotice::SequenceRunningOut { peer, spi });
+        }
+        /// Recorded with SPI 0: the handler hears of the peer, not of an SA.
+        fn peer_moved(&self, peer: PeerId, remote: SocketAddr) {
+            self.0.borrow_mut().push(SaNotice::PeerMoved { peer, spi: 0, remote });
         }
     }
 
@@ -267,5 +295,87 @@ mod tests {
         }
         assert_eq!(queue.try_recv(), Ok(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: spi(0, 1) }));
         assert!(queue.try_recv().is_err(), "not once per packet");
+    }
+
+    /// n0 and n1 with manual SAs; n1 sees n0 from `nat` (n0 is behind a NAT). Returns both
+    /// managers and n1's notice queue.
+    fn pair_behind_nat(nat: SocketAddr) -> (SaManager, SaManager, mpsc::Receiver<SaNotice>) {
+        let (sender, config) = manager(0);
+        let (receiver, _) = manager(1);
+        manual::install(&config, &sender, None).unwrap();
+        manual::install(&config, &receiver, None).unwrap();
+        // As IKE would have made them: the peer's ESP came through the NAT.
+        receiver.state().sadb.update(|tables| {
+            for slot in tables.outbound.iter_mut().flatten() {
+                let params = SaParams { remote: nat, behind_nat: true, ..slot.params };
+                *slot = Arc::new(slot.with_params(params));
+            }
+            for sa in tables.inbound.values_mut() {
+                let params = SaParams { remote: nat, behind_nat: true, ..sa.params };
+                *sa = Arc::new(sa.with_params(params));
+            }
+        });
+        let queue = receiver.state().sa_notices.take_receiver().unwrap();
+        (sender, receiver, queue)
+    }
+
+    fn sealed(sender: &SaManager) -> Vec<u8> {
+        send(sender.state(), &frame(MAC_B, MAC_A, 64)).remove(0).0
+    }
+
+    #[test]
+    fn authentic_esp_from_a_new_nat_mapping_moves_the_peers_sas() {
+        let nat: SocketAddr = "198.18.0.254:4500".parse().unwrap();
+        let rebound: SocketAddr = "198.18.0.254:40000".parse().unwrap();
+        let (sender, receiver, mut queue) = pair_behind_nat(nat);
+        let (first, second) = (sealed(&sender), sealed(&sender));
+        assert_eq!(receive_from(receiver.state(), &[(&first, nat)]).len(), 1);
+        assert!(queue.try_recv().is_err(), "from the mapping it knows: no notice");
+
+        let mut forged = second.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(receive_from(receiver.state(), &[(&forged, rebound), (&first, rebound)]).is_empty());
+        assert!(queue.try_recv().is_err(), "neither a forgery nor a replay moves the peer");
+
+        assert_eq!(receive_from(receiver.state(), &[(&second, rebound)]).len(), 1, "delivered at once");
+        let notice = queue.try_recv().unwrap();
+        assert_eq!(notice, SaNotice::PeerMoved { peer: PeerId(0), spi: spi(0, 1), remote: rebound });
+        let outbound_before = receiver.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        let heard = Heard::default();
+        receiver.handle_notice(notice, &heard);
+        receiver.handle_notice(notice, &heard);
+        assert_eq!(
+            heard.0.into_inner(),
+            vec![SaNotice::PeerMoved { peer: PeerId(0), spi: 0, remote: rebound }],
+            "keying hears of the move once"
+        );
+        let tables = receiver.state().sadb.load();
+        let outbound = tables.outbound(PeerId(0)).unwrap();
+        assert_eq!((outbound.params.remote, tables.inbound(spi(0, 1)).unwrap().params.remote), (rebound, rebound));
+        outbound_before.next_sequence();
+        assert_eq!(outbound.last_sequence(), 1, "the moved SA continues the sequence numbers of the old copy");
+        let replies = send(receiver.state(), &frame(MAC_A, MAC_B, 64));
+        assert_eq!(replies.len(), 1);
+        assert_eq!(receive(sender.state(), &replies[0].0, address(&DEFAULT, 1)).len(), 1);
+    }
+
+    #[test]
+    fn a_peer_not_behind_nat_is_not_followed() {
+        let (sender, config) = manager(0);
+        let (receiver, _) = manager(1);
+        manual::install(&config, &sender, None).unwrap();
+        manual::install(&config, &receiver, None).unwrap();
+        let mut queue = receiver.state().sa_notices.take_receiver().unwrap();
+        let elsewhere: SocketAddr = "198.18.0.99:4500".parse().unwrap();
+        assert!(receive_from(receiver.state(), &[(&sealed(&sender), elsewhere)]).is_empty());
+        assert!(queue.try_recv().is_err());
+        let drops = receiver.state().drops.report(|id| id.0.to_string(), Some(PeerId(0)));
+        assert_eq!(drops.by_reason.get(&DropReason::WrongPeer), Some(&1));
+        // A notice about a peer that is not behind NAT moves nothing.
+        let heard = Heard::default();
+        receiver.handle_notice(SaNotice::PeerMoved { peer: PeerId(0), spi: spi(0, 1), remote: elsewhere }, &heard);
+        assert!(heard.0.into_inner().is_empty());
+        assert_eq!(receiver.state().sadb.load().outbound(PeerId(0)).unwrap().params.remote.ip(), address(&DEFAULT, 0));
     }
 }

@@ -42,6 +42,17 @@ pub struct SaParams {
     /// Where the peer's ESP comes from and ours goes: its address and port 4500, or what its
     /// NAT shows (the port is ignored for raw ESP).
     pub remote: SocketAddr,
+    /// The peer's ESP came from another address or port than the peer's own (address, 4500)
+    /// when the SA was made: a NAT is in front of the peer. Kept when the SA moves.
+    pub behind_nat: bool,
+}
+
+impl SaParams {
+    /// Whether the SA may follow its peer to another address: its ESP crossed a NAT (in UDP)
+    /// when the SA was made (RFC 7296 §2.23, RFC 3948).
+    pub fn follows_peer(&self) -> bool {
+        self.encap == Encap::Udp && self.behind_nat
+    }
 }
 
 /// Traffic and drop counters of one SA.
@@ -60,20 +71,22 @@ impl SaCounters {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.drops.add(reason);
     }
 }
 
+/// The key, sequence numbers and counters are shared with the copies `with_params` makes, so that a
+/// worker still sending on the old copy never reuses a sequence number of the new one.
 pub struct OutboundSa {
     pub params: SaParams,
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
     /// The last sequence number handed out (0: none yet).
-    sequence: AtomicU64,
+    sequence: Arc<AtomicU64>,
     /// The highest number it may hand out: the reservation on disk of a manual SA
     /// (manual_nonces.rs), unlimited for IKE SAs.
-    reserved: AtomicU64,
-    pub counters: SaCounters,
+    reserved: Arc<AtomicU64>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl OutboundSa {
@@ -86,10 +99,22 @@ impl OutboundSa {
     pub fn resumed(params: SaParams, sealer: Sealer, floor: u64, reserved: u64) -> Self {
         OutboundSa {
             params,
-            sealer,
-            sequence: AtomicU64::new(floor),
-            reserved: AtomicU64::new(reserved),
-            counters: SaCounters::default(),
+            sealer: Arc::new(sealer),
+            sequence: Arc::new(AtomicU64::new(floor)),
+            reserved: Arc::new(AtomicU64::new(reserved)),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`):
+    /// key, sequence numbers, reservation and counters stay shared with this one.
+    pub fn with_params(&self, params: SaParams) -> Self {
+        OutboundSa {
+            params,
+            sealer: self.sealer.clone(),
+            sequence: self.sequence.clone(),
+            reserved: self.reserved.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -125,16 +150,22 @@ impl OutboundSa {
     }
 }
 
+/// Like `OutboundSa`, the copies `with_params` makes share the key, replay window and counters.
 pub struct InboundSa {
     pub params: SaParams,
-    pub opener: Opener,
-    replay: Mutex<ReplayWindow>,
-    pub counters: SaCounters,
+    pub opener: Arc<Opener>,
+    replay: Arc<Mutex<ReplayWindow>>,
+    pub counters: Arc<SaCounters>,
 }
 
 impl InboundSa {
     pub fn new(params: SaParams, opener: Opener, replay: ReplayWindow) -> Self {
-        InboundSa { params, opener, replay: Mutex::new(replay), counters: SaCounters::default() }
+        InboundSa { params, opener: Arc::new(opener), replay: Arc::new(Mutex::new(replay)), counters: Arc::default() }
+    }
+
+    /// The same SA with other parameters (a peer whose NAT mapping changed: another `remote`).
+    pub fn with_params(&self, params: SaParams) -> Self {
+        InboundSa { params, opener: self.opener.clone(), replay: self.replay.clone(), counters: self.counters.clone() }
     }
 
     /// The replay window of this SA. A worker that panicked while holding it cannot have left it
@@ -193,6 +224,11 @@ impl Sadb {
         self.tables.load()
     }
 
+    /// The tables now, to keep (not for the packet path: `load` is cheaper).
+    pub fn load_full(&self) -> Arc<SaTables> {
+        self.tables.load_full()
+    }
+
     fn update<R>(&self, change: impl FnOnce(&mut SaTables) -> R) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.tables.load_full();
@@ -237,6 +273,26 @@ impl Sadb {
         })
     }
 
+    /// Points every SA of `peer` at `remote`; returns how many SAs moved.
+    pub(in crate::sadb) fn move_peer(&self, peer: PeerId, remote: SocketAddr) -> usize {
+        self.update(|tables| {
+            let mut moved = 0;
+            if let Some(Some(sa)) = tables.outbound.get_mut(peer.0) {
+                if sa.params.remote != remote {
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
+                    moved += 1;
+                }
+            }
+            for sa in tables.inbound.values_mut() {
+                if sa.params.peer == peer && sa.params.remote != remote {
+                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
+                    moved += 1;
+                }
+            }
+            moved
+        })
+    }
+
     /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
     pub(in crate::sadb) fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
         let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
@@ -276,6 +332,7 @@ pub(crate) mod tests {
             origin: SaOrigin::Manual,
             created_ms: 1,
             remote: "198.18.0.2:4500".parse().unwrap(),
+            behind_nat: false,
         }
     }
 
@@ -348,7 +405,9 @@ pub(crate) mod tests {
     #[test]
     fn a_resumed_sa_starts_above_its_floor_and_stops_at_its_reservation() {
         let fresh = outbound(0x3003, 0, false);
-        let sa = OutboundSa::resumed(fresh.params, fresh.sealer, 1_000, 1_002);
+        let sa = fresh.with_params(fresh.params);
+        sa.sequence.store(1_000, Ordering::Relaxed);
+        sa.reserved.store(1_002, Ordering::Relaxed);
         assert_eq!(sa.next_sequence(), Some(1_001));
         assert_eq!(sa.next_sequence(), Some(1_002));
         assert_eq!(sa.next_sequence(), None, "not past the reservation on disk");

@@ -32,13 +32,15 @@ pub enum Cell {
     OneSided { detail: String },
     /// The row's node does not list the column's node as a peer (their mesh files differ).
     NotPeered,
+    /// The two nodes share no overlay, so they never peer (and neither lists the other).
+    NoSharedOverlay,
     /// The row's or the column's node could not be asked.
     Unknown { detail: String },
 }
 
 impl Cell {
     pub fn is_healthy(&self) -> bool {
-        matches!(self, Cell::This | Cell::Established { .. })
+        matches!(self, Cell::This | Cell::Established { .. } | Cell::NoSharedOverlay)
     }
 
     pub fn text(&self) -> String {
@@ -49,6 +51,7 @@ impl Cell {
             Cell::Missing => "MISSING".into(),
             Cell::OneSided { detail } => format!("ONE-SIDED: {detail}"),
             Cell::NotPeered => "NOT PEERED (mesh files differ)".into(),
+            Cell::NoSharedOverlay => "not peered (no shared overlay)".into(),
             Cell::Unknown { detail } => format!("? {detail}"),
         }
     }
@@ -58,15 +61,29 @@ impl Cell {
 pub type View = Result<Vec<PeerView>, String>;
 
 /// `cells[row][column]`: the pair (row, column) as row sees it, checked against column's view.
-pub fn matrix(names: &[String], views: &[View]) -> Vec<Vec<Cell>> {
-    (0..names.len()).map(|row| (0..names.len()).map(|column| cell(names, views, row, column)).collect()).collect()
+/// `share_overlay` says which pairs the mesh file peers (`MeshConfig::share_overlay`).
+pub fn matrix(names: &[String], views: &[View], share_overlay: impl Fn(&str, &str) -> bool) -> Vec<Vec<Cell>> {
+    (0..names.len())
+        .map(|row| (0..names.len()).map(|column| cell(names, views, &share_overlay, row, column)).collect())
+        .collect()
 }
 
-fn cell(names: &[String], views: &[View], row: usize, column: usize) -> Cell {
+fn cell(
+    names: &[String],
+    views: &[View],
+    share_overlay: &impl Fn(&str, &str) -> bool,
+    row: usize,
+    column: usize,
+) -> Cell {
     if row == column {
         return Cell::This;
     }
     let (a, b) = (&names[row], &names[column]);
+    let listed = |view: &View, name: &str| view.as_ref().is_ok_and(|peers| peers.iter().any(|p| p.name == name));
+    // Apart by the file and apart in fact; a node that still lists the other falls through.
+    if !share_overlay(a, b) && !listed(&views[row], b) && !listed(&views[column], a) {
+        return Cell::NoSharedOverlay;
+    }
     let a_view = match &views[row] {
         Ok(peers) => peers,
         Err(_) => return Cell::Unknown { detail: format!("{a} unreachable") },
@@ -128,7 +145,7 @@ mod tests {
             Ok(vec![peer("n1", Some(0x21), &[0x12]), peer("n3", None, &[])]),
             Ok(vec![peer("n1", None, &[]), peer("n2", None, &[])]),
         ];
-        let m = matrix(&names(), &views);
+        let m = matrix(&names(), &views, |_, _| true);
         assert_eq!(m[0][0], Cell::This);
         assert_eq!(m[0][1], Cell::Established { path_mtu: None });
         assert_eq!(m[1][0], Cell::Established { path_mtu: None });
@@ -145,7 +162,7 @@ mod tests {
     fn one_direction_only() {
         // n1's outbound SA is known to n2, but n2 sends with an SPI n1 has not got.
         let views = vec![Ok(vec![peer("n2", Some(0x12), &[])]), Ok(vec![peer("n1", Some(0x21), &[0x12])])];
-        let m = matrix(&names()[..2], &views);
+        let m = matrix(&names()[..2], &views, |_, _| true);
         assert_eq!(m[0][1], Cell::OneSided { detail: "n1->n2 works, n2->n1 does not".into() });
         assert_eq!(m[1][0], Cell::OneSided { detail: "n1->n2 works, n2->n1 does not".into() });
     }
@@ -153,7 +170,7 @@ mod tests {
     #[test]
     fn unreachable_and_not_peered() {
         let views = vec![Ok(vec![peer("n2", Some(1), &[2])]), Err("connection refused".into()), Ok(vec![])];
-        let m = matrix(&names(), &views);
+        let m = matrix(&names(), &views, |_, _| true);
         assert_eq!(m[0][1], Cell::Unknown { detail: "n2 unreachable; n1 has SAs".into() });
         assert_eq!(m[1][0], Cell::Unknown { detail: "n2 unreachable".into() });
         assert_eq!(m[0][2], Cell::NotPeered);
@@ -161,11 +178,30 @@ mod tests {
     }
 
     #[test]
+    fn pairs_that_share_no_overlay_are_not_peered_and_healthy() {
+        // n1 and n3 share no overlay; n2 shares one with each.
+        let apart = |a: &str, b: &str| [a, b].contains(&"n2");
+        let views = vec![
+            Ok(vec![peer("n2", Some(0x12), &[0x21])]),
+            Ok(vec![peer("n1", Some(0x21), &[0x12]), peer("n3", Some(0x23), &[0x32])]),
+            Ok(vec![peer("n2", Some(0x32), &[0x23])]),
+        ];
+        let m = matrix(&names(), &views, apart);
+        assert_eq!((&m[0][2], &m[2][0]), (&Cell::NoSharedOverlay, &Cell::NoSharedOverlay));
+        assert_eq!(m[0][2].text(), "not peered (no shared overlay)");
+        assert!(m.iter().flatten().all(Cell::is_healthy));
+        // A node that peers where the file says it should not: its mesh file differs.
+        let stale =
+            vec![Ok(vec![peer("n2", Some(0x12), &[0x21]), peer("n3", None, &[])]), views[1].clone(), views[2].clone()];
+        assert_eq!(matrix(&names(), &stale, apart)[0][2], Cell::NotPeered);
+    }
+
+    #[test]
     fn path_mtu_shows_when_reported() {
         let mut a = peer("n2", Some(1), &[2]);
         a.path_mtu = Some(1500);
         let views = vec![Ok(vec![a]), Ok(vec![peer("n1", Some(2), &[1])])];
-        let m = matrix(&names()[..2], &views);
+        let m = matrix(&names()[..2], &views, |_, _| true);
         assert_eq!(m[0][1].text(), "established (path MTU 1500)");
     }
 

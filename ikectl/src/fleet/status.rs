@@ -22,8 +22,8 @@ pub async fn status(options: &FleetOptions, json: bool) -> Result<bool, String> 
         .into_iter()
         .map(|(_, view_and_version)| view_and_version)
         .unzip();
+    let cells = matrix(&names, &views, |a, b| fleet.config.share_overlay(a, b));
     fleet.close().await;
-    let cells = matrix(&names, &views);
     let healthy = views.iter().all(Result::is_ok) && cells.iter().flatten().all(Cell::is_healthy);
     if json {
         let value = serde_json::json!({

@@ -41,7 +41,6 @@ impl CookieJar {
     }
 
     /// Makes a new current secret; the old current one stays valid until the next rotation.
-    #[cfg(test)]
     pub fn rotate(&mut self) -> Result<(), CryptoError> {
         let next = Secret { version: self.current.version.wrapping_add(1), key: random_key()? };
         self.previous = Some(core::mem::replace(&mut self.current, next));
