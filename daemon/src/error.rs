@@ -70,6 +70,8 @@ pub enum RequestError {
     /// The message of `Topology::resolve_peer`: the name and the peers there are.
     #[error("{0}")]
     UnknownPeer(String),
+    #[error("meshd serves {limit} control connections at once and all are busy; close other ikectl sessions (drops --follow, capture) and try again")]
+    Busy { limit: usize },
     /// A request the service refused; the text says why and what to ask instead.
     #[error("{0}")]
     Refused(String),

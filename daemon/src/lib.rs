@@ -33,6 +33,7 @@ internal_modules!(
     drops,
     esp,
     fdb,
+    framing,
     flows,
     ids,
     ike,

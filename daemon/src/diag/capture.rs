@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mesh_config::control::{
     CaptureFrames, CaptureInterface, CaptureStart, CapturedFrame, Direction, Reply, Response, Spi,
 };
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, Lines};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::hex;
 use super::observe::SeenFrame;
-use crate::ctl::send;
+use crate::framing::{send, RequestLines};
 use crate::state::MeshState;
 use crate::topology::{OverlayId, PeerId, Topology};
 
@@ -141,7 +141,7 @@ fn interface_index(overlay: OverlayId, direction: Direction) -> u32 {
 pub async fn stream<R, W>(
     state: &MeshState,
     request: CaptureRequest,
-    lines: &mut Lines<BufReader<R>>,
+    lines: &mut RequestLines<R>,
     writer: &mut W,
 ) -> io::Result<()>
 where

@@ -6,10 +6,11 @@ use std::io;
 use std::sync::Arc;
 
 use mesh_config::control::DropBatch;
-use tokio::io::{AsyncRead, BufReader, Lines};
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use super::kernel::KernelDrops;
+use crate::framing::RequestLines;
 use crate::state::MeshState;
 
 /// Where the stream starts: after these ids; kernel drops only when `kernel_after` is given.
@@ -57,7 +58,7 @@ impl Follower {
     /// its input is how it says goodbye) or meshd stops.
     pub async fn next_batch<R: AsyncRead + Unpin>(
         &mut self,
-        lines: &mut Lines<BufReader<R>>,
+        lines: &mut RequestLines<R>,
     ) -> io::Result<Option<DropBatch>> {
         loop {
             if self.waits {
