@@ -72,6 +72,19 @@ impl ReplayWindow {
         ReplayWindow { size, top: 0, bits: vec![0u64; (size / WORD_BITS) as usize].into_boxed_slice() }
     }
 
+    /// Size, top and bitmap, for the meshd that takes this SA over (`crate::upgrade`).
+    pub fn to_parts(&self) -> (u32, u64, Vec<u64>) {
+        (self.size, self.top, self.bits.to_vec())
+    }
+
+    /// The window `to_parts` described; `None` when the bitmap does not fit the size.
+    pub fn from_parts(size: u32, top: u64, bits: Vec<u64>) -> Option<Self> {
+        let fits = size == size.clamp(WORD_BITS, MAX_REPLAY_WINDOW)
+            && size.is_multiple_of(WORD_BITS)
+            && bits.len() == (size / WORD_BITS) as usize;
+        fits.then(|| ReplayWindow { size, top, bits: bits.into_boxed_slice() })
+    }
+
     /// The window size in sequence numbers.
     pub fn size(&self) -> u32 {
         self.size
