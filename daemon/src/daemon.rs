@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::tap::TapQueue;
 use arc_swap::ArcSwap;
 use mesh_config::MeshConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tun_rs::SyncDevice;
+use tokio::sync::Notify;
 
 use crate::ctl::{self, SocketFile};
 use crate::datapath::{Datapath, IkeInbox, WorkerTuning};
@@ -23,6 +24,7 @@ use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::Topology;
+use crate::upgrade::{self, HandoverError, Takeover};
 use crate::{manual, netif, pmtu};
 
 /// How often learned FDB entries are checked for age.
@@ -38,6 +40,19 @@ pub struct RunOptions {
     pub kernel_drops: bool,
     /// TAP offloads (off only for debugging and comparison) and busy polling of the workers.
     pub tuning: WorkerTuning,
+    /// Take over from the meshd running with the same control socket (`crate::upgrade`).
+    pub upgrade: bool,
+}
+
+/// How long a stopping meshd gives its IKE DELETEs to leave before the runtime stops.
+const GOODBYE_TIME: Duration = Duration::from_millis(200);
+
+/// How `meshd run` ends.
+enum Ending {
+    /// SIGTERM or SIGINT: peers are told.
+    Stopped,
+    /// A new meshd took everything over.
+    HandedOver,
 }
 
 /// Loads the config and finds which node this host is.
@@ -65,34 +80,65 @@ pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, Dae
 }
 
 /// `meshd run`: runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
-pub fn run(options: RunOptions) -> Result<(), DaemonError> {
+pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     let (config, topology) = load(&options.config, options.node.as_deref())?;
+    let inheritance = match options.upgrade {
+        true => inherit(&options.ctl_socket, &topology)?,
+        false => None,
+    };
+    let handover_path = upgrade::socket_path(&options.ctl_socket);
     // Bind first: a second meshd must fail before it touches any interface.
-    let mut socket = SocketFile::bind(&options.ctl_socket)?;
+    let (mut socket, handover_socket) = match &inheritance {
+        Some(inherited) => (
+            SocketFile::adopt(&options.ctl_socket, inherited.ctl.try_clone().map_err(DaemonError::Thread)?),
+            SocketFile::adopt(&handover_path, inherited.handover.try_clone().map_err(DaemonError::Thread)?),
+        ),
+        None => (SocketFile::bind(&options.ctl_socket)?, upgrade::bind(&options.ctl_socket)?),
+    };
     let state = Arc::new(MeshState::new(topology));
     let sas = Arc::new(SaManager::new(state.clone()));
-    let installed = manual::install(&config, &sas, None)?;
+    let installed = match &inheritance {
+        Some(inherited) => sas.import(&inherited.offer.sadb).map_err(|error| {
+            HandoverError::Exchange(std::io::Error::other(format!("cannot install the SAs handed over: {error}")))
+        })?,
+        None => manual::install(&config, &sas, None)?.len(),
+    };
 
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
-    let mut overlays = Vec::new();
-    let mut queues: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
-    let topology = state.topology_full();
-    for overlay in &topology.overlays {
-        let (devices, status) = bring_up(overlay, &topology, &config, workers, options.tuning.offload)?;
-        for (queue, device) in queues.iter_mut().zip(devices) {
-            queue.push(device);
+    let (mut inheritance, queues, overlays) = match inheritance {
+        Some(mut inherited) => {
+            if inherited.offer.offload != options.tuning.offload {
+                tracing::warn!(offload = inherited.offer.offload, "keeping the TAP offloads of the running meshd");
+                options.tuning.offload = inherited.offer.offload;
+            }
+            let queues = std::mem::take(&mut inherited.queues);
+            let overlays = std::mem::take(&mut inherited.offer.overlays);
+            (Some(inherited), queues, overlays)
         }
-        overlays.push(status);
-    }
+        None => {
+            let (queues, overlays) = bring_up_overlays(&state, &config, options.tuning.offload)?;
+            (None, queues, overlays)
+        }
+    };
+    let topology = state.topology_full();
     let keying = Arc::new(Keying::new(&config, sas.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?;
+    let mut datapath = match inheritance.as_mut() {
+        Some(inherited) => Datapath::adopt(
+            state.clone(),
+            queues,
+            std::mem::take(&mut inherited.underlay),
+            Some(inbox.clone()),
+            options.tuning,
+        )?,
+        None => Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?,
+    };
     tracing::info!(
         node = %topology.node_name,
         address = %topology.local_address,
         peers = topology.peers.len(),
-        manual_sas = installed.len(),
+        sas = installed,
         workers = datapath.workers(),
+        taken_over = inheritance.is_some(),
         "meshd running"
     );
     let udp_4500 = datapath.take_udp_4500();
@@ -136,21 +182,32 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
+    let failed_socket = |source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed_socket)?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
         if let Some(inbox) = state.pmtu.take_receiver() {
             tokio::spawn(path_mtu.run(inbox));
         }
         let local = topology.local_address;
-        let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
-            address: local,
-            encap: topology.encap,
-            source,
-        })?;
+        let underlay_error = |source| DaemonError::Underlay { address: local, encap: topology.encap, source };
+        let sockets = match inheritance.as_mut() {
+            Some(inherited) => {
+                let own_4500 = inherited.ike_own_4500.take().map(std::net::UdpSocket::from);
+                let port_500 = inherited.ike_500.try_clone().map_err(underlay_error)?;
+                keying::adopt(port_500.into(), own_4500, udp_4500)
+            }
+            None => keying::bind(local, udp_4500),
+        }
+        .map_err(underlay_error)?;
+        let donor = upgrade::Donor {
+            reloader: reloader.clone(),
+            ctl: socket.duplicate_listener().map_err(failed_socket)?,
+            handover: handover_socket.duplicate_listener().map_err(failed_socket)?,
+            ike: sockets.handover_fds().map_err(underlay_error)?,
+        };
+        let handed_over = Arc::new(Notify::new());
+        tokio::spawn(upgrade::serve(handover_socket, Arc::new(donor), handed_over.clone()));
         if let Some(notices) = state.sa_notices.take_receiver() {
             tokio::spawn(sas.clone().run(notices, keying.clone()));
         }
@@ -169,16 +226,66 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;
-        let served = tokio::select! {
-            served = ctl::serve(&mut socket, services) => served,
-            signal = wait_for_stop_signal() => signal,
+        if let Some(inherited) = inheritance.take() {
+            // Everything runs: the old meshd may go.
+            inherited.confirmation.confirm()?;
+            tracing::info!("took over from the running meshd");
+        }
+        let ending = tokio::select! {
+            served = ctl::serve(&mut socket, services) => served.map(|()| Ending::Stopped),
+            signal = wait_for_stop_signal() => signal.map(|()| Ending::Stopped),
+            () = handed_over.notified() => Ok(Ending::HandedOver),
         };
-        served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
+        match ending.map_err(failed_socket)? {
+            Ending::Stopped => {
+                keying.leave_all_peers();
+                tokio::time::sleep(GOODBYE_TIME).await;
+            }
+            Ending::HandedOver => socket.leave_to_successor(),
+        }
+        Ok(())
     });
     reloader.shutdown();
     drop(socket);
     tracing::info!("meshd stopped");
     served
+}
+
+/// `--upgrade`: what the running meshd hands over, or `None` when it cannot (then it has been
+/// stopped, telling its peers, and this meshd starts afresh).
+fn inherit(ctl_socket: &std::path::Path, topology: &Topology) -> Result<Option<upgrade::Inheritance>, DaemonError> {
+    match upgrade::take_over(ctl_socket)? {
+        Takeover::Inherited(mut inherited) => match inherited.misfit(topology) {
+            Some(why) => Err(inherited.confirmation.decline(why).into()),
+            None => Ok(Some(*inherited)),
+        },
+        Takeover::Impossible(why) => {
+            tracing::warn!("no handover ({why}); restarting instead");
+            upgrade::stop_running(ctl_socket)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Creates every overlay's TAP with one queue per worker; returns each worker's queues and
+/// what `ikectl status` shows of the overlays.
+fn bring_up_overlays(
+    state: &MeshState,
+    config: &MeshConfig,
+    offload: bool,
+) -> Result<(Vec<Vec<TapQueue>>, Vec<mesh_config::control::OverlayStatus>), DaemonError> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+    let mut overlays = Vec::new();
+    let mut queues: Vec<Vec<TapQueue>> = (0..workers).map(|_| Vec::new()).collect();
+    let topology = state.topology_full();
+    for overlay in &topology.overlays {
+        let (devices, status) = bring_up(overlay, &topology, config, workers, offload)?;
+        for (queue, device) in queues.iter_mut().zip(devices) {
+            queue.push(device);
+        }
+        overlays.push(status);
+    }
+    Ok((queues, overlays))
 }
 
 /// Reloads on every SIGHUP, like `ikectl reload` (the outcome goes to the log).

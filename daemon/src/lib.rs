@@ -27,4 +27,5 @@ pub mod state;
 mod sys;
 pub mod tap;
 pub mod topology;
+pub mod upgrade;
 pub mod wire;

@@ -42,6 +42,11 @@ enum CliCommand {
         /// Do not trace the kernel's drops of mesh traffic (eBPF on skb:kfree_skb).
         #[arg(long)]
         no_kernel_drops: bool,
+        /// Take over from the meshd running with the same control socket without losing a
+        /// packet (its TAP queues, sockets and SAs are handed over); where that is impossible,
+        /// stop it (it tells its peers) and start afresh. Give the same other arguments.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -56,13 +61,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     meshd::logging::init();
     let result = match cli.command {
-        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops } => {
+        CliCommand::Run { config, node, ctl_socket, no_offload, busy_poll, no_kernel_drops, upgrade } => {
             daemon::run(RunOptions {
                 config,
                 node,
                 ctl_socket,
                 tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
+                upgrade,
             })
         }
         CliCommand::Check { config, node } => {

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::tap::TapQueue;
 use arc_swap::ArcSwap;
 use mesh_config::control::OverlayStatus;
 use mesh_config::reload::ReloadPlan;
 use mesh_config::MeshConfig;
-use tun_rs::SyncDevice;
 
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
@@ -80,6 +80,26 @@ impl Reloader {
         if let Some(datapath) = self.lock().datapath.take() {
             datapath.stop();
         }
+    }
+
+    /// Stops the workers and lets `hand_over` give their TAP queues and sockets to a new meshd
+    /// (`crate::upgrade`); forwarding resumes on them when it fails. Holds the reload lock
+    /// throughout, so no reload runs in between. `None`: the datapath is stopped already.
+    pub fn hand_over_datapath<T, E: std::fmt::Display>(
+        &self,
+        hand_over: impl FnOnce(&[WorkerParts], WorkerTuning) -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        let mut running = self.lock();
+        let parts = running.datapath.take()?.stop();
+        let result = hand_over(&parts, running.tuning);
+        if let Err(error) = &result {
+            tracing::warn!("handover failed ({error}); forwarding again");
+            match Datapath::resume(self.state.clone(), parts, Some(running.ike_inbox.clone()), running.tuning) {
+                Ok(datapath) => running.datapath = Some(datapath),
+                Err(error) => tracing::error!("cannot restart the datapath after the failed handover: {error}"),
+            }
+        }
+        Some(result)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -161,13 +181,13 @@ impl Reloader {
         let mut parts: Vec<WorkerParts> = datapath.stop();
         let recreated = |name: &str| plan.overlays_changed.iter().any(|c| c.name == name && c.recreate);
         // Each worker's queue of each current overlay, by overlay.
-        let mut by_overlay: Vec<Vec<SyncDevice>> = current.overlays.iter().map(|_| Vec::new()).collect();
+        let mut by_overlay: Vec<Vec<TapQueue>> = current.overlays.iter().map(|_| Vec::new()).collect();
         for part in &mut parts {
             for (queues, queue) in by_overlay.iter_mut().zip(part.taps.drain(..)) {
                 queues.push(queue);
             }
         }
-        let mut kept: HashMap<&str, Vec<SyncDevice>> = HashMap::new();
+        let mut kept: HashMap<&str, Vec<TapQueue>> = HashMap::new();
         for (overlay, queues) in current.overlays.iter().zip(by_overlay) {
             if next.overlays.iter().any(|o| o.name == overlay.name) && !recreated(&overlay.name) {
                 kept.insert(overlay.name.as_str(), queues);
@@ -175,7 +195,7 @@ impl Reloader {
             // Otherwise the queues close here, and the interface goes with the last one.
         }
         let statuses = self.overlays.load_full();
-        let mut up: Vec<(Vec<SyncDevice>, OverlayStatus)> = Vec::new();
+        let mut up: Vec<(Vec<TapQueue>, OverlayStatus)> = Vec::new();
         let mut failed = Vec::new();
         for overlay in &next.overlays {
             match kept.remove(overlay.name.as_str()) {

@@ -13,12 +13,13 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::tap::TapQueue;
 use mesh_config::Encap;
-use tun_rs::SyncDevice;
 
 pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN, TRAILER_ROOM};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
@@ -42,31 +43,62 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Starts one worker per element of `queues` (each holding one queue of every overlay TAP).
+    /// Starts one worker per element of `queues` (each holding one queue of every overlay TAP),
+    /// with underlay sockets of its own.
     pub fn start(
         state: Arc<MeshState>,
-        queues: Vec<Vec<SyncDevice>>,
+        queues: Vec<Vec<TapQueue>>,
+        ike: Option<IkeInbox>,
+        tuning: WorkerTuning,
+    ) -> Result<Self, DaemonError> {
+        Datapath::launch(state, queues, None, ike, tuning)
+    }
+
+    /// Starts the workers on the TAP queues and underlay sockets a running meshd handed over
+    /// (`crate::upgrade`), in the order `handover_fds` gave them.
+    pub fn adopt(
+        state: Arc<MeshState>,
+        queues: Vec<Vec<TapQueue>>,
+        underlay: Vec<OwnedFd>,
+        ike: Option<IkeInbox>,
+        tuning: WorkerTuning,
+    ) -> Result<Self, DaemonError> {
+        Datapath::launch(state, queues, Some(underlay), ike, tuning)
+    }
+
+    fn launch(
+        state: Arc<MeshState>,
+        queues: Vec<Vec<TapQueue>>,
+        adopted: Option<Vec<OwnedFd>>,
         ike: Option<IkeInbox>,
         tuning: WorkerTuning,
     ) -> Result<Self, DaemonError> {
         let (local, encap) = (state.topology().local_address, state.topology().encap);
         let underlay_error = |source| DaemonError::Underlay { address: local, encap, source };
-        let raw = match encap {
-            Encap::Esp => Some(Arc::new(RawEspSocket::new(local).map_err(underlay_error)?)),
-            Encap::Udp => None,
+        let wrong_count = || {
+            underlay_error(std::io::Error::other(format!(
+                "the running meshd handed over underlay sockets that do not fit {} workers with encap {encap:?}",
+                queues.len()
+            )))
+        };
+        let mut adopted = adopted.map(Vec::into_iter);
+        let raw = match (encap, &mut adopted) {
+            (Encap::Esp, Some(fds)) => Some(Arc::new(RawEspSocket::adopt(fds.next().ok_or_else(wrong_count)?, local))),
+            (Encap::Esp, None) => Some(Arc::new(RawEspSocket::new(local).map_err(underlay_error)?)),
+            (Encap::Udp, _) => None,
         };
         let mut underlays = Vec::with_capacity(queues.len());
         for index in 0..queues.len() {
-            underlays.push(match &raw {
-                Some(socket) => {
+            underlays.push(match (&raw, &mut adopted) {
+                (Some(socket), _) => {
                     Underlay::Esp { socket: socket.clone(), receives: index == 0, batch: Default::default() }
                 }
-                None => {
-                    let socket = sockets::udp_socket(local).map_err(underlay_error)?;
-                    let batch = std::cell::RefCell::new(sockets::GsoBatch::new(&socket));
-                    Underlay::Udp(socket, batch)
-                }
+                (None, Some(fds)) => Underlay::udp(std::net::UdpSocket::from(fds.next().ok_or_else(wrong_count)?)),
+                (None, None) => Underlay::udp(sockets::udp_socket(local).map_err(underlay_error)?),
             });
+        }
+        if adopted.is_some_and(|mut rest| rest.next().is_some()) {
+            return Err(wrong_count());
         }
         let udp_4500 = match underlays.first() {
             Some(Underlay::Udp(socket, _)) => Some(socket.try_clone().map_err(underlay_error)?),
@@ -118,6 +150,19 @@ impl Datapath {
 
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The descriptors a new meshd adopts (`adopt`) from stopped workers' `parts`: the underlay
+    /// sockets (one per worker for ESP in UDP, the one raw socket for raw ESP), then the TAP
+    /// queues worker by worker.
+    pub fn handover_fds(parts: &[WorkerParts]) -> Vec<BorrowedFd<'_>> {
+        let underlays = parts.iter().map(|part| &part.underlay);
+        let mut fds: Vec<BorrowedFd<'_>> = match parts.first().map(|part| &part.underlay) {
+            Some(Underlay::Esp { socket, .. }) => vec![socket.fd()],
+            _ => underlays.map(Underlay::fd).collect(),
+        };
+        fds.extend(parts.iter().flat_map(|part| part.taps.iter().map(AsFd::as_fd)));
+        fds
     }
 
     /// Stops the workers and waits for them; returns their TAP queues and sockets (they close when

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tap::TapQueue;
 use mesh_config::control::DropReason;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tun_rs::SyncDevice;
 
 use crate::drops::DropContext;
 use crate::offload::virtio_net::{self, Gso, VirtioNetHeader};
@@ -59,7 +59,7 @@ pub struct WorkerTuning {
 /// the same sockets and the TAP queues of the overlays that stay.
 pub struct WorkerParts {
     /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
-    pub taps: Vec<SyncDevice>,
+    pub taps: Vec<TapQueue>,
     pub(super) underlay: Underlay,
 }
 
@@ -74,14 +74,14 @@ fn datapath_coalescing() -> CoalesceConfig {
 /// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
 /// flow received in one batch are written to the TAP as one super-frame (IFF_VNET_HDR).
 struct TapSink<'a> {
-    taps: &'a [SyncDevice],
+    taps: &'a [TapQueue],
     /// Empty without offloads.
     coalescers: RefCell<Vec<Coalescer>>,
     write_failures: Cell<u64>,
 }
 
 impl<'a> TapSink<'a> {
-    fn new(taps: &'a [SyncDevice], offload: bool) -> Self {
+    fn new(taps: &'a [TapQueue], offload: bool) -> Self {
         let coalescers = match offload {
             true => taps.iter().map(|_| Coalescer::new(datapath_coalescing())).collect(),
             false => Vec::new(),

@@ -144,9 +144,8 @@ impl SadbSnapshot {
         let mut inbound = Vec::with_capacity(self.inbound.len());
         for record in &self.inbound {
             let (params, key) = record.sa.params(topology)?;
-            let replay =
-                ReplayWindow::from_parts(record.replay_size, record.replay_top, record.replay_bits.clone())
-                    .ok_or(SnapshotError::ReplayWindow(params.spi))?;
+            let replay = ReplayWindow::from_parts(record.replay_size, record.replay_top, record.replay_bits.clone())
+                .ok_or(SnapshotError::ReplayWindow(params.spi))?;
             let opener = Opener::new(params.cipher, &key)?;
             inbound.push(InboundSa { params, opener, replay: Mutex::new(replay), counters: SaCounters::default() });
         }

@@ -1,0 +1,316 @@
+//! Hitless restart (`meshd run --upgrade`): a new meshd takes the running one's TAP queues,
+//! sockets and SAs over instead of renegotiating, so no overlay packet is lost.
+//!
+//! The running meshd listens on a handover socket next to its control socket (mode 0600 in a
+//! directory of mode 0700; only root connects). The new meshd asks it to hand over
+//! ([`wire::Request::TakeOver`]); the running one stops its workers (as a reload does, at a
+//! batch boundary), takes a snapshot of the SADB (keys, sequence numbers skipped ahead, replay
+//! windows) and sends it with the descriptors (SCM_RIGHTS): the control and handover sockets,
+//! the IKE sockets, the underlay sockets and every TAP queue. The new meshd starts its workers
+//! on them and confirms ([`wire::Request::TakenOver`]); the running one then exits without
+//! touching them again. If the new one declines or goes away first, the running one forwards
+//! again. Key material crosses only this socket, never a file.
+//!
+//! IKE SAs are not handed over: the new meshd negotiates new ones (its IKE_AUTH carries
+//! INITIAL_CONTACT, so peers drop the IKE SAs of the old process), and the Child SAs handed over
+//! carry the traffic until the new ones replace them.
+//!
+//! When no handover is possible (nothing answers on the handover socket: a meshd from before
+//! handovers, or one that crashed), [`stop_running`] stops the running meshd, which deletes its
+//! IKE SAs telling each peer, and the new meshd starts afresh.
+
+pub mod wire;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::Pid;
+use tokio::sync::Notify;
+
+use self::wire::{Answer, Offer, Request, HANDOVER_VERSION};
+use crate::ctl::SocketFile;
+use crate::datapath::Datapath;
+use crate::error::DaemonError;
+use crate::reload::Reloader;
+use crate::tap::TapQueue;
+
+/// How long the running meshd waits for the new one's request, and the new one for the offer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the running meshd, its workers stopped, waits for the new one to start its own.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the fallback waits for a running meshd to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("cannot prepare the handover socket {}: {source}; give --ctl-socket a path in a directory root owns", path.display())]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("the handover from the running meshd failed: {0}; it keeps forwarding, see its log")]
+    Exchange(io::Error),
+    #[error("the running meshd's state does not fit this one: {0}; start with the same mesh file and --node, or stop the running meshd and start this one without --upgrade")]
+    Unfit(String),
+    #[error("cannot stop the running meshd (pid {pid}): {problem}; stop it by hand (systemctl stop meshd) and start this one without --upgrade")]
+    Stop { pid: i32, problem: String },
+}
+
+/// The handover socket of the meshd whose control socket is `ctl_socket`: in a directory of
+/// its own next to it, so that the directory's mode can keep everyone but root out.
+pub fn socket_path(ctl_socket: &Path) -> PathBuf {
+    let mut dir = ctl_socket.as_os_str().to_owned();
+    dir.push(".handover");
+    PathBuf::from(dir).join("socket")
+}
+
+/// Binds the handover socket (mode 0600) in its directory (mode 0700).
+pub fn bind(ctl_socket: &Path) -> Result<SocketFile, DaemonError> {
+    let path = socket_path(ctl_socket);
+    let failed = |source| HandoverError::Socket { path: path.clone(), source };
+    if let Some(dir) = path.parent() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+            }
+            Err(error) => return Err(failed(error).into()),
+        }
+    }
+    SocketFile::bind(&path)
+}
+
+/// Only root (or the user meshd runs as) may take meshd over.
+fn check_peer(stream: &UnixStream) -> io::Result<()> {
+    let credentials = getsockopt(&stream.as_fd(), PeerCredentials)?;
+    let ours = nix::unistd::geteuid().as_raw();
+    match credentials.uid() {
+        0 => Ok(()),
+        uid if uid == ours => Ok(()),
+        uid => Err(io::Error::other(format!("uid {uid} may not take meshd over"))),
+    }
+}
+
+// ----- the running meshd -----
+
+/// What the running meshd hands over besides the datapath: second descriptors of the sockets
+/// its control plane serves on.
+pub struct Donor {
+    pub reloader: Arc<Reloader>,
+    pub ctl: OwnedFd,
+    pub handover: OwnedFd,
+    /// UDP 500, and 4500 when IKE has its own (raw ESP).
+    pub ike: Vec<OwnedFd>,
+}
+
+/// Serves the handover socket until a handover succeeds; then notifies `handed_over` and stops.
+pub async fn serve(mut socket: SocketFile, donor: Arc<Donor>, handed_over: Arc<Notify>) -> io::Result<()> {
+    let listener = socket.take_listener()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let mut stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        let donor = donor.clone();
+        let outcome = tokio::task::spawn_blocking(move || hand_over(&donor, &mut stream)).await;
+        match outcome {
+            Ok(Ok(true)) => {
+                socket.leave_to_successor();
+                handed_over.notify_one();
+                return Ok(());
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "handover failed; still forwarding"),
+            Err(error) => tracing::error!(%error, "the handover panicked"),
+        }
+    }
+}
+
+/// One handover request; true when the new meshd took over.
+fn hand_over(donor: &Donor, stream: &mut UnixStream) -> io::Result<bool> {
+    check_peer(stream)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    match wire::receive::<Request>(stream)?.0 {
+        Request::TakeOver { version } if version == HANDOVER_VERSION => {}
+        Request::TakeOver { version } => {
+            let why = format!("the running meshd speaks handover version {HANDOVER_VERSION}, this one {version}");
+            wire::send(stream, &Answer::Refused(why), &[])?;
+            return Ok(false);
+        }
+        other => return Err(io::Error::other(format!("expected a takeover request, got {other:?}"))),
+    }
+    let started = Instant::now();
+    let reloader = &donor.reloader;
+    let handed = reloader.hand_over_datapath(|parts, tuning| {
+        let topology = reloader.state.topology_full();
+        let offer = Offer {
+            node: topology.node_name.clone(),
+            encap: topology.encap,
+            workers: parts.len(),
+            offload: tuning.offload,
+            overlays: reloader.overlays.load().to_vec(),
+            ike_own_4500: donor.ike.len() > 1,
+            sadb: reloader.sas.export(),
+        };
+        let mut fds: Vec<RawFd> =
+            [&donor.ctl, &donor.handover].into_iter().chain(&donor.ike).map(|fd| fd.as_raw_fd()).collect();
+        fds.extend(Datapath::handover_fds(parts).iter().map(AsRawFd::as_raw_fd));
+        wire::send(stream, &Answer::Offer(Box::new(offer)), &fds)?;
+        stream.set_read_timeout(Some(ADOPT_TIMEOUT))?;
+        match wire::receive::<Request>(stream)?.0 {
+            Request::TakenOver => Ok(()),
+            Request::Declined(why) => Err(io::Error::other(format!("the new meshd declined: {why}"))),
+            other => Err(io::Error::other(format!("expected a confirmation, got {other:?}"))),
+        }
+    });
+    match handed {
+        Some(Ok(())) => {
+            tracing::info!(paused_ms = started.elapsed().as_millis() as u64, "handed over to the new meshd; exiting");
+            Ok(true)
+        }
+        Some(Err(error)) => Err(error),
+        None => {
+            wire::send(stream, &Answer::Refused("the running meshd's datapath is stopped".to_string()), &[])?;
+            Ok(false)
+        }
+    }
+}
+
+// ----- the new meshd -----
+
+/// What a running meshd handed over.
+pub struct Inheritance {
+    pub offer: Offer,
+    pub ctl: OwnedFd,
+    pub handover: OwnedFd,
+    pub ike_500: OwnedFd,
+    pub ike_own_4500: Option<OwnedFd>,
+    /// The underlay sockets, as `Datapath::adopt` takes them.
+    pub underlay: Vec<OwnedFd>,
+    /// Each worker's queue of every overlay, in the order of `offer.overlays`.
+    pub queues: Vec<Vec<TapQueue>>,
+    /// Where to confirm: until then the running meshd is ready to forward again.
+    pub confirmation: Confirmation,
+}
+
+/// The connection to the running meshd, waiting for the new one's word. Dropping it without
+/// `confirm` makes the running meshd forward again.
+pub struct Confirmation(UnixStream);
+
+/// Whether a handover can happen.
+pub enum Takeover {
+    Inherited(Box<Inheritance>),
+    /// Why not: nothing answers, or the running meshd cannot hand over.
+    Impossible(String),
+}
+
+/// Asks the meshd running with `ctl_socket` to hand everything over.
+pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
+    let path = socket_path(ctl_socket);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(error) if matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            return Ok(Takeover::Impossible(format!("nothing answers on {}: {error}", path.display())));
+        }
+        Err(source) => return Err(HandoverError::Socket { path, source }),
+    };
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT + ADOPT_TIMEOUT)).map_err(HandoverError::Exchange)?;
+    wire::send(&mut stream, &Request::TakeOver { version: HANDOVER_VERSION }, &[]).map_err(HandoverError::Exchange)?;
+    let (answer, fds) = wire::receive::<Answer>(&mut stream).map_err(HandoverError::Exchange)?;
+    let offer = match answer {
+        Answer::Refused(why) => return Ok(Takeover::Impossible(why)),
+        Answer::Offer(offer) => *offer,
+    };
+    let mut confirmation = Confirmation(stream);
+    let underlay_count = match offer.encap {
+        mesh_config::Encap::Udp => offer.workers,
+        mesh_config::Encap::Esp => 1,
+    };
+    let expected = 3 + usize::from(offer.ike_own_4500) + underlay_count + offer.workers * offer.overlays.len();
+    if fds.len() != expected {
+        let why = format!("{} descriptors came, {expected} were announced", fds.len());
+        return Err(confirmation.decline(why));
+    }
+    let mut fds = fds.into_iter();
+    // Counted above: every `next` finds one.
+    let mut next = || fds.next().ok_or_else(|| HandoverError::Exchange(io::Error::other("descriptors missing")));
+    let ctl = next()?;
+    let handover = next()?;
+    let ike_500 = next()?;
+    let ike_own_4500 = if offer.ike_own_4500 { Some(next()?) } else { None };
+    let underlay = (0..underlay_count).map(|_| next()).collect::<Result<_, _>>()?;
+    let mut queues = Vec::with_capacity(offer.workers);
+    for _ in 0..offer.workers {
+        queues.push((0..offer.overlays.len()).map(|_| next().map(TapQueue::adopt)).collect::<Result<_, _>>()?);
+    }
+    let inheritance = Inheritance { offer, ctl, handover, ike_500, ike_own_4500, underlay, queues, confirmation };
+    Ok(Takeover::Inherited(Box::new(inheritance)))
+}
+
+impl Inheritance {
+    /// Whether the running meshd is the node `topology` describes, with the same overlays in
+    /// the same order (each worker holds its queues in that order); why not, if it is not.
+    pub fn misfit(&self, topology: &crate::topology::Topology) -> Option<String> {
+        let offer = &self.offer;
+        let ours: Vec<&str> = topology.overlays.iter().map(|o| o.name.as_str()).collect();
+        let theirs: Vec<&str> = offer.overlays.iter().map(|o| o.name.as_str()).collect();
+        if offer.node != topology.node_name {
+            Some(format!("it is node {}, this one {}", offer.node, topology.node_name))
+        } else if offer.encap != topology.encap {
+            Some(format!("it uses encap {:?}, this mesh file {:?}", offer.encap, topology.encap))
+        } else if ours != theirs {
+            Some(format!("it has overlays {theirs:?}, this mesh file {ours:?}"))
+        } else {
+            None
+        }
+    }
+}
+
+impl Confirmation {
+    /// Tells the running meshd that this one forwards now: it exits.
+    pub fn confirm(mut self) -> Result<(), HandoverError> {
+        wire::send(&mut self.0, &Request::TakenOver, &[]).map_err(HandoverError::Exchange)
+    }
+
+    /// Tells the running meshd that its state cannot be used (`why`): it forwards again.
+    pub fn decline(&mut self, why: String) -> HandoverError {
+        // Best effort: it resumes either way once this connection closes.
+        let _ = wire::send(&mut self.0, &Request::Declined(why.clone()), &[]);
+        HandoverError::Unfit(why)
+    }
+}
+
+/// Whether `pid` still runs: it exists and is no zombie waiting for its parent.
+fn running(pid: Pid) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')));
+    kill(pid, None).is_ok() && !zombie
+}
+
+/// The fallback: stops the meshd that serves `ctl_socket`, if one does (SIGTERM: it deletes
+/// its IKE SAs, telling each peer, and removes its sockets), and waits until it is gone.
+pub fn stop_running(ctl_socket: &Path) -> Result<(), HandoverError> {
+    let Ok(stream) = UnixStream::connect(ctl_socket) else {
+        // Nothing serves it: the old meshd is gone (crashed); peers drop its state when our
+        // IKE_AUTH carries INITIAL_CONTACT.
+        return Ok(());
+    };
+    let credentials = getsockopt(&stream.as_fd(), PeerCredentials)
+        .map_err(|error| HandoverError::Stop { pid: 0, problem: error.to_string() })?;
+    drop(stream);
+    let pid = Pid::from_raw(credentials.pid());
+    let failed = |problem: String| HandoverError::Stop { pid: pid.as_raw(), problem };
+    tracing::info!(pid = pid.as_raw(), "stopping the running meshd (no handover possible)");
+    kill(pid, Signal::SIGTERM).map_err(|error| failed(error.to_string()))?;
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while running(pid) {
+        if Instant::now() > deadline {
+            return Err(failed(format!("still running {} s after SIGTERM", STOP_TIMEOUT.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
