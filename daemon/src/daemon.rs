@@ -1,6 +1,7 @@
 //! `meshd run` and `meshd check`: assemble the node from its config, run until told to stop,
 //! and leave nothing behind.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::ctl::{self, SocketFile};
-use crate::datapath::{Datapath, IkeInbox, WorkerTuning};
+use crate::datapath::{IkeInbox, Prepared, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
 use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
@@ -24,7 +25,7 @@ use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::Topology;
-use crate::upgrade::{self, HandoverError, Takeover};
+use crate::upgrade::{self, Takeover};
 use crate::{manual, netif, pmtu};
 
 /// How often learned FDB entries are checked for age.
@@ -97,10 +98,9 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     };
     let state = Arc::new(MeshState::new(topology));
     let sas = Arc::new(SaManager::new(state.clone()));
-    let installed = match &inheritance {
-        Some(inherited) => sas.import(&inherited.offer.sadb).map_err(|error| {
-            HandoverError::Exchange(std::io::Error::other(format!("cannot install the SAs handed over: {error}")))
-        })?,
+    // With a handover the SAs come last, when the running meshd's workers stop.
+    let manual_sas = match &inheritance {
+        Some(_) => 0,
         None => manual::install(&config, &sas, None)?.len(),
     };
 
@@ -120,40 +120,27 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let topology = state.topology_full();
+    // Slow (it loads an eBPF program): before the workers start, so that during a handover the
+    // running meshd's workers are not paused for it.
+    let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
     let keying = Arc::new(Keying::new(&config, sas.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = match inheritance.as_mut() {
-        Some(inherited) => Datapath::adopt(
-            state.clone(),
-            queues,
-            std::mem::take(&mut inherited.underlay),
-            Some(inbox.clone()),
-            options.tuning,
-        )?,
-        None => Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?,
+    let mut prepared = match inheritance.as_mut() {
+        Some(inherited) => Prepared::adopt(&state, queues, std::mem::take(&mut inherited.underlay))?,
+        None => Prepared::bind(&state, queues)?,
     };
-    tracing::info!(
-        node = %topology.node_name,
-        address = %topology.local_address,
-        peers = topology.peers.len(),
-        sas = installed,
-        workers = datapath.workers(),
-        taken_over = inheritance.is_some(),
-        "meshd running"
-    );
-    let udp_4500 = datapath.take_udp_4500();
-    let datapath_esp_out = datapath.esp_out();
+    let udp_4500 = prepared.take_udp_4500();
+    let datapath_esp_out = prepared.esp_out();
     let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
-    let query = QueryService::bind(topology.local_address).map_err(|source| DaemonError::Query {
-        address: topology.local_address,
-        port: query::QUERY_PORT,
-        source,
-    })?;
+    let query = match inheritance.as_mut() {
+        Some(inherited) => inherited.query.try_clone().and_then(|fd| QueryService::adopt(fd.into())),
+        None => QueryService::bind(topology.local_address),
+    }
+    .map_err(|source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source })?;
     let config = Arc::new(ArcSwap::from_pointee(config));
     let overlays = Arc::new(ArcSwap::from_pointee(overlays));
-    let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
     let query = Arc::new(query);
-    let workers = datapath.workers();
+    let workers = prepared.workers();
     let reloader = Arc::new(Reloader {
         config: config.clone(),
         state: state.clone(),
@@ -163,8 +150,8 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         kernel_drops: kernel_drops.clone(),
         running: Mutex::new(Running {
             config_path: options.config.clone(),
-            datapath: Some(datapath),
-            ike_inbox: inbox,
+            datapath: None,
+            ike_inbox: inbox.clone(),
             tuning: options.tuning,
         }),
     });
@@ -183,6 +170,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
     let failed_socket = |source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source };
+    let failed_query = |source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed_socket)?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
@@ -200,14 +188,14 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
             None => keying::bind(local, udp_4500),
         }
         .map_err(underlay_error)?;
-        let donor = upgrade::Donor {
+        let mut donor = upgrade::Donor {
             reloader: reloader.clone(),
             ctl: socket.duplicate_listener().map_err(failed_socket)?,
             handover: handover_socket.duplicate_listener().map_err(failed_socket)?,
+            query: query.handover_fd().map_err(failed_query)?,
+            metrics: None,
             ike: sockets.handover_fds().map_err(underlay_error)?,
         };
-        let handed_over = Arc::new(Notify::new());
-        tokio::spawn(upgrade::serve(handover_socket, Arc::new(donor), handed_over.clone()));
         if let Some(notices) = state.sa_notices.take_receiver() {
             tokio::spawn(sas.clone().run(notices, keying.clone()));
         }
@@ -220,17 +208,39 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
             query::Responder { query, config: config.clone(), state: state.clone(), keying: keying.clone() };
         tokio::spawn(query::serve(responder));
         if let Some(address) = config.load().metrics.listen {
-            let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
+            let inherited = inheritance.as_mut().and_then(|inherited| inherited.metrics.take());
+            let listener = metrics::bind_or_adopt(address, inherited)
+                .await
+                .map_err(|source| DaemonError::Metrics { address, source })?;
+            donor.metrics =
+                Some(listener.as_fd().try_clone_to_owned().map_err(|source| DaemonError::Metrics { address, source })?);
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
             let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops };
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;
+        let handed_over = Arc::new(Notify::new());
+        tokio::spawn(upgrade::serve(handover_socket, Arc::new(donor), handed_over.clone()));
+        // Everything else runs: now the workers (with a handover: the running meshd's stop
+        // here, and forwarding pauses until these start).
+        let installed = match inheritance.as_mut() {
+            Some(inherited) => inherited.take_sas(&sas)?,
+            None => manual_sas,
+        };
+        reloader.run_datapath(prepared.start(state.clone(), Some(inbox), options.tuning)?);
+        let taken_over = inheritance.is_some();
         if let Some(inherited) = inheritance.take() {
-            // Everything runs: the old meshd may go.
             inherited.confirmation.confirm()?;
-            tracing::info!("took over from the running meshd");
         }
+        tracing::info!(
+            node = %topology.node_name,
+            address = %topology.local_address,
+            peers = topology.peers.len(),
+            sas = installed,
+            workers,
+            taken_over,
+            "meshd running"
+        );
         let ending = tokio::select! {
             served = ctl::serve(&mut socket, services) => served.map(|()| Ending::Stopped),
             signal = wait_for_stop_signal() => signal.map(|()| Ending::Stopped),

@@ -52,6 +52,45 @@ pub struct Running {
     pub tuning: WorkerTuning,
 }
 
+/// The running datapath during a handover, with reloads held off.
+pub struct HandingOver<'a> {
+    reloader: &'a Reloader,
+    running: std::sync::MutexGuard<'a, Running>,
+}
+
+impl HandingOver<'_> {
+    /// The workers' underlay sockets and TAP queues (`Datapath::handover_fds`), duplicated.
+    pub fn fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        let fds = self.running.datapath.as_ref().map_or(&[][..], Datapath::handover_fds);
+        fds.iter().map(std::os::fd::OwnedFd::try_clone).collect()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.running.datapath.as_ref().map_or(0, Datapath::workers)
+    }
+
+    pub fn tuning(&self) -> WorkerTuning {
+        self.running.tuning
+    }
+
+    /// Stops the workers (at a batch boundary) and runs `finish`; when it fails, the workers
+    /// forward again on the same queues and sockets.
+    pub fn stop_and<T, E: std::fmt::Display>(mut self, finish: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let parts = self.running.datapath.take().map(Datapath::stop).unwrap_or_default();
+        let result = finish();
+        if let Err(error) = &result {
+            tracing::warn!("handover failed ({error}); forwarding again");
+            let state = self.reloader.state.clone();
+            let (inbox, tuning) = (self.running.ike_inbox.clone(), self.running.tuning);
+            match Datapath::resume(state, parts, Some(inbox), tuning) {
+                Ok(datapath) => self.running.datapath = Some(datapath),
+                Err(error) => tracing::error!("cannot restart the datapath after the failed handover: {error}"),
+            }
+        }
+        result
+    }
+}
+
 /// Which peers' SAs a reload deletes, and how the new ones are made.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PeerChanges {
@@ -82,24 +121,16 @@ impl Reloader {
         }
     }
 
-    /// Stops the workers and lets `hand_over` give their TAP queues and sockets to a new meshd
-    /// (`crate::upgrade`); forwarding resumes on them when it fails. Holds the reload lock
-    /// throughout, so no reload runs in between. `None`: the datapath is stopped already.
-    pub fn hand_over_datapath<T, E: std::fmt::Display>(
-        &self,
-        hand_over: impl FnOnce(&[WorkerParts], WorkerTuning) -> Result<T, E>,
-    ) -> Option<Result<T, E>> {
-        let mut running = self.lock();
-        let parts = running.datapath.take()?.stop();
-        let result = hand_over(&parts, running.tuning);
-        if let Err(error) = &result {
-            tracing::warn!("handover failed ({error}); forwarding again");
-            match Datapath::resume(self.state.clone(), parts, Some(running.ike_inbox.clone()), running.tuning) {
-                Ok(datapath) => running.datapath = Some(datapath),
-                Err(error) => tracing::error!("cannot restart the datapath after the failed handover: {error}"),
-            }
-        }
-        Some(result)
+    /// Runs `datapath` as the one reloads pause (at start, once its workers run).
+    pub fn run_datapath(&self, datapath: Datapath) {
+        self.lock().datapath = Some(datapath);
+    }
+
+    /// Holds the running datapath for a handover (`crate::upgrade`), so that no reload runs
+    /// until it ends; `None` when the datapath is stopped.
+    pub fn hand_over(&self) -> Option<HandingOver<'_>> {
+        let running = self.lock();
+        running.datapath.is_some().then_some(HandingOver { reloader: self, running })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {

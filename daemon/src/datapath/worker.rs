@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub struct Worker {
     pub ike: Option<IkeInbox>,
     pub tuning: WorkerTuning,
     pub stop: Arc<AtomicBool>,
+    /// Becomes readable when `stop` is set, so that an idle worker stops at once, not after
+    /// its poll timeout (a handover pauses forwarding only as long as the slowest worker).
+    pub woken: Arc<UnixStream>,
 }
 
 /// How the workers run; set at start (`meshd run` options) and kept across reloads.
@@ -197,6 +201,7 @@ impl Worker {
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
         let sink = TapSink::new(&self.parts.taps, self.tuning.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };

@@ -120,6 +120,14 @@ impl SaManager {
         SadbSnapshot::take(&self.state.sadb.load(), &self.state.topology())
     }
 
+    /// After a handover that failed once the SAs were sent: skips every outbound SA's sequence
+    /// numbers past any the other meshd may have used.
+    pub fn skip_outbound_sequences(&self, by: u64) {
+        for sa in self.state.sadb.load().outbound_sas() {
+            sa.sequence.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+
     /// Installs the SAs a running meshd handed over; returns how many.
     pub fn import(&self, snapshot: &SadbSnapshot) -> Result<usize, SnapshotError> {
         let (inbound, outbound) = snapshot.restore(&self.state.topology())?;

@@ -20,6 +20,11 @@ use crate::topology::Topology;
 /// being used twice should a sealed packet have escaped the count.
 pub const SEQUENCE_HANDOVER_MARGIN: u64 = 4096;
 
+/// How far a meshd whose handover failed after it sent its SAs skips its outbound sequence
+/// numbers before it forwards again: the new meshd may have sealed packets with them meanwhile
+/// (at most for the handover's timeout; 2^28 packets are 18 s at 15 million a second).
+pub const SEQUENCE_FAILED_HANDOVER_SKIP: u64 = 1 << 28;
+
 /// Every SA of the node.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SadbSnapshot {

@@ -3,13 +3,17 @@
 //!
 //! The running meshd listens on a handover socket next to its control socket (mode 0600 in a
 //! directory of mode 0700; only root connects). The new meshd asks it to hand over
-//! ([`wire::Request::TakeOver`]); the running one stops its workers (as a reload does, at a
-//! batch boundary), takes a snapshot of the SADB (keys, sequence numbers skipped ahead, replay
-//! windows) and sends it with the descriptors (SCM_RIGHTS): the control and handover sockets,
-//! the IKE sockets, the underlay sockets and every TAP queue. The new meshd starts its workers
-//! on them and confirms ([`wire::Request::TakenOver`]); the running one then exits without
-//! touching them again. If the new one declines or goes away first, the running one forwards
-//! again. Key material crosses only this socket, never a file.
+//! ([`wire::Request::TakeOver`]); the running one sends, still forwarding, its descriptors
+//! (SCM_RIGHTS): the control, handover and diagnostic sockets, the metrics listener, the IKE
+//! sockets, the underlay sockets and every TAP queue. The new meshd sets everything up but its
+//! workers and says it is ready ([`wire::Request::Ready`]); only then does the running one stop
+//! its workers (as a reload does, at a batch boundary) and send a snapshot of the SADB (keys,
+//! sequence numbers skipped ahead, replay windows). The new meshd installs it, starts its
+//! workers and confirms ([`wire::Request::TakenOver`]); the running one exits without touching
+//! the descriptors again. Forwarding pauses only from the stop to the new workers' start, and
+//! packets meanwhile wait in the TAP queues and socket buffers. If the new meshd declines or
+//! goes away first, the running one forwards again (past the sequence numbers the new one may
+//! have used). Key material crosses only this socket, never a file.
 //!
 //! IKE SAs are not handed over: the new meshd negotiates new ones (its IKE_AUTH carries
 //! INITIAL_CONTACT, so peers drop the IKE SAs of the old process), and the Child SAs handed over
@@ -36,9 +40,10 @@ use tokio::sync::Notify;
 
 use self::wire::{Answer, Offer, Request, HANDOVER_VERSION};
 use crate::ctl::SocketFile;
-use crate::datapath::Datapath;
 use crate::error::DaemonError;
 use crate::reload::Reloader;
+use crate::sadb::manager::SaManager;
+use crate::sadb::snapshot::SEQUENCE_FAILED_HANDOVER_SKIP;
 use crate::tap::TapQueue;
 
 /// How long the running meshd waits for the new one's request, and the new one for the offer.
@@ -103,6 +108,8 @@ pub struct Donor {
     pub reloader: Arc<Reloader>,
     pub ctl: OwnedFd,
     pub handover: OwnedFd,
+    pub query: OwnedFd,
+    pub metrics: Option<OwnedFd>,
     /// UDP 500, and 4500 when IKE has its own (raw ESP).
     pub ike: Vec<OwnedFd>,
 }
@@ -142,41 +149,49 @@ fn hand_over(donor: &Donor, stream: &mut UnixStream) -> io::Result<bool> {
         }
         other => return Err(io::Error::other(format!("expected a takeover request, got {other:?}"))),
     }
-    let started = Instant::now();
     let reloader = &donor.reloader;
-    let handed = reloader.hand_over_datapath(|parts, tuning| {
-        let topology = reloader.state.topology_full();
-        let offer = Offer {
-            node: topology.node_name.clone(),
-            encap: topology.encap,
-            workers: parts.len(),
-            offload: tuning.offload,
-            overlays: reloader.overlays.load().to_vec(),
-            ike_own_4500: donor.ike.len() > 1,
-            sadb: reloader.sas.export(),
-        };
-        let mut fds: Vec<RawFd> =
-            [&donor.ctl, &donor.handover].into_iter().chain(&donor.ike).map(|fd| fd.as_raw_fd()).collect();
-        fds.extend(Datapath::handover_fds(parts).iter().map(AsRawFd::as_raw_fd));
-        wire::send(stream, &Answer::Offer(Box::new(offer)), &fds)?;
-        stream.set_read_timeout(Some(ADOPT_TIMEOUT))?;
-        match wire::receive::<Request>(stream)?.0 {
-            Request::TakenOver => Ok(()),
-            Request::Declined(why) => Err(io::Error::other(format!("the new meshd declined: {why}"))),
-            other => Err(io::Error::other(format!("expected a confirmation, got {other:?}"))),
-        }
-    });
-    match handed {
-        Some(Ok(())) => {
-            tracing::info!(paused_ms = started.elapsed().as_millis() as u64, "handed over to the new meshd; exiting");
-            Ok(true)
-        }
-        Some(Err(error)) => Err(error),
-        None => {
-            wire::send(stream, &Answer::Refused("the running meshd's datapath is stopped".to_string()), &[])?;
-            Ok(false)
-        }
+    // Held until the end: no reload changes the datapath in between.
+    let Some(datapath) = reloader.hand_over() else {
+        wire::send(stream, &Answer::Refused("the running meshd's datapath is stopped".to_string()), &[])?;
+        return Ok(false);
+    };
+    let topology = reloader.state.topology_full();
+    let offer = Offer {
+        node: topology.node_name.clone(),
+        encap: topology.encap,
+        workers: datapath.workers(),
+        offload: datapath.tuning().offload,
+        overlays: reloader.overlays.load().to_vec(),
+        ike_own_4500: donor.ike.len() > 1,
+        metrics: donor.metrics.is_some(),
+    };
+    let workers = datapath.fds()?;
+    let control = [&donor.ctl, &donor.handover, &donor.query].into_iter().chain(&donor.metrics).chain(&donor.ike);
+    let fds: Vec<RawFd> = control.chain(&workers).map(AsRawFd::as_raw_fd).collect();
+    wire::send(stream, &Answer::Offer(Box::new(offer)), &fds)?;
+    // The new meshd sets itself up while this one still forwards.
+    stream.set_read_timeout(Some(ADOPT_TIMEOUT))?;
+    match wire::receive::<Request>(stream)?.0 {
+        Request::Ready => {}
+        Request::Declined(why) => return Err(io::Error::other(format!("the new meshd declined: {why}"))),
+        other => return Err(io::Error::other(format!("expected the new meshd to be ready, got {other:?}"))),
     }
+    let started = Instant::now();
+    datapath.stop_and(|| {
+        wire::send(stream, &Answer::Sas(reloader.sas.export()), &[])?;
+        let confirmed = match wire::receive::<Request>(stream) {
+            Ok((Request::TakenOver, _)) => Ok(()),
+            Ok((other, _)) => Err(io::Error::other(format!("expected a confirmation, got {other:?}"))),
+            Err(error) => Err(error),
+        };
+        if confirmed.is_err() {
+            // The new meshd may have sealed packets with the sequence numbers that follow.
+            reloader.sas.skip_outbound_sequences(SEQUENCE_FAILED_HANDOVER_SKIP);
+        }
+        confirmed
+    })?;
+    tracing::info!(paused_ms = started.elapsed().as_millis() as u64, "handed over to the new meshd; exiting");
+    Ok(true)
 }
 
 // ----- the new meshd -----
@@ -186,9 +201,11 @@ pub struct Inheritance {
     pub offer: Offer,
     pub ctl: OwnedFd,
     pub handover: OwnedFd,
+    pub query: OwnedFd,
+    pub metrics: Option<OwnedFd>,
     pub ike_500: OwnedFd,
     pub ike_own_4500: Option<OwnedFd>,
-    /// The underlay sockets, as `Datapath::adopt` takes them.
+    /// The underlay sockets, as `Prepared::adopt` takes them.
     pub underlay: Vec<OwnedFd>,
     /// Each worker's queue of every overlay, in the order of `offer.overlays`.
     pub queues: Vec<Vec<TapQueue>>,
@@ -207,6 +224,10 @@ pub enum Takeover {
     Impossible(String),
 }
 
+fn out_of_turn(what: &str) -> HandoverError {
+    HandoverError::Exchange(io::Error::other(format!("the running meshd sent {what}")))
+}
+
 /// Asks the meshd running with `ctl_socket` to hand everything over.
 pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
     let path = socket_path(ctl_socket);
@@ -219,17 +240,26 @@ pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
     };
     stream.set_read_timeout(Some(REQUEST_TIMEOUT + ADOPT_TIMEOUT)).map_err(HandoverError::Exchange)?;
     wire::send(&mut stream, &Request::TakeOver { version: HANDOVER_VERSION }, &[]).map_err(HandoverError::Exchange)?;
-    let (answer, fds) = wire::receive::<Answer>(&mut stream).map_err(HandoverError::Exchange)?;
+    let (answer, fds) = match wire::receive::<Answer>(&mut stream) {
+        Ok(received) => received,
+        // It went away without a word: it was dying, or speaks no handover at all.
+        Err(error) if matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => {
+            return Ok(Takeover::Impossible(format!("the running meshd hung up: {error}")));
+        }
+        Err(error) => return Err(HandoverError::Exchange(error)),
+    };
     let offer = match answer {
         Answer::Refused(why) => return Ok(Takeover::Impossible(why)),
         Answer::Offer(offer) => *offer,
+        Answer::Sas(_) => return Err(out_of_turn("the SAs before an offer")),
     };
     let mut confirmation = Confirmation(stream);
     let underlay_count = match offer.encap {
         mesh_config::Encap::Udp => offer.workers,
         mesh_config::Encap::Esp => 1,
     };
-    let expected = 3 + usize::from(offer.ike_own_4500) + underlay_count + offer.workers * offer.overlays.len();
+    let control_count = 4 + usize::from(offer.metrics) + usize::from(offer.ike_own_4500);
+    let expected = control_count + underlay_count + offer.workers * offer.overlays.len();
     if fds.len() != expected {
         let why = format!("{} descriptors came, {expected} were announced", fds.len());
         return Err(confirmation.decline(why));
@@ -239,6 +269,8 @@ pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
     let mut next = || fds.next().ok_or_else(|| HandoverError::Exchange(io::Error::other("descriptors missing")));
     let ctl = next()?;
     let handover = next()?;
+    let query = next()?;
+    let metrics = if offer.metrics { Some(next()?) } else { None };
     let ike_500 = next()?;
     let ike_own_4500 = if offer.ike_own_4500 { Some(next()?) } else { None };
     let underlay = (0..underlay_count).map(|_| next()).collect::<Result<_, _>>()?;
@@ -246,7 +278,8 @@ pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
     for _ in 0..offer.workers {
         queues.push((0..offer.overlays.len()).map(|_| next().map(TapQueue::adopt)).collect::<Result<_, _>>()?);
     }
-    let inheritance = Inheritance { offer, ctl, handover, ike_500, ike_own_4500, underlay, queues, confirmation };
+    let inheritance =
+        Inheritance { offer, ctl, handover, query, metrics, ike_500, ike_own_4500, underlay, queues, confirmation };
     Ok(Takeover::Inherited(Box::new(inheritance)))
 }
 
@@ -266,6 +299,21 @@ impl Inheritance {
         } else {
             None
         }
+    }
+}
+
+impl Inheritance {
+    /// Everything but the workers is set up: has the running meshd stop forwarding and installs
+    /// its SAs as they are now; returns how many. Then start the workers at once, and `confirm`.
+    pub fn take_sas(&mut self, sas: &SaManager) -> Result<usize, HandoverError> {
+        let stream = &mut self.confirmation.0;
+        wire::send(stream, &Request::Ready, &[]).map_err(HandoverError::Exchange)?;
+        let snapshot = match wire::receive::<Answer>(stream).map_err(HandoverError::Exchange)?.0 {
+            Answer::Sas(snapshot) => snapshot,
+            Answer::Refused(why) => return Err(out_of_turn(&format!("a refusal ({why}) instead of the SAs"))),
+            Answer::Offer(_) => return Err(out_of_turn("a second offer instead of the SAs")),
+        };
+        sas.import(&snapshot).map_err(|error| self.confirmation.decline(format!("cannot install its SAs: {error}")))
     }
 }
 

@@ -28,6 +28,8 @@ const MAX_MESSAGE_LEN: usize = 64 << 20;
 pub enum Request {
     /// Hand everything over, for a meshd of `version`.
     TakeOver { version: u32 },
+    /// Everything but the workers is set up: stop forwarding and send the SAs.
+    Ready,
     /// The offer was adopted: stop touching the descriptors and exit.
     TakenOver,
     /// The offer cannot be used (why): resume forwarding.
@@ -37,14 +39,17 @@ pub enum Request {
 /// Running meshd -> new meshd.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Answer {
-    /// What comes with the descriptors; see [`Offer`].
+    /// What comes with the descriptors; see [`Offer`]. The running meshd still forwards.
     Offer(Box<Offer>),
+    /// The workers stopped: every SA as it is now.
+    Sas(SadbSnapshot),
     /// Nothing is handed over (why); the running meshd keeps forwarding.
     Refused(String),
 }
 
 /// What the running meshd hands over besides its descriptors. The descriptors come in this
-/// order: the control socket, the handover socket, UDP 500, UDP 4500 if IKE has its own,
+/// order: the control socket, the handover socket, the diagnostic query socket, the metrics
+/// listener if there is one, UDP 500, UDP 4500 if IKE has its own,
 /// the underlay sockets (one per worker for ESP in UDP, the one raw socket for raw ESP), then
 /// the TAP queues, worker by worker, in the order of `overlays`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,7 +61,8 @@ pub struct Offer {
     pub offload: bool,
     pub overlays: Vec<OverlayStatus>,
     pub ike_own_4500: bool,
-    pub sadb: SadbSnapshot,
+    /// The metrics listener comes too (`[metrics] listen`).
+    pub metrics: bool,
 }
 
 fn frame(message: &impl Serialize) -> io::Result<(Vec<u8>, [u8; 4])> {
