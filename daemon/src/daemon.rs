@@ -199,7 +199,6 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         if let Some(notices) = state.sa_notices.take_receiver() {
             tokio::spawn(sas.clone().run(notices, keying.clone()));
         }
-        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
         // Registered before anything can send it: SIGHUP's default action would end meshd.
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
@@ -223,11 +222,14 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         tokio::spawn(upgrade::serve(handover_socket, Arc::new(donor), handed_over.clone()));
         // Everything else runs: now the workers (with a handover: the running meshd's stop
         // here, and forwarding pauses until these start).
-        let installed = match inheritance.as_mut() {
-            Some(inherited) => inherited.take_sas(&sas)?,
-            None => manual_sas,
+        let (installed, ike_sas) = match inheritance.as_mut() {
+            Some(inherited) => inherited.take_sas(&sas, &keying)?,
+            None => (manual_sas, 0),
         };
         reloader.run_datapath(prepared.start(state.clone(), Some(inbox), options.tuning)?);
+        // IKE starts only now: with a handover, the endpoint must not initiate before it has
+        // the IKE SAs of the running meshd.
+        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
         let taken_over = inheritance.is_some();
         if let Some(inherited) = inheritance.take() {
             inherited.confirmation.confirm()?;
@@ -237,6 +239,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
             address = %topology.local_address,
             peers = topology.peers.len(),
             sas = installed,
+            ike_sas,
             workers,
             taken_over,
             "meshd running"

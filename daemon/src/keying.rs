@@ -22,9 +22,10 @@ use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::ike::crypto::CryptoError;
 use crate::ike::{
-    ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeSaStatus, IkeSettings, IkeState, PeerIndex, PeerSettings,
-    Refusal, Transmit, IKE_PORT, NAT_T_PORT,
+    ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeHandover, IkeSaStatus, IkeSettings, IkeState, PeerIndex,
+    PeerSettings, Refusal, Transmit, IKE_PORT, NAT_T_PORT,
 };
 use crate::sadb::manager::{NoticeHandler, SaManager};
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
@@ -254,6 +255,19 @@ impl Keying {
         let settings = settings(config, &topology, &ike_peers)?;
         let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
         Ok(Keying::with_endpoint(endpoint, ike_peers, sas))
+    }
+
+    /// Hands the IKE SAs over to the meshd that takes over (`crate::upgrade`); this endpoint
+    /// sends nothing for them from now on.
+    pub fn hand_over(&self) -> IkeHandover {
+        self.lock().endpoint.hand_over(Instant::now())
+    }
+
+    /// Takes the IKE SAs a running meshd handed over (or, after a failed handover, back).
+    pub fn take_over(&self, handover: &IkeHandover) -> Result<usize, CryptoError> {
+        let taken = self.lock().endpoint.take_over(handover, Instant::now());
+        self.wake.notify_one();
+        taken
     }
 }
 

@@ -16,6 +16,7 @@ mod context;
 mod cookie_gate;
 pub mod crypto;
 mod endpoint;
+mod handover;
 mod handshake;
 pub mod message;
 mod parts;
@@ -29,6 +30,7 @@ pub mod types;
 mod window;
 
 pub use self::endpoint::Endpoint;
+pub use self::handover::IkeHandover;
 pub use self::rng::{Rng, RngError, SystemRng};
 pub use self::status::{IkeCounters, IkeSaStatus, IkeState};
 pub use self::types::{

@@ -15,9 +15,11 @@
 //! goes away first, the running one forwards again (past the sequence numbers the new one may
 //! have used). Key material crosses only this socket, never a file.
 //!
-//! IKE SAs are not handed over: the new meshd negotiates new ones (its IKE_AUTH carries
-//! INITIAL_CONTACT, so peers drop the IKE SAs of the old process), and the Child SAs handed over
-//! carry the traffic until the new ones replace them.
+//! The IKE SAs cross too (`crate::ike::IkeHandover`: keys, SPIs, message IDs, Child SA timers),
+//! so peers notice nothing. Only an IKE SA with an exchange under way at that moment (a rekey, a
+//! liveness check) is left behind; the new meshd negotiates that peer anew after the reconnect
+//! interval (with INITIAL_CONTACT, so the peer drops the old one), and the Child SAs handed
+//! over carry the traffic until then.
 //!
 //! When no handover is possible (nothing answers on the handover socket: a meshd from before
 //! handovers, or one that crashed), [`stop_running`] stops the running meshd, which deletes its
@@ -38,9 +40,10 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
 
-use self::wire::{Answer, Offer, Request, HANDOVER_VERSION};
+use self::wire::{Answer, Offer, Request, State, HANDOVER_VERSION};
 use crate::ctl::SocketFile;
 use crate::error::DaemonError;
+use crate::keying::Keying;
 use crate::reload::Reloader;
 use crate::sadb::manager::SaManager;
 use crate::sadb::snapshot::SEQUENCE_FAILED_HANDOVER_SKIP;
@@ -178,15 +181,21 @@ fn hand_over(donor: &Donor, stream: &mut UnixStream) -> io::Result<bool> {
     }
     let started = Instant::now();
     datapath.stop_and(|| {
-        wire::send(stream, &Answer::Sas(reloader.sas.export()), &[])?;
-        let confirmed = match wire::receive::<Request>(stream) {
-            Ok((Request::TakenOver, _)) => Ok(()),
-            Ok((other, _)) => Err(io::Error::other(format!("expected a confirmation, got {other:?}"))),
-            Err(error) => Err(error),
-        };
+        // From here this meshd's endpoint sends nothing for the IKE SAs handed over.
+        let state = Answer::State(Box::new(State { sadb: reloader.sas.export(), ike: reloader.keying.hand_over() }));
+        let confirmed = wire::send(stream, &state, &[]).and_then(|()| match wire::receive::<Request>(stream)?.0 {
+            Request::TakenOver => Ok(()),
+            other => Err(io::Error::other(format!("expected a confirmation, got {other:?}"))),
+        });
         if confirmed.is_err() {
-            // The new meshd may have sealed packets with the sequence numbers that follow.
+            // Forwarding and keying again, past the sequence numbers and message IDs the new
+            // meshd may have used.
             reloader.sas.skip_outbound_sequences(SEQUENCE_FAILED_HANDOVER_SKIP);
+            if let Answer::State(state) = state {
+                if let Err(error) = reloader.keying.take_over(&state.ike) {
+                    tracing::error!(%error, "cannot take the IKE SAs back; they are renegotiated");
+                }
+            }
         }
         confirmed
     })?;
@@ -251,7 +260,7 @@ pub fn take_over(ctl_socket: &Path) -> Result<Takeover, HandoverError> {
     let offer = match answer {
         Answer::Refused(why) => return Ok(Takeover::Impossible(why)),
         Answer::Offer(offer) => *offer,
-        Answer::Sas(_) => return Err(out_of_turn("the SAs before an offer")),
+        Answer::State(_) => return Err(out_of_turn("the SAs before an offer")),
     };
     let mut confirmation = Confirmation(stream);
     let underlay_count = match offer.encap {
@@ -303,17 +312,24 @@ impl Inheritance {
 }
 
 impl Inheritance {
-    /// Everything but the workers is set up: has the running meshd stop forwarding and installs
-    /// its SAs as they are now; returns how many. Then start the workers at once, and `confirm`.
-    pub fn take_sas(&mut self, sas: &SaManager) -> Result<usize, HandoverError> {
+    /// Everything but the workers and IKE is set up: has the running meshd stop forwarding and
+    /// keying, and takes its SAs as they are now; returns how many Child and IKE SAs. Then start
+    /// the workers at once, and `confirm`.
+    pub fn take_sas(&mut self, sas: &SaManager, keying: &Keying) -> Result<(usize, usize), HandoverError> {
         let stream = &mut self.confirmation.0;
         wire::send(stream, &Request::Ready, &[]).map_err(HandoverError::Exchange)?;
-        let snapshot = match wire::receive::<Answer>(stream).map_err(HandoverError::Exchange)?.0 {
-            Answer::Sas(snapshot) => snapshot,
+        let state = match wire::receive::<Answer>(stream).map_err(HandoverError::Exchange)?.0 {
+            Answer::State(state) => state,
             Answer::Refused(why) => return Err(out_of_turn(&format!("a refusal ({why}) instead of the SAs"))),
             Answer::Offer(_) => return Err(out_of_turn("a second offer instead of the SAs")),
         };
-        sas.import(&snapshot).map_err(|error| self.confirmation.decline(format!("cannot install its SAs: {error}")))
+        let child_sas = sas
+            .import(&state.sadb)
+            .map_err(|error| self.confirmation.decline(format!("cannot install its SAs: {error}")))?;
+        let ike_sas = keying
+            .take_over(&state.ike)
+            .map_err(|error| self.confirmation.decline(format!("cannot take its IKE SAs: {error}")))?;
+        Ok((child_sas, ike_sas))
     }
 }
 

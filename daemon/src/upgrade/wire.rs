@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use crate::ike::IkeHandover;
 use crate::sadb::snapshot::SadbSnapshot;
 use crate::sys;
 use mesh_config::control::OverlayStatus;
@@ -41,8 +42,8 @@ pub enum Request {
 pub enum Answer {
     /// What comes with the descriptors; see [`Offer`]. The running meshd still forwards.
     Offer(Box<Offer>),
-    /// The workers stopped: every SA as it is now.
-    Sas(SadbSnapshot),
+    /// The workers and IKE stopped: every SA as it is now.
+    State(Box<State>),
     /// Nothing is handed over (why); the running meshd keeps forwarding.
     Refused(String),
 }
@@ -63,6 +64,14 @@ pub struct Offer {
     pub ike_own_4500: bool,
     /// The metrics listener comes too (`[metrics] listen`).
     pub metrics: bool,
+}
+
+/// The SAs as they are when the running meshd stops: the Child SAs of the SADB and the IKE SAs
+/// of the endpoint (those with nothing under way).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct State {
+    pub sadb: SadbSnapshot,
+    pub ike: IkeHandover,
 }
 
 fn frame(message: &impl Serialize) -> io::Result<(Vec<u8>, [u8; 4])> {
