@@ -203,6 +203,8 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
         tokio::spawn(reload_on_hangup(hangup, reloader.clone()));
+        let upgrade_signal = signal(SignalKind::user_defined2()).map_err(failed_socket)?;
+        tokio::spawn(upgrade_on_usr2(upgrade_signal));
         let responder =
             query::Responder { query, config: config.clone(), state: state.clone(), keying: keying.clone() };
         tokio::spawn(query::serve(responder));
@@ -231,6 +233,9 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         // the IKE SAs of the running meshd.
         tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
         let taken_over = inheritance.is_some();
+        // systemd tracks this process from now on (before the old one exits: it hears this
+        // first); with a plain start, this says it is ready.
+        upgrade::tell_service_manager(&format!("MAINPID={}\nREADY=1", std::process::id()));
         if let Some(inherited) = inheritance.take() {
             inherited.confirmation.confirm()?;
         }
@@ -309,6 +314,13 @@ async fn reload_on_hangup(mut hangup: Signal, reloader: Arc<Reloader>) {
         if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(%error, "the reload panicked");
         }
+    }
+}
+
+/// Starts the successor on every SIGUSR2 (a package upgrade); it takes this meshd over.
+async fn upgrade_on_usr2(mut usr2: Signal) {
+    while usr2.recv().await.is_some() {
+        upgrade::start_successor();
     }
 }
 

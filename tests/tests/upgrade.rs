@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use meshd_lab::meshfile::OVERLAY_NAME;
-use meshd_lab::util::wait_until;
+use meshd_lab::util::{send_signal, wait_until};
 use meshd_lab::{require_root, start_all, tcp_transfer, Lab, MeshFile, Meshd, Netns};
 use serde_json::Value;
 
@@ -252,4 +252,38 @@ fn without_a_handover_the_old_meshd_tells_its_peers_and_the_new_one_starts_afres
     });
     eprintln!("restart after a crash: the overlay is back after {back:?}");
     assert!(back.is_some(), "the overlay works again after the crash:\n{}", daemons[0].log());
+}
+
+/// Whether process `pid` is gone (or a zombie, waiting for whoever adopted it).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+/// A package upgrade under systemd (packaging/meshd.service): SIGUSR2 makes the running meshd
+/// start the meshd binary at its own path with its own arguments and `--upgrade`; that one
+/// takes over without a lost ping, and the old one exits.
+#[test]
+fn sigusr2_starts_the_installed_meshd_which_takes_over() {
+    require_root();
+    let lab = Lab::new("upsig", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let mut daemons = start_all(&lab, mesh.path());
+    let old = daemons[0].pid().expect("n1 runs");
+    let flood = start_flood(lab.node(0), "10.244.0.2", 3);
+    std::thread::sleep(Duration::from_secs(1));
+    send_signal(old, libc::SIGUSR2);
+    let exited = wait_until(Duration::from_secs(20), || (!daemons[0].is_running()).then_some(()));
+    assert!(exited.is_some(), "the old meshd still runs 20 s after SIGUSR2:\n{}", daemons[0].log());
+    assert!(daemons[0].kill().success(), "the old meshd exits cleanly:\n{}", daemons[0].log());
+    let (transmitted, answered, text) = flood_result(flood);
+    assert_eq!(transmitted, answered, "no ping was lost:\n{text}\n{}", daemons[0].log());
+    let successor = lab.node(0).pids().into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == b"--upgrade"))
+    });
+    let successor = successor.unwrap_or_else(|| panic!("no successor meshd in n1:\n{}", daemons[0].log()));
+    assert!(daemons[0].ikectl(&["status"]).status.success(), "the successor answers on the control socket");
+    send_signal(successor, libc::SIGTERM);
+    assert!(wait_until(Duration::from_secs(10), || gone(successor).then_some(())).is_some(), "the successor stops");
 }

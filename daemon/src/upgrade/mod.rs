@@ -347,6 +347,48 @@ impl Confirmation {
     }
 }
 
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) `state`, e.g. that this process is the
+/// service's main process now and ready; nothing when meshd does not run under systemd.
+pub fn tell_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let address = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound()
+        .and_then(|socket| address.and_then(|address| socket.send_to_addr(state.as_bytes(), &address)));
+    if let Err(error) = sent {
+        tracing::warn!(%error, notify_socket = %path, "cannot notify systemd");
+    }
+}
+
+/// SIGUSR2 (a package upgrade, see packaging/meshd.service): starts the meshd binary now
+/// installed with this process's arguments and `--upgrade`; it takes this one over, and this
+/// one exits. The successor's exit is logged should it fail.
+pub fn start_successor() {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else { return };
+    let mut args: Vec<std::ffi::OsString> = args.filter(|arg| arg != "--upgrade").collect();
+    args.push("--upgrade".into());
+    match std::process::Command::new(&program).args(&args).spawn() {
+        Ok(mut child) => {
+            tracing::info!(pid = child.id(), program = %program.to_string_lossy(), "SIGUSR2: starting the successor");
+            std::thread::spawn(move || match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => tracing::error!(%status, "the successor meshd failed; this one keeps running"),
+                Err(error) => tracing::error!(%error, "cannot wait for the successor meshd"),
+            });
+        }
+        Err(error) => {
+            tracing::error!(%error, program = %program.to_string_lossy(), "SIGUSR2: cannot start the successor")
+        }
+    }
+}
+
 /// Whether `pid` still runs: it exists and is no zombie waiting for its parent.
 fn running(pid: Pid) -> bool {
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
