@@ -697,3 +697,52 @@ fn a_request_with_the_highest_message_id_is_refused() {
     pair.run(Duration::from_secs(30));
     pair.assert_one_pair();
 }
+
+/// A's meshd is upgraded (`crate::upgrade`): its endpoint hands the IKE SA over (serialised, as
+/// it crosses the handover socket) to a new endpoint, together with the SADB.
+fn upgrade_a(pair: &mut Pair) -> usize {
+    let handover = pair.a.endpoint.hand_over(pair.now);
+    let wire = serde_json::to_vec(&handover).unwrap();
+    let mut successor = Node::with_rng(settings(A, B, PSK, BOTH), Box::new(SeededRng::new(7)), pair.now);
+    successor.inbound = std::mem::take(&mut pair.a.inbound);
+    successor.outbound = pair.a.outbound.take();
+    let handover: IkeHandover = serde_json::from_slice(&wire).unwrap();
+    let taken = successor.endpoint.take_over(&handover, pair.now).unwrap();
+    let old = std::mem::replace(&mut pair.a, successor);
+    // The old endpoint says nothing more, whatever its timers say.
+    let mut old = old.endpoint;
+    old.handle_timeout(pair.now + Duration::from_secs(600));
+    assert!(old.poll_transmit().is_none(), "the old endpoint sends nothing after the handover");
+    taken
+}
+
+#[test]
+fn an_ike_sa_handed_over_carries_on_and_the_peer_notices_nothing() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let before = pair.a.established_sas(pair.now);
+    assert_eq!(upgrade_a(&mut pair), 1);
+    let after = pair.a.established_sas(pair.now);
+    assert_eq!(
+        (after[0].initiator_spi, after[0].responder_spi, &after[0].children),
+        (before[0].initiator_spi, before[0].responder_spi, &before[0].children),
+        "the same IKE SA and Child SA"
+    );
+    // Liveness checks, Child SA rekeys and IKE SA rekeys go on with the new endpoint.
+    pair.run(Duration::from_secs(5000));
+    pair.assert_one_pair();
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
+    assert!(pair.b.refusals.is_empty(), "B refused nothing: {:?}", pair.b.refusals);
+    let now = pair.now;
+    assert_ne!(pair.a.established_sas(now)[0].initiator_spi, before[0].initiator_spi, "the IKE SA was rekeyed");
+}
+
+#[test]
+fn an_ike_sa_with_an_exchange_under_way_stays_behind() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let now = pair.now;
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    assert_eq!(pair.a.endpoint.hand_over(now).len(), 0, "a request is outstanding");
+}
