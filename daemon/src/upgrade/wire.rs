@@ -122,3 +122,52 @@ pub fn receive<T: DeserializeOwned>(stream: &mut UnixStream) -> io::Result<(T, V
     body.zeroize();
     Ok((message?, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_and_its_descriptors_arrive_together() {
+        let (mut sender, mut receiver) = UnixStream::pair().unwrap();
+        let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+        let why = "a reason".to_string();
+        send(&mut sender, &Request::Declined(why.clone()), &[pipe_write.as_raw_fd()]).unwrap();
+        drop(pipe_write);
+        let (request, fds) = receive::<Request>(&mut receiver).unwrap();
+        assert!(matches!(request, Request::Declined(got) if got == why));
+        assert_eq!(fds.len(), 1);
+        // The descriptor that came is the pipe's write end.
+        nix::unistd::write(&fds[0], b"through").unwrap();
+        let mut buf = [0u8; 7];
+        nix::unistd::read(&pipe_read, &mut buf).unwrap();
+        assert_eq!(&buf, b"through");
+        // Messages without descriptors carry none.
+        send(&mut sender, &Request::TakenOver, &[]).unwrap();
+        let (request, fds) = receive::<Request>(&mut receiver).unwrap();
+        assert!(matches!(request, Request::TakenOver) && fds.is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_hangs_up_is_an_unexpected_end() {
+        let (sender, mut receiver) = UnixStream::pair().unwrap();
+        drop(sender);
+        let error = receive::<Request>(&mut receiver).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn an_absurd_length_is_refused_before_reading_it() {
+        let (mut sender, mut receiver) = UnixStream::pair().unwrap();
+        sender.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let error = receive::<Request>(&mut receiver).unwrap_err();
+        assert!(error.to_string().contains("confused"), "{error}");
+    }
+
+    #[test]
+    fn too_many_descriptors_are_refused() {
+        let (mut sender, _receiver) = UnixStream::pair().unwrap();
+        let fds = vec![sender.as_raw_fd(); MAX_FDS + 1];
+        assert!(send(&mut sender, &Request::TakenOver, &fds).is_err());
+    }
+}
