@@ -157,6 +157,19 @@ impl Meshd {
         }
     }
 
+    /// The SPIs (as `ikectl sa list` prints them) of this node's Child SAs in `direction`
+    /// ("in" or "out").
+    pub fn child_spis(&self, direction: &str) -> std::collections::BTreeSet<String> {
+        self.ikectl_json(&["sa", "list"])["child_sas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|sa| sa["direction"] == direction)
+            .filter_map(|sa| sa["spi"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }

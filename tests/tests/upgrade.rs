@@ -5,7 +5,6 @@
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test upgrade`.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -90,18 +89,6 @@ impl std::ops::Sub for Losses {
     }
 }
 
-/// Child SA SPIs of a node by direction.
-fn child_spis(d: &Meshd, direction: &str) -> BTreeSet<String> {
-    d.ikectl_json(&["sa", "list"])["child_sas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|sa| sa["direction"] == direction)
-        .filter_map(|sa| sa["spi"].as_str().map(str::to_string))
-        .collect()
-}
-
 fn ifindex(ns: &Netns, interface: &str) -> u64 {
     let link: Value =
         serde_json::from_str(&ns.run_stdout(["ip", "-j", "link", "show", "dev", interface])).expect("ip -j");
@@ -114,7 +101,7 @@ fn wait_established(d: &Meshd, peers: usize, timeout: Duration) {
         let list = d.ikectl_json(&["sa", "list"]);
         let sas = list["ike_sas"].as_array().cloned().unwrap_or_default();
         let up = sas.iter().filter(|sa| sa["state"] == "established").count();
-        (up == peers && child_spis(d, "out").len() == peers).then_some(())
+        (up == peers && d.child_spis("out").len() == peers).then_some(())
     });
     assert!(established.is_some(), "{}: no IKE SAs with its {peers} peers within {timeout:?}\n{}", d.node(), d.log());
 }
@@ -130,7 +117,7 @@ fn a_handover_under_a_ping_flood_and_a_tcp_stream_loses_nothing() {
     let mut daemons = start_all(&lab, mesh.path());
     let interface = daemons[0].overlay_interface(OVERLAY_NAME);
     assert!(lab.node(0).ping("10.244.0.2", 2).status.success(), "the overlay works before the upgrade");
-    let spis_before = (child_spis(&daemons[0], "in"), child_spis(&daemons[0], "out"));
+    let spis_before = (daemons[0].child_spis("in"), daemons[0].child_spis("out"));
     let ifindex_before = ifindex(lab.node(0), &interface);
     let before: Vec<Losses> = (0..2).map(|i| losses(lab.node(i), &interface)).collect();
 
@@ -155,13 +142,29 @@ fn a_handover_under_a_ping_flood_and_a_tcp_stream_loses_nothing() {
         assert_eq!(lost.tcp_retransmitted, lost.tcp_loss_probes, "n{}: no TCP segment was lost: {lost:?}", i + 1);
     }
     eprintln!("drops of the new meshd: {}", daemons[0].ikectl_json(&["drops"]));
-    assert_eq!((child_spis(&daemons[0], "in"), child_spis(&daemons[0], "out")), spis_before, "the same SAs");
+    assert_eq!((daemons[0].child_spis("in"), daemons[0].child_spis("out")), spis_before, "the same SAs");
     assert_eq!(ifindex(lab.node(0), &interface), ifindex_before, "the same overlay interface");
     // The new meshd can itself be upgraded again, and stops cleanly.
     assert!(daemons[0].upgrade(lab.node(0)).success());
     assert!(lab.node(0).ping("10.244.0.2", 2).status.success(), "the overlay works after two upgrades");
     daemons[0].kill();
     assert!(!lab.node(0).has_link(&interface), "the overlay interface goes with the last meshd");
+}
+
+/// Raw ESP (`encap = "esp"`): the one raw socket and IKE's own UDP 4500 socket cross too.
+#[test]
+fn a_handover_with_raw_esp_loses_nothing() {
+    require_root();
+    let lab = Lab::new("upesp", 2);
+    let mesh = MeshFile::builder(&lab).encap("esp").write();
+    let mut daemons = start_all(&lab, mesh.path());
+    assert!(lab.node(0).ping("10.244.0.2", 2).status.success(), "the overlay works before the upgrade");
+    let flood = start_flood(lab.node(0), "10.244.0.2", 3);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(daemons[0].upgrade(lab.node(0)).success());
+    let (transmitted, answered, text) = flood_result(flood);
+    assert_eq!(transmitted, answered, "no ping was lost:\n{text}\n{}", daemons[0].log());
+    assert!(daemons[0].log().contains("taken_over=true"), "{}", daemons[0].log());
 }
 
 /// The IKE SA of one node with its one peer, by its SPIs (initiator's, responder's).
@@ -184,7 +187,7 @@ fn a_handover_in_an_ike_mesh_loses_nothing_and_keys_on() {
     wait_established(&daemons[1], 1, Duration::from_secs(15));
     assert!(lab.node(0).ping("10.244.0.2", 2).status.success(), "the overlay works before the upgrade");
     let ike_before = ike_sa(&daemons[0]);
-    let children_before = child_spis(&daemons[0], "out");
+    let children_before = daemons[0].child_spis("out");
 
     let flood = start_flood(lab.node(0), "10.244.0.2", 4);
     std::thread::sleep(Duration::from_secs(1));
@@ -204,7 +207,7 @@ fn a_handover_in_an_ike_mesh_loses_nothing_and_keys_on() {
     );
     assert!(!daemons[1].log().contains("INITIAL_CONTACT"), "the peer saw no restart:\n{}", daemons[1].log());
     let rekeyed = wait_until(Duration::from_secs(15), || {
-        child_spis(&daemons[0], "out").is_disjoint(&children_before).then_some(())
+        daemons[0].child_spis("out").is_disjoint(&children_before).then_some(())
     });
     assert!(rekeyed.is_some(), "the new meshd rekeyed the Child SA:\n{}", daemons[0].log());
     assert!(lab.node(0).ping("10.244.0.2", 2).status.success(), "the overlay works after the rekey");
