@@ -263,6 +263,12 @@ impl Keying {
         self.lock().endpoint.hand_over(Instant::now())
     }
 
+    /// Removes `peer`'s inbound Child SA `spi` after `grace`: handed over without its IKE SA,
+    /// it carries traffic until the renegotiated one replaces it.
+    pub fn retire_inbound(&self, peer: PeerId, spi: u32, grace: std::time::Duration) {
+        self.with_peer(peer, |ike, index| ike.endpoint.retire_inbound(index, spi, Instant::now() + grace));
+    }
+
     /// Takes the IKE SAs a running meshd handed over (or, after a failed handover, back).
     pub fn take_over(&self, handover: &IkeHandover) -> Result<usize, CryptoError> {
         let taken = self.lock().endpoint.take_over(handover, Instant::now());

@@ -117,6 +117,12 @@ impl Endpoint {
         Ok(taken)
     }
 
+    /// Removes the inbound Child SA `spi` of `peer` at `at` (one whose IKE SA did not cross
+    /// in a handover: no IKE SA here owns it).
+    pub fn retire_inbound(&mut self, peer: PeerIndex, spi: u32, at: Instant) {
+        self.cx.retiring.push((peer, spi, at));
+    }
+
     /// Counters of refused messages.
     pub fn counters(&self) -> IkeCounters {
         self.cx.counters

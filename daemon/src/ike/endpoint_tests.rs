@@ -744,5 +744,19 @@ fn an_ike_sa_with_an_exchange_under_way_stays_behind() {
     let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
     let now = pair.now;
     pair.a.endpoint.queue(spi, Queued::Liveness, now);
-    assert_eq!(pair.a.endpoint.hand_over(now).len(), 0, "a request is outstanding");
+    let handover = pair.a.endpoint.hand_over(now);
+    assert_eq!(handover.len(), 0, "a request is outstanding");
+    // The new meshd has the Child SA without its IKE SA: its inbound half goes after a while.
+    let inbound = *pair.a.inbound.keys().next().unwrap();
+    assert!(!handover.owns_inbound(inbound));
+    let mut successor = Node::with_rng(settings(A, B, PSK, BOTH), Box::new(SeededRng::new(7)), now);
+    successor.inbound = std::mem::take(&mut pair.a.inbound);
+    successor.endpoint.take_over(&handover, now).unwrap();
+    successor.endpoint.retire_inbound(0, inbound, now + Duration::from_secs(30));
+    successor.endpoint.handle_timeout(now + Duration::from_secs(29));
+    successor.apply_events();
+    assert!(successor.inbound.contains_key(&inbound), "it carries traffic meanwhile");
+    successor.endpoint.handle_timeout(now + Duration::from_secs(31));
+    successor.apply_events();
+    assert!(!successor.inbound.contains_key(&inbound), "then it goes");
 }

@@ -40,6 +40,12 @@ impl IkeHandover {
     pub fn is_empty(&self) -> bool {
         self.sas.is_empty()
     }
+
+    /// Whether an IKE SA handed over owns the inbound Child SA `spi` (or retires it).
+    pub fn owns_inbound(&self, spi: u32) -> bool {
+        let children = self.sas.iter().flat_map(|sa| &sa.children);
+        children.map(|child| child.inbound_spi).chain(self.retiring.iter().map(|r| r.spi)).any(|owned| owned == spi)
+    }
 }
 
 #[derive(Serialize, Deserialize)]

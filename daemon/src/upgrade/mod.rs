@@ -19,7 +19,7 @@
 //! so peers notice nothing. Only an IKE SA with an exchange under way at that moment (a rekey, a
 //! liveness check) is left behind; the new meshd negotiates that peer anew after the reconnect
 //! interval (with INITIAL_CONTACT, so the peer drops the old one), and the Child SAs handed
-//! over carry the traffic until then.
+//! over carry the traffic until then (their inbound halves are retired after `ORPHAN_GRACE`).
 //!
 //! When no handover is possible (nothing answers on the handover socket: a meshd from before
 //! handovers, or one that crashed), [`stop_running`] stops the running meshd, which deletes its
@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_config::control::SaOrigin;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
@@ -53,6 +54,9 @@ use crate::tap::TapQueue;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the running meshd, its workers stopped, waits for the new one to start its own.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Child SAs handed over without their IKE SA live on (that peer is renegotiated
+/// with after the reconnect interval).
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// How long the fallback waits for a running meshd to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -329,6 +333,16 @@ impl Inheritance {
         let ike_sas = keying
             .take_over(&state.ike)
             .map_err(|error| self.confirmation.decline(format!("cannot take its IKE SAs: {error}")))?;
+        // Child SAs whose IKE SA stayed behind carry traffic until that peer is renegotiated
+        // with; then their inbound halves go (the outbound ones are replaced).
+        let topology = sas.state().topology_full();
+        for record in state.sadb.inbound.iter().filter(|r| r.sa.origin == SaOrigin::Ike) {
+            if let Some(peer) =
+                topology.peer_by_name(&record.sa.peer).filter(|_| !state.ike.owns_inbound(record.sa.spi))
+            {
+                keying.retire_inbound(peer, record.sa.spi, ORPHAN_GRACE);
+            }
+        }
         Ok((child_sas, ike_sas))
     }
 }
