@@ -88,11 +88,12 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         false => None,
     };
     let handover_path = upgrade::socket_path(&options.ctl_socket);
+    let failed_socket = |source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source };
     // Bind first: a second meshd must fail before it touches any interface.
     let (mut socket, handover_socket) = match &inheritance {
         Some(inherited) => (
-            SocketFile::adopt(&options.ctl_socket, inherited.ctl.try_clone().map_err(DaemonError::Thread)?),
-            SocketFile::adopt(&handover_path, inherited.handover.try_clone().map_err(DaemonError::Thread)?),
+            SocketFile::adopt(&options.ctl_socket, inherited.ctl.try_clone().map_err(failed_socket)?),
+            SocketFile::adopt(&handover_path, inherited.handover.try_clone().map_err(failed_socket)?),
         ),
         None => (SocketFile::bind(&options.ctl_socket)?, upgrade::bind(&options.ctl_socket)?),
     };
@@ -169,7 +170,6 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
-    let failed_socket = |source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source };
     let failed_query = |source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed_socket)?;
     let served = runtime.block_on(async {
