@@ -15,17 +15,27 @@ MESHD_PACKAGES+=(nfdump)
 # ikectl fleet's tests: ssh and ssh-keygen, and an sshd per lab namespace (its own config and keys;
 # the system's ssh service is not used).
 MESHD_PACKAGES+=(openssh-client openssh-server)
+# The Debian package's tests: lintian checks the .deb, promtool (prometheus) the alert rules.
+MESHD_PACKAGES+=(lintian prometheus)
+
+# What building meshd itself needs (scripts/package): a C toolchain and the eBPF build.
+MESHD_BUILD_PACKAGES=(build-essential pkg-config clang bpftool libbpf-dev libelf-dev zlib1g-dev)
+
+# cargo-deb builds the Debian package; pinned, so that every machine builds the same package.
+MESHD_CARGO_DEB_VERSION=3.8.0
 
 meshd_require_root() {
     if [ "$(id -u)" -ne 0 ]; then
-        echo "$0: run this as root (it creates network namespaces and TAP interfaces): sudo $0 $*" >&2
+        echo "$0: run this as root (it creates network namespaces and TAP interfaces): from a root shell (su -), or sudo $0 $* where sudo is installed" >&2
         exit 1
     fi
 }
 
+# Installs the Debian packages named (default: MESHD_PACKAGES) that are missing.
 meshd_install_packages() {
-    local missing=()
-    for package in "${MESHD_PACKAGES[@]}"; do
+    local wanted=("$@") missing=()
+    [ ${#wanted[@]} -gt 0 ] || wanted=("${MESHD_PACKAGES[@]}")
+    for package in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -51,5 +61,12 @@ meshd_install_cargo_fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         echo "==> installing cargo-fuzz"
         cargo install --locked cargo-fuzz >/dev/null
+    fi
+}
+
+meshd_install_cargo_deb() {
+    if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $MESHD_CARGO_DEB_VERSION" ]; then
+        echo "==> installing cargo-deb $MESHD_CARGO_DEB_VERSION"
+        cargo install --locked cargo-deb --version "$MESHD_CARGO_DEB_VERSION" >/dev/null
     fi
 }

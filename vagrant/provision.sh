@@ -17,7 +17,8 @@ if [ ! -x /root/.cargo/bin/cargo ]; then
 fi
 cd /meshd
 CARGO_TARGET_DIR=/var/tmp/meshd-target /root/.cargo/bin/cargo build --release --locked -p meshd -p ikectl
-install -m 0755 /var/tmp/meshd-target/release/meshd /var/tmp/meshd-target/release/ikectl /usr/local/bin/
+install -m 0755 /var/tmp/meshd-target/release/meshd /usr/sbin/
+install -m 0755 /var/tmp/meshd-target/release/ikectl /usr/bin/
 
 /meshd/vagrant/write-mesh.sh /etc/meshd "$@"
 # Every node finds itself by its address; check says which one it is.

@@ -19,7 +19,10 @@ use crate::diag::metrics;
 use crate::diag::query::{self, QueryService};
 use crate::dispatch::Services;
 use crate::error::DaemonError;
+use crate::ike::crypto::NodeKey;
 use crate::keying::{self, Keying};
+use crate::manual_nonces;
+use crate::node_identity;
 use crate::overlay_tap::bring_up;
 use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
@@ -36,11 +39,15 @@ const MAX_WORKERS: usize = 8;
 pub struct RunOptions {
     pub config: PathBuf,
     pub node: Option<String>,
+    /// `--key`: this node's private key file instead of the mesh file's `key_file`.
+    pub key: Option<PathBuf>,
     pub ctl_socket: PathBuf,
     /// Trace the kernel's drops of mesh traffic with eBPF.
     pub kernel_drops: bool,
     /// TAP offloads (off only for debugging and comparison) and busy polling of the workers.
     pub tuning: WorkerTuning,
+    /// Where manual SAs keep their sequence numbers across restarts (manual_nonces.rs).
+    pub state_dir: PathBuf,
     /// Take over from the meshd running with the same control socket (`crate::upgrade`).
     pub upgrade: bool,
 }
@@ -65,11 +72,24 @@ fn load(config: &std::path::Path, node: Option<&str>) -> Result<(MeshConfig, Top
     Ok((config, topology))
 }
 
-/// `meshd check`: validates the config (and that this host is one of its nodes); returns a summary.
-pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, DaemonError> {
+/// `meshd check`: validates the config (and that this host is one of its nodes, with its
+/// private key when it has public keys); returns a summary.
+pub fn check(
+    config: &std::path::Path,
+    node: Option<&str>,
+    key: Option<&std::path::Path>,
+) -> Result<String, DaemonError> {
     let (config, topology) = load(config, node)?;
+    let (node_key, mismatch) = load_node_key(&config, &topology, key)?;
+    if let Some(mismatch) = mismatch {
+        return Err(mismatch.into());
+    }
+    let authentication = match node_key {
+        Some(key) => format!("signs with the Ed25519 key {}", key.public_key().fingerprint()),
+        None => "authenticates with the pre-shared key".to_string(),
+    };
     Ok(format!(
-        "{}: OK: mesh \"{}\", {} nodes, {} overlays, {} manual SAs; this host is node {} ({})",
+        "{}: OK: mesh \"{}\", {} nodes, {} overlays, {} manual SAs; this host is node {} ({}) and {authentication}",
         config.path.display(),
         config.mesh.name,
         config.nodes.len(),
@@ -80,9 +100,24 @@ pub fn check(config: &std::path::Path, node: Option<&str>) -> Result<String, Dae
     ))
 }
 
+/// This node's key (see `node_identity::load`).
+fn load_node_key(
+    config: &MeshConfig,
+    topology: &Topology,
+    explicit: Option<&std::path::Path>,
+) -> Result<(Option<Arc<NodeKey>>, Option<mesh_config::ConfigError>), DaemonError> {
+    let node =
+        config.node(&topology.node_name).ok_or_else(|| DaemonError::Topology("this node left the mesh file".into()))?;
+    Ok(node_identity::load(config, node, explicit)?)
+}
+
 /// `meshd run`: runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     let (config, topology) = load(&options.config, options.node.as_deref())?;
+    let (node_key, mismatch) = load_node_key(&config, &topology, options.key.as_deref())?;
+    if let Some(mismatch) = mismatch {
+        tracing::error!("{mismatch}; peers will refuse this node's AUTH");
+    }
     let inheritance = match options.upgrade {
         true => inherit(&options.ctl_socket, &topology)?,
         false => None,
@@ -98,6 +133,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         None => (SocketFile::bind(&options.ctl_socket)?, upgrade::bind(&options.ctl_socket)?),
     };
     let state = Arc::new(MeshState::new(topology));
+    manual_nonces::use_state_dir(&options.state_dir).map_err(DaemonError::Thread)?;
     let sas = Arc::new(SaManager::new(state.clone()));
     // With a handover the SAs come last, when the running meshd's workers stop.
     let manual_sas = match &inheritance {
@@ -124,7 +160,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     // Slow (it loads an eBPF program): before the workers start, so that during a handover the
     // running meshd's workers are not paused for it.
     let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
-    let keying = Arc::new(Keying::new(&config, sas.clone(), Instant::now())?);
+    let keying = Arc::new(Keying::new(&config, sas.clone(), node_key.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
     let mut prepared = match inheritance.as_mut() {
         Some(inherited) => Prepared::adopt(&state, queues, std::mem::take(&mut inherited.underlay))?,
@@ -151,6 +187,8 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         kernel_drops: kernel_drops.clone(),
         running: Mutex::new(Running {
             config_path: options.config.clone(),
+            key_file: options.key.clone(),
+            node_key,
             datapath: None,
             ike_inbox: inbox.clone(),
             tuning: options.tuning,
@@ -162,7 +200,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         keying: keying.clone(),
         sas: sas.clone(),
         reloader: reloader.clone(),
-        overlays,
+        overlays: overlays.clone(),
         kernel_drops: kernel_drops.clone(),
         query: query.clone(),
         started: Instant::now(),
@@ -216,7 +254,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
             donor.metrics =
                 Some(listener.as_fd().try_clone_to_owned().map_err(|source| DaemonError::Metrics { address, source })?);
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
-            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops };
+            let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops, overlays };
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;
@@ -264,6 +302,10 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         Ok(())
     });
     reloader.shutdown();
+    // The replay marks of the last moments, so that a restart refuses those packets too.
+    if let Some(store) = manual_nonces::store() {
+        store.persist();
+    }
     drop(socket);
     tracing::info!("meshd stopped");
     served

@@ -141,10 +141,10 @@ impl Services {
         Ok(resolved.map_err(RequestError::UnknownPeer)?)
     }
 
-    pub(crate) fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Box<Status> {
         let topology = self.state.topology();
         let overlays = self.overlays.load();
-        Status {
+        Box::new(Status {
             node: topology.node_name.clone(),
             mesh: topology.mesh_name.clone(),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -157,7 +157,8 @@ impl Services {
             overlays: crate::pmtu::status::overlays(&self.state, &overlays),
             drops_total: self.state.drops.total(),
             warnings: crate::pmtu::status::warnings(&self.state, &overlays),
-        }
+            public_key: self.keying.public_key().map(|key| key.fingerprint()),
+        })
     }
 
     /// `sa flush`, then waits (up to `FLUSH_WAIT`) until IKE peers have SAs both ways again.

@@ -28,8 +28,15 @@ const RING_RECORDS_PER_SECOND: u64 = 200;
 const REASONS: usize = DropReason::ALL.len();
 
 /// One counter per drop reason.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReasonCounters([AtomicU64; REASONS]);
+
+// Arrays implement `Default` only up to 32 elements.
+impl Default for ReasonCounters {
+    fn default() -> Self {
+        ReasonCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 impl ReasonCounters {
     pub fn add(&self, reason: DropReason) {

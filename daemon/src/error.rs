@@ -84,7 +84,7 @@ pub enum RequestError {
 /// SAs could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyingError {
-    #[error("peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs the pre-shared key: set psk_file in [mesh]", peers.join(", "))]
+    #[error("peers {} have no [[manual_sa]] entries, so they need IKE, and IKE needs public keys on both nodes or the pre-shared key: give every node its public_key, or set psk_file in [mesh]", peers.join(", "))]
     MissingPsk { peers: Vec<String> },
     #[error("IKE cannot start: {0}; see the meshd log")]
     Ike(crate::ike::crypto::CryptoError),
@@ -133,7 +133,7 @@ pub enum TraceError {
 /// `ikectl ping` could not ask the peer's meshd; the report shows the message as a verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("no key to ask {peer} with: the mesh file has no psk_file and no [[manual_sa]] pair for {me} and {peer}")]
+    #[error("no key to ask {peer} with: there is no IKE SA with {peer} (see `ikectl peers`) and no [[manual_sa]] pair for {me} and {peer}")]
     NoPairKey { me: String, peer: String },
     #[error("the query for {peer} does not fit a datagram; shorten the node names")]
     TooLong { peer: String },

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mesh_config::control::{DropReason, IkeSaInfo, SaOrigin, Spi};
-use mesh_config::{Cipher, MeshConfig, Proposal};
+use mesh_config::{Cipher, MeshConfig, Proposal, PublicKey};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
@@ -22,7 +22,7 @@ use crate::datapath::IkeDatagram;
 use crate::drops::DropContext;
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
-use crate::ike::crypto::CryptoError;
+use crate::ike::crypto::{CryptoError, NodeKey};
 use crate::ike::{
     ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeHandover, IkeSaStatus, IkeSettings, IkeState, PeerIndex,
     PeerSettings, Refusal, Transmit, IKE_PORT, NAT_T_PORT,
@@ -55,6 +55,7 @@ pub trait IkeEngine {
     fn remove_peer(&mut self, peer: PeerIndex, now: Instant);
     fn reconfigure(&mut self, settings: IkeSettings);
     fn answers_probes(&self, peer: PeerIndex) -> bool;
+    fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>>;
 }
 
 impl IkeEngine for Endpoint {
@@ -99,6 +100,9 @@ impl IkeEngine for Endpoint {
     }
     fn answers_probes(&self, peer: PeerIndex) -> bool {
         Endpoint::answers_probes(self, peer)
+    }
+    fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+        Endpoint::query_keys(self, peer)
     }
 }
 
@@ -145,6 +149,8 @@ struct Ike<E> {
     stats: Vec<IkePeerStats>,
     /// Per IKE peer (by endpoint index): when the endpoint last heard of the datapath's notices.
     notices: Vec<NoticesPassed>,
+    /// The public key of the key this node signs with.
+    public_key: Option<PublicKey>,
 }
 
 /// When a peer's notices were last passed to the endpoint.
@@ -212,14 +218,20 @@ pub fn ike_peers(config: &MeshConfig, topology: &Topology) -> Vec<PeerId> {
         .collect()
 }
 
-/// IKE's settings for `config` with the peers `ike_peers`; fails when there are IKE peers but no
-/// pre-shared key.
-pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) -> Result<IkeSettings, KeyingError> {
-    let psk = match (&config.psk, ike_peers.is_empty()) {
-        (Some(psk), _) => psk.as_bytes().to_vec(),
-        (None, true) => Vec::new(),
-        (None, false) => {
-            let peers = ike_peers.iter().map(|id| topology.peer(*id).name.clone()).collect();
+/// IKE's settings for `config` with the peers `ike_peers`, signing with `node_key`; fails when
+/// some IKE peer needs the pre-shared key (it or this node has no public key) and there is none.
+pub fn settings(
+    config: &MeshConfig,
+    topology: &Topology,
+    ike_peers: &[PeerId],
+    node_key: Option<Arc<NodeKey>>,
+) -> Result<IkeSettings, KeyingError> {
+    let needs_psk = |id: &&PeerId| node_key.is_none() || topology.peer(**id).public_keys.is_empty();
+    let psk = match &config.psk {
+        Some(psk) => psk.as_bytes().to_vec(),
+        None if !ike_peers.iter().any(|id| needs_psk(&id)) => Vec::new(),
+        None => {
+            let peers = ike_peers.iter().filter(needs_psk).map(|id| topology.peer(*id).name.clone()).collect();
             return Err(KeyingError::MissingPsk { peers });
         }
     };
@@ -231,6 +243,7 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
     Ok(IkeSettings {
         local: topology.local_address,
         psk: Zeroizing::new(psk),
+        node_key,
         proposals,
         ike_lifetime: config.ike.ike_lifetime,
         child_lifetime: config.ike.child_lifetime,
@@ -243,18 +256,24 @@ pub fn settings(config: &MeshConfig, topology: &Topology, ike_peers: &[PeerId]) 
 }
 
 fn peer_settings(peer: &Peer) -> PeerSettings {
-    PeerSettings { address: peer.address, mode: peer.mode }
+    PeerSettings { address: peer.address, mode: peer.mode, public_keys: peer.public_keys.clone() }
 }
 
 impl Keying {
     /// The IKE state for the peers that have no manual SAs (there may be none yet: a reload can
     /// add some).
-    pub fn new(config: &MeshConfig, sas: Arc<SaManager>, now: Instant) -> Result<Keying, KeyingError> {
+    pub fn new(
+        config: &MeshConfig,
+        sas: Arc<SaManager>,
+        node_key: Option<Arc<NodeKey>>,
+        now: Instant,
+    ) -> Result<Keying, KeyingError> {
         let topology = sas.state().topology_full();
         let ike_peers = ike_peers(config, &topology);
-        let settings = settings(config, &topology, &ike_peers)?;
+        let public_key = node_key.as_ref().map(|key| key.public_key());
+        let settings = settings(config, &topology, &ike_peers, node_key)?;
         let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
-        Ok(Keying::with_endpoint(endpoint, ike_peers, sas))
+        Ok(Keying::with_endpoint(endpoint, ike_peers, public_key, sas))
     }
 
     /// Hands the IKE SAs over to the meshd that takes over (`crate::upgrade`); this endpoint
@@ -278,8 +297,14 @@ impl Keying {
 }
 
 impl<E: IkeEngine> Keying<E> {
-    /// Drives `endpoint`, whose peer indexes are the positions of `ike_peers`.
-    pub fn with_endpoint(endpoint: E, ike_peers: Vec<PeerId>, sas: Arc<SaManager>) -> Keying<E> {
+    /// Drives `endpoint`, whose peer indexes are the positions of `ike_peers`; this node signs
+    /// with the key of `public_key` (`None`: the pre-shared key).
+    pub fn with_endpoint(
+        endpoint: E,
+        ike_peers: Vec<PeerId>,
+        public_key: Option<PublicKey>,
+        sas: Arc<SaManager>,
+    ) -> Keying<E> {
         Keying {
             ike: Mutex::new(Ike {
                 endpoint,
@@ -288,6 +313,7 @@ impl<E: IkeEngine> Keying<E> {
                 notices: vec![NoticesPassed::default(); ike_peers.len()],
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
+                public_key,
             }),
             wake: Notify::new(),
             sas,
@@ -311,7 +337,20 @@ impl<E: IkeEngine> Keying<E> {
 
     /// Reload: new credentials and SA settings (see `Endpoint::reconfigure`).
     pub fn reconfigure(&self, settings: IkeSettings) {
-        self.lock().endpoint.reconfigure(settings);
+        let mut ike = self.lock();
+        ike.public_key = settings.node_key.as_ref().map(|key| key.public_key());
+        ike.endpoint.reconfigure(settings);
+    }
+
+    /// The diagnostic query keys of `peer`'s IKE SAs, newest first (none for a manual peer).
+    pub fn query_keys(&self, peer: PeerId) -> Vec<Zeroizing<Vec<u8>>> {
+        let ike = self.lock();
+        ike.by_peer.get(&peer).map(|index| ike.endpoint.query_keys(*index)).unwrap_or_default()
+    }
+
+    /// The public key this node signs with; `None`: it uses the pre-shared key.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.lock().public_key
     }
 
     /// Reload: starts keying `peer` with IKE.
@@ -407,6 +446,8 @@ impl<E: IkeEngine> Keying<E> {
                 established_secs: s.established_secs,
                 rekey_in_secs: s.rekey_in_secs,
                 child_spis: s.children.iter().map(|(i, o)| (Spi(*i), Spi(*o))).collect(),
+                peer_auth: s.peer_auth.map(|auth| auth.method.as_str().to_string()),
+                peer_key: s.peer_auth.and_then(|auth| auth.key).map(|key| key.fingerprint()),
             })
             .collect()
     }
@@ -559,7 +600,7 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
 /// the log and `ikectl` show.
 fn failure_reason(failure: &Failure) -> Option<DropReason> {
     Some(match failure {
-        Failure::Authentication { .. } => DropReason::IkeAuthFailed,
+        Failure::Authentication { .. } | Failure::Identity(_) => DropReason::IkeAuthFailed,
         Failure::NoProposalChosen { .. } => DropReason::IkeNoProposal,
         Failure::Timeout => DropReason::IkeRetransmitGaveUp,
         Failure::TrafficSelectors => DropReason::IkeTsUnacceptable,
@@ -758,6 +799,9 @@ mod tests {
         fn answers_probes(&self, _: PeerIndex) -> bool {
             false
         }
+        fn query_keys(&self, _: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+            Vec::new()
+        }
     }
 
     /// Node n0 of three: IKE keys n1 (endpoint index 0), n2 is manual.
@@ -765,7 +809,7 @@ mod tests {
         let config = mesh_file(&Setup { nodes: 3, ..DEFAULT });
         let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
         let sas = Arc::new(SaManager::new(Arc::new(MeshState::new(topology))));
-        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], sas)
+        Keying::with_endpoint(FakeEndpoint { peers: 1, ..FakeEndpoint::default() }, vec![PeerId(0)], None, sas)
     }
 
     fn keys(spi: u32) -> ChildSaKeys {
@@ -793,6 +837,7 @@ mod tests {
             established_secs: Some(1),
             rekey_in_secs: Some(100),
             children: vec![(0x5001, 0x6001)],
+            peer_auth: None,
         }
     }
 

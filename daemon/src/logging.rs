@@ -29,11 +29,14 @@ struct Logging {
 static LOGGING: OnceLock<Logging> = OnceLock::new();
 
 /// Installs the global subscriber: RUST_LOG (default "info") filters what reaches stderr and the ring.
-pub fn init() {
+pub fn init(json: bool) {
     let initial = std::env::var("RUST_LOG").ok().filter(|text| EnvFilter::try_new(text).is_ok());
     let initial = initial.unwrap_or_else(|| "info".to_string());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(io::stderr().is_terminal());
+    // One of the two writes stderr; the ring always keeps plain lines.
+    let json_stderr = json.then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr).json());
+    let plain_stderr =
+        (!json).then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(io::stderr().is_terminal()));
     let ring = tracing_subscriber::fmt::layer().with_writer(|| RingWriter).with_ansi(false);
     let logging = Logging {
         filter: handle,
@@ -42,7 +45,7 @@ pub fn init() {
         ring: Mutex::new(VecDeque::with_capacity(RING_LINES)),
     };
     if LOGGING.set(logging).is_ok() {
-        tracing_subscriber::registry().with(filter).with(stderr).with(ring).init();
+        tracing_subscriber::registry().with(filter).with(json_stderr).with(plain_stderr).with(ring).init();
     }
 }
 

@@ -9,6 +9,7 @@ use mesh_config::MeshConfig;
 use crate::datapath::ESP_IN_UDP_PORT;
 use crate::error::KeyingError;
 use crate::esp::{KeyMaterial, Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
+use crate::manual_nonces;
 use crate::sadb::manager::SaManager;
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
 use crate::topology::PeerId;
@@ -47,13 +48,30 @@ pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Re
             created_ms: state.clock.now_ms(),
             remote: SocketAddr::new(topology.peer(peer).address, ESP_IN_UDP_PORT),
         };
+        // Sequence numbers (the AEAD nonces) resume where the key's earlier lives left off.
+        let nonces = manual_nonces::store();
+        let key_bytes = entry.key.as_bytes();
         if outbound {
             let sealer = Sealer::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;
-            sas.install_outbound(OutboundSa::new(params, sealer));
+            let (floor, reserved) = match nonces {
+                Some(store) => store.resume_outbound(entry.spi, key_bytes).map_err(|e| failed(e.to_string()))?,
+                None => (0, u64::MAX),
+            };
+            sas.install_outbound(OutboundSa::resumed(params, sealer, floor, reserved));
+            if let (Some(store), Some(sa)) = (nonces, state.sadb.load().outbound(peer)) {
+                store.track_outbound(entry.spi, key_bytes, sa);
+            }
         } else {
             let opener = Opener::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;
-            let sa = InboundSa::new(params, opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW));
+            let floor = match nonces {
+                Some(store) => store.resume_inbound(entry.spi, key_bytes).map_err(|e| failed(e.to_string()))?,
+                None => 0,
+            };
+            let sa = InboundSa::new(params, opener, ReplayWindow::starting_after(DEFAULT_REPLAY_WINDOW, floor));
             sas.install_inbound(sa).map_err(|e| failed(e.to_string()))?;
+            if let (Some(store), Some(sa)) = (nonces, state.sadb.load().inbound(entry.spi)) {
+                store.track_inbound(entry.spi, key_bytes, sa);
+            }
         }
         installed.push(entry.spi);
     }

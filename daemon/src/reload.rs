@@ -21,8 +21,10 @@ use mesh_config::MeshConfig;
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
 use crate::error::{ReloadError, ReloadRefusal};
+use crate::ike::crypto::NodeKey;
 use crate::keying::{self, Keying};
 use crate::manual;
+use crate::node_identity;
 use crate::overlay_tap::bring_up;
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -46,6 +48,10 @@ pub struct Reloader {
 pub struct Running {
     /// The mesh file meshd was started with.
     pub config_path: PathBuf,
+    /// `meshd run --key`, if given; the key is read again at each reload (a key rotation).
+    pub key_file: Option<PathBuf>,
+    /// The key the running settings sign with.
+    pub node_key: Option<Arc<NodeKey>>,
     /// `None` only while a reload takes the datapath over, or after shutdown.
     pub datapath: Option<Datapath>,
     pub ike_inbox: IkeInbox,
@@ -156,7 +162,14 @@ impl Reloader {
         let plan = mesh_config::reload::plan(&old, &new, &current.node_name).map_err(ReloadRefusal::from)?;
         let next = current.reloaded(&new).map_err(ReloadRefusal::Topology)?;
         let ike_peers = keying::ike_peers(&new, &next);
-        let ike_settings = keying::settings(&new, &next, &ike_peers).map_err(ReloadRefusal::from)?;
+        let node = new.node(&next.node_name).ok_or_else(|| ReloadRefusal::Topology("this node is not in it".into()))?;
+        let (node_key, mismatch) = node_identity::load(&new, node, running.key_file.as_deref())
+            .map_err(|error| ReloadRefusal::Invalid(error.into()))?;
+        if let Some(mismatch) = mismatch {
+            tracing::error!("{mismatch}; peers will refuse this node's AUTH");
+        }
+        let ike_settings = keying::settings(&new, &next, &ike_peers, node_key.clone()).map_err(ReloadRefusal::from)?;
+        running.node_key = node_key;
         let changes = PeerChanges::of(&plan, &current, &next, &ike_peers);
 
         // Valid: from here on everything is applied. First the SAs that must go.

@@ -10,10 +10,11 @@ use std::time::Instant;
 use mesh_config::{Encap, Mode};
 use mesh_config::{MeshConfig, OverlayMtu};
 
-use crate::fdb::Fdb;
+use crate::fdb::{Fdb, StaticOwner};
 // Re-exported for the modules that name peers through the topology.
 pub use crate::ids::{OverlayId, PeerId};
 use crate::pmtu::PeerPathMtu;
+use crate::wire::ethernet::EthernetAddress;
 
 /// Monotonic milliseconds since the daemon started; cheap to store in an atomic.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +92,8 @@ pub struct Peer {
     pub path: Path,
     /// ESP mode for this pair (tunnel when either side asks for it).
     pub mode: Mode,
+    /// Its Ed25519 public keys from mesh.toml (empty: it uses the pre-shared key).
+    pub public_keys: Vec<mesh_config::PublicKey>,
     /// Shared by every version of the topology (reloads keep them).
     pub counters: Arc<PeerCounters>,
     /// The path MTU towards the peer, kept across reloads like the counters.
@@ -188,6 +191,7 @@ impl Topology {
                 address: node.address,
                 path,
                 mode: config.mode_between(node_name, &node.name),
+                public_keys: node.public_keys.clone(),
                 counters: kept.map(|p| p.counters.clone()).unwrap_or_default(),
                 path_mtu: kept.map(|p| p.path_mtu.clone()).unwrap_or_default(),
             });
@@ -210,6 +214,21 @@ impl Topology {
                 fdb: self.overlays.iter().find(|o| o.name == overlay.name).map(|o| o.fdb.clone()).unwrap_or_default(),
             })
             .collect();
+        for (overlay, configured) in overlays.iter().zip(&config.overlays) {
+            let statics: Vec<(EthernetAddress, StaticOwner)> = configured
+                .static_macs
+                .iter()
+                .filter_map(|pinned| {
+                    let owner = match peers.iter().find(|p| p.name == pinned.node) {
+                        Some(peer) => StaticOwner::Peer(peer.id),
+                        None if pinned.node == node_name => StaticOwner::ThisNode,
+                        None => return None,
+                    };
+                    Some((EthernetAddress(pinned.mac), owner))
+                })
+                .collect();
+            overlay.fdb.set_static(&statics);
+        }
         Ok(Topology {
             mesh_name: config.mesh.name.clone(),
             node_name: node_name.to_string(),

@@ -17,6 +17,7 @@ fn settings(local: &str, peer: &str) -> IkeSettings {
     IkeSettings {
         local: local.parse().unwrap(),
         psk: Zeroizing::new(b"fuzzing pre-shared key, 32 bytes or more".to_vec()),
+        node_key: None,
         proposals: [Cipher::Aes256Gcm16, Cipher::Chacha20Poly1305]
             .map(|cipher| Proposal { cipher, prf: Prf::HmacSha256, group: DhGroup::X25519 })
             .to_vec(),
@@ -26,7 +27,7 @@ fn settings(local: &str, peer: &str) -> IkeSettings {
         force_udp_encap: true,
         esn: true,
         vxlan_port: 4790,
-        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport }],
+        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport, public_keys: Vec::new() }],
     }
 }
 

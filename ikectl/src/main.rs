@@ -13,7 +13,7 @@ mod render;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mesh_config::control::{Command, Reply, DEFAULT_SOCKET};
 
 #[derive(Parser)]
@@ -112,8 +112,15 @@ enum CliCommand {
     },
     /// Every node of the mesh over ssh: update the config, flush SAs, mesh health.
     Fleet {
+        // Boxed: the fleet options are most of the size of the whole command line.
         #[command(subcommand)]
-        command: fleet::FleetCommand,
+        command: Box<fleet::FleetCommand>,
+    },
+    /// Write the man pages and shell completions of ikectl into a folder (scripts/package).
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -172,7 +179,7 @@ fn main() -> ExitCode {
             Command::LogLevel { level, module, for_secs: revert_after.map(|d| d.as_secs().max(1)) }
         }
         CliCommand::Bugreport { output } => return exit_on(bugreport::run(&cli.socket, output)),
-        CliCommand::Fleet { command } => return fleet::run(command, cli.json),
+        CliCommand::Fleet { command } => return fleet::run(*command, cli.json),
         CliCommand::Capture { peer, overlay, count, snaplen, write } => {
             let options = capture::CaptureOptions { peer, overlay, count, snaplen, write };
             return exit_on(capture::run(&cli.socket, options));
@@ -180,6 +187,7 @@ fn main() -> ExitCode {
         CliCommand::Sa { command: SaCommand::Keys { wireshark } } => {
             return exit_on(keys(&cli.socket, wireshark, cli.json))
         }
+        CliCommand::Generate { out } => return clidoc::generate(Cli::command(), "1", &out),
     };
     match client::request(&cli.socket, command) {
         Ok(reply) => {
@@ -225,7 +233,6 @@ fn exit_on(result: Result<(), client::ClientError>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_consistent() {

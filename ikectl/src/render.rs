@@ -125,6 +125,12 @@ fn render_status(status: &Status) -> String {
     let _ =
         writeln!(out, "peers: {} configured, {} with SAs both ways", status.peers_configured, status.peers_with_sas);
     let _ = writeln!(out, "drops: {} (ikectl drops for details)", status.drops_total);
+    let _ = match &status.public_key {
+        Some(fingerprint) => {
+            writeln!(out, "identity: Ed25519 public key {fingerprint}... (meshd pubkey prints it whole)")
+        }
+        None => writeln!(out, "identity: the mesh's pre-shared key (no public_key for this node in the mesh file)"),
+    };
     if status.peers_with_sas < status.peers_configured {
         let _ = writeln!(
             out,
@@ -161,6 +167,7 @@ fn render_ike_sas(sas: &[IkeSaInfo]) -> String {
         "AEAD / PRF / group",
         "remote",
         "NAT / encap",
+        "peer auth",
         "up",
         "rekey in",
         "Child SAs (in / out)",
@@ -180,6 +187,11 @@ fn render_ike_sas(sas: &[IkeSaInfo]) -> String {
                 (false, false) => "no NAT, udp 500",
             }
             .to_string(),
+            match (&sa.peer_auth, &sa.peer_key) {
+                (Some(method), Some(key)) => format!("{method} {key}"),
+                (Some(method), None) => method.clone(),
+                (None, _) => dash(),
+            },
             sa.established_secs.map_or_else(dash, |s| format!("{s}s")),
             sa.rekey_in_secs.map_or_else(dash, |s| format!("{s}s")),
             sa.child_spis.iter().map(|(i, o)| format!("{i} / {o}")).collect::<Vec<_>>().join(", "),

@@ -58,6 +58,8 @@ pub struct MeshSection {
     /// As written in the file (relative paths are relative to the mesh file's folder;
     /// see [`MeshConfig::psk_path`]).
     pub psk_file: Option<PathBuf>,
+    /// This node's private key file as written (see [`MeshConfig::key_path`]).
+    pub key_file: Option<PathBuf>,
     pub vxlan_port: u16,
     pub encap: Encap,
     pub mode: Mode,
@@ -188,6 +190,9 @@ pub struct Node {
     pub ssh: String,
     /// Per-node mode override.
     pub mode: Option<Mode>,
+    /// Ed25519 public keys: empty for a node that authenticates with the psk_file; two while it
+    /// moves to a new private key.
+    pub public_keys: Vec<crate::PublicKey>,
     /// Line of this node's `[[node]]` header.
     pub line: usize,
 }
@@ -202,8 +207,38 @@ pub struct Overlay {
     pub mtu: OverlayMtu,
     /// Host address of each node's overlay interface, by node name (nodes may be absent).
     pub addresses: BTreeMap<String, IfaceAddress>,
+    /// MACs pinned to a node (`static_macs`): no other node's frames may claim them.
+    pub static_macs: Vec<StaticMac>,
     /// Line of this overlay's `[[overlay]]` header.
     pub line: usize,
+}
+
+/// The most `static_macs` entries one overlay may have (a share of the forwarding table).
+pub const MAX_STATIC_MACS: usize = 4_096;
+
+/// One `static_macs = [{ mac = "02:00:00:00:00:01", node = "n2" }]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMac {
+    pub mac: [u8; 6],
+    pub node: String,
+}
+
+/// A unicast MAC written as six colon-separated hex pairs; the error says what is wrong.
+pub fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
+    let pairs: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    let well_formed = pairs.len() == 6
+        && pairs
+            .iter()
+            .zip(mac.iter_mut())
+            .all(|(pair, byte)| pair.len() == 2 && u8::from_str_radix(pair, 16).map(|value| *byte = value).is_ok());
+    if !well_formed {
+        return Err(format!("\"{}\" is not a MAC address", s.escape_default()));
+    }
+    if mac[0] & 0x01 != 0 {
+        return Err(format!("{s} is a group (multicast or broadcast) address, which is never learned"));
+    }
+    Ok(mac)
 }
 
 /// `mtu = "auto"` or `mtu = 1400`.
@@ -222,6 +257,37 @@ impl fmt::Display for OverlayMtu {
             OverlayMtu::Fixed(n) => write!(f, "{n}"),
         }
     }
+}
+
+/// A mesh file holding `[[manual_sa]]` keys is a key file: like the psk_file, group and others
+/// must not read it.
+pub(crate) fn check_mode_for_manual_keys(config: &MeshConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(first) = config.manual_sas.first() else { return Ok(()) };
+    let shown = config.path.display();
+    let mode = std::fs::metadata(&config.path)
+        .map_err(|e| {
+            ConfigError::new(
+                &config.path,
+                None,
+                "file",
+                format!("cannot stat the mesh file: {e}"),
+                "check the --config path",
+            )
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        &config.path,
+        Some(first.line),
+        "manual_sa[0].key",
+        format!("the mesh file {shown} holds [[manual_sa]] keys and has mode {mode:04o}: group or others may read or write it"),
+        format!("run `chmod 600 {shown}`"),
+    ))
 }
 
 /// An interface address with its prefix length, `10.244.0.1/24`.
@@ -302,6 +368,16 @@ impl MeshConfig {
     /// Where the psk_file is: relative paths are taken from the mesh file's folder.
     pub fn psk_path(&self) -> Option<PathBuf> {
         self.mesh.psk_file.as_deref().map(|p| resolve_relative(&self.path, p))
+    }
+
+    /// This node's private key file: `explicit` (`meshd run --key`), else `key_file` (relative to
+    /// the mesh file's folder), else [`crate::DEFAULT_KEY_FILE`].
+    pub fn key_path(&self, explicit: Option<&Path>) -> PathBuf {
+        match (explicit, &self.mesh.key_file) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(path)) => resolve_relative(&self.path, path),
+            (None, None) => PathBuf::from(crate::DEFAULT_KEY_FILE),
+        }
     }
 
     /// Which node am I: by `--node NAME` if given, else the one node whose address is in

@@ -121,7 +121,7 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
-    Status(Status),
+    Status(Box<Status>),
     SaList(SaList),
     SaFlush(FlushReport),
     Peers(Vec<PeerInfo>),
@@ -283,6 +283,10 @@ pub struct Status {
     /// Things the operator should know, e.g. a path MTU that forces an overlay below its MTU.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The short fingerprint of the public key this node signs with; `None`: it uses the
+    /// pre-shared key.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +362,12 @@ pub struct IkeSaInfo {
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.
     pub child_spis: Vec<(Spi, Spi)>,
+    /// How the peer authenticated ("ed25519" or "psk"), once it has.
+    #[serde(default)]
+    pub peer_auth: Option<String>,
+    /// The short fingerprint of the public key the peer signed with (`PublicKey::fingerprint`).
+    #[serde(default)]
+    pub peer_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -680,6 +690,16 @@ pub enum DropReason {
     MtuExceeded,
     /// An in-band control message (path-MTU probe) arrived while the queue to the control plane was full.
     InbandBacklog,
+    /// A frame whose source MAC is configured (`static_macs`) behind another node.
+    FdbStaticMac,
+    /// A frame whose source MAC was in use behind another peer within the move hold-down.
+    FdbMoveHeldDown,
+    /// A frame with a new source MAC from a peer that already holds its quota of MACs.
+    FdbPeerQuota,
+    /// A frame with a new source MAC from a peer that learns MACs faster than the rate limit.
+    FdbRateLimited,
+    /// A frame with a new source MAC while the overlay's forwarding table is full.
+    FdbTableFull,
 }
 
 impl DropReason {
@@ -712,6 +732,11 @@ impl DropReason {
         DropReason::EspInUdpUnexpected,
         DropReason::MtuExceeded,
         DropReason::InbandBacklog,
+        DropReason::FdbStaticMac,
+        DropReason::FdbMoveHeldDown,
+        DropReason::FdbPeerQuota,
+        DropReason::FdbRateLimited,
+        DropReason::FdbTableFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -744,6 +769,11 @@ impl DropReason {
             DropReason::EspInUdpUnexpected => "esp_in_udp_unexpected",
             DropReason::MtuExceeded => "mtu_exceeded",
             DropReason::InbandBacklog => "inband_backlog",
+            DropReason::FdbStaticMac => "fdb_static_mac",
+            DropReason::FdbMoveHeldDown => "fdb_move_held_down",
+            DropReason::FdbPeerQuota => "fdb_peer_quota",
+            DropReason::FdbRateLimited => "fdb_rate_limited",
+            DropReason::FdbTableFull => "fdb_table_full",
         }
     }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::config::{IfaceAddress, OverlayMtu};
+use crate::identity::PublicKey;
 use crate::reader::At;
 use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
@@ -13,6 +14,7 @@ use crate::types::{Cipher, Encap, Mode};
 pub(crate) struct MeshP {
     pub name: Option<String>,
     pub psk_file: Option<At<PathBuf>>,
+    pub key_file: Option<PathBuf>,
     pub vxlan_port: u16,
     pub encap: Encap,
     pub mode: Mode,
@@ -25,6 +27,7 @@ pub(crate) struct NodeP {
     pub address: Option<At<IpAddr>>,
     pub ssh: Option<String>,
     pub mode: Option<Mode>,
+    pub public_keys: Vec<At<PublicKey>>,
 }
 
 impl NodeP {
@@ -48,6 +51,8 @@ pub(crate) struct OverlayP {
     pub mtu: OverlayMtu,
     /// (node name, address) in file order; the address is `None` when it did not parse.
     pub addresses: Vec<(At<String>, Option<At<IfaceAddress>>)>,
+    /// (MAC, node name) of each well-formed `static_macs` entry, in file order.
+    pub static_macs: Vec<(At<[u8; 6]>, At<String>)>,
 }
 
 impl OverlayP {

@@ -17,6 +17,7 @@ mod duration;
 mod entries;
 mod error;
 mod flows;
+mod identity;
 mod metrics;
 mod parse;
 mod reader;
@@ -26,13 +27,15 @@ mod validate;
 pub use types::{Cipher, Encap, Mode};
 
 pub use config::{
-    DhGroup, IfaceAddress, IkeSection, ManualSa, MeshConfig, MeshSection, Node, Overlay, OverlayMtu, Prf, Proposal,
-    DEFAULT_CHILD_LIFETIME, DEFAULT_DPD, DEFAULT_IKE_LIFETIME, DEFAULT_PROPOSALS, DEFAULT_VXLAN_PORT, MAX_OVERLAY_MTU,
-    MAX_VNI, MIN_MANUAL_SPI, MIN_OVERLAY_MTU, MIN_PSK_LEN, PROPOSAL_FORM,
+    parse_unicast_mac, DhGroup, IfaceAddress, IkeSection, ManualSa, MeshConfig, MeshSection, Node, Overlay, OverlayMtu,
+    Prf, Proposal, StaticMac, DEFAULT_CHILD_LIFETIME, DEFAULT_DPD, DEFAULT_IKE_LIFETIME, DEFAULT_PROPOSALS,
+    DEFAULT_VXLAN_PORT, MAX_OVERLAY_MTU, MAX_STATIC_MACS, MAX_VNI, MIN_MANUAL_SPI, MIN_OVERLAY_MTU, MIN_PSK_LEN,
+    PROPOSAL_FORM,
 };
 pub use duration::{format_duration, parse_duration, DURATION_FORM};
 pub use error::{ConfigError, ConfigErrors};
 pub use flows::FlowsSection;
+pub use identity::{base64_encode, PrivateKeySeed, PublicKey, DEFAULT_KEY_FILE, ED25519_KEY_LEN};
 pub use metrics::{MetricsSection, DEFAULT_METRICS_PORT};
 pub use secret::{KeyBytes, Psk, MANUAL_KEY_LEN};
 

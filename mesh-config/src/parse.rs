@@ -11,16 +11,18 @@ use crate::config::*;
 use crate::duration::{parse_duration, DURATION_FORM};
 use crate::entries::{ManualSaP, MeshP, NodeP, OverlayP};
 use crate::error::{ConfigError, ConfigErrors};
+use crate::identity;
 use crate::reader::{integer, type_name, At, Ctx, Tab};
 use crate::secret::KeyBytes;
 use crate::types::{Cipher, Encap, Mode};
 use crate::validate;
 
 const TOP_KEYS: &[&str] = &["mesh", "ike", "node", "overlay", "manual_sa", "metrics", "flows"];
-const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode"];
+const MESH_KEYS: &[&str] = &["name", "psk_file", "vxlan_port", "encap", "mode", "key_file"];
 const IKE_KEYS: &[&str] = &["proposals", "ike_lifetime", "child_lifetime", "dpd"];
-const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode"];
-const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address"];
+const NODE_KEYS: &[&str] = &["name", "address", "ssh", "mode", "public_key", "public_keys"];
+const OVERLAY_KEYS: &[&str] = &["name", "vni", "interface", "mtu", "address", "static_macs"];
+const STATIC_MAC_KEYS: &[&str] = &["mac", "node"];
 const MANUAL_SA_KEYS: &[&str] = &["from", "to", "spi", "cipher", "key"];
 
 pub(crate) const NAME_RULE: &str = "use 1-32 characters from a-z, 0-9, '-' and '_'";
@@ -56,7 +58,9 @@ impl MeshConfig {
                 .into())
             }
         };
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        crate::config::check_mode_for_manual_keys(&config)?;
+        Ok(config)
     }
 
     /// Validates `text` as the contents of `path`; reads the psk_file (relative to `path`'s folder).
@@ -88,6 +92,8 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     validate::nodes(&mut ctx, &nodes);
     validate::overlays(&mut ctx, &overlays, &nodes);
     validate::manual_sas(&mut ctx, &sas, &nodes);
+    let node_keys: Vec<_> = nodes.iter().map(|n| (n.label(), n.line, n.public_keys.as_slice())).collect();
+    identity::check_nodes(&mut ctx, &node_keys, mesh.psk_file.is_some());
     let psk = mesh.psk_file.as_ref().and_then(|f| validate::read_psk(&mut ctx, f));
 
     if !ctx.errors.is_empty() {
@@ -104,6 +110,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
                 ssh: n.ssh.unwrap_or_else(|| default_ssh(address)),
                 address,
                 mode: n.mode,
+                public_keys: n.public_keys.into_iter().map(|k| k.v).collect(),
                 line: n.line,
             }
         })
@@ -116,6 +123,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             interface: o.interface.expect("validated").v,
             mtu: o.mtu,
             addresses: o.addresses.into_iter().map(|(n, a)| (n.v, a.expect("validated").v)).collect::<BTreeMap<_, _>>(),
+            static_macs: o.static_macs.into_iter().map(|(mac, node)| StaticMac { mac: mac.v, node: node.v }).collect(),
             line: o.line,
         })
         .collect();
@@ -135,6 +143,7 @@ fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         mesh: MeshSection {
             name: mesh.name.expect("validated"),
             psk_file: mesh.psk_file.map(|p| p.v),
+            key_file: mesh.key_file,
             vxlan_port: mesh.vxlan_port,
             encap: mesh.encap,
             mode: mesh.mode,
@@ -228,8 +237,14 @@ fn choice<T: std::str::FromStr<Err = String>>(
 }
 
 fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
-    let mut m =
-        MeshP { name: None, psk_file: None, vxlan_port: DEFAULT_VXLAN_PORT, encap: Encap::Udp, mode: Mode::Transport };
+    let mut m = MeshP {
+        name: None,
+        psk_file: None,
+        key_file: None,
+        vxlan_port: DEFAULT_VXLAN_PORT,
+        encap: Encap::Udp,
+        mode: Mode::Transport,
+    };
     let Some(t) = root.table(ctx, "mesh", "[mesh]", "[mesh] followed by name = \"lab\" on the next line") else {
         if root.raw("mesh").is_none() {
             ctx.err_line(
@@ -270,6 +285,7 @@ fn parse_mesh(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> MeshP {
             m.psk_file = Some(At { v: PathBuf::from(p.v), span: p.span });
         }
     }
+    m.key_file = t.str(ctx, "key_file", "key_file = \"/etc/meshd/node.key\"").map(|p| PathBuf::from(p.v));
     if let Some(port) = t.int(ctx, "vxlan_port", "vxlan_port = 4790") {
         match port.v {
             0 => ctx.err(
@@ -424,7 +440,9 @@ fn parse_nodes(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<NodeP> {
     for (idx, item, table) in items {
         let t = Tab { t: table, path: format!("node[{idx}]"), span: item.span(), header: "[[node]]".into() };
         t.check_keys(ctx, NODE_KEYS);
-        let mut n = NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None };
+        let public_keys = identity::node_keys(ctx, &t);
+        let mut n =
+            NodeP { idx, line: ctx.line(&t.span), name: None, address: None, ssh: None, mode: None, public_keys };
         if let Some(name) = t.req_str(ctx, "name", "name = \"n1\"") {
             if let Err(problem) = check_name(name.v) {
                 ctx.err(&name.span, t.key("name"), problem, format!("{NAME_RULE}, e.g. name = \"n1\""));
@@ -507,6 +525,7 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
             interface_key: t.key("interface"),
             mtu: OverlayMtu::Auto,
             addresses: Vec::new(),
+            static_macs: Vec::new(),
         };
         if let Some(vni) = t.req_int(ctx, "vni", "vni = 4242") {
             if (0..=i128::from(MAX_VNI)).contains(&vni.v) {
@@ -620,9 +639,53 @@ fn parse_overlays(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<OverlayP> {
                 o.addresses.push((node, addr));
             }
         }
+        o.static_macs = parse_static_macs(ctx, &t);
         overlays.push(o);
     }
     overlays
+}
+
+/// `static_macs = [{ mac = "02:00:00:00:00:01", node = "n2" }]`; entries with a problem are
+/// reported and left out.
+fn parse_static_macs(ctx: &mut Ctx<'_>, overlay: &Tab<'_, '_>) -> Vec<(At<[u8; 6]>, At<String>)> {
+    let example = "static_macs = [{ mac = \"02:00:00:00:00:01\", node = \"n2\" }]";
+    let Some(items) = overlay.array_of_tables(ctx, "static_macs", example) else {
+        return Vec::new();
+    };
+    if items.len() > MAX_STATIC_MACS {
+        if let Some(v) = overlay.raw("static_macs") {
+            ctx.err(
+                &v.span(),
+                overlay.key("static_macs"),
+                format!("{} static MACs, more than the {MAX_STATIC_MACS} an overlay may pin", items.len()),
+                "pin only the MACs that must never move (gateways, routers), and let the others be learned",
+            );
+        }
+        return Vec::new();
+    }
+    let mut entries = Vec::new();
+    for (idx, item, table) in items {
+        let t = Tab {
+            t: table,
+            path: format!("{}[{idx}]", overlay.key("static_macs")),
+            span: item.span(),
+            header: "a static_macs entry".into(),
+        };
+        t.check_keys(ctx, STATIC_MAC_KEYS);
+        let mac = t.req_str(ctx, "mac", "mac = \"02:00:00:00:00:01\"");
+        let node = t.req_str(ctx, "node", "node = \"n2\"");
+        let mac = mac.and_then(|mac| match parse_unicast_mac(mac.v) {
+            Ok(bytes) => Some(At { v: bytes, span: mac.span }),
+            Err(problem) => {
+                ctx.err(&mac.span, t.key("mac"), problem, "write a unicast MAC like mac = \"02:00:00:00:00:01\"");
+                None
+            }
+        });
+        if let (Some(mac), Some(node)) = (mac, node) {
+            entries.push((mac, At { v: node.v.to_string(), span: node.span }));
+        }
+    }
+    entries
 }
 
 fn parse_manual_sas(ctx: &mut Ctx<'_>, root: &Tab<'_, '_>) -> Vec<ManualSaP> {

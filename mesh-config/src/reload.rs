@@ -202,7 +202,10 @@ fn rekey_reason(old: &MeshConfig, new: &MeshConfig, me: &str, peer: &str) -> Opt
         (true, false) => Some("now keyed by manual SAs".to_string()),
         (false, true) => Some("now keyed by IKE".to_string()),
         (false, false) => (manual(old) != manual(new)).then(|| "manual SAs changed".to_string()),
-        (true, true) if old.psk != new.psk => Some("pre-shared key changed".to_string()),
+        // Adding or removing the psk_file (a move to keys) leaves the running SAs alone.
+        (true, true) if old.psk.is_some() && new.psk.is_some() && old.psk != new.psk => {
+            Some("pre-shared key changed".to_string())
+        }
         (true, true) if old.ike.proposals != new.ike.proposals => Some("IKE proposals changed".to_string()),
         (true, true) => None,
     }
@@ -223,6 +226,9 @@ fn overlay_change(before: &Overlay, after: &Overlay, me: &str, modes_changed: bo
         reasons.push(format!("address {} -> {}", address(before), address(after)));
     }
     let recreate = !reasons.is_empty();
+    if before.static_macs != after.static_macs {
+        reasons.push("static MACs changed".to_string());
+    }
     if before.vni != after.vni {
         reasons.push(format!("vni {} -> {}", before.vni, after.vni));
     }
@@ -293,6 +299,21 @@ mod tests {
         let new = mesh(&[THREE[0], ("n2", "198.18.0.22"), THREE[2]], "");
         let plan = plan(&old, &new, "n1").unwrap();
         assert_eq!((plan.peers_added, plan.peers_removed), (names(&["n2"]), names(&["n2"])));
+    }
+
+    #[test]
+    fn moving_from_psk_to_keys_rekeys_nothing() {
+        let keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="];
+        let keyed: Vec<String> = (0..2).map(|i| format!("{}\"\npublic_key = \"{}", THREE[i].1, keys[i])).collect();
+        let nodes = [("n1", keyed[0].as_str()), ("n2", keyed[1].as_str())];
+        let old = mesh(&THREE[..2], "");
+        let both = mesh(&nodes, "");
+        let without_psk = config(&format!(
+            "[mesh]\nname = \"lab\"\n[[node]]\nname = \"n1\"\naddress = \"{}\"\n[[node]]\nname = \"n2\"\naddress = \"{}\"\n",
+            keyed[0], keyed[1]
+        ));
+        assert!(plan(&old, &both, "n1").unwrap().is_empty());
+        assert!(plan(&both, &without_psk, "n1").unwrap().is_empty());
     }
 
     #[test]

@@ -96,6 +96,8 @@ fn full_example_loads() {
     let dir = dir_with_psk(GOOD_PSK, 0o600);
     let path = dir.path().join("mesh.toml");
     fs::copy(example_path(), &path).unwrap();
+    // It holds [[manual_sa]] keys.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     let c = MeshConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.path, path);
     assert_eq!(c.mesh.name, "lab");
@@ -1035,4 +1037,95 @@ fn peers_and_lookups() {
     assert_eq!(c.peers_of("zz").count(), 3);
     assert_eq!(c.node_by_address("198.18.0.3".parse().unwrap()).unwrap().name, "n3");
     assert_eq!(c.mode_between("n1", "unknown"), Mode::Transport);
+}
+
+// ---------------------------------------------------------------- static MACs (overlay FDB)
+
+const STATIC_OVERLAY: &str = "\n[[overlay]]\nname = \"ovl0\"\nvni = 4242\n";
+
+#[test]
+fn static_macs_are_read() {
+    let c = parse_ok(&with(&format!(
+        "{STATIC_OVERLAY}static_macs = [{{ mac = \"02:00:00:00:00:0A\", node = \"n2\" }}, {{ mac = \"52:54:00:12:34:56\", node = \"n1\" }}]\n"
+    )));
+    let pinned = &c.overlay("ovl0").unwrap().static_macs;
+    assert_eq!(
+        pinned,
+        &vec![
+            StaticMac { mac: [2, 0, 0, 0, 0, 0x0a], node: "n2".into() },
+            StaticMac { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], node: "n1".into() },
+        ]
+    );
+    assert!(parse_ok(&with(STATIC_OVERLAY)).overlays[0].static_macs.is_empty());
+}
+
+#[test]
+fn static_macs_errors_name_file_line_and_key() {
+    // BASE is 11 lines; the overlay starts at 13, static_macs is line 16.
+    let entry = |mac: &str, node: &str| {
+        with(&format!("{STATIC_OVERLAY}static_macs = [{{ mac = \"{mac}\", node = \"{node}\" }}]\n"))
+    };
+    one(&entry("02:00:00:00:00", "n2"), "overlay.ovl0.static_macs[0].mac", Some(16), &["is not a MAC address"]);
+    one(&entry("01:00:5e:00:00:01", "n2"), "overlay.ovl0.static_macs[0].mac", Some(16), &["group"]);
+    one(&entry("02:00:00:00:00:01", "n9"), "overlay.ovl0.static_macs[0].node", Some(16), &["\"n9\" is not a node"]);
+    one(
+        &with(&format!(
+            "{STATIC_OVERLAY}static_macs = [\n  {{ mac = \"02:00:00:00:00:01\", node = \"n1\" }},\n  {{ mac = \"02:00:00:00:00:01\", node = \"n2\" }},\n]\n"
+        )),
+        "overlay.ovl0.static_macs[1].mac",
+        Some(18),
+        &["already pinned", "line 17"],
+    );
+    one(
+        &with(&format!("{STATIC_OVERLAY}static_macs = [{{ mac = \"02:00:00:00:00:01\" }}]\n")),
+        "overlay.ovl0.static_macs[0].node",
+        Some(16),
+        &["missing required key `node`"],
+    );
+    one(
+        &with(&format!("{STATIC_OVERLAY}static_macs = [{{ mac = \"02:00:00:00:00:01\", node = \"n1\", vlan = 3 }}]\n")),
+        "overlay.ovl0.static_macs[0].vlan",
+        Some(16),
+        &["unknown key `vlan`"],
+    );
+    one(
+        &with(&format!("{STATIC_OVERLAY}static_macs = \"02:00:00:00:00:01\"\n")),
+        "overlay.ovl0.static_macs",
+        Some(16),
+        &["expected an array of tables"],
+    );
+}
+
+#[test]
+fn a_reload_that_changes_static_macs_keeps_the_interface() {
+    let before = parse_ok(&with(STATIC_OVERLAY));
+    let after =
+        parse_ok(&with(&format!("{STATIC_OVERLAY}static_macs = [{{ mac = \"02:00:00:00:00:0a\", node = \"n2\" }}]\n")));
+    let plan = crate::reload::plan(&before, &after, "n1").unwrap();
+    assert_eq!(plan.overlays_changed.len(), 1);
+    assert_eq!(plan.overlays_changed[0].reason, "static MACs changed");
+    assert!(!plan.overlays_changed[0].recreate);
+}
+
+// ---------------------------------------------------------------- manual keys make mesh.toml a key file
+
+#[test]
+fn a_mesh_file_with_manual_keys_must_be_0600() {
+    let dir = dir_with_psk(GOOD_PSK, 0o600);
+    let path = dir.path().join("mesh.toml");
+    let text = with(&format!(
+        "\n[[manual_sa]]\nfrom = \"n1\"\nto = \"n2\"\nspi = \"0x1102\"\ncipher = \"aes256gcm16\"\nkey = \"{KEY1}\"\n"
+    ));
+    fs::write(&path, &text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let errors = MeshConfig::load(&path).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    check(&errors.0[0], "manual_sa[0].key", Some(13), &["has mode 0644", "chmod 600"]);
+    assert!(!errors.to_string().contains(KEY1), "the key is never shown: {errors}");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(MeshConfig::load(&path).unwrap().manual_sas.len(), 1);
+    // Without manual keys, the mesh file holds no secret.
+    fs::write(&path, BASE).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(MeshConfig::load(&path).is_ok());
 }

@@ -125,6 +125,7 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
                 by_ifname.insert(&ifname.v, o);
             }
         }
+        static_macs(ctx, o, &names);
         let mut by_addr: BTreeMap<IpAddr, &At<String>> = BTreeMap::new();
         for (node, addr) in &o.addresses {
             let key = format!("{}.address.{}", o.prefix, node.v);
@@ -151,6 +152,33 @@ pub(crate) fn overlays(ctx: &mut Ctx<'_>, overlays: &[OverlayP], nodes: &[NodeP]
             } else {
                 by_addr.insert(addr.v.addr, node);
             }
+        }
+    }
+}
+
+/// Every static MAC names a node of the mesh, and appears once per overlay.
+fn static_macs(ctx: &mut Ctx<'_>, overlay: &OverlayP, names: &[&str]) {
+    let mut seen: BTreeMap<[u8; 6], usize> = BTreeMap::new();
+    for (index, (mac, node)) in overlay.static_macs.iter().enumerate() {
+        let key = format!("{}.static_macs[{index}]", overlay.prefix);
+        if !names.contains(&node.v.as_str()) {
+            ctx.err(
+                &node.span,
+                format!("{key}.node"),
+                format!("\"{}\" is not a node of this mesh", node.v),
+                format!("use one of the node names: {}", list(names)),
+            );
+        }
+        if let Some(prev) = seen.get(&mac.v) {
+            let prev_line = ctx.line(&overlay.static_macs[*prev].0.span);
+            ctx.err(
+                &mac.span,
+                format!("{key}.mac"),
+                format!("this MAC is already pinned on this overlay (line {prev_line})"),
+                "pin every MAC once, behind the one node it lives on",
+            );
+        } else {
+            seen.insert(mac.v, index);
         }
     }
 }

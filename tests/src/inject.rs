@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::netns::Netns;
 
@@ -20,68 +20,93 @@ use crate::netns::Netns;
 /// (checksum offload: the kernel never filled it in); the receiver would drop it as a bad
 /// checksum. Pass such frames through [`fix_udp_checksum`] first.
 pub fn inject_frame(ns: &Netns, iface: &str, frame: &[u8]) {
-    assert!(frame.len() >= 14, "an Ethernet frame has at least 14 bytes");
-    let ns_path = format!("/run/netns/{}", ns.name());
-    let iface = iface.to_string();
-    let frame = frame.to_vec();
-    let result = std::thread::spawn(move || -> Result<(), String> {
-        let ns_file = File::open(&ns_path).map_err(|e| format!("open {ns_path}: {e}"))?;
-        let c_iface = CString::new(iface.clone()).map_err(|e| e.to_string())?;
-        send_raw(ns_file.as_raw_fd(), &c_iface, &frame).map_err(|e| format!("inject on {iface} in {ns_path}: {e}"))
-    })
-    .join()
-    .expect("inject thread panicked");
-    if let Err(e) = result {
-        panic!("{e}");
+    let sender = RawSender::open(ns, iface);
+    if let Err(e) = sender.send(frame) {
+        panic!("inject on {iface} in {}: {e}", ns.name());
     }
 }
 
-/// Joins the network namespace `ns_fd` (this thread only), then sends `frame` on `iface`
-/// through an `AF_PACKET`/`SOCK_RAW` socket. Call only on a thread that is discarded afterwards.
+/// An `AF_PACKET`/`SOCK_RAW` socket on one interface of a namespace: sends whole Ethernet frames
+/// below the IP stack (also frame generators, e.g. a VM flooding source MACs onto an overlay
+/// interface). The socket stays in its namespace whichever thread uses it.
+#[derive(Debug)]
+pub struct RawSender {
+    fd: OwnedFd,
+    ifindex: libc::c_int,
+    iface: String,
+}
+
+impl RawSender {
+    /// Opens the socket in `ns` on a short-lived thread that first joins the namespace.
+    pub fn open(ns: &Netns, iface: &str) -> RawSender {
+        let ns_path = format!("/run/netns/{}", ns.name());
+        let name = iface.to_string();
+        let opened = std::thread::spawn(move || -> Result<RawSender, String> {
+            let ns_file = File::open(&ns_path).map_err(|e| format!("open {ns_path}: {e}"))?;
+            let c_iface = CString::new(name.clone()).map_err(|e| e.to_string())?;
+            open_raw(ns_file.as_raw_fd(), &c_iface)
+                .map(|(fd, ifindex)| RawSender { fd, ifindex, iface: name.clone() })
+                .map_err(|e| format!("packet socket on {name} in {ns_path}: {e}"))
+        })
+        .join()
+        .expect("packet socket thread panicked");
+        opened.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends one frame (at least an Ethernet header).
+    #[allow(unsafe_code)]
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        assert!(frame.len() >= 14, "an Ethernet frame has at least 14 bytes");
+        // SAFETY: `sockaddr_ll` is plain data, fully zeroed then filled; `sendto` gets the live
+        // socket, a pointer/length pair into the `frame` slice and a pointer to that address on
+        // our stack with its exact size.
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+            addr.sll_ifindex = self.ifindex;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if sent as usize != frame.len() {
+            return Err(std::io::Error::other(format!("sent {sent} of {} bytes on {}", frame.len(), self.iface)));
+        }
+        Ok(())
+    }
+}
+
+/// Joins the network namespace `ns_fd` (this thread only) and opens a send-only packet socket;
+/// returns it with `iface`'s index. Call only on a thread that is discarded afterwards.
 #[allow(unsafe_code)]
-fn send_raw(ns_fd: libc::c_int, iface: &CString, frame: &[u8]) -> std::io::Result<()> {
-    let last_error = std::io::Error::last_os_error;
-    // SAFETY: every call below gets plain integers, a NUL-terminated string that outlives the
-    // call (`iface`), a pointer/length pair into the live `frame` slice, or a pointer to a fully
-    // initialised, correctly sized `sockaddr_ll` on our stack. `setns` affects only the calling
-    // thread, which the caller throws away. The socket fd is closed on every path after it was
-    // opened.
+fn open_raw(ns_fd: libc::c_int, iface: &CString) -> std::io::Result<(OwnedFd, libc::c_int)> {
+    // SAFETY: `setns` gets a valid fd and affects only the calling thread, which the caller
+    // throws away; `if_nametoindex` a NUL-terminated string that outlives the call; `socket`
+    // plain integers, and its fd is owned (closed on drop) as soon as it is valid.
     unsafe {
         if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-            return Err(last_error());
+            return Err(std::io::Error::last_os_error());
         }
         let ifindex = libc::if_nametoindex(iface.as_ptr());
         if ifindex == 0 {
-            return Err(last_error());
+            return Err(std::io::Error::last_os_error());
         }
         // Protocol 0: a send-only packet socket (it receives nothing).
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(last_error());
+            return Err(std::io::Error::last_os_error());
         }
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as libc::c_ushort;
-        addr.sll_ifindex = ifindex as libc::c_int;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let sent = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        );
-        let error = last_error();
-        libc::close(fd);
-        if sent < 0 {
-            return Err(error);
-        }
-        if sent as usize != frame.len() {
-            return Err(std::io::Error::other(format!("sent {sent} of {} bytes", frame.len())));
-        }
+        Ok((OwnedFd::from_raw_fd(fd), ifindex as libc::c_int))
     }
-    Ok(())
 }
 
 /// Recomputes the UDP checksum of an Ethernet/IPv4 or Ethernet/IPv6 frame carrying UDP (no

@@ -24,13 +24,13 @@ pub mod transfer;
 pub mod util;
 
 pub use capture::{Capture, EspSaKeys};
-pub use inject::{fix_udp_checksum, inject_frame};
+pub use inject::{fix_udp_checksum, inject_frame, RawSender};
 pub use lab::{Family, Lab, LabBuilder};
-pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, Meshd};
+pub use meshd::{ikectl_bin, meshd_bin, spawn_meshd, start_all, start_all_with_keys, Meshd};
 pub use meshfile::{ManualSa, MeshFile, MeshFileBuilder};
 pub use netns::Netns;
 pub use routed::RoutedPair;
 pub use sshd::SshFleet;
-pub use strongswan::{Charon, CharonConfig, Routing, StartAction, UdpEndpoint, VxlanDevice};
+pub use strongswan::{Charon, CharonConfig, Ed25519Keys, Routing, StartAction, UdpEndpoint, VxlanDevice};
 pub use transfer::tcp_transfer;
 pub use util::{require_root, wait_until};

@@ -315,6 +315,10 @@ pub fn spawn_meshd(ns: &Netns, config: &Path, node: &str, socket: &Path, log: &P
         .stderr(err);
     // Plain text logs in the file (tracing-subscriber honours NO_COLOR).
     command.env("NO_COLOR", "1");
+    // Manual SAs' sequence marks next to the mesh file, per node: kept across restarts of the
+    // node within a test, never in the host's /var/lib/meshd.
+    let config_dir = config.parent().unwrap_or(Path::new("."));
+    command.env("MESHD_STATE_DIR", config_dir.join(format!("state-{node}")));
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
     }
@@ -339,4 +343,16 @@ pub fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
 /// answers `ikectl status`.
 pub fn start_all(lab: &crate::Lab, config: &Path) -> Vec<Meshd> {
     (0..lab.len()).map(|i| Meshd::start(lab.node(i), config, &lab.node_name(i))).collect()
+}
+
+/// Like [`start_all`] for a mesh file whose nodes have keys: node `i` runs with
+/// `--key <its key file>` ([`crate::MeshFile::key_args`]).
+pub fn start_all_with_keys(lab: &crate::Lab, mesh: &crate::MeshFile) -> Vec<Meshd> {
+    (0..lab.len())
+        .map(|i| {
+            let key = mesh.key_args(i);
+            let args: Vec<&str> = key.iter().map(String::as_str).collect();
+            Meshd::start_with(lab.node(i), mesh.path(), &lab.node_name(i), &args)
+        })
+        .collect()
 }

@@ -1,16 +1,19 @@
 //! Writes a `mesh.toml` (and its psk file) for a lab, with `[[manual_sa]]` entries for every
-//! ordered pair of nodes, and keeps the keys so tests can hand them to tshark.
+//! ordered pair of nodes, and keeps the keys so tests can hand them to tshark. With
+//! [`MeshFileBuilder::keys`], every node gets its own Ed25519 key from `meshd keygen`.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use tempfile::TempDir;
 
 use crate::capture::EspSaKeys;
 use crate::lab::{overlay_addr, Lab};
+use crate::meshd::meshd_bin;
 use crate::util::{hex, random_bytes};
 
 /// The overlay every lab mesh has.
@@ -64,12 +67,23 @@ pub struct MeshFileBuilder {
     node_modes: Vec<(usize, String)>,
     /// `[ike]` keys in order: (key, TOML value).
     ike: Vec<(String, String)>,
+    /// Ed25519 keys for every node, and no psk_file.
+    keys: bool,
 }
 
 impl MeshFileBuilder {
     /// No `[[manual_sa]]` entries: every pair is keyed by IKEv2 with the mesh PSK.
     pub fn ike(mut self) -> Self {
         self.manual = false;
+        self
+    }
+
+    /// Every node has its own Ed25519 key (`meshd keygen`) and `public_key` in the file; no
+    /// psk_file (implies IKE, like [`MeshFileBuilder::ike`]). Start each node with
+    /// [`MeshFile::key_args`].
+    pub fn keys(mut self) -> Self {
+        self.manual = false;
+        self.keys = true;
         self
     }
 
@@ -156,8 +170,20 @@ impl MeshFileBuilder {
                 });
             }
         }
-        let file = MeshFile { path: dir.path().join("mesh.toml"), dir, options: self, sas };
-        fs::write(&file.path, file.render(&file.sas, "psk")).expect("write mesh.toml");
+        let nodes = self.addresses.len();
+        let keys = self.keys;
+        let auth = Mutex::new(Auth { psk: !keys, public_keys: vec![Vec::new(); nodes], key_files: Vec::new() });
+        let file = MeshFile { path: dir.path().join("mesh.toml"), dir, options: self, sas, auth };
+        for node in 0..nodes {
+            let path = file.dir().join(format!("{}.key", node_name(node)));
+            let public = keygen(&path);
+            let mut auth = file.lock_auth();
+            auth.key_files.push(path);
+            if keys {
+                auth.public_keys[node].push(public);
+            }
+        }
+        write_private(&file.path, &file.render(&file.sas, "psk"));
         file
     }
 }
@@ -171,6 +197,23 @@ fn node_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
+/// `meshd keygen --out PATH`, as an operator runs it; the public key it prints.
+pub fn keygen(path: &Path) -> String {
+    let out =
+        std::process::Command::new(meshd_bin()).arg("keygen").arg("--out").arg(path).output().expect("meshd keygen");
+    assert!(out.status.success(), "meshd keygen --out {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("base64").trim().to_string()
+}
+
+/// How the nodes authenticate: the psk_file, and each node's public keys (written when not
+/// empty) and current private key file.
+#[derive(Debug)]
+struct Auth {
+    psk: bool,
+    public_keys: Vec<Vec<String>>,
+    key_files: Vec<PathBuf>,
+}
+
 /// A mesh file in its own tempdir (removed on drop).
 #[derive(Debug)]
 pub struct MeshFile {
@@ -178,6 +221,7 @@ pub struct MeshFile {
     path: PathBuf,
     options: MeshFileBuilder,
     sas: Vec<ManualSa>,
+    auth: Mutex<Auth>,
 }
 
 impl MeshFile {
@@ -199,7 +243,65 @@ impl MeshFile {
             manual: true,
             node_modes: Vec::new(),
             ike: Vec::new(),
+            keys: false,
         }
+    }
+
+    fn lock_auth(&self) -> std::sync::MutexGuard<'_, Auth> {
+        self.auth.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `--key FILE` for node `i`'s current private key (every node has one, written by
+    /// `meshd keygen` with the file; it signs only when the file lists its public key).
+    pub fn key_args(&self, i: usize) -> Vec<String> {
+        vec!["--key".to_string(), self.key_file(i).display().to_string()]
+    }
+
+    /// Node `i`'s current private key file.
+    pub fn key_file(&self, i: usize) -> PathBuf {
+        self.lock_auth().key_files[i].clone()
+    }
+
+    /// Node `i`'s public keys as the file lists them.
+    pub fn public_keys(&self, i: usize) -> Vec<String> {
+        self.lock_auth().public_keys[i].clone()
+    }
+
+    /// Rewrites the file in place (for a reload) with or without the psk_file and with or
+    /// without every node's public key: the steps of a move from the PSK to keys.
+    pub fn rewrite_auth(&self, psk: bool, keys: bool) {
+        {
+            let mut auth = self.lock_auth();
+            auth.psk = psk;
+            for node in 0..auth.key_files.len() {
+                auth.public_keys[node] = match keys {
+                    true => vec![pubkey(&auth.key_files[node])],
+                    false => Vec::new(),
+                };
+            }
+        }
+        write_private(&self.path, &self.render(&self.sas, "psk"));
+    }
+
+    /// A key rotation's first step for node `i`: a new private key `<key file>.new` next to
+    /// the current one, and `public_keys = [old, new]` in the file, rewritten in place. The
+    /// caller moves the new key over the old file once every node has the new file.
+    pub fn add_new_key(&self, i: usize) -> PathBuf {
+        let path = self.key_file(i).with_extension("key.new");
+        let public = keygen(&path);
+        self.lock_auth().public_keys[i].push(public);
+        write_private(&self.path, &self.render(&self.sas, "psk"));
+        path
+    }
+
+    /// A key rotation's last step: node `i` lists only its newest key.
+    pub fn drop_old_keys(&self, i: usize) {
+        {
+            let mut auth = self.lock_auth();
+            let keys = &mut auth.public_keys[i];
+            keys.drain(..keys.len().saturating_sub(1));
+        }
+        write_private(&self.path, &self.render(&self.sas, "psk"));
     }
 
     pub fn path(&self) -> &Path {
@@ -257,7 +359,7 @@ impl MeshFile {
             .unwrap_or_else(|| panic!("no manual SA n{} -> n{}", from + 1, to + 1));
         sa.key = key.to_vec();
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&sas, "psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&sas, "psk"));
         path
     }
 
@@ -268,7 +370,7 @@ impl MeshFile {
         fs::write(&psk, hex(&random_bytes(32))).expect("write psk");
         fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let path = self.dir.path().join(file_name);
-        fs::write(&path, self.render(&self.sas, "other-psk")).expect("write mesh file variant");
+        write_private(&path, &self.render(&self.sas, "other-psk"));
         path
     }
 
@@ -280,7 +382,7 @@ impl MeshFile {
             self.sas.iter().filter(|sa| nodes.contains(&sa.from) && nodes.contains(&sa.to)).cloned().collect();
         let mut text = self.render_nodes(nodes, &sas, "psk");
         text.push_str(extra);
-        fs::write(&self.path, text).expect("rewrite mesh.toml");
+        write_private(&self.path, &text);
     }
 
     fn render(&self, sas: &[ManualSa], psk_file: &str) -> String {
@@ -294,7 +396,10 @@ impl MeshFile {
         let _ = writeln!(t, "# written by meshd-lab");
         let _ = writeln!(t, "[mesh]");
         let _ = writeln!(t, "name = \"{}\"", o.name);
-        let _ = writeln!(t, "psk_file = \"{psk_file}\"");
+        let auth = self.lock_auth();
+        if auth.psk {
+            let _ = writeln!(t, "psk_file = \"{psk_file}\"");
+        }
         let _ = writeln!(t, "encap = \"{}\"", o.encap);
         let _ = writeln!(t, "mode = \"{}\"", o.mode);
         if !o.ike.is_empty() {
@@ -307,6 +412,10 @@ impl MeshFile {
             let _ = writeln!(t, "\n[[node]]\nname = \"{}\"\naddress = \"{}\"", node_name(i), addr);
             if let Some((_, mode)) = o.node_modes.iter().find(|(index, _)| *index == i) {
                 let _ = writeln!(t, "mode = \"{mode}\"");
+            }
+            let keys: Vec<String> = auth.public_keys[i].iter().map(|k| format!("\"{k}\"")).collect();
+            if !keys.is_empty() {
+                let _ = writeln!(t, "public_keys = [{}]", keys.join(", "));
             }
         }
         let _ = writeln!(t, "\n[[overlay]]\nname = \"{OVERLAY_NAME}\"\nvni = {OVERLAY_VNI}\n[overlay.address]");
@@ -329,4 +438,18 @@ impl MeshFile {
         }
         t
     }
+}
+
+/// `meshd pubkey --key PATH`.
+pub fn pubkey(path: &Path) -> String {
+    let out =
+        std::process::Command::new(meshd_bin()).arg("pubkey").arg("--key").arg(path).output().expect("meshd pubkey");
+    assert!(out.status.success(), "meshd pubkey --key {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("base64").trim().to_string()
+}
+
+/// Writes a mesh file with mode 0600: with `[[manual_sa]]` keys meshd refuses any other.
+pub fn write_private(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 600 the mesh file");
 }

@@ -6,7 +6,12 @@
 //! Each node gets a folder `<dir>/nodes/<name>/` for its `mesh.toml`, `psk` and (a link to)
 //! meshd's control socket `meshd.sock`: the fleet commands find them with
 //! `--remote-config <dir>/nodes/{node}/mesh.toml` and `--remote-socket <dir>/nodes/{node}/meshd.sock`.
+//!
+//! For binary rollouts a node's meshd runs as a service instead ([`SshFleet::start_service`]):
+//! `<dir>/nodes/<name>/bin/meshd` and `bin/ikectl` (links to the build's, replaced by a rollout),
+//! started and restarted by `<dir>/nodes/<name>/restart` as a service manager would.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -35,7 +40,24 @@ pub struct SshFleet {
     addresses: Vec<IpAddr>,
     control: Netns,
     dir: TempDir,
+    /// Fleet commands use the nodes' own binaries and restart scripts (service mode).
+    services: Cell<bool>,
 }
+
+/// A node's restart command in service mode: stops the running meshd (pid file), waits until it
+/// is gone, and starts the installed binary detached. Arguments: the node's folder and name.
+const RESTART_SCRIPT: &str = r#"#!/bin/sh
+dir="$1"; node="$2"
+if [ -s "$dir/meshd.pid" ]; then
+    pid=$(cat "$dir/meshd.pid")
+    kill "$pid" 2>/dev/null
+    while [ -e "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.1; done
+fi
+echo "== restart $(date +%T.%N)" >> "$dir/meshd.log"
+setsid "$dir/bin/meshd" run --config "$dir/mesh.toml" --node "$node" --ctl-socket "$dir/meshd.sock" \
+    < /dev/null >> "$dir/meshd.log" 2>&1 &
+echo $! > "$dir/meshd.pid"
+"#;
 
 impl SshFleet {
     /// Starts sshd on every node of `lab` (IPv4 underlay) and makes the control namespace
@@ -52,7 +74,14 @@ impl SshFleet {
         control.run_ok(["ip", "addr", "add", &format!("{CONTROL_ADDR}/24"), "dev", NODE_IFACE]);
         control.run_ok(["ip", "link", "set", NODE_IFACE, "up"]);
 
-        let mut fleet = SshFleet { sshds: Vec::new(), names: Vec::new(), addresses: Vec::new(), control, dir };
+        let mut fleet = SshFleet {
+            sshds: Vec::new(),
+            names: Vec::new(),
+            addresses: Vec::new(),
+            control,
+            dir,
+            services: Cell::new(false),
+        };
         let mut known_hosts = String::new();
         for i in 0..lab.len() {
             let (name, address) = (lab.node_name(i), lab.addr(i));
@@ -105,9 +134,9 @@ impl SshFleet {
         self.node_dir(&self.names[i]).join("mesh.toml")
     }
 
-    /// Writes node `i`'s mesh file and copies `psk` next to it (mode 0600).
+    /// Writes node `i`'s mesh file and copies `psk` next to it (both mode 0600).
     pub fn write_node_config(&self, i: usize, text: &str, psk: &[u8]) {
-        fs::write(self.node_config(i), text).expect("write node mesh.toml");
+        crate::meshfile::write_private(&self.node_config(i), text);
         let psk_path = self.node_dir(&self.names[i]).join("psk");
         fs::write(&psk_path, psk).expect("write node psk");
         fs::set_permissions(&psk_path, fs::Permissions::from_mode(0o600)).expect("chmod psk");
@@ -121,6 +150,49 @@ impl SshFleet {
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(meshd.socket(), &link).expect("link the control socket");
         meshd
+    }
+
+    /// Starts node `i`'s meshd as a service (see the module docs) with its mesh file, and from
+    /// now on has fleet commands use the nodes' own binaries (`--remote-meshd
+    /// <dir>/nodes/{node}/bin/meshd`, the same for ikectl) and restart scripts
+    /// (`--remote-restart`).
+    pub fn start_service(&self, lab: &Lab, i: usize) {
+        self.services.set(true);
+        let node_dir = self.node_dir(&self.names[i]);
+        let bin = node_dir.join("bin");
+        fs::create_dir_all(&bin).expect("create node bin folder");
+        for (name, build) in [("meshd", meshd_bin()), ("ikectl", ikectl_bin())] {
+            let _ = fs::remove_file(bin.join(name));
+            std::os::unix::fs::symlink(build, bin.join(name)).expect("link the build's binary");
+        }
+        let restart = node_dir.join("restart");
+        fs::write(&restart, RESTART_SCRIPT).expect("write restart script");
+        fs::set_permissions(&restart, fs::Permissions::from_mode(0o755)).expect("chmod restart script");
+        let started = lab.node(i).exec([restart.as_os_str(), node_dir.as_os_str(), self.names[i].as_ref()]);
+        assert!(started.status.success(), "starting {}'s meshd failed\n{}", self.names[i], describe_output(&started));
+    }
+
+    /// The pid of node `i`'s service meshd.
+    pub fn service_pid(&self, i: usize) -> Option<u32> {
+        fs::read_to_string(self.node_dir(&self.names[i]).join("meshd.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// `<dir>/nodes/<node i>/bin/NAME`: the binary a rollout replaces.
+    pub fn node_binary(&self, i: usize, name: &str) -> PathBuf {
+        self.node_dir(&self.names[i]).join("bin").join(name)
+    }
+
+    /// Node `i`'s service meshd's log.
+    pub fn service_log(&self, i: usize) -> String {
+        fs::read_to_string(self.node_dir(&self.names[i]).join("meshd.log")).unwrap_or_default()
+    }
+
+    /// `ikectl --json ARGS` against node `i`'s service meshd, in the node: `Null` when it does
+    /// not answer.
+    pub fn service_ikectl_json(&self, lab: &Lab, i: usize, args: &[&str]) -> serde_json::Value {
+        let socket = self.node_dir(&self.names[i]).join("meshd.sock");
+        let out = lab.node(i).command([ikectl_bin()]).arg("--socket").arg(socket).arg("--json").args(args).output();
+        out.ok().and_then(|out| serde_json::from_slice(&out.stdout).ok()).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn ssh_config(&self) -> PathBuf {
@@ -145,11 +217,18 @@ impl SshFleet {
             .arg(nodes.join("{node}/mesh.toml"))
             .arg("--remote-socket")
             .arg(nodes.join("{node}/meshd.sock"))
-            .arg("--remote-meshd")
-            .arg(meshd_bin())
-            .arg("--remote-ikectl")
-            .arg(ikectl_bin())
             .stdin(Stdio::null());
+        if self.services.get() {
+            command
+                .arg("--remote-meshd")
+                .arg(nodes.join("{node}/bin/meshd"))
+                .arg("--remote-ikectl")
+                .arg(nodes.join("{node}/bin/ikectl"))
+                .arg("--remote-restart")
+                .arg(format!("{} {} {{node}}", nodes.join("{node}/restart").display(), nodes.join("{node}").display()));
+        } else {
+            command.arg("--remote-meshd").arg(meshd_bin()).arg("--remote-ikectl").arg(ikectl_bin());
+        }
         command
     }
 
@@ -213,11 +292,35 @@ impl Drop for SshFleet {
         for child in self.sshds.iter_mut().flatten() {
             terminate(child, Duration::from_secs(5));
         }
+        // Service meshds are no children of this process: stop them by their pid files.
+        for i in 0..self.names.len() {
+            if let Some(pid) = self.service_pid(i) {
+                stop_service(pid);
+            }
+        }
         if std::thread::panicking() {
             for i in 0..self.names.len() {
                 eprintln!("===== sshd {} log =====\n{}", self.names[i], self.sshd_log(i));
+                if self.services.get() {
+                    eprintln!("===== meshd service {} log =====\n{}", self.names[i], self.service_log(i));
+                }
             }
         }
+    }
+}
+
+/// SIGTERM to a service meshd, SIGKILL if it is still there after 5 s.
+fn stop_service(pid: u32) {
+    let gone = || {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_or(true, |status| status.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+    };
+    if gone() {
+        return;
+    }
+    crate::util::send_signal(pid, libc::SIGTERM);
+    if wait_until(Duration::from_secs(5), || gone().then_some(())).is_none() {
+        crate::util::send_signal(pid, libc::SIGKILL);
     }
 }
 

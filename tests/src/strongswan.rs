@@ -145,6 +145,47 @@ pub struct CharonConfig {
     pub conn: String,
     /// Child name in swanctl.conf (`--child NAME`).
     pub child: String,
+    /// Ed25519 raw public keys (RFC 8420) instead of the PSK.
+    pub ed25519: Option<Ed25519Keys>,
+    /// Log the IKE SA keys (`ike = 4`), for [`Charon::first_ike_keys`] (lab only).
+    pub log_ike_keys: bool,
+}
+
+/// charon's Ed25519 key and its peer's public key, for `auth = pubkey` with `pubkeys`.
+#[derive(Debug, Clone)]
+pub struct Ed25519Keys {
+    /// charon's private key: the 32-byte seed (as `meshd keygen` writes it, base64).
+    pub seed: [u8; 32],
+    /// charon's public key and the peer's (32 bytes each).
+    pub own_public: [u8; 32],
+    pub peer_public: [u8; 32],
+}
+
+impl Ed25519Keys {
+    /// The key files charon reads, in `dir` (the private key where `swanctl --load-all` looks
+    /// for PKCS#8 keys): PKCS#8 and SubjectPublicKeyInfo PEM (RFC 8410).
+    fn write(&self, dir: &Path) {
+        fs::create_dir_all(dir.join("pkcs8")).expect("create pkcs8/");
+        let pem = |label: &str, der: &[u8]| {
+            let body = mesh_config::base64_encode(der);
+            let lines: Vec<&str> =
+                body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+            format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+        };
+        const PKCS8_PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        let files = [
+            ("pkcs8/charon.key.pem", pem("PRIVATE KEY", &[&PKCS8_PREFIX[..], &self.seed].concat())),
+            ("charon.pub.pem", pem("PUBLIC KEY", &[&SPKI_PREFIX[..], &self.own_public].concat())),
+            ("peer.pub.pem", pem("PUBLIC KEY", &[&SPKI_PREFIX[..], &self.peer_public].concat())),
+        ];
+        for (name, text) in files {
+            let path = dir.join(name);
+            fs::write(&path, text).expect("write a charon key file");
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key file");
+        }
+    }
 }
 
 impl CharonConfig {
@@ -165,7 +206,21 @@ impl CharonConfig {
             port: OVERLAY_PORT,
             conn: "peer".into(),
             child: "overlay".into(),
+            ed25519: None,
+            log_ike_keys: false,
         }
+    }
+
+    /// charon logs the keys of its IKE SAs, so that tshark can decrypt IKE_AUTH.
+    pub fn log_ike_keys(mut self) -> Self {
+        self.log_ike_keys = true;
+        self
+    }
+
+    /// Authenticate with Ed25519 public keys (`auth = pubkey`) instead of the PSK.
+    pub fn ed25519(mut self, keys: Ed25519Keys) -> Self {
+        self.ed25519 = Some(keys);
+        self
     }
 
     /// Only this AEAD (`aes256gcm16` or `chacha20poly1305`), for IKE (with prfsha256-x25519)
@@ -230,7 +285,7 @@ impl CharonConfig {
             r#"# written by meshd_lab::strongswan
 charon {{
     load_modular = no
-    load = random nonce openssl kdf kernel-libipsec kernel-netlink socket-default vici
+    load = random nonce openssl pem pkcs1 pkcs8 pubkey kdf kernel-libipsec kernel-netlink socket-default vici
     routing_table = {ROUTING_TABLE}
     routing_table_prio = {ROUTING_TABLE}
     filelog {{
@@ -241,7 +296,7 @@ charon {{
             ike_name = yes
             flush_line = yes
             default = 1
-            ike = 2
+            ike = {ike_level}
             cfg = 2
             knl = 2
             esp = 2
@@ -264,18 +319,20 @@ charon {{
         }}{socket_default}
     }}
 }}
-# swanctl reads this file too; `random` keeps it from loading its long default plugin list.
+# swanctl reads this file too; `random` keeps it from loading its long default plugin list
+# (the others parse key files).
 swanctl {{
-    load = random
+    load = random openssl pem pkcs1 pkcs8 pubkey
 }}
 "#,
             log = log.display(),
             vici = vici.display(),
+            ike_level = if self.log_ike_keys { 4 } else { 2 },
         )
     }
 
-    /// The text of `swanctl.conf`.
-    pub fn swanctl_conf(&self) -> String {
+    /// The text of `swanctl.conf`; key files (with [`CharonConfig::ed25519`]) are in `dir`.
+    pub fn swanctl_conf(&self, dir: &Path) -> String {
         let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
         let mut ike_extra = String::new();
         if let Some(rekey) = self.ike_rekey {
@@ -309,12 +366,12 @@ connections {{
         mobike = no
         reauth_time = 0{ike_extra}
         local {{
-            auth = psk
-            id = {local}
+            auth = {auth}
+            id = {local}{local_pubkey}
         }}
         remote {{
-            auth = psk
-            id = {remote}
+            auth = {auth}
+            id = {remote}{remote_pubkey}
         }}
         children {{
             {child} {{
@@ -327,12 +384,7 @@ connections {{
         }}
     }}
 }}
-secrets {{
-    ike-{conn} {{
-        id-local = {local}
-        id-remote = {remote}
-        secret = 0x{psk}
-    }}
+secrets {{{secrets}
 }}
 "#,
             conn = self.conn,
@@ -345,7 +397,25 @@ secrets {{
             remote_prefix = Self::host_prefix(self.remote),
             port = self.port,
             start_action = self.start_action.as_str(),
-            psk = hex(&self.psk),
+            auth = if self.ed25519.is_some() { "pubkey" } else { "psk" },
+            local_pubkey = match self.ed25519 {
+                Some(_) => format!("\n            pubkeys = {}", dir.join("charon.pub.pem").display()),
+                None => String::new(),
+            },
+            remote_pubkey = match self.ed25519 {
+                Some(_) => format!("\n            pubkeys = {}", dir.join("peer.pub.pem").display()),
+                None => String::new(),
+            },
+            secrets = match self.ed25519 {
+                Some(_) => String::new(),
+                None => format!(
+                    "\n    ike-{conn} {{\n        id-local = {local}\n        id-remote = {remote}\n        secret = 0x{psk}\n    }}",
+                    conn = self.conn,
+                    local = self.local,
+                    remote = self.remote,
+                    psk = hex(&self.psk)
+                ),
+            },
         )
     }
 }
@@ -377,7 +447,10 @@ impl Charon {
         let strongswan_conf = dir.path().join("strongswan.conf");
         let swanctl_conf = dir.path().join("swanctl.conf");
         fs::write(&strongswan_conf, conf.strongswan_conf(dir.path())).expect("write strongswan.conf");
-        fs::write(&swanctl_conf, conf.swanctl_conf()).expect("write swanctl.conf");
+        fs::write(&swanctl_conf, conf.swanctl_conf(dir.path())).expect("write swanctl.conf");
+        if let Some(keys) = &conf.ed25519 {
+            keys.write(dir.path());
+        }
         let log = dir.path().join("charon.log");
         let out = dir.path().join("charon.out");
         let vici = dir.path().join("charon.vici");
@@ -471,6 +544,29 @@ impl Charon {
     }
 
     /// charon's log so far (its filelog: default level 1, ike/cfg/knl 2).
+    /// SK_ei and SK_er (hex) of the first IKE SA, from a log made with
+    /// [`CharonConfig::log_ike_keys`] (`Sk_ei secret => 36 bytes @ ...` and a hex dump).
+    pub fn first_ike_keys(&self) -> Option<(String, String)> {
+        let log = self.log();
+        let key = |name: &str| {
+            let mut lines = log.lines().skip_while(|line| !line.contains(&format!("{name} secret =>")));
+            let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+            let len: usize = header.iter().position(|t| *t == "=>").and_then(|at| header.get(at + 1)?.parse().ok())?;
+            let mut hex = String::new();
+            for line in lines {
+                let tokens: Vec<&str> = line.split_whitespace().collect();
+                let at = tokens.iter().position(|t| t.strip_suffix(':').is_some_and(|n| n.parse::<usize>().is_ok()))?;
+                let wanted = (len - hex.len() / 2).min(16);
+                tokens.get(at + 1..at + 1 + wanted)?.iter().for_each(|byte| hex.push_str(&byte.to_lowercase()));
+                if hex.len() / 2 == len {
+                    return Some(hex);
+                }
+            }
+            None
+        };
+        Some((key("Sk_ei")?, key("Sk_er")?))
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }
@@ -1125,7 +1221,7 @@ peer: #2, ESTABLISHED, IKEv2, 718eae8caad4258f_i 161e21906d4c0972_r*
         let conf = CharonConfig::new("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap(), b"\x01\xff")
             .cipher("chacha20poly1305")
             .child_rekey(Duration::from_secs(5));
-        let swanctl = conf.swanctl_conf();
+        let swanctl = conf.swanctl_conf(Path::new("/tmp/x"));
         for line in [
             "proposals = chacha20poly1305-prfsha256-x25519",
             "esp_proposals = chacha20poly1305",
@@ -1147,7 +1243,13 @@ peer: #2, ESTABLISHED, IKEv2, 718eae8caad4258f_i 161e21906d4c0972_r*
         let stock = conf.routing(Routing::AllToPeer).strongswan_conf(Path::new("/tmp/x"));
         assert!(stock.contains("fwmark = !0x4500") && stock.contains("socket-default {"), "{stock}");
         let v6 = CharonConfig::new("2001:db8:18::1".parse().unwrap(), "2001:db8:18::2".parse().unwrap(), b"k");
-        assert!(v6.swanctl_conf().contains("remote_ts = 2001:db8:18::2/128[udp/4790]"));
+        assert!(v6.swanctl_conf(Path::new("/tmp/x")).contains("remote_ts = 2001:db8:18::2/128[udp/4790]"));
+        let keys = Ed25519Keys { seed: [1; 32], own_public: [2; 32], peer_public: [3; 32] };
+        let signed = v6.clone().ed25519(keys).swanctl_conf(Path::new("/tmp/x"));
+        for line in ["auth = pubkey", "pubkeys = /tmp/x/charon.pub.pem", "pubkeys = /tmp/x/peer.pub.pem"] {
+            assert!(signed.contains(line), "{line:?} missing:\n{signed}");
+        }
+        assert!(!signed.contains("secret = "), "{signed}");
         assert_eq!(vxlan_mtu("198.18.0.1".parse().unwrap()), 1350);
     }
 }

@@ -340,7 +340,7 @@ fn ping_reports_an_sa_deleted_on_one_side_with_the_spi() {
     let lab = Lab::new("dgps", 2);
     let mesh = MeshFile::builder(&lab).write();
     let n2_file = mesh.dir().join("n2.toml");
-    std::fs::write(&n2_file, mesh.text()).expect("write n2's mesh file");
+    meshd_lab::meshfile::write_private(&n2_file, &mesh.text());
     let n1 = Meshd::start(lab.node(0), mesh.path(), &lab.node_name(0));
     let n2 = Meshd::start(lab.node(1), &n2_file, &lab.node_name(1));
     let (before, ok) = ping_report(&n1, "n2");
@@ -349,7 +349,7 @@ fn ping_reports_an_sa_deleted_on_one_side_with_the_spi() {
     let spi = mesh.sa(0, 1).spi_text();
     let other = mesh.text().replace(&format!("spi = \"{spi}\""), "spi = \"0x00007777\"");
     assert_ne!(other, mesh.text(), "the mesh file names the SPI as {spi}");
-    std::fs::write(&n2_file, other).expect("rewrite n2's mesh file");
+    meshd_lab::meshfile::write_private(&n2_file, &other);
     let reload = n2.ikectl(&["reload"]);
     assert!(reload.status.success(), "n2 reloads: {}", String::from_utf8_lossy(&reload.stderr));
     let inbound = n2.ikectl_json(&["sa", "list"]);

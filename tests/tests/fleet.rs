@@ -323,3 +323,143 @@ fn status_shows_a_one_sided_sa_and_sa_flush_reaches_every_node() {
         .collect();
     assert_eq!(flushed, ["n1", "n2", "n3"], "{rows}");
 }
+
+/// Every node of `lab` on `mesh`, its meshd run as a service from its own binary.
+fn services_on(lab: &Lab, fleet: &SshFleet, mesh: &MeshFile) {
+    for i in 0..lab.len() {
+        fleet.write_node_config(i, &mesh.text(), &mesh.psk());
+        fleet.start_service(lab, i);
+    }
+    services_established(lab, fleet);
+}
+
+/// Waits until every service meshd has SAs with every peer.
+fn services_established(lab: &Lab, fleet: &SshFleet) {
+    for i in 0..lab.len() {
+        let ok = wait_until(Duration::from_secs(60), || {
+            let status = fleet.service_ikectl_json(lab, i, &["status"]);
+            (status["peers_with_sas"].as_u64() == Some(lab.len() as u64 - 1)).then_some(())
+        });
+        assert!(ok.is_some(), "n{}: not every peer has SAs after 60 s\n{}", i + 1, fleet.service_log(i));
+    }
+}
+
+/// An executable script in `dir`.
+fn script(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    fs::write(&path, text).expect("write script");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+    path
+}
+
+#[test]
+fn a_binary_rollout_restarts_every_node_on_the_new_meshd_and_ikectl() {
+    let lab = Lab::new("flb", 3);
+    let fleet = SshFleet::start(&lab, "flb");
+    let mesh = mesh(&lab, 3, "");
+    services_on(&lab, &fleet, &mesh);
+    let pids_before: Vec<Option<u32>> = (0..3).map(|i| fleet.service_pid(i)).collect();
+
+    // "New builds": other bytes than the installed binaries, the same programs.
+    let builds = tempfile::tempdir().expect("tempdir");
+    let meshd = format!("#!/bin/sh\n# meshd, rebuilt\nexec {} \"$@\"\n", meshd_lab::meshd_bin().display());
+    let ikectl = format!("#!/bin/sh\n# ikectl, rebuilt\nexec {} \"$@\"\n", meshd_lab::ikectl_bin().display());
+    let new_meshd = script(builds.path(), "meshd", &meshd);
+    let new_ikectl = script(builds.path(), "ikectl", &ikectl);
+    let config = mesh.path().to_str().expect("utf-8 path");
+    let binaries = ["--meshd", new_meshd.to_str().unwrap(), "--ikectl", new_ikectl.to_str().unwrap()];
+    // n2 as a rollout killed after its install leaves it: the new meshd in place, the old one
+    // kept as .fleet-previous, the pending mark set, meshd never restarted.
+    let n2_meshd = fleet.node_binary(1, "meshd");
+    let build = fs::read_link(&n2_meshd).expect("n2's meshd is a link to the build's");
+    std::os::unix::fs::symlink(&build, n2_meshd.with_file_name("meshd.fleet-previous")).expect("keep the old one");
+    fs::remove_file(&n2_meshd).expect("remove the link (writing through it would change the build)");
+    script(n2_meshd.parent().expect("bin folder"), "meshd", &meshd);
+    fs::write(n2_meshd.with_file_name("meshd.fleet-pending"), "").expect("mark the restart pending");
+
+    let dry = fleet.run("update", &[&["--config", config, "--dry-run"], &binaries[..]].concat());
+    assert!(dry.status.success(), "dry run failed\n{}", text(&dry));
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    eprintln!("{plan}");
+    assert_eq!(plan.matches(": new binary").count(), 3, "{plan}");
+    assert!(plan.contains("n2/bin/meshd is the new one, but an interrupted run never saw meshd restart"), "{plan}");
+    assert!(plan.contains("meshd: /") && plan.contains("ikectl: /") && plan.contains("-> sha256 "), "{plan}");
+    assert_eq!(fleet.service_pid(0), pids_before[0], "a dry run restarted n1");
+
+    let run = fleet.run("update", &[&["--config", config, "--batch", "2", "--json"], &binaries[..]].concat());
+    assert!(run.status.success(), "binary rollout failed\n{}", text(&run));
+    for i in 0..3 {
+        let node = format!("n{}", i + 1);
+        assert_eq!(outcome(&run, &node).0, "updated", "{node}\n{}", text(&run));
+        assert_eq!(fs::read_to_string(fleet.node_binary(i, "meshd")).unwrap(), meshd, "{node} has not the new meshd");
+        assert_eq!(fs::read_to_string(fleet.node_binary(i, "ikectl")).unwrap(), ikectl, "{node}: not the new ikectl");
+        assert_ne!(fleet.service_pid(i), pids_before[i], "{node}'s meshd was not restarted");
+        assert!(!fleet.node_binary(i, "meshd.fleet-pending").exists(), "{node} still has a restart pending");
+    }
+    // n2's rollback copy is still the binary from before the interrupted run.
+    assert_eq!(fs::read_link(n2_meshd.with_file_name("meshd.fleet-previous")).ok(), Some(build));
+    services_established(&lab, &fleet);
+    ping_every_pair(&lab, 3, 0);
+
+    let again = fleet.run("update", &[&["--config", config, "--json"], &binaries[..]].concat());
+    assert!(again.status.success(), "{}", text(&again));
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(outcome(&again, node).0, "unchanged", "a second rollout changes nothing");
+    }
+
+    // fleet status: the version each node runs, and its uptime since the restart.
+    let status = fleet.run("status", &["--config", config, "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let value: serde_json::Value = serde_json::from_slice(&status.stdout).expect("fleet status --json");
+    for i in 0..3 {
+        assert_eq!(value["versions"][i]["meshd"], env!("CARGO_PKG_VERSION"), "{value:#}");
+        assert!(value["versions"][i]["uptime_secs"].as_u64().is_some(), "{value:#}");
+    }
+    let table = String::from_utf8_lossy(&fleet.run("status", &["--config", config]).stdout).to_string();
+    assert!(table.contains("meshd") && table.contains(env!("CARGO_PKG_VERSION")), "{table}");
+}
+
+#[test]
+fn a_canary_whose_new_meshd_does_not_come_up_is_rolled_back() {
+    let lab = Lab::new("flx", 3);
+    let fleet = SshFleet::start(&lab, "flx");
+    let mesh = mesh(&lab, 3, "");
+    services_on(&lab, &fleet, &mesh);
+    let pids_before: Vec<Option<u32>> = (0..3).map(|i| fleet.service_pid(i)).collect();
+    let installed = fs::read_link(fleet.node_binary(0, "meshd")).expect("n1's meshd is a link to the build's");
+
+    // A build that passes --version and check on the node but exits as soon as it runs.
+    let builds = tempfile::tempdir().expect("tempdir");
+    let real = meshd_lab::meshd_bin();
+    let broken = script(
+        builds.path(),
+        "meshd",
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in\n  run) echo 'meshd: this build cannot start' >&2; exit 1;;\n  *) exec {} \"$@\";;\nesac\n",
+            real.display()
+        ),
+    );
+    let config = mesh.path().to_str().unwrap();
+    let run = fleet.run(
+        "update",
+        &["--config", config, "--meshd", broken.to_str().unwrap(), "--health-timeout", "15", "--batch", "2", "--json"],
+    );
+    assert!(!run.status.success(), "the rollout must fail\n{}", text(&run));
+    let (n1, why) = outcome(&run, "n1");
+    assert!(n1 == "rolled back" && why.contains("n1: health check failed"), "n1: {n1}: {why}\n{}", text(&run));
+    for node in ["n2", "n3"] {
+        assert_eq!(outcome(&run, node).0, "skipped", "{node}\n{}", text(&run));
+    }
+    // n1 is back on its old binary, restarted on it; n2 and n3 were never touched.
+    assert_eq!(fs::read_link(fleet.node_binary(0, "meshd")).ok(), Some(installed), "n1's meshd was not put back");
+    assert!(!fleet.node_binary(0, "meshd.fleet-new").exists(), "n1 kept the upload");
+    assert!(fleet.service_log(0).contains("this build cannot start"), "the broken build never ran on n1");
+    assert_ne!(fleet.service_pid(0), pids_before[0], "n1 was not restarted on its old meshd");
+    for i in 1..3 {
+        assert_eq!(fleet.service_pid(i), pids_before[i], "n{} was restarted", i + 1);
+        assert!(fs::read_link(fleet.node_binary(i, "meshd")).is_ok(), "n{}'s meshd was replaced", i + 1);
+    }
+    services_established(&lab, &fleet);
+    ping_every_pair(&lab, 3, 0);
+}

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use meshd_lab::strongswan::{ChildSa, IkeSa};
 use meshd_lab::util::{describe_output, random_bytes, send_signal, wait_until};
 use meshd_lab::{
-    require_root, Capture, Charon, CharonConfig, Lab, MeshFile, MeshFileBuilder, Meshd, Netns, StartAction, VxlanDevice,
+    require_root, Capture, Charon, CharonConfig, Ed25519Keys, Lab, MeshFile, MeshFileBuilder, Meshd, Netns,
+    StartAction, VxlanDevice,
 };
 use serde_json::Value;
 
@@ -154,14 +155,22 @@ impl Interop {
         let mesh = mesh(MeshFile::builder(&lab).ike().node_mode(1, "tunnel")).write();
         let wire = Wire::start(&lab);
         let psk = psk.unwrap_or_else(|| mesh.psk());
-        let conf = charon(CharonConfig::new(lab.addr(1), lab.addr(0), &psk));
+        let mut conf = charon(CharonConfig::new(lab.addr(1), lab.addr(0), &psk));
+        if let (Some(own), Some(peer)) = (mesh.public_keys(1).first(), mesh.public_keys(0).first()) {
+            // A mesh with keys: charon is n2, with n2's key (auth = pubkey, RFC 8420).
+            let public = |text: &str| *mesh_config::PublicKey::from_base64(text).expect("a public key").as_bytes();
+            let seed = *mesh_config::PrivateKeySeed::read(&mesh.key_file(1)).expect("n2's key").as_bytes();
+            conf = conf.ed25519(Ed25519Keys { seed, own_public: public(own), peer_public: public(peer) });
+        }
         let charon = Charon::start(lab.node(1), conf);
         VxlanDevice::new(lab.addr(1), lab.addr(0)).address(&format!("{}/24", lab.overlay_addr(1))).create(lab.node(1));
         if initiator == Initiator::Charon {
             hold_back_ike_sa_init(lab.node(0));
         }
         let mut interop = Interop { wire: Some(wire), charon: Some(charon), meshd: None, mesh, lab };
-        interop.meshd = Some(Meshd::start(interop.lab.node(0), interop.mesh.path(), "n1"));
+        let key = interop.mesh.key_args(0);
+        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        interop.meshd = Some(Meshd::start_with(interop.lab.node(0), interop.mesh.path(), "n1", &key));
         if initiator == Initiator::Charon {
             // Not `Charon::initiate`: that panics when it fails, and some tests expect that.
             // The others notice in `wait_established` (which prints charon's log).
@@ -676,6 +685,84 @@ fn meshd_rekeys_child_and_ike_without_loss() {
     );
     assert!(sent >= 500, "ping ran through both rekeys ({sent} sent)");
     assert!(missing.is_empty(), "echo requests lost across meshd's Child and IKE SA rekeys: {missing:?} of {sent}");
+}
+
+/// Case 4b: Ed25519 public keys (RFC 7427 method 14, RFC 8420) instead of the PSK, both ways:
+/// charon initiates, then (a new pair) meshd initiates and charon rekeys the Child and the IKE SA.
+/// meshd announces Ed25519 (SIGNATURE_HASH_ALGORITHMS with Identity) in IKE_SA_INIT, charon's log
+/// says meshd's ED25519 signature verified, and meshd's `sa list` that charon signed with n2's key.
+#[test]
+fn ed25519_public_keys_both_ways_with_rekeys() {
+    for (prefix, initiator) in [("ioedc", Initiator::Charon), ("ioedm", Initiator::Meshd)] {
+        let mut t = Interop::start(prefix, |m| m.keys(), |c| c.log_ike_keys(), None, initiator);
+        assert!(!t.mesh.text().contains("psk_file"), "{}", t.mesh.text());
+        let first = t.wait_established(Duration::from_secs(15));
+        first.check(&AES, initiator == Initiator::Charon);
+        let n2_key = t.mesh.public_keys(1)[0][..12].to_string();
+        assert_eq!(
+            (first.ike["peer_auth"].as_str(), first.ike["peer_key"].as_str()),
+            (Some("ed25519"), Some(n2_key.as_str()))
+        );
+        let log = t.charon().log();
+        assert!(
+            log.contains("authentication of '198.18.0.1' with ED25519 successful"),
+            "charon verified meshd:\n{log}"
+        );
+        assert!(log.contains("authentication of '198.18.0.2' (myself) with ED25519 successful"), "{log}");
+        t.ping_both_ways("Ed25519");
+        if initiator == Initiator::Meshd {
+            t.charon().rekey_child();
+            let second = wait_replaced(&t, &first, false, Duration::from_secs(10), "charon's Child SA rekey");
+            t.charon().rekey_ike();
+            let third = wait_replaced_ike(&t, &second, Duration::from_secs(10));
+            assert_eq!(
+                third.ike["peer_auth"], "ed25519",
+                "an IKE SA rekey keeps how the peer authenticated: {:#}",
+                third.ike
+            );
+            t.ping_both_ways("Ed25519, after charon's rekeys");
+        }
+        let summary = t.wire().ike_summary();
+        assert!(summary.contains("16431"), "SIGNATURE_HASH_ALGORITHMS in IKE_SA_INIT:\n{summary}");
+        // tshark decrypts the first IKE_AUTH with charon's keys (byte fields of the UAT are bare
+        // hex, the others quoted): both AUTH payloads are method
+        // 14 with the Ed25519 AlgorithmIdentifier, and meshd announced Identity (5).
+        let (sk_ei, sk_er) = t.charon().first_ike_keys().unwrap_or_else(|| panic!("no keys in charon's log"));
+        let spi = |key: &str| first.ike[key].as_str().unwrap_or_default().trim_start_matches("0x").to_string();
+        let uat = format!(
+            "uat:ikev2_decryption_table:{},{},{sk_ei},{sk_er},\"AES-GCM-256 with 16 octet ICV [RFC5282]\",,,\"NONE [RFC4306]\"",
+            spi("initiator_spi"),
+            spi("responder_spi")
+        );
+        let auth = t.wire().capture.read(&[
+            "-o",
+            &uat,
+            "-Y",
+            "isakmp.exchangetype == 35",
+            "-T",
+            "fields",
+            "-e",
+            "isakmp.auth.method",
+            "-e",
+            "isakmp.auth.data.sig.asn1.data",
+        ]);
+        let methods: Vec<&str> = auth.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            methods,
+            ["14\t300506032b6570", "14\t300506032b6570"],
+            "the IKE_AUTH exchange as tshark decrypts it:\n{auth}"
+        );
+        let hashes = t.wire().capture.read(&[
+            "-Y",
+            "isakmp.exchangetype == 34 && ip.src == 198.18.0.1",
+            "-T",
+            "fields",
+            "-e",
+            "isakmp.notify.data.signature_hash_algorithms",
+        ]);
+        assert!(hashes.contains('5'), "meshd announces Identity: {hashes}");
+        t.check_wire(&first.esp_spis());
+    }
 }
 
 /// Case 5: charon has another PSK: meshd initiates, charon refuses its AUTH, and `ikectl peers`

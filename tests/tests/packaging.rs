@@ -1,15 +1,18 @@
-//! The systemd unit (`packaging/meshd.service`) and the Vagrant lab (`vagrant/`) as a user gets
-//! them: `systemd-analyze verify` accepts the unit with the binaries where it expects them,
-//! `vagrant validate` accepts the Vagrantfile, and the mesh file the lab writes passes
-//! `meshd check` for every node. Needs `systemd-analyze` (systemd) and `vagrant` (Debian's
-//! package; scripts/test installs both); no VM. The capability test needs root (namespaces).
+//! What ships, as a user gets it: the Debian package (`scripts/package`, unpacked with
+//! `dpkg-deb`, never installed here, and checked by lintian), the systemd unit
+//! (`packaging/meshd.service`: `systemd-analyze verify` accepts it with the binaries where it
+//! expects them), the Vagrant lab (`vagrant validate`, and its mesh file passes `meshd check`),
+//! the Prometheus rules and Grafana dashboard (`packaging/prometheus`, `packaging/grafana`:
+//! promtool, and every metric they use is in meshd's output) and `meshd run --log-format json`.
+//! Needs `systemd-analyze` (systemd), `vagrant`, `lintian`, `promtool` (prometheus) and
+//! cargo-deb (scripts/test installs them all); no VM. The lab tests need root (namespaces).
 //!
 //! Run: `cargo build --workspace && cargo test -p meshd-lab --test packaging`.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use meshd_lab::meshd::terminate;
@@ -48,23 +51,28 @@ fn systemd_unit_verifies_with_the_binaries_in_place() {
     // A root with the system's units, the binaries where the unit runs them, and the unit.
     let root = tempfile::tempdir().expect("tempdir");
     copy_dir(Path::new("/usr/lib/systemd/system"), &root.path().join("usr/lib/systemd/system"));
-    let bin = root.path().join("usr/local/bin");
-    fs::create_dir_all(&bin).expect("create bin");
-    fs::copy(meshd_bin(), bin.join("meshd")).expect("copy meshd (cargo build --workspace first)");
-    fs::copy(ikectl_bin(), bin.join("ikectl")).expect("copy ikectl (cargo build --workspace first)");
+    for (bin, folder) in [(meshd_bin(), "usr/sbin"), (ikectl_bin(), "usr/bin")] {
+        let folder = root.path().join(folder);
+        fs::create_dir_all(&folder).expect("create bin folder");
+        let name = bin.file_name().expect("a binary's file name");
+        fs::copy(&bin, folder.join(name)).expect("copy the binary (cargo build --workspace first)");
+    }
     let units = root.path().join("etc/systemd/system");
     fs::create_dir_all(&units).expect("create units");
     fs::copy(repo().join("packaging/meshd.service"), units.join("meshd.service")).expect("copy the unit");
 
     let root_arg = format!("--root={}", root.path().display());
-    let out = Command::new("systemd-analyze").args(["verify", &root_arg, "meshd.service"]).output().expect("run");
+    // --man=no: the man pages of Documentation= come with the package, not installed here.
+    let out =
+        Command::new("systemd-analyze").args(["verify", "--man=no", &root_arg, "meshd.service"]).output().expect("run");
     assert!(out.status.success(), "systemd-analyze verify refused the unit:\n{}", describe_output(&out));
     // Unknown keys and the like are only warnings: there must be none.
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "systemd-analyze verify warns:\n{}", describe_output(&out));
 
     let unit = fs::read_to_string(units.join("meshd.service")).expect("read unit");
     for line in [
-        "ExecReload=/usr/local/bin/ikectl reload",
+        "ExecReload=/usr/bin/ikectl reload",
+        "ConditionPathExists=/etc/meshd/mesh.toml",
         "Restart=on-failure",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_BPF CAP_PERFMON CAP_SYSLOG",
     ] {
@@ -188,4 +196,236 @@ fn meshd_runs_with_only_the_units_capabilities() {
     assert_eq!(drops["kernel"]["unavailable"], serde_json::Value::Null, "kernel drop tracing is off: {drops:#}");
     terminate(&mut n1, Duration::from_secs(5));
     drop(n2);
+}
+
+/// Every `meshd_...` name in `text` (metric names in PromQL, in YAML or JSON).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.match_indices("meshd_")
+        .filter(|(at, _)| !text[..*at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|(at, _)| text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+        .collect()
+}
+
+/// The metric names an OpenMetrics scrape exposes: every sample's name, and each family's
+/// sample name even when it has no sample yet (a counter `meshd_drops` is `meshd_drops_total`).
+fn exposed_metrics(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            let mut words = family.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                names.insert(if kind == "counter" { format!("{name}_total") } else { name.to_string() });
+            }
+        } else if !line.starts_with('#') {
+            names.extend(line.split(['{', ' ']).next().filter(|name| !name.is_empty()).map(str::to_string));
+        }
+    }
+    names
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_fire_on_their_test_series() {
+    require_tool("promtool", "prometheus");
+    let rules = repo().join("packaging/prometheus");
+    let check = Command::new("promtool").args(["check", "rules", "meshd.rules.yml"]).current_dir(&rules).output();
+    let check = check.expect("run promtool check rules");
+    assert!(check.status.success(), "promtool check rules:\n{}", describe_output(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 4 rules found"), "{}", describe_output(&check));
+    // The unit tests: each alert fires on the series that should raise it, and only there.
+    let test = Command::new("promtool").args(["test", "rules", "meshd.rules.test.yml"]).current_dir(&rules).output();
+    let test = test.expect("run promtool test rules");
+    assert!(test.status.success(), "promtool test rules:\n{}", describe_output(&test));
+}
+
+/// A lab meshd with `[metrics] listen`, scraped: every metric the alert rules and the dashboard
+/// use is one meshd exposes (a renamed metric would leave an alert that never fires).
+#[test]
+fn every_metric_of_the_rules_and_dashboard_is_in_meshds_output() {
+    require_root();
+    let lab = Lab::new("pkmt", 2);
+    let mesh = MeshFile::builder(&lab).ike().extra("[metrics]\nlisten = \"127.0.0.1:9477\"\n").write();
+    let _n2 = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let n1 = Meshd::start(lab.node(0), mesh.path(), "n1");
+    let established = wait_until(Duration::from_secs(30), || {
+        (n1.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(established.is_some(), "n1 and n2 did not negotiate SAs\n{}", n1.log());
+    // Metric families without a sample are not in the output: make a drop of each kind. meshd
+    // drops an IKE message it cannot parse; the kernel drops n2's ESP-in-UDP (nftables in n1).
+    lab.node(1).run_ok(["bash", "-c", &format!("printf garbage > /dev/udp/{}/500", lab.addr(0))]);
+    lab.node(0).run_ok(["nft", "add", "table", "inet", "pkmt"]);
+    lab.node(0).run_ok(["nft", "add chain inet pkmt input { type filter hook input priority 0; }"]);
+    lab.node(0).run_ok(["nft", "add", "rule", "inet", "pkmt", "input", "udp", "dport", "4500", "drop"]);
+    let _ = lab.node(0).ping(&lab.overlay_addr(1).to_string(), 2);
+    let scrape = wait_until(Duration::from_secs(30), || {
+        let out = lab.node(0).exec(["curl", "-sS", "http://127.0.0.1:9477/metrics"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ["meshd_path_overlay_mtu{", "meshd_drops_total{", "meshd_kernel_drops_total{"]
+            .iter()
+            .all(|sample| text.contains(sample))
+            .then_some(text)
+    });
+    let scrape = scrape.unwrap_or_else(|| panic!("n1's metrics lack a path MTU or drops after 30 s\n{}", n1.log()));
+    let exposed = exposed_metrics(&scrape);
+    for file in ["packaging/prometheus/meshd.rules.yml", "packaging/grafana/meshd.json"] {
+        let text = fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let used = metric_names(&text);
+        assert!(used.len() >= 4, "{file} uses hardly any meshd metric: {used:?}");
+        let missing: Vec<&String> = used.difference(&exposed).collect();
+        assert!(missing.is_empty(), "{file} uses metrics meshd does not expose: {missing:?}\nscrape:\n{scrape}");
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo().join("packaging/grafana/meshd.json")).expect("read dashboard"))
+            .expect("the dashboard is JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 6), "dashboard panels: {dashboard:#}");
+}
+
+/// `--log-format json`: every line meshd logs is one JSON object with a level and a message;
+/// without it, plain lines (what journald gets).
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    require_root();
+    let lab = Lab::new("pklg", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    let plain = Meshd::start(lab.node(1), mesh.path(), "n2");
+    let json = Meshd::start_with(lab.node(0), mesh.path(), "n1", &["--log-format", "json"]);
+    let established = wait_until(Duration::from_secs(30), || {
+        (json.ikectl_json(&["status"])["peers_with_sas"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(established.is_some(), "n1 did not establish\n{}", json.log());
+    let log = json.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "n1 logged hardly anything:\n{log}");
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}\n{log}"));
+        assert!(record["level"].is_string() && record["timestamp"].is_string(), "{line}");
+        assert!(record["fields"]["message"].is_string(), "no message: {line}");
+    }
+    let plain_log = plain.log();
+    let first = plain_log.lines().next().unwrap_or_else(|| panic!("n2 logged nothing"));
+    assert!(serde_json::from_str::<serde_json::Value>(first).is_err() && first.contains("INFO"), "{first}");
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(output.status.success(), "{command:?} failed:\n{}", describe_output(&output));
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `./scripts/package` as a user runs it, then the .deb looked at with dpkg-deb (listed, its
+/// control files read, unpacked into a temp dir: never installed here) and lintian: the binaries,
+/// the unit, the example conffile, man pages and completions are where they belong; the
+/// maintainer scripts enable meshd, start it only through the unit's condition and restart it
+/// after an upgrade; lintian finds no error, and every warning it gives is explained in
+/// docs/install.md.
+#[test]
+fn debian_package_holds_everything_in_place_and_passes_lintian() {
+    require_tool("dpkg-deb", "dpkg");
+    require_tool("lintian", "lintian");
+    let built = run(Command::new(repo().join("scripts/package")).current_dir(repo()));
+    let deb = stdout(&built)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("scripts/package printed no .deb:\n{}", describe_output(&built)));
+    assert!(deb.parent().is_some_and(|dir| dir.ends_with("target/debian")), "not in target/debian: {}", deb.display());
+
+    let version = env!("CARGO_PKG_VERSION");
+    let info = stdout(&run(Command::new("dpkg-deb").arg("-I").arg(&deb)));
+    for field in ["Package: meshd", &format!("Version: {version}-1"), "Section: net", "Depends: ", "Maintainer: "] {
+        assert!(info.lines().any(|l| l.trim_start().starts_with(field)), "no {field:?} in dpkg-deb -I:\n{info}");
+    }
+
+    let listing = stdout(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)));
+    let paths: BTreeSet<&str> =
+        listing.lines().filter_map(|line| line.split_whitespace().nth(5)).map(|p| p.trim_start_matches('.')).collect();
+    for path in [
+        "/usr/sbin/meshd",
+        "/usr/bin/ikectl",
+        "/usr/lib/systemd/system/meshd.service",
+        "/etc/meshd/mesh.toml.example",
+        "/usr/share/man/man8/meshd.8.gz",
+        "/usr/share/man/man8/meshd-run.8.gz",
+        "/usr/share/man/man1/ikectl.1.gz",
+        "/usr/share/man/man1/ikectl-fleet-update.1.gz",
+        "/usr/share/bash-completion/completions/meshd",
+        "/usr/share/bash-completion/completions/ikectl",
+        "/usr/share/zsh/vendor-completions/_meshd",
+        "/usr/share/zsh/vendor-completions/_ikectl",
+        "/usr/share/fish/vendor_completions.d/meshd.fish",
+        "/usr/share/fish/vendor_completions.d/ikectl.fish",
+        "/usr/share/meshd/prometheus/meshd.rules.yml",
+        "/usr/share/meshd/grafana/meshd.json",
+        "/usr/share/doc/meshd/copyright",
+    ] {
+        assert!(paths.contains(path), "the package has no {path}:\n{listing}");
+    }
+    assert!(!paths.contains("/etc/meshd/mesh.toml"), "the package must not ship a live mesh file");
+    let mode = |path: &str| listing.lines().find(|l| l.ends_with(&format!(".{path}"))).map(|l| l[..10].to_string());
+    assert_eq!(mode("/usr/sbin/meshd").as_deref(), Some("-rwxr-xr-x"), "{listing}");
+
+    // The control files: the example is a conffile; install enables and starts (the unit's
+    // condition skips the start without a mesh file); an upgrade restarts; removal stops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = dir.path().join("DEBIAN");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    let conffiles = fs::read_to_string(control.join("conffiles")).expect("the package has conffiles");
+    assert_eq!(conffiles.trim(), "/etc/meshd/mesh.toml.example");
+    let postinst = fs::read_to_string(control.join("postinst")).expect("postinst");
+    assert!(postinst.contains("deb-systemd-helper enable meshd.service"), "{postinst}");
+    assert!(postinst.contains("_dh_action=restart") && postinst.contains("_dh_action=start"), "{postinst}");
+    let prerm = fs::read_to_string(control.join("prerm")).expect("prerm");
+    assert!(prerm.contains("\"$1\" = remove") && prerm.contains("deb-systemd-invoke stop meshd.service"), "{prerm}");
+    assert!(control.join("postrm").exists(), "no postrm (purge cleans the unit's state)");
+
+    let root = dir.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/meshd.service")).expect("unit");
+    assert_eq!(unit, fs::read_to_string(repo().join("packaging/meshd.service")).expect("read the unit"));
+    for line in
+        ["ConditionPathExists=/etc/meshd/mesh.toml", "ExecStart=/usr/sbin/meshd run --config /etc/meshd/mesh.toml"]
+    {
+        assert!(unit.lines().any(|l| l == line), "the packaged unit has no {line:?}");
+    }
+    let meshd = root.join("usr/sbin/meshd");
+    assert_eq!(stdout(&run(Command::new(&meshd).arg("--version"))).trim(), format!("meshd {version}"));
+    assert_eq!(
+        stdout(&run(Command::new(root.join("usr/bin/ikectl")).arg("--version"))).trim(),
+        format!("ikectl {version}")
+    );
+    for (page, says) in
+        [("man8/meshd-run.8.gz", "\\-\\-log\\-format"), ("man1/ikectl-fleet-update.1.gz", "\\-\\-meshd")]
+    {
+        let text = stdout(&run(Command::new("gzip").arg("-dc").arg(root.join("usr/share/man").join(page))));
+        assert!(text.starts_with(".ie") || text.contains(".TH "), "{page} is no man page:\n{text}");
+        assert!(text.contains(says), "{page} does not document {says}:\n{text}");
+    }
+    let bash = fs::read_to_string(root.join("usr/share/bash-completion/completions/ikectl")).expect("bash completion");
+    assert!(bash.contains("fleet") && bash.contains("--remote-restart"), "{bash}");
+
+    // The example mesh file is a valid one (with a psk beside it).
+    let example = dir.path().join("example");
+    fs::create_dir_all(&example).expect("mkdir");
+    fs::copy(root.join("etc/meshd/mesh.toml.example"), example.join("mesh.toml")).expect("copy the example");
+    fs::write(example.join("psk"), "0123456789abcdef0123456789abcdef\n").expect("write psk");
+    fs::set_permissions(example.join("psk"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    run(Command::new(&meshd).args(["check", "--node", "n1", "--config"]).arg(example.join("mesh.toml")));
+
+    let lintian = Command::new("lintian").args(["--fail-on", "error", "--no-tag-display-limit"]).arg(&deb).output();
+    let lintian = lintian.expect("run lintian");
+    let report = describe_output(&lintian);
+    eprintln!("lintian:\n{report}");
+    assert!(lintian.status.success(), "lintian reports errors:\n{report}");
+    let explained = fs::read_to_string(repo().join("docs/install.md")).expect("read docs/install.md");
+    for line in stdout(&lintian).lines().filter(|l| l.starts_with("W: ") || l.starts_with("E: ")) {
+        let tag = line.split_whitespace().nth(2).unwrap_or(line);
+        assert!(explained.contains(&format!("`{tag}`")), "lintian's {tag} is not explained in docs/install.md: {line}");
+    }
 }

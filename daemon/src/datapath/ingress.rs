@@ -161,8 +161,13 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let frame = &packet[frame_range.clone()];
         let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_frame(DropReason::Malformed, packet))?;
         let learned = Some((overlay, ethernet.source(), peer.id));
-        if self.last_learned.replace(learned) != learned {
-            self.topology.fdb(overlay).learn(ethernet.source(), peer.id, self.now_ms);
+        if self.last_learned.get() != learned {
+            // A refused source MAC must not reach the local bridge either (it would learn it).
+            self.topology
+                .fdb(overlay)
+                .learn(ethernet.source(), peer.id, self.now_ms)
+                .map_err(|refused| in_frame(refused.drop_reason(), packet))?;
+            self.last_learned.set(learned);
         }
         if let Some(observing) = self.observing {
             let (peer, spi) = (peer.id, sa.params.spi);

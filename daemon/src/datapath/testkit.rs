@@ -137,15 +137,15 @@ pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
 
 /// What `state` delivers to its overlays for `packet` from `from`.
 pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
-    receive_batch(state, &[(packet, from)])
+    receive_batch_at(state, &[(packet, from)], 7)
 }
 
-/// What `state` delivers for `packets`, handled as one receive batch of a worker.
-pub fn receive_batch(state: &MeshState, packets: &[(&[u8], IpAddr)]) -> Vec<(OverlayId, Vec<u8>)> {
+/// What `state` delivers for `packets`, handled as one receive batch of a worker at `now_ms`.
+pub fn receive_batch_at(state: &MeshState, packets: &[(&[u8], IpAddr)], now_ms: u64) -> Vec<(OverlayId, Vec<u8>)> {
     let taps = Taps::default();
     let tables = state.sadb.load();
     let topology = state.topology();
-    let ingress = Ingress::new(state, &topology, &tables, &taps, 7, None);
+    let ingress = Ingress::new(state, &topology, &tables, &taps, now_ms, None);
     for (packet, from) in packets {
         ingress.receive(&mut packet.to_vec(), SocketAddr::new(*from, 4500));
     }

@@ -8,7 +8,8 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{
-    address, frame, node, receive, receive_batch, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A, MAC_B,
+    address, frame, node, receive, receive_batch_at, send, send_and_answer, spi, Setup, BROADCAST, DEFAULT, MAC_A,
+    MAC_B,
 };
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -61,23 +62,50 @@ fn round_trip_in_every_encapsulation() {
 }
 
 #[test]
-fn a_mac_moving_between_peers_within_one_batch_is_learned_each_time() {
+fn a_mac_claimed_by_another_peer_within_the_hold_down_is_dropped() {
     let setup = Setup { nodes: 3, ..DEFAULT };
     let nodes: Vec<Arc<MeshState>> = (0..3).map(|i| node(&setup, i)).collect();
-    // A VM with MAC_A moves from n1 to n2 and back; n0 gets all three frames in one batch.
+    // A VM with MAC_A talks behind n1; n2 claims MAC_A in the same batch, then after the
+    // hold-down (a migrated VM: its old node fell silent).
     let to_n0 = |from: usize| {
         let sent = send(&nodes[from], &frame(BROADCAST, MAC_A, 60));
         sent.into_iter().find(|(_, to)| *to == address(&setup, 0)).expect("a copy for n0").0
     };
-    let (first, second, third) = (to_n0(1), to_n0(2), to_n0(1));
-    let learned_after = |packets: &[(&[u8], IpAddr)]| {
-        assert_eq!(receive_batch(&nodes[0], packets).len(), packets.len());
-        nodes[0].topology().fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A))
-    };
+    let (first, second, third) = (to_n0(1), to_n0(2), to_n0(2));
     let (n1, n2) = (address(&setup, 1), address(&setup, 2));
-    assert_eq!(learned_after(&[(&first, n1), (&second, n2)]), Some(PeerId(1)), "moved to n2 (peer 1)");
-    let (fourth, fifth) = (to_n0(2), to_n0(1));
-    assert_eq!(learned_after(&[(&third, n1), (&fourth, n2), (&fifth, n1)]), Some(PeerId(0)), "back on n1");
+    let learned = || nodes[0].topology().fdb(OverlayId(0)).lookup(EthernetAddress(MAC_A));
+    let delivered = receive_batch_at(&nodes[0], &[(&first, n1), (&second, n2)], 7);
+    assert_eq!(delivered.len(), 1, "the claim is not delivered to the local bridge");
+    assert_eq!(learned(), Some(PeerId(0)), "stays behind n1 (peer 0)");
+    assert_eq!(drops(&nodes[0], DropReason::FdbMoveHeldDown), 1);
+    let later = 7 + crate::fdb::MOVE_HOLD_DOWN_MS;
+    assert_eq!(receive_batch_at(&nodes[0], &[(&third, n2)], later).len(), 1);
+    assert_eq!(learned(), Some(PeerId(1)), "moved to n2 (peer 1) once n1 was silent");
+}
+
+#[test]
+fn a_source_mac_flood_from_one_peer_is_dropped_by_reason_and_spares_the_others() {
+    let setup = Setup { nodes: 3, ..DEFAULT };
+    let nodes: Vec<Arc<MeshState>> = (0..3).map(|i| node(&setup, i)).collect();
+    let from = |sender: usize, source: [u8; 6]| {
+        let sent = send(&nodes[sender], &frame(BROADCAST, source, 60));
+        sent.into_iter().find(|(_, to)| *to == address(&setup, 0)).expect("a copy for n0").0
+    };
+    let flood: Vec<Vec<u8>> = (0..crate::fdb::LEARN_BURST as u32 + 50)
+        .map(|n| {
+            let b = n.to_be_bytes();
+            from(2, [0x02, 0x99, b[0], b[1], b[2], b[3]])
+        })
+        .collect();
+    let n2 = address(&setup, 2);
+    let batch: Vec<(&[u8], IpAddr)> = flood.iter().map(|packet| (packet.as_slice(), n2)).collect();
+    let delivered = receive_batch_at(&nodes[0], &batch, 7);
+    assert_eq!(delivered.len(), crate::fdb::LEARN_BURST as usize);
+    assert_eq!(drops(&nodes[0], DropReason::FdbRateLimited), 50);
+    // n1's VM is learned all the same: the budget is per peer.
+    let genuine = from(1, MAC_B);
+    assert_eq!(receive_batch_at(&nodes[0], &[(&genuine, address(&setup, 1))], 7).len(), 1);
+    assert_eq!(nodes[0].topology().fdb(OverlayId(0)).lookup(EthernetAddress(MAC_B)), Some(PeerId(0)));
 }
 
 #[test]

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Larger request heads are refused.
 pub const MAX_HEAD_LEN: usize = 8192;
@@ -44,6 +48,78 @@ pub fn parse_request_line(head: &[u8]) -> Result<RequestLine<'_>, BadRequest> {
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     Ok(RequestLine { method, path })
+}
+
+/// Connections served at once, and from one client address: a client that opens connections
+/// and sends nothing (slowloris) holds at most its own share for the read timeout; more from it,
+/// or beyond the total, are closed at once instead of queueing everybody behind them.
+const CONCURRENT_SCRAPES: usize = 16;
+const SCRAPES_PER_CLIENT: usize = 2;
+
+/// Who holds how many connections.
+#[derive(Debug, Default)]
+struct ClientSlots {
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share, given back when dropped.
+struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    client: IpAddr,
+}
+
+impl ClientSlots {
+    fn take(self: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let total: usize = held.values().sum();
+        let mine = held.entry(client).or_default();
+        if *mine >= SCRAPES_PER_CLIENT || total >= CONCURRENT_SCRAPES {
+            return None;
+        }
+        *mine += 1;
+        Some(ClientSlot { slots: self.clone(), client })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Accepts connections until the runtime stops, answering each with `respond`.
+pub async fn serve<R>(listener: TcpListener, respond: R)
+where
+    R: Fn(Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    let slots = Arc::new(ClientSlots::default());
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "accepting a metrics connection failed");
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(client.ip()) else {
+            tracing::debug!(%client, "metrics connection refused: that client (or everybody) holds every slot");
+            continue;
+        };
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, |request| respond(request)).await {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Reads one request head from `stream`, calls `respond` with its line, writes the answer
@@ -107,6 +183,44 @@ mod tests {
         assert_eq!(get, RequestLine { method: "GET", path: "/metrics" });
         assert_eq!(parse_request_line(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").unwrap().path, "/metrics");
         assert_eq!(parse_request_line(b"HEAD / HTTP/1.1\r\n\r\n").unwrap().method, "HEAD");
+    }
+
+    #[test]
+    fn slots_are_bounded_per_client_and_in_all() {
+        let slots = Arc::new(ClientSlots::default());
+        let client = |n: u8| IpAddr::from([127, 0, 0, n]);
+        let mine: Vec<ClientSlot> = (0..SCRAPES_PER_CLIENT).filter_map(|_| slots.take(client(1))).collect();
+        assert_eq!(mine.len(), SCRAPES_PER_CLIENT);
+        assert!(slots.take(client(1)).is_none(), "one client holds at most its share");
+        let others: Vec<ClientSlot> = (2..=u8::MAX).filter_map(|n| slots.take(client(n))).collect();
+        assert_eq!(others.len(), CONCURRENT_SCRAPES - SCRAPES_PER_CLIENT, "and all of them the total");
+        drop(mine);
+        assert!(slots.take(client(1)).is_some(), "slots come back when connections end");
+    }
+
+    /// A client that opens connections and never sends a request (slowloris) must not keep
+    /// another client's scrape waiting.
+    #[test]
+    fn a_slow_client_cannot_starve_another() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, |_| (200, "text/plain", "up\n".to_string())));
+            let mut idle = Vec::new();
+            for _ in 0..16 {
+                idle.push(TcpStream::connect(address).await.unwrap());
+            }
+            let other = tokio::net::TcpSocket::new_v4().unwrap();
+            other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut scrape = other.connect(address).await.unwrap();
+            scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut answer = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(2), scrape.read_to_string(&mut answer)).await;
+            assert!(read.is_ok(), "the other client's scrape waited for the idle connections");
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+            drop(idle);
+        });
     }
 
     #[test]

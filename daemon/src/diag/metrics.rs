@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use mesh_config::control::OverlayStatus;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::http::{self, BadRequest, RequestLine};
 use super::kernel::KernelDrops;
@@ -21,8 +22,6 @@ use crate::state::MeshState;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PLAIN: &str = "text/plain; charset=utf-8";
-/// Scrapes answered at once; more wait for their turn.
-const CONCURRENT_SCRAPES: usize = 4;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -43,6 +42,11 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverlayLabels {
+    overlay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -52,6 +56,8 @@ pub struct Scraped {
     pub state: Arc<MeshState>,
     pub keying: Arc<Keying>,
     pub kernel_drops: Arc<KernelDrops>,
+    /// The overlay interfaces as brought up (their MTU).
+    pub overlays: Arc<ArcSwap<Vec<OverlayStatus>>>,
 }
 
 /// Binds the endpoint; meshd refuses to start when it cannot.
@@ -78,24 +84,7 @@ pub async fn bind_or_adopt(
 
 /// Answers scrapes until the runtime stops.
 pub async fn serve(listener: TcpListener, scraped: Arc<Scraped>) {
-    let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "accepting a metrics connection failed");
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let scraped = scraped.clone();
-        tokio::spawn(async move {
-            if let Err(error) = http::answer(stream, |request| respond(&scraped, request)).await {
-                tracing::debug!(%error, "metrics connection ended");
-            }
-            drop(slot);
-        });
-    }
+    http::serve(listener, move |request| respond(&scraped, request)).await
 }
 
 fn respond(scraped: &Scraped, request: Result<RequestLine<'_>, BadRequest>) -> (u16, &'static str, String) {
@@ -126,6 +115,7 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     let bytes = Family::<TrafficLabels, Counter>::default();
     let packets = Family::<TrafficLabels, Counter>::default();
     let path_mtu = Family::<PeerLabels, Gauge>::default();
+    let path_overlay_mtu = Family::<PeerLabels, Gauge>::default();
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
     for peer in &topology.peers {
@@ -137,8 +127,12 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
             bytes.get_or_create(&labels).inc_by(byte_count.load(Ordering::Relaxed));
             packets.get_or_create(&labels).inc_by(packet_count.load(Ordering::Relaxed));
         }
-        if let Some(mtu) = peer.path_mtu.report().path_mtu {
+        let report = peer.path_mtu.report();
+        if let Some(mtu) = report.path_mtu {
             path_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
+        }
+        if let Some(mtu) = report.overlay_mtu {
+            path_overlay_mtu.get_or_create(&PeerLabels { peer: peer.name.clone() }).set(i64::from(mtu));
         }
         if let Some(stats) = scraped.keying.stats(peer.id) {
             let labels = PeerLabels { peer: peer.name.clone() };
@@ -149,6 +143,20 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     registry.register("peer_bytes", "Overlay frame bytes per peer and direction (tx: sent, rx: received)", bytes);
     registry.register("peer_packets", "Overlay frames per peer and direction (tx: sent, rx: received)", packets);
     registry.register("path_mtu", "Underlay path MTU toward each peer, in bytes (docs/mtu.md)", path_mtu);
+    registry.register(
+        "path_overlay_mtu",
+        "The largest overlay packet the path toward each peer carries, in bytes; below an overlay's MTU, larger packets are dropped",
+        path_overlay_mtu,
+    );
+    let overlay_mtu = Family::<OverlayLabels, Gauge>::default();
+    for overlay in crate::pmtu::status::overlays(state, &scraped.overlays.load()) {
+        overlay_mtu.get_or_create(&OverlayLabels { overlay: overlay.name }).set(i64::from(overlay.mtu));
+    }
+    registry.register(
+        "overlay_mtu",
+        "Each overlay interface's MTU, in bytes (as `mtu = \"auto\"` set it)",
+        overlay_mtu,
+    );
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
 

@@ -113,7 +113,7 @@ pub async fn ping(
     let peer_id = topology.resolve_peer(peer_name).map_err(RequestError::UnknownPeer)?;
     let peer = topology.peer(peer_id);
     let me = topology.node_name.clone();
-    let ask = || query.ask(config, &me, &peer.name, peer.address);
+    let ask = || query.ask(config, keying, &me, peer);
     let before = ask().await;
     let probes = probe(state, keying, peer_id, count, size).await;
     let after = ask().await;

@@ -1,9 +1,12 @@
 //! The diagnostic query (`wire::query`): `ikectl ping` on one node asks the peer's meshd for its
 //! own view of the pair over UDP on the underlay, outside the SAs, so that it works exactly when
-//! they are broken. Both ends authenticate with HMAC-SHA-256 under a key of the pair: derived from
-//! the mesh's pre-shared key, or, for a manually keyed mesh, from the pair's two manual SA keys,
-//! which both nodes read from the same mesh.toml. Requests carry a random nonce and the sender's
-//! clock; a responder refuses stale clocks and nonces it has seen (anti-replay).
+//! they are broken. Both ends authenticate with HMAC-SHA-256 under a key of the pair only, never
+//! a mesh-wide secret: for a pair keyed by IKE, derived from the SK_d of each of the pair's IKE
+//! SAs (`IkeSaKeys::query_key`; while an IKE SA is rekeyed either side's may verify), for a
+//! manually keyed pair from its two manual SA keys, which both nodes read from the same
+//! mesh.toml. Without an IKE SA (IKE failing) only manual pairs can be asked. Requests carry a
+//! random nonce and the sender's clock; a responder refuses stale clocks and nonces it has seen
+//! (anti-replay).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -21,6 +24,7 @@ use tokio::sync::oneshot;
 use crate::error::QueryError;
 use crate::keying::Keying;
 use crate::state::MeshState;
+use crate::topology::{Peer, PeerId};
 use crate::wire::query::{Packet, QueryHeader, QueryType, MAC_LEN, MAX_BODY_LEN, MAX_LEN};
 
 /// The UDP port of the diagnostic query on the underlay.
@@ -32,22 +36,32 @@ const SEEN_NONCES: usize = 4096;
 const KEY_LABEL: &[u8] = b"meshd diagnostic query v1";
 /// Each try waits this long for the answer.
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
-const TRIES: u32 = 3;
+const TRIES: usize = 3;
 
-/// The HMAC key of the pair `a`-`b` (either order), if the mesh file gives one.
-pub fn pair_key(config: &MeshConfig, a: &str, b: &str) -> Option<hmac::Key> {
-    let (low, high) = if a <= b { (a, b) } else { (b, a) };
-    let secret: Vec<u8> = match (&config.psk, config.manual_sa(low, high), config.manual_sa(high, low)) {
-        (Some(psk), _, _) => psk.as_bytes().to_vec(),
-        (None, Some(up), Some(down)) => [up.key.as_bytes().as_slice(), down.key.as_bytes().as_slice()].concat(),
-        _ => return None,
+/// The HMAC keys of the pair `me`-`peer`, the likeliest first. From its established IKE SAs,
+/// newest first; for a manually keyed pair from both its SA keys, then from each direction's
+/// alone, so that a pair whose nodes disagree on one key (what `ikectl ping` is there to find)
+/// can still be asked.
+fn pair_keys(config: &MeshConfig, keying: &Keying, me: &str, peer: &str, peer_id: PeerId) -> Vec<hmac::Key> {
+    let (low, high) = if me <= peer { (me, peer) } else { (peer, me) };
+    let secrets: Vec<zeroize::Zeroizing<Vec<u8>>> = match (config.manual_sa(low, high), config.manual_sa(high, low)) {
+        (Some(up), Some(down)) => {
+            let (up, down) = (up.key.as_bytes().as_slice(), down.key.as_bytes().as_slice());
+            [[up, down].concat(), up.to_vec(), down.to_vec()].into_iter().map(zeroize::Zeroizing::new).collect()
+        }
+        _ => keying.query_keys(peer_id),
     };
-    let root = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+    secrets.iter().map(|secret| pair_key(secret, low, high)).collect()
+}
+
+/// The HMAC key of the pair `low`-`high` (names in order) from a secret of the pair.
+fn pair_key(secret: &[u8], low: &str, high: &str) -> hmac::Key {
+    let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let mut context = hmac::Context::with_key(&root);
     for part in [KEY_LABEL, low.as_bytes(), &[0], high.as_bytes()] {
         context.update(part);
     }
-    Some(hmac::Key::new(hmac::HMAC_SHA256, context.sign().as_ref()))
+    hmac::Key::new(hmac::HMAC_SHA256, context.sign().as_ref())
 }
 
 fn unix_ms() -> u64 {
@@ -85,14 +99,19 @@ impl QueryService {
     }
 
     /// Asks `peer` (at `address`) for its view; the view and the address the answer came from.
-    pub async fn ask(&self, config: &MeshConfig, me: &str, peer: &str, address: IpAddr) -> Result<Answer, QueryError> {
-        let key = pair_key(config, me, peer)
-            .ok_or_else(|| QueryError::NoPairKey { me: me.to_string(), peer: peer.to_string() })?;
+    pub async fn ask(&self, config: &MeshConfig, keying: &Keying, me: &str, peer: &Peer) -> Result<Answer, QueryError> {
+        let address = peer.address;
+        let keys = pair_keys(config, keying, me, &peer.name, peer.id);
+        if keys.is_empty() {
+            return Err(QueryError::NoPairKey { me: me.to_string(), peer: peer.name.clone() });
+        }
+        let peer = peer.name.as_str();
         let destination = SocketAddr::new(address, QUERY_PORT);
-        for _ in 0..TRIES {
+        // Each try with the next key: the peer answers with the one it shares.
+        for key in keys.iter().cycle().take(TRIES.max(keys.len())) {
             let nonce = random_nonce()?;
             let request = seal(
-                &key,
+                key,
                 QueryHeader { query_type: QueryType::Request, nonce, timestamp_ms: unix_ms(), sender: me },
                 b"",
             )
@@ -180,8 +199,10 @@ fn receive(responder: &Responder, datagram: &[u8], from: SocketAddr) -> Result<(
     let me = topology.node_name.as_str();
     let sender = packet.sender();
     let peer = topology.peer_by_name(sender).ok_or("from a node that is not a peer")?;
-    let key = pair_key(&config, me, sender).ok_or("no key for the pair")?;
-    hmac::verify(&key, packet.authenticated(), packet.mac()).map_err(|_| "the MAC does not verify")?;
+    let key = pair_keys(&config, &responder.keying, me, sender, peer)
+        .into_iter()
+        .find(|key| hmac::verify(key, packet.authenticated(), packet.mac()).is_ok())
+        .ok_or("the MAC does not verify with a key of the pair")?;
     match packet.query_type() {
         QueryType::Response => {
             let view: PeerView = serde_json::from_slice(packet.body()).map_err(|_| "an unreadable view")?;
@@ -220,27 +241,16 @@ fn receive(responder: &Responder, datagram: &[u8], from: SocketAddr) -> Result<(
 mod tests {
     use super::*;
 
-    fn manual_mesh() -> MeshConfig {
-        let sa = |from: &str, to: &str, spi: u32, byte: &str| {
-            format!("[[manual_sa]]\nfrom = \"{from}\"\nto = \"{to}\"\nspi = {spi}\ncipher = \"aes256gcm16\"\nkey = \"{}\"\n", byte.repeat(36))
-        };
-        let nodes: String =
-            (1..=3).map(|i| format!("[[node]]\nname = \"n{i}\"\naddress = \"198.18.0.{i}\"\n")).collect();
-        let text =
-            format!("[mesh]\nname = \"lab\"\n{nodes}{}{}", sa("n1", "n2", 4097, "11"), sa("n2", "n1", 4098, "22"));
-        MeshConfig::parse(std::path::Path::new("mesh.toml"), &text).unwrap()
-    }
-
     fn tag(key: &hmac::Key) -> Vec<u8> {
         hmac::sign(key, b"x").as_ref().to_vec()
     }
 
     #[test]
-    fn the_pair_key_comes_from_the_pairs_manual_keys_either_way() {
-        let config = manual_mesh();
-        let n1_n2 = pair_key(&config, "n1", "n2").unwrap();
-        assert_eq!(tag(&n1_n2), tag(&pair_key(&config, "n2", "n1").unwrap()), "both ends derive the same key");
-        assert!(pair_key(&config, "n1", "n3").is_none(), "no PSK and no manual SAs for n1-n3: no key");
+    fn pair_keys_depend_on_the_secret_and_both_names() {
+        let n1_n2 = pair_key(b"secret of the pair", "n1", "n2");
+        assert_ne!(tag(&n1_n2), tag(&pair_key(b"secret of another pair", "n1", "n2")));
+        assert_ne!(tag(&n1_n2), tag(&pair_key(b"secret of the pair", "n1", "n3")));
+        assert_ne!(tag(&pair_key(b"k", "n1", "n23")), tag(&pair_key(b"k", "n12", "n3")), "names are separated");
     }
 
     #[test]

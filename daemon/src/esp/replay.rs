@@ -85,6 +85,17 @@ impl ReplayWindow {
         fits.then(|| ReplayWindow { size, top, bits: bits.into_boxed_slice() })
     }
 
+    /// A window that refuses every number up to `floor`: a manual SA's numbers accepted
+    /// before meshd restarted (manual_nonces.rs).
+    pub fn starting_after(size: u32, floor: u64) -> Self {
+        let mut window = ReplayWindow::new(size);
+        window.top = floor;
+        if floor > 0 {
+            window.bits.fill(!0);
+        }
+        window
+    }
+
     /// The window size in sequence numbers.
     pub fn size(&self) -> u32 {
         self.size
@@ -222,6 +233,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_window_starting_after_a_floor_refuses_everything_up_to_it() {
+        let window = ReplayWindow::starting_after(128, 1_000);
+        assert_eq!(window.check(1_000), Err(ReplayError::Replayed));
+        assert_eq!(window.check(990), Err(ReplayError::Replayed));
+        assert_eq!(window.check(500), Err(ReplayError::TooOld));
+        assert_eq!(window.check(1_001), Ok(()));
+        let mut fresh = ReplayWindow::starting_after(128, 0);
+        assert_eq!(fresh.accept(1), Ok(()));
+    }
 
     #[test]
     fn sizes_round_up_to_words() {

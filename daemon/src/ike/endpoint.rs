@@ -15,11 +15,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 use super::context::Context;
 use super::cookie_gate::{Admission, CookieGate};
 use super::crypto::CryptoError;
 use super::handover::{self, IkeHandover, IkeSaRecord, RetiringRecord};
 use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, FirstChild, InitResponse};
+use super::identity;
 use super::message::ids::{exchange, notify};
 use super::message::{parse_payloads, Header, Message, Notify, Payload};
 use super::parts::{has_notify, notifies, Parts};
@@ -157,6 +160,7 @@ impl Endpoint {
             established_secs: None,
             rekey_in_secs: None,
             children: Vec::new(),
+            peer_auth: None,
         });
         let mut list: Vec<IkeSaStatus> = self.sas.values().map(|sa| sa.status(now)).chain(connecting).collect();
         list.sort_by_key(|s| (s.peer, s.initiator_spi));
@@ -217,13 +221,23 @@ impl Endpoint {
         }
     }
 
-    /// A reload changes the credentials or SA settings (`settings.peers` is ignored: peers come
-    /// and go with `add_peer` and `remove_peer`). SAs made from now on use them; the reload
-    /// re-keys the peers whose SAs must change.
+    /// A reload changes the credentials or SA settings (of `settings.peers` only the public keys
+    /// are taken: peers come and go with `add_peer` and `remove_peer`). SAs made from now on use
+    /// them; the reload re-keys the peers whose SAs must change.
     pub fn reconfigure(&mut self, mut settings: IkeSettings) {
-        settings.peers = std::mem::take(&mut self.cx.settings.peers);
+        let mut peers = std::mem::take(&mut self.cx.settings.peers);
+        identity::update_peer_keys(&mut peers, &settings.peers);
+        settings.peers = peers;
         self.cx.ciphers = settings.ciphers();
         self.cx.settings = settings;
+    }
+
+    /// The diagnostic query keys of the established IKE SAs with `peer`, newest first.
+    pub fn query_keys(&self, peer: PeerIndex) -> Vec<Zeroizing<Vec<u8>>> {
+        let mut sas: Vec<&IkeSa> =
+            self.sas.values().filter(|sa| sa.peer == Some(peer) && sa.is_established()).collect();
+        sas.sort_by_key(|sa| std::cmp::Reverse(sa.phase.established_since()));
+        sas.iter().filter_map(|sa| sa.keys.query_key().ok()).collect()
     }
 
     /// `peer` announced that it answers meshd's path-MTU probes (docs/mtu.md).
@@ -362,8 +376,8 @@ impl Endpoint {
     /// older IKE SAs go before the new one is established.
     fn complete_auth_request(&mut self, spi: u64, request: Header, payloads: Vec<Payload>, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else { return };
-        let peer = match sa.authenticate_request(&mut self.cx, request, &payloads) {
-            Ok(AuthVerdict::Authenticated(peer)) => peer,
+        let (peer, peer_auth) = match sa.authenticate_request(&mut self.cx, request, &payloads) {
+            Ok(AuthVerdict::Authenticated(peer, peer_auth)) => (peer, peer_auth),
             Ok(AuthVerdict::Dropped) => return,
             Ok(AuthVerdict::Rejected { peer, failure }) => {
                 let from = sa.remote;
@@ -376,7 +390,7 @@ impl Endpoint {
             self.drop_stale_sas(peer, spi, now);
         }
         let Some(sa) = self.sas.get_mut(&spi) else { return };
-        match sa.answer_auth_request(&mut self.cx, peer, request, &payloads, now) {
+        match sa.answer_auth_request(&mut self.cx, (peer, peer_auth), request, &payloads, now) {
             Ok(first) => self.established(spi, peer, first, now),
             Err(failure) => self.fail(spi, failure, now),
         }

@@ -23,6 +23,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
     IkeSettings {
         local: local.parse().unwrap(),
         psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        node_key: None,
         proposals: ciphers
             .iter()
             .map(|cipher| Proposal { cipher: *cipher, prf: Prf::HmacSha256, group: DhGroup::X25519 })
@@ -33,7 +34,7 @@ fn settings(local: &str, peer: &str, psk: &str, ciphers: &[Cipher]) -> IkeSettin
         force_udp_encap: true,
         esn: true,
         vxlan_port: 4790,
-        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport }],
+        peers: vec![PeerSettings { address: peer.parse().unwrap(), mode: Mode::Transport, public_keys: Vec::new() }],
     }
 }
 
@@ -759,4 +760,118 @@ fn an_ike_sa_with_an_exchange_under_way_stays_behind() {
     successor.endpoint.handle_timeout(now + Duration::from_secs(31));
     successor.apply_events();
     assert!(!successor.inbound.contains_key(&inbound), "then it goes");
+}
+
+// ----- identities (ike::identity) -----
+
+/// Settings of a node that signs with `own` and knows the peer by `peer_keys`; no psk_file.
+fn keyed(
+    local: &str,
+    peer: &str,
+    own: &std::sync::Arc<crate::ike::crypto::NodeKey>,
+    peer_keys: &[mesh_config::PublicKey],
+) -> IkeSettings {
+    let mut settings = settings(local, peer, "", BOTH);
+    settings.node_key = Some(own.clone());
+    settings.peers[0].public_keys = peer_keys.to_vec();
+    settings
+}
+
+fn new_key() -> std::sync::Arc<crate::ike::crypto::NodeKey> {
+    std::sync::Arc::new(crate::ike::crypto::NodeKey::generate().unwrap())
+}
+
+fn peer_auth_of(node: &Node, now: Instant) -> Option<crate::ike::identity::PeerAuth> {
+    node.established_sas(now).first().and_then(|sa| sa.peer_auth)
+}
+
+#[test]
+fn nodes_with_keys_authenticate_with_ed25519_signatures() {
+    use crate::ike::identity::{AuthMethod, PeerAuth};
+    let (key_a, key_b) = (new_key(), new_key());
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_b, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    let signed =
+        |key: &crate::ike::crypto::NodeKey| Some(PeerAuth { method: AuthMethod::Ed25519, key: Some(key.public_key()) });
+    assert_eq!(peer_auth_of(&pair.a, pair.now), signed(&key_b));
+    assert_eq!(peer_auth_of(&pair.b, pair.now), signed(&key_a));
+    // A rotation: B lists A's old and new key; A signs with the new one.
+    let new_a = new_key();
+    let mut pair = Pair::new(
+        keyed(A, B, &new_a, &[key_b.public_key()]),
+        keyed(B, A, &key_b, &[key_a.public_key(), new_a.public_key()]),
+    );
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.b, pair.now), signed(&new_a));
+}
+
+#[test]
+fn a_node_signing_with_a_key_that_is_not_its_own_is_refused() {
+    use crate::ike::identity::IdentityFailure;
+    let (key_a, key_b, key_c) = (new_key(), new_key(), new_key());
+    // B signs with C's key: A verifies with B's key and refuses, whoever initiates.
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_c, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(5));
+    let refused = Failure::Identity(IdentityFailure::SignatureMismatch { node: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty() && pair.a.outbound.is_none());
+    assert!(refused.to_string().contains("does not verify with its public key"), "{refused}");
+    // A initiated: B, the responder, learns it was refused and keeps nothing either.
+    assert!(pair.b.failures.contains(&Failure::Authentication { peer_said: true }), "{:?}", pair.b.failures);
+    assert!(pair.b.established_sas(pair.now).is_empty() && pair.b.outbound.is_none() && pair.b.inbound.is_empty());
+}
+
+#[test]
+fn a_node_cannot_pass_as_another_from_its_own_address() {
+    use crate::ike::identity::IdentityFailure;
+    // N knows B and C. B holds C's stolen key and claims C's identity from B's own address.
+    const N: &str = "198.18.0.9";
+    const C: &str = "198.18.0.3";
+    let (key_n, key_b, key_c) = (new_key(), new_key(), new_key());
+    let mut n = keyed(N, B, &key_n, &[key_b.public_key()]);
+    n.peers.push(PeerSettings {
+        address: C.parse().unwrap(),
+        mode: Mode::Transport,
+        public_keys: vec![key_c.public_key()],
+    });
+    let mut pair = Pair::new(n, keyed(C, N, &key_c, &[key_n.public_key()]));
+    pair.b.address = B.parse().unwrap();
+    // N, the higher address, waits 3 s before it initiates (to B and C, which are not here).
+    pair.run(Duration::from_secs(2));
+    let refused =
+        Failure::Identity(IdentityFailure::NotFromItsAddress { node: C.parse().unwrap(), source: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty());
+    assert!(refused.to_string().contains("impersonation"), "{refused}");
+}
+
+#[test]
+fn the_pre_shared_key_is_accepted_from_a_keyed_node_only_while_there_is_a_psk_file() {
+    use crate::ike::identity::{AuthMethod, IdentityFailure, PeerAuth};
+    let (key_a, key_b) = (new_key(), new_key());
+    // B still runs the old mesh file: no keys, the PSK. A has the new one without psk_file.
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), settings(B, A, PSK, BOTH));
+    pair.run(Duration::from_secs(5));
+    let refused = Failure::Identity(IdentityFailure::SignatureRequired { node: B.parse().unwrap() });
+    assert!(pair.a.failures.contains(&refused), "{:?}", pair.a.failures);
+    assert!(pair.a.established_sas(pair.now).is_empty());
+    // During the migration A's file keeps psk_file: B's PSK is accepted, and A uses it too
+    // (B did not announce signatures).
+    let mut a = keyed(A, B, &key_a, &[key_b.public_key()]);
+    a.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut pair = Pair::new(a, settings(B, A, PSK, BOTH));
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.a, pair.now), Some(PeerAuth { method: AuthMethod::SharedKey, key: None }));
+    // A responder answers a PSK AUTH with the PSK: the initiator does not know its key.
+    let mut b = keyed(B, A, &key_b, &[key_a.public_key()]);
+    b.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut a = keyed(A, B, &key_a, &[]);
+    a.psk = Zeroizing::new(PSK.as_bytes().to_vec());
+    let mut pair = Pair::new(a, b);
+    pair.run(Duration::from_secs(1));
+    pair.assert_one_pair();
+    assert_eq!(peer_auth_of(&pair.a, pair.now).map(|auth| auth.method), Some(AuthMethod::SharedKey));
 }

@@ -8,13 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mesh_config::Mode;
+use mesh_config::{Mode, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use super::child::Children;
 use super::context::Context;
 use super::crypto::keys::IkeSaKeysRecord;
 use super::crypto::{CryptoError, IkeSaKeys};
+use super::identity::{AuthMethod, PeerAuth};
 use super::policy::Origin;
 use super::sa::{IkeSa, Phase};
 use super::window::RequestWindow;
@@ -67,6 +68,26 @@ pub(super) struct IkeSaRecord {
     pub(super) rekey_in: Option<Duration>,
     pub(super) nat_detected: bool,
     pub(super) origin: Origin,
+    /// How the peer authenticated (`ikectl sa list` shows it for the SA's whole life).
+    pub(super) peer_auth: Option<PeerAuthRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PeerAuthRecord {
+    method: AuthMethod,
+    key: Option<[u8; mesh_config::ED25519_KEY_LEN]>,
+}
+
+impl From<PeerAuth> for PeerAuthRecord {
+    fn from(auth: PeerAuth) -> Self {
+        PeerAuthRecord { method: auth.method, key: auth.key.map(|key| *key.as_bytes()) }
+    }
+}
+
+impl From<&PeerAuthRecord> for PeerAuth {
+    fn from(record: &PeerAuthRecord) -> Self {
+        PeerAuth { method: record.method, key: record.key.map(PublicKey::from_bytes) }
+    }
 }
 
 impl std::fmt::Debug for IkeSaRecord {
@@ -136,6 +157,7 @@ impl IkeSa {
             rekey_in: self.rekey_at.map(|at| until(at, now)),
             nat_detected: self.nat_detected,
             origin: self.origin,
+            peer_auth: self.peer_auth.map(PeerAuthRecord::from),
         })
     }
 
@@ -158,6 +180,7 @@ impl IkeSa {
             nat_detected: record.nat_detected,
             origin: record.origin,
             delete_at: None,
+            peer_auth: record.peer_auth.as_ref().map(PeerAuth::from),
         })
     }
 }

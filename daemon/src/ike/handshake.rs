@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use mesh_config::Mode;
 
-use super::auth;
+use super::auth::{self, Arrival};
 use super::child::{ChildInstall, NewChild};
 use super::context::{detect_nat, Context};
 use super::crypto::{IkeSaKeys, Role, SpiPair, X25519KeyPair};
+use super::identity::{self, PeerAuth};
 use super::message::ids::{diffie_hellman, exchange, notify};
-use super::message::{encode_message, Header, KeyExchange, Message, Nonce, Notify, Payload};
+use super::message::{encode_message, Delete, Header, KeyExchange, Message, Nonce, Notify, Payload};
 use super::parts::{error_notify, flag, has_notify, notifies, our_group, Parts};
 use super::policy::Origin;
 use super::proposal;
@@ -169,6 +170,7 @@ fn init_request(
     payloads.push(Payload::KeyExchange(KeyExchange { group: diffie_hellman::CURVE25519, data: public.to_vec() }));
     payloads.push(Payload::Nonce(Nonce { data: ni.to_vec() }));
     payloads.extend(cx.nat_notifies(&spis, local, remote)?);
+    payloads.extend(identity::init_notify(&cx.settings));
     let header = Header {
         initiator_spi: our_spi,
         responder_spi: 0,
@@ -242,6 +244,7 @@ pub(super) fn answer_init_request(
         Payload::Nonce(Nonce { data: nr.clone() }),
     ];
     response_payloads.extend(cx.nat_notifies(&spis, local, from)?);
+    response_payloads.extend(identity::init_notify(&cx.settings));
     let response_header = Header {
         initiator_spi: header.initiator_spi,
         responder_spi: our_spi,
@@ -273,12 +276,10 @@ pub(super) fn answer_init_request(
 
 /// What the responder makes of an IKE_AUTH request.
 pub(super) enum AuthVerdict {
-    Authenticated(PeerIndex),
+    /// The peer the ID names, and how it proved it.
+    Authenticated(PeerIndex, PeerAuth),
     /// AUTHENTICATION_FAILED was answered; the SA must go. `peer`: who the ID named, if anyone.
-    Rejected {
-        peer: Option<PeerIndex>,
-        failure: Failure,
-    },
+    Rejected { peer: Option<PeerIndex>, failure: Failure },
     /// Malformed: dropped, the SA waits on.
     Dropped,
 }
@@ -313,7 +314,7 @@ impl IkeSa {
     ) -> Result<(), Failure> {
         let (Some(peer), Some(handshake)) = (self.peer, self.handshake()) else { return Ok(()) };
         let local = cx.settings.local;
-        let (id, auth) = auth::our_auth(&self.keys, handshake, true, &cx.settings.psk, local);
+        let (id, auth) = auth::our_auth(cx, &self.keys, handshake, true, peer, None);
         let inbound_spi = rng::esp_spi(cx.rng.as_mut())?;
         let mut payloads = vec![Payload::IdentificationInitiator(id)];
         if initial_contact {
@@ -346,12 +347,11 @@ impl IkeSa {
             cx.refuse(Refusal::Malformed, self.remote);
             return Ok(AuthVerdict::Dropped);
         };
-        let peer = auth::initiator_named(cx, id);
-        let verified = auth::peer_auth_verifies(&self.keys, handshake, false, &cx.settings.psk, id, auth);
-        if let Some(peer) = peer.filter(|_| verified) {
-            return Ok(AuthVerdict::Authenticated(peer));
-        }
-        let failure = Failure::Authentication { peer_said: false };
+        let arrival = Arrival { source: self.remote.ip(), nat_detected: self.nat_detected };
+        let (peer, failure) = match auth::verify_initiator(cx, &self.keys, handshake, (id, auth), &arrival) {
+            Ok((peer, peer_auth)) => return Ok(AuthVerdict::Authenticated(peer, peer_auth)),
+            Err(refused) => refused,
+        };
         tracing::error!(from = %self.remote, identity = ?id.ip(), "IKE_AUTH from {}: {failure}", self.remote);
         self.answer_notify(cx, request, notify::AUTHENTICATION_FAILED, Vec::new())?;
         Ok(AuthVerdict::Rejected { peer, failure })
@@ -362,15 +362,16 @@ impl IkeSa {
     pub(super) fn answer_auth_request(
         &mut self,
         cx: &mut Context,
-        peer: PeerIndex,
+        (peer, peer_auth): (PeerIndex, PeerAuth),
         request: Header,
         payloads: &[Payload],
         now: Instant,
     ) -> Result<FirstChild, Failure> {
         note_probe_support(cx, peer, payloads);
         self.peer = Some(peer);
+        self.peer_auth = Some(peer_auth);
         let Some(handshake) = self.handshake() else { return Ok(FirstChild::Refused(None)) };
-        let (id_r, our_auth) = auth::our_auth(&self.keys, handshake, false, &cx.settings.psk, cx.settings.local);
+        let (id_r, our_auth) = auth::our_auth(cx, &self.keys, handshake, false, peer, Some(peer_auth));
         let mut response = vec![
             Payload::IdentificationResponder(id_r),
             Payload::Authentication(our_auth),
@@ -434,12 +435,16 @@ impl IkeSa {
             tracing::error!(peer = %self.remote, ?error, "IKE_AUTH refused: {failure}");
             return Err(failure);
         };
-        let verified = auth::responder_is(cx, id, peer)
-            && auth::peer_auth_verifies(&self.keys, handshake, true, &cx.settings.psk, id, auth);
-        if !verified {
-            let failure = Failure::Authentication { peer_said: false };
-            tracing::error!(peer = %self.remote, "IKE_AUTH response: {failure}");
-            return Err(failure);
+        let arrival = Arrival { source: self.remote.ip(), nat_detected: self.nat_detected };
+        match auth::verify_responder(cx, &self.keys, handshake, peer, (id, auth), &arrival) {
+            Ok(peer_auth) => self.peer_auth = Some(peer_auth),
+            Err(failure) => {
+                tracing::error!(peer = %self.remote, "IKE_AUTH response: {failure}");
+                // The responder thinks the IKE SA is up: tell it, once (RFC 7296 §2.21.2).
+                let refusal = [flag(notify::AUTHENTICATION_FAILED), Payload::Delete(Delete::ike())];
+                self.send_request(cx, exchange::INFORMATIONAL, &refusal, Purpose::DeleteIke, now)?;
+                return Err(failure);
+            }
         }
         note_probe_support(cx, peer, payloads);
         let handshake = self.enter_established(cx, now)?;

@@ -4,7 +4,8 @@
 //!
 //! - [`endpoint`]: demultiplexes datagrams to IKE SAs by SPI, applies mesh policy, queues output.
 //! - `sa`: one IKE SA after IKE_SA_INIT, its phases named for what they wait for.
-//! - `handshake`: IKE_SA_INIT and IKE_AUTH in both roles; `auth`: the AUTH payload and IDs.
+//! - `handshake`: IKE_SA_INIT and IKE_AUTH in both roles; `auth`: the AUTH payload and IDs;
+//!   [`identity`]: who may authenticate how (Ed25519 signatures or the pre-shared key).
 //! - `child`: the Child SA lifecycle; `rekey`: IKE SA rekeys.
 //! - `window`: the request window (message IDs, retransmission, response cache).
 //! - `policy`: who initiates, which duplicate wins, backoff; `cookie_gate`: the half-open limit.
@@ -18,6 +19,7 @@ pub mod crypto;
 mod endpoint;
 mod handover;
 mod handshake;
+pub mod identity;
 pub mod message;
 mod parts;
 mod policy;

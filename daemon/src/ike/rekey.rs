@@ -141,6 +141,7 @@ impl IkeSa {
         );
         new.enter_established(cx, now)?;
         new.children = std::mem::take(&mut self.children);
+        new.peer_auth = self.peer_auth;
         self.rekey_at = None;
         tracing::info!(remote = %new.remote, "IKE SA rekeyed");
         Ok(new)

@@ -14,8 +14,10 @@ use super::child::Children;
 use super::context::Context;
 use super::cookie_gate::HALF_OPEN_TIMEOUT;
 use super::crypto::{sk_body_len, IkeSaKeys, SpiPair};
+use super::identity::PeerAuth;
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
+use super::parts::has_notify;
 use super::policy::{Origin, RECONNECT_INTERVAL};
 use super::status::{IkeSaStatus, IkeState};
 use super::types::{Failure, LocalError, PeerIndex, Refusal};
@@ -56,7 +58,7 @@ impl Phase {
         }
     }
 
-    fn established_since(&self) -> Option<Instant> {
+    pub(super) fn established_since(&self) -> Option<Instant> {
         match self {
             Phase::Established { since } | Phase::Deleting { since } => Some(*since),
             _ => None,
@@ -103,6 +105,8 @@ pub(super) struct IkeSa {
     pub(super) origin: Origin,
     /// A duplicate the peer should delete; we do it ourselves if it has not by then.
     pub(super) delete_at: Option<Instant>,
+    /// How the peer authenticated (kept across IKE rekeys).
+    pub(super) peer_auth: Option<PeerAuth>,
 }
 
 /// What makes a new IKE SA; [`IkeSa::new`] is its one constructor.
@@ -144,6 +148,7 @@ impl IkeSa {
             nat_detected: new.nat_detected,
             origin: new.origin,
             delete_at: None,
+            peer_auth: None,
         }
     }
 
@@ -177,6 +182,7 @@ impl IkeSa {
             established_secs: self.phase.established_since().map(|at| now.saturating_duration_since(at).as_secs()),
             rekey_in_secs: self.rekey_at.map(|at| at.saturating_duration_since(now).as_secs()),
             children: self.children.spis(),
+            peer_auth: self.peer_auth,
         }
     }
 
@@ -403,6 +409,13 @@ impl IkeSa {
                 }
                 _ => {}
             }
+        }
+        if delete_ike && has_notify(payloads, notify::AUTHENTICATION_FAILED) {
+            // The initiator refused our IKE_AUTH response (RFC 7296 §2.21.2).
+            self.send_response(cx, request, &[])?;
+            let failure = Failure::Authentication { peer_said: true };
+            tracing::error!(peer = %self.remote, "IKE_AUTH: {failure}");
+            return Err(failure);
         }
         if delete_ike {
             self.send_response(cx, request, &[])?;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use mesh_config::Cipher;
 
+use super::identity::PeerAuth;
 use super::types::PeerIndex;
 
 /// The state of an IKE SA, named for what it waits for.
@@ -68,6 +69,8 @@ pub struct IkeSaStatus {
     pub rekey_in_secs: Option<u64>,
     /// (inbound SPI, outbound SPI) of each Child SA.
     pub children: Vec<(u32, u32)>,
+    /// How the peer authenticated, once it has.
+    pub peer_auth: Option<PeerAuth>,
 }
 
 /// Counters of messages that were refused.

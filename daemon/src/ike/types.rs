@@ -3,9 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use mesh_config::{Cipher, Mode, Proposal};
+use std::sync::Arc;
+
+use mesh_config::{Cipher, Mode, Proposal, PublicKey};
 use zeroize::Zeroizing;
 
+use super::crypto::NodeKey;
+use super::identity::IdentityFailure;
 use super::message::ids::notify;
 use super::rng::RngError;
 use crate::esp::KeyMaterial;
@@ -18,13 +22,18 @@ pub type PeerIndex = usize;
 pub struct PeerSettings {
     pub address: IpAddr,
     pub mode: Mode,
+    /// Its Ed25519 public keys from mesh.toml; empty: it authenticates with the pre-shared key.
+    pub public_keys: Vec<PublicKey>,
 }
 
 /// Everything the endpoint needs from the mesh file.
 #[derive(Clone)]
 pub struct IkeSettings {
     pub local: IpAddr,
+    /// Empty when mesh.toml names no psk_file.
     pub psk: Zeroizing<Vec<u8>>,
+    /// Our Ed25519 key, when mesh.toml lists public keys for this node (see `ike::identity`).
+    pub node_key: Option<Arc<NodeKey>>,
     /// IKE SA proposals, preferred first; their ciphers, in order, are also the ESP offer.
     pub proposals: Vec<Proposal>,
     pub ike_lifetime: Duration,
@@ -85,8 +94,10 @@ impl std::fmt::Debug for ChildSaKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     // --- authentication ---
-    /// The peer's AUTH did not verify, or the peer said AUTHENTICATION_FAILED.
+    /// The peer's pre-shared key AUTH did not verify, or the peer said AUTHENTICATION_FAILED.
     Authentication { peer_said: bool },
+    /// The peer's identity or signature was refused.
+    Identity(IdentityFailure),
     // --- negotiation ---
     /// No proposal in common.
     NoProposalChosen { peer_said: bool },
@@ -118,11 +129,12 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Authentication { peer_said: true } => f.write_str(
-                "AUTHENTICATION_FAILED: the peer could not verify our AUTH; the pre-shared keys differ: copy the same psk_file to both nodes",
+                "AUTHENTICATION_FAILED: the peer refused our AUTH; its log says why (with keys: does its mesh.toml list this node's public key, `meshd pubkey`? with a psk_file: is it the same on both nodes?)",
             ),
             Failure::Authentication { peer_said: false } => f.write_str(
                 "AUTHENTICATION_FAILED: the peer's AUTH does not verify with our pre-shared key; copy the same psk_file to both nodes",
             ),
+            Failure::Identity(failure) => write!(f, "AUTHENTICATION_FAILED: {failure}"),
             Failure::NoProposalChosen { .. } => {
                 f.write_str("NO_PROPOSAL_CHOSEN: no proposal in common; make [ike] proposals overlap on both nodes")
             }

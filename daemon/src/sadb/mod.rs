@@ -71,20 +71,45 @@ pub struct OutboundSa {
     pub sealer: Sealer,
     /// The last sequence number handed out (0: none yet).
     sequence: AtomicU64,
+    /// The highest number it may hand out: the reservation on disk of a manual SA
+    /// (manual_nonces.rs), unlimited for IKE SAs.
+    reserved: AtomicU64,
     pub counters: SaCounters,
 }
 
 impl OutboundSa {
     pub fn new(params: SaParams, sealer: Sealer) -> Self {
-        OutboundSa { params, sealer, sequence: AtomicU64::new(0), counters: SaCounters::default() }
+        OutboundSa::resumed(params, sealer, 0, u64::MAX)
+    }
+
+    /// An SA whose numbers up to `floor` were used before (a manual SA's earlier lives) and
+    /// which may use them up to `reserved` for now.
+    pub fn resumed(params: SaParams, sealer: Sealer, floor: u64, reserved: u64) -> Self {
+        OutboundSa {
+            params,
+            sealer,
+            sequence: AtomicU64::new(floor),
+            reserved: AtomicU64::new(reserved),
+            counters: SaCounters::default(),
+        }
     }
 
     /// Reserves the next sequence number, or `None` once the SA is used up (a 32-bit sequence
-    /// number must never wrap without ESN, RFC 4303 §3.3.3).
+    /// number must never wrap without ESN, RFC 4303 §3.3.3) or has used its reservation.
     pub fn next_sequence(&self) -> Option<u64> {
         let limit = if self.params.esn { u64::MAX } else { u64::from(u32::MAX) };
+        let limit = limit.min(self.reserved.load(Ordering::Acquire));
         let previous = self.sequence.fetch_add(1, Ordering::Relaxed);
         (previous < limit).then_some(previous + 1)
+    }
+
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Raises the reservation, once the new one is on disk.
+    pub fn reserve_until(&self, reserved: u64) {
+        self.reserved.fetch_max(reserved, Ordering::AcqRel);
     }
 
     pub fn last_sequence(&self) -> u64 {
@@ -237,11 +262,11 @@ impl Sadb {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::esp::{KeyMaterial, DEFAULT_REPLAY_WINDOW};
 
-    fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
+    pub(crate) fn params(spi: u32, peer: usize, esn: bool) -> SaParams {
         SaParams {
             spi,
             peer: PeerId(peer),
@@ -255,11 +280,11 @@ mod tests {
         }
     }
 
-    fn key() -> KeyMaterial {
+    pub(crate) fn key() -> KeyMaterial {
         KeyMaterial::from_bytes(&[7u8; 36]).unwrap()
     }
 
-    fn inbound(spi: u32, peer: usize) -> InboundSa {
+    pub(crate) fn inbound(spi: u32, peer: usize) -> InboundSa {
         let opener = Opener::new(Cipher::Aes256Gcm16, &key()).unwrap();
         InboundSa::new(params(spi, peer, false), opener, ReplayWindow::new(DEFAULT_REPLAY_WINDOW))
     }
@@ -319,5 +344,19 @@ mod tests {
         let esn = outbound(0x3002, 0, true);
         esn.sequence.store(u64::from(u32::MAX), Ordering::Relaxed);
         assert_eq!(esn.next_sequence(), Some(u64::from(u32::MAX) + 1));
+    }
+
+    #[test]
+    fn a_resumed_sa_starts_above_its_floor_and_stops_at_its_reservation() {
+        let fresh = outbound(0x3003, 0, false);
+        let sa = OutboundSa::resumed(fresh.params, fresh.sealer, 1_000, 1_002);
+        assert_eq!(sa.next_sequence(), Some(1_001));
+        assert_eq!(sa.next_sequence(), Some(1_002));
+        assert_eq!(sa.next_sequence(), None, "not past the reservation on disk");
+        sa.reserve_until(2_000);
+        sa.reserve_until(1_500);
+        assert_eq!(sa.reserved(), 2_000, "reservations only grow");
+        let next = sa.next_sequence().unwrap();
+        assert!(next > 1_002 && next <= 2_000, "skips refused numbers, never repeats one: {next}");
     }
 }

@@ -1,11 +1,13 @@
 //! `ikectl fleet`: update, SA flush and health of every node of a mesh over plain OpenSSH.
 //!
-//! `plan` (the rollout) and `matrix` (the health matrix) are pure; `ssh` and `remote` are the
-//! thin layer that talks to the nodes; `update` and `status` drive them.
+//! `plan` (the rollout) and `matrix` (the health matrix) are pure; `ssh`, `remote` and `binary`
+//! are the thin layer that talks to the nodes; `update` and `status` drive them.
 
+mod binary;
 mod matrix;
 mod plan;
 mod remote;
+mod sanitize;
 mod ssh;
 mod status;
 mod update;
@@ -26,10 +28,19 @@ use ssh::{Host, SshOptions};
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
-    /// Push a new mesh.toml to every node: plan, canary, batches, health checks, rollback.
+    /// Push a new mesh.toml (or, with --meshd/--ikectl, new binaries) to every node: plan,
+    /// canary, batches, health checks, rollback.
     Update {
         #[command(flatten)]
         fleet: FleetOptions,
+        /// Roll this meshd binary out instead of the mesh file (--config then only names the
+        /// nodes): uploaded, run with --version and `check` on each node, installed in place of
+        /// --remote-meshd, then meshd restarted with --remote-restart.
+        #[arg(long, value_name = "PATH")]
+        meshd: Option<PathBuf>,
+        /// Roll this ikectl binary out (with --meshd or alone), in place of --remote-ikectl.
+        #[arg(long, value_name = "PATH")]
+        ikectl: Option<PathBuf>,
         /// Only show what would change on each node.
         #[arg(long)]
         dry_run: bool,
@@ -77,7 +88,8 @@ pub struct FleetOptions {
     remote: RemoteOptions,
 }
 
-/// Where meshd's files and tools are on the nodes. `{node}` in a path is the node's name.
+/// Where meshd's files and tools are on the nodes, and how to restart it. `{node}` in a path or
+/// the restart command is the node's name.
 #[derive(Args, Clone)]
 pub struct RemoteOptions {
     /// The mesh file on each node (the file meshd was started with).
@@ -92,6 +104,9 @@ pub struct RemoteOptions {
     /// The ikectl binary on each node.
     #[arg(long = "remote-ikectl", default_value = "ikectl")]
     pub ikectl_bin: String,
+    /// How a binary update restarts meshd on each node (a shell command).
+    #[arg(long = "remote-restart", default_value = "systemctl restart meshd")]
+    pub restart: String,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -109,8 +124,9 @@ pub fn run(command: FleetCommand, json: bool) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            FleetCommand::Update { fleet, dry_run, batch, health_timeout } => {
-                let options = update::UpdateOptions { dry_run, batch, health_timeout, json };
+            FleetCommand::Update { fleet, dry_run, batch, health_timeout, meshd, ikectl } => {
+                let binaries = (meshd.is_some() || ikectl.is_some()).then_some(update::BinaryOptions { meshd, ikectl });
+                let options = update::UpdateOptions { dry_run, batch, health_timeout, json, binaries };
                 update::update(&fleet, &options).await
             }
             FleetCommand::SaFlush { fleet, nodes } => sa_flush(&fleet, &nodes, json).await,

@@ -27,6 +27,8 @@ pub enum UpdateKind {
     New,
     /// It has the new file, but an interrupted run installed it and never saw meshd reload it.
     ReloadPending,
+    /// Its meshd or ikectl binary differs from the one rolled out.
+    Binary,
 }
 
 /// What fetching a node's current config gave.
@@ -57,12 +59,14 @@ pub fn change(node: &str, fetched: Fetched, new: &str) -> Change {
     }
 }
 
+/// The diff with `[[manual_sa]]` keys redacted: it is printed and put in JSON.
 fn unified_diff(node: &str, current: &str, new: &str) -> String {
-    TextDiff::from_lines(current, new)
+    let diff = TextDiff::from_lines(current, new)
         .unified_diff()
         .context_radius(2)
         .header(&format!("{node}: current"), &format!("{node}: new"))
-        .to_string()
+        .to_string();
+    super::sanitize::redact_keys(&diff)
 }
 
 /// The canary (the first node to update, alone), then batches of `batch` nodes, in the order
@@ -122,6 +126,8 @@ pub enum Step {
     Check,
     Install,
     Reload,
+    /// Restarting meshd after its binary was replaced.
+    Restart,
     Health,
 }
 
@@ -132,6 +138,7 @@ impl fmt::Display for Step {
             Step::Check => "meshd check",
             Step::Install => "install",
             Step::Reload => "reload",
+            Step::Restart => "restart",
             Step::Health => "health check",
         })
     }
@@ -147,11 +154,12 @@ pub struct Failure {
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Upload, check, install and reload the new config on these nodes.
+    /// Upload, check, install and reload the new config (or restart on the new binary) on these
+    /// nodes.
     Apply(Vec<usize>),
     /// Wait until these nodes have SAs both ways with their peers.
     CheckHealth(Vec<usize>),
-    /// Put the previous config back on these nodes and reload them.
+    /// Put the previous config (or binary) back on these nodes and reload (restart) them.
     Restore(Vec<usize>),
     Done,
 }
@@ -232,7 +240,7 @@ impl Rollout {
         for (node, result) in results {
             if let Err(error) = result {
                 self.outcomes[node] = Some(Outcome::Failed(format!(
-                    "{reason}; restoring the previous config failed too: {error} (log in and put the .fleet-previous file back)"
+                    "{reason}; restoring the previous version failed too: {error} (log in and put the .fleet-previous file back)"
                 )));
             }
         }
@@ -301,6 +309,19 @@ mod tests {
         let Change::Update { diff, kind: UpdateKind::New } = change("n4", Fetched::Missing, "x\n") else { panic!() };
         assert!(diff.contains("+x\n"), "{diff}");
         assert_eq!(change("n1", Fetched::Failed("no route".into()), "a"), Change::Unreachable("no route".into()));
+    }
+
+    #[test]
+    fn diffs_never_show_manual_keys() {
+        let (old_key, new_key) = ("00".repeat(36), "ff".repeat(36));
+        let current = format!("[[manual_sa]]\nspi = \"0x1102\"\nkey = \"{old_key}\"\n");
+        let new = format!("[[manual_sa]]\nspi = \"0x1102\"\nkey = \"{new_key}\"\n");
+        let fetched = Fetched::Config { text: current, reload_pending: false };
+        let Change::Update { diff, .. } = change("n1", fetched, &new) else { panic!("an update") };
+        assert!(!diff.contains(&old_key) && !diff.contains(&new_key), "{diff}");
+        assert!(diff.contains("-key = \"<redacted>\"\n+key = \"<redacted>\""), "the change still shows: {diff}");
+        let Change::Update { diff, .. } = change("n4", Fetched::Missing, &new) else { panic!("an update") };
+        assert!(!diff.contains(&new_key), "{diff}");
     }
 
     #[test]

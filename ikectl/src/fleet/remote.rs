@@ -7,6 +7,10 @@
 //! so the live file is always a whole, checked config, even if ikectl dies midway; the pending
 //! mark makes the next run reload a node whose reload an interrupted run never finished.
 
+use std::path::Path;
+
+use mesh_config::control::Status;
+
 use super::matrix::PeerView;
 use super::plan::{Failure, Fetched, Step};
 use super::ssh::{node_path, Host};
@@ -58,7 +62,8 @@ impl Node<'_> {
             if [ -e \"$1\" ]; then chmod --reference=\"$1\" \"$new\"; fi; sync \"$new\"";
         self.expect(Step::Upload, UPLOAD, &[&self.config()], Some(text.as_bytes())).await?;
         let new = format!("{}.fleet-new", self.config());
-        let check = [self.remote.meshd_bin.as_str(), "check", "--config", &new, "--node", self.name];
+        let meshd = node_path(Path::new(&self.remote.meshd_bin), self.name);
+        let check = [meshd.as_str(), "check", "--config", &new, "--node", self.name];
         let refused = match self.host.run(check[0], &check[1..], None).await {
             Ok(ran) if ran.success => return Ok(()),
             Ok(ran) => Failure { step: Step::Check, reason: ran.complaint() },
@@ -126,8 +131,20 @@ impl Node<'_> {
     /// `ikectl --json peers` on the node.
     pub async fn peers(&self) -> Result<Vec<PeerView>, String> {
         let json = self.ikectl(&["--json", "peers"]).await?;
-        serde_json::from_str(&json).map_err(|e| {
+        let unreadable = |e: serde_json::Error| {
             format!("{}: cannot read its `ikectl --json peers` ({e}); is its ikectl the same version?", self.name)
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&json).map_err(unreadable)?;
+        // JSON escapes decode to control characters: clean them like the rest of its output.
+        super::sanitize::strip_controls_in_json(&mut value);
+        serde_json::from_value(value).map_err(unreadable)
+    }
+
+    /// `ikectl --json status` on the node.
+    pub async fn status(&self) -> Result<Status, String> {
+        let json = self.ikectl(&["--json", "status"]).await?;
+        serde_json::from_str(&json).map_err(|e| {
+            format!("{}: cannot read its `ikectl --json status` ({e}); is its ikectl the same version?", self.name)
         })
     }
 
@@ -141,7 +158,8 @@ impl Node<'_> {
         let socket = self.socket();
         let mut full = vec!["--socket", socket.as_str()];
         full.extend_from_slice(args);
-        let ran = self.host.run(&self.remote.ikectl_bin, &full, None).await?;
+        let ikectl = node_path(Path::new(&self.remote.ikectl_bin), self.name);
+        let ran = self.host.run(&ikectl, &full, None).await?;
         if ran.success {
             Ok(ran.stdout)
         } else {
@@ -149,7 +167,14 @@ impl Node<'_> {
         }
     }
 
-    async fn expect(&self, step: Step, script: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), Failure> {
+    /// Runs `script` with `args`; a failure (or a lost connection) is `step`'s.
+    pub(super) async fn expect(
+        &self,
+        step: Step,
+        script: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<(), Failure> {
         match self.host.script(script, args, input).await {
             Ok(ran) if ran.success => Ok(()),
             Ok(ran) => Err(Failure { step, reason: ran.complaint() }),

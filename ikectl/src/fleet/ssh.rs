@@ -103,10 +103,11 @@ impl Host {
             drop(stdin);
         }
         let Output { status, stdout, stderr } = child.wait_with_output().await.map_err(lost)?;
+        // The node's output reaches the operator's terminal: no control sequences.
         Ok(Ran {
             success: status.success(),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout: super::sanitize::strip_controls(&String::from_utf8_lossy(&stdout)),
+            stderr: super::sanitize::strip_controls(&String::from_utf8_lossy(&stderr)),
         })
     }
 

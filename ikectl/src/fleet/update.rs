@@ -1,9 +1,10 @@
-//! `ikectl fleet update`: the driver of [`Rollout`] over ssh.
+//! `ikectl fleet update`: the driver of [`Rollout`] over ssh, for a mesh file or for binaries.
 
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::binary::{self, Binaries};
 use super::plan::{self, Action, Change, Failure, Fetched, Outcome, Rollout, Step, UpdateKind};
 use super::remote::Node;
 use super::{Fleet, FleetOptions};
@@ -14,28 +15,57 @@ pub struct UpdateOptions {
     pub batch: usize,
     pub health_timeout: Duration,
     pub json: bool,
+    /// Roll these binaries out instead of the mesh file.
+    pub binaries: Option<BinaryOptions>,
+}
+
+/// `--meshd` and `--ikectl` of a binary rollout.
+pub struct BinaryOptions {
+    pub meshd: Option<std::path::PathBuf>,
+    pub ikectl: Option<std::path::PathBuf>,
+}
+
+/// What a rollout puts on the nodes.
+enum Artifact {
+    /// The text of the new mesh file.
+    Config(String),
+    Binaries(Binaries),
 }
 
 /// How often a node's peers are asked while waiting for its SAs.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
 
-/// Plans, then rolls out; `Ok(true)` when every node ends on the new config.
+/// Plans, then rolls out; `Ok(true)` when every node ends on the new config (or binaries).
 pub async fn update(options: &FleetOptions, update: &UpdateOptions) -> Result<bool, String> {
-    let text = std::fs::read_to_string(&options.config)
-        .map_err(|e| format!("cannot read {}: {e}", options.config.display()))?;
+    let artifact = match &update.binaries {
+        Some(b) => Artifact::Binaries(Binaries::read(b.meshd.as_ref(), b.ikectl.as_ref())?),
+        None => Artifact::Config(
+            std::fs::read_to_string(&options.config)
+                .map_err(|e| format!("cannot read {}: {e}", options.config.display()))?,
+        ),
+    };
     let fleet = Fleet::connect(options, &[]).await?;
     let names = fleet.names();
     let all: Vec<usize> = (0..names.len()).collect();
-    let fetched = fleet
-        .on_each(&all, |_, node| async move {
-            match node {
-                Ok(node) => node.fetch_config().await,
-                Err(unreachable) => Fetched::Failed(unreachable),
+    let artifact = &artifact;
+    let changes: Vec<Change> = fleet
+        .on_each(&all, |i, node| {
+            let name = &names[i];
+            async move {
+                match (artifact, node) {
+                    (Artifact::Config(text), Ok(node)) => plan::change(name, node.fetch_config().await, text),
+                    (Artifact::Config(text), Err(unreachable)) => {
+                        plan::change(name, Fetched::Failed(unreachable), text)
+                    }
+                    (Artifact::Binaries(binaries), Ok(node)) => binaries.change(binaries.fetch(&node).await),
+                    (Artifact::Binaries(_), Err(unreachable)) => Change::Unreachable(unreachable),
+                }
             }
         })
-        .await;
-    let changes: Vec<Change> =
-        fetched.into_iter().map(|(i, fetched)| plan::change(&names[i], fetched, &text)).collect();
+        .await
+        .into_iter()
+        .map(|(_, change)| change)
+        .collect();
     let mut rollout = Rollout::new(names.clone(), &changes, update.batch);
     if !update.json {
         print!("{}", render_plan(&names, &changes, rollout.batches()));
@@ -58,23 +88,46 @@ pub async fn update(options: &FleetOptions, update: &UpdateOptions) -> Result<bo
 
     // A node is expected to reach every peer that answered the plan.
     let reachable: Vec<bool> = changes.iter().map(|c| !matches!(c, Change::Unreachable(_))).collect();
+    // The version each node's new meshd printed, to check that the restart runs it.
+    let mut new_versions: Vec<Option<String>> = vec![None; names.len()];
     let progress = progress_bar(rollout.batches().iter().map(Vec::len).sum());
     loop {
         match rollout.next_action().clone() {
             Action::Apply(batch) => {
                 progress.set_message(format!("applying on {}", list(&names, &batch)));
-                let results = fleet.on_each(&batch, |_, node| apply(node, &text)).await;
-                let installed = results.iter().filter(|(_, (_, installed))| *installed).map(|(i, _)| *i).collect();
-                rollout.applied(results.into_iter().map(|(i, (result, _))| (i, result)).collect(), installed);
+                let results = fleet
+                    .on_each(&batch, |_, node| async move {
+                        match (artifact, node) {
+                            (Artifact::Config(text), node) => {
+                                let (result, installed) = apply(node, text).await;
+                                (result, installed, None)
+                            }
+                            (Artifact::Binaries(binaries), Ok(node)) => binaries.apply(&node).await,
+                            (Artifact::Binaries(_), Err(reason)) => {
+                                (Err(Failure { step: Step::Upload, reason }), false, None)
+                            }
+                        }
+                    })
+                    .await;
+                let installed = results.iter().filter(|(_, (_, installed, _))| *installed).map(|(i, _)| *i).collect();
+                for (i, (_, _, version)) in &results {
+                    new_versions[*i] = version.clone();
+                }
+                rollout.applied(results.into_iter().map(|(i, (result, _, _))| (i, result)).collect(), installed);
             }
             Action::CheckHealth(batch) => {
                 progress.set_message(format!("waiting for SAs on {}", list(&names, &batch)));
-                let (names, reachable) = (&names, &reachable);
+                let (names, reachable, new_versions) = (&names, &reachable, &new_versions);
                 let results = fleet
                     .on_each(&batch, |i, node| async move {
                         let peers: Vec<&str> =
                             (0..names.len()).filter(|&p| p != i && reachable[p]).map(|p| names[p].as_str()).collect();
-                        healthy(node, &peers, update.health_timeout).await
+                        let node = node.map_err(|reason| Failure { step: Step::Health, reason })?;
+                        healthy(&node, &peers, update.health_timeout).await?;
+                        match &new_versions[i] {
+                            Some(version) => binary::runs_version(&node, version).await,
+                            None => Ok(()),
+                        }
                     })
                     .await;
                 let passed = results.iter().filter(|(_, r)| r.is_ok()).count();
@@ -87,9 +140,10 @@ pub async fn update(options: &FleetOptions, update: &UpdateOptions) -> Result<bo
                 progress.set_message(format!("restoring {}", list(&names, &nodes)));
                 let results = fleet
                     .on_each(&nodes, |_, node| async move {
-                        match node {
-                            Ok(node) => node.restore().await,
-                            Err(unreachable) => Err(unreachable),
+                        match (artifact, node) {
+                            (Artifact::Config(_), Ok(node)) => node.restore().await,
+                            (Artifact::Binaries(binaries), Ok(node)) => binaries.restore(&node).await,
+                            (_, Err(unreachable)) => Err(unreachable),
                         }
                     })
                     .await;
@@ -128,8 +182,7 @@ async fn apply(node: Result<Node<'_>, String>, text: &str) -> (Result<(), Failur
 }
 
 /// Waits until the node has an SA both ways with each of `peers`.
-async fn healthy(node: Result<Node<'_>, String>, peers: &[&str], timeout: Duration) -> Result<(), Failure> {
-    let node = node.map_err(|reason| Failure { step: Step::Health, reason })?;
+async fn healthy(node: &Node<'_>, peers: &[&str], timeout: Duration) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     loop {
         let missing: Vec<&str> = match node.peers().await {
@@ -187,6 +240,7 @@ fn render_plan(names: &[String], changes: &[Change], batches: &[Vec<usize>]) -> 
                     UpdateKind::ReloadPending => {
                         "reload: the new file is in place, but an interrupted run never saw meshd reload it"
                     }
+                    UpdateKind::Binary => "new binary",
                 };
                 out.push_str(&format!("  {name}: {what}\n"));
                 for line in diff.lines() {

@@ -1,6 +1,6 @@
 //! The README's first command: a 3-node mesh in network namespaces on this machine, keyed by
-//! IKEv2 with the mesh's pre-shared key, pings across every pair of overlay addresses, and what
-//! `ikectl` shows.
+//! IKEv2, each node authenticating with its own Ed25519 key (`meshd keygen`), pings across every
+//! pair of overlay addresses, and what `ikectl` shows.
 //!
 //!   meshd-demo          # build it, show it, tear it down
 //!   meshd-demo --keep   # leave it running and print how to look around and remove it
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use meshd_lab::util::wait_until;
-use meshd_lab::{require_root, start_all, Lab, MeshFile};
+use meshd_lab::{require_root, start_all_with_keys, Lab, MeshFile};
 
 fn section(title: &str) {
     println!("\n=== {title}");
@@ -33,12 +33,16 @@ fn main() -> ExitCode {
         );
     }
 
-    let mesh = MeshFile::builder(&lab).ike().write();
-    section(&format!("mesh.toml (identical on every node): {}", mesh.path().display()));
+    section("a private key per node: meshd keygen --out nN.key (prints the public key for mesh.toml)");
+    let mesh = MeshFile::builder(&lab).keys().write();
+    for i in 0..nodes {
+        println!("{}: {}  public key {}", lab.node_name(i), mesh.key_file(i).display(), mesh.public_keys(i)[0]);
+    }
+    section(&format!("mesh.toml (identical on every node, no shared secret): {}", mesh.path().display()));
     print!("{}", mesh.text());
 
-    section("starting meshd on every node");
-    let daemons = start_all(&lab, mesh.path());
+    section("starting meshd on every node (meshd run --key nN.key)");
+    let daemons = start_all_with_keys(&lab, &mesh);
     for daemon in &daemons {
         println!("meshd {} running, control socket {}", daemon.node(), daemon.socket().display());
     }

@@ -61,7 +61,7 @@ impl core::fmt::Debug for SignedOctets<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ike::crypto::test_util::{hex, to_hex};
+    use crate::ike::crypto::test_util::{hex, to_hex, AuthVectors};
 
     const PSK: &[u8] = b"meshd test pre-shared key, 32+ bytes";
     // SK_pi and SK_pr as derived in keys.rs's test (same inputs).
@@ -76,14 +76,8 @@ mod tests {
     /// ```
     #[test]
     fn psk_auth_against_python() {
-        let ni: Vec<u8> = (0u8..32).collect();
-        let nr: Vec<u8> = (32u8..64).collect();
-        let m1 = b"IKE_SA_INIT request ".repeat(10);
-        let m2 = b"IKE_SA_INIT response".repeat(10);
-        let idi = hex("01000000c6120001");
-        let idr = hex("01000000c6120002");
-        let i = SignedOctets { real_message: &m1, peer_nonce: &nr, id_payload_body: &idi };
-        let r = SignedOctets { real_message: &m2, peer_nonce: &ni, id_payload_body: &idr };
+        let vectors = AuthVectors::new();
+        let (i, r) = (vectors.initiator(), vectors.responder());
         let auth_i = "c41100f583054ee2f071ca65164169c5b501e22ca36b3117d9da3020880a1342";
         let auth_r = "82b9e2a0c417e40c6d4a220a60a217d3265a5f6b8455af61d6894b58416ed37f";
         assert_eq!(to_hex(&psk_auth(PSK, &hex(SK_PI), &i)[..]), auth_i);

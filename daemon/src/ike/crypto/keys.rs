@@ -29,6 +29,8 @@ use crate::esp::{KeyMaterial, KEY_MATERIAL_LEN};
 /// The shortest nonce IKEv2 allows (RFC 7296 §2.10, §3.9: 128 bits, and at least half the
 /// PRF's key size).
 pub const MIN_NONCE_LEN: usize = 16;
+/// The prf+ seed of [`IkeSaKeys::query_key`].
+const QUERY_KEY_LABEL: &[u8] = b"meshd diagnostic query v1";
 /// The longest nonce IKEv2 allows (RFC 7296 §3.9).
 pub const MAX_NONCE_LEN: usize = 256;
 
@@ -304,6 +306,13 @@ impl IkeSaKeys {
     /// SK_pr, used in the responder's AUTH.
     pub fn sk_pr(&self) -> &[u8] {
         &self.sk_pr[..]
+    }
+
+    /// The key of the diagnostic query between the two nodes of this IKE SA (`diag::query`):
+    /// prf+(SK_d, "meshd diagnostic query v1"), the same at both ends, and unlike SK_d never
+    /// used to key anything else.
+    pub fn query_key(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        prf_plus_parts(&self.sk_d[..], &[QUERY_KEY_LABEL], PRF_KEY_LEN)
     }
 
     /// SK_p of `signer`: SK_pi for the initiator's AUTH, SK_pr for the responder's.
@@ -608,6 +617,9 @@ mod tests {
             let auth_r = r.psk_auth(psk, &r_octets);
             assert_ne!(*auth_i, *auth_r);
             r.verify_peer_psk_auth(psk, &i_octets, &auth_i[..]).unwrap();
+            // Both ends derive the same diagnostic query key, and it is not SK_d itself.
+            assert_eq!(i.query_key().unwrap(), r.query_key().unwrap());
+            assert_ne!(&i.query_key().unwrap()[..], i.sk_d());
             i.verify_peer_psk_auth(psk, &r_octets, &auth_r[..]).unwrap();
             // An AUTH is not valid for the other direction, nor with another PSK.
             assert_eq!(i.verify_peer_psk_auth(psk, &i_octets, &auth_i[..]).unwrap_err(), CryptoError::AuthMismatch);

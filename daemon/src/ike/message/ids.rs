@@ -138,6 +138,14 @@ pub mod identification {
 /// Authentication methods of AUTH payloads (RFC 7296 §3.8).
 pub mod authentication {
     pub const SHARED_KEY_MESSAGE_INTEGRITY_CODE: u8 = 2;
+    /// RFC 7427: the AUTH data names its signature algorithm.
+    pub const DIGITAL_SIGNATURE: u8 = 14;
+}
+
+/// Hash algorithms of SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4, RFC 8420 §2).
+pub mod hash_algorithm {
+    /// No hash: the signature algorithm takes the message itself (Ed25519).
+    pub const IDENTITY: u16 = 5;
 }
 
 /// Traffic selector types (RFC 7296 §3.13.1).

@@ -14,6 +14,7 @@
 
 mod builder;
 mod codec;
+mod digital_signature;
 pub mod header;
 mod identification;
 pub mod ids;
@@ -26,6 +27,9 @@ mod traffic_selector;
 use crate::wire::{Error, Result};
 
 pub use self::builder::{encode_encrypted_prefix, encode_message, encode_payloads, ENCRYPTED_PREFIX_LEN};
+pub use self::digital_signature::{
+    lists_identity_hash, signature_hash_algorithms, DigitalSignature, ED25519_ALGORITHM_IDENTIFIER,
+};
 pub use self::header::{Header, Packet, HEADER_LEN};
 pub use self::identification::{Authentication, Identification};
 pub use self::key_exchange::{KeyExchange, Nonce};
