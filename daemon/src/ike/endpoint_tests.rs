@@ -700,11 +700,11 @@ fn a_request_with_the_highest_message_id_is_refused() {
 }
 
 /// A's meshd is upgraded (`crate::upgrade`): its endpoint hands the IKE SA over (serialised, as
-/// it crosses the handover socket) to a new endpoint, together with the SADB.
-fn upgrade_a(pair: &mut Pair) -> usize {
+/// it crosses the handover socket) to a new endpoint with `settings`, together with the SADB.
+fn upgrade_a(pair: &mut Pair, settings: IkeSettings) -> usize {
     let handover = pair.a.endpoint.hand_over(pair.now);
     let wire = serde_json::to_vec(&handover).unwrap();
-    let mut successor = Node::with_rng(settings(A, B, PSK, BOTH), Box::new(SeededRng::new(7)), pair.now);
+    let mut successor = Node::with_rng(settings, Box::new(SeededRng::new(7)), pair.now);
     successor.inbound = std::mem::take(&mut pair.a.inbound);
     successor.outbound = pair.a.outbound.take();
     let handover: IkeHandover = serde_json::from_slice(&wire).unwrap();
@@ -722,7 +722,7 @@ fn an_ike_sa_handed_over_carries_on_and_the_peer_notices_nothing() {
     let mut pair = Pair::standard();
     pair.run(Duration::from_secs(1));
     let before = pair.a.established_sas(pair.now);
-    assert_eq!(upgrade_a(&mut pair), 1);
+    assert_eq!(upgrade_a(&mut pair, settings(A, B, PSK, BOTH)), 1);
     let after = pair.a.established_sas(pair.now);
     assert_eq!(
         (after[0].initiator_spi, after[0].responder_spi, &after[0].children),
@@ -874,4 +874,18 @@ fn the_pre_shared_key_is_accepted_from_a_keyed_node_only_while_there_is_a_psk_fi
     pair.run(Duration::from_secs(1));
     pair.assert_one_pair();
     assert_eq!(peer_auth_of(&pair.a, pair.now).map(|auth| auth.method), Some(AuthMethod::SharedKey));
+}
+
+#[test]
+fn an_ike_sa_handed_over_keeps_how_the_peer_authenticated() {
+    let (key_a, key_b) = (new_key(), new_key());
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_b, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(1));
+    let before = peer_auth_of(&pair.a, pair.now);
+    assert!(before.is_some_and(|auth| auth.key == Some(key_b.public_key())), "{before:?}");
+    assert_eq!(upgrade_a(&mut pair, keyed(A, B, &key_a, &[key_b.public_key()])), 1);
+    assert_eq!(peer_auth_of(&pair.a, pair.now), before, "ikectl sa list shows the same");
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
 }

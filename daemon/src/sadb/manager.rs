@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 
 use super::snapshot::{SadbSnapshot, SnapshotError};
 use super::{InboundSa, OutboundSa, SadbError};
+use crate::manual_nonces;
 use crate::state::MeshState;
 use crate::topology::PeerId;
+use mesh_config::control::SaOrigin;
 
 /// Notices the queue holds before workers' notices are counted as lost. Notices are rare (a
 /// peer that lost its state, an SA near its end), and the keying driver reads them at once.
@@ -128,15 +130,33 @@ impl SaManager {
         }
     }
 
-    /// Installs the SAs a running meshd handed over; returns how many.
+    /// Installs the SAs a running meshd handed over; returns how many. Manual SAs go on
+    /// keeping their sequence-number marks (manual_nonces.rs) here.
     pub fn import(&self, snapshot: &SadbSnapshot) -> Result<usize, SnapshotError> {
-        let (inbound, outbound) = snapshot.restore(&self.state.topology())?;
+        let nonces = manual_nonces::store();
+        let (inbound, outbound) = snapshot.restore(&self.state.topology(), |record| match (nonces, record.origin) {
+            (Some(store), SaOrigin::Manual) => {
+                store.resume_outbound(record.spi, &record.key).map_err(|e| SnapshotError::SequenceMark(e.into()))
+            }
+            _ => Ok((0, u64::MAX)),
+        })?;
         let count = inbound.len() + outbound.len();
-        for sa in inbound {
+        for (sa, record) in inbound.into_iter().zip(&snapshot.inbound) {
             self.install_inbound(sa)?;
+            if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
+                if let Some(sa) = self.state.sadb.load().inbound(record.sa.spi) {
+                    store.track_inbound(record.sa.spi, &record.sa.key, sa);
+                }
+            }
         }
-        for sa in outbound {
+        for (sa, record) in outbound.into_iter().zip(&snapshot.outbound) {
+            let peer = sa.params.peer;
             self.install_outbound(sa);
+            if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
+                if let Some(sa) = self.state.sadb.load().outbound(peer) {
+                    store.track_outbound(record.sa.spi, &record.sa.key, sa);
+                }
+            }
         }
         Ok(count)
     }

@@ -3,7 +3,6 @@
 //! root-only handover socket, never a file; the keys are wiped when a record is dropped.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use mesh_config::control::SaOrigin;
@@ -84,6 +83,9 @@ pub enum SnapshotError {
     Sadb(#[from] super::SadbError),
     #[error("the running meshd handed over a replay window of SPI 0x{0:08x} that does not fit its size")]
     ReplayWindow(u32),
+    /// A manual SA's sequence-number mark cannot be read or reserved (the message says why).
+    #[error(transparent)]
+    SequenceMark(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn record(params: &SaParams, key: &KeyMaterial, topology: &Topology) -> SaRecord {
@@ -144,8 +146,14 @@ impl SadbSnapshot {
         SadbSnapshot { inbound, outbound }
     }
 
-    /// The SAs to install, for peers of `topology`.
-    pub fn restore(&self, topology: &Topology) -> Result<(Vec<InboundSa>, Vec<OutboundSa>), SnapshotError> {
+    /// The SAs to install, for peers of `topology`. `reservation` gives each outbound SA the
+    /// sequence numbers it may use: (used up to, reserved up to); unlimited for IKE SAs, the
+    /// reservation on disk for manual ones (manual_nonces.rs).
+    pub fn restore(
+        &self,
+        topology: &Topology,
+        mut reservation: impl FnMut(&SaRecord) -> Result<(u64, u64), SnapshotError>,
+    ) -> Result<(Vec<InboundSa>, Vec<OutboundSa>), SnapshotError> {
         let mut inbound = Vec::with_capacity(self.inbound.len());
         for record in &self.inbound {
             let (params, key) = record.sa.params(topology)?;
@@ -157,9 +165,9 @@ impl SadbSnapshot {
         let mut outbound = Vec::with_capacity(self.outbound.len());
         for record in &self.outbound {
             let (params, key) = record.sa.params(topology)?;
-            let sa = OutboundSa::new(params, Sealer::new(params.cipher, &key)?);
-            sa.sequence.store(record.sequence, Ordering::Relaxed);
-            outbound.push(sa);
+            let (used, reserved) = reservation(&record.sa)?;
+            let sealer = Sealer::new(params.cipher, &key)?;
+            outbound.push(OutboundSa::resumed(params, sealer, record.sequence.max(used), reserved));
         }
         Ok((inbound, outbound))
     }

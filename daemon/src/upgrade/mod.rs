@@ -45,6 +45,7 @@ use self::wire::{Answer, Offer, Request, State, HANDOVER_VERSION};
 use crate::ctl::SocketFile;
 use crate::error::DaemonError;
 use crate::keying::Keying;
+use crate::manual_nonces;
 use crate::reload::Reloader;
 use crate::sadb::manager::SaManager;
 use crate::sadb::snapshot::SEQUENCE_FAILED_HANDOVER_SKIP;
@@ -185,6 +186,12 @@ fn hand_over(donor: &Donor, stream: &mut UnixStream) -> io::Result<bool> {
     }
     let started = Instant::now();
     datapath.stop_and(|| {
+        // The manual SAs' sequence-number marks as they are now: the new meshd resumes from
+        // them and keeps them from here on.
+        let nonces = manual_nonces::store();
+        if let Some(store) = nonces {
+            store.hand_over();
+        }
         // From here this meshd's endpoint sends nothing for the IKE SAs handed over.
         let state = Answer::State(Box::new(State { sadb: reloader.sas.export(), ike: reloader.keying.hand_over() }));
         let confirmed = wire::send(stream, &state, &[]).and_then(|()| match wire::receive::<Request>(stream)?.0 {
@@ -195,6 +202,9 @@ fn hand_over(donor: &Donor, stream: &mut UnixStream) -> io::Result<bool> {
             // Forwarding and keying again, past the sequence numbers and message IDs the new
             // meshd may have used.
             reloader.sas.skip_outbound_sequences(SEQUENCE_FAILED_HANDOVER_SKIP);
+            if let Some(store) = nonces {
+                store.take_back();
+            }
             if let Answer::State(state) = state {
                 if let Err(error) = reloader.keying.take_over(&state.ike) {
                     tracing::error!(%error, "cannot take the IKE SAs back; they are renegotiated");
