@@ -389,12 +389,12 @@ fn a_binary_rollout_restarts_every_node_on_the_new_meshd_and_ikectl() {
 
     let run = fleet.run("update", &[&["--config", config, "--batch", "2", "--json"], &binaries[..]].concat());
     assert!(run.status.success(), "binary rollout failed\n{}", text(&run));
-    for i in 0..3 {
+    for (i, before) in pids_before.iter().enumerate() {
         let node = format!("n{}", i + 1);
         assert_eq!(outcome(&run, &node).0, "updated", "{node}\n{}", text(&run));
         assert_eq!(fs::read_to_string(fleet.node_binary(i, "meshd")).unwrap(), meshd, "{node} has not the new meshd");
         assert_eq!(fs::read_to_string(fleet.node_binary(i, "ikectl")).unwrap(), ikectl, "{node}: not the new ikectl");
-        assert_ne!(fleet.service_pid(i), pids_before[i], "{node}'s meshd was not restarted");
+        assert_ne!(fleet.service_pid(i), *before, "{node}'s meshd was not restarted");
         assert!(!fleet.node_binary(i, "meshd.fleet-pending").exists(), "{node} still has a restart pending");
     }
     // n2's rollback copy is still the binary from before the interrupted run.
@@ -456,8 +456,8 @@ fn a_canary_whose_new_meshd_does_not_come_up_is_rolled_back() {
     assert!(!fleet.node_binary(0, "meshd.fleet-new").exists(), "n1 kept the upload");
     assert!(fleet.service_log(0).contains("this build cannot start"), "the broken build never ran on n1");
     assert_ne!(fleet.service_pid(0), pids_before[0], "n1 was not restarted on its old meshd");
-    for i in 1..3 {
-        assert_eq!(fleet.service_pid(i), pids_before[i], "n{} was restarted", i + 1);
+    for (i, before) in pids_before.iter().enumerate().skip(1) {
+        assert_eq!(fleet.service_pid(i), *before, "n{} was restarted", i + 1);
         assert!(fs::read_link(fleet.node_binary(i, "meshd")).is_ok(), "n{}'s meshd was replaced", i + 1);
     }
     services_established(&lab, &fleet);
