@@ -381,7 +381,8 @@ fn debian_package_holds_everything_in_place_and_passes_lintian() {
     let postinst = fs::read_to_string(control.join("postinst")).expect("postinst");
     assert!(postinst.contains("deb-systemd-helper enable meshd.service"), "{postinst}");
     // An upgrade never restarts meshd: it sends a running one SIGUSR2, the hitless handover.
-    assert!(!postinst.contains("_dh_action=restart") && postinst.contains("_dh_action=start"), "{postinst}");
+    assert!(postinst.contains("deb-systemd-invoke start meshd.service"), "{postinst}");
+    assert!(!postinst.contains("_dh_action=restart") && !postinst.contains("invoke restart"), "{postinst}");
     assert!(postinst.contains("systemctl kill --kill-whom=main --signal=SIGUSR2 meshd.service"), "{postinst}");
     let prerm = fs::read_to_string(control.join("prerm")).expect("prerm");
     assert!(prerm.contains("\"$1\" = remove") && prerm.contains("deb-systemd-invoke stop meshd.service"), "{prerm}");
