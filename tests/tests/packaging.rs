@@ -321,7 +321,8 @@ fn stdout(output: &Output) -> String {
 /// control files read, unpacked into a temp dir: never installed here) and lintian: the binaries,
 /// the unit, the example conffile, man pages and completions are where they belong; the
 /// maintainer scripts enable meshd, start it only through the unit's condition and, after an
-/// upgrade, send it SIGUSR2 (the hitless handover) instead of restarting it; lintian finds no error, and every warning it gives is explained in
+/// upgrade, send it SIGUSR2 (the hitless handover) instead of restarting it; lintian finds no
+/// error, and every warning it gives is explained in
 /// docs/install.md.
 #[test]
 fn debian_package_holds_everything_in_place_and_passes_lintian() {
@@ -417,6 +418,8 @@ fn debian_package_holds_everything_in_place_and_passes_lintian() {
     let example = dir.path().join("example");
     fs::create_dir_all(&example).expect("mkdir");
     fs::copy(root.join("etc/meshd/mesh.toml.example"), example.join("mesh.toml")).expect("copy the example");
+    // As docs/install.md installs it: 0600, since the example holds [[manual_sa]] keys.
+    fs::set_permissions(example.join("mesh.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     fs::write(example.join("psk"), "0123456789abcdef0123456789abcdef\n").expect("write psk");
     fs::set_permissions(example.join("psk"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     run(Command::new(&meshd).args(["check", "--node", "n1", "--config"]).arg(example.join("mesh.toml")));
