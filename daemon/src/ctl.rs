@@ -3,6 +3,7 @@
 //! live here; `dispatch` decides what serves each command.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use crate::error::{ControlError, DaemonError, RequestError};
 pub struct SocketFile {
     path: PathBuf,
     listener: Option<StdUnixListener>,
+    /// False once another meshd took the socket over (`crate::upgrade`): it serves the file now.
+    remove_on_drop: bool,
 }
 
 impl SocketFile {
@@ -56,10 +59,26 @@ impl SocketFile {
             .map_err(failed);
         let _ = std::fs::remove_file(&staged);
         let _ = std::fs::remove_dir(&staging);
-        Ok(SocketFile { path: path.to_path_buf(), listener: Some(bound?) })
+        Ok(SocketFile { path: path.to_path_buf(), listener: Some(bound?), remove_on_drop: true })
     }
 
-    fn take_listener(&mut self) -> io::Result<UnixListener> {
+    /// The listening socket a running meshd handed over (`crate::upgrade`), bound at `path`.
+    pub fn adopt(path: &Path, listener: OwnedFd) -> Self {
+        SocketFile { path: path.to_path_buf(), listener: Some(listener.into()), remove_on_drop: true }
+    }
+
+    /// A second descriptor of the listening socket, to hand to the meshd that takes over.
+    pub fn duplicate_listener(&self) -> io::Result<OwnedFd> {
+        let listener = self.listener.as_ref().ok_or_else(|| io::Error::other("control socket already serving"))?;
+        listener.as_fd().try_clone_to_owned()
+    }
+
+    /// Leaves the file in place on drop: the meshd that took over serves it.
+    pub fn leave_to_successor(&mut self) {
+        self.remove_on_drop = false;
+    }
+
+    pub(crate) fn take_listener(&mut self) -> io::Result<UnixListener> {
         let listener = self.listener.take().ok_or_else(|| io::Error::other("control socket already serving"))?;
         listener.set_nonblocking(true)?;
         UnixListener::from_std(listener)
@@ -68,6 +87,9 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
         if let Err(error) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), %error, "could not remove the control socket");
         }

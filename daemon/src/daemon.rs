@@ -1,17 +1,19 @@
 //! `meshd run` and `meshd check`: assemble the node from its config, run until told to stop,
 //! and leave nothing behind.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::tap::TapQueue;
 use arc_swap::ArcSwap;
 use mesh_config::MeshConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tun_rs::SyncDevice;
+use tokio::sync::Notify;
 
 use crate::ctl::{self, SocketFile};
-use crate::datapath::{Datapath, IkeInbox};
+use crate::datapath::{IkeInbox, Prepared};
 // For the command line (src/main.rs), which sets it from its options.
 pub use crate::datapath::WorkerTuning;
 use crate::diag::kernel::KernelDrops;
@@ -28,6 +30,7 @@ use crate::reload::{Reloader, Running};
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
 use crate::topology::Topology;
+use crate::upgrade::{self, Takeover};
 use crate::{manual, netif, pmtu};
 
 /// How often learned FDB entries are checked for age.
@@ -47,6 +50,19 @@ pub struct RunOptions {
     pub tuning: WorkerTuning,
     /// Where manual SAs keep their sequence numbers across restarts (manual_nonces.rs).
     pub state_dir: PathBuf,
+    /// Take over from the meshd running with the same control socket (`crate::upgrade`).
+    pub upgrade: bool,
+}
+
+/// How long a stopping meshd gives its IKE DELETEs to leave before the runtime stops.
+const GOODBYE_TIME: Duration = Duration::from_millis(200);
+
+/// How `meshd run` ends.
+enum Ending {
+    /// SIGTERM or SIGINT: peers are told.
+    Stopped,
+    /// A new meshd took everything over.
+    HandedOver,
 }
 
 /// Loads the config and finds which node this host is.
@@ -98,54 +114,72 @@ fn load_node_key(
 }
 
 /// `meshd run`: runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config.
-pub fn run(options: RunOptions) -> Result<(), DaemonError> {
+pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     let (config, topology) = load(&options.config, options.node.as_deref())?;
     let (node_key, mismatch) = load_node_key(&config, &topology, options.key.as_deref())?;
     if let Some(mismatch) = mismatch {
         tracing::error!("{mismatch}; peers will refuse this node's AUTH");
     }
+    let inheritance = match options.upgrade {
+        true => inherit(&options.ctl_socket, &topology)?,
+        false => None,
+    };
+    let handover_path = upgrade::socket_path(&options.ctl_socket);
+    let failed_socket = |source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source };
     // Bind first: a second meshd must fail before it touches any interface.
-    let mut socket = SocketFile::bind(&options.ctl_socket)?;
+    let (mut socket, handover_socket) = match &inheritance {
+        Some(inherited) => (
+            SocketFile::adopt(&options.ctl_socket, inherited.ctl.try_clone().map_err(failed_socket)?),
+            SocketFile::adopt(&handover_path, inherited.handover.try_clone().map_err(failed_socket)?),
+        ),
+        None => (SocketFile::bind(&options.ctl_socket)?, upgrade::bind(&options.ctl_socket)?),
+    };
     let state = Arc::new(MeshState::new(topology));
     manual_nonces::use_state_dir(&options.state_dir).map_err(DaemonError::Thread)?;
     let sas = Arc::new(SaManager::new(state.clone()));
-    let installed = manual::install(&config, &sas, None)?;
+    // With a handover the SAs come last, when the running meshd's workers stop.
+    let manual_sas = match &inheritance {
+        Some(_) => 0,
+        None => manual::install(&config, &sas, None)?.len(),
+    };
 
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
-    let mut overlays = Vec::new();
-    let mut queues: Vec<Vec<SyncDevice>> = (0..workers).map(|_| Vec::new()).collect();
-    let topology = state.topology_full();
-    for overlay in &topology.overlays {
-        let (devices, status) = bring_up(overlay, &topology, &config, workers, options.tuning.offload)?;
-        for (queue, device) in queues.iter_mut().zip(devices) {
-            queue.push(device);
+    let (mut inheritance, queues, overlays) = match inheritance {
+        Some(mut inherited) => {
+            if inherited.offer.offload != options.tuning.offload {
+                tracing::warn!(offload = inherited.offer.offload, "keeping the TAP offloads of the running meshd");
+                options.tuning.offload = inherited.offer.offload;
+            }
+            let queues = std::mem::take(&mut inherited.queues);
+            let overlays = std::mem::take(&mut inherited.offer.overlays);
+            (Some(inherited), queues, overlays)
         }
-        overlays.push(status);
-    }
+        None => {
+            let (queues, overlays) = bring_up_overlays(&state, &config, options.tuning.offload)?;
+            (None, queues, overlays)
+        }
+    };
+    let topology = state.topology_full();
+    // Slow (it loads an eBPF program): before the workers start, so that during a handover the
+    // running meshd's workers are not paused for it.
+    let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
     let keying = Arc::new(Keying::new(&config, sas.clone(), node_key.clone(), Instant::now())?);
     let (inbox, inbox_receiver) = IkeInbox::channel();
-    let mut datapath = Datapath::start(state.clone(), queues, Some(inbox.clone()), options.tuning)?;
-    tracing::info!(
-        node = %topology.node_name,
-        address = %topology.local_address,
-        peers = topology.peers.len(),
-        manual_sas = installed.len(),
-        workers = datapath.workers(),
-        "meshd running"
-    );
-    let udp_4500 = datapath.take_udp_4500();
-    let datapath_esp_out = datapath.esp_out();
+    let mut prepared = match inheritance.as_mut() {
+        Some(inherited) => Prepared::adopt(&state, queues, std::mem::take(&mut inherited.underlay))?,
+        None => Prepared::bind(&state, queues)?,
+    };
+    let udp_4500 = prepared.take_udp_4500();
+    let datapath_esp_out = prepared.esp_out();
     let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
-    let query = QueryService::bind(topology.local_address).map_err(|source| DaemonError::Query {
-        address: topology.local_address,
-        port: query::QUERY_PORT,
-        source,
-    })?;
+    let query = match inheritance.as_mut() {
+        Some(inherited) => inherited.query.try_clone().and_then(|fd| QueryService::adopt(fd.into())),
+        None => QueryService::bind(topology.local_address),
+    }
+    .map_err(|source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source })?;
     let config = Arc::new(ArcSwap::from_pointee(config));
     let overlays = Arc::new(ArcSwap::from_pointee(overlays));
-    let kernel_drops = Arc::new(KernelDrops::start(state.clone(), options.kernel_drops));
     let query = Arc::new(query);
-    let workers = datapath.workers();
+    let workers = prepared.workers();
     let reloader = Arc::new(Reloader {
         config: config.clone(),
         state: state.clone(),
@@ -157,8 +191,8 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
             config_path: options.config.clone(),
             key_file: options.key.clone(),
             node_key,
-            datapath: Some(datapath),
-            ike_inbox: inbox,
+            datapath: None,
+            ike_inbox: inbox.clone(),
             tuning: options.tuning,
         }),
     });
@@ -178,44 +212,98 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
 
     follow_underlay(keying.clone());
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
+    let failed_query = |source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed_socket)?;
     let served = runtime.block_on(async {
         tokio::spawn(expire_fdb(state.clone()));
         if let Some(inbox) = state.pmtu.take_receiver() {
             tokio::spawn(path_mtu.run(inbox));
         }
         let local = topology.local_address;
-        let sockets = keying::bind(local, udp_4500).map_err(|source| DaemonError::Underlay {
-            address: local,
-            encap: topology.encap,
-            source,
-        })?;
+        let underlay_error = |source| DaemonError::Underlay { address: local, encap: topology.encap, source };
+        let sockets = match inheritance.as_mut() {
+            Some(inherited) => {
+                let own_4500 = inherited.ike_own_4500.take().map(std::net::UdpSocket::from);
+                let port_500 = inherited.ike_500.try_clone().map_err(underlay_error)?;
+                keying::adopt(port_500.into(), own_4500, udp_4500)
+            }
+            None => keying::bind(local, udp_4500),
+        }
+        .map_err(underlay_error)?;
+        let mut donor = upgrade::Donor {
+            reloader: reloader.clone(),
+            ctl: socket.duplicate_listener().map_err(failed_socket)?,
+            handover: handover_socket.duplicate_listener().map_err(failed_socket)?,
+            query: query.handover_fd().map_err(failed_query)?,
+            metrics: None,
+            ike: sockets.handover_fds().map_err(underlay_error)?,
+        };
         if let Some(notices) = state.sa_notices.take_receiver() {
             tokio::spawn(sas.clone().run(notices, keying.clone()));
         }
-        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
         // Registered before anything can send it: SIGHUP's default action would end meshd.
         let hangup = signal(SignalKind::hangup())
             .map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })?;
         tokio::spawn(reload_on_hangup(hangup, reloader.clone()));
+        let upgrade_signal = signal(SignalKind::user_defined2()).map_err(failed_socket)?;
+        tokio::spawn(upgrade_on_usr2(upgrade_signal));
         let responder =
             query::Responder { query, config: config.clone(), state: state.clone(), keying: keying.clone() };
         tokio::spawn(query::serve(responder));
         if let Some(address) = config.load().metrics.listen {
-            let listener = metrics::bind(address).await.map_err(|source| DaemonError::Metrics { address, source })?;
+            let inherited = inheritance.as_mut().and_then(|inherited| inherited.metrics.take());
+            let listener = metrics::bind_or_adopt(address, inherited)
+                .await
+                .map_err(|source| DaemonError::Metrics { address, source })?;
+            donor.metrics =
+                Some(listener.as_fd().try_clone_to_owned().map_err(|source| DaemonError::Metrics { address, source })?);
             tracing::info!(%address, "serving Prometheus metrics at /metrics");
             let scraped = metrics::Scraped { state: state.clone(), keying: keying.clone(), kernel_drops, overlays };
             tokio::spawn(metrics::serve(listener, Arc::new(scraped)));
         }
         crate::flows::export::start(&state, &config.load().flows).await?;
-        let served = tokio::select! {
-            served = ctl::serve(&mut socket, services) => served,
-            signal = wait_for_stop_signal() => signal,
+        let handed_over = Arc::new(Notify::new());
+        tokio::spawn(upgrade::serve(handover_socket, Arc::new(donor), handed_over.clone()));
+        // Everything else runs: now the workers (with a handover: the running meshd's stop
+        // here, and forwarding pauses until these start).
+        let (installed, ike_sas) = match inheritance.as_mut() {
+            Some(inherited) => inherited.take_sas(&sas, &keying)?,
+            None => (manual_sas, 0),
         };
-        served.map_err(|source| DaemonError::ControlSocket { path: options.ctl_socket.clone(), source })
+        reloader.run_datapath(prepared.start(state.clone(), Some(inbox), options.tuning)?);
+        // IKE starts only now: with a handover, the endpoint must not initiate before it has
+        // the IKE SAs of the running meshd.
+        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
+        let taken_over = inheritance.is_some();
+        // systemd tracks this process from now on (before the old one exits: it hears this
+        // first); with a plain start, this says it is ready.
+        upgrade::tell_service_manager(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        if let Some(inherited) = inheritance.take() {
+            inherited.confirmation.confirm()?;
+        }
+        tracing::info!(
+            node = %topology.node_name,
+            address = %topology.local_address,
+            peers = topology.peers.len(),
+            sas = installed,
+            ike_sas,
+            workers,
+            taken_over,
+            "meshd running"
+        );
+        let ending = tokio::select! {
+            served = ctl::serve(&mut socket, services) => served.map(|()| Ending::Stopped),
+            signal = wait_for_stop_signal() => signal.map(|()| Ending::Stopped),
+            () = handed_over.notified() => Ok(Ending::HandedOver),
+        };
+        match ending.map_err(failed_socket)? {
+            Ending::Stopped => {
+                keying.leave_all_peers();
+                tokio::time::sleep(GOODBYE_TIME).await;
+            }
+            Ending::HandedOver => socket.leave_to_successor(),
+        }
+        Ok(())
     });
     reloader.shutdown();
     // The replay marks of the last moments, so that a restart refuses those packets too.
@@ -227,6 +315,43 @@ pub fn run(options: RunOptions) -> Result<(), DaemonError> {
     served
 }
 
+/// `--upgrade`: what the running meshd hands over, or `None` when it cannot (then it has been
+/// stopped, telling its peers, and this meshd starts afresh).
+fn inherit(ctl_socket: &std::path::Path, topology: &Topology) -> Result<Option<upgrade::Inheritance>, DaemonError> {
+    match upgrade::take_over(ctl_socket)? {
+        Takeover::Inherited(mut inherited) => match inherited.misfit(topology) {
+            Some(why) => Err(inherited.confirmation.decline(why).into()),
+            None => Ok(Some(*inherited)),
+        },
+        Takeover::Impossible(why) => {
+            tracing::warn!("no handover ({why}); restarting instead");
+            upgrade::stop_running(ctl_socket)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Creates every overlay's TAP with one queue per worker; returns each worker's queues and
+/// what `ikectl status` shows of the overlays.
+fn bring_up_overlays(
+    state: &MeshState,
+    config: &MeshConfig,
+    offload: bool,
+) -> Result<(Vec<Vec<TapQueue>>, Vec<mesh_config::control::OverlayStatus>), DaemonError> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+    let mut overlays = Vec::new();
+    let mut queues: Vec<Vec<TapQueue>> = (0..workers).map(|_| Vec::new()).collect();
+    let topology = state.topology_full();
+    for overlay in &topology.overlays {
+        let (devices, status) = bring_up(overlay, &topology, config, workers, offload)?;
+        for (queue, device) in queues.iter_mut().zip(devices) {
+            queue.push(device);
+        }
+        overlays.push(status);
+    }
+    Ok((queues, overlays))
+}
+
 /// Reloads on every SIGHUP, like `ikectl reload` (the outcome goes to the log).
 async fn reload_on_hangup(mut hangup: Signal, reloader: Arc<Reloader>) {
     while hangup.recv().await.is_some() {
@@ -235,6 +360,13 @@ async fn reload_on_hangup(mut hangup: Signal, reloader: Arc<Reloader>) {
         if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(%error, "the reload panicked");
         }
+    }
+}
+
+/// Starts the successor on every SIGUSR2 (a package upgrade); it takes this meshd over.
+async fn upgrade_on_usr2(mut usr2: Signal) {
+    while usr2.recv().await.is_some() {
+        upgrade::start_successor();
     }
 }
 

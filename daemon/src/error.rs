@@ -44,6 +44,10 @@ pub enum DaemonError {
     ControlSocketInUse { path: PathBuf },
     #[error("control socket {}: {source}; {}", path.display(), fix_for(source))]
     ControlSocket { path: PathBuf, source: io::Error },
+
+    // Upgrade (`meshd run --upgrade`)
+    #[error(transparent)]
+    Handover(#[from] crate::upgrade::HandoverError),
 }
 
 /// Why a request on the control socket failed, by category. The control socket sends the message

@@ -22,10 +22,10 @@ use crate::datapath::IkeDatagram;
 use crate::drops::{DropContext, SendErrorKind};
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
-use crate::ike::crypto::NodeKey;
+use crate::ike::crypto::{CryptoError, NodeKey};
 use crate::ike::{
-    ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeSaStatus, IkeSettings, IkeState, PeerIndex, PeerSettings,
-    Refusal, Transmit, IKE_PORT, NAT_T_PORT,
+    ChildSaKeys, Endpoint, Event, Failure, IkeCounters, IkeHandover, IkeSaStatus, IkeSettings, IkeState, PeerIndex,
+    PeerSettings, Refusal, Transmit, IKE_PORT, NAT_T_PORT,
 };
 use crate::sadb::manager::{NoticeHandler, SaManager};
 use crate::sadb::{InboundSa, OutboundSa, SaParams};
@@ -292,6 +292,25 @@ impl Keying {
         let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
         Ok(Keying::with_endpoint(endpoint, ike_peers, public_key, sas))
     }
+
+    /// Hands the IKE SAs over to the meshd that takes over (`crate::upgrade`); this endpoint
+    /// sends nothing for them from now on.
+    pub fn hand_over(&self) -> IkeHandover {
+        self.lock().endpoint.hand_over(Instant::now())
+    }
+
+    /// Removes `peer`'s inbound Child SA `spi` after `grace`: handed over without its IKE SA,
+    /// it carries traffic until the renegotiated one replaces it.
+    pub fn retire_inbound(&self, peer: PeerId, spi: u32, grace: std::time::Duration) {
+        self.with_peer(peer, |ike, index| ike.endpoint.retire_inbound(index, spi, Instant::now() + grace));
+    }
+
+    /// Takes the IKE SAs a running meshd handed over (or, after a failed handover, back).
+    pub fn take_over(&self, handover: &IkeHandover) -> Result<usize, CryptoError> {
+        let taken = self.lock().endpoint.take_over(handover, Instant::now());
+        self.wake.notify_one();
+        taken
+    }
 }
 
 impl<E: IkeEngine> Keying<E> {
@@ -373,6 +392,19 @@ impl<E: IkeEngine> Keying<E> {
             ike.endpoint.remove_peer(index, Instant::now());
             ike.by_peer.remove(&peer);
         });
+    }
+
+    /// Stopping: deletes every IKE SA (with its Child SAs), telling each peer, so that peers
+    /// stop sending to this node at once instead of after dead peer detection.
+    pub fn leave_all_peers(&self) {
+        let mut ike = self.lock();
+        let now = Instant::now();
+        let indexes: Vec<usize> = ike.by_peer.drain().map(|(_, index)| index).collect();
+        for index in indexes {
+            ike.endpoint.remove_peer(index, now);
+        }
+        drop(ike);
+        self.wake.notify_one();
     }
 
     /// Rekeys and handshake failures of an IKE peer; `None` for a manual peer.
@@ -682,9 +714,8 @@ fn with_marker(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A UDP socket on `port` as a tokio socket to receive on and a plain clone to send with.
-fn bind_pair(local: IpAddr, port: u16) -> io::Result<(UdpSocket, StdUdpSocket)> {
-    let socket = StdUdpSocket::bind(SocketAddr::new(local, port))?;
+/// A bound UDP socket as a tokio socket to receive on and a plain clone to send with.
+fn pair(socket: StdUdpSocket) -> io::Result<(UdpSocket, StdUdpSocket)> {
     socket.set_nonblocking(true)?;
     let sender = socket.try_clone()?;
     Ok((UdpSocket::from_std(socket)?, sender))
@@ -692,15 +723,43 @@ fn bind_pair(local: IpAddr, port: u16) -> io::Result<(UdpSocket, StdUdpSocket)> 
 
 /// Binds the IKE sockets: UDP 500, and 4500 unless the datapath has it. Needs the runtime.
 pub fn bind(local: IpAddr, datapath_4500: Option<StdUdpSocket>) -> io::Result<IkeSockets> {
-    let (port_500, port_500_send) = bind_pair(local, IKE_PORT)?;
-    let port_4500 = match datapath_4500 {
-        Some(socket) => Port4500::SharedWithDatapath(socket),
-        None => {
-            let (receiver, sender) = bind_pair(local, NAT_T_PORT)?;
+    let port_500 = StdUdpSocket::bind(SocketAddr::new(local, IKE_PORT))?;
+    let own_4500 = match datapath_4500 {
+        Some(_) => None,
+        None => Some(StdUdpSocket::bind(SocketAddr::new(local, NAT_T_PORT))?),
+    };
+    adopt(port_500, own_4500, datapath_4500)
+}
+
+/// The IKE sockets from bound ones: UDP 500, and 4500 of IKE's own or the datapath's (a
+/// running meshd hands its bound ones over, `crate::upgrade`). Needs the runtime.
+pub fn adopt(
+    port_500: StdUdpSocket,
+    own_4500: Option<StdUdpSocket>,
+    datapath_4500: Option<StdUdpSocket>,
+) -> io::Result<IkeSockets> {
+    let (port_500, port_500_send) = pair(port_500)?;
+    let port_4500 = match (own_4500, datapath_4500) {
+        (Some(own), _) => {
+            let (receiver, sender) = pair(own)?;
             Port4500::Own(receiver, sender)
         }
+        (None, Some(shared)) => Port4500::SharedWithDatapath(shared),
+        (None, None) => return Err(io::Error::other("no socket for UDP 4500")),
     };
     Ok(IkeSockets { port_500, port_500_send, port_4500 })
+}
+
+impl IkeSockets {
+    /// Second descriptors of the sockets IKE bound itself (UDP 500, and 4500 when it has its
+    /// own), to hand to the meshd that takes over.
+    pub fn handover_fds(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        let mut fds = vec![self.port_500_send.try_clone()?.into()];
+        if let Port4500::Own(_, sender) = &self.port_4500 {
+            fds.push(sender.try_clone()?.into());
+        }
+        Ok(fds)
+    }
 }
 
 /// Runs IKE until the runtime stops.

@@ -50,6 +50,7 @@ internal_modules!(
     state,
     tap,
     topology,
+    upgrade,
     wire,
 );
 mod sys;

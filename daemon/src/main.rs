@@ -54,6 +54,11 @@ enum CliCommand {
         /// used twice across restarts; default: $MESHD_STATE_DIR, else /var/lib/meshd.
         #[arg(long, value_name = "DIRECTORY")]
         state_dir: Option<PathBuf>,
+        /// Take over from the meshd running with the same control socket without losing a
+        /// packet (its TAP queues, sockets and SAs are handed over); where that is impossible,
+        /// stop it (it tells its peers) and start afresh. Give the same other arguments.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate the mesh file and exit 0, or explain every problem and exit 1.
     Check {
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
             log_format,
             state_dir,
             key,
+            upgrade,
         } => {
             init_logs(log_format);
             let state_dir = state_dir
@@ -166,6 +172,7 @@ fn main() -> ExitCode {
                 tuning: WorkerTuning { offload: !no_offload, busy_poll: Duration::from_micros(u64::from(busy_poll)) },
                 kernel_drops: !no_kernel_drops,
                 state_dir,
+                upgrade,
             })
         }
         CliCommand::Check { config, node, key } => {

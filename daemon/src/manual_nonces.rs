@@ -16,6 +16,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub struct NonceStore {
     dir: PathBuf,
     outbound: Mutex<Vec<(PathBuf, Weak<OutboundSa>)>>,
     inbound: Mutex<Vec<(PathBuf, u64, Weak<InboundSa>)>>,
+    /// A meshd that takes this one over (`crate::upgrade`) keeps the marks now: this one
+    /// writes none, lest it put back an older mark over the new one's.
+    handed_over: AtomicBool,
 }
 
 static STORE: OnceLock<NonceStore> = OnceLock::new();
@@ -77,7 +81,12 @@ pub fn store() -> Option<&'static NonceStore> {
 
 impl NonceStore {
     pub fn open(dir: &Path) -> NonceStore {
-        NonceStore { dir: dir.to_path_buf(), outbound: Mutex::default(), inbound: Mutex::default() }
+        NonceStore {
+            dir: dir.to_path_buf(),
+            outbound: Mutex::default(),
+            inbound: Mutex::default(),
+            handed_over: AtomicBool::new(false),
+        }
     }
 
     fn path(&self, direction: Direction, spi: u32, key: &[u8]) -> PathBuf {
@@ -130,10 +139,26 @@ impl NonceStore {
         tracked.push((path, floor, Arc::downgrade(sa)));
     }
 
+    /// The SAs go to a meshd that takes this one over, its workers stopped: writes the marks
+    /// as they are now, for the new meshd to resume from, and none after.
+    pub fn hand_over(&self) {
+        self.persist();
+        self.handed_over.store(true, Ordering::SeqCst);
+    }
+
+    /// The handover failed: this meshd keeps its SAs, and their marks, again.
+    pub fn take_back(&self) {
+        self.handed_over.store(false, Ordering::SeqCst);
+        self.persist();
+    }
+
     /// Extends reservations that are half used and writes inbound marks that moved; every
     /// `PERSIST_INTERVAL` and once more when meshd stops. Failures are logged: an outbound SA
     /// then stops at its reservation instead of reusing numbers.
     pub fn persist(&self) {
+        if self.handed_over.load(Ordering::SeqCst) {
+            return;
+        }
         let outbound = self.outbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         for (path, sa) in outbound {
             let Some(sa) = sa.upgrade() else { continue };
@@ -141,7 +166,8 @@ impl NonceStore {
             if reserved.saturating_sub(sa.last_sequence()) > RESERVE / 2 {
                 continue;
             }
-            let next = reserved.saturating_add(RESERVE);
+            // Past the last number too: a failed handover skips sequence numbers ahead.
+            let next = reserved.max(sa.last_sequence()).saturating_add(RESERVE);
             match write_mark(&path, next) {
                 Ok(()) => sa.reserve_until(next),
                 Err(error) => {
@@ -246,6 +272,25 @@ mod tests {
         received.replay().accept(42).unwrap();
         store.persist();
         assert_eq!(store.resume_inbound(0x1201, KEY).unwrap(), 42);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_that_handed_its_sas_over_writes_no_mark_until_it_takes_them_back() {
+        use crate::sadb::tests::inbound;
+        let dir = temporary_dir("handover");
+        let store = NonceStore::open(&dir);
+        let received = Arc::new(inbound(0x1201, 0));
+        store.track_inbound(0x1201, KEY, &received);
+        received.replay().accept(42).unwrap();
+        store.hand_over();
+        assert_eq!(store.resume_inbound(0x1201, KEY).unwrap(), 42, "written for the new meshd to resume from");
+        // The new meshd keeps the mark now; an older one from here would overwrite its own.
+        received.replay().accept(50).unwrap();
+        store.persist();
+        assert_eq!(store.resume_inbound(0x1201, KEY).unwrap(), 42);
+        store.take_back();
+        assert_eq!(store.resume_inbound(0x1201, KEY).unwrap(), 50, "a failed handover: this meshd keeps them again");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,9 +1,9 @@
 //! Bringing up an overlay's TAP interface, at start and on reload.
 
 use aws_lc_rs::digest::{digest, SHA256};
+use crate::tap::TapQueue;
 use mesh_config::control::OverlayStatus;
 use mesh_config::MeshConfig;
-use tun_rs::SyncDevice;
 
 use crate::error::DaemonError;
 use crate::topology::{Overlay, Topology};
@@ -18,7 +18,7 @@ pub fn bring_up(
     config: &MeshConfig,
     queues: usize,
     offload: bool,
-) -> Result<(Vec<SyncDevice>, OverlayStatus), DaemonError> {
+) -> Result<(Vec<TapQueue>, OverlayStatus), DaemonError> {
     let cipher = config.ike.proposals.first().map_or(mesh_config::Cipher::Aes256Gcm16, |p| p.cipher);
     let (mtu, mtu_reason) = pmtu::auto::overlay_mtu(overlay, topology, cipher)?;
     let mac = overlay_mac(&topology.mesh_name, &topology.node_name, &overlay.name);

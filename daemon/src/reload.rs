@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::tap::TapQueue;
 use arc_swap::ArcSwap;
 use mesh_config::control::OverlayStatus;
 use mesh_config::reload::ReloadPlan;
 use mesh_config::MeshConfig;
-use tun_rs::SyncDevice;
 
 use crate::datapath::{Datapath, IkeInbox, WorkerParts, WorkerTuning};
 use crate::diag::kernel::KernelDrops;
@@ -58,6 +58,45 @@ pub struct Running {
     pub tuning: WorkerTuning,
 }
 
+/// The running datapath during a handover, with reloads held off.
+pub struct HandingOver<'a> {
+    reloader: &'a Reloader,
+    running: std::sync::MutexGuard<'a, Running>,
+}
+
+impl HandingOver<'_> {
+    /// The workers' underlay sockets and TAP queues (`Datapath::handover_fds`), duplicated.
+    pub fn fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        let fds = self.running.datapath.as_ref().map_or(&[][..], Datapath::handover_fds);
+        fds.iter().map(std::os::fd::OwnedFd::try_clone).collect()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.running.datapath.as_ref().map_or(0, Datapath::workers)
+    }
+
+    pub fn tuning(&self) -> WorkerTuning {
+        self.running.tuning
+    }
+
+    /// Stops the workers (at a batch boundary) and runs `finish`; when it fails, the workers
+    /// forward again on the same queues and sockets.
+    pub fn stop_and<T, E: std::fmt::Display>(mut self, finish: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let parts = self.running.datapath.take().map(Datapath::stop).unwrap_or_default();
+        let result = finish();
+        if let Err(error) = &result {
+            tracing::warn!("handover failed ({error}); forwarding again");
+            let state = self.reloader.state.clone();
+            let (inbox, tuning) = (self.running.ike_inbox.clone(), self.running.tuning);
+            match Datapath::resume(state, parts, Some(inbox), tuning) {
+                Ok(datapath) => self.running.datapath = Some(datapath),
+                Err(error) => tracing::error!("cannot restart the datapath after the failed handover: {error}"),
+            }
+        }
+        result
+    }
+}
+
 /// Which peers' SAs a reload deletes, and how the new ones are made.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PeerChanges {
@@ -86,6 +125,18 @@ impl Reloader {
         if let Some(datapath) = self.lock().datapath.take() {
             datapath.stop();
         }
+    }
+
+    /// Runs `datapath` as the one reloads pause (at start, once its workers run).
+    pub fn run_datapath(&self, datapath: Datapath) {
+        self.lock().datapath = Some(datapath);
+    }
+
+    /// Holds the running datapath for a handover (`crate::upgrade`), so that no reload runs
+    /// until it ends; `None` when the datapath is stopped.
+    pub fn hand_over(&self) -> Option<HandingOver<'_>> {
+        let running = self.lock();
+        running.datapath.is_some().then_some(HandingOver { reloader: self, running })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -181,13 +232,13 @@ impl Reloader {
         let mut parts: Vec<WorkerParts> = datapath.stop();
         let recreated = |name: &str| plan.overlays_changed.iter().any(|c| c.name == name && c.recreate);
         // Each worker's queue of each current overlay, by overlay.
-        let mut by_overlay: Vec<Vec<SyncDevice>> = current.overlays.iter().map(|_| Vec::new()).collect();
+        let mut by_overlay: Vec<Vec<TapQueue>> = current.overlays.iter().map(|_| Vec::new()).collect();
         for part in &mut parts {
             for (queues, queue) in by_overlay.iter_mut().zip(part.taps.drain(..)) {
                 queues.push(queue);
             }
         }
-        let mut kept: HashMap<&str, Vec<SyncDevice>> = HashMap::new();
+        let mut kept: HashMap<&str, Vec<TapQueue>> = HashMap::new();
         for (overlay, queues) in current.overlays.iter().zip(by_overlay) {
             if next.overlays.iter().any(|o| o.name == overlay.name) && !recreated(&overlay.name) {
                 kept.insert(overlay.name.as_str(), queues);
@@ -195,7 +246,7 @@ impl Reloader {
             // Otherwise the queues close here, and the interface goes with the last one.
         }
         let statuses = self.overlays.load_full();
-        let mut up: Vec<(Vec<SyncDevice>, OverlayStatus)> = Vec::new();
+        let mut up: Vec<(Vec<TapQueue>, OverlayStatus)> = Vec::new();
         let mut failed = Vec::new();
         for overlay in &next.overlays {
             match kept.remove(overlay.name.as_str()) {

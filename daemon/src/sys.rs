@@ -337,3 +337,39 @@ pub fn recv_mmsg<B: AsMut<[u8]>>(fd: BorrowedFd<'_>, bufs: &mut [B], out: &mut [
     }
     Ok(received)
 }
+
+/// Takes over the descriptor of a TAP queue tun-rs made: meshd reads and writes its queues
+/// itself (`crate::tap::TapQueue`), virtio-net header included, so it never needs tun-rs's
+/// view of the device again.
+pub fn tap_queue_fd(device: tun_rs::SyncDevice) -> std::os::fd::OwnedFd {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up the device's ownership of its open descriptor without
+    // closing it, so the `OwnedFd` made from it is that descriptor's one owner.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(device.into_raw_fd()) }
+}
+
+/// Receives into `buf` on a Unix stream, with the descriptors (SCM_RIGHTS, at most `MAX` of
+/// them) that came along; they are close-on-exec and owned by the caller.
+pub fn recv_with_fds<const MAX: usize>(
+    stream: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{FromRawFd, RawFd};
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+    let mut space = nix::cmsg_space!([RawFd; MAX]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    // A truncated control message (more descriptors than MAX) is an error: the kernel closed
+    // the ones that did not fit, so the set is incomplete.
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel installed each of these descriptors in our table for this
+            // message alone (SCM_RIGHTS); nothing else in the process knows or owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((message.bytes, fds))
+}

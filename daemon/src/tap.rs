@@ -2,8 +2,36 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use tun_rs::{DeviceBuilder, Layer};
+
+/// One queue of an overlay's TAP: its descriptor, read and written as is (with offloads every
+/// frame starts with a virtio-net header, which `crate::offload` handles). Owning the descriptor
+/// rather than a tun-rs device lets a new meshd adopt the queues of a running one
+/// (`crate::upgrade`).
+pub struct TapQueue(OwnedFd);
+
+impl TapQueue {
+    /// A queue another meshd handed over.
+    pub fn adopt(fd: OwnedFd) -> Self {
+        TapQueue(fd)
+    }
+
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(nix::unistd::read(&self.0, buf)?)
+    }
+
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        Ok(nix::unistd::write(&self.0, buf)?)
+    }
+}
+
+impl AsFd for TapQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// Creates TAP `name` with `queues` queues (IFF_MULTI_QUEUE), sets its MTU, MAC and host address,
 /// and brings it up. The interface disappears when the last queue is closed.
@@ -18,9 +46,8 @@ pub fn create(
     address: Option<(IpAddr, u8)>,
     queues: usize,
     offload: bool,
-) -> io::Result<Vec<SyncDevice>> {
-    let mut builder =
-        DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).mac_addr(mac).multi_queue(true).offload(offload);
+) -> io::Result<Vec<TapQueue>> {
+    let mut builder = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).mac_addr(mac).multi_queue(true).offload(offload);
     builder = match address {
         Some((IpAddr::V4(ip), prefix)) => builder.ipv4(ip, prefix, None),
         Some((IpAddr::V6(ip), prefix)) => builder.ipv6(ip, prefix),
@@ -35,5 +62,5 @@ pub fn create(
     for device in &devices {
         device.set_nonblocking(true)?;
     }
-    Ok(devices)
+    Ok(devices.into_iter().map(|device| TapQueue(crate::sys::tap_queue_fd(device))).collect())
 }

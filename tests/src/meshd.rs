@@ -51,6 +51,8 @@ pub struct Meshd {
     child: Option<Child>,
     netns: String,
     node: String,
+    config: PathBuf,
+    extra: Vec<String>,
     socket: PathBuf,
     log: PathBuf,
     exit: Option<ExitStatus>,
@@ -81,6 +83,8 @@ impl Meshd {
             child: Some(child),
             netns: ns.name().to_string(),
             node: node.to_string(),
+            config: config.to_path_buf(),
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
             socket,
             log,
             exit: None,
@@ -118,6 +122,57 @@ impl Meshd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Upgrades in place: starts `meshd run ... --upgrade` in `ns` with this daemon's arguments
+    /// (the same control socket; its log appended to this one's), waits (at most 20 s) until
+    /// the running process has exited and the new one answers `ikectl status`, and returns the
+    /// exit status of the process it replaced (or of the one that crashed before, see
+    /// [`Meshd::crash`]).
+    pub fn upgrade(&mut self, ns: &Netns) -> ExitStatus {
+        let old = self.child.take();
+        let mut extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        extra.push("--upgrade");
+        self.child = Some(spawn_meshd(ns, &self.config, &self.node, &self.socket, &self.log, &extra));
+        let status = match old {
+            Some(mut old) => match wait_until(Duration::from_secs(20), || old.try_wait().ok().flatten()) {
+                Some(status) => status,
+                None => {
+                    let _ = old.kill();
+                    panic!(
+                        "meshd {}: the old process still runs 20 s after `--upgrade`\n--- log ---\n{}",
+                        self.node,
+                        self.log()
+                    );
+                }
+            },
+            None => self.exit.take().expect("an exit status of the crashed meshd"),
+        };
+        self.exit = None;
+        self.wait_ready(Duration::from_secs(10));
+        status
+    }
+
+    /// Kills the process with SIGKILL (leaving its socket files behind, as a crash does) and
+    /// waits for it.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.exit = child.wait().ok();
+        }
+    }
+
+    /// The SPIs (as `ikectl sa list` prints them) of this node's Child SAs in `direction`
+    /// ("in" or "out").
+    pub fn child_spis(&self, direction: &str) -> std::collections::BTreeSet<String> {
+        self.ikectl_json(&["sa", "list"])["child_sas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|sa| sa["direction"] == direction)
+            .filter_map(|sa| sa["spi"].as_str().map(str::to_string))
+            .collect()
     }
 
     pub fn node(&self) -> &str {

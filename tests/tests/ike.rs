@@ -24,19 +24,6 @@ fn established(d: &Meshd) -> Vec<Value> {
         .collect()
 }
 
-/// Child SA SPIs of a node by direction.
-fn child_spis(d: &Meshd, direction: &str) -> BTreeSet<String> {
-    let list = d.ikectl_json(&["sa", "list"]);
-    list["child_sas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|sa| sa["direction"] == direction)
-        .filter_map(|sa| sa["spi"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// Waits until every node has one established IKE SA with one Child SA per peer, and the Child
 /// SAs match crosswise (every node's outbound SPIs are inbound SPIs of the others).
 fn wait_converged(daemons: &[Meshd], timeout: Duration) {
@@ -46,8 +33,8 @@ fn wait_converged(daemons: &[Meshd], timeout: Duration) {
             let sas = established(d);
             sas.len() == peers && sas.iter().all(|sa| sa["child_spis"].as_array().is_some_and(|c| c.len() == 1))
         });
-        let outbound: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "out")).collect();
-        let inbound: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+        let outbound: BTreeSet<String> = daemons.iter().flat_map(|d| d.child_spis("out")).collect();
+        let inbound: BTreeSet<String> = daemons.iter().flat_map(|d| d.child_spis("in")).collect();
         (ok && outbound.len() == daemons.len() * peers && outbound == inbound).then_some(())
     });
     if converged.is_none() {
@@ -95,7 +82,7 @@ fn rekeys_under_a_ping_flood_lose_nothing() {
     let mesh = MeshFile::builder(&lab).ike().extra("[ike]\nchild_lifetime = \"12s\"\nike_lifetime = \"20s\"\n").write();
     let daemons = start_all(&lab, mesh.path());
     wait_converged(&daemons, Duration::from_secs(15));
-    let before = child_spis(&daemons[0], "out");
+    let before = daemons[0].child_spis("out");
     let ike_before = established(&daemons[0])[0]["initiator_spi"].clone();
     // 25 s at 100 packets a second: at least two Child SA rekeys and one IKE SA rekey.
     let out = lab.node(0).exec(["ping", "-n", "-q", "-i", "0.01", "-c", "2500", "-W", "1", "10.244.0.2"]);
@@ -107,7 +94,7 @@ fn rekeys_under_a_ping_flood_lose_nothing() {
         daemons[1].log()
     );
     wait_converged(&daemons, Duration::from_secs(10));
-    assert!(child_spis(&daemons[0], "out").is_disjoint(&before), "the Child SA was rekeyed");
+    assert!(daemons[0].child_spis("out").is_disjoint(&before), "the Child SA was rekeyed");
     assert_ne!(established(&daemons[0])[0]["initiator_spi"], ike_before, "the IKE SA was rekeyed");
 }
 
@@ -157,11 +144,11 @@ fn flush_deletes_on_both_sides_and_traffic_is_back() {
     let mesh = MeshFile::builder(&lab).ike().write();
     let daemons = start_all(&lab, mesh.path());
     wait_converged(&daemons, Duration::from_secs(15));
-    let before: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+    let before: BTreeSet<String> = daemons.iter().flat_map(|d| d.child_spis("in")).collect();
     let report = daemons[0].ikectl_json(&["sa", "flush", "--peer", "n2"]);
     assert!(report["traffic_back_ms"].as_u64().is_some(), "{report:#}");
     wait_converged(&daemons, Duration::from_secs(10));
-    let after: BTreeSet<String> = daemons.iter().flat_map(|d| child_spis(d, "in")).collect();
+    let after: BTreeSet<String> = daemons.iter().flat_map(|d| d.child_spis("in")).collect();
     assert!(before.is_disjoint(&after), "both sides flushed: {before:?} -> {after:?}");
     ping_ok(lab.node(0), "10.244.0.2", "after flush");
     // The text form says when traffic was back.

@@ -320,8 +320,9 @@ fn stdout(output: &Output) -> String {
 /// `./scripts/package` as a user runs it, then the .deb looked at with dpkg-deb (listed, its
 /// control files read, unpacked into a temp dir: never installed here) and lintian: the binaries,
 /// the unit, the example conffile, man pages and completions are where they belong; the
-/// maintainer scripts enable meshd, start it only through the unit's condition and restart it
-/// after an upgrade; lintian finds no error, and every warning it gives is explained in
+/// maintainer scripts enable meshd, start it only through the unit's condition and, after an
+/// upgrade, send it SIGUSR2 (the hitless handover) instead of restarting it; lintian finds no
+/// error, and every warning it gives is explained in
 /// docs/install.md.
 #[test]
 fn debian_package_holds_everything_in_place_and_passes_lintian() {
@@ -372,7 +373,7 @@ fn debian_package_holds_everything_in_place_and_passes_lintian() {
     assert_eq!(mode("/usr/sbin/meshd").as_deref(), Some("-rwxr-xr-x"), "{listing}");
 
     // The control files: the example is a conffile; install enables and starts (the unit's
-    // condition skips the start without a mesh file); an upgrade restarts; removal stops.
+    // condition skips the start without a mesh file); an upgrade hands over; removal stops.
     let dir = tempfile::tempdir().expect("tempdir");
     let control = dir.path().join("DEBIAN");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
@@ -380,7 +381,10 @@ fn debian_package_holds_everything_in_place_and_passes_lintian() {
     assert_eq!(conffiles.trim(), "/etc/meshd/mesh.toml.example");
     let postinst = fs::read_to_string(control.join("postinst")).expect("postinst");
     assert!(postinst.contains("deb-systemd-helper enable meshd.service"), "{postinst}");
-    assert!(postinst.contains("_dh_action=restart") && postinst.contains("_dh_action=start"), "{postinst}");
+    // An upgrade never restarts meshd: it sends a running one SIGUSR2, the hitless handover.
+    assert!(postinst.contains("deb-systemd-invoke start meshd.service"), "{postinst}");
+    assert!(!postinst.contains("_dh_action=restart") && !postinst.contains("invoke restart"), "{postinst}");
+    assert!(postinst.contains("systemctl kill --kill-whom=main --signal=SIGUSR2 meshd.service"), "{postinst}");
     let prerm = fs::read_to_string(control.join("prerm")).expect("prerm");
     assert!(prerm.contains("\"$1\" = remove") && prerm.contains("deb-systemd-invoke stop meshd.service"), "{prerm}");
     assert!(control.join("postrm").exists(), "no postrm (purge cleans the unit's state)");
@@ -414,6 +418,8 @@ fn debian_package_holds_everything_in_place_and_passes_lintian() {
     let example = dir.path().join("example");
     fs::create_dir_all(&example).expect("mkdir");
     fs::copy(root.join("etc/meshd/mesh.toml.example"), example.join("mesh.toml")).expect("copy the example");
+    // As docs/install.md installs it: 0600, since the example holds [[manual_sa]] keys.
+    fs::set_permissions(example.join("mesh.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     fs::write(example.join("psk"), "0123456789abcdef0123456789abcdef\n").expect("write psk");
     fs::set_permissions(example.join("psk"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     run(Command::new(&meshd).args(["check", "--node", "n1", "--config"]).arg(example.join("mesh.toml")));

@@ -71,6 +71,11 @@ impl RawEspSocket {
         Ok(RawEspSocket { fd: socket.into(), ipv4: local.is_ipv4() })
     }
 
+    /// The raw socket a running meshd handed over (`crate::upgrade`), bound to `local`.
+    pub fn adopt(fd: OwnedFd, local: IpAddr) -> Self {
+        RawEspSocket { fd, ipv4: local.is_ipv4() }
+    }
+
     /// IPv4 raw sockets deliver the IP header with each packet, IPv6 ones the ESP packet alone.
     pub fn delivers_ip_header(&self) -> bool {
         self.ipv4
@@ -220,6 +225,20 @@ impl MmsgQueue {
 }
 
 impl Underlay {
+    /// A worker's ESP-in-UDP socket: `socket`, bound or handed over.
+    pub fn udp(socket: UdpSocket) -> Self {
+        let batch = RefCell::new(GsoBatch::new(&socket));
+        Underlay::Udp(socket, batch)
+    }
+
+    /// The socket this worker sends on (for raw ESP, the node's one socket).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Underlay::Udp(socket, _) => socket.as_fd(),
+            Underlay::Esp { socket, .. } => socket.fd(),
+        }
+    }
+
     /// The descriptor to poll for received packets, if this worker receives.
     pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {

@@ -5,13 +5,14 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tap::TapQueue;
 use mesh_config::control::DropReason;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tun_rs::SyncDevice;
 
 use crate::drops::DropContext;
 use crate::offload::virtio_net::{self, Gso, VirtioNetHeader};
@@ -41,6 +42,9 @@ pub struct Worker {
     pub ike: Option<IkeInbox>,
     pub tuning: WorkerTuning,
     pub stop: Arc<AtomicBool>,
+    /// Becomes readable when `stop` is set, so that an idle worker stops at once, not after
+    /// its poll timeout (a handover pauses forwarding only as long as the slowest worker).
+    pub woken: Arc<UnixStream>,
 }
 
 /// How the workers run; set at start (`meshd run` options) and kept across reloads.
@@ -59,7 +63,7 @@ pub struct WorkerTuning {
 /// the same sockets and the TAP queues of the overlays that stay.
 pub struct WorkerParts {
     /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
-    pub taps: Vec<SyncDevice>,
+    pub taps: Vec<TapQueue>,
     pub(super) underlay: Underlay,
 }
 
@@ -74,14 +78,14 @@ fn datapath_coalescing() -> CoalesceConfig {
 /// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
 /// flow received in one batch are written to the TAP as one super-frame (IFF_VNET_HDR).
 struct TapSink<'a> {
-    taps: &'a [SyncDevice],
+    taps: &'a [TapQueue],
     /// Empty without offloads.
     coalescers: RefCell<Vec<Coalescer>>,
     write_failures: Cell<u64>,
 }
 
 impl<'a> TapSink<'a> {
-    fn new(taps: &'a [SyncDevice], offload: bool) -> Self {
+    fn new(taps: &'a [TapQueue], offload: bool) -> Self {
         let coalescers = match offload {
             true => taps.iter().map(|_| Coalescer::new(datapath_coalescing())).collect(),
             false => Vec::new(),
@@ -197,6 +201,7 @@ impl Worker {
         if let Some(fd) = receive_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
         let sink = TapSink::new(&self.parts.taps, self.tuning.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };

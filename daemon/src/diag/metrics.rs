@@ -65,6 +65,23 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
+/// The listener a running meshd handed over (`crate::upgrade`) if it listens on `address`,
+/// else a new one.
+pub async fn bind_or_adopt(
+    address: SocketAddr,
+    inherited: Option<std::os::fd::OwnedFd>,
+) -> std::io::Result<TcpListener> {
+    let inherited =
+        inherited.map(std::net::TcpListener::from).filter(|listener| listener.local_addr().ok() == Some(address));
+    match inherited {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
+        }
+        None => bind(address).await,
+    }
+}
+
 /// Answers scrapes until the runtime stops.
 pub async fn serve(listener: TcpListener, scraped: Arc<Scraped>) {
     http::serve(listener, move |request| respond(&scraped, request)).await

@@ -83,9 +83,19 @@ pub struct QueryService {
 impl QueryService {
     /// Binds UDP `QUERY_PORT` on the node's underlay address.
     pub fn bind(local: IpAddr) -> io::Result<QueryService> {
-        let socket = StdUdpSocket::bind(SocketAddr::new(local, QUERY_PORT))?;
+        QueryService::adopt(StdUdpSocket::bind(SocketAddr::new(local, QUERY_PORT))?)
+    }
+
+    /// Serves on `socket`, bound to `QUERY_PORT` (a running meshd hands its own over,
+    /// `crate::upgrade`).
+    pub fn adopt(socket: StdUdpSocket) -> io::Result<QueryService> {
         socket.set_nonblocking(true)?;
         Ok(QueryService { socket, pending: Mutex::new(HashMap::new()), seen: Mutex::new(VecDeque::new()) })
+    }
+
+    /// A second descriptor of the socket, to hand to the meshd that takes over.
+    pub fn handover_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.socket.try_clone()?.into())
     }
 
     /// Asks `peer` (at `address`) for its view; the view and the address the answer came from.

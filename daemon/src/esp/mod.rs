@@ -34,7 +34,7 @@ mod replay;
 mod seal;
 mod trailer;
 
-pub use self::key::{KeyMaterial, KEY_MATERIAL_LEN};
+pub use self::key::{CryptoError, KeyMaterial, KEY_MATERIAL_LEN};
 pub use self::replay::{ReplayError, ReplayWindow, DEFAULT_REPLAY_WINDOW};
 pub use self::seal::{OpenError, Opener, Sealer};
 #[cfg(feature = "internals")]

@@ -61,6 +61,19 @@ impl ReplayWindow {
         ReplayWindow { size, top: 0, bits: vec![0u64; (size / WORD_BITS) as usize].into_boxed_slice() }
     }
 
+    /// Size, top and bitmap, for the meshd that takes this SA over (`crate::upgrade`).
+    pub fn to_parts(&self) -> (u32, u64, Vec<u64>) {
+        (self.size, self.top, self.bits.to_vec())
+    }
+
+    /// The window `to_parts` described; `None` when the bitmap does not fit the size.
+    pub fn from_parts(size: u32, top: u64, bits: Vec<u64>) -> Option<Self> {
+        let fits = size == size.clamp(WORD_BITS, MAX_REPLAY_WINDOW)
+            && size.is_multiple_of(WORD_BITS)
+            && bits.len() == (size / WORD_BITS) as usize;
+        fits.then(|| ReplayWindow { size, top, bits: bits.into_boxed_slice() })
+    }
+
     /// A window that refuses every number up to `floor`: a manual SA's numbers accepted
     /// before meshd restarted (manual_nonces.rs).
     pub fn starting_after(size: u32, floor: u64) -> Self {

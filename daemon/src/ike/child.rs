@@ -10,6 +10,7 @@ use mesh_config::Mode;
 
 use super::context::Context;
 use super::crypto::{ChildSaKeys as DerivedChildKeys, IkeSaKeys, Role, X25519KeyPair};
+use super::handover::{self, ChildRecord};
 use super::message::ids::{diffie_hellman, exchange, notify, protocol};
 use super::message::{Header, KeyExchange, Nonce, Notify, Payload};
 use super::parts::{flag, has_notify, notifies, our_group, Parts};
@@ -52,6 +53,45 @@ pub(super) struct Children {
 }
 
 impl Children {
+    /// The Child SAs for the meshd that takes over (`crate::upgrade`); `None` while one is
+    /// being rekeyed or its outbound half is held back.
+    pub(super) fn export(&self, now: Instant) -> Option<Vec<ChildRecord>> {
+        if !self.collision_nonces.is_empty() {
+            return None;
+        }
+        self.list
+            .iter()
+            .map(|c| {
+                (!c.rekeyed && c.pending_outbound.is_none()).then(|| ChildRecord {
+                    inbound_spi: c.inbound_spi,
+                    outbound_spi: c.outbound_spi,
+                    mode: c.mode,
+                    rekey_in: handover::until(c.rekey_at, now),
+                    expire_in: handover::until(c.expire_at, now),
+                })
+            })
+            .collect()
+    }
+
+    /// The Child SAs a running meshd handed over.
+    pub(super) fn restore(records: &[ChildRecord], now: Instant) -> Self {
+        let list = records
+            .iter()
+            .map(|record| Child {
+                inbound_spi: record.inbound_spi,
+                outbound_spi: record.outbound_spi,
+                mode: record.mode,
+                rekey_at: now + record.rekey_in,
+                expire_at: now + record.expire_in,
+                pending_outbound: None,
+                rekeyed: false,
+                rekey_queued: false,
+                rekey_answer: None,
+            })
+            .collect();
+        Children { list, collision_nonces: Vec::new() }
+    }
+
     /// (inbound SPI, outbound SPI) of each.
     pub(super) fn spis(&self) -> Vec<(u32, u32)> {
         self.list.iter().map(|c| (c.inbound_spi, c.outbound_spi)).collect()

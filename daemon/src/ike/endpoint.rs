@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use super::context::Context;
 use super::cookie_gate::{Admission, CookieGate, INIT_REQUEST_MAX_LEN};
 use super::crypto::CryptoError;
+use super::handover::{self, IkeHandover, IkeSaRecord, RetiringRecord};
 use super::handshake::{answer_init_request, reply_unprotected, AuthVerdict, Connecting, FirstChild, InitResponse};
 use super::identity;
 use super::message::ids::{exchange, notify};
@@ -33,6 +34,9 @@ use super::timers::Timers;
 use super::types::{Event, Failure, IkeSettings, LocalError, PeerIndex, PeerSettings, Refusal, Transmit};
 use super::window::{Queued, Resend};
 use super::{IKE_PORT, NAT_T_PORT};
+
+/// How long an endpoint that handed its IKE SAs over initiates nothing (its process exits).
+const HANDED_OVER_QUIET: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct Endpoint {
     cx: Context,
@@ -88,6 +92,62 @@ impl Endpoint {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.cx.events.pop_front()
+    }
+
+    /// Hands the established IKE SAs with nothing under way to the meshd that takes over
+    /// (`crate::upgrade`): they leave this endpoint, which initiates nothing from now on.
+    pub fn hand_over(&mut self, now: Instant) -> IkeHandover {
+        let ready: Vec<(u64, IkeSaRecord)> =
+            self.sas.iter().filter_map(|(spi, sa)| sa.export(&self.cx, now).map(|record| (*spi, record))).collect();
+        let mut sas = Vec::with_capacity(ready.len());
+        for (spi, record) in ready {
+            self.sas.remove(&spi);
+            sas.push(record);
+        }
+        let retiring = std::mem::take(&mut self.cx.retiring)
+            .into_iter()
+            .filter_map(|(peer, spi, at)| {
+                let peer = self.cx.settings.peers.get(peer)?.address;
+                Some(RetiringRecord { peer, spi, in_: handover::until(at, now) })
+            })
+            .collect();
+        for state in &mut self.cx.peers {
+            state.next_attempt = now + HANDED_OVER_QUIET;
+        }
+        IkeHandover { sas, retiring }
+    }
+
+    /// Takes the IKE SAs a running meshd handed over (or, after a failed handover, back);
+    /// returns how many. Peers without one are tried again after the reconnect interval.
+    pub fn take_over(&mut self, handover: &IkeHandover, now: Instant) -> Result<usize, CryptoError> {
+        let peers: Vec<std::net::IpAddr> = self.cx.settings.peers.iter().map(|peer| peer.address).collect();
+        let index_of = |address| peers.iter().position(|peer| *peer == address);
+        let mut taken = 0;
+        for record in &handover.sas {
+            let Some(peer) = index_of(record.peer) else { continue };
+            let sa = IkeSa::restore(record, peer, now)?;
+            if let Some(state) = self.cx.peers.get_mut(peer) {
+                state.answers_probes = record.answers_probes;
+            }
+            self.cx.spis_in_use.insert(sa.our_spi);
+            self.sas.insert(sa.our_spi, sa);
+            taken += 1;
+        }
+        for retiring in &handover.retiring {
+            if let Some(peer) = index_of(retiring.peer) {
+                self.cx.retiring.push((peer, retiring.spi, now + retiring.in_));
+            }
+        }
+        for state in &mut self.cx.peers {
+            state.next_attempt = now + RECONNECT_INTERVAL;
+        }
+        Ok(taken)
+    }
+
+    /// Removes the inbound Child SA `spi` of `peer` at `at` (one whose IKE SA did not cross
+    /// in a handover: no IKE SA here owns it).
+    pub fn retire_inbound(&mut self, peer: PeerIndex, spi: u32, at: Instant) {
+        self.cx.retiring.push((peer, spi, at));
     }
 
     /// Counters of refused messages.

@@ -1078,6 +1078,69 @@ fn a_repeated_rekey_of_the_same_child_sa_is_answered_with_the_existing_result() 
     let _ = b_sa;
 }
 
+/// A's meshd is upgraded (`crate::upgrade`): its endpoint hands the IKE SA over (serialised, as
+/// it crosses the handover socket) to a new endpoint with `settings`, together with the SADB.
+fn upgrade_a(pair: &mut Pair, settings: IkeSettings) -> usize {
+    let handover = pair.a.endpoint.hand_over(pair.now);
+    let wire = serde_json::to_vec(&handover).unwrap();
+    let mut successor = Node::with_rng(settings, Box::new(SeededRng::new(7)), pair.now);
+    successor.inbound = std::mem::take(&mut pair.a.inbound);
+    successor.outbound = pair.a.outbound.take();
+    let handover: IkeHandover = serde_json::from_slice(&wire).unwrap();
+    let taken = successor.endpoint.take_over(&handover, pair.now).unwrap();
+    let old = std::mem::replace(&mut pair.a, successor);
+    // The old endpoint says nothing more, whatever its timers say.
+    let mut old = old.endpoint;
+    old.handle_timeout(pair.now + Duration::from_secs(600));
+    assert!(old.poll_transmit().is_none(), "the old endpoint sends nothing after the handover");
+    taken
+}
+
+#[test]
+fn an_ike_sa_handed_over_carries_on_and_the_peer_notices_nothing() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let before = pair.a.established_sas(pair.now);
+    assert_eq!(upgrade_a(&mut pair, settings(A, B, PSK, BOTH)), 1);
+    let after = pair.a.established_sas(pair.now);
+    assert_eq!(
+        (after[0].initiator_spi, after[0].responder_spi, &after[0].children),
+        (before[0].initiator_spi, before[0].responder_spi, &before[0].children),
+        "the same IKE SA and Child SA"
+    );
+    // Liveness checks, Child SA rekeys and IKE SA rekeys go on with the new endpoint.
+    pair.run(Duration::from_secs(5000));
+    pair.assert_one_pair();
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
+    assert!(pair.b.refusals.is_empty(), "B refused nothing: {:?}", pair.b.refusals);
+    let now = pair.now;
+    assert_ne!(pair.a.established_sas(now)[0].initiator_spi, before[0].initiator_spi, "the IKE SA was rekeyed");
+}
+
+#[test]
+fn an_ike_sa_with_an_exchange_under_way_stays_behind() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let spi = pair.a.endpoint.sas.keys().copied().next().unwrap();
+    let now = pair.now;
+    pair.a.endpoint.queue(spi, Queued::Liveness, now);
+    let handover = pair.a.endpoint.hand_over(now);
+    assert!(handover.is_empty(), "a request is outstanding");
+    // The new meshd has the Child SA without its IKE SA: its inbound half goes after a while.
+    let inbound = *pair.a.inbound.keys().next().unwrap();
+    assert!(!handover.owns_inbound(inbound));
+    let mut successor = Node::with_rng(settings(A, B, PSK, BOTH), Box::new(SeededRng::new(7)), now);
+    successor.inbound = std::mem::take(&mut pair.a.inbound);
+    successor.endpoint.take_over(&handover, now).unwrap();
+    successor.endpoint.retire_inbound(0, inbound, now + Duration::from_secs(30));
+    successor.endpoint.handle_timeout(now + Duration::from_secs(29));
+    successor.apply_events();
+    assert!(successor.inbound.contains_key(&inbound), "it carries traffic meanwhile");
+    successor.endpoint.handle_timeout(now + Duration::from_secs(31));
+    successor.apply_events();
+    assert!(!successor.inbound.contains_key(&inbound), "then it goes");
+}
+
 // ----- identities (ike::identity) -----
 
 /// Settings of a node that signs with `own` and knows the peer by `peer_keys`; no psk_file.
@@ -1190,4 +1253,18 @@ fn the_pre_shared_key_is_accepted_from_a_keyed_node_only_while_there_is_a_psk_fi
     pair.run(Duration::from_secs(1));
     pair.assert_one_pair();
     assert_eq!(peer_auth_of(&pair.a, pair.now).map(|auth| auth.method), Some(AuthMethod::SharedKey));
+}
+
+#[test]
+fn an_ike_sa_handed_over_keeps_how_the_peer_authenticated() {
+    let (key_a, key_b) = (new_key(), new_key());
+    let mut pair = Pair::new(keyed(A, B, &key_a, &[key_b.public_key()]), keyed(B, A, &key_b, &[key_a.public_key()]));
+    pair.run(Duration::from_secs(1));
+    let before = peer_auth_of(&pair.a, pair.now);
+    assert!(before.is_some_and(|auth| auth.key == Some(key_b.public_key())), "{before:?}");
+    assert_eq!(upgrade_a(&mut pair, keyed(A, B, &key_a, &[key_b.public_key()])), 1);
+    assert_eq!(peer_auth_of(&pair.a, pair.now), before, "ikectl sa list shows the same");
+    pair.run(Duration::from_secs(60));
+    pair.assert_one_pair();
+    assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
 }

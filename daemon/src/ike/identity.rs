@@ -29,7 +29,7 @@ use super::message::{
 use super::types::{Failure, IkeSettings, PeerSettings};
 
 /// How one end of an IKE SA authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AuthMethod {
     /// The mesh's pre-shared key (RFC 7296 §2.15).
     SharedKey,

@@ -18,6 +18,7 @@ mod context;
 mod cookie_gate;
 pub mod crypto;
 mod endpoint;
+mod handover;
 mod handshake;
 pub mod identity;
 pub mod message;
@@ -33,6 +34,7 @@ pub mod types;
 mod window;
 
 pub use self::endpoint::Endpoint;
+pub use self::handover::IkeHandover;
 pub use self::status::{IkeCounters, IkeSaStatus, IkeState};
 pub use self::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
 

@@ -60,7 +60,7 @@ impl PeerState {
 }
 
 /// How an IKE SA came to be, for duplicate resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Origin {
     /// IKE_SA_INIT initiated by the node at this address.
     Handshake { initiator_address: IpAddr },

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::crypto::X25519KeyPair;
+use super::handover::WindowRecord;
 use super::types::LocalError;
 
 /// First retransmission; doubled each time.
@@ -113,6 +114,24 @@ impl RequestWindow {
             outstanding: None,
             queued: VecDeque::new(),
             last_response: None,
+        }
+    }
+
+    /// Message IDs and the cached response, for the meshd that takes over (`crate::upgrade`);
+    /// `None` while a request is outstanding or queued.
+    pub(super) fn export(&self) -> Option<WindowRecord> {
+        (self.outstanding.is_none() && self.queued.is_empty()).then(|| WindowRecord {
+            next_request_id: self.next_request_id,
+            expected_request_id: self.expected_request_id,
+            last_response: self.last_response.clone(),
+        })
+    }
+
+    /// The window a running meshd handed over.
+    pub(super) fn restore(record: &WindowRecord) -> Self {
+        RequestWindow {
+            last_response: record.last_response.clone(),
+            ..RequestWindow::starting_at(record.next_request_id, record.expected_request_id)
         }
     }
 

@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use super::snapshot::{SadbSnapshot, SnapshotError};
 use super::{InboundSa, OutboundSa, SadbError};
+use crate::manual_nonces;
 use crate::state::MeshState;
 use crate::topology::PeerId;
+use mesh_config::control::SaOrigin;
 
 /// Notices the queue holds before workers' notices are counted as lost. Notices are rare (a
 /// peer that lost its state, an SA near its end), and the keying driver reads them at once.
@@ -119,6 +122,51 @@ impl SaManager {
         self.state.sadb.remove(peer)
     }
 
+    /// Every SA with its keys, next sequence number and replay window, for the meshd that takes
+    /// over (`crate::upgrade`); taken while the workers are stopped.
+    pub fn export(&self) -> SadbSnapshot {
+        SadbSnapshot::take(&self.state.sadb.load(), &self.state.topology())
+    }
+
+    /// After a handover that failed once the SAs were sent: skips every outbound SA's sequence
+    /// numbers past any the other meshd may have used.
+    pub fn skip_outbound_sequences(&self, by: u64) {
+        for sa in self.state.sadb.load().outbound_sas() {
+            sa.sequence.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+
+    /// Installs the SAs a running meshd handed over; returns how many. Manual SAs go on
+    /// keeping their sequence-number marks (manual_nonces.rs) here.
+    pub fn import(&self, snapshot: &SadbSnapshot) -> Result<usize, SnapshotError> {
+        let nonces = manual_nonces::store();
+        let (inbound, outbound) = snapshot.restore(&self.state.topology(), |record| match (nonces, record.origin) {
+            (Some(store), SaOrigin::Manual) => {
+                store.resume_outbound(record.spi, &record.key).map_err(|e| SnapshotError::SequenceMark(e.into()))
+            }
+            _ => Ok((0, u64::MAX)),
+        })?;
+        let count = inbound.len() + outbound.len();
+        for (sa, record) in inbound.into_iter().zip(&snapshot.inbound) {
+            self.install_inbound(sa)?;
+            if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
+                if let Some(sa) = self.state.sadb.load().inbound(record.sa.spi) {
+                    store.track_inbound(record.sa.spi, &record.sa.key, sa);
+                }
+            }
+        }
+        for (sa, record) in outbound.into_iter().zip(&snapshot.outbound) {
+            let peer = sa.params.peer;
+            self.install_outbound(sa);
+            if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
+                if let Some(sa) = self.state.sadb.load().outbound(peer) {
+                    store.track_outbound(record.sa.spi, &record.sa.key, sa);
+                }
+            }
+        }
+        Ok(count)
+    }
+
     /// Hands one notice of the datapath to `handler`, unless it is about an SA that is gone.
     pub fn handle_notice(&self, notice: SaNotice, handler: &impl NoticeHandler) {
         match notice {
@@ -169,6 +217,7 @@ mod tests {
     };
     use crate::esp::{KeyMaterial, Sealer};
     use crate::manual;
+    use crate::sadb::snapshot::SEQUENCE_HANDOVER_MARGIN;
     use crate::sadb::{SaParams, SEQUENCE_REKEY_AT};
     use crate::topology::Topology;
 
@@ -216,6 +265,42 @@ mod tests {
         let after = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
         assert_eq!(after.last_sequence(), 0, "a flushed SA starts again");
         assert!(!Arc::ptr_eq(&before, &after));
+    }
+
+    #[test]
+    fn a_handed_over_sadb_carries_on_where_the_old_one_stopped() {
+        let (old, config) = manager(0);
+        manual::install(&config, &old, None).unwrap();
+        let tables = old.state().sadb.load();
+        let outbound = tables.outbound(PeerId(0)).unwrap();
+        for _ in 0..5 {
+            outbound.next_sequence();
+        }
+        let inbound = tables.inbound(spi(1, 0)).unwrap();
+        inbound.replay().accept(7).unwrap();
+        inbound.replay().accept(9).unwrap();
+
+        let wire = serde_json::to_vec(&old.export()).unwrap();
+        let (new, _) = manager(0);
+        assert_eq!(new.import(&serde_json::from_slice(&wire).unwrap()).unwrap(), 2);
+        let tables = new.state().sadb.load();
+        let taken_over = tables.outbound(PeerId(0)).unwrap();
+        assert_eq!(taken_over.next_sequence(), Some(5 + SEQUENCE_HANDOVER_MARGIN + 1), "no sequence number twice");
+        assert_eq!(taken_over.sealer.key_material().reveal(), outbound.sealer.key_material().reveal());
+        let replay = tables.inbound(spi(1, 0)).unwrap().replay().to_parts();
+        assert_eq!(replay, inbound.replay().to_parts());
+        assert!(tables.inbound(spi(1, 0)).unwrap().replay().check(9).is_err(), "a replay stays a replay");
+        assert!(new.import(&serde_json::from_slice(&wire).unwrap()).is_err(), "an SPI is never installed twice");
+    }
+
+    #[test]
+    fn a_handed_over_sa_of_an_unknown_peer_is_refused() {
+        let (old, config) = manager(0);
+        manual::install(&config, &old, None).unwrap();
+        let mut snapshot = old.export();
+        snapshot.outbound[0].sa.peer = "elsewhere".to_string();
+        let (new, _) = manager(0);
+        assert!(matches!(new.import(&snapshot), Err(SnapshotError::UnknownPeer(name)) if name == "elsewhere"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
 
 pub mod manager;
+pub mod snapshot;
 
 /// Without ESN, an outbound SA is rekeyed once this many sequence numbers are used (the 32-bit
 /// space must never wrap; at 10 Gbit/s of small packets the rest lasts minutes).

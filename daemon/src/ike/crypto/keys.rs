@@ -17,11 +17,11 @@
 use core::fmt;
 
 use mesh_config::Cipher;
-use zeroize::Zeroizing;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::auth::{self, SignedOctets};
 use super::prf::{prf_parts, prf_plus_parts, PRF_KEY_LEN};
-#[cfg(test)]
 use super::sk::SK_KEY_MATERIAL_LEN;
 use super::sk::{key_material_len, SkOpener, SkSealer};
 use super::{CryptoError, HexBytes, Role};
@@ -68,9 +68,7 @@ pub struct IkeSaKeys {
     cipher: Cipher,
     spis: SpiPair,
     sk_d: Zeroizing<[u8; PRF_KEY_LEN]>,
-    #[cfg(test)]
     sk_ei: Zeroizing<[u8; SK_KEY_MATERIAL_LEN]>,
-    #[cfg(test)]
     sk_er: Zeroizing<[u8; SK_KEY_MATERIAL_LEN]>,
     sk_pi: Zeroizing<[u8; PRF_KEY_LEN]>,
     sk_pr: Zeroizing<[u8; PRF_KEY_LEN]>,
@@ -78,7 +76,78 @@ pub struct IkeSaKeys {
     opener: SkOpener,
 }
 
+/// An IKE SA's keys as they cross the handover socket to the meshd that takes over
+/// (`crate::upgrade`); wiped when dropped.
+#[derive(Serialize, Deserialize)]
+pub struct IkeSaKeysRecord {
+    initiator: bool,
+    cipher: Cipher,
+    spi_i: [u8; 8],
+    spi_r: [u8; 8],
+    sk_d: Vec<u8>,
+    sk_ei: Vec<u8>,
+    sk_er: Vec<u8>,
+    sk_pi: Vec<u8>,
+    sk_pr: Vec<u8>,
+    /// The first IV the new meshd may use.
+    next_iv: u64,
+}
+
+impl Drop for IkeSaKeysRecord {
+    fn drop(&mut self) {
+        for key in [&mut self.sk_d, &mut self.sk_ei, &mut self.sk_er, &mut self.sk_pi, &mut self.sk_pr] {
+            key.zeroize();
+        }
+    }
+}
+
 impl IkeSaKeys {
+    /// The keys for the meshd that takes over; its IVs start `iv_margin` past ours.
+    pub fn export(&self, iv_margin: u64) -> IkeSaKeysRecord {
+        IkeSaKeysRecord {
+            initiator: self.role == Role::Initiator,
+            cipher: self.cipher,
+            spi_i: self.spis.initiator,
+            spi_r: self.spis.responder,
+            sk_d: self.sk_d.to_vec(),
+            sk_ei: self.sk_ei.to_vec(),
+            sk_er: self.sk_er.to_vec(),
+            sk_pi: self.sk_pi.to_vec(),
+            sk_pr: self.sk_pr.to_vec(),
+            next_iv: self.sealer.sealed_count().saturating_add(iv_margin),
+        }
+    }
+
+    /// The keys a running meshd handed over.
+    pub fn restore(record: &IkeSaKeysRecord) -> Result<Self, CryptoError> {
+        let fits =
+            |key: &[u8], len: usize| (key.len() == len).then_some(()).ok_or(CryptoError::Library("IKE key length"));
+        for key in [&record.sk_d, &record.sk_pi, &record.sk_pr] {
+            fits(key, PRF_KEY_LEN)?;
+        }
+        for key in [&record.sk_ei, &record.sk_er] {
+            fits(key, SK_KEY_MATERIAL_LEN)?;
+        }
+        let role = if record.initiator { Role::Initiator } else { Role::Responder };
+        let (ours, theirs) = match role {
+            Role::Initiator => (&record.sk_ei, &record.sk_er),
+            Role::Responder => (&record.sk_er, &record.sk_ei),
+        };
+        let e_len = key_material_len(record.cipher);
+        Ok(IkeSaKeys {
+            role,
+            cipher: record.cipher,
+            spis: SpiPair { initiator: record.spi_i, responder: record.spi_r },
+            sk_d: array(&record.sk_d),
+            sk_ei: array(&record.sk_ei),
+            sk_er: array(&record.sk_er),
+            sk_pi: array(&record.sk_pi),
+            sk_pr: array(&record.sk_pr),
+            sealer: SkSealer::new(record.cipher, &ours[..e_len])?.continuing_at(record.next_iv),
+            opener: SkOpener::new(record.cipher, &theirs[..e_len])?,
+        })
+    }
+
     /// The keys of an IKE SA made by IKE_SA_INIT (RFC 7296 §2.14).
     ///
     /// `shared_secret` is g^ir, `ni`/`nr` the Nonce Data of IKE_SA_INIT, `spis` the IKE SPIs.
@@ -154,9 +223,7 @@ impl IkeSaKeys {
             cipher,
             spis,
             sk_d: array(sk_d),
-            #[cfg(test)]
             sk_ei: array(sk_ei),
-            #[cfg(test)]
             sk_er: array(sk_er),
             sk_pi: array(sk_pi),
             sk_pr: array(sk_pr),

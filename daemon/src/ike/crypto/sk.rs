@@ -116,8 +116,13 @@ impl SkSealer {
         self.key.cipher
     }
 
+    /// This sealer continuing at IV `next_iv` (an IKE SA handed over, `crate::upgrade`).
+    pub(crate) fn continuing_at(mut self, next_iv: u64) -> Self {
+        self.next_iv = next_iv;
+        self
+    }
+
     /// How many bodies this sealer has sealed (the next IV).
-    #[cfg(test)]
     pub fn sealed_count(&self) -> u64 {
         self.next_iv
     }
