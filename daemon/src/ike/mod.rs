@@ -35,6 +35,9 @@ mod window;
 
 pub use self::endpoint::Endpoint;
 pub use self::handover::IkeHandover;
+// The fuzz target drives the endpoint with its own generator.
+#[cfg(feature = "internals")]
+pub use self::rng::{Rng, RngError};
 pub use self::status::{IkeCounters, IkeSaStatus, IkeState};
 pub use self::types::{ChildSaKeys, Event, Failure, IkeSettings, PeerIndex, PeerSettings, Refusal, Transmit};
 
