@@ -239,6 +239,8 @@ impl Endpoint {
             self.forget(spi);
         }
         self.start_initiator(peer, now);
+        // The new attempt's retransmissions and the forgotten one's deadline, in the timers.
+        self.settle();
     }
 
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
