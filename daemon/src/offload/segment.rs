@@ -22,9 +22,10 @@ use crate::wire::tcp::PROTOCOL_TCP;
 use crate::wire::tcp::{self, flags};
 use crate::wire::{checksum, ipv4, ipv6, Error, Result};
 
-/// Cuts one TCP super-frame into segments, one `write_next` at a time.
+/// Cuts one TCP super-frame into segments, one `write_next` at a time (the module is private,
+/// so the example is not compiled as a doctest; the unit tests below drive the same calls).
 ///
-/// ```
+/// ```ignore
 /// # use meshd::offload::{Segmenter, VirtioNetHeader};
 /// # fn send(_: &[u8]) {}
 /// # fn example(header: &VirtioNetHeader, frame: &[u8], buf: &mut [u8], offset: usize) -> meshd::wire::Result<()> {
