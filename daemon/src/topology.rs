@@ -54,6 +54,22 @@ pub struct PeerCounters {
     pub last_rx_ms: AtomicU64,
     /// Packets to the peer (ESP, IKE, path-MTU messages) that the kernel refused to send.
     pub send_errors: crate::drops::SendErrors,
+    /// When the datapath last told the SA manager of ESP for an unknown SPI from the peer, and of
+    /// the peer's NAT mapping moving (ms): a stream of such packets makes one notice, not one each.
+    pub unknown_spi_noticed_ms: AtomicU64,
+    pub moved_noticed_ms: AtomicU64,
+}
+
+/// The least time between two datapath notices of one kind about one peer (the keying driver
+/// acts on them at most once a second).
+const NOTICE_GAP_MS: u64 = 100;
+
+/// Whether a notice last sent at `gate` may go again at `now_ms`; if so, `gate` takes `now_ms`
+/// (one worker wins a race).
+pub fn notice_due(gate: &AtomicU64, now_ms: u64) -> bool {
+    let last = gate.load(Ordering::Relaxed);
+    let due = last == 0 || now_ms.saturating_sub(last) >= NOTICE_GAP_MS;
+    due && gate.compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
 impl PeerCounters {

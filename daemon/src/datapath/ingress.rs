@@ -14,7 +14,7 @@ use crate::pmtu::InbandMessage;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
-use crate::topology::{OverlayId, Path, PeerId, Topology};
+use crate::topology::{notice_due, OverlayId, Path, PeerId, Topology};
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::inband::{self, InbandHeader};
 use crate::wire::{ipv4, ipv6, udp, vxlan};
@@ -88,7 +88,8 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let Some(sa) = self.tables.inbound(spi) else {
             let peer = peer_by_source();
             self.state.drops.record(DropReason::UnknownSpi, context(peer, Some(spi)));
-            if let Some(peer) = peer {
+            let gate = |peer: PeerId| &self.topology.peer(peer).counters.unknown_spi_noticed_ms;
+            if let Some(peer) = peer.filter(|peer| notice_due(gate(*peer), self.now_ms)) {
                 self.state.sa_notices.notify(SaNotice::UnknownSpi { peer });
             }
             return;
@@ -133,7 +134,7 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let opened = sa.opener.open(sequence, esn, packet).map_err(|error| with_sequence(open_reason(error)))?;
         // Two workers may have raced on the same number; only the first to get here wins.
         sa.replay().accept(sequence).map_err(|error| with_sequence(replay_reason(error)))?;
-        if follow {
+        if follow && notice_due(&peer.counters.moved_noticed_ms, self.now_ms) {
             self.state.sa_notices.notify(SaNotice::PeerMoved { peer: peer.id, spi: sa.params.spi, remote: source });
         }
         if opened.next_header == inband::NEXT_HEADER {
