@@ -33,6 +33,41 @@ use super::sockets::{Underlay, ESP_IN_UDP_PORT};
 const BATCH: usize = 64;
 /// How often a worker looks at the stop flag when idle.
 const POLL_TIMEOUT_MS: u16 = 200;
+/// A poll that took this long put the worker to sleep: a poll that finds a descriptor ready
+/// returns within a few microseconds.
+const SLEPT: Duration = Duration::from_micros(50);
+/// Rounds after a sleep in which each ready descriptor is read once (see `ReadPlan`).
+const SPARSE_ROUNDS: u32 = 2;
+
+/// How many reads a round makes on each ready descriptor. Sparse traffic (a ping, a request and
+/// its answer) wakes a sleeping worker for one packet: reading until EAGAIN would put one more
+/// syscall per descriptor between the TAP read and the UDP send (and between the TAP write and
+/// the sleep that lets the woken application run), so for a few rounds after a sleep each ready
+/// descriptor is read once and the next poll says whether more came. Once polls keep finding
+/// descriptors ready at once, the traffic is a stream and each round drains up to `BATCH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadPlan {
+    rounds_since_sleep: u32,
+}
+
+impl ReadPlan {
+    const fn new() -> Self {
+        ReadPlan { rounds_since_sleep: SPARSE_ROUNDS }
+    }
+
+    /// Counts a poll that found work after waiting `waited`; returns the reads per ready
+    /// descriptor for the round it starts.
+    fn after_poll(&mut self, waited: Duration) -> usize {
+        self.rounds_since_sleep = match waited >= SLEPT {
+            true => 0,
+            false => self.rounds_since_sleep.saturating_add(1),
+        };
+        match self.rounds_since_sleep < SPARSE_ROUNDS {
+            true => 1,
+            false => BATCH,
+        }
+    }
+}
 
 pub struct Worker {
     pub index: usize,
@@ -207,9 +242,11 @@ impl Worker {
         let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
         tracing::debug!(worker = self.index, "datapath worker started");
         let mut last_busy = Instant::now();
+        let mut plan = ReadPlan::new();
         while !self.stop.load(Ordering::Relaxed) {
             let busy_polling = last_busy.elapsed() < self.tuning.busy_poll;
             let timeout = if busy_polling { PollTimeout::ZERO } else { PollTimeout::from(POLL_TIMEOUT_MS) };
+            let polled_at = Instant::now();
             match poll(&mut fds, timeout) {
                 Ok(0) if busy_polling => {
                     std::thread::yield_now();
@@ -222,6 +259,7 @@ impl Worker {
                     return;
                 }
             }
+            let reads = plan.after_poll(last_busy.duration_since(polled_at));
             let now_ms = self.state.clock.now_ms();
             let tables = self.state.sadb.load();
             let topology = self.state.topology();
@@ -240,7 +278,7 @@ impl Worker {
                     continue;
                 }
                 let overlay = &topology.overlays[index];
-                for _ in 0..BATCH {
+                for _ in 0..reads {
                     match tap.recv(&mut buffers.frame[read_start..FRAME_OFFSET + MAX_FRAME_LEN]) {
                         Ok(len) if !self.tuning.offload => {
                             egress.forward(overlay, &mut buffers.frame, &mut buffers.scratch, len)
@@ -269,7 +307,7 @@ impl Worker {
             }
             if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
                 let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
-                for _ in 0..BATCH {
+                for _ in 0..reads {
                     if !self.receive_one(&ingress, &mut buffers) {
                         break;
                     }
@@ -356,4 +394,32 @@ fn log_receive_error(error: &io::Error) -> bool {
         tracing::debug!(%error, "receiving from the underlay failed");
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT_ONCE: Duration = Duration::from_micros(3);
+    const ASLEEP: Duration = Duration::from_millis(2);
+
+    #[test]
+    fn a_wake_from_sleep_reads_each_descriptor_once_for_the_sparse_rounds() {
+        let mut plan = ReadPlan::new();
+        // The request that woke the worker, then its answer found at once by the next poll.
+        assert_eq!(plan.after_poll(ASLEEP), 1);
+        assert_eq!(plan.after_poll(AT_ONCE), 1);
+        // The worker sleeps again: the next ping is read once too.
+        assert_eq!(plan.after_poll(SLEPT), 1);
+    }
+
+    #[test]
+    fn polls_that_keep_finding_work_drain_a_whole_batch() {
+        let mut plan = ReadPlan::new();
+        assert_eq!(plan.after_poll(AT_ONCE), BATCH, "a worker that has not slept drains");
+        assert_eq!(plan.after_poll(ASLEEP), 1);
+        let reads: Vec<usize> = (0..4).map(|_| plan.after_poll(AT_ONCE)).collect();
+        assert_eq!(reads, [1, BATCH, BATCH, BATCH], "a stream drains again from the second round at once");
+        assert_eq!(plan.after_poll(SLEPT - Duration::from_nanos(1)), BATCH, "a short wait is no sleep");
+    }
 }
