@@ -24,11 +24,14 @@ pub(super) trait BySpi {
     fn spi(&self) -> u32;
 }
 
+/// A slot as loaded: what it held at the time, kept alive by the guard.
+type Loaded<T> = Guard<Option<Arc<T>>>;
+
 /// An SA as a reader found it, alive while held.
-pub struct Held<T>(Guard<Option<Arc<T>>>);
+pub struct Held<T>(Loaded<T>);
 
 impl<T> Held<T> {
-    fn of(loaded: Guard<Option<Arc<T>>>) -> Option<Self> {
+    fn of(loaded: Loaded<T>) -> Option<Self> {
         loaded.is_some().then_some(Held(loaded))
     }
 }
@@ -86,25 +89,27 @@ impl<T: BySpi> SpiSlots<T> {
         })
     }
 
-    /// The SA filed under `spi`. The SA's own SPI is checked too: a slot the writer is reusing
-    /// may show the old SPI with the new SA for a moment.
-    pub(super) fn get(&self, spi: u32) -> Option<Held<T>> {
-        if spi == NEVER_USED {
-            return None;
-        }
+    /// The slot of the SA filed under `spi`, and the SA as loaded. The SA's own SPI is checked
+    /// too: a slot the writer is reusing may show the old SPI with the new SA for a moment.
+    fn find(&self, spi: u32) -> Option<(&SpiSlot<T>, Loaded<T>)> {
         for (_, slot) in self.probe(spi) {
             match slot.spi.load(Ordering::Acquire) {
                 NEVER_USED => return None,
                 filed if filed == spi => {
                     let loaded = slot.sa.load();
                     if loaded.as_ref().is_some_and(|sa| sa.spi() == spi) {
-                        return Held::of(loaded);
+                        return Some((slot, loaded));
                     }
                 }
                 _ => {}
             }
         }
         None
+    }
+
+    /// The SA filed under `spi`.
+    pub(super) fn get(&self, spi: u32) -> Option<Held<T>> {
+        self.find(spi).and_then(|(_, loaded)| Held::of(loaded))
     }
 
     /// Every SA, in no particular order.
@@ -149,36 +154,15 @@ impl<T: BySpi> SpiSlots<T> {
 
     /// Takes the SA filed under `spi` out; its slot stays a tombstone.
     fn take(&self, occupancy: &mut SpiOccupancy, spi: u32) -> Option<Arc<T>> {
-        for (_, slot) in self.probe(spi) {
-            match slot.spi.load(Ordering::Relaxed) {
-                NEVER_USED => return None,
-                filed if filed == spi => {
-                    if slot.sa.load().as_ref().is_some_and(|sa| sa.spi() == spi) {
-                        occupancy.live -= 1;
-                        return slot.sa.swap(None);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
+        let (slot, _) = self.find(spi)?;
+        occupancy.live -= 1;
+        slot.sa.swap(None)
     }
 
     /// Replaces the SA filed under its SPI with `sa` (the same SA with other parameters).
     fn replace(&self, sa: Arc<T>) -> Option<Arc<T>> {
-        let spi = sa.spi();
-        for (_, slot) in self.probe(spi) {
-            match slot.spi.load(Ordering::Relaxed) {
-                NEVER_USED => return None,
-                filed if filed == spi => {
-                    if slot.sa.load().as_ref().is_some_and(|old| old.spi() == spi) {
-                        return slot.sa.swap(Some(sa));
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
+        let (slot, _) = self.find(sa.spi())?;
+        slot.sa.swap(Some(sa))
     }
 }
 
