@@ -5,8 +5,8 @@
 //! amortised, whatever the number of SAs.
 //!
 //! A reader loads an array once per batch (`arc_swap::Guard`) and each SA it looks up as a
-//! `Held`: the SA stays alive while held, and neither load touches a reference count shared
-//! with other threads.
+//! `Held`: the SA stays alive while held, and in the common case neither load touches a
+//! reference count shared with other threads (`arc_swap`'s per-thread debt slots).
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
