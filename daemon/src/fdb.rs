@@ -395,6 +395,8 @@ impl Learners {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
 
     const A: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0a]);
@@ -520,5 +522,114 @@ mod tests {
         }
         let total: usize = fdb.learners.lock().unwrap().entries;
         assert_eq!(total, left.len());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Learn(u32, usize),
+        Forget(usize),
+        Expire,
+        Lookup(u32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = (u64, Op)> {
+        use proptest::prelude::*;
+        let op = prop_oneof![
+            6 => (0u32..48, 0usize..4).prop_map(|(mac, peer)| Op::Learn(mac, peer)),
+            1 => (0usize..4).prop_map(Op::Forget),
+            1 => Just(Op::Expire),
+            4 => (0u32..48).prop_map(Op::Lookup),
+        ];
+        // Steps of time that cross the refresh granularity, the hold-down and the ageing.
+        (prop_oneof![0u64..1_500, 1_500u64..4_000, Just(AGEING_MS / 2)], op)
+    }
+
+    proptest::proptest! {
+        /// Learning, moves, forgetting and ageing as a plain map of MAC -> (peer, last seen)
+        /// would do them (within the quotas and the rate, which the tests above cover).
+        #[test]
+        fn matches_a_hash_map(ops in proptest::collection::vec(op(), 1..300)) {
+            let fdb = Fdb::default();
+            let mut model: HashMap<u32, (usize, u64)> = HashMap::new();
+            let mut now_ms = 1;
+            for (step, op) in ops {
+                now_ms += step;
+                match op {
+                    Op::Learn(n, peer) => {
+                        let expected = match model.get_mut(&n) {
+                            Some((owner, seen)) if *owner == peer => {
+                                if now_ms - *seen >= REFRESH_GRANULARITY_MS {
+                                    *seen = now_ms;
+                                }
+                                Ok(())
+                            }
+                            Some((_, seen)) if now_ms - *seen < MOVE_HOLD_DOWN_MS => Err(LearnRefused::MoveHeldDown),
+                            _ => {
+                                model.insert(n, (peer, now_ms));
+                                Ok(())
+                            }
+                        };
+                        proptest::prop_assert_eq!(fdb.learn(mac(n), PeerId(peer), now_ms), expected);
+                    }
+                    Op::Forget(peer) => {
+                        fdb.forget_peer(PeerId(peer));
+                        model.retain(|_, (owner, _)| *owner != peer);
+                    }
+                    Op::Expire => {
+                        fdb.expire(now_ms);
+                        model.retain(|_, (_, seen)| now_ms - *seen <= AGEING_MS);
+                    }
+                    Op::Lookup(n) => {
+                        proptest::prop_assert_eq!(fdb.lookup(mac(n)), model.get(&n).map(|(peer, _)| PeerId(*peer)));
+                    }
+                }
+            }
+            let mut expected: Vec<_> = model.iter().map(|(n, (peer, seen))| (mac(*n), PeerId(*peer), *seen)).collect();
+            expected.sort_by_key(|(mac, _, _)| mac.0);
+            proptest::prop_assert_eq!(fdb.entries(), expected);
+        }
+    }
+
+    /// Readers on other threads look MACs up while a learner churns (learns, forgets, ages):
+    /// a MAC is only ever learned behind one peer here, so any other answer would be a torn read.
+    #[test]
+    fn readers_see_whole_entries_while_a_learner_churns() {
+        let fdb = Fdb::default();
+        let owner = |n: u32| PeerId(n as usize % 8);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut found = 0u64;
+                        loop {
+                            let finished = done.load(Ordering::Relaxed);
+                            for n in 0..2_000 {
+                                if let Some(peer) = fdb.lookup(mac(n)) {
+                                    assert_eq!(peer, owner(n), "never another entry's owner");
+                                    found += 1;
+                                }
+                            }
+                            if finished {
+                                break found;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut now_ms = 0;
+            for round in 0..20u64 {
+                for n in 0..2_000 {
+                    now_ms += 5;
+                    fdb.learn(mac(n), owner(n), now_ms).unwrap();
+                }
+                fdb.forget_peer(PeerId(round as usize % 8));
+                fdb.expire(now_ms + AGEING_MS - 5_000);
+            }
+            done.store(true, Ordering::Relaxed);
+            for reader in readers {
+                reader.join().expect("reader");
+            }
+        });
     }
 }

@@ -61,7 +61,7 @@ pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Re
             };
             sas.install_outbound(OutboundSa::resumed(params, sealer, floor, reserved));
             if let (Some(store), Some(sa)) = (nonces, state.sadb.load().outbound(peer)) {
-                store.track_outbound(entry.spi, key_bytes, sa);
+                store.track_outbound(entry.spi, key_bytes, &sa);
             }
         } else {
             let opener = Opener::new(entry.cipher, &key).map_err(|e| failed(e.to_string()))?;
@@ -72,7 +72,7 @@ pub fn install(config: &MeshConfig, sas: &SaManager, only: Option<PeerId>) -> Re
             let sa = InboundSa::new(params, opener, ReplayWindow::starting_after(DEFAULT_REPLAY_WINDOW, floor));
             sas.install_inbound(sa).map_err(|e| failed(e.to_string()))?;
             if let (Some(store), Some(sa)) = (nonces, state.sadb.load().inbound(entry.spi)) {
-                store.track_inbound(entry.spi, key_bytes, sa);
+                store.track_inbound(entry.spi, key_bytes, &sa);
             }
         }
         installed.push(entry.spi);

@@ -95,7 +95,7 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
             return;
         };
         let peer = sa.params.peer;
-        if let Err(dropped) = self.open_and_deliver(sa, packet, source, sequence_low) {
+        if let Err(dropped) = self.open_and_deliver(&sa, packet, source, sequence_low) {
             sa.counters.count_drop(dropped.reason);
             let mut context = context(Some(peer), Some(spi));
             context.sequence = dropped.sequence;

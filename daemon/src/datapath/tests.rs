@@ -173,7 +173,7 @@ fn replayed_tampered_and_misaddressed_packets_are_dropped_with_their_reason() {
     tampered[last] ^= 1;
     assert!(receive(&n1, &tampered, from).is_empty());
     assert_eq!(drops(&n1, DropReason::Authentication), 1);
-    let sa = n1.sadb.load().inbound(spi(0, 1)).cloned().unwrap();
+    let sa = n1.sadb.load().inbound(spi(0, 1)).as_deref().cloned().unwrap();
     assert_eq!(sa.counters.drops.get(DropReason::Authentication), 1);
 
     let mut unknown = packet.clone();
@@ -267,7 +267,7 @@ fn probes_travel_in_the_sa_to_the_peers_driver() {
         };
         let header = InbandHeader { message_type: MessageType::Probe, id: 9, size: 1400 };
         let mut buf = vec![0u8; super::BUFFER_LEN];
-        let len = crate::pmtu::driver::seal_inband(sa, encapsulation, header, 1400, &mut buf).unwrap();
+        let len = crate::pmtu::driver::seal_inband(&sa, encapsulation, header, 1400, &mut buf).unwrap();
         let on_wire = len + encapsulation.outer_headers_len();
         assert!(on_wire <= 1400 && on_wire > 1400 - 4, "the probe is padded to its size: {on_wire}");
         let mut inbox = n1.pmtu.take_receiver().unwrap();

@@ -73,10 +73,10 @@ pub fn trace(sources: &Sources<'_>, target: &str, overlay: Option<&str>) -> Resu
             hops.push(none);
             continue;
         };
-        hops.push(sa_hop(sa));
+        hops.push(sa_hop(&sa));
         let (route_hop, route) = route_hop(topology.local_address, sa.params.remote.ip());
         hops.push(route_hop);
-        hops.push(mtu_hop(sources, &topology, overlay, peer, sa, route.as_ref()));
+        hops.push(mtu_hop(sources, &topology, overlay, peer, &sa, route.as_ref()));
     }
     Ok(TraceReport { target: target.to_string(), overlay: overlay.name.clone(), hops })
 }

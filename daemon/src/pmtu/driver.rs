@@ -32,7 +32,7 @@ use crate::esp::PLAINTEXT_OFFSET;
 use crate::ids::PeerId;
 use crate::keying::Keying;
 use crate::overhead::{Encapsulation, IpVersion};
-use crate::sadb::{OutboundSa, SaTables};
+use crate::sadb::OutboundSa;
 use crate::state::MeshState;
 use crate::topology::{Peer, Topology};
 use crate::wire::inband::{self, InbandHeader, MessageType};
@@ -80,17 +80,17 @@ impl PeerPath {
 }
 
 /// What a pass over the peers compares with the last one: any change means every peer is
-/// looked at (new SAs, a reload, a new route reading). The snapshots are held, so that a new
-/// one can never reuse an old one's address.
+/// looked at (new SAs, a reload, a new route reading). The topology is held, so that a new one
+/// can never reuse an old one's address.
 struct Seen {
-    sadb: Arc<SaTables>,
+    sadb: u64,
     topology: Arc<Topology>,
     underlay: u64,
 }
 
 impl Seen {
     fn same(&self, other: &Seen) -> bool {
-        Arc::ptr_eq(&self.sadb, &other.sadb)
+        self.sadb == other.sadb
             && Arc::ptr_eq(&self.topology, &other.topology)
             && self.underlay == other.underlay
     }
@@ -151,8 +151,8 @@ impl Driver {
                     // Pings that gave up waiting.
                     echoes.retain(|_, reply| !reply.is_closed());
                     let topology = self.state.topology_full();
-                    let tables = self.state.sadb.load_full();
-                    let now_seen = Seen { sadb: tables.clone(), topology: topology.clone(), underlay: readings };
+                    let tables = self.state.sadb.load();
+                    let now_seen = Seen { sadb: self.state.sadb.generation(), topology: topology.clone(), underlay: readings };
                     let changed = !seen.as_ref().is_some_and(|before| before.same(&now_seen));
                     seen = Some(now_seen);
                     if changed {
@@ -296,7 +296,7 @@ impl Driver {
             }
             (None, None) => PathReport::default(),
         };
-        let encapsulation = self.encapsulation(topology, peer, tables.outbound(peer.id).map(|sa| &**sa));
+        let encapsulation = self.encapsulation(topology, peer, tables.outbound(peer.id).as_deref().map(|sa| &**sa));
         let overlay_mtu = report.path_mtu.and_then(|mtu| encapsulation.overlay_mtu(mtu as usize));
         peer.path_mtu
             .publish(PathReport { overlay_mtu: overlay_mtu.and_then(|mtu| u32::try_from(mtu).ok()), ..report });
@@ -325,7 +325,7 @@ impl Driver {
     ) -> io::Result<()> {
         let tables = self.state.sadb.load();
         let sa = tables.outbound(peer.id).ok_or_else(|| io::Error::other("no outbound SA"))?;
-        let len = seal_inband(sa, self.encapsulation(topology, peer, Some(sa)), header, size, buf)?;
+        let len = seal_inband(&sa, self.encapsulation(topology, peer, Some(&sa)), header, size, buf)?;
         let sent = self.out.send(&buf[..len], sa.params.remote);
         sent.inspect_err(|error| peer.counters.send_errors.count(SendErrorKind::of(error)))?;
         Ok(())

@@ -151,7 +151,7 @@ impl SaManager {
             self.install_inbound(sa)?;
             if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
                 if let Some(sa) = self.state.sadb.load().inbound(record.sa.spi) {
-                    store.track_inbound(record.sa.spi, &record.sa.key, sa);
+                    store.track_inbound(record.sa.spi, &record.sa.key, &sa);
                 }
             }
         }
@@ -160,7 +160,7 @@ impl SaManager {
             self.install_outbound(sa);
             if let (Some(store), SaOrigin::Manual) = (nonces, record.sa.origin) {
                 if let Some(sa) = self.state.sadb.load().outbound(peer) {
-                    store.track_outbound(record.sa.spi, &record.sa.key, sa);
+                    store.track_outbound(record.sa.spi, &record.sa.key, &sa);
                 }
             }
         }
@@ -257,12 +257,12 @@ mod tests {
         let (manager, config) = manager(0);
         assert_eq!(manual::install(&config, &manager, None).unwrap(), vec![spi(0, 1), spi(1, 0)]);
         assert!(manual::install(&config, &manager, None).is_err(), "an inbound SPI is never installed twice");
-        let before = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        let before = manager.state().sadb.load().outbound(PeerId(0)).as_deref().cloned().unwrap();
         before.next_sequence();
 
         assert_eq!(manager.remove_peer(Some(PeerId(0))), vec![spi(0, 1), spi(1, 0)]);
         assert_eq!(manual::install(&config, &manager, Some(PeerId(0))).unwrap(), vec![spi(0, 1), spi(1, 0)]);
-        let after = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        let after = manager.state().sadb.load().outbound(PeerId(0)).as_deref().cloned().unwrap();
         assert_eq!(after.last_sequence(), 0, "a flushed SA starts again");
         assert!(!Arc::ptr_eq(&before, &after));
     }
@@ -373,7 +373,7 @@ mod tests {
         let (manager, config) = manager(0);
         manual::install(&config, &manager, None).unwrap();
         let mut queue = manager.state().sa_notices.take_receiver().unwrap();
-        let sa = manager.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        let sa = manager.state().sadb.load().outbound(PeerId(0)).as_deref().cloned().unwrap();
         sa.sequence.store(SEQUENCE_REKEY_AT - 2, Ordering::Relaxed);
         for _ in 0..3 {
             assert_eq!(send(manager.state(), &frame(MAC_B, MAC_A, 64)).len(), 1);
@@ -390,16 +390,7 @@ mod tests {
         manual::install(&config, &sender, None).unwrap();
         manual::install(&config, &receiver, None).unwrap();
         // As IKE would have made them: the peer's ESP came through the NAT.
-        receiver.state().sadb.update(|tables| {
-            for slot in tables.outbound.iter_mut().flatten() {
-                let params = SaParams { remote: nat, behind_nat: true, ..slot.params };
-                *slot = Arc::new(slot.with_params(params));
-            }
-            for sa in tables.inbound.values_mut() {
-                let params = SaParams { remote: nat, behind_nat: true, ..sa.params };
-                *sa = Arc::new(sa.with_params(params));
-            }
-        });
+        receiver.state().sadb.rewrite(PeerId(0), |params| Some(SaParams { remote: nat, behind_nat: true, ..params }));
         let queue = receiver.state().sa_notices.take_receiver().unwrap();
         (sender, receiver, queue)
     }
@@ -426,7 +417,7 @@ mod tests {
         assert_eq!(receive_from(receiver.state(), &[(&second, rebound)]).len(), 1, "delivered at once");
         let notice = queue.try_recv().unwrap();
         assert_eq!(notice, SaNotice::PeerMoved { peer: PeerId(0), spi: spi(0, 1), remote: rebound });
-        let outbound_before = receiver.state().sadb.load().outbound(PeerId(0)).cloned().unwrap();
+        let outbound_before = receiver.state().sadb.load().outbound(PeerId(0)).as_deref().cloned().unwrap();
         let heard = Heard::default();
         receiver.handle_notice(notice, &heard);
         receiver.handle_notice(notice, &heard);

@@ -1,18 +1,19 @@
 //! The security association database.
 //!
-//! Inbound SAs are found by SPI, outbound SAs by peer. The tables are an immutable snapshot behind
-//! an `ArcSwap`: workers load the snapshot once per batch without taking any lock. Only the SA
-//! manager (`manager`, the one writer: manual keying, IKE, flush and reload all go through it)
-//! installs or removes SAs, by publishing a new snapshot; the compiler holds everyone else to it. Per-SA
-//! state that changes per packet lives in atomics, except the replay window, which has a lock of
-//! its own per SA (never a global one).
+//! Inbound SAs are found by SPI, outbound SAs by peer, each in an array of atomic slots
+//! (`slots`): workers load the arrays once per batch and each SA they look up from its slot,
+//! without taking any lock. Only the SA manager (`manager`, the one writer: manual keying, IKE,
+//! flush and reload all go through it) installs or removes SAs, one slot at a time, so an install
+//! or a removal costs the same with 10 peers or 1000 (no copy of the tables); the compiler holds
+//! everyone else to it. Per-SA state that changes per packet lives in atomics, except the replay
+//! window, which has a lock of its own per SA (never a global one).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::Guard;
 use mesh_config::control::{DropReason, SaOrigin};
 use mesh_config::{Cipher, Encap, Mode};
 
@@ -21,7 +22,11 @@ use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
 
 pub mod manager;
+mod slots;
 pub mod snapshot;
+
+use slots::{BySpi, PeerSlots, PeerTable, SpiOccupancy, SpiSlots, SpiTable};
+pub use slots::Held;
 
 /// Without ESN, an outbound SA is rekeyed once this many sequence numbers are used (the 32-bit
 /// space must never wrap; at 10 Gbit/s of small packets the rest lasts minutes).
@@ -176,29 +181,35 @@ impl InboundSa {
     }
 }
 
-/// One immutable version of the SA tables.
-#[derive(Default)]
+/// The SA tables as a reader sees them: `Sadb::load` takes the arrays once (per batch, on the
+/// datapath), each lookup then loads one slot. An SA looked up stays alive while it is held,
+/// even if the writer removes it meanwhile; the next lookup sees the change.
 pub struct SaTables {
-    inbound: HashMap<u32, Arc<InboundSa>>,
-    /// Indexed by `PeerId`.
-    outbound: Vec<Option<Arc<OutboundSa>>>,
+    inbound: Guard<Arc<SpiSlots<InboundSa>>>,
+    outbound: Guard<Arc<PeerSlots<OutboundSa>>>,
 }
 
 impl SaTables {
-    pub fn inbound(&self, spi: u32) -> Option<&Arc<InboundSa>> {
-        self.inbound.get(&spi)
+    pub fn inbound(&self, spi: u32) -> Option<Held<InboundSa>> {
+        self.inbound.get(spi)
     }
 
-    pub fn outbound(&self, peer: PeerId) -> Option<&Arc<OutboundSa>> {
-        self.outbound.get(peer.0).and_then(Option::as_ref)
+    pub fn outbound(&self, peer: PeerId) -> Option<Held<OutboundSa>> {
+        self.outbound.get(peer.0)
     }
 
-    pub fn inbound_sas(&self) -> impl Iterator<Item = &Arc<InboundSa>> {
-        self.inbound.values()
+    pub fn inbound_sas(&self) -> impl Iterator<Item = Arc<InboundSa>> + '_ {
+        self.inbound.iter()
     }
 
-    pub fn outbound_sas(&self) -> impl Iterator<Item = &Arc<OutboundSa>> {
-        self.outbound.iter().flatten()
+    pub fn outbound_sas(&self) -> impl Iterator<Item = Arc<OutboundSa>> + '_ {
+        self.outbound.iter()
+    }
+}
+
+impl BySpi for InboundSa {
+    fn spi(&self) -> u32 {
+        self.params.spi
     }
 }
 
@@ -208,44 +219,70 @@ pub enum SadbError {
     DuplicateSpi(u32),
 }
 
+/// What only the writer reads: how full the inbound array is, and each peer's inbound SPIs, so
+/// that removing or moving a peer's SAs visits only those.
+#[derive(Default)]
+struct Writer {
+    inbound: SpiOccupancy,
+    by_peer: HashMap<PeerId, Vec<u32>>,
+}
+
+impl Writer {
+    fn forget(&mut self, peer: PeerId, spi: u32) {
+        if let Some(spis) = self.by_peer.get_mut(&peer) {
+            spis.retain(|filed| *filed != spi);
+            if spis.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+}
+
 pub struct Sadb {
-    tables: ArcSwap<SaTables>,
-    /// Serialises writers so that no update is lost between load and store.
-    writer: Mutex<()>,
+    inbound: SpiTable<InboundSa>,
+    /// Indexed by `PeerId`.
+    outbound: PeerTable<OutboundSa>,
+    /// Changes made so far, for readers that only need to know whether anything changed.
+    generation: AtomicU64,
+    /// Serialises writers: each slot has one writer at a time, and the counts stay true.
+    writer: Mutex<Writer>,
 }
 
 impl Sadb {
+    /// Room for a few inbound SAs per peer (two while a rekey overlaps) before the first growth.
     pub fn new(peer_count: usize) -> Self {
-        let tables = SaTables { inbound: HashMap::new(), outbound: vec![None; peer_count] };
-        Sadb { tables: ArcSwap::from_pointee(tables), writer: Mutex::new(()) }
+        Sadb {
+            inbound: SpiTable::with_capacity(peer_count * 8),
+            outbound: PeerTable::with_len(peer_count),
+            generation: AtomicU64::new(0),
+            writer: Mutex::default(),
+        }
     }
 
-    /// The current tables; the hot path calls this once per batch.
-    pub fn load(&self) -> Guard<Arc<SaTables>> {
-        self.tables.load()
+    /// The tables now; the hot path calls this once per batch.
+    pub fn load(&self) -> SaTables {
+        SaTables { inbound: self.inbound.load(), outbound: self.outbound.load() }
     }
 
-    /// The tables now, to keep (not for the packet path: `load` is cheaper).
-    pub fn load_full(&self) -> Arc<SaTables> {
-        self.tables.load_full()
+    /// Changes to the tables so far: equal numbers, no SA installed, removed or moved between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
-    fn update<R>(&self, change: impl FnOnce(&mut SaTables) -> R) -> R {
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let current = self.tables.load_full();
-        let mut next = SaTables { inbound: current.inbound.clone(), outbound: current.outbound.clone() };
-        let result = change(&mut next);
-        self.tables.store(Arc::new(next));
+    fn write<R>(&self, change: impl FnOnce(&mut Writer) -> R) -> R {
+        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = change(&mut writer);
+        self.generation.fetch_add(1, Ordering::Release);
         result
     }
 
     pub(in crate::sadb) fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
-        let spi = sa.params.spi;
-        self.update(|tables| {
-            if tables.inbound.contains_key(&spi) {
+        let (spi, peer) = (sa.params.spi, sa.params.peer);
+        self.write(|writer| {
+            if !self.inbound.insert(&mut writer.inbound, Arc::new(sa)) {
                 return Err(SadbError::DuplicateSpi(spi));
             }
-            tables.inbound.insert(spi, Arc::new(sa));
+            writer.by_peer.entry(peer).or_default().push(spi);
             Ok(())
         })
     }
@@ -253,64 +290,68 @@ impl Sadb {
     /// Installs the outbound SA for its peer, replacing (and returning) the previous one.
     pub(in crate::sadb) fn install_outbound(&self, sa: OutboundSa) -> Option<Arc<OutboundSa>> {
         let peer = sa.params.peer;
-        self.update(|tables| {
-            if tables.outbound.len() <= peer.0 {
-                tables.outbound.resize(peer.0 + 1, None);
-            }
-            tables.outbound[peer.0].replace(Arc::new(sa))
-        })
+        self.write(|_| self.outbound.swap(peer.0, Some(Arc::new(sa))))
     }
 
     /// Removes one inbound SA; true when it existed.
     pub(in crate::sadb) fn remove_inbound(&self, spi: u32) -> bool {
-        self.update(|tables| tables.inbound.remove(&spi).is_some())
+        self.write(|writer| {
+            let Some(sa) = self.inbound.remove(&mut writer.inbound, spi) else { return false };
+            writer.forget(sa.params.peer, spi);
+            true
+        })
     }
 
     /// Removes `peer`'s outbound SA if it is still the one with `spi` (a newer one stays).
     pub(in crate::sadb) fn remove_outbound(&self, peer: PeerId, spi: u32) -> bool {
-        self.update(|tables| match tables.outbound.get_mut(peer.0) {
-            Some(slot) if slot.as_ref().is_some_and(|sa| sa.params.spi == spi) => slot.take().is_some(),
-            _ => false,
-        })
+        self.write(|_| self.outbound.take_if(peer.0, |sa| sa.params.spi == spi).is_some())
     }
 
     /// Points every SA of `peer` at `remote`; returns how many SAs moved.
     pub(in crate::sadb) fn move_peer(&self, peer: PeerId, remote: SocketAddr) -> usize {
-        self.update(|tables| {
-            let mut moved = 0;
-            if let Some(Some(sa)) = tables.outbound.get_mut(peer.0) {
-                if sa.params.remote != remote {
-                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
-                    moved += 1;
+        self.rewrite(peer, |params| (params.remote != remote).then_some(SaParams { remote, ..params }))
+    }
+
+    /// Gives each SA of `peer` the parameters `change` returns for it (`None`: it stays as it
+    /// is); returns how many changed. Key, sequence numbers and counters stay shared.
+    pub(in crate::sadb) fn rewrite(&self, peer: PeerId, change: impl Fn(SaParams) -> Option<SaParams>) -> usize {
+        self.write(|writer| {
+            let mut changed = 0;
+            let outbound = self.outbound.load().get(peer.0);
+            if let Some(params) = outbound.as_ref().and_then(|sa| change(sa.params)) {
+                self.outbound.swap(peer.0, outbound.map(|sa| Arc::new(sa.with_params(params))));
+                changed += 1;
+            }
+            let tables = self.inbound.load();
+            for spi in writer.by_peer.get(&peer).into_iter().flatten() {
+                let Some(sa) = tables.get(*spi) else { continue };
+                if let Some(params) = change(sa.params) {
+                    self.inbound.replace(Arc::new(sa.with_params(params)));
+                    changed += 1;
                 }
             }
-            for sa in tables.inbound.values_mut() {
-                if sa.params.peer == peer && sa.params.remote != remote {
-                    *sa = Arc::new(sa.with_params(SaParams { remote, ..sa.params }));
-                    moved += 1;
-                }
-            }
-            moved
+            changed
         })
     }
 
     /// Removes every SA of `peer` (or of all peers) and returns the SPIs removed.
     pub(in crate::sadb) fn remove(&self, peer: Option<PeerId>) -> Vec<u32> {
-        let matches = |p: PeerId| peer.is_none_or(|wanted| wanted == p);
-        self.update(|tables| {
-            let mut removed: Vec<u32> = Vec::new();
-            for slot in tables.outbound.iter_mut() {
-                if slot.as_ref().is_some_and(|sa| matches(sa.params.peer)) {
-                    removed.extend(slot.take().map(|sa| sa.params.spi));
+        self.write(|writer| {
+            let outbound_slots = match peer {
+                Some(peer) => peer.0..peer.0 + 1,
+                None => 0..self.outbound.load().len(),
+            };
+            let mut removed: Vec<u32> =
+                outbound_slots.filter_map(|index| self.outbound.take_if(index, |_| true)).map(|sa| sa.params.spi).collect();
+            let peers: Vec<PeerId> = match peer {
+                Some(peer) => vec![peer],
+                None => writer.by_peer.keys().copied().collect(),
+            };
+            for peer in peers {
+                for spi in writer.by_peer.remove(&peer).unwrap_or_default() {
+                    removed.extend(self.inbound.remove(&mut writer.inbound, spi).map(|sa| sa.params.spi));
                 }
             }
-            tables.inbound.retain(|spi, sa| {
-                let remove = matches(sa.params.peer);
-                if remove {
-                    removed.push(*spi);
-                }
-                !remove
-            });
             removed.sort_unstable();
             removed
         })
@@ -360,18 +401,161 @@ pub(crate) mod tests {
         let old = sadb.install_outbound(outbound(0x2002, 0, false)).unwrap();
         assert_eq!(old.params.spi, 0x2001);
 
-        let before = sadb.load();
-        assert_eq!(before.inbound(0x1001).unwrap().params.peer, PeerId(0));
-        assert_eq!(before.outbound(PeerId(0)).unwrap().params.spi, 0x2002);
-        assert!(before.outbound(PeerId(1)).is_none());
+        let tables = sadb.load();
+        let held = tables.inbound(0x1001).unwrap();
+        assert_eq!(held.params.peer, PeerId(0));
+        assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x2002);
+        assert!(tables.outbound(PeerId(1)).is_none());
 
+        let generation = sadb.generation();
         assert_eq!(sadb.remove(Some(PeerId(0))), vec![0x1001, 0x2002]);
-        // A reader holding the old snapshot keeps a consistent view.
-        assert!(before.inbound(0x1001).is_some());
-        let after = sadb.load();
-        assert!(after.inbound(0x1001).is_none());
-        assert!(after.inbound(0x1002).is_some());
+        assert!(sadb.generation() > generation);
+        // A reader holding an SA keeps it whole; its next lookup sees the removal.
+        assert_eq!(held.params.spi, 0x1001);
+        assert!(tables.inbound(0x1001).is_none());
+        assert!(tables.outbound(PeerId(0)).is_none());
+        assert!(sadb.load().inbound(0x1002).is_some());
         assert_eq!(sadb.remove(None), vec![0x1002]);
+        assert!(sadb.load().inbound_sas().next().is_none());
+    }
+
+    #[test]
+    fn moving_a_peer_moves_only_its_sas_and_keeps_their_state() {
+        let sadb = Sadb::new(2);
+        sadb.install_inbound(inbound(0x1001, 0)).unwrap();
+        sadb.install_inbound(inbound(0x1002, 1)).unwrap();
+        sadb.install_outbound(outbound(0x2001, 0, false));
+        let before = sadb.load().outbound(PeerId(0)).as_deref().cloned().unwrap();
+        before.next_sequence();
+        let remote: SocketAddr = "198.18.0.254:40000".parse().unwrap();
+        assert_eq!(sadb.move_peer(PeerId(0), remote), 2);
+        assert_eq!(sadb.move_peer(PeerId(0), remote), 0, "already there");
+        let tables = sadb.load();
+        let moved = tables.outbound(PeerId(0)).unwrap();
+        assert_eq!((moved.params.remote, moved.last_sequence()), (remote, 1));
+        assert_eq!(tables.inbound(0x1001).unwrap().params.remote, remote);
+        assert_ne!(tables.inbound(0x1002).unwrap().params.remote, remote, "another peer's SA stays");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        InstallInbound(u32, usize),
+        InstallOutbound(u32, usize),
+        RemoveInbound(u32),
+        RemoveOutbound(usize, u32),
+        RemovePeer(Option<usize>),
+        Lookup(u32, usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let spi = 0x100u32..0x160;
+        prop_oneof![
+            4 => (spi.clone(), 0usize..6).prop_map(|(spi, peer)| Op::InstallInbound(spi, peer)),
+            3 => (spi.clone(), 0usize..6).prop_map(|(spi, peer)| Op::InstallOutbound(spi, peer)),
+            2 => spi.clone().prop_map(Op::RemoveInbound),
+            1 => (0usize..6, spi.clone()).prop_map(|(peer, spi)| Op::RemoveOutbound(peer, spi)),
+            1 => proptest::option::weighted(0.8, 0usize..6).prop_map(Op::RemovePeer),
+            3 => (spi, 0usize..8).prop_map(|(spi, peer)| Op::Lookup(spi, peer)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The SADB answers as two plain maps would (inbound SPI -> peer, peer -> outbound SPI).
+        #[test]
+        fn matches_a_hash_map(ops in proptest::collection::vec(op(), 1..250)) {
+            // Fewer peers than the ops use: outbound slots grow.
+            let sadb = Sadb::new(2);
+            let mut inbound_model: HashMap<u32, usize> = HashMap::new();
+            let mut outbound_model: HashMap<usize, u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::InstallInbound(spi, peer) => {
+                        let expected = match inbound_model.contains_key(&spi) {
+                            true => Err(SadbError::DuplicateSpi(spi)),
+                            false => Ok(()),
+                        };
+                        proptest::prop_assert_eq!(sadb.install_inbound(inbound(spi, peer)), expected);
+                        inbound_model.entry(spi).or_insert(peer);
+                    }
+                    Op::InstallOutbound(spi, peer) => {
+                        let replaced = sadb.install_outbound(outbound(spi, peer, false)).map(|sa| sa.params.spi);
+                        proptest::prop_assert_eq!(replaced, outbound_model.insert(peer, spi));
+                    }
+                    Op::RemoveInbound(spi) => {
+                        proptest::prop_assert_eq!(sadb.remove_inbound(spi), inbound_model.remove(&spi).is_some());
+                    }
+                    Op::RemoveOutbound(peer, spi) => {
+                        let current = outbound_model.get(&peer) == Some(&spi);
+                        if current {
+                            outbound_model.remove(&peer);
+                        }
+                        proptest::prop_assert_eq!(sadb.remove_outbound(PeerId(peer), spi), current);
+                    }
+                    Op::RemovePeer(peer) => {
+                        let matches = |p: usize| peer.is_none_or(|wanted| wanted == p);
+                        let mut expected: Vec<u32> = inbound_model.iter().filter(|(_, p)| matches(**p)).map(|(spi, _)| *spi).collect();
+                        expected.extend(outbound_model.iter().filter(|(p, _)| matches(**p)).map(|(_, spi)| *spi));
+                        expected.sort_unstable();
+                        inbound_model.retain(|_, p| !matches(*p));
+                        outbound_model.retain(|p, _| !matches(*p));
+                        proptest::prop_assert_eq!(sadb.remove(peer.map(PeerId)), expected);
+                    }
+                    Op::Lookup(spi, peer) => {
+                        let tables = sadb.load();
+                        proptest::prop_assert_eq!(tables.inbound(spi).map(|sa| sa.params.peer.0), inbound_model.get(&spi).copied());
+                        proptest::prop_assert_eq!(tables.outbound(PeerId(peer)).map(|sa| sa.params.spi), outbound_model.get(&peer).copied());
+                    }
+                }
+            }
+            let tables = sadb.load();
+            proptest::prop_assert_eq!(tables.inbound_sas().count(), inbound_model.len());
+            proptest::prop_assert_eq!(tables.outbound_sas().count(), outbound_model.len());
+        }
+    }
+
+    /// Workers looking SAs up on other threads while the manager rekeys other peers: the SAs
+    /// that stay are always found, whole, with their keys usable.
+    #[test]
+    fn workers_keep_finding_their_sas_while_the_manager_rekeys_others() {
+        use std::sync::atomic::AtomicBool;
+
+        let sadb = Sadb::new(4);
+        sadb.install_inbound(inbound(0x1001, 0)).unwrap();
+        sadb.install_outbound(outbound(0x2001, 0, false));
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| loop {
+                        let finished = done.load(Ordering::Relaxed);
+                        let tables = sadb.load();
+                        let inbound = tables.inbound(0x1001).expect("the staying inbound SA");
+                        assert_eq!((inbound.params.spi, inbound.params.peer), (0x1001, PeerId(0)));
+                        let outbound = tables.outbound(PeerId(0)).expect("the staying outbound SA");
+                        assert_eq!(outbound.params.spi, 0x2001);
+                        assert!(outbound.next_sequence().is_some());
+                        if finished {
+                            break;
+                        }
+                    })
+                })
+                .collect();
+            for round in 0..2_000u32 {
+                let peer = 1 + round as usize % 40;
+                sadb.install_inbound(inbound(0x10_000 + round, peer)).unwrap();
+                if round >= 4 {
+                    assert!(sadb.remove_inbound(0x10_000 + round - 4));
+                }
+                sadb.install_outbound(outbound(0x20_000 + round, peer, false));
+            }
+            done.store(true, Ordering::Relaxed);
+            for worker in workers {
+                worker.join().expect("worker");
+            }
+        });
+        assert_eq!(sadb.load().inbound_sas().count(), 5);
     }
 
     #[test]
