@@ -14,8 +14,8 @@
 //! or route change (`route::UnderlayEvents`, followed on a thread of its own, coalesced here
 //! into at most one reading in flight and one after it), a reload changed the peers, or the
 //! kernel refused a packet as too large for its path (it learnt a smaller path MTU from ICMP,
-//! which it reports to no one). Only when those reports cannot be followed is it read by the
-//! clock, every [`ROUTE_PERIOD`].
+//! which it reports to no one), or such a learnt path MTU expires. Only when those reports
+//! cannot be followed is it read by the clock, every [`ROUTE_PERIOD`].
 
 use std::collections::HashMap;
 use std::io;
@@ -51,6 +51,9 @@ const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
 /// How often the kernel's view of the underlay (the route and MTU towards every peer, and the
 /// underlay link's MTU for `mtu = "auto"`) is read when its change reports are not followed.
 const ROUTE_PERIOD: Duration = Duration::from_secs(2);
+/// How long after a path MTU learnt from ICMP expires its route is read again (the kernel's
+/// expiry is counted in ticks and checked lazily).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 /// Room for the largest probe: a 64 KiB IP packet.
 const PROBE_BUFFER_LEN: usize = 65_536;
 
@@ -132,12 +135,14 @@ impl Driver {
         let mut echoes = Echoes::new();
         // The newest look at the underlay (and how many there were), the one being read, whether
         // the underlay may have changed since the last reading began, when the next is due by
-        // the clock (only while its change reports are not followed).
+        // the clock (only while its change reports are not followed), when the newest reading
+        // stops holding (a path MTU learnt from ICMP expires).
         let mut underlay = Underlay::default();
         let mut readings = 0u64;
         let mut reading: Option<JoinHandle<Underlay>> = None;
         let mut stale = true;
         let mut next_read = Instant::now();
+        let mut expires: Option<Instant> = None;
         let mut seen: Option<Seen> = None;
         loop {
             tokio::select! {
@@ -154,6 +159,7 @@ impl Driver {
                     reading = None;
                     match read {
                         Ok(read) => {
+                            expires = read.expires_after().map(|after| Instant::now() + after + EXPIRY_MARGIN);
                             underlay = read;
                             readings += 1;
                             self.follow_auto_mtu(&underlay);
@@ -194,6 +200,10 @@ impl Driver {
                     }
                     if !self.state.pmtu.underlay_followed() && now >= next_read {
                         next_read = now + ROUTE_PERIOD;
+                        stale = true;
+                    }
+                    if expires.is_some_and(|at| now >= at) {
+                        expires = None;
                         stale = true;
                     }
                     // One reading in flight at a time; changes reported meanwhile make one more.

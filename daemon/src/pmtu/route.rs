@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use netlink_packet_core::{NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -25,6 +26,9 @@ use nix::sys::time::TimeVal;
 
 /// Large enough for one route or link reply.
 const REPLY_BUFFER_LEN: usize = 16 << 10;
+/// The kernel counts `rta_expires` in USER_HZ ticks: 100 a second on every architecture Linux
+/// runs meshd on.
+const USER_HZ: u64 = 100;
 /// The kernel answers these requests while they are sent; a reply that has not come by then is
 /// lost, and the thread that asked must not wait for it forever.
 const REPLY_TIMEOUT: TimeVal = TimeVal::new(1, 0);
@@ -42,6 +46,9 @@ pub struct UnderlayRoute {
     pub link_mtu: u32,
     /// The route's own `mtu` metric; a path MTU learnt from ICMP shows here too.
     pub route_mtu: Option<u32>,
+    /// How long a path MTU learnt from ICMP still holds (the kernel then forgets it, and says
+    /// so to no one): the route must be read again then.
+    pub mtu_expires: Option<Duration>,
 }
 
 impl UnderlayRoute {
@@ -76,6 +83,7 @@ struct RouteAnswer {
     gateway: Option<IpAddr>,
     source: Option<IpAddr>,
     route_mtu: Option<u32>,
+    mtu_expires: Option<Duration>,
 }
 
 /// What the link answer says.
@@ -120,6 +128,7 @@ impl RouteLookup {
             source: route.source,
             link_mtu: link.mtu,
             route_mtu: route.route_mtu,
+            mtu_expires: route.mtu_expires,
         })
     }
 
@@ -278,7 +287,7 @@ fn parse_route_answer(
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     };
-    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None };
+    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None, mtu_expires: None };
     let mut interface_index = None;
     // The kernel names the source it would pick (RTA_PREFSRC) only when it differs from the one
     // the request gave (RTA_SRC, echoed back).
@@ -295,10 +304,16 @@ fn parse_route_answer(
                     _ => None,
                 })
             }
+            // Signed in the kernel: negative once expired.
+            RouteAttribute::CacheInfo(info) if (info.expires as i32) > 0 => {
+                answer.mtu_expires = Some(Duration::from_millis(u64::from(info.expires) * 1000 / USER_HZ))
+            }
             _ => {}
         }
     }
     answer.source = preferred_source.or(requested_source);
+    // Only a learnt path MTU expires here (a configured metric does not).
+    answer.mtu_expires = answer.mtu_expires.filter(|_| answer.route_mtu.is_some());
     answer.interface_index = interface_index.ok_or(RouteError::NoInterface(destination))?;
     Ok(answer)
 }
@@ -410,8 +425,23 @@ mod tests {
                 gateway: Some(IpAddr::from([198, 18, 0, 254])),
                 source: Some(IpAddr::from([198, 18, 0, 1])),
                 route_mtu: Some(1300),
+                mtu_expires: None,
             }
         );
+    }
+
+    #[test]
+    fn a_path_mtu_learnt_from_icmp_expires() {
+        // The same answer with RTA_CACHEINFO's rta_expires at 58,700 ticks: `expires 587sec`.
+        let mut learnt = ROUTE_V4.to_vec();
+        let expires_at = ROUTE_V4.len() - 32 + 8;
+        learnt[expires_at..expires_at + 4].copy_from_slice(&58_700u32.to_ne_bytes());
+        let answer = parse_route_answer(payload(&learnt), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!(answer.mtu_expires, Some(Duration::from_secs(587)));
+        // Expired already (negative): nothing to wait for.
+        learnt[expires_at..expires_at + 4].copy_from_slice(&(-5i32).to_ne_bytes());
+        let answer = parse_route_answer(payload(&learnt), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!(answer.mtu_expires, None);
     }
 
     #[test]
@@ -479,6 +509,7 @@ mod tests {
             source: None,
             link_mtu: 1400,
             route_mtu,
+            mtu_expires: None,
         };
         assert_eq!(route(None).mtu(), 1400);
         assert_eq!(route(Some(1300)).mtu(), 1300);
