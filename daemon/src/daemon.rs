@@ -210,7 +210,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     });
     let path_mtu = pmtu::driver::Driver::new(&state, datapath_esp_out, keying.clone(), proposal_cipher);
 
-    follow_underlay(keying.clone());
+    follow_underlay(keying.clone(), state.clone());
 
     let failed_query = |source| DaemonError::Query { address: topology.local_address, port: query::QUERY_PORT, source };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed_socket)?;
@@ -391,27 +391,36 @@ async fn wait_for_stop_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Renegotiates with peers that have no IKE SA as soon as the kernel reports a link or route up
-/// (a thread of its own: reading rtnetlink blocks). Without it, meshd retries on its timers.
-fn follow_underlay(keying: Arc<Keying>) {
+/// Follows the kernel's reports of link, address and route changes (a thread of its own:
+/// reading rtnetlink blocks): the path-MTU driver looks the routes up again (for probe ceilings
+/// and `mtu = "auto"`), and peers without an IKE SA are tried at once when a link or route comes
+/// up. Without it, IKE retries on its timers and the driver reads the routes by the clock.
+fn follow_underlay(keying: Arc<Keying>, state: Arc<MeshState>) {
+    let not_followed = |error: &dyn std::fmt::Display| tracing::warn!(%error, "not following link and route changes; IKE retries on its timers, routes are read every few seconds");
     let mut events = match pmtu::route::UnderlayEvents::open() {
         Ok(events) => events,
-        Err(error) => {
-            tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
-            return;
-        }
+        Err(error) => return not_followed(&error),
     };
+    state.pmtu.follow_underlay(true);
+    let follower = state.clone();
     let follow = move || loop {
         match events.wait() {
-            Ok(true) => keying.underlay_changed(),
-            Ok(false) => {}
+            Ok(change) => {
+                if change.changed {
+                    follower.pmtu.underlay_changed();
+                }
+                if change.appeared {
+                    keying.underlay_changed();
+                }
+            }
             Err(error) => {
-                tracing::warn!(%error, "reading link and route changes failed; IKE retries on its timers only");
-                return;
+                follower.pmtu.follow_underlay(false);
+                return not_followed(&error);
             }
         }
     };
     if let Err(error) = std::thread::Builder::new().name("meshd-underlay".to_string()).spawn(follow) {
-        tracing::warn!(%error, "not following link and route changes; IKE retries on its timers only");
+        state.pmtu.follow_underlay(false);
+        not_followed(&error);
     }
 }

@@ -58,6 +58,9 @@ pub struct NonceStore {
 }
 
 static STORE: OnceLock<NonceStore> = OnceLock::new();
+/// The thread that writes the marks; it sleeps without a timer while no manual SA is installed
+/// (an IKE-only node never wakes it) and is woken when one is tracked.
+static PERSISTER: OnceLock<std::thread::Thread> = OnceLock::new();
 
 /// Keeps the marks in `dir` (created with mode 0700 at the first mark) for the rest of the
 /// process, and writes them every `PERSIST_INTERVAL`; `meshd run` calls it once, before
@@ -65,13 +68,23 @@ static STORE: OnceLock<NonceStore> = OnceLock::new();
 pub fn use_state_dir(dir: &Path) -> std::io::Result<()> {
     // A second call keeps the first directory.
     let _ = STORE.set(NonceStore::open(dir));
-    std::thread::Builder::new().name("manual-nonces".into()).spawn(|| loop {
+    let persister = std::thread::Builder::new().name("manual-nonces".into()).spawn(|| loop {
+        if store().is_none_or(NonceStore::keeps_nothing) {
+            std::thread::park();
+        }
         std::thread::sleep(PERSIST_INTERVAL);
         if let Some(store) = store() {
             store.persist();
         }
     })?;
+    let _ = PERSISTER.set(persister.thread().clone());
     Ok(())
+}
+
+fn wake_persister() {
+    if let Some(persister) = PERSISTER.get() {
+        persister.unpark();
+    }
 }
 
 /// The store of this process; `None` without a state directory (unit tests, fuzzing).
@@ -122,6 +135,7 @@ impl NonceStore {
         // this one's numbers while a worker still holds it.
         tracked.retain(|(other, sa)| sa.strong_count() > 0 && *other != path);
         tracked.push((path, Arc::downgrade(sa)));
+        wake_persister();
     }
 
     /// The highest sequence number an inbound manual SA had accepted (0: none).
@@ -137,6 +151,14 @@ impl NonceStore {
         let mut tracked = self.inbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tracked.retain(|(other, _, sa)| sa.strong_count() > 0 && *other != path);
         tracked.push((path, floor, Arc::downgrade(sa)));
+        wake_persister();
+    }
+
+    /// Whether no tracked SA is installed any more (or none ever was).
+    fn keeps_nothing(&self) -> bool {
+        let outbound = self.outbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inbound = self.inbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        outbound.iter().all(|(_, sa)| sa.strong_count() == 0) && inbound.iter().all(|(_, _, sa)| sa.strong_count() == 0)
     }
 
     /// The SAs go to a meshd that takes this one over, its workers stopped: writes the marks

@@ -201,3 +201,59 @@ fn auto_mtu_follows_the_underlay_link() {
     assert!(status["overlays"][0]["mtu_reason"].as_str().unwrap_or("").contains("MTU 1400"), "{status:#}");
     assert!(n1.log().contains("overlay MTU retuned"), "{}", n1.log());
 }
+
+/// Route and link changes reach meshd as the kernel reports them (rtnetlink), not by polling:
+/// idle, meshd reads no route; a route's `mtu` or the link's MTU that changes is followed within
+/// a second by the peer's path MTU and by the overlay MTU of `mtu = "auto"`.
+#[test]
+fn route_and_link_changes_are_followed_without_polling() {
+    require_root();
+    let pair = RoutedPair::new("pmtun", Family::V4, 1500);
+    let mesh = MeshFile::for_addresses(vec![pair.addr(0), pair.addr(1)]).write();
+    let n1 = Meshd::start(pair.node(0), mesh.path(), "n1");
+    let n2 = Meshd::start(pair.node(1), mesh.path(), "n2");
+    for daemon in [&n1, &n2] {
+        wait_probed(daemon, 1500..=1504, 92);
+    }
+    let interface = n1.overlay_interface("ovl0");
+    let level = n1.ikectl(&["log", "level", "debug", "--module", "pmtu"]);
+    assert!(level.status.success(), "{}", describe_output(&level));
+    let readings = |log: &str| log.matches("reading the underlay routes").count();
+
+    // Nothing changes: no route is read (the driver used to read them every 2 s). First the
+    // overlay interface's IPv6 link-local address and routes settle (reported changes).
+    std::thread::sleep(Duration::from_secs(3));
+    let before = readings(&n1.log());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = readings(&n1.log()) - before;
+    assert_eq!(idle, 0, "routes read {idle} times in 5 idle seconds\n{}", n1.log());
+
+    // Follows within a second: the overlay interface's MTU (cheap to look at) and the peer's path.
+    let follows = |what: &str, change: &[&str], overlay_mtu: u32, path_mtu: Option<u64>| {
+        pair.node(0).run_ok(change);
+        let changed = std::time::Instant::now();
+        let link = wait_until(Duration::from_secs(1), || {
+            let link = pair.node(0).run_stdout(["ip", "link", "show", &interface]);
+            link.contains(&format!("mtu {overlay_mtu} ")).then_some(())
+        });
+        assert!(link.is_some(), "{what}: ovl0 not at MTU {overlay_mtu} within 1 s\n{}", n1.log());
+        if let Some(path_mtu) = path_mtu {
+            let peer = peer(&n1);
+            assert_eq!(peer["path_mtu"].as_u64(), Some(path_mtu), "{what}: {peer:#}\n{}", n1.log());
+            assert_eq!(peer["overlay_mtu"].as_u64(), Some(path_mtu - 92), "{what}: {peer:#}");
+        }
+        eprintln!("{what}: followed after {:?}", changed.elapsed());
+    };
+    // A route's mtu metric: the kernel's figure caps the probed path at once.
+    follows(
+        "route mtu 1300",
+        &["ip", "route", "replace", "default", "via", "198.18.1.254", "mtu", "1300"],
+        1208,
+        Some(1300),
+    );
+    // Back to the link's MTU, and the link shrinks.
+    pair.node(0).run_ok(["ip", "route", "replace", "default", "via", "198.18.1.254"]);
+    follows("link mtu 1280", &["ip", "link", "set", "eth0", "mtu", "1280"], 1188, Some(1280));
+    let status = n1.ikectl_json(&["status"]);
+    assert!(status["overlays"][0]["mtu_reason"].as_str().unwrap_or("").contains("MTU 1280"), "{status:#}");
+}

@@ -31,8 +31,9 @@ use super::sockets::{Underlay, ESP_IN_UDP_PORT};
 /// Packets handled per ready descriptor before polling again, so that one busy direction cannot
 /// starve the other.
 const BATCH: usize = 64;
-/// How often a worker looks at the stop flag when idle.
-const POLL_TIMEOUT_MS: u16 = 200;
+/// How often a worker looks at the stop flag when idle: only in case the wake-up through
+/// `woken` failed, so an idle worker does not wake by the clock (issue 16's idle cost).
+const POLL_TIMEOUT_MS: u16 = 5_000;
 /// A poll that took this long put the worker to sleep: a poll that finds a descriptor ready
 /// returns within a few microseconds.
 const SLEPT: Duration = Duration::from_micros(50);

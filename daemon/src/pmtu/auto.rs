@@ -7,6 +7,7 @@
 //! [`choose`] decides from what it read.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use mesh_config::{Mode, OverlayMtu};
 
@@ -58,6 +59,12 @@ impl Underlay {
     /// The route towards `peer`, if it has one.
     pub fn route(&self, peer: PeerId) -> Option<&UnderlayRoute> {
         self.by_peer.get(&peer).map(|index| &self.routes[*index].1)
+    }
+
+    /// How long this reading holds at most: until the first path MTU the kernel learnt from
+    /// ICMP expires (no rtnetlink report tells of that).
+    pub fn expires_after(&self) -> Option<Duration> {
+        self.routes.iter().filter_map(|(_, route)| route.mtu_expires).min()
     }
 }
 
@@ -150,7 +157,14 @@ mod tests {
     }
 
     fn route(interface: &str, link_mtu: u32, route_mtu: Option<u32>) -> UnderlayRoute {
-        UnderlayRoute { interface: interface.to_string(), gateway: None, source: None, link_mtu, route_mtu }
+        UnderlayRoute {
+            interface: interface.to_string(),
+            gateway: None,
+            source: None,
+            link_mtu,
+            route_mtu,
+            mtu_expires: None,
+        }
     }
 
     fn peer(topology: &Topology, name: &str) -> PeerId {

@@ -8,9 +8,14 @@
 //! peers at a time, and serves both the probe searches and `mtu = "auto"`.
 //!
 //! Idle peers cost (next to) nothing: the driver sleeps until the earliest search timer, or at
-//! most [`TRAFFIC_CHECK`]; a wake-up looks at one counter per peer and works only on the peers
+//! most [`TRAFFIC_CHECK`]; a wake-up looks at two counters per peer and works only on the peers
 //! whose timer is due, that sent traffic while idle, or whose SA or route changed. The
-//! underlay is read once per [`ROUTE_PERIOD`] (sooner only for a peer with no route yet).
+//! underlay is read again only when it may have changed: the kernel reported a link, address
+//! or route change (`route::UnderlayEvents`, followed on a thread of its own, coalesced here
+//! into at most one reading in flight and one after it), a reload changed the peers, or the
+//! kernel refused a packet as too large for its path (it learnt a smaller path MTU from ICMP,
+//! which it reports to no one), or such a learnt path MTU expires. Only when those reports
+//! cannot be followed is it read by the clock, every [`ROUTE_PERIOD`].
 
 use std::collections::HashMap;
 use std::io;
@@ -18,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_config::control::SaOrigin;
+use mesh_config::control::{DropReason, SaOrigin};
 use mesh_config::{Cipher, OverlayMtu};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
@@ -44,8 +49,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// probed again), and a new SA or a reload's new peers.
 const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
 /// How often the kernel's view of the underlay (the route and MTU towards every peer, and the
-/// underlay link's MTU for `mtu = "auto"`) is read, in one batch.
+/// underlay link's MTU for `mtu = "auto"`) is read when its change reports are not followed.
 const ROUTE_PERIOD: Duration = Duration::from_secs(2);
+/// How long after a path MTU learnt from ICMP expires its route is read again (the kernel's
+/// expiry is counted in ticks and checked lazily).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 /// Room for the largest probe: a 64 KiB IP packet.
 const PROBE_BUFFER_LEN: usize = 65_536;
 
@@ -70,6 +78,9 @@ struct PeerPath {
     search: Option<Search>,
     /// The peer's transmitted-packet counter when last looked at: a change is traffic.
     tx_seen: u64,
+    /// Packets to the peer the kernel refused as too large (EMSGSIZE) on its outbound SA, when
+    /// last looked at: a new one means the kernel knows a smaller path MTU than the last reading.
+    too_large_seen: u64,
 }
 
 impl PeerPath {
@@ -90,9 +101,11 @@ struct Seen {
 
 impl Seen {
     fn same(&self, other: &Seen) -> bool {
-        self.sadb == other.sadb
-            && Arc::ptr_eq(&self.topology, &other.topology)
-            && self.underlay == other.underlay
+        self.same_topology(other) && self.sadb == other.sadb && self.underlay == other.underlay
+    }
+
+    fn same_topology(&self, other: &Seen) -> bool {
+        Arc::ptr_eq(&self.topology, &other.topology)
     }
 }
 
@@ -120,15 +133,23 @@ impl Driver {
         let mut wake = Instant::now();
         let mut echo_orders = self.state.pmtu.take_echo_receiver();
         let mut echoes = Echoes::new();
-        // The newest look at the underlay (and how many there were), the one being read, when
-        // the next is due.
+        // The newest look at the underlay (and how many there were), the one being read, whether
+        // the underlay may have changed since the last reading began, when the next is due by
+        // the clock (only while its change reports are not followed), when the newest reading
+        // stops holding (a path MTU learnt from ICMP expires).
         let mut underlay = Underlay::default();
         let mut readings = 0u64;
         let mut reading: Option<JoinHandle<Underlay>> = None;
+        let mut stale = true;
         let mut next_read = Instant::now();
+        let mut expires: Option<Instant> = None;
         let mut seen: Option<Seen> = None;
         loop {
             tokio::select! {
+                () = self.state.pmtu.next_underlay_change() => {
+                    stale = true;
+                    wake = Instant::now();
+                }
                 message = inbox.recv() => match message {
                     Some(message) => self.handle_message(message, &mut peers, &underlay, &mut echoes, &mut buf),
                     None => return,
@@ -138,6 +159,7 @@ impl Driver {
                     reading = None;
                     match read {
                         Ok(read) => {
+                            expires = read.expires_after().map(|after| Instant::now() + after + EXPIRY_MARGIN);
                             underlay = read;
                             readings += 1;
                             self.follow_auto_mtu(&underlay);
@@ -154,11 +176,12 @@ impl Driver {
                     let tables = self.state.sadb.load();
                     let now_seen = Seen { sadb: self.state.sadb.generation(), topology: topology.clone(), underlay: readings };
                     let changed = !seen.as_ref().is_some_and(|before| before.same(&now_seen));
+                    // A reload's new peers need their routes.
+                    stale |= !seen.as_ref().is_some_and(|before| before.same_topology(&now_seen));
                     seen = Some(now_seen);
                     if changed {
                         peers.retain(|id, _| topology.is_member(*id));
                     }
-                    let mut unrouted = false;
                     for peer in &topology.peers {
                         let path = peers.entry(peer.id).or_default();
                         let tx = peer.counters.tx_packets.load(Ordering::Relaxed);
@@ -166,16 +189,27 @@ impl Driver {
                         if let (true, Some(search)) = (traffic, path.search.as_mut()) {
                             search.on_traffic(now);
                         }
+                        let outbound = tables.outbound(peer.id);
+                        let too_large = outbound.map_or(0, |sa| sa.counters.drops.get(DropReason::FrameTooLarge));
+                        stale |= std::mem::replace(&mut path.too_large_seen, too_large) != too_large && too_large > 0;
                         let route = underlay.route(peer.id);
-                        // Only a peer with an SA needs its route (as its probes' ceiling).
-                        unrouted |= route.is_none() && tables.outbound(peer.id).is_some();
                         if changed || traffic || path.due(now) {
-                            self.update_peer(&topology, peer, path, route.map(|route| route.mtu()), now, &mut buf);
+                            let kernel = route.map(|route| route.mtu());
+                            stale |= self.update_peer(&topology, peer, path, kernel, now, &mut buf);
                         }
                     }
-                    // One batch for all peers; sooner while a peer has no route yet.
-                    if reading.is_none() && (now >= next_read || unrouted) {
+                    if !self.state.pmtu.underlay_followed() && now >= next_read {
                         next_read = now + ROUTE_PERIOD;
+                        stale = true;
+                    }
+                    if expires.is_some_and(|at| now >= at) {
+                        expires = None;
+                        stale = true;
+                    }
+                    // One reading in flight at a time; changes reported meanwhile make one more.
+                    if reading.is_none() && stale {
+                        stale = false;
+                        tracing::debug!(peers = topology.peers.len(), "reading the underlay routes");
                         reading = Some(tokio::task::spawn_blocking(move || Underlay::read(&topology)));
                     }
                     let next_timer = peers.values().filter_map(|path| path.search.as_ref()?.poll_timeout()).min();
@@ -211,7 +245,11 @@ impl Driver {
                         let now = Instant::now();
                         search.on_ack(id, now);
                         let kernel = underlay.route(message.peer).map(|route| route.mtu());
-                        self.update_peer(&topology, peer, path, kernel, now, buf);
+                        if self.update_peer(&topology, peer, path, kernel, now, buf) {
+                            // The kernel's figure is read again at the next change report or
+                            // pass over the peers (at most a second away).
+                            self.state.pmtu.underlay_changed();
+                        }
                     }
                 }
             }
@@ -250,7 +288,8 @@ impl Driver {
         }
     }
 
-    /// `kernel` is the kernel's MTU towards the peer, from the latest route lookup.
+    /// `kernel` is the kernel's MTU towards the peer, from the latest route lookup. True when
+    /// the kernel refused a probe as too large for its path: its figure changed since.
     fn update_peer(
         &self,
         topology: &Topology,
@@ -259,7 +298,8 @@ impl Driver {
         kernel: Option<usize>,
         now: Instant,
         buf: &mut [u8],
-    ) {
+    ) -> bool {
+        let mut refused_as_too_large = false;
         let tables = self.state.sadb.load();
         let outbound = tables.outbound(peer.id).filter(|sa| (self.probes)(sa));
         match (outbound, kernel) {
@@ -271,8 +311,9 @@ impl Driver {
                 while let Some(probe) = search.poll_probe() {
                     let header = InbandHeader { message_type: MessageType::Probe, id: probe.id, size: probe.size };
                     if let Err(error) = self.send(topology, peer, header, usize::from(probe.size), buf) {
-                        // EMSGSIZE: the kernel already knows the path is smaller; the next tick
-                        // reads its figure as the ceiling.
+                        // EMSGSIZE: the kernel already knows the path is smaller; its figure is
+                        // read again and becomes the ceiling.
+                        refused_as_too_large |= error.raw_os_error() == Some(libc::EMSGSIZE);
                         tracing::debug!(peer = %peer.name, size = probe.size, %error, "path-MTU probe not sent");
                     }
                 }
@@ -300,6 +341,7 @@ impl Driver {
         let overlay_mtu = report.path_mtu.and_then(|mtu| encapsulation.overlay_mtu(mtu as usize));
         peer.path_mtu
             .publish(PathReport { overlay_mtu: overlay_mtu.and_then(|mtu| u32::try_from(mtu).ok()), ..report });
+        refused_as_too_large
     }
 
     /// The encapsulation towards `peer`: what its SA negotiated (IKE may fall back to tunnel

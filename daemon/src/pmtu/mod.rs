@@ -10,10 +10,10 @@ pub mod search;
 pub mod status;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::ids::PeerId;
 use crate::wire::inband::InbandHeader;
@@ -94,6 +94,10 @@ pub struct PathMtus {
     echoes: mpsc::Sender<EchoOrder>,
     /// Taken once by the driver.
     echo_receiver: Mutex<Option<mpsc::Receiver<EchoOrder>>>,
+    /// Told of every change the kernel reports on the underlay (links, addresses, routes).
+    underlay_changed: Notify,
+    /// Whether anything follows those reports; without, the driver reads the routes by the clock.
+    underlay_followed: AtomicBool,
 }
 
 /// An echo request to send through the peer's SA; `reply` gets when the reply arrived.
@@ -119,6 +123,8 @@ impl Default for PathMtus {
             receiver: Mutex::new(Some(receiver)),
             echoes,
             echo_receiver: Mutex::new(Some(echo_receiver)),
+            underlay_changed: Notify::new(),
+            underlay_followed: AtomicBool::new(false),
         }
     }
 }
@@ -156,6 +162,29 @@ impl PathMtus {
     /// Asks the driver to send an echo request; false when its queue is full or it is not running.
     pub fn order_echo(&self, order: EchoOrder) -> bool {
         self.echoes.try_send(order).is_ok()
+    }
+
+    /// Whether the kernel's reports of underlay changes are followed (`true` once the thread
+    /// that reads them runs, `false` again if it stops).
+    pub fn follow_underlay(&self, followed: bool) {
+        self.underlay_followed.store(followed, Ordering::Relaxed);
+        // A driver waiting on the clock or on reports looks again.
+        self.underlay_changed.notify_one();
+    }
+
+    pub fn underlay_followed(&self) -> bool {
+        self.underlay_followed.load(Ordering::Relaxed)
+    }
+
+    /// The kernel reported a change of a link, an address or a route. Changes that come while
+    /// the driver is busy are coalesced into one.
+    pub fn underlay_changed(&self) {
+        self.underlay_changed.notify_one();
+    }
+
+    /// Waits for the next [`PathMtus::underlay_changed`] (or one that came since the last wait).
+    pub async fn next_underlay_change(&self) {
+        self.underlay_changed.notified().await;
     }
 
     /// The driver's end of the echo orders (once).

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use netlink_packet_core::{NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -25,6 +26,9 @@ use nix::sys::time::TimeVal;
 
 /// Large enough for one route or link reply.
 const REPLY_BUFFER_LEN: usize = 16 << 10;
+/// The kernel counts `rta_expires` in USER_HZ ticks: 100 a second on every architecture Linux
+/// runs meshd on.
+const USER_HZ: u64 = 100;
 /// The kernel answers these requests while they are sent; a reply that has not come by then is
 /// lost, and the thread that asked must not wait for it forever.
 const REPLY_TIMEOUT: TimeVal = TimeVal::new(1, 0);
@@ -42,6 +46,9 @@ pub struct UnderlayRoute {
     pub link_mtu: u32,
     /// The route's own `mtu` metric; a path MTU learnt from ICMP shows here too.
     pub route_mtu: Option<u32>,
+    /// How long a path MTU learnt from ICMP still holds (the kernel then forgets it, and says
+    /// so to no one): the route must be read again then.
+    pub mtu_expires: Option<Duration>,
 }
 
 impl UnderlayRoute {
@@ -76,6 +83,7 @@ struct RouteAnswer {
     gateway: Option<IpAddr>,
     source: Option<IpAddr>,
     route_mtu: Option<u32>,
+    mtu_expires: Option<Duration>,
 }
 
 /// What the link answer says.
@@ -120,6 +128,7 @@ impl RouteLookup {
             source: route.source,
             link_mtu: link.mtu,
             route_mtu: route.route_mtu,
+            mtu_expires: route.mtu_expires,
         })
     }
 
@@ -142,17 +151,35 @@ impl RouteLookup {
     }
 }
 
-/// rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 routes, IPv6 routes.
+/// rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 and IPv6 addresses, IPv4 and
+/// IPv6 routes.
 const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
-/// Message types of a link or route that appeared or changed.
+/// Message types of the reports (linux/rtnetlink.h).
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
 
-/// The kernel's reports of links and routes as they change (rtnetlink multicast): after an
-/// outage, meshd renegotiates when the link is back instead of at its next timed attempt.
-/// `wait` blocks, so it runs on a thread of its own.
+/// What one read of the kernel's reports told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnderlayChange {
+    /// A link, address or route changed in any way: every route lookup may answer differently
+    /// now (an MTU, a gateway, a source address, a route gone).
+    pub changed: bool,
+    /// A link or route appeared or changed: a peer that could not be reached may be now.
+    pub appeared: bool,
+}
+
+/// The kernel's reports of links, addresses and routes as they change (rtnetlink multicast),
+/// on one socket: the path-MTU driver looks up the routes again only when one came (never by
+/// polling), and after an outage meshd renegotiates when the link is back instead of at its
+/// next timed attempt. `wait` blocks, so it runs on a thread of its own.
 pub struct UnderlayEvents {
     socket: Socket,
     buf: Vec<u8>,
@@ -161,33 +188,41 @@ pub struct UnderlayEvents {
 impl UnderlayEvents {
     pub fn open() -> Result<UnderlayEvents, RouteError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
-        let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
         socket.bind(&SocketAddr::new(0, groups)).map_err(RouteError::Socket)?;
         Ok(UnderlayEvents { socket, buf: vec![0u8; REPLY_BUFFER_LEN] })
     }
 
-    /// Waits for the kernel's next report; true when it tells of a link or route that appeared
-    /// or changed (deletions change nothing meshd could act on).
-    pub fn wait(&mut self) -> io::Result<bool> {
-        let len = self.socket.recv(&mut &mut self.buf[..], 0)?;
-        Ok(tells_of_new_link_or_route(&self.buf[..len]))
+    /// Waits for the kernel's next reports.
+    pub fn wait(&mut self) -> io::Result<UnderlayChange> {
+        match self.socket.recv(&mut &mut self.buf[..], 0) {
+            Ok(len) => Ok(classify_reports(&self.buf[..len])),
+            // The socket's buffer overflowed and reports were lost: anything may have changed.
+            Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                Ok(UnderlayChange { changed: true, appeared: true })
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
-/// Whether one rtnetlink datagram holds an RTM_NEWLINK or RTM_NEWROUTE message.
-fn tells_of_new_link_or_route(mut bytes: &[u8]) -> bool {
+/// What the rtnetlink messages of one datagram tell.
+fn classify_reports(mut bytes: &[u8]) -> UnderlayChange {
+    let mut change = UnderlayChange::default();
     while let Ok(message) = NetlinkBuffer::new_checked(bytes) {
-        if matches!(message.message_type(), RTM_NEWLINK | RTM_NEWROUTE) {
-            return true;
+        match message.message_type() {
+            RTM_NEWLINK | RTM_NEWROUTE => change = UnderlayChange { changed: true, appeared: true },
+            RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR | RTM_DELROUTE => change.changed = true,
+            _ => {}
         }
         // Messages are 4-byte aligned (NLMSG_ALIGN).
         let next = (message.length() as usize).next_multiple_of(4);
         if next == 0 || next >= bytes.len() {
-            return false;
+            break;
         }
         bytes = &bytes[next..];
     }
-    false
+    change
 }
 
 /// Looks up the route from `source` towards `destination` and its link (one socket for one
@@ -252,7 +287,7 @@ fn parse_route_answer(
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     };
-    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None };
+    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None, mtu_expires: None };
     let mut interface_index = None;
     // The kernel names the source it would pick (RTA_PREFSRC) only when it differs from the one
     // the request gave (RTA_SRC, echoed back).
@@ -269,10 +304,16 @@ fn parse_route_answer(
                     _ => None,
                 })
             }
+            // Signed in the kernel: negative once expired.
+            RouteAttribute::CacheInfo(info) if (info.expires as i32) > 0 => {
+                answer.mtu_expires = Some(Duration::from_millis(u64::from(info.expires) * 1000 / USER_HZ))
+            }
             _ => {}
         }
     }
     answer.source = preferred_source.or(requested_source);
+    // Only a learnt path MTU expires here (a configured metric does not).
+    answer.mtu_expires = answer.mtu_expires.filter(|_| answer.route_mtu.is_some());
     answer.interface_index = interface_index.ok_or(RouteError::NoInterface(destination))?;
     Ok(answer)
 }
@@ -384,8 +425,23 @@ mod tests {
                 gateway: Some(IpAddr::from([198, 18, 0, 254])),
                 source: Some(IpAddr::from([198, 18, 0, 1])),
                 route_mtu: Some(1300),
+                mtu_expires: None,
             }
         );
+    }
+
+    #[test]
+    fn a_path_mtu_learnt_from_icmp_expires() {
+        // The same answer with RTA_CACHEINFO's rta_expires at 58,700 ticks: `expires 587sec`.
+        let mut learnt = ROUTE_V4.to_vec();
+        let expires_at = ROUTE_V4.len() - 32 + 8;
+        learnt[expires_at..expires_at + 4].copy_from_slice(&58_700u32.to_ne_bytes());
+        let answer = parse_route_answer(payload(&learnt), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!(answer.mtu_expires, Some(Duration::from_secs(587)));
+        // Expired already (negative): nothing to wait for.
+        learnt[expires_at..expires_at + 4].copy_from_slice(&(-5i32).to_ne_bytes());
+        let answer = parse_route_answer(payload(&learnt), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!(answer.mtu_expires, None);
     }
 
     #[test]
@@ -413,18 +469,29 @@ mod tests {
         assert!(matches!(parse_link_answer(payload(ROUTE_V4), 3), Err(RouteError::Malformed(_))));
     }
 
-    #[test]
-    fn new_links_and_routes_are_told_apart_from_other_reports() {
-        // Two 16-byte headers: RTM_DELROUTE (25), then RTM_NEWLINK (16).
+    /// Bare 16-byte rtnetlink headers of the given message types, one after the other.
+    fn reports(message_types: &[u16]) -> Vec<u8> {
         let mut reports = Vec::new();
-        for message_type in [25u16, 16] {
+        for message_type in message_types {
             reports.extend_from_slice(&16u32.to_ne_bytes());
             reports.extend_from_slice(&message_type.to_ne_bytes());
             reports.extend_from_slice(&[0u8; 10]);
         }
-        assert!(tells_of_new_link_or_route(&reports));
-        assert!(!tells_of_new_link_or_route(&reports[..16]), "a deleted route alone");
-        assert!(!tells_of_new_link_or_route(&reports[..10]), "truncated");
+        reports
+    }
+
+    #[test]
+    fn reports_are_told_apart() {
+        let both = UnderlayChange { changed: true, appeared: true };
+        let changed = UnderlayChange { changed: true, appeared: false };
+        assert_eq!(classify_reports(&reports(&[RTM_DELROUTE, RTM_NEWLINK])), both);
+        assert_eq!(classify_reports(&reports(&[RTM_NEWROUTE])), both);
+        for gone_or_moved in [RTM_DELROUTE, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR] {
+            assert_eq!(classify_reports(&reports(&[gone_or_moved])), changed, "type {gone_or_moved}");
+        }
+        // RTM_NEWNEIGH (28): neighbours change no route.
+        assert_eq!(classify_reports(&reports(&[28])), UnderlayChange::default());
+        assert_eq!(classify_reports(&reports(&[RTM_NEWLINK])[..10]), UnderlayChange::default(), "truncated");
     }
 
     #[test]
@@ -442,6 +509,7 @@ mod tests {
             source: None,
             link_mtu: 1400,
             route_mtu,
+            mtu_expires: None,
         };
         assert_eq!(route(None).mtu(), 1400);
         assert_eq!(route(Some(1300)).mtu(), 1300);
