@@ -15,8 +15,8 @@ use crate::sys;
 
 use std::cell::RefCell;
 
-use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
-use super::egress::{EspSender, BUFFER_LEN};
+use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
+use super::egress::{EspSender, BUFFER_LEN, FRAME_OFFSET};
 
 /// RFC 3948: ESP in UDP, and IKE once it floated.
 pub const ESP_IN_UDP_PORT: u16 = 4500;
@@ -121,6 +121,20 @@ impl EspSender for Underlay {
         }
     }
 
+    fn seal_into_queue(
+        &self,
+        peer: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Option<io::Result<usize>> {
+        match self {
+            Underlay::Udp(socket, batch) => Some(batch.borrow_mut().seal_into(socket, peer, esp_start, esp_len, fill)),
+            // Raw ESP queues copies (`MmsgQueue`).
+            Underlay::Esp { .. } => None,
+        }
+    }
+
     fn flush(&self) -> io::Result<()> {
         match self {
             Underlay::Udp(socket, batch) => batch.borrow_mut().flush(socket),
@@ -132,49 +146,146 @@ impl EspSender for Underlay {
 /// Consecutive ESP packets to one peer, all of one size but the last, sent with one `sendmsg`
 /// and UDP_SEGMENT: the segments of a TSO super-frame leave in one or two syscalls.
 pub struct GsoBatch {
-    buf: Vec<u8>,
-    destination: Option<SocketAddr>,
-    segment_size: usize,
-    segments: usize,
-    /// A shorter packet ended the run.
-    closed: bool,
+    run: GsoRun,
     sender: SegmentSender,
 }
 
 impl GsoBatch {
     pub fn new(socket: &UdpSocket) -> Self {
-        GsoBatch {
-            buf: Vec::with_capacity(MAX_UDP_PAYLOAD_V4 + BUFFER_LEN),
+        GsoBatch { run: GsoRun::default(), sender: SegmentSender::new(socket) }
+    }
+
+    fn push(&mut self, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        let GsoBatch { run, sender } = self;
+        run.push(packet, destination, &mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+
+    fn seal_into(
+        &mut self,
+        socket: &UdpSocket,
+        destination: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> io::Result<usize> {
+        let GsoBatch { run, sender } = self;
+        run.seal_into(destination, esp_start, esp_len, fill, &mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        let GsoBatch { run, sender } = self;
+        run.flush(&mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+}
+
+/// Sends one run: its destination, its packets back to back, and their size (the last may be
+/// shorter).
+pub(crate) type SendRun<'a> = dyn FnMut(SocketAddr, &[u8], u16) -> io::Result<usize> + 'a;
+
+/// The packets of a [`GsoBatch`] and the rules of a run, apart from the socket.
+///
+/// The run's packets sit at `buf[RUN_START..end]`. `RUN_START` leaves room in front of the
+/// first packet for the headers [`GsoRun::seal_into`] lets the caller write (its window starts
+/// `esp_start` bytes before the packet), so a segment is written, given its headers and sealed
+/// where it is sent from.
+pub(crate) struct GsoRun {
+    buf: Box<[u8]>,
+    end: usize,
+    destination: Option<SocketAddr>,
+    segment_size: usize,
+    segments: usize,
+    /// A shorter packet ended the run.
+    closed: bool,
+}
+
+/// Where a run's first packet starts: after the most room a window can need in front of it.
+const RUN_START: usize = FRAME_OFFSET;
+
+impl Default for GsoRun {
+    fn default() -> Self {
+        // A whole run, then room for the window of the packet that may follow it.
+        let len = RUN_START + MAX_UDP_PAYLOAD_V6 + BUFFER_LEN;
+        GsoRun {
+            buf: vec![0; len].into_boxed_slice(),
+            end: RUN_START,
             destination: None,
             segment_size: 0,
             segments: 0,
             closed: false,
-            sender: SegmentSender::new(socket),
         }
     }
+}
 
-    /// Adds `packet` for `destination`, sending what was queued first if it does not fit the run.
-    fn push(&mut self, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
-        let fits = self.destination == Some(destination)
+impl GsoRun {
+    /// Whether a packet of `len` bytes for `destination` may join the run.
+    fn fits(&self, len: usize, destination: SocketAddr) -> bool {
+        self.destination == Some(destination)
             && !self.closed
-            && packet.len() <= self.segment_size
-            && self.buf.len() + packet.len() <= MAX_UDP_PAYLOAD_V6
-            && self.segments < UDP_MAX_SEGMENTS;
-        if !fits {
-            self.flush(socket)?;
+            && len <= self.segment_size
+            && self.end - RUN_START + len <= MAX_UDP_PAYLOAD_V6
+            && self.segments < UDP_MAX_SEGMENTS
+    }
+
+    /// Adds the packet at `buf[end..end + len]` to the run.
+    fn admit(&mut self, len: usize, destination: SocketAddr) {
+        if self.destination.is_none() {
             self.destination = Some(destination);
-            self.segment_size = packet.len();
+            self.segment_size = len;
         }
-        self.buf.extend_from_slice(packet);
+        self.end += len;
         self.segments += 1;
-        self.closed = packet.len() < self.segment_size;
+        self.closed = len < self.segment_size;
+    }
+
+    /// Adds a copy of `packet` for `destination`, sending what was queued first if it does not
+    /// fit the run.
+    pub(crate) fn push(&mut self, packet: &[u8], destination: SocketAddr, send: &mut SendRun<'_>) -> io::Result<usize> {
+        if !self.fits(packet.len(), destination) {
+            self.flush(send)?;
+        }
+        self.buf[self.end..self.end + packet.len()].copy_from_slice(packet);
+        self.admit(packet.len(), destination);
         Ok(packet.len())
     }
 
-    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+    /// Lets `fill` write an ESP packet of `esp_len` bytes for `destination` straight into the
+    /// run, sending what was queued first if it would not fit. `fill` gets a window whose bytes
+    /// from `esp_start` on become the packet (the bytes before may hold earlier packets and must
+    /// stay as they are) and returns the packet's length, or `None` for nothing to send.
+    /// Returns the bytes queued (0 for nothing).
+    pub(crate) fn seal_into(
+        &mut self,
+        destination: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+        send: &mut SendRun<'_>,
+    ) -> io::Result<usize> {
+        debug_assert!(esp_start <= RUN_START, "the window must start inside the buffer");
+        // As with `push`, a failed send of the run before it costs this packet too.
+        let flushed = match self.fits(esp_len, destination) {
+            true => Ok(()),
+            false => self.flush(send),
+        };
+        let window = &mut self.buf[self.end - esp_start..];
+        let Some(len) = fill(window) else { return flushed.map(|()| 0) };
+        flushed?;
+        if len != esp_len && !self.fits(len, destination) {
+            // Not the length announced: send the run before it, then move the packet to the start.
+            let packet = self.end..self.end + len;
+            let sent = self.flush(send);
+            self.buf.copy_within(packet, RUN_START);
+            sent?;
+        }
+        self.admit(len, destination);
+        Ok(len)
+    }
+
+    /// Sends the run and empties it.
+    pub(crate) fn flush(&mut self, send: &mut SendRun<'_>) -> io::Result<()> {
         let Some(destination) = self.destination.take() else { return Ok(()) };
-        let sent = self.sender.send(socket, destination, &self.buf, self.segment_size as u16);
-        self.buf.clear();
+        let sent = send(destination, &self.buf[RUN_START..self.end], self.segment_size as u16);
+        self.end = RUN_START;
         self.segments = 0;
         self.closed = false;
         sent.map(|_| ())

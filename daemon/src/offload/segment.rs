@@ -111,6 +111,11 @@ impl<'a> Segmenter<'a> {
         Some(self.tcp.payload + self.mss.min(self.tcp.payload_len() - start))
     }
 
+    /// Length of the segment the next `write_next` writes; `None` when all are written.
+    pub fn next_len(&self) -> Option<usize> {
+        self.segment_len(self.next)
+    }
+
     /// The length of the first, longest segment: the room each `write_next` needs.
     #[cfg(any(test, feature = "internals"))]
     pub fn max_segment_len(&self) -> usize {
