@@ -11,6 +11,8 @@ mod worker;
 #[cfg(any(test, fuzzing))]
 pub mod testkit;
 #[cfg(test)]
+mod gso_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::Write;

@@ -184,12 +184,15 @@ pub(crate) type SendRun<'a> = dyn FnMut(SocketAddr, &[u8], u16) -> io::Result<us
 
 /// The packets of a [`GsoBatch`] and the rules of a run, apart from the socket.
 ///
-/// The run's packets sit at `buf[RUN_START..end]`. `RUN_START` leaves room in front of the
-/// first packet for the headers [`GsoRun::seal_into`] lets the caller write (its window starts
-/// `esp_start` bytes before the packet), so a segment is written, given its headers and sealed
-/// where it is sent from.
+/// The run's packets sit at `bufs[current][RUN_START..end]`. `RUN_START` leaves room in front of
+/// the first packet for the headers [`GsoRun::seal_into`] lets the caller write (its window
+/// starts `esp_start` bytes before the packet), so a segment is written, given its headers and
+/// sealed where it is sent from. A packet that will not fit the run is written at the start of
+/// the other buffer, which becomes the run once the packet is there and the old run sent: a
+/// packet that turns out to be dropped sends nothing early.
 pub(crate) struct GsoRun {
-    buf: Box<[u8]>,
+    bufs: [Box<[u8]>; 2],
+    current: usize,
     end: usize,
     destination: Option<SocketAddr>,
     segment_size: usize,
@@ -204,9 +207,10 @@ const RUN_START: usize = FRAME_OFFSET;
 impl Default for GsoRun {
     fn default() -> Self {
         // A whole run, then room for the window of the packet that may follow it.
-        let len = RUN_START + MAX_UDP_PAYLOAD_V6 + BUFFER_LEN;
+        let buffer = || vec![0; RUN_START + MAX_UDP_PAYLOAD_V6 + BUFFER_LEN].into_boxed_slice();
         GsoRun {
-            buf: vec![0; len].into_boxed_slice(),
+            bufs: [buffer(), buffer()],
+            current: 0,
             end: RUN_START,
             destination: None,
             segment_size: 0,
@@ -226,7 +230,7 @@ impl GsoRun {
             && self.segments < UDP_MAX_SEGMENTS
     }
 
-    /// Adds the packet at `buf[end..end + len]` to the run.
+    /// Adds the packet at `bufs[current][end..end + len]` to the run.
     fn admit(&mut self, len: usize, destination: SocketAddr) {
         if self.destination.is_none() {
             self.destination = Some(destination);
@@ -243,13 +247,13 @@ impl GsoRun {
         if !self.fits(packet.len(), destination) {
             self.flush(send)?;
         }
-        self.buf[self.end..self.end + packet.len()].copy_from_slice(packet);
+        self.bufs[self.current][self.end..self.end + packet.len()].copy_from_slice(packet);
         self.admit(packet.len(), destination);
         Ok(packet.len())
     }
 
     /// Lets `fill` write an ESP packet of `esp_len` bytes for `destination` straight into the
-    /// run, sending what was queued first if it would not fit. `fill` gets a window whose bytes
+    /// run, sending what was queued first if it does not fit. `fill` gets a window whose bytes
     /// from `esp_start` on become the packet (the bytes before may hold earlier packets and must
     /// stay as they are) and returns the packet's length, or `None` for nothing to send.
     /// Returns the bytes queued (0 for nothing).
@@ -262,19 +266,22 @@ impl GsoRun {
         send: &mut SendRun<'_>,
     ) -> io::Result<usize> {
         debug_assert!(esp_start <= RUN_START, "the window must start inside the buffer");
-        // As with `push`, a failed send of the run before it costs this packet too.
-        let flushed = match self.fits(esp_len, destination) {
-            true => Ok(()),
-            false => self.flush(send),
+        let fits = self.fits(esp_len, destination);
+        let (buf, at) = match fits {
+            true => (self.current, self.end),
+            false => (1 - self.current, RUN_START),
         };
-        let window = &mut self.buf[self.end - esp_start..];
-        let Some(len) = fill(window) else { return flushed.map(|()| 0) };
-        flushed?;
-        if len != esp_len && !self.fits(len, destination) {
+        let Some(len) = fill(&mut self.bufs[buf][at - esp_start..]) else { return Ok(0) };
+        if !fits {
+            // As with `push`, a failed send of the run before it costs this packet too.
+            let sent = self.flush(send);
+            self.current = buf;
+            sent?;
+        } else if len != esp_len && !self.fits(len, destination) {
             // Not the length announced: send the run before it, then move the packet to the start.
             let packet = self.end..self.end + len;
             let sent = self.flush(send);
-            self.buf.copy_within(packet, RUN_START);
+            self.bufs[self.current].copy_within(packet, RUN_START);
             sent?;
         }
         self.admit(len, destination);
@@ -284,7 +291,7 @@ impl GsoRun {
     /// Sends the run and empties it.
     pub(crate) fn flush(&mut self, send: &mut SendRun<'_>) -> io::Result<()> {
         let Some(destination) = self.destination.take() else { return Ok(()) };
-        let sent = send(destination, &self.buf[RUN_START..self.end], self.segment_size as u16);
+        let sent = send(destination, &self.bufs[self.current][RUN_START..self.end], self.segment_size as u16);
         self.end = RUN_START;
         self.segments = 0;
         self.closed = false;
