@@ -2,68 +2,18 @@
 //! the worker's buffer and copying each packet into the batch did: for a stream of frames, the
 //! runs handed to the socket (destination, bytes, segment size) are compared byte for byte.
 
-use std::cell::{Cell, RefCell};
-use std::io;
 use std::net::SocketAddr;
 
 use mesh_config::control::DropReason;
 use mesh_config::Mode;
 
-use super::egress::Destination;
-use super::sockets::GsoRun;
-use super::testkit::{self, Delivered, Setup, Taps, DEFAULT};
-use super::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
+use super::testkit::{self, Delivered, GsoWire, Run, Setup, Taps, DEFAULT};
+use super::{Destination, Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
 use crate::offload::testutil::{build, tso_header, FrameSpec};
 use crate::offload::{Segmenter, VirtioNetHeader};
 use crate::pmtu::PathReport;
 use crate::state::MeshState;
 use crate::topology::PeerId;
-
-/// One GSO send as the socket gets it.
-type Run = (SocketAddr, Vec<u8>, u16);
-
-/// A GSO batch whose runs are recorded instead of sent. `in_place`: the sender lets egress seal
-/// into its queue (the datapath now); else every packet is copied in (the datapath before).
-struct RecordedBatch {
-    run: RefCell<GsoRun>,
-    sent: RefCell<Vec<Run>>,
-    in_place: bool,
-    copied: Cell<usize>,
-}
-
-impl RecordedBatch {
-    fn new(in_place: bool) -> Self {
-        RecordedBatch { run: RefCell::default(), sent: RefCell::default(), in_place, copied: Cell::new(0) }
-    }
-
-    fn record(&self) -> impl FnMut(SocketAddr, &[u8], u16) -> io::Result<usize> + '_ {
-        |to, bytes, segment_size| {
-            self.sent.borrow_mut().push((to, bytes.to_vec(), segment_size));
-            Ok(bytes.len())
-        }
-    }
-}
-
-impl EspSender for RecordedBatch {
-    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
-        self.copied.set(self.copied.get() + 1);
-        self.run.borrow_mut().push(packet, peer, &mut self.record())
-    }
-
-    fn seal_into_queue(
-        &self,
-        peer: SocketAddr,
-        esp_start: usize,
-        esp_len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
-    ) -> Option<io::Result<usize>> {
-        self.in_place.then(|| self.run.borrow_mut().seal_into(peer, esp_start, esp_len, fill, &mut self.record()))
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        self.run.borrow_mut().flush(&mut self.record())
-    }
-}
 
 /// A frame as the TAP hands it over, and where it goes.
 struct TapFrame {
@@ -103,7 +53,7 @@ fn transmit(setup: &Setup, frames: &[TapFrame], path_limit: Option<u32>, in_plac
         let report = PathReport { path_mtu: Some(limit + 100), overlay_mtu: Some(limit), source: "probed", search: None };
         topology.peer(PeerId(0)).path_mtu.publish(report);
     }
-    let batch = RecordedBatch::new(in_place);
+    let batch = GsoWire::new(in_place, true);
     let taps = Taps::default();
     let tables = state.sadb.load();
     let egress = Egress {

@@ -366,3 +366,39 @@ impl Underlay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fill` writing `len` bytes of `byte` as the packet.
+    fn packet(byte: u8, esp_start: usize, len: usize) -> impl FnMut(&mut [u8]) -> Option<usize> {
+        move |window| {
+            window[esp_start..esp_start + len].fill(byte);
+            Some(len)
+        }
+    }
+
+    #[test]
+    fn a_packet_longer_than_announced_goes_in_a_run_of_its_own() {
+        let to: SocketAddr = "198.18.0.2:4500".parse().unwrap();
+        let mut sent = Vec::new();
+        {
+            let mut send = |to: SocketAddr, bytes: &[u8], size: u16| {
+                sent.push((to, bytes.to_vec(), size));
+                Ok(bytes.len())
+            };
+            let mut run = GsoRun::default();
+            assert_eq!(run.seal_into(to, 10, 100, &mut packet(1, 10, 100), &mut send).unwrap(), 100);
+            // Announced as 100 bytes (it would fit), written as 120: not a segment of that run.
+            assert_eq!(run.seal_into(to, 10, 100, &mut packet(2, 10, 120), &mut send).unwrap(), 120);
+            assert_eq!(run.seal_into(to, 10, 120, &mut packet(3, 10, 120), &mut send).unwrap(), 120);
+            // Nothing to send: the run stays as it is.
+            assert_eq!(run.seal_into(to, 10, 100, &mut |_| None, &mut send).unwrap(), 0);
+            run.flush(&mut send).unwrap();
+        }
+        let mut second = vec![2; 120];
+        second.extend([3; 120]);
+        assert_eq!(sent, vec![(to, vec![1; 100], 100), (to, second, 120)]);
+    }
+}
