@@ -1,7 +1,10 @@
 //! The TAP offload work of the datapath on byte buffers: cutting a 64 KiB TCP super-frame into
 //! MSS-sized segments (as read from a TAP with TSO), and coalescing those segments back into one
 //! super-frame (as received): with the TCP checksums verified as Linux GRO does, and without, as
-//! the datapath coalesces segments the ESP AEAD has just authenticated.
+//! the datapath coalesces segments the ESP AEAD has just authenticated. And the egress of such
+//! a super-frame to one peer as the datapath does it (segments, VXLAN, ESP, into the GSO batch):
+//! each packet sealed in the worker's buffer and copied into the batch (before issue 19), and
+//! sealed straight in the batch (now).
 //!
 //!     cargo bench -p meshd --features internals --bench offload  # or `-- --quick` for a short run
 
@@ -9,6 +12,8 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use meshd::datapath::testkit::{self, GsoWire, Taps};
+use meshd::datapath::{Destination, Egress, EspSender, BUFFER_LEN};
 use meshd::offload::virtio_net::{self, Gso, VirtioNetHeader};
 use meshd::offload::{CoalesceConfig, Coalescer, Segmenter};
 use meshd::wire::checksum::PseudoHeader;
@@ -120,5 +125,37 @@ fn segment(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, segment);
+fn egress(c: &mut Criterion) {
+    let (header, frame) = superframe();
+    let state = testkit::node(&testkit::DEFAULT, 0);
+    let (topology, tables) = (state.topology(), state.sadb.load());
+    let taps = Taps::default();
+    let (mut segment, mut scratch) = (vec![0u8; BUFFER_LEN], vec![0u8; BUFFER_LEN]);
+    let mut group = c.benchmark_group("datapath");
+    group.throughput(Throughput::Bytes(PAYLOAD as u64));
+    for (name, in_place) in [("egress_64k_copy_into_batch", false), ("egress_64k_seal_in_batch", true)] {
+        let wire = GsoWire::new(in_place, false);
+        let egress = Egress {
+            state: &state,
+            topology: &topology,
+            tables: &tables,
+            underlay: &wire,
+            sink: &taps,
+            now_ms: 1,
+            observing: None,
+        };
+        let to_peer = Destination::Peer(topology.overlays[0].members[0]);
+        let mut send_super_frame = || {
+            let mut segments = Segmenter::new(&header, black_box(&frame)).expect("a valid super-frame");
+            egress.forward_segments(to_peer, &topology.overlays[0], &mut segments, &mut segment, &mut scratch);
+            wire.flush().expect("a recorded send");
+        };
+        send_super_frame();
+        assert_eq!(wire.copied.get() == 0, in_place, "{name}: the path measured");
+        group.bench_function(name, |b| b.iter(&mut send_super_frame));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, segment, egress);
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use mesh_config::control::{Direction, DropReason};
 use mesh_config::Mode;
@@ -14,6 +15,7 @@ use super::ingress::{FrameSink, FRAME_HEADROOM};
 use crate::diag::observe::{Observing, SeenFrame};
 use crate::drops::{DropContext, InnerAddresses, SendErrorKind};
 use crate::esp;
+use crate::offload::Segmenter;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
@@ -42,6 +44,21 @@ const TUNNEL_HOP_LIMIT: u8 = 64;
 pub trait EspSender {
     /// Sends (or queues) to `peer` (its port matters only for ESP in UDP).
     fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize>;
+
+    /// Seals straight into the send queue, if the sender queues in a buffer of its own: `fill`
+    /// gets a window of that buffer whose bytes from `esp_start` on become an ESP packet (of
+    /// `esp_len` bytes, as far as the caller knows), writes and seals it there, and returns its
+    /// length or `None` (nothing to send). `None` when the sender has no such queue: the caller
+    /// then seals in its own buffer and calls `send_esp`.
+    fn seal_into_queue(
+        &self,
+        _peer: SocketAddr,
+        _esp_start: usize,
+        _esp_len: usize,
+        _fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Option<io::Result<usize>> {
+        None
+    }
 
     /// Sends what is queued.
     fn flush(&self) -> io::Result<()> {
@@ -126,32 +143,111 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         self.send(overlay, *last, buf, frame_len);
     }
 
+    /// Sends the segments of a TSO super-frame to `destination`. To one peer over a sender with a
+    /// queue of its own (ESP in UDP), each segment is written, given its headers and sealed in
+    /// that queue; otherwise it is written into `segment` and sent as a frame read from the TAP.
+    pub fn forward_segments(
+        &self,
+        destination: Destination,
+        overlay: &Overlay,
+        segments: &mut Segmenter<'_>,
+        segment: &mut [u8],
+        scratch: &mut [u8],
+    ) {
+        while let Some(frame_len) = segments.next_len() {
+            if let Destination::Peer(peer) = destination {
+                if self.seal_segment_into_queue(overlay, peer, segments, frame_len) {
+                    continue;
+                }
+            }
+            if let Some(len) = segments.write_next(&mut segment[FRAME_OFFSET..]) {
+                self.forward_to(destination, overlay, segment, scratch, len);
+            }
+        }
+    }
+
+    /// Writes the next segment (`frame_len` bytes) of `segments` into the underlay's queue, seals
+    /// it there for `peer_id` and counts it; false (nothing written) when the underlay has no
+    /// such queue or the peer no outbound SA.
+    fn seal_segment_into_queue(
+        &self,
+        overlay: &Overlay,
+        peer_id: PeerId,
+        segments: &mut Segmenter<'_>,
+        frame_len: usize,
+    ) -> bool {
+        let Some(sa) = self.tables.outbound(peer_id) else { return false };
+        let esp_start = esp_start(sa.params.mode, self.topology.peer(peer_id).path);
+        let esp_len = esp::sealed_len(FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len);
+        let mut sealed = None;
+        let mut fill = |window: &mut [u8]| {
+            let len = segments.write_next(&mut window[FRAME_OFFSET..])?;
+            sealed = self.seal(overlay, peer_id, Some(sa), window, len);
+            sealed.as_ref().map(|sealed| sealed.esp.len())
+        };
+        let Some(result) = self.underlay.seal_into_queue(sa.params.remote, esp_start, esp_len, &mut fill) else {
+            return false;
+        };
+        if let Some(sealed) = sealed {
+            self.count_sent(sealed, result);
+        }
+        true
+    }
+
     fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
+        let sa = self.tables.outbound(peer_id).map(|sa| &**sa);
+        if let Some(sealed) = self.seal(overlay, peer_id, sa, buf, frame_len) {
+            let result = self.underlay.send_esp(&buf[sealed.esp.clone()], sealed.sa.params.remote);
+            self.count_sent(sealed, result);
+        }
+    }
+
+    /// Whether the frame at `buf[FRAME_OFFSET..][..frame_len]` is too large for the path to
+    /// `peer_id`; if so, the drop is recorded and the sender answered.
+    fn too_big(&self, overlay: &Overlay, peer_id: PeerId, buf: &[u8], frame_len: usize) -> bool {
+        let path = &self.topology.peer(peer_id).path_mtu;
+        let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
+        // A TSO super-frame arrives here one segment at a time, so this checks the segment size.
+        let Some(limit) = path.overlay_limit().filter(|limit| frame_len - ethernet::HEADER_LEN > *limit as usize) else {
+            return false;
+        };
+        self.drop(DropReason::MtuExceeded, Some(peer_id), Some(overlay.vni), frame);
+        if path.may_answer_too_big(self.now_ms) {
+            self.answer_too_big(overlay, frame, limit);
+        }
+        true
+    }
+
+    /// Checks the frame at `buf[FRAME_OFFSET..][..frame_len]` for `peer_id`, writes its headers in
+    /// front of it and seals it with `sa`, the peer's outbound SA; `None` when it was dropped
+    /// (and the drop recorded).
+    fn seal<'s>(
+        &self,
+        overlay: &Overlay,
+        peer_id: PeerId,
+        sa: Option<&'s OutboundSa>,
+        buf: &mut [u8],
+        frame_len: usize,
+    ) -> Option<Sealed<'s>> {
         if frame_len > MAX_ENCAPSULATED_FRAME_LEN {
             // Only an overlay MTU near 64 KiB without offloads gets here; the underlay could not
             // carry such a packet anyway.
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &buf[FRAME_OFFSET..]);
-            return;
+            return None;
+        }
+        if self.too_big(overlay, peer_id, buf, frame_len) {
+            return None;
         }
         let peer = self.topology.peer(peer_id);
-        let path = &peer.path_mtu;
         let frame = &buf[FRAME_OFFSET..FRAME_OFFSET + frame_len];
-        // A TSO super-frame arrives here one segment at a time, so this checks the segment size.
-        if let Some(limit) = path.overlay_limit().filter(|limit| frame_len - ethernet::HEADER_LEN > *limit as usize) {
-            self.drop(DropReason::MtuExceeded, Some(peer_id), Some(overlay.vni), frame);
-            if path.may_answer_too_big(self.now_ms) {
-                self.answer_too_big(overlay, frame, limit);
-            }
-            return;
-        }
-        let Some(sa) = self.tables.outbound(peer_id) else {
+        let Some(sa) = sa else {
             self.drop(DropReason::NoOutboundSa, Some(peer_id), Some(overlay.vni), frame);
-            return;
+            return None;
         };
         let Some(sequence) = sa.next_sequence() else {
             sa.counters.count_drop(DropReason::SequenceExhausted);
             self.drop(DropReason::SequenceExhausted, Some(peer_id), Some(overlay.vni), frame);
-            return;
+            return None;
         };
         if let Some(observing) = self.observing {
             let (overlay, spi, vni) = (overlay.id, sa.params.spi, overlay.vni);
@@ -169,9 +265,16 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             // Only a buffer too small for the trailer fails, which BUFFER_LEN rules out.
             sa.counters.count_drop(DropReason::FrameTooLarge);
             self.drop(DropReason::FrameTooLarge, Some(peer_id), Some(overlay.vni), &[]);
-            return;
+            return None;
         };
-        match self.underlay.send_esp(&buf[esp_start..esp_start + esp_len], sa.params.remote) {
+        Some(Sealed { sa, peer_id, vni: overlay.vni, frame_len, esp: esp_start..esp_start + esp_len })
+    }
+
+    /// Counts a sealed packet as sent, or its send as failed.
+    fn count_sent(&self, sealed: Sealed<'_>, result: io::Result<usize>) {
+        let Sealed { sa, peer_id, vni, frame_len, .. } = sealed;
+        let peer = self.topology.peer(peer_id);
+        match result {
             Ok(_) => {
                 sa.counters.count(frame_len, self.now_ms);
                 peer.counters.count_tx(frame_len);
@@ -187,7 +290,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                     peer.counters.send_errors.count(SendErrorKind::of(&error));
                 }
                 // The frame is sealed by now: no inner addresses.
-                self.drop(reason, Some(peer_id), Some(overlay.vni), &[]);
+                self.drop(reason, Some(peer_id), Some(vni), &[]);
                 log_send_error(&error);
             }
         }
@@ -225,10 +328,11 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         if let Path::V6 { local, peer } = path {
             udp::Packet::new_unchecked(&mut buf[udp_start..udp_start + udp_len]).fill_checksum_ipv6(local, peer);
         }
-        let (ip_start, next_header) = match (sa.params.mode, path) {
-            (Mode::Transport, _) => (udp_start, ipv4::PROTOCOL_UDP),
+        let esp_start = esp_start(sa.params.mode, path);
+        let ip_start = esp_start + esp::PLAINTEXT_OFFSET;
+        let next_header = match (sa.params.mode, path) {
+            (Mode::Transport, _) => ipv4::PROTOCOL_UDP,
             (Mode::Tunnel, Path::V4 { local, peer }) => {
-                let start = udp_start - ipv4::HEADER_LEN;
                 Ipv4Header {
                     source: local,
                     destination: peer,
@@ -238,11 +342,10 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                     dont_fragment: true,
                     identification: 0,
                 }
-                .emit(&mut buf[start..udp_start]);
-                (start, ipv4::PROTOCOL_IPV4_IN_IP)
+                .emit(&mut buf[ip_start..udp_start]);
+                ipv4::PROTOCOL_IPV4_IN_IP
             }
             (Mode::Tunnel, Path::V6 { local, peer }) => {
-                let start = udp_start - ipv6::HEADER_LEN;
                 Ipv6Header {
                     source: local,
                     destination: peer,
@@ -250,11 +353,11 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
                     payload_len: udp_len,
                     hop_limit: TUNNEL_HOP_LIMIT,
                 }
-                .emit(&mut buf[start..udp_start]);
-                (start, ipv4::PROTOCOL_IPV6_IN_IP)
+                .emit(&mut buf[ip_start..udp_start]);
+                ipv4::PROTOCOL_IPV6_IN_IP
             }
         };
-        (ip_start - esp::PLAINTEXT_OFFSET, next_header)
+        (esp_start, next_header)
     }
 
     /// Records a drop; `frame` is the frame while it is still in the clear, else empty.
@@ -262,6 +365,26 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         let context = DropContext { peer, vni, ..DropContext::default() };
         self.state.drops.record_with_inner(reason, context, || InnerAddresses::of_frame(frame));
     }
+}
+
+/// A packet sealed for `sa` at `esp` in the buffer, not yet counted.
+struct Sealed<'s> {
+    sa: &'s OutboundSa,
+    peer_id: PeerId,
+    vni: u32,
+    frame_len: usize,
+    esp: Range<usize>,
+}
+
+/// Where, in a buffer with the frame at `FRAME_OFFSET`, the ESP packet for an SA in `mode` on
+/// `path` starts: before [inner IP] | UDP | VXLAN.
+fn esp_start(mode: Mode, path: Path) -> usize {
+    let inner_ip = match (mode, path) {
+        (Mode::Transport, _) => 0,
+        (Mode::Tunnel, Path::V4 { .. }) => ipv4::HEADER_LEN,
+        (Mode::Tunnel, Path::V6 { .. }) => ipv6::HEADER_LEN,
+    };
+    FRAME_OFFSET - vxlan::HEADER_LEN - udp::HEADER_LEN - inner_ip - esp::PLAINTEXT_OFFSET
 }
 
 fn log_send_error(error: &io::Error) {

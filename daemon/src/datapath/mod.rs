@@ -8,8 +8,10 @@ mod ingress;
 mod sockets;
 mod worker;
 
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, fuzzing, feature = "internals"))]
 pub mod testkit;
+#[cfg(test)]
+mod gso_tests;
 #[cfg(test)]
 mod tests;
 
@@ -24,10 +26,10 @@ use crate::tap::TapQueue;
 use mesh_config::Encap;
 
 pub use self::egress::TRAILER_ROOM;
-#[cfg(any(test, fuzzing))]
-pub use self::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
+#[cfg(any(test, fuzzing, feature = "internals"))]
+pub use self::egress::{Destination, Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, fuzzing, feature = "internals"))]
 pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
 pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 

@@ -15,8 +15,8 @@ use crate::sys;
 
 use std::cell::RefCell;
 
-use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
-use super::egress::{EspSender, BUFFER_LEN};
+use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
+use super::egress::{EspSender, BUFFER_LEN, FRAME_OFFSET};
 
 /// RFC 3948: ESP in UDP, and IKE once it floated.
 pub const ESP_IN_UDP_PORT: u16 = 4500;
@@ -121,6 +121,20 @@ impl EspSender for Underlay {
         }
     }
 
+    fn seal_into_queue(
+        &self,
+        peer: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Option<io::Result<usize>> {
+        match self {
+            Underlay::Udp(socket, batch) => Some(batch.borrow_mut().seal_into(socket, peer, esp_start, esp_len, fill)),
+            // Raw ESP queues copies (`MmsgQueue`).
+            Underlay::Esp { .. } => None,
+        }
+    }
+
     fn flush(&self) -> io::Result<()> {
         match self {
             Underlay::Udp(socket, batch) => batch.borrow_mut().flush(socket),
@@ -132,49 +146,153 @@ impl EspSender for Underlay {
 /// Consecutive ESP packets to one peer, all of one size but the last, sent with one `sendmsg`
 /// and UDP_SEGMENT: the segments of a TSO super-frame leave in one or two syscalls.
 pub struct GsoBatch {
-    buf: Vec<u8>,
-    destination: Option<SocketAddr>,
-    segment_size: usize,
-    segments: usize,
-    /// A shorter packet ended the run.
-    closed: bool,
+    run: GsoRun,
     sender: SegmentSender,
 }
 
 impl GsoBatch {
     pub fn new(socket: &UdpSocket) -> Self {
-        GsoBatch {
-            buf: Vec::with_capacity(MAX_UDP_PAYLOAD_V4 + BUFFER_LEN),
+        GsoBatch { run: GsoRun::default(), sender: SegmentSender::new(socket) }
+    }
+
+    fn push(&mut self, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        let GsoBatch { run, sender } = self;
+        run.push(packet, destination, &mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+
+    fn seal_into(
+        &mut self,
+        socket: &UdpSocket,
+        destination: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> io::Result<usize> {
+        let GsoBatch { run, sender } = self;
+        run.seal_into(destination, esp_start, esp_len, fill, &mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        let GsoBatch { run, sender } = self;
+        run.flush(&mut |to, bytes, size| sender.send(socket, to, bytes, size))
+    }
+}
+
+/// Sends one run: its destination, its packets back to back, and their size (the last may be
+/// shorter).
+pub(crate) type SendRun<'a> = dyn FnMut(SocketAddr, &[u8], u16) -> io::Result<usize> + 'a;
+
+/// The packets of a [`GsoBatch`] and the rules of a run, apart from the socket.
+///
+/// The run's packets sit at `bufs[current][RUN_START..end]`. `RUN_START` leaves room in front of
+/// the first packet for the headers [`GsoRun::seal_into`] lets the caller write (its window
+/// starts `esp_start` bytes before the packet), so a segment is written, given its headers and
+/// sealed where it is sent from. A packet that will not fit the run is written at the start of
+/// the other buffer, which becomes the run once the packet is there and the old run sent: a
+/// packet that turns out to be dropped sends nothing early.
+pub(crate) struct GsoRun {
+    bufs: [Box<[u8]>; 2],
+    current: usize,
+    end: usize,
+    destination: Option<SocketAddr>,
+    segment_size: usize,
+    segments: usize,
+    /// A shorter packet ended the run.
+    closed: bool,
+}
+
+/// Where a run's first packet starts: after the most room a window can need in front of it.
+const RUN_START: usize = FRAME_OFFSET;
+
+impl Default for GsoRun {
+    fn default() -> Self {
+        // A whole run, then room for the window of the packet that may follow it.
+        let buffer = || vec![0; RUN_START + MAX_UDP_PAYLOAD_V6 + BUFFER_LEN].into_boxed_slice();
+        GsoRun {
+            bufs: [buffer(), buffer()],
+            current: 0,
+            end: RUN_START,
             destination: None,
             segment_size: 0,
             segments: 0,
             closed: false,
-            sender: SegmentSender::new(socket),
         }
     }
+}
 
-    /// Adds `packet` for `destination`, sending what was queued first if it does not fit the run.
-    fn push(&mut self, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
-        let fits = self.destination == Some(destination)
+impl GsoRun {
+    /// Whether a packet of `len` bytes for `destination` may join the run.
+    fn fits(&self, len: usize, destination: SocketAddr) -> bool {
+        self.destination == Some(destination)
             && !self.closed
-            && packet.len() <= self.segment_size
-            && self.buf.len() + packet.len() <= MAX_UDP_PAYLOAD_V6
-            && self.segments < UDP_MAX_SEGMENTS;
-        if !fits {
-            self.flush(socket)?;
+            && len <= self.segment_size
+            && self.end - RUN_START + len <= MAX_UDP_PAYLOAD_V6
+            && self.segments < UDP_MAX_SEGMENTS
+    }
+
+    /// Adds the packet at `bufs[current][end..end + len]` to the run.
+    fn admit(&mut self, len: usize, destination: SocketAddr) {
+        if self.destination.is_none() {
             self.destination = Some(destination);
-            self.segment_size = packet.len();
+            self.segment_size = len;
         }
-        self.buf.extend_from_slice(packet);
+        self.end += len;
         self.segments += 1;
-        self.closed = packet.len() < self.segment_size;
+        self.closed = len < self.segment_size;
+    }
+
+    /// Adds a copy of `packet` for `destination`, sending what was queued first if it does not
+    /// fit the run.
+    pub(crate) fn push(&mut self, packet: &[u8], destination: SocketAddr, send: &mut SendRun<'_>) -> io::Result<usize> {
+        if !self.fits(packet.len(), destination) {
+            self.flush(send)?;
+        }
+        self.bufs[self.current][self.end..self.end + packet.len()].copy_from_slice(packet);
+        self.admit(packet.len(), destination);
         Ok(packet.len())
     }
 
-    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+    /// Lets `fill` write an ESP packet of `esp_len` bytes for `destination` straight into the
+    /// run, sending what was queued first if it does not fit. `fill` gets a window whose bytes
+    /// from `esp_start` on become the packet (the bytes before may hold earlier packets and must
+    /// stay as they are) and returns the packet's length, or `None` for nothing to send.
+    /// Returns the bytes queued (0 for nothing).
+    pub(crate) fn seal_into(
+        &mut self,
+        destination: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+        send: &mut SendRun<'_>,
+    ) -> io::Result<usize> {
+        debug_assert!(esp_start <= RUN_START, "the window must start inside the buffer");
+        let fits = self.fits(esp_len, destination);
+        let (buf, at) = match fits {
+            true => (self.current, self.end),
+            false => (1 - self.current, RUN_START),
+        };
+        let Some(len) = fill(&mut self.bufs[buf][at - esp_start..]) else { return Ok(0) };
+        if !fits {
+            // As with `push`, a failed send of the run before it costs this packet too.
+            let sent = self.flush(send);
+            self.current = buf;
+            sent?;
+        } else if len != esp_len && !self.fits(len, destination) {
+            // Not the length announced: send the run before it, then move the packet to the start.
+            let packet = self.end..self.end + len;
+            let sent = self.flush(send);
+            self.bufs[self.current].copy_within(packet, RUN_START);
+            sent?;
+        }
+        self.admit(len, destination);
+        Ok(len)
+    }
+
+    /// Sends the run and empties it.
+    pub(crate) fn flush(&mut self, send: &mut SendRun<'_>) -> io::Result<()> {
         let Some(destination) = self.destination.take() else { return Ok(()) };
-        let sent = self.sender.send(socket, destination, &self.buf, self.segment_size as u16);
-        self.buf.clear();
+        let sent = send(destination, &self.bufs[self.current][RUN_START..self.end], self.segment_size as u16);
+        self.end = RUN_START;
         self.segments = 0;
         self.closed = false;
         sent.map(|_| ())
@@ -246,5 +364,41 @@ impl Underlay {
             Underlay::Esp { socket, receives: true, .. } => Some(socket.fd()),
             Underlay::Esp { receives: false, .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fill` writing `len` bytes of `byte` as the packet.
+    fn packet(byte: u8, esp_start: usize, len: usize) -> impl FnMut(&mut [u8]) -> Option<usize> {
+        move |window| {
+            window[esp_start..esp_start + len].fill(byte);
+            Some(len)
+        }
+    }
+
+    #[test]
+    fn a_packet_longer_than_announced_goes_in_a_run_of_its_own() {
+        let to: SocketAddr = "198.18.0.2:4500".parse().unwrap();
+        let mut sent = Vec::new();
+        {
+            let mut send = |to: SocketAddr, bytes: &[u8], size: u16| {
+                sent.push((to, bytes.to_vec(), size));
+                Ok(bytes.len())
+            };
+            let mut run = GsoRun::default();
+            assert_eq!(run.seal_into(to, 10, 100, &mut packet(1, 10, 100), &mut send).unwrap(), 100);
+            // Announced as 100 bytes (it would fit), written as 120: not a segment of that run.
+            assert_eq!(run.seal_into(to, 10, 100, &mut packet(2, 10, 120), &mut send).unwrap(), 120);
+            assert_eq!(run.seal_into(to, 10, 120, &mut packet(3, 10, 120), &mut send).unwrap(), 120);
+            // Nothing to send: the run stays as it is.
+            assert_eq!(run.seal_into(to, 10, 100, &mut |_| None, &mut send).unwrap(), 0);
+            run.flush(&mut send).unwrap();
+        }
+        let mut second = vec![2; 120];
+        second.extend([3; 120]);
+        assert_eq!(sent, vec![(to, vec![1; 100], 100), (to, second, 120)]);
     }
 }

@@ -1,7 +1,7 @@
 //! Two or more nodes' datapaths wired together in memory, for unit tests and fuzz targets:
 //! egress seals into a `Wire`, ingress delivers into `Taps`, no sockets or interfaces.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mesh_config::{Cipher, Encap, MeshConfig, Mode};
 
+use super::sockets::GsoRun;
 use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
 use crate::manual;
 use crate::sadb::manager::SaManager;
@@ -22,6 +23,57 @@ impl EspSender for Wire {
     fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
         self.0.borrow_mut().push((packet.to_vec(), peer.ip()));
         Ok(packet.len())
+    }
+}
+
+/// One GSO send as the socket gets it: destination, packets back to back, segment size.
+pub type Run = (SocketAddr, Vec<u8>, u16);
+
+/// A GSO batch whose runs are recorded (if `keep`) instead of sent. `in_place`: egress seals
+/// into its queue, as the datapath does; else every packet is sealed in the caller's buffer and
+/// copied in (`copied` counts those).
+pub struct GsoWire {
+    run: RefCell<GsoRun>,
+    in_place: bool,
+    keep: bool,
+    pub sent: RefCell<Vec<Run>>,
+    pub copied: Cell<usize>,
+}
+
+impl GsoWire {
+    pub fn new(in_place: bool, keep: bool) -> Self {
+        let (run, sent) = (RefCell::default(), RefCell::default());
+        GsoWire { run, in_place, keep, sent, copied: Cell::new(0) }
+    }
+
+    fn record(&self) -> impl FnMut(SocketAddr, &[u8], u16) -> io::Result<usize> + '_ {
+        |to, bytes, segment_size| {
+            if self.keep {
+                self.sent.borrow_mut().push((to, bytes.to_vec(), segment_size));
+            }
+            Ok(bytes.len())
+        }
+    }
+}
+
+impl EspSender for GsoWire {
+    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.copied.set(self.copied.get() + 1);
+        self.run.borrow_mut().push(packet, peer, &mut self.record())
+    }
+
+    fn seal_into_queue(
+        &self,
+        peer: SocketAddr,
+        esp_start: usize,
+        esp_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Option<io::Result<usize>> {
+        self.in_place.then(|| self.run.borrow_mut().seal_into(peer, esp_start, esp_len, fill, &mut self.record()))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.run.borrow_mut().flush(&mut self.record())
     }
 }
 

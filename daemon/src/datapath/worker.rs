@@ -180,9 +180,7 @@ fn transmit_from_tap<U: EspSender, S: FrameSink>(
     let mut segments = Segmenter::new(&header, super_frame).map_err(|_| DropReason::Malformed)?;
     // Every segment carries the super-frame's Ethernet header.
     let Some(destination) = egress.destination(overlay, super_frame) else { return Ok(()) };
-    while let Some(len) = segments.write_next(&mut buffers.segment[FRAME_OFFSET..]) {
-        egress.forward_to(destination, overlay, &mut buffers.segment, &mut buffers.scratch, len);
-    }
+    egress.forward_segments(destination, overlay, &mut segments, &mut buffers.segment, &mut buffers.scratch);
     Ok(())
 }
 

@@ -37,7 +37,6 @@ mod trailer;
 pub use self::key::{CryptoError, KeyMaterial, KEY_MATERIAL_LEN};
 pub use self::replay::{ReplayError, ReplayWindow, DEFAULT_REPLAY_WINDOW};
 pub use self::seal::{OpenError, Opener, Sealer};
-#[cfg(feature = "internals")]
 pub use self::trailer::sealed_len;
 #[cfg(any(test, feature = "internals"))]
 pub use self::trailer::trailer_len;

@@ -22,7 +22,7 @@ pub mod virtio_net;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use self::coalesce::{Coalescer, Config as CoalesceConfig};
 #[cfg(test)]

@@ -111,6 +111,11 @@ impl<'a> Segmenter<'a> {
         Some(self.tcp.payload + self.mss.min(self.tcp.payload_len() - start))
     }
 
+    /// Length of the segment the next `write_next` writes; `None` when all are written.
+    pub fn next_len(&self) -> Option<usize> {
+        self.segment_len(self.next)
+    }
+
     /// The length of the first, longest segment: the room each `write_next` needs.
     #[cfg(any(test, feature = "internals"))]
     pub fn max_segment_len(&self) -> usize {
@@ -229,26 +234,10 @@ pub fn partial_checksum_v4(source: Ipv4Addr, destination: Ipv4Addr, tcp_len: usi
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{self, build, FrameSpec, PartialOrFull};
+    use super::super::testutil::{self, build, tso_header, FrameSpec, PartialOrFull};
     use super::super::virtio_net::flags as vflags;
     use super::*;
     use proptest::prelude::*;
-
-    fn tso_header(spec: &FrameSpec, mss: u16) -> VirtioNetHeader {
-        let (gso, l4) = match spec.ip {
-            IpVersion::V4 => (Gso::TcpV4, 14 + 20),
-            IpVersion::V6 => (Gso::TcpV6, 14 + 40),
-        };
-        VirtioNetHeader {
-            flags: vflags::NEEDS_CSUM,
-            gso,
-            ecn: spec.flags & flags::CWR != 0,
-            hdr_len: (l4 + 20 + spec.tcp_options.len()) as u16,
-            gso_size: mss,
-            csum_start: l4 as u16,
-            csum_offset: 16,
-        }
-    }
 
     fn collect(header: &VirtioNetHeader, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();

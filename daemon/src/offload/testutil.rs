@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::headers::IpVersion;
+use super::virtio_net::{flags as vflags, Gso, VirtioNetHeader};
 use crate::wire::tcp::{flags, TcpHeader};
 use crate::wire::{ethernet, ipv4, ipv6, tcp, EthernetAddress, EthernetHeader, Ipv4Header, Ipv6Header};
 
@@ -258,4 +259,22 @@ pub fn read_pcap(bytes: &[u8]) -> Vec<Vec<u8>> {
         at += 16 + captured;
     }
     records
+}
+
+/// The virtio-net header the kernel puts on a TSO super-frame built from `spec` (no VLAN tags,
+/// no IP options), cut at `mss` payload bytes.
+pub fn tso_header(spec: &FrameSpec, mss: u16) -> VirtioNetHeader {
+    let (gso, l4) = match spec.ip {
+        IpVersion::V4 => (Gso::TcpV4, 14 + 20),
+        IpVersion::V6 => (Gso::TcpV6, 14 + 40),
+    };
+    VirtioNetHeader {
+        flags: vflags::NEEDS_CSUM,
+        gso,
+        ecn: spec.flags & flags::CWR != 0,
+        hdr_len: (l4 + 20 + spec.tcp_options.len()) as u16,
+        gso_size: mss,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    }
 }
