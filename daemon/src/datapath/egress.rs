@@ -182,7 +182,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         let mut sealed = None;
         let mut fill = |window: &mut [u8]| {
             let len = segments.write_next(&mut window[FRAME_OFFSET..])?;
-            sealed = self.seal(overlay, peer_id, Some(sa), window, len);
+            sealed = self.seal(overlay, peer_id, Some(&**sa), window, len);
             sealed.as_ref().map(|sealed| sealed.esp.len())
         };
         let Some(result) = self.underlay.seal_into_queue(sa.params.remote, esp_start, esp_len, &mut fill) else {
@@ -195,8 +195,8 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     }
 
     fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
-        let sa = self.tables.outbound(peer_id).map(|sa| &**sa);
-        if let Some(sealed) = self.seal(overlay, peer_id, sa, buf, frame_len) {
+        let held = self.tables.outbound(peer_id);
+        if let Some(sealed) = self.seal(overlay, peer_id, held.as_deref().map(|sa| &**sa), buf, frame_len) {
             let result = self.underlay.send_esp(&buf[sealed.esp.clone()], sealed.sa.params.remote);
             self.count_sent(sealed, result);
         }
