@@ -642,11 +642,20 @@ impl Endpoint {
         }
     }
 
-    /// Our handshakes under way as initiator: IKE_SA_INIT or IKE_AUTH unanswered.
+    /// Our handshakes under way as initiator whose IKE_SA_INIT or IKE_AUTH request is out and
+    /// not yet retransmitted. One the peer did not answer within the timeout (it is not running
+    /// yet, or it is gone) no longer holds a place: it costs nothing while it waits, and peers
+    /// that do answer must not wait behind it.
     fn handshakes_in_flight(&self) -> usize {
-        let authenticating =
-            self.sas.values().filter(|sa| sa.initiator && matches!(sa.phase, Phase::ExpectAuthResponse(_))).count();
-        self.connecting.len() + authenticating
+        let authenticating = self
+            .sas
+            .values()
+            .filter(|sa| {
+                sa.initiator && matches!(sa.phase, Phase::ExpectAuthResponse(_)) && sa.window.awaiting_first_answer()
+            })
+            .count();
+        let connecting = self.connecting.values().filter(|c| !c.sending.retransmitted()).count();
+        connecting + authenticating
     }
 
     /// Initiates with `peer` now if fewer than [`HANDSHAKES_IN_FLIGHT`] are under way, else

@@ -1423,3 +1423,26 @@ fn slow_answers_stretch_the_timeouts_instead_of_drawing_retransmissions() {
         assert!(node.failures.is_empty(), "node {i}: {:?}", node.failures);
     }
 }
+
+#[test]
+fn peers_that_do_not_answer_yet_hold_no_place_in_line() {
+    // Only the lowest address runs: its first HANDSHAKES_IN_FLIGHT peers are not up yet. Once
+    // their requests time out, the others are tried rather than waiting 15 s behind them.
+    let n = 2 * HANDSHAKES_IN_FLIGHT + 1;
+    let mut mesh = Mesh::new(n);
+    let lowest = &mut mesh.nodes[0];
+    lowest.endpoint.handle_timeout(mesh.now);
+    let mut first = Vec::new();
+    while let Some(transmit) = lowest.endpoint.poll_transmit() {
+        first.push(transmit.destination.ip());
+    }
+    assert_eq!(first.len(), HANDSHAKES_IN_FLIGHT);
+    let mut now = mesh.now + Duration::from_millis(600);
+    lowest.endpoint.handle_timeout(now);
+    let mut next: Vec<IpAddr> = std::iter::from_fn(|| lowest.endpoint.poll_transmit()).map(|t| t.destination.ip()).collect();
+    next.retain(|to| !first.contains(to));
+    assert_eq!(next.len(), HANDSHAKES_IN_FLIGHT, "the next peers in line after the first timeout");
+    now += Duration::from_secs(1);
+    lowest.endpoint.handle_timeout(now);
+    assert!(lowest.endpoint.connecting.len() == n - 1, "every peer is tried: {}", lowest.endpoint.connecting.len());
+}

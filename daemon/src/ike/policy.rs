@@ -21,7 +21,8 @@ const HIGHER_ADDRESS_DELAY: Duration = Duration::from_secs(3);
 /// ... plus up to this much per peer (jittered): the lower address's handshakes are paced, so
 /// with many peers it may take longer to come.
 const HIGHER_ADDRESS_DELAY_PER_PEER: Duration = Duration::from_millis(25);
-/// Handshakes (IKE_SA_INIT and IKE_AUTH) this node runs as initiator at once.
+/// Handshakes (IKE_SA_INIT and IKE_AUTH) this node runs as initiator at once; one whose
+/// request went unanswered past its first timeout no longer counts.
 pub(super) const HANDSHAKES_IN_FLIGHT: usize = 16;
 /// Between attempts to reach a peer we have no IKE SA with.
 pub(super) const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);

@@ -118,6 +118,11 @@ impl Retransmission {
         Resend::Send(&self.bytes)
     }
 
+    /// Whether it went more than once: the peer did not answer within the first timeout.
+    pub(super) fn retransmitted(&self) -> bool {
+        self.retransmits > 0
+    }
+
     /// The round trip of a request answered at `now`.
     pub(super) fn round_trip(&self, now: Instant) -> RoundTrip {
         match self.retransmits {
@@ -249,6 +254,11 @@ impl RequestWindow {
 
     pub(super) fn outstanding_mut(&mut self) -> Option<&mut Outstanding> {
         self.outstanding.as_mut()
+    }
+
+    /// A request is outstanding and not yet retransmitted (the peer may be working on it).
+    pub(super) fn awaiting_first_answer(&self) -> bool {
+        self.outstanding.as_ref().is_some_and(|o| !o.sending.retransmitted())
     }
 
     pub(super) fn next_send(&self) -> Option<Instant> {
