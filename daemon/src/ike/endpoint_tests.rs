@@ -1446,3 +1446,31 @@ fn peers_that_do_not_answer_yet_hold_no_place_in_line() {
     lowest.endpoint.handle_timeout(now);
     assert!(lowest.endpoint.connecting.len() == n - 1, "every peer is tried: {}", lowest.endpoint.connecting.len());
 }
+
+/// Under load an IKE_SA_INIT request or its response can arrive again after the IKE SA went on:
+/// the request made a new half-open SA (drawing cookies at a large start), the response
+/// counted as malformed.
+#[test]
+fn late_copies_of_an_answered_ike_sa_init_make_nothing_new() {
+    let mut pair = Pair::standard();
+    let mut init = Vec::new();
+    pair.run_for(Duration::from_secs(1), &mut |t| {
+        if t.bytes[18] == exchange::IKE_SA_INIT {
+            init.push((t.destination, t.source_port, t.bytes.clone()));
+        }
+        Fate::Deliver
+    });
+    pair.assert_one_pair();
+    let [(to_b, port_a, request), (to_a, port_b, response)] = &init[..] else { panic!("{} IKE_SA_INIT", init.len()) };
+    assert_eq!(to_b.ip(), pair.b.address);
+    let now = pair.now + Duration::from_secs(2);
+    pair.b.endpoint.handle(request, SocketAddr::new(pair.a.address, *port_a), to_b.port(), now);
+    assert!(pair.b.endpoint.poll_transmit().is_none(), "a late request was answered");
+    assert_eq!(half_open(&pair.b, now), 0);
+    pair.a.endpoint.handle(response, SocketAddr::new(pair.b.address, *port_b), to_a.port(), now);
+    pair.a.apply_events();
+    pair.b.apply_events();
+    assert!(pair.a.refusals.is_empty() && pair.b.refusals.is_empty(), "{:?} {:?}", pair.a.refusals, pair.b.refusals);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
+}
