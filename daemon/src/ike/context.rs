@@ -17,6 +17,7 @@ use super::policy::{rekey_point, PeerState};
 use super::rng::{self, Rng, RngError};
 use super::status::IkeCounters;
 use super::types::{Event, IkeSettings, PeerIndex, Refusal, Transmit};
+use super::window::RttEstimate;
 
 pub(super) struct Context {
     pub(super) settings: IkeSettings,
@@ -30,6 +31,8 @@ pub(super) struct Context {
     pub(super) counters: IkeCounters,
     /// Our SPIs of every IKE SA (also those still connecting), so that new ones are unique.
     pub(super) spis_in_use: HashSet<u64>,
+    /// The round trips of our requests, for the retransmission timeouts.
+    pub(super) rtt: RttEstimate,
 }
 
 impl Context {
@@ -45,6 +48,7 @@ impl Context {
             retiring: Vec::new(),
             counters: IkeCounters::default(),
             spis_in_use: HashSet::new(),
+            rtt: RttEstimate::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The half-open gate (RFC 7296 §2.6): responder IKE SAs that wait for IKE_AUTH are counted,
-//! globally and per source address. Past [`HALF_OPEN_LIMIT`] an IKE_SA_INIT request must bring
+//! globally and per source address. Past [`HALF_OPEN_LIMIT`] (or two per configured peer, if
+//! that is more: a legitimate start of the whole mesh must not draw cookies) an IKE_SA_INIT request must bring
 //! back a COOKIE we made for it before it costs us any state; past [`HALF_OPEN_HARD_LIMIT`], or
 //! past [`HALF_OPEN_PER_SOURCE`] from one address, it is dropped, cookie or not. The cookie
 //! secret is replaced every [`COOKIE_SECRET_LIFETIME`], so a cookie cannot be stockpiled.
@@ -54,6 +55,8 @@ pub(super) struct CookieGate {
     per_source: HashMap<IpAddr, usize>,
     jar: CookieJar,
     rotate_at: Instant,
+    /// Half-open SAs admitted without a cookie: [`HALF_OPEN_LIMIT`] or two per peer.
+    cookie_free: usize,
 }
 
 impl CookieGate {
@@ -64,7 +67,15 @@ impl CookieGate {
             per_source: HashMap::new(),
             jar: CookieJar::new()?,
             rotate_at: now + COOKIE_SECRET_LIFETIME,
+            cookie_free: HALF_OPEN_LIMIT,
         })
+    }
+
+    /// The mesh has `peers` peers: each may have a handshake (and a retried one) half-open here
+    /// when the whole mesh starts or is flushed at once, without any cookie. Never past the
+    /// hard cap.
+    pub(super) fn expect_peers(&mut self, peers: usize) {
+        self.cookie_free = HALF_OPEN_LIMIT.max(peers.saturating_mul(2)).min(HALF_OPEN_HARD_LIMIT);
     }
 
     /// Our SPI of the half-open SA this request already made, if it is a retransmission.
@@ -97,7 +108,7 @@ impl CookieGate {
         if self.half_open.len() >= HALF_OPEN_HARD_LIMIT || from_source >= HALF_OPEN_PER_SOURCE {
             return Ok(Admission::Full);
         }
-        if self.half_open.len() < HALF_OPEN_LIMIT {
+        if self.half_open.len() < self.cookie_free {
             return Ok(Admission::Admit);
         }
         let spi = initiator_spi.to_be_bytes();
@@ -206,6 +217,22 @@ mod tests {
         let Admission::DemandCookie(cookie) = gate.admit(from, 7, b"ni", None, now).unwrap() else { panic!() };
         let quiet = now + COOKIE_SECRET_LIFETIME * 3;
         assert!(matches!(gate.admit(from, 7, b"ni", Some(&cookie), quiet).unwrap(), Admission::DemandCookie(_)));
+    }
+
+    #[test]
+    fn a_start_of_every_peer_at_once_draws_no_cookie_but_strangers_past_it_do() {
+        let now = Instant::now();
+        let mut gate = CookieGate::new(now).unwrap();
+        gate.expect_peers(199);
+        for i in 0..2 * 199 {
+            assert_eq!(gate.admit(source(i), 1, b"ni", None, now).unwrap(), Admission::Admit, "half-open SA {i}");
+            gate.opened(source(i), 1, i as u64, now);
+        }
+        assert!(matches!(gate.admit(source(400), 1, b"ni", None, now).unwrap(), Admission::DemandCookie(_)));
+        gate.expect_peers(3);
+        assert_eq!(gate.cookie_free, HALF_OPEN_LIMIT, "a small mesh keeps the default");
+        gate.expect_peers(10_000);
+        assert_eq!(gate.cookie_free, HALF_OPEN_HARD_LIMIT, "never past the hard cap");
     }
 
     #[test]

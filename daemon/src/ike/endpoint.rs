@@ -11,9 +11,9 @@
 //! [`rekey`](super::rekey)); the rules between IKE SAs of a peer are in
 //! [`policy`](super::policy), the half-open limit in [`cookie_gate`](super::cookie_gate).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
@@ -26,8 +26,10 @@ use super::identity;
 use super::message::ids::{exchange, notify};
 use super::message::{parse_payloads, Header, Message, Notify, Payload};
 use super::parts::{has_notify, notifies, Parts};
-use super::policy::{beats, retry_delay, Origin, PeerState, DUPLICATE_GRACE, RECONNECT_INTERVAL};
-use super::rng::{Rng, SystemRng};
+use super::policy::{
+    beats, initiation_delay, retry_delay, Origin, PeerState, DUPLICATE_GRACE, HANDSHAKES_IN_FLIGHT, RECONNECT_INTERVAL,
+};
+use super::rng::{self, Rng, SystemRng};
 use super::sa::{IkeSa, Next, Phase};
 use super::status::{IkeCounters, IkeSaStatus, IkeState};
 use super::timers::Timers;
@@ -51,6 +53,9 @@ pub struct Endpoint {
     /// since the last `settle`.
     touched: HashSet<u64>,
     touched_peers: HashSet<PeerIndex>,
+    /// Peers whose attempt came due while [`HANDSHAKES_IN_FLIGHT`] of ours were under way, in
+    /// the order they came due; they have no attempt timer meanwhile.
+    waiting: VecDeque<PeerIndex>,
 }
 
 /// What a deadline in [`Endpoint::timers`] belongs to.
@@ -81,7 +86,12 @@ impl Endpoint {
             timers: Timers::new(),
             touched: HashSet::new(),
             touched_peers: (0..settings_peers).collect(),
+            waiting: VecDeque::new(),
         };
+        endpoint.gate.expect_peers(settings_peers);
+        for peer in 0..settings_peers {
+            endpoint.cx.peers[peer].next_attempt = now + endpoint.initiation_delay(peer);
+        }
         endpoint.settle();
         Ok(endpoint)
     }
@@ -236,7 +246,7 @@ impl Endpoint {
         }
         let waiting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
         for spi in waiting {
-            self.forget(spi);
+            self.forget(spi, now);
         }
         self.start_initiator(peer, now);
         // The new attempt's retransmissions and the forgotten one's deadline, in the timers.
@@ -244,9 +254,16 @@ impl Endpoint {
     }
 
     /// `ikectl sa flush`: deletes every SA with `peer` (telling the peer) and negotiates anew.
+    /// The new attempt follows the rule of who initiates and waits its turn (see
+    /// [`policy`](super::policy)): a flush on every node at once negotiates each pair once.
     pub fn flush(&mut self, peer: PeerIndex, now: Instant) {
         self.delete_sas_with(peer, now);
-        self.start_initiator(peer, now);
+        if peer < self.cx.peers.len() {
+            let delay = self.initiation_delay(peer);
+            self.cx.peers[peer].next_attempt = now + delay;
+        }
+        self.touched_peers.insert(peer);
+        self.start_waiting(now);
         self.settle();
     }
 
@@ -255,6 +272,8 @@ impl Endpoint {
         self.cx.peers.push(PeerState::new(&self.cx.settings, &peer, now));
         self.cx.settings.peers.push(peer);
         let index = self.cx.peers.len() - 1;
+        self.cx.peers[index].next_attempt = now + self.initiation_delay(index);
+        self.gate.expect_peers(self.cx.settings.peers.len());
         self.touched_peers.insert(index);
         self.settle();
         index
@@ -268,6 +287,7 @@ impl Endpoint {
             state.removed = true;
         }
         self.touched_peers.insert(peer);
+        self.start_waiting(now);
         self.settle();
     }
 
@@ -304,6 +324,7 @@ impl Endpoint {
     /// on our port `local_port`.
     pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, local_port: u16, now: Instant) {
         self.receive(datagram, from, local_port, now);
+        self.start_waiting(now);
         self.settle();
     }
 
@@ -325,6 +346,9 @@ impl Endpoint {
         if header.exchange_type == exchange::IKE_SA_INIT {
             if header.response && self.connecting.contains_key(&our_spi) {
                 self.handle_init_response(our_spi, &message, datagram, (from, local_port), now);
+            } else if header.response && self.sas.get(&our_spi).is_some_and(|sa| sa.initiator) {
+                // A late copy of the answer to our retransmitted request: we have moved on.
+                tracing::debug!(%from, "IKE_SA_INIT response for an IKE SA past it dropped");
             } else if self.sas.contains_key(&our_spi) || self.connecting.contains_key(&our_spi) {
                 self.cx.refuse(Refusal::Unexpected, from);
             } else {
@@ -350,6 +374,11 @@ impl Endpoint {
             self.cx.refuse(Refusal::Malformed, from);
             return;
         };
+        if header.response {
+            if let Some(round_trip) = sa.window.round_trip(header.message_id, now) {
+                self.cx.rtt.answered(round_trip);
+            }
+        }
         let arrival = (from, local_port);
         let next = if header.response {
             sa.handle_response(&mut self.cx, header, payloads, outbound_allowed, arrival, now)
@@ -388,6 +417,13 @@ impl Endpoint {
                 Some(_) => {}
                 None => self.cx.refuse(Refusal::Unexpected, from),
             }
+            return;
+        }
+        if self.sas.values().any(|sa| !sa.initiator && sa.their_spi == header.initiator_spi && sa.remote.ip() == from.ip())
+        {
+            // A late retransmission of a request we answered and whose IKE SA went on (it
+            // authenticated): a new half-open SA for it would only wait out its timeout.
+            tracing::debug!(%from, "IKE_SA_INIT request for an IKE SA past it dropped");
             return;
         }
         let payloads = &message.payloads;
@@ -434,12 +470,14 @@ impl Endpoint {
         now: Instant,
     ) {
         let Some(connecting) = self.connecting.get_mut(&our_spi) else { return };
+        let round_trip = connecting.sending.round_trip(now);
         let answer = match connecting.read_response(&mut self.cx, message, now) {
             Ok(InitResponse::Waiting) => return,
             Ok(InitResponse::Failed(failure)) => return self.fail(our_spi, failure, now),
             Err(error) => return self.fail(our_spi, error.into(), now),
             Ok(answer) => answer,
         };
+        self.cx.rtt.answered(round_trip);
         let Some(connecting) = self.connecting.remove(&our_spi) else { return };
         let peer = connecting.peer;
         let Some(sa) = connecting.into_sa(&mut self.cx, answer, message, datagram, arrival, now) else {
@@ -462,7 +500,7 @@ impl Endpoint {
             Ok(AuthVerdict::Rejected { peer, failure }) => {
                 let from = sa.remote;
                 self.cx.events.push_back(Event::Failed { peer, from, failure });
-                return self.forget(spi);
+                return self.forget(spi, now);
             }
             Err(failure) => return self.fail(spi, failure, now),
         };
@@ -570,7 +608,7 @@ impl Endpoint {
             if let Some(sa) = self.sas.get_mut(&spi) {
                 sa.remove_children(&mut self.cx, now, false);
             }
-            self.forget(spi);
+            self.forget(spi, now);
         }
     }
 
@@ -587,7 +625,7 @@ impl Endpoint {
     fn delete_sas_with(&mut self, peer: PeerIndex, now: Instant) {
         let connecting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
         for spi in connecting {
-            self.forget(spi);
+            self.forget(spi, now);
         }
         let spis: Vec<u64> = self.sas.iter().filter(|(_, sa)| sa.peer == Some(peer)).map(|(spi, _)| *spi).collect();
         for spi in spis {
@@ -602,6 +640,55 @@ impl Endpoint {
                 sa.start_deleting(cx, now).map(|()| Next::Stay)
             });
         }
+    }
+
+    /// Our handshakes under way as initiator whose IKE_SA_INIT or IKE_AUTH request is out and
+    /// not yet retransmitted. One the peer did not answer within the timeout (it is not running
+    /// yet, or it is gone) no longer holds a place: it costs nothing while it waits, and peers
+    /// that do answer must not wait behind it.
+    fn handshakes_in_flight(&self) -> usize {
+        let authenticating = self
+            .sas
+            .values()
+            .filter(|sa| {
+                sa.initiator && matches!(sa.phase, Phase::ExpectAuthResponse(_)) && sa.window.awaiting_first_answer()
+            })
+            .count();
+        let connecting = self.connecting.values().filter(|c| !c.sending.retransmitted()).count();
+        connecting + authenticating
+    }
+
+    /// Initiates with `peer` now if fewer than [`HANDSHAKES_IN_FLIGHT`] are under way, else
+    /// puts it in line.
+    fn attempt(&mut self, peer: PeerIndex, now: Instant) {
+        if self.handshakes_in_flight() < HANDSHAKES_IN_FLIGHT {
+            self.start_initiator(peer, now);
+        } else if !self.waiting.contains(&peer) {
+            self.waiting.push_back(peer);
+        }
+    }
+
+    /// Starts the peers in line, in order, while there is room; those that got an IKE SA
+    /// meanwhile (the peer initiated) leave the line.
+    fn start_waiting(&mut self, now: Instant) {
+        while !self.waiting.is_empty() && self.handshakes_in_flight() < HANDSHAKES_IN_FLIGHT {
+            let Some(peer) = self.waiting.pop_front() else { break };
+            self.touched_peers.insert(peer);
+            if self.cx.is_member(peer) && !self.has_sa_with(peer) {
+                self.start_initiator(peer, now);
+            }
+        }
+    }
+
+    /// When to initiate with `peer` after the pair lost its IKE SA (see [`initiation_delay`]).
+    fn initiation_delay(&mut self, peer: PeerIndex) -> Duration {
+        let (local, address) = (self.cx.settings.local, self.cx.peer_address(peer));
+        // Jitter only, drawn only where it counts: a failing RNG leaves none.
+        let jitter = match local > address {
+            true => rng::bytes::<2>(self.cx.rng.as_mut()).map_or(0.0, |b| f64::from(u16::from_be_bytes(b)) / 65536.0),
+            false => 0.0,
+        };
+        initiation_delay(local, address, self.cx.settings.peers.len(), jitter)
     }
 
     fn start_initiator(&mut self, peer: PeerIndex, now: Instant) {
@@ -639,7 +726,7 @@ impl Endpoint {
                 Timer::Attempt(peer) => {
                     self.touched_peers.insert(peer);
                     if self.cx.is_member(peer) && !self.has_sa_with(peer) && now >= self.cx.peers[peer].next_attempt {
-                        self.start_initiator(peer, now);
+                        self.attempt(peer, now);
                     }
                 }
                 Timer::Retiring => {
@@ -652,13 +739,14 @@ impl Endpoint {
                 }
             }
         }
+        self.start_waiting(now);
         self.settle();
     }
 
     fn sa_due(&mut self, spi: u64, now: Instant) {
         self.touched.insert(spi);
         if let Some(c) = self.connecting.get_mut(&spi) {
-            match c.sending.due(now) {
+            match c.sending.due(now, None) {
                 Resend::NotYet => {}
                 Resend::Send(bytes) => {
                     let (remote, bytes) = (c.remote, bytes.to_vec());
@@ -689,8 +777,8 @@ impl Endpoint {
             self.touched_peers.extend(peer);
         }
         for peer in std::mem::take(&mut self.touched_peers) {
-            let waiting = self.cx.is_member(peer) && !self.has_sa_with(peer);
-            let deadline = waiting.then(|| self.cx.peers[peer].next_attempt);
+            let timed = self.cx.is_member(peer) && !self.has_sa_with(peer) && !self.waiting.contains(&peer);
+            let deadline = timed.then(|| self.cx.peers[peer].next_attempt);
             self.timers.set(Timer::Attempt(peer), deadline);
         }
         let retiring = self.cx.retiring.iter().map(|(_, _, at)| *at).min();
@@ -715,7 +803,7 @@ impl Endpoint {
     fn apply(&mut self, spi: u64, next: Result<Next, Failure>, now: Instant) {
         match next {
             Ok(Next::Stay) => {}
-            Ok(Next::Forget) => self.forget(spi),
+            Ok(Next::Forget) => self.forget(spi, now),
             Ok(Next::AuthRequest { request, payloads }) => self.complete_auth_request(spi, request, payloads, now),
             Ok(Next::AuthResponse { payloads, inbound_spi }) => {
                 self.complete_auth_response(spi, payloads, inbound_spi, now)
@@ -733,7 +821,7 @@ impl Endpoint {
                             Ok(Next::Stay)
                         });
                     }
-                    self.forget(spi);
+                    self.forget(spi, now);
                 }
             }
             Ok(Next::FinishChildRekeyOn { to, payloads, rekey }) => {
@@ -782,20 +870,27 @@ impl Endpoint {
         } else {
             return;
         };
-        self.forget(spi);
+        self.forget(spi, now);
         if let Some(state) = peer.and_then(|peer| self.cx.peers.get_mut(peer)) {
             state.next_attempt = now + retry_delay(&failure);
         }
         self.cx.events.push_back(Event::Failed { peer, from, failure });
     }
 
-    fn forget(&mut self, spi: u64) {
+    /// Removes IKE SA `spi`. If that leaves its peer without one, the next attempt follows the
+    /// rule of who initiates (the peer may have deleted it and be initiating already).
+    fn forget(&mut self, spi: u64, now: Instant) {
         let sa_peer = self.sas.remove(&spi).and_then(|sa| sa.peer);
         let connecting_peer = self.connecting.remove(&spi).map(|c| c.peer);
         self.touched.insert(spi);
-        self.touched_peers.extend(sa_peer.or(connecting_peer));
         self.gate.closed(spi);
         self.cx.spis_in_use.remove(&spi);
+        let Some(peer) = sa_peer.or(connecting_peer) else { return };
+        self.touched_peers.insert(peer);
+        if self.cx.is_member(peer) && !self.has_sa_with(peer) {
+            let delay = self.initiation_delay(peer);
+            self.cx.peers[peer].next_attempt = now + delay;
+        }
     }
 }
 

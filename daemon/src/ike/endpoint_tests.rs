@@ -771,6 +771,7 @@ fn half_open(node: &Node, now: Instant) -> usize {
 /// sent back to `from`.
 fn flood_once(target: &mut Endpoint, stranger: &mut Endpoint, from: SocketAddr, now: Instant) -> Vec<Transmit> {
     stranger.flush(0, now);
+    stranger.connect(0, now);
     let mut answers = Vec::new();
     for _ in 0..2 {
         // Only IKE_SA_INIT: the flooder does not authenticate.
@@ -856,6 +857,7 @@ fn only_an_identical_init_request_is_answered_again_and_not_too_often() {
     let from: SocketAddr = "198.18.9.1:500".parse().unwrap();
     assert_eq!(flood_once(&mut b.endpoint, &mut flooder, from, now).len(), 1);
     flooder.flush(0, now);
+    flooder.connect(0, now);
     let request = flooder.poll_transmit().unwrap();
     b.endpoint.handle(&request.bytes, from, 500, now);
     assert!(b.endpoint.poll_transmit().is_some());
@@ -1267,4 +1269,208 @@ fn an_ike_sa_handed_over_keeps_how_the_peer_authenticated() {
     pair.run(Duration::from_secs(60));
     pair.assert_one_pair();
     assert!(pair.a.failures.is_empty() && pair.b.failures.is_empty(), "{:?} {:?}", pair.a.failures, pair.b.failures);
+}
+
+// ----- a whole mesh started or flushed at once (issue 16: convergence under load) -----
+
+/// `n` nodes (198.18.1.1 up), each with all the others as peers, driven in rounds: each round
+/// every datagram sent is delivered, then the clock moves on a step and timers fire. A round
+/// stands for a network (and a peer) that takes a step to answer.
+struct Mesh {
+    nodes: Vec<Node>,
+    now: Instant,
+    /// IKE_SA_INIT requests that started a handshake (no COOKIE in them), sent by all nodes.
+    init_requests: usize,
+}
+
+fn mesh_address(i: usize) -> IpAddr {
+    IpAddr::from([198, 18, 1, u8::try_from(i + 1).unwrap()])
+}
+
+impl Mesh {
+    fn new(n: usize) -> Mesh {
+        let now = Instant::now();
+        let nodes = (0..n)
+            .map(|i| {
+                let mut settings = settings(A, B, PSK, BOTH);
+                settings.local = mesh_address(i);
+                settings.peers = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| PeerSettings { address: mesh_address(j), mode: Mode::Transport, public_keys: Vec::new() })
+                    .collect();
+                Node::new(settings, now)
+            })
+            .collect();
+        Mesh { nodes, now, init_requests: 0 }
+    }
+
+    fn round(&mut self, step: Duration) {
+        let mut flying = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            while let Some(transmit) = node.endpoint.poll_transmit() {
+                flying.push((i, transmit));
+            }
+        }
+        for (i, transmit) in flying {
+            let from = SocketAddr::new(self.nodes[i].address, transmit.source_port);
+            let message = Message::parse(&transmit.bytes).unwrap();
+            let header = message.header;
+            if header.exchange_type == exchange::IKE_SA_INIT && !header.response && !has_notify(&message.payloads, notify::COOKIE) {
+                self.init_requests += 1;
+            }
+            let to = self.nodes.iter().position(|node| node.address == transmit.destination.ip()).unwrap();
+            self.nodes[to].endpoint.handle(&transmit.bytes, from, transmit.destination.port(), self.now);
+        }
+        self.now += step;
+        for node in &mut self.nodes {
+            node.endpoint.handle_timeout(self.now);
+            node.apply_events();
+        }
+    }
+
+    /// Our handshakes as initiator under way at node `i`.
+    fn in_flight(&self, i: usize) -> usize {
+        let under_way = [IkeState::ExpectInitResponse, IkeState::ExpectAuthResponse];
+        self.nodes[i].endpoint.status(self.now).iter().filter(|s| s.we_initiated && under_way.contains(&s.state)).count()
+    }
+
+    /// Every node has exactly one established IKE SA with every other.
+    fn full(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            let sas = node.established_sas(self.now);
+            let peers: std::collections::HashSet<_> = sas.iter().filter_map(|s| s.peer).collect();
+            sas.len() == self.nodes.len() - 1 && peers.len() == sas.len()
+        })
+    }
+
+    /// Runs rounds until the mesh is full; returns how many it took.
+    fn run_until_full(&mut self, step: Duration, most: usize) -> usize {
+        for round in 0..most {
+            for i in 0..self.nodes.len() {
+                assert!(self.in_flight(i) <= HANDSHAKES_IN_FLIGHT, "node {i} runs {} handshakes", self.in_flight(i));
+            }
+            if self.full() {
+                return round;
+            }
+            self.round(step);
+        }
+        panic!("not full after {most} rounds");
+    }
+}
+
+#[test]
+fn a_mesh_started_at_once_paces_its_handshakes_and_runs_one_per_pair() {
+    let n = 24;
+    let pairs = n * (n - 1) / 2;
+    let mut mesh = Mesh::new(n);
+    // The lowest address initiates to all 23 others: at most HANDSHAKES_IN_FLIGHT at once.
+    mesh.round(Duration::from_millis(1));
+    assert_eq!(mesh.in_flight(0), HANDSHAKES_IN_FLIGHT);
+    mesh.run_until_full(Duration::from_millis(20), 2000);
+    assert_eq!(mesh.init_requests, pairs, "one handshake per pair, none retransmitted or duplicated");
+    for (i, node) in mesh.nodes.iter().enumerate() {
+        assert!(node.failures.is_empty(), "node {i}: {:?}", node.failures);
+        assert!(node.refusals.is_empty(), "node {i}: {:?}", node.refusals);
+        // The lower address of each pair initiated.
+        for sa in node.established_sas(mesh.now) {
+            let peer = sa.peer.unwrap();
+            let peer_index = if peer < i { peer } else { peer + 1 };
+            assert_eq!(sa.we_initiated, i < peer_index, "node {i} with node {peer_index}");
+        }
+    }
+}
+
+#[test]
+fn a_flush_on_every_node_at_once_negotiates_each_pair_once() {
+    let n = 12;
+    let pairs = n * (n - 1) / 2;
+    let mut mesh = Mesh::new(n);
+    mesh.run_until_full(Duration::from_millis(20), 2000);
+    mesh.init_requests = 0;
+    let now = mesh.now;
+    for node in &mut mesh.nodes {
+        for peer in 0..n - 1 {
+            node.endpoint.flush(peer, now);
+        }
+    }
+    mesh.run_until_full(Duration::from_millis(20), 2000);
+    assert_eq!(mesh.init_requests, pairs, "the lower address of each pair initiated, the other waited");
+    // The deleted IKE SAs are gone, not only outnumbered.
+    mesh.round(Duration::from_secs(1));
+    assert!(mesh.full());
+}
+
+#[test]
+fn slow_answers_stretch_the_timeouts_instead_of_drawing_retransmissions() {
+    // Every answer takes one or two 1.2 s steps (a machine under load): with fixed timeouts
+    // (0.5 s, doubled) each request would go two or three times.
+    let n = 8;
+    let pairs = n * (n - 1) / 2;
+    let mut mesh = Mesh::new(n);
+    mesh.run_until_full(Duration::from_millis(1200), 500);
+    let timeout = mesh.nodes[0].endpoint.cx.rtt.timeout();
+    assert!(timeout >= Duration::from_millis(1200), "the measured round trips set the timeout: {timeout:?}");
+    mesh.init_requests = 0;
+    let now = mesh.now;
+    for node in &mut mesh.nodes {
+        for peer in 0..n - 1 {
+            node.endpoint.flush(peer, now);
+        }
+    }
+    mesh.run_until_full(Duration::from_millis(1200), 500);
+    assert!(mesh.init_requests <= pairs + pairs / 4, "{} IKE_SA_INIT requests for {pairs} pairs", mesh.init_requests);
+    for (i, node) in mesh.nodes.iter().enumerate() {
+        assert!(node.failures.is_empty(), "node {i}: {:?}", node.failures);
+    }
+}
+
+#[test]
+fn peers_that_do_not_answer_yet_hold_no_place_in_line() {
+    // Only the lowest address runs: its first HANDSHAKES_IN_FLIGHT peers are not up yet. Once
+    // their requests time out, the others are tried rather than waiting 15 s behind them.
+    let n = 2 * HANDSHAKES_IN_FLIGHT + 1;
+    let mut mesh = Mesh::new(n);
+    let lowest = &mut mesh.nodes[0];
+    lowest.endpoint.handle_timeout(mesh.now);
+    let mut first = Vec::new();
+    while let Some(transmit) = lowest.endpoint.poll_transmit() {
+        first.push(transmit.destination.ip());
+    }
+    assert_eq!(first.len(), HANDSHAKES_IN_FLIGHT);
+    let mut now = mesh.now + Duration::from_millis(600);
+    lowest.endpoint.handle_timeout(now);
+    let mut next: Vec<IpAddr> = std::iter::from_fn(|| lowest.endpoint.poll_transmit()).map(|t| t.destination.ip()).collect();
+    next.retain(|to| !first.contains(to));
+    assert_eq!(next.len(), HANDSHAKES_IN_FLIGHT, "the next peers in line after the first timeout");
+    now += Duration::from_secs(1);
+    lowest.endpoint.handle_timeout(now);
+    assert!(lowest.endpoint.connecting.len() == n - 1, "every peer is tried: {}", lowest.endpoint.connecting.len());
+}
+
+/// Under load an IKE_SA_INIT request or its response can arrive again after the IKE SA went on:
+/// the request made a new half-open SA (drawing cookies at a large start), the response
+/// counted as malformed.
+#[test]
+fn late_copies_of_an_answered_ike_sa_init_make_nothing_new() {
+    let mut pair = Pair::standard();
+    let mut init = Vec::new();
+    pair.run_for(Duration::from_secs(1), &mut |t| {
+        if t.bytes[18] == exchange::IKE_SA_INIT {
+            init.push((t.destination, t.source_port, t.bytes.clone()));
+        }
+        Fate::Deliver
+    });
+    pair.assert_one_pair();
+    let [(to_b, port_a, request), (to_a, port_b, response)] = &init[..] else { panic!("{} IKE_SA_INIT", init.len()) };
+    assert_eq!(to_b.ip(), pair.b.address);
+    let now = pair.now + Duration::from_secs(2);
+    pair.b.endpoint.handle(request, SocketAddr::new(pair.a.address, *port_a), to_b.port(), now);
+    assert!(pair.b.endpoint.poll_transmit().is_none(), "a late request was answered");
+    assert_eq!(half_open(&pair.b, now), 0);
+    pair.a.endpoint.handle(response, SocketAddr::new(pair.b.address, *port_b), to_a.port(), now);
+    pair.a.apply_events();
+    pair.b.apply_events();
+    assert!(pair.a.refusals.is_empty() && pair.b.refusals.is_empty(), "{:?} {:?}", pair.a.refusals, pair.b.refusals);
+    pair.run(Duration::from_secs(5));
+    pair.assert_one_pair();
 }

@@ -62,7 +62,7 @@ impl Connecting {
         let request = init_request(cx, our_spi, &ni, dh.public_key(), None, remote)?;
         tracing::debug!(peer = %remote.ip(), spi = format_args!("{our_spi:016x}"), "IKE_SA_INIT ->");
         cx.send(remote, IKE_PORT, request.clone());
-        let sending = Retransmission::new(request, now);
+        let sending = Retransmission::new(request, cx.rtt.timeout(), now);
         Ok(Connecting { peer, our_spi, dh, ni, cookie_sent: false, remote, sending, created: now })
     }
 
@@ -83,7 +83,7 @@ impl Connecting {
                 init_request(cx, self.our_spi, &self.ni, self.dh.public_key(), Some(&cookie.data), self.remote)?;
             self.cookie_sent = true;
             cx.send(self.remote, IKE_PORT, request.clone());
-            self.sending = Retransmission::new(request, now);
+            self.sending = Retransmission::new(request, cx.rtt.timeout(), now);
             return Ok(InitResponse::Waiting);
         }
         if let Some(error) = error_notify(payloads) {

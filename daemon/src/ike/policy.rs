@@ -1,8 +1,12 @@
-//! Mesh policy: who initiates, which of two duplicate IKE SAs wins, and how long to wait
-//! before trying a peer again.
+//! Mesh policy: who initiates, how many handshakes run at once, which of two duplicate IKE SAs
+//! wins, and how long to wait before trying a peer again.
 //!
-//! At start the node with the lower address initiates at once and the other after a delay, so
-//! that a full mesh started at once rarely initiates twice; when both did, the IKE SA initiated
+//! Whenever a pair has no IKE SA (at start, after a flush, after the peer deleted it) the node
+//! with the lower address initiates at once and the other only after a delay that grows with
+//! the number of peers (jittered), so that a full mesh started or flushed at once rarely
+//! initiates twice. A node runs at most [`HANDSHAKES_IN_FLIGHT`] handshakes as initiator; the
+//! peers due beyond that wait in the order they became due, so a start of hundreds of nodes
+//! keeps each node's IKE work (and the half-open SAs it causes at each responder) bounded; when both did, the IKE SA initiated
 //! by the lower address wins and its loser is deleted by its own initiator, so every pair ends
 //! with one IKE SA and one Child SA pair. Rekeying is done by the original initiator of each
 //! IKE SA; the responder rekeys only if that did not happen well before expiry.
@@ -12,8 +16,14 @@ use std::time::{Duration, Instant};
 
 use super::types::{Failure, IkeSettings, PeerSettings};
 
-/// How long the node with the higher address waits before initiating itself.
+/// How long the node with the higher address waits at least before initiating itself.
 const HIGHER_ADDRESS_DELAY: Duration = Duration::from_secs(3);
+/// ... plus up to this much per peer (jittered): the lower address's handshakes are paced, so
+/// with many peers it may take longer to come.
+const HIGHER_ADDRESS_DELAY_PER_PEER: Duration = Duration::from_millis(25);
+/// Handshakes (IKE_SA_INIT and IKE_AUTH) this node runs as initiator at once; one whose
+/// request went unanswered past its first timeout no longer counts.
+pub(super) const HANDSHAKES_IN_FLIGHT: usize = 16;
 /// Between attempts to reach a peer we have no IKE SA with.
 pub(super) const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
 /// After an authentication, proposal or local failure, try again this much later.
@@ -54,9 +64,20 @@ pub(super) struct PeerState {
 
 impl PeerState {
     pub(super) fn new(settings: &IkeSettings, peer: &PeerSettings, now: Instant) -> Self {
-        let next_attempt = if settings.local < peer.address { now } else { now + HIGHER_ADDRESS_DELAY };
+        let next_attempt = now + initiation_delay(settings.local, peer.address, settings.peers.len(), 0.0);
         PeerState { next_attempt, removed: false, answers_probes: false }
     }
+}
+
+/// How long after a pair lost (or never had) its IKE SA this node initiates: the lower address
+/// at once, the higher after [`HIGHER_ADDRESS_DELAY`] and `jitter` (0 to 1) of
+/// [`HIGHER_ADDRESS_DELAY_PER_PEER`] for each of its `peers`.
+pub(super) fn initiation_delay(local: IpAddr, peer: IpAddr, peers: usize, jitter: f64) -> Duration {
+    if local < peer {
+        return Duration::ZERO;
+    }
+    let spread = HIGHER_ADDRESS_DELAY_PER_PEER * u32::try_from(peers).unwrap_or(u32::MAX);
+    HIGHER_ADDRESS_DELAY + spread.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// How an IKE SA came to be, for duplicate resolution.
@@ -96,5 +117,16 @@ mod tests {
         assert!(beats((low, later), (low, now)));
         assert!(!beats((low, now), (low, now)), "nothing beats itself");
         assert!(!beats((Origin::Rekey, later), (high, now)) && !beats((low, now), (Origin::Rekey, later)));
+    }
+
+    #[test]
+    fn the_lower_address_initiates_at_once_the_higher_later_the_more_peers_it_has() {
+        let (low, high): (IpAddr, IpAddr) = ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        assert_eq!(initiation_delay(low, high, 199, 0.7), Duration::ZERO);
+        assert_eq!(initiation_delay(high, low, 1, 0.0), HIGHER_ADDRESS_DELAY);
+        assert_eq!(initiation_delay(high, low, 199, 1.0), HIGHER_ADDRESS_DELAY + Duration::from_millis(25 * 199));
+        let halfway = initiation_delay(high, low, 100, 0.5);
+        assert_eq!(halfway, HIGHER_ADDRESS_DELAY + Duration::from_millis(1250));
+        assert_eq!(initiation_delay(high, low, 100, 7.0), initiation_delay(high, low, 100, 1.0), "jitter is a fraction");
     }
 }

@@ -18,7 +18,7 @@ use super::identity::PeerAuth;
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
 use super::parts::has_notify;
-use super::policy::{Origin, RECONNECT_INTERVAL};
+use super::policy::Origin;
 use super::rekey::IkeCollision;
 use super::status::{IkeSaStatus, IkeState};
 use super::types::{Failure, LocalError, PeerIndex, Refusal};
@@ -297,7 +297,7 @@ impl IkeSa {
         let message_id = self.window.next_message_id().map_err(Failure::Local)?;
         let bytes = self.encrypt(exchange_type, false, message_id, payloads)?;
         cx.send(self.remote, self.local_port, bytes.clone());
-        self.window.sent(bytes, purpose, now);
+        self.window.sent(bytes, purpose, cx.rtt.timeout(), now);
         Ok(())
     }
 
@@ -482,9 +482,8 @@ impl IkeSa {
             }
             self.remove_children(cx, now, false);
             if let Some(peer) = self.peer {
+                // When to negotiate again follows the rule of who initiates (`Endpoint::forget`).
                 tracing::info!(peer = %cx.peer_address(peer), "the peer deleted the IKE SA");
-                // The peer renegotiates if it wants to; we try again later if it does not.
-                cx.peers[peer].next_attempt = now + RECONNECT_INTERVAL;
             }
             return Ok(Next::Forget);
         }
@@ -501,7 +500,7 @@ impl IkeSa {
 
     pub(super) fn tick(&mut self, cx: &mut Context, now: Instant) -> Result<Next, Failure> {
         if let Some(outstanding) = self.window.outstanding_mut() {
-            match outstanding.sending.due(now) {
+            match outstanding.sending.due(now, Some(self.last_heard)) {
                 Resend::NotYet => {}
                 Resend::Send(bytes) => {
                     let bytes = bytes.to_vec();
