@@ -524,11 +524,6 @@ impl PacketTxRing {
         self.pending += 1;
     }
 
-    /// Frames committed and not yet sent.
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
     /// Sends every committed frame with one syscall, without waiting for the driver.
     pub fn send(&mut self) -> io::Result<()> {
         if self.pending == 0 {

@@ -396,14 +396,12 @@ mod tests {
             ring.commit(frame.len());
         }
         assert!(ring.next_frame().is_none(), "both slots wait for the kernel");
-        assert_eq!(ring.pending(), 2);
         ring.send().unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         while ring.next_frame().is_none() {
             assert!(Instant::now() < deadline, "the kernel never gave a slot back");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(ring.pending(), 0);
     }
 
     #[test]
