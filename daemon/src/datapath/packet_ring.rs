@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -26,8 +26,6 @@ use crate::wire::ipv4;
 
 /// How often the next hops are read again: a route or neighbour change is followed within this.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// How soon an address a worker asked for is looked up.
-const NEW_ADDRESS_DELAY: Duration = Duration::from_millis(20);
 /// Slots per worker's ring: several batches of 64 packets.
 const RING_FRAMES: usize = 256;
 /// The TTL the kernel gives raw IP packets when the sysctl cannot be read.
@@ -71,11 +69,13 @@ pub struct NextHops {
     paths: ArcSwap<HashMap<Ipv4Addr, Option<LinkPath>>>,
     /// Addresses asked for and not looked up yet; the refresher thread starts with the first.
     wanted: Mutex<Option<Vec<Ipv4Addr>>>,
+    /// Wakes the refresher for a new address.
+    asked: Condvar,
 }
 
 impl NextHops {
     pub fn new(local: Ipv4Addr) -> Arc<NextHops> {
-        Arc::new(NextHops { local, paths: ArcSwap::default(), wanted: Mutex::new(None) })
+        Arc::new(NextHops { local, paths: ArcSwap::default(), wanted: Mutex::new(None), asked: Condvar::new() })
     }
 
     /// The ring path towards `destination`, if it has one. The first ask for an address queues
@@ -84,14 +84,18 @@ impl NextHops {
         if let Some(path) = self.paths.load().get(&destination) {
             return *path;
         }
-        let mut wanted = self.wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut wanted = self.lock_wanted();
         match wanted.as_mut() {
             Some(list) if list.contains(&destination) => {}
-            Some(list) => list.push(destination),
+            Some(list) => {
+                list.push(destination);
+                self.asked.notify_one();
+            }
             None => {
                 *wanted = Some(vec![destination]);
-                let weak = Arc::downgrade(self);
-                let spawned = std::thread::Builder::new().name("meshd-nexthops".into()).spawn(move || refresh(weak));
+                let next_hops = self.clone();
+                let spawned =
+                    std::thread::Builder::new().name("meshd-nexthops".into()).spawn(move || refresh(next_hops));
                 if let Err(error) = spawned {
                     tracing::warn!(%error, "cannot start the raw ESP next-hop thread; raw ESP stays on the raw socket");
                 }
@@ -102,7 +106,7 @@ impl NextHops {
 
     /// Looks up every known and wanted address again and publishes the result whole.
     fn refresh_once(&self, ttl: u8) {
-        let wanted = self.wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut().map(std::mem::take);
+        let wanted = self.lock_wanted().as_mut().map(std::mem::take);
         let mut addresses: Vec<Ipv4Addr> = self.paths.load().keys().copied().collect();
         addresses.extend(wanted.unwrap_or_default());
         let mut lookup = match RouteLookup::open() {
@@ -130,22 +134,21 @@ impl NextHops {
         self.paths.store(Arc::new(paths));
     }
 
-    fn has_new_addresses(&self) -> bool {
-        self.wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().is_some_and(|list| !list.is_empty())
+    fn lock_wanted(&self) -> MutexGuard<'_, Option<Vec<Ipv4Addr>>> {
+        self.wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// The refresher thread: runs while the raw socket (and so its `NextHops`) lives.
-fn refresh(next_hops: Weak<NextHops>) {
-    let mut last = None::<Instant>;
-    loop {
-        let Some(next_hops) = next_hops.upgrade() else { return };
-        if last.is_none_or(|last| last.elapsed() >= REFRESH_INTERVAL) || next_hops.has_new_addresses() {
-            next_hops.refresh_once(default_ttl());
-            last = Some(Instant::now());
-        }
-        drop(next_hops);
-        std::thread::sleep(NEW_ADDRESS_DELAY);
+/// The refresher thread: every [`REFRESH_INTERVAL`], and at once for a new address; it ends
+/// when the raw socket that owns `next_hops` is gone (it then holds the last reference).
+fn refresh(next_hops: Arc<NextHops>) {
+    while Arc::strong_count(&next_hops) > 1 {
+        next_hops.refresh_once(default_ttl());
+        let wanted = next_hops.lock_wanted();
+        let waited = next_hops.asked.wait_timeout_while(wanted, REFRESH_INTERVAL, |wanted| {
+            wanted.as_ref().is_none_or(|list| list.is_empty())
+        });
+        drop(waited.unwrap_or_else(|poisoned| poisoned.into_inner()));
     }
 }
 
