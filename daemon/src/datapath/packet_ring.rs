@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -231,6 +231,7 @@ impl RingSender {
 #[cfg(test)]
 mod tests {
     use std::os::fd::BorrowedFd;
+    use std::time::Instant;
 
     use super::*;
     use crate::datapath::sockets::RawEspSocket;
