@@ -373,3 +373,189 @@ pub fn recv_with_fds<const MAX: usize>(
     }
     Ok((message.bytes, fds))
 }
+
+/// TPACKET_V2 (`enum tpacket_versions` in linux/if_packet.h).
+const TPACKET_V2: libc::c_int = 1;
+/// Where a TPACKET_V2 frame's data starts: after its header, TPACKET_ALIGN(sizeof(tpacket2_hdr)).
+/// The kernel takes outgoing data from there (TPACKET2_HDRLEN - sizeof(sockaddr_ll)).
+const TX_FRAME_DATA_OFFSET: usize = 32;
+/// Offsets in `struct tpacket2_hdr`.
+const TX_FRAME_STATUS: usize = 0;
+const TX_FRAME_LEN: usize = 4;
+const PAGE_LEN: usize = 4096;
+
+/// An AF_PACKET socket bound to one interface with a PACKET_TX_RING (TPACKET_V2) that bypasses
+/// the qdisc: the caller writes whole link-layer frames into the ring's slots and one `send`
+/// hands every filled slot to the driver. Protocol 0, so the socket never receives.
+pub struct PacketTxRing {
+    fd: std::os::fd::OwnedFd,
+    map: std::ptr::NonNull<u8>,
+    map_len: usize,
+    frame_size: usize,
+    frame_count: usize,
+    /// The next slot to fill.
+    head: usize,
+    /// Slots filled since the last `send`.
+    pending: usize,
+}
+
+// SAFETY: the ring is a private mapping of this socket: the struct owns it (unmapped on drop) and
+// every access goes through `&mut self`, so moving it to another thread moves sole access with it.
+unsafe impl Send for PacketTxRing {}
+
+impl PacketTxRing {
+    /// A ring of at least `frames` slots, each holding a frame of up to `max_frame_len` bytes,
+    /// on interface `interface_index`.
+    pub fn open(interface_index: u32, max_frame_len: usize, frames: usize) -> io::Result<PacketTxRing> {
+        use std::os::fd::{AsFd, FromRawFd};
+        // SAFETY: socket(2) with constant arguments; the descriptor it returns is owned below.
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VERSION, TPACKET_V2)?;
+        set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
+        // A frame the driver refuses is skipped (its slot freed) instead of stopping the ring.
+        set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_LOSS, 1)?;
+        let frame_size = (TX_FRAME_DATA_OFFSET + max_frame_len).next_power_of_two();
+        let block_size = frame_size.max(PAGE_LEN);
+        let frames_per_block = block_size / frame_size;
+        let block_count = frames.div_ceil(frames_per_block);
+        let frame_count = block_count * frames_per_block;
+        let request = libc::tpacket_req {
+            tp_block_size: block_size as libc::c_uint,
+            tp_block_nr: block_count as libc::c_uint,
+            tp_frame_size: frame_size as libc::c_uint,
+            tp_frame_nr: frame_count as libc::c_uint,
+        };
+        // SAFETY: `fd` is live; the option value is a tpacket_req on the stack with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_TX_RING,
+                (&request as *const libc::tpacket_req).cast(),
+                std::mem::size_of::<libc::tpacket_req>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let map_len = block_size * block_count;
+        // SAFETY: maps the ring the kernel just allocated for `fd`, shared with the kernel, at an
+        // address the kernel picks; the result is checked before use.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = std::ptr::NonNull::new(map.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ring = PacketTxRing { fd, map, map_len, frame_size, frame_count, head: 0, pending: 0 };
+        // SAFETY: sockaddr_ll is plain data; all zeros is valid.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as libc::c_ushort;
+        address.sll_ifindex = interface_index as libc::c_int;
+        // SAFETY: `ring.fd` is live; the address is a sockaddr_ll on the stack with its size.
+        let rc = unsafe {
+            libc::bind(
+                ring.fd.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ring)
+    }
+
+    /// The largest frame a slot holds.
+    pub fn max_frame_len(&self) -> usize {
+        self.frame_size - TX_FRAME_DATA_OFFSET
+    }
+
+    fn status(&self, slot: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the slot's header lies inside the mapping (slot < frame_count, frames back to
+        // back since the block size is a multiple of the frame size) and is 16-byte aligned; the
+        // kernel updates tp_status concurrently, so it is only ever accessed atomically.
+        unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(
+                self.map.as_ptr().add(slot * self.frame_size + TX_FRAME_STATUS).cast(),
+            )
+        }
+    }
+
+    /// The next free slot's data area, or `None` while the kernel still holds it (the ring is
+    /// full until a `send` and the driver free slots).
+    pub fn next_frame(&mut self) -> Option<&mut [u8]> {
+        if self.status(self.head).load(std::sync::atomic::Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
+            return None;
+        }
+        // SAFETY: the slot is AVAILABLE, so the kernel neither reads nor writes it until `commit`
+        // marks it SEND_REQUEST; the data area lies inside the mapping and the returned borrow of
+        // `self` keeps the mapping alive and the slot exclusive.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(
+                self.map.as_ptr().add(self.head * self.frame_size + TX_FRAME_DATA_OFFSET),
+                self.max_frame_len(),
+            )
+        })
+    }
+
+    /// Hands the slot `next_frame` gave, holding a frame of `len` bytes, to the kernel.
+    pub fn commit(&mut self, len: usize) {
+        let slot = self.head * self.frame_size;
+        // SAFETY: the slot is still AVAILABLE (only `next_frame` gave it out, and the kernel takes
+        // it only after the status store below); tp_len lies inside its header, 4-byte aligned.
+        unsafe { self.map.as_ptr().add(slot + TX_FRAME_LEN).cast::<u32>().write(len as u32) };
+        self.status(self.head).store(libc::TP_STATUS_SEND_REQUEST, std::sync::atomic::Ordering::Release);
+        self.head = (self.head + 1) % self.frame_count;
+        self.pending += 1;
+    }
+
+    /// Sends every committed frame with one syscall, without waiting for the driver.
+    pub fn send(&mut self) -> io::Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        self.pending = 0;
+        // SAFETY: `fd` is live; a send of no data from a null buffer is how a TX ring is kicked.
+        let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for PacketTxRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping `open` made, once; nothing borrows it past `&mut self`.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// Moves the calling thread (and the processes it starts) into a new, empty network namespace:
+/// tests that need links of their own, gone with the thread.
+#[cfg(test)]
+pub fn enter_new_network_namespace() -> io::Result<()> {
+    // SAFETY: unshare(2) with CLONE_NEWNET touches no memory; it changes only this thread's
+    // network namespace, so sockets opened elsewhere keep theirs.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -139,6 +139,21 @@ fn ping_mesh(case: Case) {
         assert_eq!(capture.read(&["-Y", "esp && !udp.port == 4500 && !icmp"]).trim(), "", "ESP outside UDP 4500");
     } else {
         assert_eq!(capture.read(&["-Y", "udp.port == 4500"]).trim(), "", "encap esp, yet UDP 4500 on the wire");
+        // Raw ESP over IPv4 leaves through each worker's AF_PACKET TX ring once the peer's MAC
+        // is known (a packet socket of protocol 0: it only sends), with the headers the raw
+        // socket would have written: DF, no fragment, identification 0, TTL 64.
+        if case.family == Family::V4 {
+            for (i, d) in daemons.iter().enumerate() {
+                let sockets = lab.node(i).run_stdout(["cat", "/proc/net/packet"]);
+                let tx_rings = sockets.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("0000")).count();
+                assert!(tx_rings >= 1, "{}: no AF_PACKET TX ring after the pings:\n{sockets}", d.node());
+            }
+            let odd = capture.read(&[
+                "-Y",
+                "esp && !icmp && !(ip.flags.df == 1 && ip.frag_offset == 0 && ip.id == 0 && ip.ttl == 64)",
+            ]);
+            assert_eq!(odd.trim(), "", "ESP with other IP header fields than the raw socket writes:\n{odd}");
+        }
     }
 
     // Decrypt with the same keys (tshark 4.0 does AES-GCM only).

@@ -5,6 +5,8 @@ pub mod batch_io;
 mod egress;
 mod ike_inbox;
 mod ingress;
+pub mod link_header;
+pub mod packet_ring;
 mod sockets;
 mod worker;
 

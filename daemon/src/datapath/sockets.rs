@@ -8,6 +8,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -17,6 +18,7 @@ use std::cell::RefCell;
 
 use super::batch_io::{enable_gro, MmsgBatch, SegmentSender, MAX_UDP_PAYLOAD_V6, UDP_MAX_SEGMENTS};
 use super::egress::{EspSender, BUFFER_LEN, FRAME_OFFSET};
+use super::packet_ring::{NextHops, Pushed, RingSender};
 
 /// RFC 3948: ESP in UDP, and IKE once it floated.
 pub const ESP_IN_UDP_PORT: u16 = 4500;
@@ -53,10 +55,13 @@ pub fn udp_socket(local: IpAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// The raw ESP socket (IP protocol 50), bound to the node address.
+/// The raw ESP socket (IP protocol 50), bound to the node address. It receives all ESP (and
+/// keeps the kernel from answering ESP with ICMP protocol-unreachable); IPv4 ESP leaves through
+/// the workers' AF_PACKET rings where the next hop is known (`packet_ring`), else through it.
 pub struct RawEspSocket {
     fd: OwnedFd,
     ipv4: bool,
+    next_hops: Option<Arc<NextHops>>,
 }
 
 impl RawEspSocket {
@@ -68,12 +73,17 @@ impl RawEspSocket {
         )?;
         configure(&socket, local)?;
         socket.bind(&SocketAddr::new(local, 0).into())?;
-        Ok(RawEspSocket { fd: socket.into(), ipv4: local.is_ipv4() })
+        Ok(Self::adopt(socket.into(), local))
     }
 
     /// The raw socket a running meshd handed over (`crate::upgrade`), bound to `local`.
     pub fn adopt(fd: OwnedFd, local: IpAddr) -> Self {
-        RawEspSocket { fd, ipv4: local.is_ipv4() }
+        let next_hops = match local {
+            IpAddr::V4(local) => Some(NextHops::new(local)),
+            // The IPv6 header (its flow label) is the kernel's: IPv6 stays on the raw socket.
+            IpAddr::V6(_) => None,
+        };
+        RawEspSocket { fd, ipv4: local.is_ipv4(), next_hops }
     }
 
     /// IPv4 raw sockets deliver the IP header with each packet, IPv6 ones the ESP packet alone.
@@ -299,15 +309,21 @@ impl GsoRun {
     }
 }
 
-/// Raw ESP packets waiting for one `sendmmsg`: their bytes back to back, and where each goes.
+/// Raw ESP packets waiting to leave: in the worker's AF_PACKET ring where the peer's next hop is
+/// known, else their bytes back to back for one `sendmmsg` on the raw socket, and where each goes.
 pub struct MmsgQueue {
     buf: Vec<u8>,
     batch: MmsgBatch,
+    ring: RingSender,
 }
 
 impl Default for MmsgQueue {
     fn default() -> Self {
-        MmsgQueue { buf: Vec::with_capacity(MMSG_QUEUE_BYTES + BUFFER_LEN), batch: MmsgBatch::new() }
+        MmsgQueue {
+            buf: Vec::with_capacity(MMSG_QUEUE_BYTES + BUFFER_LEN),
+            batch: MmsgBatch::new(),
+            ring: RingSender::default(),
+        }
     }
 }
 
@@ -316,6 +332,13 @@ const MMSG_QUEUE_BYTES: usize = 256 << 10;
 
 impl MmsgQueue {
     fn push(&mut self, socket: &RawEspSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        if let (Some(next_hops), IpAddr::V4(peer)) = (&socket.next_hops, destination.ip()) {
+            if let Some(path) = next_hops.path(peer) {
+                if self.ring.push(&path, packet)? == Pushed::Queued {
+                    return Ok(packet.len());
+                }
+            }
+        }
         if self.batch.is_full() || self.buf.len() + packet.len() > MMSG_QUEUE_BYTES {
             self.flush(socket)?;
         }
@@ -330,14 +353,15 @@ impl MmsgQueue {
     }
 
     fn flush(&mut self, socket: &RawEspSocket) -> io::Result<()> {
+        let ring_sent = self.ring.send();
         if self.batch.is_empty() {
-            return Ok(());
+            return ring_sent;
         }
         let sent = self.batch.send(socket.fd(), &self.buf);
         self.buf.clear();
         match sent.error {
             Some(error) => Err(error),
-            None => Ok(()),
+            None => ring_sent,
         }
     }
 }

@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkLayerType, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -132,6 +133,32 @@ impl RouteLookup {
         })
     }
 
+    /// The link-layer next hop from `source` towards `destination`: the route's interface, its
+    /// MAC address and MTU, and the neighbour entry of the gateway (or of `destination` when it
+    /// is on the link), for a sender that writes the Ethernet header itself.
+    pub fn next_hop(&mut self, source: IpAddr, destination: IpAddr) -> Result<NextHop, RouteError> {
+        let answer = self.request(route_request(source, destination))?;
+        let route = parse_route_answer(answer, destination)?;
+        let answer = self.request(link_request(route.interface_index))?;
+        let local_mac = parse_ethernet_address(&answer);
+        let link = parse_link_answer(answer, route.interface_index)?;
+        let neighbour_address = route.gateway.unwrap_or(destination);
+        let answer = self.request(neighbour_request(route.interface_index, neighbour_address))?;
+        Ok(NextHop {
+            interface_index: route.interface_index,
+            local_mac,
+            neighbour: parse_neighbour_answer(answer)?,
+            route: UnderlayRoute {
+                interface: link.name,
+                gateway: route.gateway,
+                source: route.source,
+                link_mtu: link.mtu,
+                route_mtu: route.route_mtu,
+                mtu_expires: route.mtu_expires,
+            },
+        })
+    }
+
     /// Sends one request and returns the kernel's answer to it (skipping a late answer to an
     /// earlier request that timed out).
     fn request(&mut self, message: RouteNetlinkMessage) -> Result<NetlinkPayload<RouteNetlinkMessage>, RouteError> {
@@ -148,6 +175,40 @@ impl RouteLookup {
                 return Ok(answer.payload);
             }
         }
+    }
+}
+
+/// Where packets towards one address leave, down to the Ethernet addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub interface_index: u32,
+    /// The interface's own MAC address; `None` when it is not an Ethernet link.
+    pub local_mac: Option<[u8; 6]>,
+    /// The kernel's neighbour entry for the next hop, if it has one.
+    pub neighbour: Option<Neighbour>,
+    pub route: UnderlayRoute,
+}
+
+/// One entry of the kernel's neighbour table (ARP or NDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: [u8; 6],
+    pub state: NeighbourState,
+}
+
+impl Neighbour {
+    /// Whether the kernel itself would send to this MAC now without asking the network first:
+    /// confirmed (or static) entries, and entries it is already re-confirming (DELAY, PROBE).
+    /// A STALE entry is not: only a packet the kernel sends starts its re-confirmation.
+    pub fn is_usable(&self) -> bool {
+        matches!(
+            self.state,
+            NeighbourState::Reachable
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+        )
     }
 }
 
@@ -261,6 +322,48 @@ fn link_request(interface_index: u32) -> RouteNetlinkMessage {
     let mut link = LinkMessage::default();
     link.header.index = interface_index;
     RouteNetlinkMessage::GetLink(link)
+}
+
+fn neighbour_request(interface_index: u32, address: IpAddr) -> RouteNetlinkMessage {
+    let mut neighbour = NeighbourMessage::default();
+    neighbour.header.family = match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    neighbour.header.ifindex = interface_index;
+    let address = match address {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    };
+    neighbour.attributes.push(NeighbourAttribute::Destination(address));
+    RouteNetlinkMessage::GetNeighbour(neighbour)
+}
+
+/// The MAC address of an Ethernet link from an RTM_NEWLINK answer.
+fn parse_ethernet_address(answer: &NetlinkPayload<RouteNetlinkMessage>) -> Option<[u8; 6]> {
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = answer else { return None };
+    if link.header.link_layer_type != LinkLayerType::Ether {
+        return None;
+    }
+    link.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// The neighbour entry of an RTM_NEWNEIGH answer; `None` when the kernel has none (ENOENT).
+fn parse_neighbour_answer(answer: NetlinkPayload<RouteNetlinkMessage>) -> Result<Option<Neighbour>, RouteError> {
+    let neighbour = match answer {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) => neighbour,
+        NetlinkPayload::Error(error) if Errno::from_raw(error.raw_code().abs()) == Errno::ENOENT => return Ok(None),
+        NetlinkPayload::Error(error) => return Err(RouteError::Refused(error.to_io())),
+        other => return Err(RouteError::Malformed(format!("a neighbour lookup was answered with {other:?}"))),
+    };
+    let mac = neighbour.attributes.iter().find_map(|attribute| match attribute {
+        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+        _ => None,
+    });
+    Ok(mac.map(|mac| Neighbour { mac, state: neighbour.header.state }))
 }
 
 fn parse_answer(bytes: &[u8]) -> Result<NetlinkMessage<RouteNetlinkMessage>, RouteError> {
@@ -514,6 +617,44 @@ mod tests {
         assert_eq!(route(None).mtu(), 1400);
         assert_eq!(route(Some(1300)).mtu(), 1300);
         assert_eq!(route(Some(9000)).mtu(), 1400);
+    }
+
+    /// RTM_NEWNEIGH for 198.18.0.254 on interface 3, REACHABLE at 02:00:00:00:00:fe (laid out
+    /// as linux/neighbour.h defines it: ndmsg, NDA_DST, NDA_LLADDR padded to 4 bytes).
+    const NEIGHBOUR: &[u8] = &[
+        0x30, 0x00, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x00, // nlmsghdr: length 48, RTM_NEWNEIGH
+        0x09, 0x00, 0x00, 0x00, 0x9a, 0x41, 0x00, 0x00, // sequence 9, port
+        0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, // ndmsg: AF_INET, ifindex 3
+        0x02, 0x00, 0x00, 0x01, // NUD_REACHABLE, no flags, unicast
+        0x08, 0x00, 0x01, 0x00, 0xc6, 0x12, 0x00, 0xfe, // NDA_DST 198.18.0.254
+        0x0a, 0x00, 0x02, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0xfe, 0x00, 0x00, // NDA_LLADDR
+    ];
+
+    #[test]
+    fn a_neighbour_answer_gives_its_mac_and_state() {
+        let neighbour = parse_neighbour_answer(payload(NEIGHBOUR)).unwrap().unwrap();
+        assert_eq!(neighbour, Neighbour { mac: [0x02, 0, 0, 0, 0, 0xfe], state: NeighbourState::Reachable });
+        assert!(neighbour.is_usable());
+        assert!(!Neighbour { state: NeighbourState::Stale, ..neighbour }.is_usable());
+    }
+
+    #[test]
+    fn no_neighbour_entry_is_none() {
+        // NLMSG_ERROR with -ENOENT, echoing the request's header.
+        let mut error = vec![0x24, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x9a, 0x41, 0x00, 0x00];
+        error.extend_from_slice(&(-libc::ENOENT).to_le_bytes());
+        error.extend_from_slice(&[0x1c, 0x00, 0x00, 0x00, 0x1e, 0x00, 0x01, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
+        assert_eq!(parse_neighbour_answer(payload(&error)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_neighbour_request_names_the_interface_and_address() {
+        let RouteNetlinkMessage::GetNeighbour(request) = neighbour_request(3, IpAddr::from([198, 18, 0, 254])) else {
+            panic!("not RTM_GETNEIGH")
+        };
+        assert_eq!(request.header.ifindex, 3);
+        assert_eq!(request.header.family, AddressFamily::Inet);
+        assert_eq!(request.attributes, vec![NeighbourAttribute::Destination(NeighbourAddress::Inet([198, 18, 0, 254].into()))]);
     }
 
     #[test]
