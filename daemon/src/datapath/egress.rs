@@ -257,7 +257,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         if sa.running_out(sequence) {
             self.state.sa_notices.notify(SaNotice::SequenceRunningOut { peer: peer_id, spi: sa.params.spi });
         }
-        let (esp_start, next_header) = self.write_inner_headers(&sa, peer.path, overlay.vni, buf, frame_len);
+        let (esp_start, next_header) = self.write_inner_headers(sa, peer.path, overlay.vni, buf, frame_len);
         let plaintext_len = FRAME_OFFSET - esp_start - esp::PLAINTEXT_OFFSET + frame_len;
         let sealed =
             sa.sealer.seal(sa.params.spi, sequence, sa.params.esn, next_header, &mut buf[esp_start..], plaintext_len);
