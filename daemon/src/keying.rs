@@ -289,7 +289,8 @@ impl Keying {
         let ike_peers = ike_peers(config, &topology);
         let public_key = node_key.as_ref().map(|key| key.public_key());
         let settings = settings(config, &topology, &ike_peers, node_key)?;
-        let endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
+        let mut endpoint = Endpoint::new(settings, now).map_err(KeyingError::Ike)?;
+        endpoint.align_liveness_checks(wall_clock_second(now));
         Ok(Keying::with_endpoint(endpoint, ike_peers, public_key, sas))
     }
 
@@ -818,6 +819,14 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
             }
         }
     }
+}
+
+
+/// The start of the wall clock's current second, as an `Instant` near `now`: nodes whose clocks
+/// agree then share the grid their liveness checks fall on (`Endpoint::align_liveness_checks`).
+fn wall_clock_second(now: Instant) -> Instant {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.checked_sub(Duration::from_nanos(since_epoch.subsec_nanos().into())).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub(super) struct Context {
     pub(super) spis_in_use: HashSet<u64>,
     /// The round trips of our requests, for the retransmission timeouts.
     pub(super) rtt: RttEstimate,
+    /// A point of the grid liveness checks are due on (`policy::liveness_due`).
+    pub(super) liveness_grid: Instant,
 }
 
 impl Context {
@@ -49,6 +51,7 @@ impl Context {
             counters: IkeCounters::default(),
             spis_in_use: HashSet::new(),
             rtt: RttEstimate::default(),
+            liveness_grid: now,
         }
     }
 

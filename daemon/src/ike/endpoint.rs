@@ -96,6 +96,14 @@ impl Endpoint {
         Ok(endpoint)
     }
 
+    /// Aligns the liveness checks to a grid through `origin`: the driver passes a whole second
+    /// of the wall clock, so that nodes that keep time check each other at the same moments.
+    pub fn align_liveness_checks(&mut self, origin: Instant) {
+        self.cx.liveness_grid = origin;
+        self.touched.extend(self.sas.keys().copied());
+        self.settle();
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.cx.transmits.pop_front()
     }
@@ -767,7 +775,7 @@ impl Endpoint {
     fn settle(&mut self) {
         for spi in std::mem::take(&mut self.touched) {
             let (deadline, peer) = if let Some(sa) = self.sas.get(&spi) {
-                (sa.timeout(self.cx.settings.dpd), sa.peer)
+                (sa.timeout(&self.cx), sa.peer)
             } else if let Some(c) = self.connecting.get(&spi) {
                 (Some(c.sending.next_send), Some(c.peer))
             } else {

@@ -10,6 +10,13 @@
 //! by the lower address wins and its loser is deleted by its own initiator, so every pair ends
 //! with one IKE SA and one Child SA pair. Rekeying is done by the original initiator of each
 //! IKE SA; the responder rekeys only if that did not happen well before expiry.
+//!
+//! Liveness checks of idle IKE SAs are what an idle mesh spends its time on (one exchange per
+//! pair every `dpd`), so they are shaped for few wake-ups: the lower address asks, the higher
+//! waits one [`LIVENESS_GRID`] step longer and so hears the question instead of asking its own,
+//! and every check is due on a whole step of a grid shared by all nodes that keep time (the
+//! wall clock's seconds), so a node's checks of many peers, and its peers' checks of it, leave
+//! and arrive together.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -36,6 +43,26 @@ const REKEY_FRACTION: f64 = 0.8;
 const REKEY_JITTER: f64 = 0.1;
 /// The responder rekeys itself only this late.
 const RESPONDER_REKEY_FRACTION: f64 = 0.95;
+
+/// The step of the grid that liveness checks are due on; the higher address of a pair also
+/// waits this much longer than the lower before it asks itself.
+pub(super) const LIVENESS_GRID: Duration = Duration::from_secs(1);
+
+/// When an idle IKE SA between `local` and `peer` that last heard from the peer at `last_heard`
+/// checks the peer's liveness: `dpd` later (one grid step more on the higher address), rounded
+/// up to the grid that passes through `grid_origin`.
+pub(super) fn liveness_due(local: IpAddr, peer: IpAddr, last_heard: Instant, dpd: Duration, grid_origin: Instant) -> Instant {
+    let wait = if local < peer { dpd } else { dpd + LIVENESS_GRID };
+    let due = last_heard + wait;
+    let Some(since_origin) = due.checked_duration_since(grid_origin) else { return due };
+    let step = LIVENESS_GRID.as_nanos();
+    let into_step = since_origin.as_nanos() % step;
+    match into_step {
+        0 => due,
+        // The remainder is below one step (1 s), so it fits.
+        _ => due + Duration::from_nanos(u64::try_from(step - into_step).unwrap_or(0)),
+    }
+}
 
 /// When to try the next attempt after `failure`.
 pub(super) fn retry_delay(failure: &Failure) -> Duration {
@@ -117,6 +144,34 @@ mod tests {
         assert!(beats((low, later), (low, now)));
         assert!(!beats((low, now), (low, now)), "nothing beats itself");
         assert!(!beats((Origin::Rekey, later), (high, now)) && !beats((low, now), (Origin::Rekey, later)));
+    }
+
+    #[test]
+    fn liveness_checks_fall_on_the_grid_and_the_lower_address_asks_first() {
+        let (low, high): (IpAddr, IpAddr) = ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let origin = Instant::now();
+        let dpd = Duration::from_secs(10);
+        let heard = origin + Duration::from_millis(3_250);
+        assert_eq!(liveness_due(low, high, heard, dpd, origin), origin + Duration::from_secs(14));
+        // The peer heard the same exchange a little later; it is due a step after the asker.
+        let heard_by_peer = heard + Duration::from_millis(2);
+        assert_eq!(liveness_due(high, low, heard_by_peer, dpd, origin), origin + Duration::from_secs(15));
+        // On the grid already: not moved.
+        assert_eq!(liveness_due(low, high, origin + Duration::from_secs(2), dpd, origin), origin + Duration::from_secs(12));
+        // Never earlier than dpd after the last word, never more than a step (two for the
+        // higher address) later.
+        for millis in (0..5_000).step_by(137) {
+            let heard = origin + Duration::from_millis(millis);
+            for (local, peer, extra) in [(low, high, 0), (high, low, 1)] {
+                let due = liveness_due(local, peer, heard, dpd, origin);
+                let earliest = heard + dpd + LIVENESS_GRID * extra;
+                assert!(due >= earliest && due < earliest + LIVENESS_GRID, "{millis} ms: {due:?}");
+                assert_eq!(due.duration_since(origin).subsec_nanos(), 0, "on the grid");
+            }
+        }
+        // Before the grid's origin (a clock set back): dpd after the last word, unrounded.
+        let early = origin.checked_sub(Duration::from_millis(20_500)).expect("a clock past 20 s");
+        assert_eq!(liveness_due(low, high, early, dpd, origin), early + dpd);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::identity::PeerAuth;
 use super::message::ids::{exchange, notify, protocol};
 use super::message::{encode_encrypted_prefix, encode_payloads, Delete, Header, Notify, Payload};
 use super::parts::has_notify;
-use super::policy::Origin;
+use super::policy::{liveness_due, Origin};
 use super::rekey::IkeCollision;
 use super::status::{IkeSaStatus, IkeState};
 use super::types::{Failure, LocalError, PeerIndex, Refusal};
@@ -214,14 +214,14 @@ impl IkeSa {
     }
 
     /// The earliest time [`tick`](Self::tick) has something to do.
-    pub(super) fn timeout(&self, dpd: std::time::Duration) -> Option<Instant> {
+    pub(super) fn timeout(&self, cx: &Context) -> Option<Instant> {
         let mut times: Vec<Instant> = self.window.next_send().into_iter().collect();
         match self.phase {
             Phase::ExpectAuthRequest(_) => times.push(self.created + HALF_OPEN_TIMEOUT),
             Phase::Established { .. } => {
                 // With a request outstanding, its retransmission timer stands for liveness.
                 if self.window.idle() {
-                    times.push(self.last_heard + dpd);
+                    times.extend(self.liveness_due(cx));
                 }
                 times.extend(self.delete_at);
                 times.extend(self.rekey_at);
@@ -230,6 +230,12 @@ impl IkeSa {
             _ => {}
         }
         times.into_iter().min()
+    }
+
+    /// When this IKE SA, once idle, checks that its peer is alive (`policy::liveness_due`).
+    fn liveness_due(&self, cx: &Context) -> Option<Instant> {
+        let peer = self.peer?;
+        Some(liveness_due(cx.settings.local, cx.peer_address(peer), self.last_heard, cx.settings.dpd, cx.liveness_grid))
     }
 
     /// The Established phase from `now`: timers start and the IKE SA rekeys in due time.
@@ -529,7 +535,7 @@ impl IkeSa {
         }
         let due_children = self.children.tick(cx, peer, now);
         let ike_due = self.rekey_at.is_some_and(|at| now >= at);
-        let idle = now >= self.last_heard + cx.settings.dpd && self.window.idle();
+        let idle = self.liveness_due(cx).is_some_and(|due| now >= due) && self.window.idle();
         for spi in due_children {
             self.queue(cx, Queued::RekeyChild(spi), now)?;
         }
