@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -66,11 +67,18 @@ impl LinkPath {
 /// must go through the raw socket for now.
 pub struct NextHops {
     local: Ipv4Addr,
-    paths: ArcSwap<HashMap<Ipv4Addr, Option<LinkPath>>>,
+    paths: ArcSwap<HashMap<Ipv4Addr, KnownPath>>,
     /// Addresses asked for and not looked up yet; the refresher thread starts with the first.
     wanted: Mutex<Option<Vec<Ipv4Addr>>>,
     /// Wakes the refresher for a new address.
     asked: Condvar,
+}
+
+/// A looked-up next hop, and whether a packet asked for it since the last refresh: only those
+/// are looked up again, so the refresher costs nothing once raw ESP stops flowing.
+struct KnownPath {
+    path: Option<LinkPath>,
+    used: AtomicBool,
 }
 
 impl NextHops {
@@ -81,8 +89,12 @@ impl NextHops {
     /// The ring path towards `destination`, if it has one. The first ask for an address queues
     /// it for the refresher (one lock per new address, not per packet).
     pub fn path(self: &Arc<Self>, destination: Ipv4Addr) -> Option<LinkPath> {
-        if let Some(path) = self.paths.load().get(&destination) {
-            return *path;
+        if let Some(known) = self.paths.load().get(&destination) {
+            // A load first: a store per packet would bounce the cache line between workers.
+            if !known.used.load(Ordering::Relaxed) {
+                known.used.store(true, Ordering::Relaxed);
+            }
+            return known.path;
         }
         let mut wanted = self.lock_wanted();
         match wanted.as_mut() {
@@ -104,11 +116,25 @@ impl NextHops {
         None
     }
 
-    /// Looks up every known and wanted address again and publishes the result whole.
+    /// Looks up again every address used since the last refresh, and every wanted one, and
+    /// publishes the result whole; addresses no packet asked for are forgotten (the next packet
+    /// to one goes through the raw socket and asks for it again).
     fn refresh_once(&self, ttl: u8) {
         let wanted = self.lock_wanted().as_mut().map(std::mem::take);
-        let mut addresses: Vec<Ipv4Addr> = self.paths.load().keys().copied().collect();
+        let mut addresses: Vec<Ipv4Addr> = self
+            .paths
+            .load()
+            .iter()
+            .filter(|(_, known)| known.used.swap(false, Ordering::Relaxed))
+            .map(|(address, _)| *address)
+            .collect();
         addresses.extend(wanted.unwrap_or_default());
+        if addresses.is_empty() {
+            if !self.paths.load().is_empty() {
+                self.paths.store(Arc::default());
+            }
+            return;
+        }
         let mut lookup = match RouteLookup::open() {
             Ok(lookup) => Some(lookup),
             Err(error) => {
@@ -128,7 +154,7 @@ impl NextHops {
                         }
                     }
                 });
-                (destination, path)
+                (destination, KnownPath { path, used: AtomicBool::new(false) })
             })
             .collect();
         self.paths.store(Arc::new(paths));
@@ -139,8 +165,9 @@ impl NextHops {
     }
 }
 
-/// The refresher thread: every [`REFRESH_INTERVAL`], and at once for a new address; it ends
-/// when the raw socket that owns `next_hops` is gone (it then holds the last reference).
+/// The refresher thread: every [`REFRESH_INTERVAL`] (looking up only the addresses used since
+/// the last time), and at once for a new address; it ends when the raw socket that owns
+/// `next_hops` is gone (it then holds the last reference).
 fn refresh(next_hops: Arc<NextHops>) {
     while Arc::strong_count(&next_hops) > 1 {
         next_hops.refresh_once(default_ttl());
@@ -406,6 +433,27 @@ mod tests {
             assert!(Instant::now() < deadline, "the kernel never gave a slot back");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn only_addresses_used_since_the_last_refresh_are_looked_up_again() {
+        let next_hops = NextHops::new(LOOPBACK);
+        let (used, idle) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+        // Held back from the refresher thread: the test refreshes by hand.
+        *next_hops.lock_wanted() = Some(vec![used, idle]);
+        next_hops.refresh_once(DEFAULT_TTL);
+        let known = |next_hops: &NextHops| {
+            let mut addresses: Vec<Ipv4Addr> = next_hops.paths.load().keys().copied().collect();
+            addresses.sort();
+            addresses
+        };
+        assert_eq!(known(&next_hops), [used, idle], "both looked up once");
+        // Loopback is no Ethernet link: known, without a ring path.
+        assert_eq!(next_hops.path(used), None);
+        next_hops.refresh_once(DEFAULT_TTL);
+        assert_eq!(known(&next_hops), [used], "the address no packet asked for is forgotten");
+        next_hops.refresh_once(DEFAULT_TTL);
+        assert!(known(&next_hops).is_empty(), "nothing sent since: nothing to look up");
     }
 
     #[test]
