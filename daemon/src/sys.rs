@@ -384,9 +384,11 @@ const TX_FRAME_STATUS: usize = 0;
 const TX_FRAME_LEN: usize = 4;
 const PAGE_LEN: usize = 4096;
 
-/// An AF_PACKET socket bound to one interface with a PACKET_TX_RING (TPACKET_V2) that bypasses
-/// the qdisc: the caller writes whole link-layer frames into the ring's slots and one `send`
-/// hands every filled slot to the driver. Protocol 0, so the socket never receives.
+/// An AF_PACKET socket bound to one interface with a PACKET_TX_RING (TPACKET_V2): the caller
+/// writes whole link-layer frames into the ring's slots and one `send` hands every filled slot
+/// to the interface's queue. Not PACKET_QDISC_BYPASS: that path skips the taps too, and an
+/// operator's tcpdump on the underlay must see every ESP packet meshd sends. Protocol 0, so the
+/// socket never receives.
 pub struct PacketTxRing {
     fd: std::os::fd::OwnedFd,
     map: std::ptr::NonNull<u8>,
@@ -417,7 +419,6 @@ impl PacketTxRing {
         // SAFETY: `raw` is a new descriptor nothing else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VERSION, TPACKET_V2)?;
-        set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
         // A frame the driver refuses is skipped (its slot freed) instead of stopping the ring.
         set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_LOSS, 1)?;
         let frame_size = (TX_FRAME_DATA_OFFSET + max_frame_len).next_power_of_two();

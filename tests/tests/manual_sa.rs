@@ -368,6 +368,43 @@ fn replay_is_dropped_esp() {
     replay_is_dropped("msrpe", "esp");
 }
 
+/// Raw ESP that leaves through the AF_PACKET TX ring still shows in a capture on the sending
+/// node's own underlay interface (operators run tcpdump there): every ESP packet n1's outbound
+/// SA counts is seen on n1's eth0. (With PACKET_QDISC_BYPASS the ring's packets skip the
+/// interface's taps and only the first packets, sent through the raw socket before the next hop
+/// is known, would show.)
+#[test]
+fn raw_esp_through_the_ring_shows_in_a_capture_on_the_sender() {
+    require_root();
+    let lab = Lab::new("msrc", 2);
+    let mesh = MeshFile::builder(&lab).encap("esp").write();
+    let daemons = start_all(&lab, mesh.path());
+    ping_ok(lab.node(0), "10.244.0.2", &daemons, "n1 -> n2, so that n1 looks up its next hop");
+    let n1 = &daemons[0];
+    let ring_ready = wait_until(Duration::from_secs(5), || {
+        let sockets = lab.node(0).run_stdout(["cat", "/proc/net/packet"]);
+        sockets.lines().skip(1).any(|l| l.split_whitespace().nth(3) == Some("0000")).then_some(())
+    });
+    assert!(ring_ready.is_some(), "n1 opened no AF_PACKET TX ring:\n{}", n1.log());
+    // The next hop is looked up within a second of the first packet.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let sent = || find_sa(&n1.ikectl_json(&["sa", "list"]), "n2", "out")["packets"].as_u64().unwrap_or(0);
+    let mut capture = Capture::start(lab.node(0), "eth0");
+    let before = sent();
+    ping_ok(lab.node(0), "10.244.0.2", &daemons, "n1 -> n2 during the capture");
+    let after = sent();
+    capture.stop();
+    let captured = capture.read(&["-Y", "ip.src == 198.18.0.1 && ip.dst == 198.18.0.2 && esp && !icmp"]);
+    assert!(after > before, "n1 sent no ESP during the capture");
+    // At least: the capture also sees what n1 sent between its start and the first count.
+    assert!(
+        captured.lines().count() as u64 >= after - before,
+        "every one of the {} ESP packets n1 sent shows on its eth0; captured:\n{captured}",
+        after - before
+    );
+}
+
 /// A second meshd on the same control socket refuses to start and leaves the first alone;
 /// SIGTERM removes the TAP interface and the socket file.
 #[test]

@@ -1,6 +1,7 @@
 //! Raw ESP (IPv4) out through an AF_PACKET TX ring instead of the raw IP socket: the kernel's
-//! raw IP output costs a full route and neighbour pass and a qdisc per packet, the ring takes a
-//! whole batch per syscall straight to the driver (PACKET_QDISC_BYPASS).
+//! raw IP output costs a full route and neighbour pass per packet and a syscall per batch of
+//! 64, the ring takes a whole batch per syscall straight to the interface's queue (not past it:
+//! captures on the underlay interface must see the ESP, see `sys::PacketTxRing`).
 //!
 //! Writing the link-layer header ourselves needs the next hop's MAC: [`NextHops`] keeps, per
 //! peer address, the route's interface, the interface's and next hop's MACs and the path MTU,
