@@ -208,7 +208,7 @@ fn auto_mtu_follows_the_underlay_link() {
 #[test]
 fn route_and_link_changes_are_followed_without_polling() {
     require_root();
-    let pair = RoutedPair::new("pmtun", Family::V4, 1500);
+    let pair = RoutedPair::new("pmtur", Family::V4, 1500);
     let mesh = MeshFile::for_addresses(vec![pair.addr(0), pair.addr(1)]).write();
     let n1 = Meshd::start(pair.node(0), mesh.path(), "n1");
     let n2 = Meshd::start(pair.node(1), mesh.path(), "n2");
