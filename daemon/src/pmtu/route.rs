@@ -87,6 +87,20 @@ struct RouteAnswer {
     mtu_expires: Option<Duration>,
 }
 
+impl RouteAnswer {
+    /// The whole route, once its link is known.
+    fn over(&self, link: LinkAnswer) -> UnderlayRoute {
+        UnderlayRoute {
+            interface: link.name,
+            gateway: self.gateway,
+            source: self.source,
+            link_mtu: link.mtu,
+            route_mtu: self.route_mtu,
+            mtu_expires: self.mtu_expires,
+        }
+    }
+}
+
 /// What the link answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LinkAnswer {
@@ -123,14 +137,7 @@ impl RouteLookup {
                 link
             }
         };
-        Ok(UnderlayRoute {
-            interface: link.name,
-            gateway: route.gateway,
-            source: route.source,
-            link_mtu: link.mtu,
-            route_mtu: route.route_mtu,
-            mtu_expires: route.mtu_expires,
-        })
+        Ok(route.over(link))
     }
 
     /// The link-layer next hop from `source` towards `destination`: the route's interface, its
@@ -148,14 +155,7 @@ impl RouteLookup {
             interface_index: route.interface_index,
             local_mac,
             neighbour: parse_neighbour_answer(answer)?,
-            route: UnderlayRoute {
-                interface: link.name,
-                gateway: route.gateway,
-                source: route.source,
-                link_mtu: link.mtu,
-                route_mtu: route.route_mtu,
-                mtu_expires: route.mtu_expires,
-            },
+            route: route.over(link),
         })
     }
 
