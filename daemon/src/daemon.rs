@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::ctl::{self, SocketFile};
-use crate::datapath::{IkeInbox, Prepared};
+use crate::datapath::{Announcer, IkeInbox, Prepared};
 // For the command line (src/main.rs), which sets it from its options.
 pub use crate::datapath::WorkerTuning;
 use crate::diag::kernel::KernelDrops;
@@ -170,6 +170,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
     };
     let udp_4500 = prepared.take_udp_4500();
     let datapath_esp_out = prepared.esp_out();
+    let announcer = Announcer::new(prepared.esp_out());
     let proposal_cipher = config.ike.proposals.first().map(|p| p.cipher);
     let query = match inheritance.as_mut() {
         Some(inherited) => inherited.query.try_clone().and_then(|fd| QueryService::adopt(fd.into())),
@@ -273,7 +274,7 @@ pub fn run(mut options: RunOptions) -> Result<(), DaemonError> {
         reloader.run_datapath(prepared.start(state.clone(), Some(inbox), options.tuning)?);
         // IKE starts only now: with a handover, the endpoint must not initiate before it has
         // the IKE SAs of the running meshd.
-        tokio::spawn(keying::run(keying.clone(), sockets, inbox_receiver));
+        tokio::spawn(keying::run(keying.clone(), sockets, announcer, inbox_receiver));
         let taken_over = inheritance.is_some();
         // systemd tracks this process from now on (before the old one exits: it hears this
         // first); with a plain start, this says it is ready.

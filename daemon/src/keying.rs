@@ -5,7 +5,7 @@
 //! The driver is generic over `IkeEngine`, the part of `ike::Endpoint` it uses, so that its tests
 //! run against a fake endpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
 
-use crate::datapath::IkeDatagram;
+use crate::datapath::{Announcer, IkeDatagram};
 use crate::drops::{DropContext, SendErrorKind};
 use crate::error::KeyingError;
 use crate::esp::{Opener, ReplayWindow, Sealer, DEFAULT_REPLAY_WINDOW};
@@ -163,8 +163,8 @@ struct Ike<E> {
     /// Per IKE peer (by endpoint index): why the kernel last refused to send it an IKE message,
     /// until an IKE SA comes up or an attempt fails (then the failure names it).
     send_failed: Vec<Option<SendErrorKind>>,
-    /// When to announce this node's overlay addresses once more after SAs with a peer came up.
-    announce_again: Option<Instant>,
+    /// The peers to announce this node's overlay addresses to.
+    announcements: Announcements,
     /// The public key of the key this node signs with.
     public_key: Option<PublicKey>,
 }
@@ -330,7 +330,7 @@ impl<E: IkeEngine> Keying<E> {
                 stats: vec![IkePeerStats::default(); ike_peers.len()],
                 notices: vec![NoticesPassed::default(); ike_peers.len()],
                 send_failed: vec![None; ike_peers.len()],
-                announce_again: None,
+                announcements: Announcements::default(),
                 by_peer: ike_peers.iter().enumerate().map(|(index, id)| (*id, index)).collect(),
                 peers: ike_peers,
                 public_key,
@@ -491,7 +491,7 @@ impl<E: IkeEngine> Keying<E> {
     }
 
     /// Sends the endpoint's datagrams and applies its events.
-    fn drain(&self, sockets: &IkeSockets) {
+    fn drain(&self, sockets: &IkeSockets, announcer: &Announcer) {
         let state = self.sas.state();
         let mut ike = self.lock();
         while let Some(transmit) = ike.endpoint.poll_transmit() {
@@ -519,9 +519,10 @@ impl<E: IkeEngine> Keying<E> {
             }
         }
         ike.apply_events(&self.sas);
-        if ike.announce_again.is_some_and(|at| at <= Instant::now()) {
-            ike.announce_again = None;
-            announce_overlays(state);
+        let due = ike.announcements.take_due(Instant::now());
+        drop(ike);
+        for peer in due {
+            announcer.announce_to(state, peer);
         }
     }
 
@@ -531,7 +532,7 @@ impl<E: IkeEngine> Keying<E> {
 
     fn deadline(&self) -> Option<Instant> {
         let ike = self.lock();
-        [ike.endpoint.poll_timeout(), ike.announce_again].into_iter().flatten().min()
+        [ike.endpoint.poll_timeout(), ike.announcements.next_at()].into_iter().flatten().min()
     }
 }
 
@@ -593,11 +594,8 @@ impl<E: IkeEngine> Ike<E> {
                             self.stats[index].rekeys += 1;
                         } else {
                             // SAs with the peer again (a restart on either side): it learns our
-                            // overlay MACs now rather than when its neighbour entries go stale;
-                            // once more a moment later, in case the peer (as initiator) had not
-                            // installed its inbound SA yet.
-                            announce_overlays(state);
-                            self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
+                            // overlay MACs now rather than when its neighbour entries go stale.
+                            self.announcements.sas_up(peer, Instant::now());
                         }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
@@ -671,11 +669,36 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
     }
 }
 
-/// Gratuitous ARP / unsolicited NA on every overlay (`overlay_tap::announce`).
-fn announce_overlays(state: &MeshState) {
-    let topology = state.topology();
-    for overlay in &topology.overlays {
-        crate::overlay_tap::announce(&topology, overlay);
+/// The peers to announce this node's overlay addresses to (`datapath::Announcer`): one whose
+/// SAs came up, at once and once more a moment later, in case the peer (as initiator) had not
+/// installed its inbound SA yet.
+#[derive(Debug, Default)]
+struct Announcements {
+    now: Vec<PeerId>,
+    /// In the order they are due (each is `ANNOUNCE_AGAIN` after its peer's SAs came up).
+    again: VecDeque<(Instant, PeerId)>,
+}
+
+impl Announcements {
+    fn sas_up(&mut self, peer: PeerId, now: Instant) {
+        self.now.push(peer);
+        self.again.push_back((now + ANNOUNCE_AGAIN, peer));
+    }
+
+    /// When the next repeated announcement is due (the first ones go out when the events that
+    /// caused them are applied).
+    fn next_at(&self) -> Option<Instant> {
+        self.again.front().map(|(at, _)| *at)
+    }
+
+    /// The peers to announce to at `now`.
+    fn take_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut due = std::mem::take(&mut self.now);
+        while let Some((_, peer)) = self.again.front().filter(|(at, _)| *at <= now) {
+            due.push(*peer);
+            self.again.pop_front();
+        }
+        due
     }
 }
 
@@ -764,7 +787,12 @@ impl IkeSockets {
 }
 
 /// Runs IKE until the runtime stops.
-pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut inbox: mpsc::Receiver<IkeDatagram>) {
+pub async fn run<E: IkeEngine>(
+    keying: Arc<Keying<E>>,
+    sockets: IkeSockets,
+    announcer: Announcer,
+    mut inbox: mpsc::Receiver<IkeDatagram>,
+) {
     let mut buf_500 = vec![0u8; 65_536];
     let mut buf_4500 = vec![0u8; 65_536];
     let mut refused_tick = tokio::time::interval(REFUSED_LOG_INTERVAL);
@@ -776,7 +804,7 @@ pub async fn run<E: IkeEngine>(keying: Arc<Keying<E>>, sockets: IkeSockets, mut 
         if keying.deadline().is_some_and(|at| at <= now) {
             keying.lock().endpoint.handle_timeout(now);
         }
-        keying.drain(&sockets);
+        keying.drain(&sockets, &announcer);
         let deadline = keying.deadline().map(tokio::time::Instant::from_std);
         let sleep = async {
             match deadline {
@@ -972,9 +1000,11 @@ mod tests {
         assert_eq!(inbound.params.encap, Encap::Udp);
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
-        let announce_at = keying.lock().announce_again.expect("a first SA is announced again later");
-        assert!(keying.deadline().is_some_and(|at| at <= announce_at), "the driver wakes for it");
-        keying.lock().announce_again = None;
+        let due_now = keying.lock().announcements.take_due(Instant::now());
+        assert_eq!(due_now, [PeerId(0)], "a first SA is announced to its peer at once");
+        let again = keying.lock().announcements.next_at().expect("and again later");
+        assert!(keying.deadline().is_some_and(|at| at <= again), "the driver wakes for it");
+        assert_eq!(keying.lock().announcements.take_due(again), [PeerId(0)]);
 
         happen(
             &keying,
@@ -988,7 +1018,7 @@ mod tests {
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6002, "the newer SA stays");
         assert!(tables.inbound(0x5001).is_none());
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
-        assert_eq!(keying.lock().announce_again, None, "a rekey is not announced");
+        assert_eq!(keying.lock().announcements.take_due(Instant::now() + ANNOUNCE_AGAIN), [], "a rekey is not announced");
         assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
     }
 

@@ -15,6 +15,17 @@ pub fn interface_with(address: IpAddr) -> io::Result<Option<String>> {
     Ok(addresses()?.into_iter().find(|(_, a)| *a == address).map(|(name, _)| name))
 }
 
+/// The addresses configured on interface `name`.
+pub fn interface_addresses(name: &str) -> io::Result<Vec<IpAddr>> {
+    Ok(addresses()?.into_iter().filter(|(interface, _)| interface == name).map(|(_, address)| address).collect())
+}
+
+/// Whether interface `name` forwards IPv6 (then it is a router on its link, and says so when it
+/// advertises its addresses); false when it has no IPv6.
+pub fn forwards_ipv6(name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/forwarding")).is_ok_and(|value| value.trim() == "1")
+}
+
 /// The MTU of interface `name`.
 pub fn interface_mtu(name: &str) -> io::Result<usize> {
     let path = format!("/sys/class/net/{name}/mtu");

@@ -44,10 +44,21 @@ impl Default for Clock {
     }
 }
 
+/// How a frame reached a peer: sent to it alone, or as one of the copies of a flooded frame
+/// (which does not make its path one that carries traffic, see
+/// [`PeerCounters::unicast_tx_packets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Unicast,
+    Flooded,
+}
+
 /// Traffic counters of one peer, across all its SAs (they survive rekeys and flushes).
 #[derive(Debug, Default)]
 pub struct PeerCounters {
     pub tx_packets: AtomicU64,
+    /// Of `tx_packets`, copies of flooded frames (broadcast, multicast, unknown unicast).
+    pub tx_flooded_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
@@ -73,9 +84,20 @@ pub fn notice_due(gate: &AtomicU64, now_ms: u64) -> bool {
 }
 
 impl PeerCounters {
-    pub fn count_tx(&self, bytes: usize) {
+    pub fn count_tx(&self, bytes: usize, delivery: Delivery) {
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if delivery == Delivery::Flooded {
+            self.tx_flooded_packets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets sent to the peer alone: what says its path carries traffic (and is worth probing).
+    /// The chatter every node floods (ARP, neighbour discovery, router solicitations) reaches
+    /// every peer; counted, it kept every path of a large mesh probed.
+    pub fn unicast_tx_packets(&self) -> u64 {
+        let flooded = self.tx_flooded_packets.load(Ordering::Relaxed);
+        self.tx_packets.load(Ordering::Relaxed).saturating_sub(flooded)
     }
 
     pub fn count_rx(&self, bytes: usize, now_ms: u64) {

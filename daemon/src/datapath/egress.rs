@@ -19,7 +19,7 @@ use crate::offload::Segmenter;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{OutboundSa, SaTables};
 use crate::state::MeshState;
-use crate::topology::{Overlay, Path, PeerId, Topology};
+use crate::topology::{Delivery, Overlay, Path, PeerId, Topology};
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::ipv4::{self, Ipv4Header};
 use crate::wire::ipv6::{self, Ipv6Header};
@@ -128,7 +128,7 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         frame_len: usize,
     ) {
         if let Destination::Peer(peer) = destination {
-            self.send(overlay, peer, buf, frame_len);
+            self.send(overlay, peer, buf, frame_len, Delivery::Unicast);
             return;
         }
         let Some((last, others)) = overlay.members.split_last() else {
@@ -138,9 +138,9 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
         for peer in others {
             scratch[FRAME_OFFSET..FRAME_OFFSET + frame_len]
                 .copy_from_slice(&buf[FRAME_OFFSET..FRAME_OFFSET + frame_len]);
-            self.send(overlay, *peer, scratch, frame_len);
+            self.send(overlay, *peer, scratch, frame_len, Delivery::Flooded);
         }
-        self.send(overlay, *last, buf, frame_len);
+        self.send(overlay, *last, buf, frame_len, Delivery::Flooded);
     }
 
     /// Sends the segments of a TSO super-frame to `destination`. To one peer over a sender with a
@@ -189,16 +189,16 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
             return false;
         };
         if let Some(sealed) = sealed {
-            self.count_sent(sealed, result);
+            self.count_sent(sealed, result, Delivery::Unicast);
         }
         true
     }
 
-    fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize) {
+    fn send(&self, overlay: &Overlay, peer_id: PeerId, buf: &mut [u8], frame_len: usize, delivery: Delivery) {
         let held = self.tables.outbound(peer_id);
         if let Some(sealed) = self.seal(overlay, peer_id, held.as_deref().map(|sa| &**sa), buf, frame_len) {
             let result = self.underlay.send_esp(&buf[sealed.esp.clone()], sealed.sa.params.remote);
-            self.count_sent(sealed, result);
+            self.count_sent(sealed, result, delivery);
         }
     }
 
@@ -271,13 +271,13 @@ impl<U: EspSender, S: FrameSink> Egress<'_, U, S> {
     }
 
     /// Counts a sealed packet as sent, or its send as failed.
-    fn count_sent(&self, sealed: Sealed<'_>, result: io::Result<usize>) {
+    fn count_sent(&self, sealed: Sealed<'_>, result: io::Result<usize>, delivery: Delivery) {
         let Sealed { sa, peer_id, vni, frame_len, .. } = sealed;
         let peer = self.topology.peer(peer_id);
         match result {
             Ok(_) => {
                 sa.counters.count(frame_len, self.now_ms);
-                peer.counters.count_tx(frame_len);
+                peer.counters.count_tx(frame_len, delivery);
             }
             Err(error) => {
                 let reason = if error.raw_os_error() == Some(libc::EMSGSIZE) {

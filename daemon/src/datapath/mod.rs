@@ -1,6 +1,7 @@
 //! The packet path: worker threads that move frames between the overlay TAPs and the underlay.
 //! Nothing here allocates, locks a shared lock or formats a log line per packet.
 
+mod announce;
 pub mod batch_io;
 mod egress;
 mod ike_inbox;
@@ -27,6 +28,7 @@ use std::thread::JoinHandle;
 use crate::tap::TapQueue;
 use mesh_config::Encap;
 
+pub use self::announce::Announcer;
 pub use self::egress::TRAILER_ROOM;
 #[cfg(any(test, fuzzing, feature = "internals"))]
 pub use self::egress::{Destination, Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};

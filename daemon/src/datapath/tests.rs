@@ -155,6 +155,15 @@ fn broadcast_goes_to_every_peer_and_unicast_to_the_learned_one() {
     assert_eq!(receive(&nodes[0], packet, address(&setup, 2)).len(), 1);
     let unicast = send(&nodes[0], &frame(MAC_B, MAC_A, 60));
     assert_eq!(unicast.iter().map(|(_, to)| *to).collect::<Vec<_>>(), vec![address(&setup, 2)]);
+
+    // Only the unicast frame makes n2's path one that carries traffic (path-MTU probing).
+    let topology = nodes[0].topology_full();
+    let packets = |peer: usize| {
+        let counters = &topology.peers[peer].counters;
+        (counters.tx_packets.load(std::sync::atomic::Ordering::Relaxed), counters.unicast_tx_packets())
+    };
+    assert_eq!(packets(0), (1, 0), "n1 got the broadcast only");
+    assert_eq!(packets(1), (2, 1), "n2 the broadcast and the unicast frame");
 }
 
 #[test]

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +75,7 @@ struct PeerPath {
     /// Runs while the peer has an outbound SA that answers probes; it outlives rekeys (the path
     /// stays the same), so a known black hole does not reopen every hour.
     search: Option<Search>,
-    /// The peer's transmitted-packet counter when last looked at: a change is traffic.
+    /// The peer's unicast transmitted-packet counter when last looked at: a change is traffic.
     tx_seen: u64,
     /// Packets to the peer the kernel refused as too large (EMSGSIZE) on its outbound SA, when
     /// last looked at: a new one means the kernel knows a smaller path MTU than the last reading.
@@ -184,7 +183,7 @@ impl Driver {
                     }
                     for peer in &topology.peers {
                         let path = peers.entry(peer.id).or_default();
-                        let tx = peer.counters.tx_packets.load(Ordering::Relaxed);
+                        let tx = peer.counters.unicast_tx_packets();
                         let traffic = std::mem::replace(&mut path.tx_seen, tx) != tx;
                         if let (true, Some(search)) = (traffic, path.search.as_mut()) {
                             search.on_traffic(now);

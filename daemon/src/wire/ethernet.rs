@@ -11,7 +11,6 @@ use super::{read_u16, write_u16, Error, Result};
 pub struct EthernetAddress(pub [u8; 6]);
 
 impl EthernetAddress {
-    #[cfg(any(test, feature = "internals"))]
     pub const BROADCAST: EthernetAddress = EthernetAddress([0xff; 6]);
 
     pub fn as_bytes(&self) -> &[u8; 6] {
@@ -70,7 +69,6 @@ impl FromStr for EthernetAddress {
 }
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
-#[cfg(test)]
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86DD;
 

@@ -9,6 +9,8 @@ pub const PROTOCOL_IPV4_IN_IP: u8 = 4;
 pub const PROTOCOL_UDP: u8 = 17;
 pub const PROTOCOL_IPV6_IN_IP: u8 = 41;
 pub const PROTOCOL_ESP: u8 = 50;
+/// ICMPv6's protocol (IPv6 next header) number.
+pub const PROTOCOL_ICMPV6: u8 = 58;
 
 /// Length of a header without options (IHL 5), the only kind [`Ipv4Header`] writes.
 pub const HEADER_LEN: usize = field::DESTINATION.end;

@@ -50,6 +50,7 @@ pub mod ethernet;
 pub mod inband;
 pub mod ipv4;
 pub mod ipv6;
+pub mod neighbour;
 pub mod query;
 pub mod tcp;
 pub mod too_big;

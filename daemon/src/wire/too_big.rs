@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::ethernet::{self, EthernetHeader};
-use super::ipv4::{self, Ipv4Header};
+use super::ipv4::{self, Ipv4Header, PROTOCOL_ICMPV6};
 use super::ipv6::{self, Ipv6Header};
 use super::{checksum, write_u16, write_u32};
 
@@ -16,8 +16,6 @@ const ICMP_HEADER_LEN: usize = 8;
 const ICMP_DESTINATION_UNREACHABLE: u8 = 3;
 const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-/// IPv6 next header of ICMPv6.
-const PROTOCOL_ICMPV6: u8 = 58;
 /// The whole IPv4 reply stays within 576 bytes (RFC 1812 §4.3.2.3).
 const MAX_REPLY_IP_LEN_V4: usize = 576;
 /// The whole IPv6 reply stays within the minimum MTU (RFC 4443 §2.4 (c)).

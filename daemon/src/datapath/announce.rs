@@ -1,0 +1,125 @@
+//! Announcing this node's overlay addresses to one peer, when SAs with it come up: the frames
+//! Linux sends for a changed address (ARP announcement, unsolicited Neighbor Advertisement),
+//! sealed for that peer alone. Written into the TAP instead, the kernel's announcements were
+//! broadcasts that went to every peer each time one more peer came up: N nodes starting at once
+//! sent each other about N^3 of them, which kept a 100-node start busy for seconds.
+
+use std::io;
+use std::net::IpAddr;
+
+use super::egress::{Destination, Egress, EspSender, FRAME_OFFSET, TRAILER_ROOM};
+use super::ingress::FrameSink;
+use super::sockets::EspOut;
+use crate::ids::{OverlayId, PeerId};
+use crate::netif;
+use crate::overlay_tap::overlay_mac;
+use crate::state::MeshState;
+use crate::topology::{Overlay, Topology};
+use crate::wire::ethernet::EthernetAddress;
+use crate::wire::neighbour::{write_announcement, MAX_ANNOUNCEMENT_LEN};
+
+/// Sends announcements through `underlay` (the datapath's ESP socket, shared).
+pub struct Announcer<U: EspSender = EspOut> {
+    underlay: U,
+}
+
+impl EspSender for EspOut {
+    fn send_esp(&self, packet: &[u8], peer: std::net::SocketAddr) -> io::Result<usize> {
+        self.send(packet, peer)
+    }
+}
+
+/// Announcements are far below any path's limit, so no "too big" answer to write into the
+/// overlay can arise; the control plane owns no TAP queue to write one to.
+struct NoTapQueue;
+
+impl FrameSink for NoTapQueue {
+    fn deliver(&self, _overlay: OverlayId, _with_headroom: &mut [u8]) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "the control plane writes into no overlay interface"))
+    }
+}
+
+impl<U: EspSender> Announcer<U> {
+    pub fn new(underlay: U) -> Self {
+        Announcer { underlay }
+    }
+
+    /// Announces every address of this node's interface on each overlay `peer` shares with it.
+    pub fn announce_to(&self, state: &MeshState, peer: PeerId) {
+        let topology = state.topology_full();
+        for overlay in topology.overlays.iter().filter(|overlay| overlay.members.contains(&peer)) {
+            match netif::interface_addresses(&overlay.interface) {
+                Ok(addresses) => {
+                    let router = netif::forwards_ipv6(&overlay.interface);
+                    self.send(state, &topology, overlay, peer, &addresses, router);
+                }
+                Err(error) => {
+                    tracing::warn!(interface = %overlay.interface, %error, "reading the overlay addresses to announce failed")
+                }
+            }
+        }
+    }
+
+    /// Seals and sends one announcement per address of `addresses` to `peer` on `overlay`, as
+    /// the datapath sends a frame read from the TAP (counted, dropped without an SA).
+    fn send(
+        &self,
+        state: &MeshState,
+        topology: &Topology,
+        overlay: &Overlay,
+        peer: PeerId,
+        addresses: &[IpAddr],
+        router: bool,
+    ) {
+        let tables = state.sadb.load();
+        let observing = state.observers.load();
+        let egress = Egress {
+            state,
+            topology,
+            tables: &tables,
+            underlay: &self.underlay,
+            sink: &NoTapQueue,
+            now_ms: state.clock.now_ms(),
+            observing: observing.as_ref(),
+        };
+        let mac = EthernetAddress(overlay_mac(&topology.mesh_name, &topology.node_name, &overlay.name));
+        let mut buf = [0u8; FRAME_OFFSET + MAX_ANNOUNCEMENT_LEN + TRAILER_ROOM];
+        for address in addresses {
+            let len = write_announcement(mac, *address, router, &mut buf[FRAME_OFFSET..]);
+            egress.forward_to(Destination::Peer(peer), overlay, &mut buf, &mut [], len);
+        }
+        if let Err(error) = self.underlay.flush() {
+            tracing::debug!(%error, "sending an overlay announcement failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::testkit::{self, receive, Setup, Wire, DEFAULT};
+    use crate::wire::neighbour::write_announcement;
+
+    #[test]
+    fn announcements_go_to_the_one_peer_and_arrive_as_linux_writes_them() {
+        let setup = Setup { nodes: 3, ..DEFAULT };
+        let (n0, n2) = (testkit::node(&setup, 0), testkit::node(&setup, 2));
+        let announcer = Announcer::new(Wire::default());
+        let topology = n0.topology_full();
+        let addresses: [IpAddr; 2] = ["10.244.0.1".parse().unwrap(), "fe80::1".parse().unwrap()];
+        let to = topology.peer_by_address(testkit::address(&setup, 2)).unwrap();
+        announcer.send(&n0, &topology, &topology.overlays[0], to, &addresses, false);
+
+        let sent = announcer.underlay.0.into_inner();
+        assert_eq!(sent.len(), 2, "one packet per address");
+        assert!(sent.iter().all(|(_, peer)| *peer == testkit::address(&setup, 2)), "only to n2: {sent:?}");
+        let mac = EthernetAddress(overlay_mac(&topology.mesh_name, &topology.node_name, "ovl0"));
+        for ((packet, _), address) in sent.iter().zip(addresses) {
+            let mut expected = [0u8; MAX_ANNOUNCEMENT_LEN];
+            let len = write_announcement(mac, address, false, &mut expected);
+            let delivered = receive(&n2, packet, testkit::address(&setup, 0));
+            assert_eq!(delivered, vec![(OverlayId(0), expected[..len].to_vec())]);
+        }
+        assert_eq!(topology.peer(to).counters.tx_packets.load(std::sync::atomic::Ordering::Relaxed), 2, "counted");
+    }
+}
