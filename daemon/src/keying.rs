@@ -521,8 +521,8 @@ impl<E: IkeEngine> Keying<E> {
         ike.apply_events(&self.sas);
         let due = ike.announcements.take_due(Instant::now());
         drop(ike);
-        for peer in due {
-            announcer.announce_to(state, peer);
+        if !due.is_empty() {
+            announcer.announce_to(state, &due);
         }
     }
 

@@ -44,14 +44,21 @@ impl<U: EspSender> Announcer<U> {
         Announcer { underlay }
     }
 
-    /// Announces every address of this node's interface on each overlay `peer` shares with it.
-    pub fn announce_to(&self, state: &MeshState, peer: PeerId) {
+    /// Announces every address of this node's interface on each overlay to those of `peers`
+    /// that share it (the addresses are read once for all of them).
+    pub fn announce_to(&self, state: &MeshState, peers: &[PeerId]) {
         let topology = state.topology_full();
-        for overlay in topology.overlays.iter().filter(|overlay| overlay.members.contains(&peer)) {
+        for overlay in &topology.overlays {
+            let members: Vec<PeerId> = peers.iter().copied().filter(|peer| overlay.members.contains(peer)).collect();
+            if members.is_empty() {
+                continue;
+            }
             match netif::interface_addresses(&overlay.interface) {
                 Ok(addresses) => {
                     let router = netif::forwards_ipv6(&overlay.interface);
-                    self.send(state, &topology, overlay, peer, &addresses, router);
+                    for peer in members {
+                        self.send(state, &topology, overlay, peer, &addresses, router);
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(interface = %overlay.interface, %error, "reading the overlay addresses to announce failed")

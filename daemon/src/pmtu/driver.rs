@@ -77,6 +77,9 @@ struct PeerPath {
     search: Option<Search>,
     /// The peer's unicast transmitted-packet counter when last looked at: a change is traffic.
     tx_seen: u64,
+    /// The SPI of the peer's outbound SA when last looked at: a new SA (the first, a rekey, one
+    /// after a flush) or none any more is looked at; the other peers are not.
+    outbound_spi: Option<u32>,
     /// Packets to the peer the kernel refused as too large (EMSGSIZE) on its outbound SA, when
     /// last looked at: a new one means the kernel knows a smaller path MTU than the last reading.
     too_large_seen: u64,
@@ -90,17 +93,16 @@ impl PeerPath {
 }
 
 /// What a pass over the peers compares with the last one: any change means every peer is
-/// looked at (new SAs, a reload, a new route reading). The topology is held, so that a new one
-/// can never reuse an old one's address.
+/// looked at (a reload, a new route reading). The topology is held, so that a new one can never
+/// reuse an old one's address.
 struct Seen {
-    sadb: u64,
     topology: Arc<Topology>,
     underlay: u64,
 }
 
 impl Seen {
     fn same(&self, other: &Seen) -> bool {
-        self.same_topology(other) && self.sadb == other.sadb && self.underlay == other.underlay
+        self.same_topology(other) && self.underlay == other.underlay
     }
 
     fn same_topology(&self, other: &Seen) -> bool {
@@ -173,7 +175,7 @@ impl Driver {
                     echoes.retain(|_, reply| !reply.is_closed());
                     let topology = self.state.topology_full();
                     let tables = self.state.sadb.load();
-                    let now_seen = Seen { sadb: self.state.sadb.generation(), topology: topology.clone(), underlay: readings };
+                    let now_seen = Seen { topology: topology.clone(), underlay: readings };
                     let changed = !seen.as_ref().is_some_and(|before| before.same(&now_seen));
                     // A reload's new peers need their routes.
                     stale |= !seen.as_ref().is_some_and(|before| before.same_topology(&now_seen));
@@ -189,10 +191,12 @@ impl Driver {
                             search.on_traffic(now);
                         }
                         let outbound = tables.outbound(peer.id);
+                        let spi = outbound.as_ref().map(|sa| sa.params.spi);
+                        let new_sa = std::mem::replace(&mut path.outbound_spi, spi) != spi;
                         let too_large = outbound.map_or(0, |sa| sa.counters.drops.get(DropReason::FrameTooLarge));
                         stale |= std::mem::replace(&mut path.too_large_seen, too_large) != too_large && too_large > 0;
                         let route = underlay.route(peer.id);
-                        if changed || traffic || path.due(now) {
+                        if changed || new_sa || traffic || path.due(now) {
                             let kernel = route.map(|route| route.mtu());
                             stale |= self.update_peer(&topology, peer, path, kernel, now, &mut buf);
                         }

@@ -242,8 +242,6 @@ pub struct Sadb {
     inbound: SpiTable<InboundSa>,
     /// Indexed by `PeerId`.
     outbound: PeerTable<OutboundSa>,
-    /// Changes made so far, for readers that only need to know whether anything changed.
-    generation: AtomicU64,
     /// Serialises writers: each slot has one writer at a time, and the counts stay true.
     writer: Mutex<Writer>,
 }
@@ -254,7 +252,6 @@ impl Sadb {
         Sadb {
             inbound: SpiTable::with_capacity(peer_count * 8),
             outbound: PeerTable::with_len(peer_count),
-            generation: AtomicU64::new(0),
             writer: Mutex::default(),
         }
     }
@@ -264,16 +261,9 @@ impl Sadb {
         SaTables { inbound: self.inbound.load(), outbound: self.outbound.load() }
     }
 
-    /// Changes to the tables so far: equal numbers, no SA installed, removed or moved between.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     fn write<R>(&self, change: impl FnOnce(&mut Writer) -> R) -> R {
         let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = change(&mut writer);
-        self.generation.fetch_add(1, Ordering::Release);
-        result
+        change(&mut writer)
     }
 
     pub(in crate::sadb) fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
@@ -407,9 +397,7 @@ pub(crate) mod tests {
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x2002);
         assert!(tables.outbound(PeerId(1)).is_none());
 
-        let generation = sadb.generation();
         assert_eq!(sadb.remove(Some(PeerId(0))), vec![0x1001, 0x2002]);
-        assert!(sadb.generation() > generation);
         // A reader holding an SA keeps it whole; its next lookup sees the removal.
         assert_eq!(held.params.spi, 0x1001);
         assert!(tables.inbound(0x1001).is_none());
