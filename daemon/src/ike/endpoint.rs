@@ -39,6 +39,8 @@ use super::{IKE_PORT, NAT_T_PORT};
 
 /// How long an endpoint that handed its IKE SAs over initiates nothing (its process exits).
 const HANDED_OVER_QUIET: std::time::Duration = std::time::Duration::from_secs(3600);
+/// An IKE SA that heard from its peer within this long needs no liveness check to know it lives.
+const RECENTLY_HEARD: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Endpoint {
     cx: Context,
@@ -211,7 +213,10 @@ impl Endpoint {
     }
 
     /// ESP arrived for an SPI we do not know from `peer`: our state and the peer's differ.
-    /// Without an IKE SA we make one; with one, we check that the peer is alive.
+    /// Without an IKE SA we make one; with one, we check that the peer is alive, unless it
+    /// spoke on that IKE SA a moment ago: then it is, and the ESP most likely raced our
+    /// installing the Child SA (the responder's first packets overtake its IKE_AUTH response
+    /// to the initiator's datapath), which asked once per pair at every start.
     pub fn unknown_spi_from(&mut self, peer: PeerIndex, now: Instant) {
         if !self.has_sa_with(peer) {
             if self.cx.peers.get(peer).is_some_and(|p| !p.removed && now >= p.next_attempt) {
@@ -219,7 +224,11 @@ impl Endpoint {
             }
         } else {
             for spi in self.established_with(peer) {
-                self.queue(spi, Queued::Liveness, now);
+                let heard_lately =
+                    self.sas.get(&spi).is_some_and(|sa| now.saturating_duration_since(sa.last_heard) < RECENTLY_HEARD);
+                if !heard_lately {
+                    self.queue(spi, Queued::Liveness, now);
+                }
             }
         }
         self.settle();

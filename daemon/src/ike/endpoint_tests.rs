@@ -391,6 +391,23 @@ fn a_restarted_peer_is_back_with_initial_contact() {
 }
 
 #[test]
+fn esp_for_an_unknown_spi_is_no_reason_to_ask_an_ike_sa_that_just_spoke() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_millis(500));
+    pair.assert_one_pair();
+    // The responder's first ESP overtook its IKE_AUTH response on the way to A's datapath: the
+    // IKE SA heard from B a moment ago.
+    let now = pair.now;
+    pair.a.endpoint.unknown_spi_from(0, now);
+    assert!(pair.a.endpoint.poll_transmit().is_none(), "no liveness check");
+    // With the IKE SA silent since, the same notice asks.
+    pair.a.endpoint.unknown_spi_from(0, now + Duration::from_secs(3));
+    let asked = pair.a.endpoint.poll_transmit().expect("a liveness check");
+    let header = Message::parse(&asked.bytes).expect("an IKE message").header;
+    assert_eq!((header.exchange_type, header.response), (exchange::INFORMATIONAL, false));
+}
+
+#[test]
 fn flush_deletes_on_both_sides_and_renegotiates() {
     let mut pair = Pair::standard();
     pair.run(Duration::from_secs(1));
