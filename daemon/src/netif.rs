@@ -26,6 +26,15 @@ pub fn forwards_ipv6(name: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/forwarding")).is_ok_and(|value| value.trim() == "1")
 }
 
+/// Has interface `name` ignore IPv6 router advertisements (`accept_ra = 0`, which also stops its
+/// router solicitations); nothing to do where it has no IPv6.
+pub fn refuse_router_advertisements(name: &str) -> io::Result<()> {
+    match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0") {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        written => written,
+    }
+}
+
 /// The MTU of interface `name`.
 pub fn interface_mtu(name: &str) -> io::Result<usize> {
     let path = format!("/sys/class/net/{name}/mtu");

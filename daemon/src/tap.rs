@@ -34,7 +34,7 @@ impl AsFd for TapQueue {
 }
 
 /// Creates TAP `name` with `queues` queues (IFF_MULTI_QUEUE), sets its MTU, MAC and host address,
-/// and brings it up. The interface disappears when the last queue is closed.
+/// has it ignore IPv6 router advertisements, and brings it up. The interface disappears when the last queue is closed.
 ///
 /// With `offload` (IFF_VNET_HDR and TUNSETOFFLOAD with checksum and TSO) every read and write
 /// starts with a virtio-net header, and the kernel hands over TCP super-frames of up to 64 KiB,
@@ -53,7 +53,12 @@ pub fn create(
         Some((IpAddr::V6(ip), prefix)) => builder.ipv6(ip, prefix),
         None => builder,
     };
-    let first = builder.build_sync()?;
+    let first = builder.enable(false).build_sync()?;
+    // The overlay is the tenants' network: a router advertisement from it must give this host no
+    // default route and no address (and the host then sends no router solicitations into it,
+    // which every peer would get flooded). Set before the interface comes up.
+    crate::netif::refuse_router_advertisements(name)?;
+    first.enabled(true)?;
     let mut devices = Vec::with_capacity(queues);
     for _ in 1..queues {
         devices.push(first.try_clone()?);

@@ -146,17 +146,36 @@ pub fn fix_udp_checksum(frame: &mut [u8]) {
     }
     frame[udp + 6] = 0;
     frame[udp + 7] = 0;
+    let mut checksum = internet_checksum(&pseudo, &frame[udp..udp + len]);
+    if checksum == 0 {
+        checksum = 0xffff;
+    }
+    frame[udp + 6..udp + 8].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// Fills in the ICMPv6 checksum of an Ethernet/IPv6 frame carrying ICMPv6 (no extension
+/// headers), in place, for frames a test writes itself.
+pub fn fill_icmpv6_checksum(frame: &mut [u8]) {
+    let (ip, icmp) = (14, 14 + 40);
+    assert!(frame.len() >= icmp + 4 && frame[ip + 6] == 58, "an Ethernet/IPv6/ICMPv6 frame");
+    let len = frame.len() - icmp;
+    let mut pseudo = frame[ip + 8..ip + 40].to_vec();
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    frame[icmp + 2..icmp + 4].fill(0);
+    let checksum = internet_checksum(&pseudo, &frame[icmp..]);
+    frame[icmp + 2..icmp + 4].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// The Internet checksum (RFC 1071) of a pseudo-header followed by `data`.
+fn internet_checksum(pseudo: &[u8], data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
-    for chunk in pseudo.chunks(2).chain(frame[udp..udp + len].chunks(2)) {
+    for chunk in pseudo.chunks(2).chain(data.chunks(2)) {
         let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
         sum += u32::from(word);
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    let mut checksum = !(sum as u16);
-    if checksum == 0 {
-        checksum = 0xffff;
-    }
-    frame[udp + 6..udp + 8].copy_from_slice(&checksum.to_be_bytes());
+    !(sum as u16)
 }

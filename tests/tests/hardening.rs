@@ -1,12 +1,13 @@
 //! Hostile tenants and a stopped daemon (issue 15): a VM flooding source MACs behind one node
-//! costs the other nodes nothing, and overlay traffic never leaves in plaintext while meshd is
-//! down.
+//! costs the other nodes nothing, a VM advertising itself as an IPv6 router changes nothing on
+//! the hosts (issue 16), and overlay traffic never leaves in plaintext while meshd is down.
 //!
 //! Run: `cargo build --workspace && sudo -E cargo test -p meshd-lab --test hardening`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use meshd_lab::inject::fill_icmpv6_checksum;
 use meshd_lab::lab::NODE_IFACE;
 use meshd_lab::meshfile::OVERLAY_NAME;
 use meshd_lab::util::send_signal;
@@ -117,6 +118,58 @@ fn a_source_mac_flood_behind_one_node_costs_the_others_nothing() {
     assert!(behind_n2 <= PEER_QUOTA, "{summary}");
     assert!(drops_by_reason(&report, "fdb_rate_limited") > 0, "{summary}\n{report:#}");
     assert!(cpu_percent <= MAX_N1_CPU_PERCENT, "{summary}");
+}
+
+/// A router advertisement as a tenant VM would send it onto the overlay: from `mac` /
+/// fe80::99 to all nodes, router lifetime 1800 s, and an autoconfiguration prefix fd00:10:244::/64.
+fn router_advertisement(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x86, 0xdd]);
+    let mut icmp = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    // Source link-layer address; prefix information (on-link, autonomous, valid 1 day,
+    // preferred 4 h).
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    icmp.extend_from_slice(&[3, 4, 64, 0xc0, 0, 1, 0x51, 0x80, 0, 0, 0x38, 0x40, 0, 0, 0, 0]);
+    icmp.extend_from_slice(&"fd00:10:244::".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[58, 255]);
+    frame.extend_from_slice(&"fe80::99".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    frame.extend_from_slice(&"ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    frame.extend_from_slice(&icmp);
+    fill_icmpv6_checksum(&mut frame);
+    frame
+}
+
+/// A tenant behind n2 advertises itself as an IPv6 router on the overlay. The advertisement
+/// reaches n1's overlay interface (flooded, as any multicast), and n1's host takes neither a
+/// default route nor an address from it: the overlay is the tenants' network, not the host's.
+#[test]
+fn a_router_advertisement_from_a_tenant_changes_nothing_on_the_hosts() {
+    require_root();
+    let lab = Lab::new("hdra", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let daemons = start_all(&lab, mesh.path());
+    let n2_overlay = lab.overlay_addr(1).to_string();
+    assert!(lab.node(0).ping(&n2_overlay, 2).status.success(), "n1 reaches n2 first");
+    let n1_interface = daemons[0].overlay_interface(OVERLAY_NAME);
+    let mut capture = Capture::start_with_filter(lab.node(0), &n1_interface, Some("icmp6"));
+    let sender = RawSender::open(lab.node(1), &daemons[1].overlay_interface(OVERLAY_NAME));
+    let advertisement = router_advertisement([0x02, 0, 0, 0, 0, 0x99]);
+    for _ in 0..3 {
+        sender.send(&advertisement).expect("send the router advertisement");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Autoconfiguration would have added the route and the address by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = capture.read(&["-Y", "icmpv6.type == 134 && ipv6.src == fe80::99"]);
+    assert!(!seen.trim().is_empty(), "the advertisement did not reach n1's {n1_interface}");
+    let routes = lab.node(0).run_stdout(["ip", "-6", "route", "show", "default"]);
+    assert!(routes.trim().is_empty(), "n1 took a default route from the overlay: {routes}");
+    let addresses = lab.node(0).run_stdout(["ip", "-6", "addr", "show", "dev", &n1_interface]);
+    assert!(!addresses.contains("fd00:10:244:"), "n1 autoconfigured an address from the overlay: {addresses}");
 }
 
 /// The frames in a capture that tshark's display `filter` selects.
