@@ -4,8 +4,11 @@
 //! broadcasts that went to every peer each time one more peer came up: N nodes starting at once
 //! sent each other about N^3 of them, which kept a 100-node start busy for seconds.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use super::egress::{Destination, Egress, EspSender, FRAME_OFFSET, TRAILER_ROOM};
 use super::ingress::FrameSink;
@@ -18,9 +21,16 @@ use crate::topology::{Overlay, Topology};
 use crate::wire::ethernet::EthernetAddress;
 use crate::wire::neighbour::{write_announcement, MAX_ANNOUNCEMENT_LEN};
 
+/// How long the addresses read from an overlay interface are announced without reading them
+/// again: during a start SAs come up with many peers a second, and each reading (an rtnetlink
+/// dump and a file under /proc/sys) costs more than the announcements themselves.
+const ADDRESSES_FRESH: Duration = Duration::from_secs(1);
+
 /// Sends announcements through `underlay` (the datapath's ESP socket, shared).
 pub struct Announcer<U: EspSender = EspOut> {
     underlay: U,
+    /// By interface: when its addresses were read, them, and whether it forwards IPv6.
+    addresses: RefCell<HashMap<String, (Instant, Vec<IpAddr>, bool)>>,
 }
 
 impl EspSender for EspOut {
@@ -41,11 +51,11 @@ impl FrameSink for NoTapQueue {
 
 impl<U: EspSender> Announcer<U> {
     pub fn new(underlay: U) -> Self {
-        Announcer { underlay }
+        Announcer { underlay, addresses: RefCell::default() }
     }
 
     /// Announces every address of this node's interface on each overlay to those of `peers`
-    /// that share it (the addresses are read once for all of them).
+    /// that share it.
     pub fn announce_to(&self, state: &MeshState, peers: &[PeerId]) {
         let topology = state.topology_full();
         for overlay in &topology.overlays {
@@ -53,9 +63,8 @@ impl<U: EspSender> Announcer<U> {
             if members.is_empty() {
                 continue;
             }
-            match netif::interface_addresses(&overlay.interface) {
-                Ok(addresses) => {
-                    let router = netif::forwards_ipv6(&overlay.interface);
+            match self.addresses_of(&overlay.interface, Instant::now()) {
+                Ok((addresses, router)) => {
                     for peer in members {
                         self.send(state, &topology, overlay, peer, &addresses, router);
                     }
@@ -65,6 +74,20 @@ impl<U: EspSender> Announcer<U> {
                 }
             }
         }
+    }
+
+    /// The addresses of `interface` and whether it forwards IPv6, read at most once per
+    /// [`ADDRESSES_FRESH`].
+    fn addresses_of(&self, interface: &str, now: Instant) -> io::Result<(Vec<IpAddr>, bool)> {
+        let mut cache = self.addresses.borrow_mut();
+        if let Some((read_at, addresses, router)) = cache.get(interface) {
+            if now.saturating_duration_since(*read_at) < ADDRESSES_FRESH {
+                return Ok((addresses.clone(), *router));
+            }
+        }
+        let (addresses, router) = (netif::interface_addresses(interface)?, netif::forwards_ipv6(interface));
+        cache.insert(interface.to_string(), (now, addresses.clone(), router));
+        Ok((addresses, router))
     }
 
     /// Seals and sends one announcement per address of `addresses` to `peer` on `overlay`, as
