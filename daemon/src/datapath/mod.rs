@@ -15,6 +15,8 @@ pub mod testkit;
 #[cfg(test)]
 mod gso_tests;
 #[cfg(test)]
+mod rx_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::Write;

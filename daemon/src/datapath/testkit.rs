@@ -128,7 +128,7 @@ impl<S: FrameSink> FrameSink for CopyingSink<'_, S> {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Setup {
     pub nodes: usize,
     pub ipv6: bool,
