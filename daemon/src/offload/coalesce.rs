@@ -257,6 +257,12 @@ impl Slot {
             && h[l4 + tcp::HEADER_LEN..hl] == frame[l4 + tcp::HEADER_LEN..hl]
     }
 
+    /// True if the TCP checksum of the super-frame's first (and only) segment is right.
+    fn head_ok(&self, held: &Held) -> bool {
+        let head = &self.frame()[..held.len];
+        tcp_checksum_ok(head, &held.tcp, pseudo_of(head, &held.tcp), &head[held.tcp.payload..])
+    }
+
     /// Whether segment `s` of `frame` joins the super-frame, its checksums checked if `verify`
     /// (the first segment's once, when the second joins).
     fn verdict(&self, held: &Held, frame: &[u8], s: &Segment, verify: bool) -> Verdict {
@@ -267,11 +273,10 @@ impl Slot {
         if !verify {
             return Verdict { joins: true, head_verified: held.head_verified, bad_checksum: false };
         }
-        let pseudo = pseudo_of(self.frame(), &held.tcp);
-        let head = &self.frame()[..held.len];
-        if !held.head_verified && !tcp_checksum_ok(head, &held.tcp, pseudo, &head[held.tcp.payload..]) {
+        if !held.head_verified && !self.head_ok(held) {
             return refused(false, true);
         }
+        let pseudo = pseudo_of(self.frame(), &held.tcp);
         if !tcp_checksum_ok(frame, &s.tcp, pseudo, &frame[s.tcp.payload..s.tcp.end]) {
             return refused(true, true);
         }
@@ -495,7 +500,7 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
     /// the slot the last segment went into; None if that slot holds nothing, or too little
     /// payload to cover, or has no room for `len` bytes there.
     pub fn at_tail(mut coalescer: C, encap_len: usize, len: usize) -> Option<Self> {
-        let index = coalescer.last?;
+        let (index, verify) = (coalescer.last?, coalescer.verify_checksums);
         let slot = &mut coalescer.slots[index];
         let held = slot.held?;
         let prefix_len = encap_len + held.tcp.payload;
@@ -506,6 +511,14 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
         let start = virtio_net::HEADER_LEN + held.len - prefix_len;
         if len < prefix_len || start + len > slot.buf.len() {
             return None;
+        }
+        // The first segment's checksum, when it is checked, is checked before the plaintext
+        // covers its last bytes (a bad one is found again, and counted, by `push`).
+        if verify && !held.head_verified {
+            if !slot.head_ok(&held) {
+                return None;
+            }
+            slot.held = Some(Held { head_verified: true, ..held });
         }
         let mut saved = [0u8; MAX_PREFIX];
         saved[..prefix_len].copy_from_slice(&slot.buf[start..start + prefix_len]);
@@ -537,8 +550,9 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
             return false;
         }
         // accepts() also wants the same header length, so the payload is where it belongs.
+        // A refusal is not counted here: `push` finds it again.
         let verdict = slot.verdict(&held, frame, &segment, coalescer.verify_checksums);
-        if !coalescer.take(self.index, verdict) {
+        if !verdict.joins || !coalescer.take(self.index, verdict) {
             return false;
         }
         let slot = &mut coalescer.slots[self.index];
@@ -924,15 +938,25 @@ mod tests {
         frames.insert(9, vec![0xff; 42]);
         frames.swap(12, 13); // out of order
         frames.push(segments_of(&a, 1000)[2].clone()); // an old segment again
+        // Bad TCP checksums, on a first segment and on a later one.
+        let mut c = segments_of(&FrameSpec { source_port: 4444, ..FrameSpec::v4(4000) }, 1000);
+        c[0][100] ^= 0xff;
+        c[2][100] ^= 0xff;
+        frames.extend(c);
         for verify_checksums in [false, true] {
             let config = Config { verify_checksums, ..Config::default() };
-            let pushed = run(&mut Coalescer::new(config), &frames);
+            let mut pushing = Coalescer::new(config);
+            let pushed = run(&mut pushing, &frames);
             let mut coalescer = Coalescer::new(config);
             let (landed, joined) = run_landing(&mut coalescer, &frames);
             assert_eq!(landed, pushed);
-            // a1 a2 | ACK | a3 a4 a5 | ARP | a6 a7 | b0 b2 b1 b3 b4 | a2: each run's second and
-            // later segments, but not b1 (out of order) nor what follows a refusal.
-            assert_eq!(joined, 7, "joined in place");
+            assert_eq!(coalescer.stats(), pushing.stats());
+            // a0 a1 a2 | ACK | a3 a4 a5 a6 a7 (short: the end) | ARP | b0 b1 | b3 | b2 | b4 | a2 |
+            // c0 c1 c2 c3: a run's second and later segments; unchecked, c's bad checksums
+            // do not end its run; checked, every c segment starts one (bad c0 and c2 are each
+            // found as the head of the next).
+            let expected = if verify_checksums { 2 + 4 + 1 } else { 2 + 4 + 1 + 3 };
+            assert_eq!(joined, expected, "joined in place");
             assert_eq!(coalescer.stats().frames_in, frames.len() as u64);
         }
     }
