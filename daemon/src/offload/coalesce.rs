@@ -98,6 +98,8 @@ pub struct Coalescer {
     stats: Stats,
     /// The slot the last pushed or joined segment went into: where the next one most likely goes.
     last: Option<usize>,
+    /// The bytes a [`Landing`] covers, while it lasts (here, so that a landing stays small).
+    under_landing: [u8; MAX_PREFIX],
 }
 
 struct Slot {
@@ -293,7 +295,14 @@ impl Coalescer {
         assert!(config.slots > 0, "a coalescer needs at least one slot");
         let slots =
             (0..config.slots).map(|_| Slot { buf: vec![0u8; SLOT_LEN].into_boxed_slice(), held: None }).collect();
-        Coalescer { slots, verify_checksums: config.verify_checksums, clock: 0, stats: Stats::default(), last: None }
+        Coalescer {
+            slots,
+            verify_checksums: config.verify_checksums,
+            clock: 0,
+            stats: Stats::default(),
+            last: None,
+            under_landing: [0; MAX_PREFIX],
+        }
     }
 
     #[cfg(any(test, feature = "internals"))]
@@ -489,8 +498,8 @@ pub struct Landing<C: DerefMut<Target = Coalescer>> {
     plaintext: Range<usize>,
     /// Bytes of encapsulation in front of the frame in the plaintext.
     encap_len: usize,
-    /// The super-frame's bytes under the plaintext's part in front of the TCP payload.
-    saved: [u8; MAX_PREFIX],
+    /// The plaintext's part in front of the TCP payload, over the super-frame's last bytes
+    /// (saved in `Coalescer::under_landing`).
     prefix_len: usize,
     joined: bool,
 }
@@ -500,8 +509,9 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
     /// the slot the last segment went into; None if that slot holds nothing, or too little
     /// payload to cover, or has no room for `len` bytes there.
     pub fn at_tail(mut coalescer: C, encap_len: usize, len: usize) -> Option<Self> {
-        let (index, verify) = (coalescer.last?, coalescer.verify_checksums);
-        let slot = &mut coalescer.slots[index];
+        let Coalescer { slots, under_landing, last, verify_checksums: verify, .. } = &mut *coalescer;
+        let index = (*last)?;
+        let slot = &mut slots[index];
         let held = slot.held?;
         let prefix_len = encap_len + held.tcp.payload;
         // Only payload is covered: the held headers are compared with the new segment's.
@@ -514,16 +524,15 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
         }
         // The first segment's checksum, when it is checked, is checked before the plaintext
         // covers its last bytes (a bad one is found again, and counted, by `push`).
-        if verify && !held.head_verified {
+        if *verify && !held.head_verified {
             if !slot.head_ok(&held) {
                 return None;
             }
             slot.held = Some(Held { head_verified: true, ..held });
         }
-        let mut saved = [0u8; MAX_PREFIX];
-        saved[..prefix_len].copy_from_slice(&slot.buf[start..start + prefix_len]);
+        under_landing[..prefix_len].copy_from_slice(&slot.buf[start..start + prefix_len]);
         let plaintext = start..start + len;
-        Some(Landing { coalescer, index, plaintext, encap_len, saved, prefix_len, joined: false })
+        Some(Landing { coalescer, index, plaintext, encap_len, prefix_len, joined: false })
     }
 
     /// Where the plaintext goes (its bytes are the super-frame's until it is written).
@@ -555,8 +564,8 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
         if !verdict.joins || !coalescer.take(self.index, verdict) {
             return false;
         }
-        let slot = &mut coalescer.slots[self.index];
-        slot.buf[at..at + self.prefix_len].copy_from_slice(&self.saved[..self.prefix_len]);
+        let Coalescer { slots, under_landing, .. } = &mut *coalescer;
+        slots[self.index].buf[at..at + self.prefix_len].copy_from_slice(&under_landing[..self.prefix_len]);
         self.joined = true;
         coalescer.stats.frames_in += 1;
         coalescer.extend(self.index, &segment);
@@ -571,8 +580,9 @@ impl<C: DerefMut<Target = Coalescer>> Drop for Landing<C> {
             return;
         }
         let (at, prefix_len) = (self.plaintext.start, self.prefix_len);
-        let buf = &mut self.coalescer.slots[self.index].buf;
-        buf[at..at + prefix_len].copy_from_slice(&self.saved[..prefix_len]);
+        let Coalescer { slots, under_landing, .. } = &mut *self.coalescer;
+        let buf = &mut slots[self.index].buf;
+        buf[at..at + prefix_len].copy_from_slice(&under_landing[..prefix_len]);
         buf[at + prefix_len..self.plaintext.end].fill(0);
     }
 }
