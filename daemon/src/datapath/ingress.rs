@@ -59,6 +59,7 @@ pub trait FrameLanding {
 #[cfg(any(test, fuzzing, feature = "internals"))]
 pub enum NoLanding {}
 
+#[cfg(any(test, fuzzing, feature = "internals"))]
 impl FrameLanding for NoLanding {
     fn plaintext(&mut self) -> &mut [u8] {
         match *self {}
