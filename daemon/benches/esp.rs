@@ -1,6 +1,7 @@
 //! ESP seal and open of 1400-byte payloads (an MTU-sized overlay frame) with both AEADs, through
-//! the public `meshd::esp` API, in place in caller-owned buffers as the datapath does it; and, as
-//! the floor to compare with, the bare aws-lc-rs AEAD seal of the same 1400 bytes.
+//! the public `meshd::esp` API, in place in caller-owned buffers as the datapath does it; open
+//! also out of place, into another buffer, as the receive path does into a coalescing slot; and,
+//! as the floor to compare with, the bare aws-lc-rs AEAD seal of the same 1400 bytes.
 //!
 //!     cargo bench -p meshd --features internals --bench esp  # or `-- --quick` for a short run
 
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mesh_config::Cipher;
-use meshd::esp::{sealed_len, KeyMaterial, Opener, Sealer, KEY_MATERIAL_LEN, PLAINTEXT_OFFSET};
+use meshd::esp::{plaintext_len, sealed_len, KeyMaterial, Opener, Sealer, KEY_MATERIAL_LEN, PLAINTEXT_OFFSET};
 
 const PAYLOAD_LEN: usize = 1400;
 const SPI: u32 = 0x0000_1102;
@@ -52,28 +53,51 @@ fn seal(c: &mut Criterion) {
     group.finish();
 }
 
+/// The sequence number of the packet the open benchmarks open.
+const OPEN_SEQ: u64 = 42;
+
+/// An opener for `cipher` and a packet it opens (sequence number [`OPEN_SEQ`], ESN on).
+fn opener_and_packet(cipher: Cipher) -> (Opener, Vec<u8>) {
+    let sealer = Sealer::new(cipher, &key()).expect("sealer");
+    let mut sealed = plaintext_buffer();
+    let len = sealer.seal(SPI, OPEN_SEQ, true, NEXT_HEADER, &mut sealed, PAYLOAD_LEN).expect("seal");
+    sealed.truncate(len);
+    (Opener::new(cipher, &key()).expect("opener"), sealed)
+}
+
 fn open(c: &mut Criterion) {
     let mut group = c.benchmark_group("esp_open_1400");
     group.throughput(Throughput::Bytes(PAYLOAD_LEN as u64));
     for (cipher, name) in CIPHERS {
-        let sealer = Sealer::new(cipher, &key()).expect("sealer");
-        let opener = Opener::new(cipher, &key()).expect("opener");
-        let seq = 42u64;
-        let mut sealed = plaintext_buffer();
-        let len = sealer.seal(SPI, seq, true, NEXT_HEADER, &mut sealed, PAYLOAD_LEN).expect("seal");
-        sealed.truncate(len);
+        let (opener, sealed) = opener_and_packet(cipher);
         // Opening decrypts in place, so every iteration gets a fresh copy of the sealed packet;
         // the copy is set-up, not measured.
         group.bench_function(name, |b| {
             b.iter_batched_ref(
                 || sealed.clone(),
                 |packet| {
-                    let opened = opener.open(seq, true, black_box(packet)).expect("open");
+                    let opened = opener.open(OPEN_SEQ, true, black_box(packet)).expect("open");
                     assert_eq!(opened.payload.len(), PAYLOAD_LEN);
                     black_box(opened.next_header)
                 },
                 BatchSize::SmallInput,
             )
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("esp_open_to_1400");
+    group.throughput(Throughput::Bytes(PAYLOAD_LEN as u64));
+    for (cipher, name) in CIPHERS {
+        let (opener, sealed) = opener_and_packet(cipher);
+        // The packet is not changed: no set-up per iteration.
+        let mut out = vec![0u8; plaintext_len(sealed.len()).expect("a whole packet")];
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (next_header, payload_len) =
+                    opener.open_to(OPEN_SEQ, true, black_box(&sealed), black_box(&mut out)).expect("open");
+                assert_eq!(payload_len, PAYLOAD_LEN);
+                black_box(next_header)
+            })
         });
     }
     group.finish();

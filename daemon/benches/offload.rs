@@ -4,18 +4,23 @@
 //! the datapath coalesces segments the ESP AEAD has just authenticated. And the egress of such
 //! a super-frame to one peer as the datapath does it (segments, VXLAN, ESP, into the GSO batch):
 //! each packet sealed in the worker's buffer and copied into the batch (before issue 19), and
-//! sealed straight in the batch (now).
+//! sealed straight in the batch (now). And the ingress of its 44 ESP packets from one peer into
+//! the coalescer and the TAP (whose writes go nowhere): each opened in place and its frame copied
+//! into the coalescing slot (before issue 19), and decrypted straight into the slot (now).
 //!
 //!     cargo bench -p meshd --features internals --bench offload  # or `-- --quick` for a short run
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meshd::datapath::testkit::{self, GsoWire, Taps};
-use meshd::datapath::{Destination, Egress, EspSender, BUFFER_LEN};
+use std::net::SocketAddr;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use meshd::datapath::testkit::{self, CopyingSink, GsoWire, TapRecord, Taps};
+use meshd::datapath::{Destination, Egress, EspSender, FrameSink, Ingress, TapSink, BUFFER_LEN};
 use meshd::offload::virtio_net::{self, Gso, VirtioNetHeader};
 use meshd::offload::{CoalesceConfig, Coalescer, Segmenter};
+use meshd::state::MeshState;
 use meshd::wire::checksum::PseudoHeader;
 use meshd::wire::ethernet::{EthernetAddress, EthernetHeader, ETHERTYPE_IPV4};
 use meshd::wire::ipv4::Ipv4Header;
@@ -157,5 +162,57 @@ fn egress(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, segment, egress);
+/// Node 1 receives `packets` from node 0 as one batch through `sink`.
+fn receive_batch<S: FrameSink>(receiver: &MeshState, sink: &S, packets: &mut [Vec<u8>]) {
+    let (topology, tables) = (receiver.topology(), receiver.sadb.load());
+    let ingress = Ingress::new(receiver, &topology, &tables, sink, 1, None);
+    let from = SocketAddr::new(testkit::address(&testkit::DEFAULT, 0), 4500);
+    for packet in packets {
+        ingress.receive(packet, from);
+    }
+}
+
+/// Node 1 receives `packets` through `sink` (through a copying one unless `landing`) and
+/// flushes it, as a worker does with one receive batch.
+fn receive_and_flush(receiver: &MeshState, sink: &TapSink<'_, TapRecord>, landing: bool, packets: &mut [Vec<u8>]) {
+    match landing {
+        true => receive_batch(receiver, sink, packets),
+        false => receive_batch(receiver, &CopyingSink(sink), packets),
+    }
+    sink.flush();
+}
+
+fn ingress(c: &mut Criterion) {
+    let (header, frame) = superframe();
+    let frames: Vec<Vec<u8>> =
+        segments(&header, &frame).into_iter().map(|segment| segment[virtio_net::HEADER_LEN..].to_vec()).collect();
+    let (sender, receiver) = (testkit::node(&testkit::DEFAULT, 0), testkit::node(&testkit::DEFAULT, 1));
+    // A fresh sequence number for every packet, or the replay window drops them.
+    let seal = || -> Vec<Vec<u8>> { frames.iter().map(|frame| testkit::send(&sender, frame).remove(0).0).collect() };
+    let mut group = c.benchmark_group("datapath");
+    group.throughput(Throughput::Bytes(PAYLOAD as u64));
+    for (name, landing) in [("ingress_64k_copy_into_slot", false), ("ingress_64k_open_into_slot", true)] {
+        // The segments must really merge, and the path measured must be the one named: a packet
+        // decrypted into its slot is left as it came.
+        let recorded = [TapRecord { keep: true, ..TapRecord::default() }];
+        let sealed = seal();
+        let mut packets = sealed.clone();
+        receive_and_flush(&receiver, &TapSink::new(&recorded, true), landing, &mut packets);
+        let untouched = packets.iter().zip(&sealed).filter(|(after, before)| after == before).count();
+        assert_eq!(untouched, if landing { frames.len() - 1 } else { 0 }, "{name}: the path measured");
+        assert_eq!(recorded[0].written.borrow().len(), 1, "{name}: one super-frame");
+        let taps = [TapRecord::default()];
+        let sink = TapSink::new(&taps, true);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                seal,
+                |mut packets| receive_and_flush(&receiver, &sink, landing, &mut packets),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, segment, egress, ingress);
 criterion_main!(benches);

@@ -16,6 +16,8 @@ pub mod testkit;
 #[cfg(test)]
 mod gso_tests;
 #[cfg(test)]
+mod rx_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::Write;
@@ -34,7 +36,7 @@ pub use self::egress::TRAILER_ROOM;
 pub use self::egress::{Destination, Egress, EspSender, BUFFER_LEN, FRAME_OFFSET};
 pub use self::ike_inbox::{IkeDatagram, IkeInbox};
 #[cfg(any(test, fuzzing, feature = "internals"))]
-pub use self::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
+pub use self::ingress::{FrameLanding, FrameSink, Ingress, NoLanding, TapSink, TapWrite, FRAME_HEADROOM};
 pub use self::sockets::{EspOut, ESP_IN_UDP_PORT};
 
 pub use self::worker::{WorkerParts, WorkerTuning};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use mesh_config::{Cipher, Encap, MeshConfig, Mode};
 
 use super::sockets::GsoRun;
-use super::{Egress, EspSender, FrameSink, Ingress, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
+use super::{Egress, EspSender, FrameSink, Ingress, NoLanding, TapWrite, BUFFER_LEN, FRAME_HEADROOM, FRAME_OFFSET};
 use crate::manual;
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -81,13 +81,54 @@ impl EspSender for GsoWire {
 pub struct Taps(pub RefCell<Vec<(OverlayId, Vec<u8>)>>);
 
 impl FrameSink for Taps {
+    type Landing<'s> = NoLanding;
+
     fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
         self.0.borrow_mut().push((overlay, with_headroom[FRAME_HEADROOM..].to_vec()));
         Ok(())
     }
+
+    fn landing(&self, _: usize, _: usize) -> Option<NoLanding> {
+        None
+    }
 }
 
-#[derive(Clone, Copy)]
+/// A TAP queue that records what is written to it (if `keep`), virtio-net header and all.
+#[derive(Default)]
+pub struct TapRecord {
+    pub keep: bool,
+    pub written: RefCell<Vec<Vec<u8>>>,
+}
+
+impl TapWrite for TapRecord {
+    fn write_frame(&self, bytes: &[u8]) -> io::Result<()> {
+        if self.keep {
+            self.written.borrow_mut().push(bytes.to_vec());
+        }
+        Ok(())
+    }
+}
+
+/// A sink that offers no landing: every packet is opened in place and its frame copied into
+/// the coalescer, as before issue 19.
+pub struct CopyingSink<'a, S: FrameSink>(pub &'a S);
+
+impl<S: FrameSink> FrameSink for CopyingSink<'_, S> {
+    type Landing<'s>
+        = NoLanding
+    where
+        Self: 's;
+
+    fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
+        self.0.deliver(overlay, with_headroom)
+    }
+
+    fn landing(&self, _: usize, _: usize) -> Option<NoLanding> {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
 pub struct Setup {
     pub nodes: usize,
     pub ipv6: bool,

@@ -1,7 +1,6 @@
 //! One datapath worker: owns one queue of every overlay TAP, its underlay socket and its packet
 //! buffers, and moves packets both ways until told to stop.
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -16,16 +15,16 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::drops::DropContext;
 use crate::offload::virtio_net::{self, Gso, VirtioNetHeader};
-use crate::offload::{complete_checksum, CoalesceConfig, Coalescer, Segmenter};
+use crate::offload::{complete_checksum, Segmenter};
 use crate::state::MeshState;
-use crate::topology::{Overlay, OverlayId};
+use crate::topology::Overlay;
 use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 use crate::wire::ipv4;
 
 use super::batch_io::{recv_segments, MmsgBatch, MMSG_BATCH};
 use super::egress::{Egress, EspSender, BUFFER_LEN, FRAME_OFFSET, MAX_FRAME_LEN};
 use super::ike_inbox::IkeInbox;
-use super::ingress::{FrameSink, Ingress, FRAME_HEADROOM};
+use super::ingress::{FrameSink, Ingress, TapSink};
 use super::sockets::{Underlay, ESP_IN_UDP_PORT};
 
 /// Packets handled per ready descriptor before polling again, so that one busy direction cannot
@@ -101,58 +100,6 @@ pub struct WorkerParts {
     /// This worker's queue of each overlay's TAP, indexed by `OverlayId`.
     pub taps: Vec<TapQueue>,
     pub(super) underlay: Underlay,
-}
-
-/// How received segments are merged. Their TCP checksums are not verified: every segment was
-/// just authenticated by the ESP AEAD, which catches any change on the way far better than a
-/// 16-bit sum, so a second pass over the payload would only find a sender's own bug (Linux
-/// WireGuard marks decrypted packets CHECKSUM_UNNECESSARY for the same reason).
-fn datapath_coalescing() -> CoalesceConfig {
-    CoalesceConfig { verify_checksums: false, ..CoalesceConfig::default() }
-}
-
-/// This worker's TAP queues. With offloads, a coalescer each: consecutive TCP segments of a
-/// flow received in one batch are written to the TAP as one super-frame (IFF_VNET_HDR).
-struct TapSink<'a> {
-    taps: &'a [TapQueue],
-    /// Empty without offloads.
-    coalescers: RefCell<Vec<Coalescer>>,
-    write_failures: Cell<u64>,
-}
-
-impl<'a> TapSink<'a> {
-    fn new(taps: &'a [TapQueue], offload: bool) -> Self {
-        let coalescers = match offload {
-            true => taps.iter().map(|_| Coalescer::new(datapath_coalescing())).collect(),
-            false => Vec::new(),
-        };
-        TapSink { taps, coalescers: RefCell::new(coalescers), write_failures: Cell::new(0) }
-    }
-
-    fn write(&self, overlay: usize, out: &[u8]) {
-        if self.taps[overlay].send(out).is_err() {
-            self.write_failures.set(self.write_failures.get() + 1);
-        }
-    }
-
-    /// Writes out what the coalescers hold; returns how many TAP writes failed since last time.
-    fn flush(&self) -> u64 {
-        for (overlay, coalescer) in self.coalescers.borrow_mut().iter_mut().enumerate() {
-            coalescer.flush(&mut |out| self.write(overlay, out));
-        }
-        self.write_failures.replace(0)
-    }
-}
-
-impl FrameSink for TapSink<'_> {
-    fn deliver(&self, overlay: OverlayId, with_headroom: &mut [u8]) -> io::Result<()> {
-        let mut coalescers = self.coalescers.borrow_mut();
-        match coalescers.get_mut(overlay.0) {
-            Some(coalescer) => coalescer.push(with_headroom, &mut |out| self.write(overlay.0, out)),
-            None => self.write(overlay.0, &with_headroom[FRAME_HEADROOM..]),
-        }
-        Ok(())
-    }
 }
 
 /// Sends one frame read from a TAP with offloads: a TSO super-frame is cut into overlay-MTU
@@ -320,7 +267,7 @@ impl Worker {
     }
 
     /// Reads and handles one underlay packet; false when there was none.
-    fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_>>, buffers: &mut Buffers) -> bool {
+    fn receive_one(&self, ingress: &Ingress<'_, TapSink<'_, TapQueue>>, buffers: &mut Buffers) -> bool {
         match &self.parts.underlay {
             Underlay::Udp(socket, _) => {
                 // With UDP GRO one read may hold many datagrams of one size from one sender.
@@ -353,7 +300,7 @@ impl Worker {
     }
 
     /// One packet from the raw ESP socket; IPv4 raw sockets deliver the IP header too.
-    fn receive_raw(&self, ingress: &Ingress<'_, TapSink<'_>>, packet: &mut [u8], source: SocketAddr, ip_header: bool) {
+    fn receive_raw(&self, ingress: &Ingress<'_, TapSink<'_, TapQueue>>, packet: &mut [u8], source: SocketAddr, ip_header: bool) {
         if !ip_header {
             ingress.receive(packet, source);
             return;
@@ -366,7 +313,7 @@ impl Worker {
     }
 
     /// One datagram from UDP 4500: ESP, IKE (to the control plane) or a NAT keepalive.
-    fn receive_datagram(&self, ingress: &Ingress<'_, TapSink<'_>>, datagram: &mut [u8], source: SocketAddr) {
+    fn receive_datagram(&self, ingress: &Ingress<'_, TapSink<'_, TapQueue>>, datagram: &mut [u8], source: SocketAddr) {
         match classify_udp_encap(datagram) {
             Ok(UdpEncapKind::Esp) => ingress.receive(datagram, source),
             Ok(UdpEncapKind::NatKeepalive) => {}

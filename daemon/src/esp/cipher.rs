@@ -72,6 +72,20 @@ impl AeadKey {
         }
         self.key.open_in_place(self.nonce(iv), Aad::from(aad), ciphertext_and_tag).map(|_| ()).map_err(|_| AeadFailure)
     }
+
+    /// Verifies `ciphertext` and `tag` and decrypts the ciphertext into `out` (as long as the
+    /// ciphertext). On failure the bytes of `out` are unspecified: the caller must not let them
+    /// go anywhere.
+    pub(crate) fn open_to(
+        &self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadFailure> {
+        self.key.open_separate_gather(self.nonce(iv), Aad::from(aad), ciphertext, tag, out).map_err(|_| AeadFailure)
+    }
 }
 
 impl Drop for AeadKey {

@@ -20,7 +20,8 @@
 //!
 //! The caller writes the payload at [`PLAINTEXT_OFFSET`], leaves [`trailer_len`] bytes after it,
 //! and calls [`Sealer::seal`]; nothing is copied or allocated. [`Opener::open`] decrypts in place
-//! and hands back the payload as a sub-slice of the packet.
+//! and hands back the payload as a sub-slice of the packet; [`Opener::open_to`] decrypts into a
+//! buffer of the caller's (the receive path's coalescing slot) and leaves the packet as it was.
 //!
 //! [`ReplayWindow`] is the RFC 4303 §3.4.3 sliding window with extended sequence number support
 //! (Appendix A). The datapath checks a packet against it before authentication and marks it
@@ -36,7 +37,7 @@ mod trailer;
 
 pub use self::key::{CryptoError, KeyMaterial, KEY_MATERIAL_LEN};
 pub use self::replay::{ReplayError, ReplayWindow, DEFAULT_REPLAY_WINDOW};
-pub use self::seal::{OpenError, Opener, Sealer};
+pub use self::seal::{plaintext_len, OpenError, Opener, Sealer};
 pub use self::trailer::sealed_len;
 #[cfg(any(test, feature = "internals"))]
 pub use self::trailer::trailer_len;

@@ -207,26 +207,51 @@ impl Opener {
     /// packet. Checks the ICV, then the padding. After an error the packet bytes past the IV are
     /// unspecified. Never panics.
     pub fn open<'a>(&self, seq: u64, esn: bool, packet: &'a mut [u8]) -> Result<Opened<'a>, OpenError> {
-        if packet.len() < MIN_PACKET_LEN {
-            return Err(OpenError::Truncated);
-        }
-        let mut spi = [0u8; 4];
-        spi.copy_from_slice(&packet[..4]);
-        let mut seq_low = [0u8; 4];
-        seq_low.copy_from_slice(&packet[4..ESP_HEADER_LEN]);
-        if u32::from_be_bytes(seq_low) != seq as u32 || (!esn && seq >> 32 != 0) {
-            return Err(OpenError::SequenceMismatch);
-        }
-        let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&packet[ESP_HEADER_LEN..PLAINTEXT_OFFSET]);
-
-        let aad = EspAad::new(spi, seq, esn);
+        let (iv, aad) = nonce_parts(seq, esn, packet)?;
         let body = &mut packet[PLAINTEXT_OFFSET..];
         self.aead.open(&iv, aad.as_slice(), body).map_err(|_| OpenError::Authentication)?;
         let plaintext_len = body.len() - ICV_LEN;
         let (payload_len, next_header) = trailer::parse(&body[..plaintext_len]).map_err(|_| OpenError::BadPadding)?;
         Ok(Opened { next_header, payload: &mut body[..payload_len] })
     }
+
+    /// Like [`Opener::open`], but decrypts into `out` instead of in place, which must be exactly
+    /// [`plaintext_len`] of the packet long; the packet is not changed. Returns the next header
+    /// and the payload's length (the payload is `out[..len]`, the trailer follows it). After an
+    /// error the bytes of `out` are unspecified: they may hold unauthenticated plaintext.
+    pub fn open_to(&self, seq: u64, esn: bool, packet: &[u8], out: &mut [u8]) -> Result<(u8, usize), OpenError> {
+        let (iv, aad) = nonce_parts(seq, esn, packet)?;
+        let (ciphertext, tag) = packet[PLAINTEXT_OFFSET..].split_at(packet.len() - PLAINTEXT_OFFSET - ICV_LEN);
+        if out.len() != ciphertext.len() {
+            return Err(OpenError::Truncated);
+        }
+        self.aead.open_to(&iv, aad.as_slice(), ciphertext, tag, out).map_err(|_| OpenError::Authentication)?;
+        let (payload_len, next_header) = trailer::parse(out).map_err(|_| OpenError::BadPadding)?;
+        Ok((next_header, payload_len))
+    }
+}
+
+/// The ciphertext and trailer bytes of an ESP packet of `packet_len` bytes (None if it is
+/// shorter than [`MIN_PACKET_LEN`]): what [`Opener::open_to`] decrypts into.
+pub fn plaintext_len(packet_len: usize) -> Option<usize> {
+    (packet_len >= MIN_PACKET_LEN).then(|| packet_len - PLAINTEXT_OFFSET - ICV_LEN)
+}
+
+/// The IV and AAD of `packet`, after checking its length and that `seq` is its sequence number.
+fn nonce_parts(seq: u64, esn: bool, packet: &[u8]) -> Result<([u8; IV_LEN], EspAad), OpenError> {
+    if packet.len() < MIN_PACKET_LEN {
+        return Err(OpenError::Truncated);
+    }
+    let mut spi = [0u8; 4];
+    spi.copy_from_slice(&packet[..4]);
+    let mut seq_low = [0u8; 4];
+    seq_low.copy_from_slice(&packet[4..ESP_HEADER_LEN]);
+    if u32::from_be_bytes(seq_low) != seq as u32 || (!esn && seq >> 32 != 0) {
+        return Err(OpenError::SequenceMismatch);
+    }
+    let mut iv = [0u8; IV_LEN];
+    iv.copy_from_slice(&packet[ESP_HEADER_LEN..PLAINTEXT_OFFSET]);
+    Ok((iv, EspAad::new(spi, seq, esn)))
 }
 
 impl fmt::Debug for Opener {
@@ -446,6 +471,36 @@ mod tests {
         let opened = opener.open(9, false, &mut packet).unwrap();
         assert_eq!(opened.payload.as_ptr() as usize, start + PLAINTEXT_OFFSET);
         opened.payload[0] = b'H'; // writable, for in-place rewriting by the datapath
+    }
+
+    #[test]
+    fn open_to_gives_what_open_gives_and_leaves_the_packet() {
+        for cipher in CIPHERS {
+            for esn in [false, true] {
+                let (sealer, opener) = pair(cipher, &key_bytes(4));
+                let seq = if esn { 0x3_0000_0021 } else { 0x21 };
+                for len in [0usize, 1, 2, 3, 1447, 1448] {
+                    let payload: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+                    let packet = sealed(&sealer, 0x0a0b_0c0d, seq, esn, &payload);
+                    let mut out = vec![0xEE; plaintext_len(packet.len()).unwrap()];
+                    let (next_header, payload_len) = opener.open_to(seq, esn, &packet, &mut out).unwrap();
+                    let mut in_place = packet.clone();
+                    let opened = opener.open(seq, esn, &mut in_place).unwrap();
+                    assert_eq!((next_header, &out[..payload_len]), (opened.next_header, &opened.payload[..]));
+                    assert_eq!(packet, sealed(&sealer, 0x0a0b_0c0d, seq, esn, &payload), "the packet is unchanged");
+                    let mut short = vec![0u8; out.len() - 1];
+                    assert_eq!(opener.open_to(seq, esn, &packet, &mut short), Err(OpenError::Truncated));
+                }
+                let mut bad = sealed(&sealer, 0x0a0b_0c0d, seq, esn, b"forged");
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                let mut out = vec![0u8; plaintext_len(bad.len()).unwrap()];
+                assert_eq!(opener.open_to(seq, esn, &bad, &mut out), Err(OpenError::Authentication));
+                assert_eq!(opener.open_to(seq + 1, esn, &bad, &mut out), Err(OpenError::SequenceMismatch));
+            }
+        }
+        assert_eq!(plaintext_len(MIN_PACKET_LEN - 1), None);
+        assert_eq!(plaintext_len(MIN_PACKET_LEN), Some(2));
     }
 
     #[test]

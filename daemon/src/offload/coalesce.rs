@@ -28,6 +28,12 @@
 //! with `gso_size` = the MSS, `hdr_len` = the headers' length, `csum_start` = the TCP header
 //! and `csum_offset` = 16. The kernel's own GRO output differs only in `hdr_len`, where it
 //! puts `skb_headlen()` (see `kernel_tests.rs`).
+//!
+//! A segment reaches a slot by one copy: [`Coalescer::push`] copies its payload in, or the
+//! receive path decrypts it straight to the end of the super-frame the previous segment joined
+//! (a [`Landing`]) and the segment joins there with no copy at all.
+
+use std::ops::{DerefMut, Range};
 
 use super::headers::{self, IpVersion, Strictness, TcpFrame};
 use super::virtio_net::{self, flags as vflags, Gso, VirtioNetHeader};
@@ -43,6 +49,11 @@ pub const MAX_FRAME_LEN: usize = ethernet::HEADER_LEN + 8 + ipv6::HEADER_LEN + 6
 const SLOT_LEN: usize = virtio_net::HEADER_LEN + MAX_FRAME_LEN;
 /// The most an IP length field holds.
 const MAX_IP_LEN: usize = 65_535;
+/// The most bytes a [`Landing`] puts in front of a TCP payload, over the held super-frame's
+/// last payload bytes (saved and put back): encapsulation (an ESP tunnel-mode IPv4 header with
+/// options, UDP, VXLAN: 76) and the frame's headers (Ethernet with two tags, IPv6, the longest
+/// TCP header: 162).
+const MAX_PREFIX: usize = 256;
 
 /// How a [`Coalescer`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +96,10 @@ pub struct Coalescer {
     verify_checksums: bool,
     clock: u64,
     stats: Stats,
+    /// The slot the last pushed or joined segment went into: where the next one most likely goes.
+    last: Option<usize>,
+    /// The bytes a [`Landing`] covers, while it lasts (here, so that a landing stays small).
+    under_landing: [u8; MAX_PREFIX],
 }
 
 struct Slot {
@@ -179,6 +194,15 @@ fn pseudo_of(frame: &[u8], tcp: &TcpFrame) -> PseudoHeader {
     }
 }
 
+/// What checking a segment against a slot's super-frame found.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    joins: bool,
+    /// The super-frame's first segment's checksum is known to be right.
+    head_verified: bool,
+    bad_checksum: bool,
+}
+
 impl Slot {
     fn frame(&self) -> &[u8] {
         &self.buf[virtio_net::HEADER_LEN..]
@@ -234,6 +258,32 @@ impl Slot {
             && (word(h) ^ word(frame)) & !end_mask == 0
             && h[l4 + tcp::HEADER_LEN..hl] == frame[l4 + tcp::HEADER_LEN..hl]
     }
+
+    /// True if the TCP checksum of the super-frame's first (and only) segment is right.
+    fn head_ok(&self, held: &Held) -> bool {
+        let head = &self.frame()[..held.len];
+        tcp_checksum_ok(head, &held.tcp, pseudo_of(head, &held.tcp), &head[held.tcp.payload..])
+    }
+
+    /// Whether segment `s` of `frame` joins the super-frame, its checksums checked if `verify`
+    /// (the first segment's once, when the second joins).
+    fn verdict(&self, held: &Held, frame: &[u8], s: &Segment, verify: bool) -> Verdict {
+        let refused = |head_verified, bad_checksum| Verdict { joins: false, head_verified, bad_checksum };
+        if !self.accepts(held, frame, s) {
+            return refused(held.head_verified, false);
+        }
+        if !verify {
+            return Verdict { joins: true, head_verified: held.head_verified, bad_checksum: false };
+        }
+        if !held.head_verified && !self.head_ok(held) {
+            return refused(false, true);
+        }
+        let pseudo = pseudo_of(self.frame(), &held.tcp);
+        if !tcp_checksum_ok(frame, &s.tcp, pseudo, &frame[s.tcp.payload..s.tcp.end]) {
+            return refused(true, true);
+        }
+        Verdict { joins: true, head_verified: true, bad_checksum: false }
+    }
 }
 
 impl Coalescer {
@@ -245,7 +295,14 @@ impl Coalescer {
         assert!(config.slots > 0, "a coalescer needs at least one slot");
         let slots =
             (0..config.slots).map(|_| Slot { buf: vec![0u8; SLOT_LEN].into_boxed_slice(), held: None }).collect();
-        Coalescer { slots, verify_checksums: config.verify_checksums, clock: 0, stats: Stats::default() }
+        Coalescer {
+            slots,
+            verify_checksums: config.verify_checksums,
+            clock: 0,
+            stats: Stats::default(),
+            last: None,
+            under_landing: [0; MAX_PREFIX],
+        }
     }
 
     #[cfg(any(test, feature = "internals"))]
@@ -301,6 +358,7 @@ impl Coalescer {
         let end = segment.tcp.end;
         slot.buf[virtio_net::HEADER_LEN..virtio_net::HEADER_LEN + end].copy_from_slice(&frame[..end]);
         self.clock += 1;
+        self.last = Some(index);
         slot.held = Some(Held {
             tcp: segment.tcp,
             len: end,
@@ -334,38 +392,39 @@ impl Coalescer {
 
     /// Appends `segment` to slot `index` if it may go there; false (and nothing changed) if not.
     fn append(&mut self, index: usize, frame: &[u8], segment: &Segment) -> bool {
-        let verify = self.verify_checksums;
-        let slot = &mut self.slots[index];
-        let Some(mut held) = slot.held else { return false };
-        if !slot.accepts(&held, frame, segment) {
+        let slot = &self.slots[index];
+        let Some(held) = slot.held else { return false };
+        if !self.take(index, slot.verdict(&held, frame, segment, self.verify_checksums)) {
             return false;
-        }
-        let pseudo = pseudo_of(slot.frame(), &held.tcp);
-        if verify && !held.head_verified {
-            let head = &slot.frame()[..held.len];
-            if !tcp_checksum_ok(head, &held.tcp, pseudo, &head[held.tcp.payload..]) {
-                self.stats.bad_checksums += 1;
-                return false;
-            }
-            held.head_verified = true;
         }
         let start = virtio_net::HEADER_LEN + held.len;
         let payload = &frame[segment.tcp.payload..segment.tcp.end];
-        let copy = &mut slot.buf[start..start + payload.len()];
-        copy.copy_from_slice(payload);
-        if verify && !tcp_checksum_ok(frame, &segment.tcp, pseudo, copy) {
-            self.stats.bad_checksums += 1;
-            slot.held = Some(held);
-            return false;
+        self.slots[index].buf[start..start + payload.len()].copy_from_slice(payload);
+        self.extend(index, segment);
+        true
+    }
+
+    /// Counts what a verdict on slot `index` found and keeps its checksum knowledge; true if the
+    /// segment joins.
+    fn take(&mut self, index: usize, verdict: Verdict) -> bool {
+        self.stats.bad_checksums += u64::from(verdict.bad_checksum);
+        if let Some(held) = &mut self.slots[index].held {
+            held.head_verified = verdict.head_verified;
         }
-        held.len += payload.len();
+        verdict.joins
+    }
+
+    /// Counts `segment`, whose payload now follows the super-frame in slot `index`, into it.
+    fn extend(&mut self, index: usize, segment: &Segment) {
+        let Some(held) = &mut self.slots[index].held else { return };
+        let len = segment.tcp.payload_len();
+        held.len += len;
         held.segments += 1;
-        held.next_sequence = held.next_sequence.wrapping_add(payload.len() as u32);
+        held.next_sequence = held.next_sequence.wrapping_add(len as u32);
         held.identification_step.get_or_insert(segment.identification.wrapping_sub(held.last_identification));
         held.last_identification = segment.identification;
         held.last_end_flags = segment.end_flags();
-        slot.held = Some(held);
-        true
+        self.last = Some(index);
     }
 
     /// Writes slot `index` out if nothing more can join it: its last segment was short or
@@ -422,6 +481,109 @@ impl Coalescer {
         }
         .emit(header_room);
         emit(&slot.buf[..virtio_net::HEADER_LEN + held.len]);
+    }
+}
+
+/// Room for an ESP plaintext in the slot the last segment went into, placed so that if the
+/// plaintext is the next segment of that slot's flow, behind the same encapsulation and header
+/// lengths, its TCP payload lies right after the super-frame: it then joins with no copy
+/// ([`Landing::join`]). The plaintext starts over the super-frame's last payload bytes; those
+/// are saved and put back. A landing that ends without a join (the plaintext did not
+/// authenticate, is no segment of the flow, or does not follow) puts them back too and wipes
+/// what was decrypted: nothing of it stays in the slot.
+pub struct Landing<C: DerefMut<Target = Coalescer>> {
+    coalescer: C,
+    index: usize,
+    /// The plaintext's place in the slot's buffer.
+    plaintext: Range<usize>,
+    /// Bytes of encapsulation in front of the frame in the plaintext.
+    encap_len: usize,
+    /// The plaintext's part in front of the TCP payload, over the super-frame's last bytes
+    /// (saved in `Coalescer::under_landing`).
+    prefix_len: usize,
+    joined: bool,
+}
+
+impl<C: DerefMut<Target = Coalescer>> Landing<C> {
+    /// Room for `len` bytes of plaintext whose frame starts after `encap_len` bytes, at the end of
+    /// the slot the last segment went into; None if that slot holds nothing, or too little
+    /// payload to cover, or has no room for `len` bytes there.
+    pub fn at_tail(mut coalescer: C, encap_len: usize, len: usize) -> Option<Self> {
+        let Coalescer { slots, under_landing, last, verify_checksums: verify, .. } = &mut *coalescer;
+        let index = (*last)?;
+        let slot = &mut slots[index];
+        let held = slot.held?;
+        let prefix_len = encap_len + held.tcp.payload;
+        // Only payload is covered: the held headers are compared with the new segment's.
+        if prefix_len > MAX_PREFIX || held.len - held.tcp.payload < prefix_len {
+            return None;
+        }
+        let start = virtio_net::HEADER_LEN + held.len - prefix_len;
+        if len < prefix_len || start + len > slot.buf.len() {
+            return None;
+        }
+        // The first segment's checksum, when it is checked, is checked before the plaintext
+        // covers its last bytes (a bad one is found again, and counted, by `push`).
+        if *verify && !held.head_verified {
+            if !slot.head_ok(&held) {
+                return None;
+            }
+            slot.held = Some(Held { head_verified: true, ..held });
+        }
+        under_landing[..prefix_len].copy_from_slice(&slot.buf[start..start + prefix_len]);
+        let plaintext = start..start + len;
+        Some(Landing { coalescer, index, plaintext, encap_len, prefix_len, joined: false })
+    }
+
+    /// Where the plaintext goes (its bytes are the super-frame's until it is written).
+    pub fn plaintext(&mut self) -> &mut [u8] {
+        &mut self.coalescer.slots[self.index].buf[self.plaintext.clone()]
+    }
+
+    /// Adds the frame at `frame` in the plaintext to the super-frame, as [`Coalescer::push`]
+    /// would have, and calls `emit` if that completes it; false, and nothing changed, if the
+    /// frame does not continue it right here (push it then, from a copy of the plaintext).
+    /// Call it only once the plaintext is authenticated.
+    pub fn join(&mut self, frame: Range<usize>, emit: &mut impl FnMut(&[u8])) -> bool {
+        let at = self.plaintext.start;
+        if self.joined || frame.start != self.encap_len || frame.end > self.plaintext.len() {
+            return false;
+        }
+        let coalescer = &mut *self.coalescer;
+        let slot = &coalescer.slots[self.index];
+        let Some(held) = slot.held else { return false };
+        let frame = &slot.buf[at + frame.start..at + frame.end];
+        let Some(segment) = Segment::parse(frame) else { return false };
+        let same_offsets = segment.tcp.l3 == held.tcp.l3 && segment.tcp.ip == held.tcp.ip;
+        if !same_offsets || !same_flow(slot.frame(), frame, &segment.tcp) {
+            return false;
+        }
+        // accepts() also wants the same header length, so the payload is where it belongs.
+        // A refusal is not counted here: `push` finds it again.
+        let verdict = slot.verdict(&held, frame, &segment, coalescer.verify_checksums);
+        if !verdict.joins || !coalescer.take(self.index, verdict) {
+            return false;
+        }
+        let Coalescer { slots, under_landing, .. } = &mut *coalescer;
+        slots[self.index].buf[at..at + self.prefix_len].copy_from_slice(&under_landing[..self.prefix_len]);
+        self.joined = true;
+        coalescer.stats.frames_in += 1;
+        coalescer.extend(self.index, &segment);
+        coalescer.flush_if_done(self.index, emit);
+        true
+    }
+}
+
+impl<C: DerefMut<Target = Coalescer>> Drop for Landing<C> {
+    fn drop(&mut self) {
+        if self.joined {
+            return;
+        }
+        let (at, prefix_len) = (self.plaintext.start, self.prefix_len);
+        let Coalescer { slots, under_landing, .. } = &mut *self.coalescer;
+        let buf = &mut slots[self.index].buf;
+        buf[at..at + prefix_len].copy_from_slice(&under_landing[..prefix_len]);
+        buf[at + prefix_len..self.plaintext.end].fill(0);
     }
 }
 
@@ -741,6 +903,119 @@ mod tests {
         let out = run(&mut Coalescer::new(Config::default()), &frames);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1.len(), 14 + 40 + 4);
+    }
+
+    /// Encapsulation in front of the frame in the tests' plaintexts (transport-mode UDP, VXLAN).
+    const ENCAP: usize = 16;
+    /// An ESP trailer's bytes after the frame in the tests' plaintexts.
+    const TRAILER: [u8; 4] = [1, 2, 2, 17];
+
+    /// Pushes the first frame; then offers each next one a landing, writes it there as a
+    /// decrypted plaintext would be and joins it, or pushes it if there is no landing or it does
+    /// not join. Returns the output and how many joined in their landing.
+    fn run_landing(coalescer: &mut Coalescer, frames: &[Vec<u8>]) -> (Vec<(VirtioNetHeader, Vec<u8>)>, usize) {
+        let mut out = Vec::new();
+        let mut emit = |bytes: &[u8]| {
+            let header = VirtioNetHeader::parse(&virtio_net::Packet::new_checked(bytes).unwrap()).unwrap();
+            out.push((header, bytes[HL..].to_vec()));
+        };
+        let mut joined = 0;
+        for frame in frames {
+            let mut plaintext = vec![0xCC; ENCAP];
+            plaintext.extend_from_slice(frame);
+            plaintext.extend_from_slice(&TRAILER);
+            if let Some(mut landing) = Landing::at_tail(&mut *coalescer, ENCAP, plaintext.len()) {
+                landing.plaintext().copy_from_slice(&plaintext);
+                if landing.join(ENCAP..ENCAP + frame.len(), &mut emit) {
+                    joined += 1;
+                    continue;
+                }
+            }
+            coalescer.push(&mut with_room(frame), &mut emit);
+        }
+        coalescer.flush(&mut emit);
+        assert!(coalescer.is_empty());
+        (out, joined)
+    }
+
+    #[test]
+    fn segments_joined_in_their_landing_come_out_as_pushed_ones() {
+        let a = FrameSpec::v4(7001);
+        let b = FrameSpec { source_port: 1111, ..FrameSpec::v6(3500) };
+        let mut frames = segments_of(&a, 1000);
+        frames.insert(3, build(&FrameSpec { flags: flags::ACK, ..FrameSpec::v4(0) })); // pure ACK
+        frames.extend(segments_of(&b, 700));
+        frames.insert(9, vec![0xff; 42]);
+        frames.swap(12, 13); // out of order
+        frames.push(segments_of(&a, 1000)[2].clone()); // an old segment again
+        // Bad TCP checksums, on a first segment and on a later one.
+        let mut c = segments_of(&FrameSpec { source_port: 4444, ..FrameSpec::v4(4000) }, 1000);
+        c[0][100] ^= 0xff;
+        c[2][100] ^= 0xff;
+        frames.extend(c);
+        for verify_checksums in [false, true] {
+            let config = Config { verify_checksums, ..Config::default() };
+            let mut pushing = Coalescer::new(config);
+            let pushed = run(&mut pushing, &frames);
+            let mut coalescer = Coalescer::new(config);
+            let (landed, joined) = run_landing(&mut coalescer, &frames);
+            assert_eq!(landed, pushed);
+            assert_eq!(coalescer.stats(), pushing.stats());
+            // a0 a1 a2 | ACK | a3 a4 a5 a6 a7 (short: the end) | ARP | b0 b1 | b3 | b2 | b4 | a2 |
+            // c0 c1 c2 c3: a run's second and later segments; unchecked, c's bad checksums
+            // do not end its run; checked, every c segment starts one (bad c0 and c2 are each
+            // found as the head of the next).
+            let expected = if verify_checksums { 2 + 4 + 1 } else { 2 + 4 + 1 + 3 };
+            assert_eq!(joined, expected, "joined in place");
+            assert_eq!(coalescer.stats().frames_in, frames.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_landing_without_a_join_leaves_the_slot_as_it_was_and_wipes_the_plaintext() {
+        let frames = segments_of(&FrameSpec::v4(3000), 1000);
+        let mut coalescer = Coalescer::new(Config::default());
+        coalescer.push(&mut with_room(&frames[0]), &mut |_| panic!("held"));
+        let before = coalescer.slots[0].buf.to_vec();
+        let len = ENCAP + frames[1].len() + TRAILER.len();
+        {
+            let mut landing = Landing::at_tail(&mut coalescer, ENCAP, len).unwrap();
+            // As a forged packet's unauthenticated plaintext could be.
+            landing.plaintext().fill(0xA5);
+        }
+        assert!(coalescer.slots[0].buf[..] == before[..], "restored, and the rest wiped");
+        {
+            // Authentic, but it does not continue the flow (another flow, a gap): not joined.
+            let mut landing = Landing::at_tail(&mut coalescer, ENCAP, len).unwrap();
+            landing.plaintext()[ENCAP..ENCAP + frames[2].len()].copy_from_slice(&frames[2]);
+            assert!(!landing.join(ENCAP..ENCAP + frames[2].len(), &mut |_| panic!("nothing to write")));
+            assert!(!landing.join(ENCAP + 1..ENCAP + frames[2].len(), &mut |_| panic!("nothing to write")));
+        }
+        assert!(coalescer.slots[0].buf[..] == before[..]);
+        assert_eq!(coalescer.stats().frames_in, 1);
+        let mut out = Vec::new();
+        for frame in &frames[1..] {
+            coalescer.push(&mut with_room(frame), &mut |b: &[u8]| out.push(b[HL..].to_vec()));
+        }
+        coalescer.flush(&mut |b: &[u8]| out.push(b[HL..].to_vec()));
+        assert_eq!(out, vec![build(&FrameSpec { checksum: PartialOrFull::Partial, ..FrameSpec::v4(3000) })]);
+    }
+
+    #[test]
+    fn no_landing_where_it_would_cover_headers_or_overflow_the_slot() {
+        let mut coalescer = Coalescer::new(Config::default());
+        assert!(Landing::at_tail(&mut coalescer, ENCAP, 100).is_none(), "nothing held");
+        // 40 bytes of payload held: a 16-byte encapsulation and 66 bytes of headers would
+        // cover the held headers.
+        let spec = FrameSpec::v4(80);
+        coalescer.push(&mut with_room(&build(&spec.slice(0, 40))), &mut |_| panic!("held"));
+        assert!(Landing::at_tail(&mut coalescer, ENCAP, 200).is_none());
+        let mut coalescer = Coalescer::new(Config::default());
+        coalescer.push(&mut with_room(&build(&spec.slice(0, 1000))), &mut |_| panic!("held"));
+        assert!(Landing::at_tail(&mut coalescer, ENCAP, 1100).is_some());
+        assert!(Landing::at_tail(&mut coalescer, ENCAP, SLOT_LEN).is_none(), "past the slot's end");
+        assert!(Landing::at_tail(&mut coalescer, ENCAP, ENCAP).is_none(), "shorter than its own prefix");
+        assert!(Landing::at_tail(&mut coalescer, MAX_PREFIX, 2000).is_none(), "too long a prefix");
     }
 
     proptest! {

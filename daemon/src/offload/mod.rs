@@ -24,7 +24,7 @@ mod kernel_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use self::coalesce::{Coalescer, Config as CoalesceConfig};
+pub use self::coalesce::{Coalescer, Config as CoalesceConfig, Landing};
 #[cfg(test)]
 pub use self::segment::segment_into;
 pub use self::segment::{complete_checksum, Segmenter};
