@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::egress::{Destination, Egress, EspSender, FRAME_OFFSET, TRAILER_ROOM};
-use super::ingress::FrameSink;
+use super::ingress::{FrameSink, NoLanding};
 use super::sockets::EspOut;
 use crate::ids::{OverlayId, PeerId};
 use crate::netif;
@@ -29,8 +29,16 @@ const ADDRESSES_FRESH: Duration = Duration::from_secs(1);
 /// Sends announcements through `underlay` (the datapath's ESP socket, shared).
 pub struct Announcer<U: EspSender = EspOut> {
     underlay: U,
-    /// By interface: when its addresses were read, them, and whether it forwards IPv6.
-    addresses: RefCell<HashMap<String, (Instant, Vec<IpAddr>, bool)>>,
+    /// By interface name.
+    addresses: RefCell<HashMap<String, InterfaceAddresses>>,
+}
+
+/// What was read of an overlay interface, and when.
+struct InterfaceAddresses {
+    read_at: Instant,
+    addresses: Vec<IpAddr>,
+    /// Whether it forwards IPv6.
+    router: bool,
 }
 
 impl EspSender for EspOut {
@@ -44,8 +52,14 @@ impl EspSender for EspOut {
 struct NoTapQueue;
 
 impl FrameSink for NoTapQueue {
+    type Landing<'s> = NoLanding;
+
     fn deliver(&self, _overlay: OverlayId, _with_headroom: &mut [u8]) -> io::Result<()> {
         Err(io::Error::new(io::ErrorKind::Unsupported, "the control plane writes into no overlay interface"))
+    }
+
+    fn landing(&self, _: usize, _: usize) -> Option<NoLanding> {
+        None
     }
 }
 
@@ -80,13 +94,13 @@ impl<U: EspSender> Announcer<U> {
     /// [`ADDRESSES_FRESH`].
     fn addresses_of(&self, interface: &str, now: Instant) -> io::Result<(Vec<IpAddr>, bool)> {
         let mut cache = self.addresses.borrow_mut();
-        if let Some((read_at, addresses, router)) = cache.get(interface) {
-            if now.saturating_duration_since(*read_at) < ADDRESSES_FRESH {
-                return Ok((addresses.clone(), *router));
+        if let Some(read) = cache.get(interface) {
+            if now.saturating_duration_since(read.read_at) < ADDRESSES_FRESH {
+                return Ok((read.addresses.clone(), read.router));
             }
         }
         let (addresses, router) = (netif::interface_addresses(interface)?, netif::forwards_ipv6(interface));
-        cache.insert(interface.to_string(), (now, addresses.clone(), router));
+        cache.insert(interface.to_string(), InterfaceAddresses { read_at: now, addresses: addresses.clone(), router });
         Ok((addresses, router))
     }
 

@@ -56,10 +56,8 @@ pub trait FrameLanding {
 }
 
 /// The landing of a sink that never has one.
-#[cfg(any(test, fuzzing, feature = "internals"))]
 pub enum NoLanding {}
 
-#[cfg(any(test, fuzzing, feature = "internals"))]
 impl FrameLanding for NoLanding {
     fn plaintext(&mut self) -> &mut [u8] {
         match *self {}
