@@ -53,16 +53,7 @@ fn seal(setup: &Setup, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 fn receive_batch<S: FrameSink>(setup: &Setup, state: &crate::state::MeshState, sink: &S, batch: &[Vec<u8>]) -> usize {
-    let (topology, tables) = (state.topology(), state.sadb.load());
-    let ingress = Ingress::new(state, &topology, &tables, sink, 7, None);
-    let from = SocketAddr::new(testkit::address(setup, 0), 4500);
-    let mut untouched = 0;
-    for packet in batch {
-        let mut buffer = packet.clone();
-        ingress.receive(&mut buffer, from);
-        untouched += usize::from(buffer == *packet);
-    }
-    untouched
+    testkit::receive_batch_into(state, sink, SocketAddr::new(testkit::address(setup, 0), 4500), batch)
 }
 
 /// Node 1 of `setup` receives `batches`, a flush after each, with offloads on; `landing`: the

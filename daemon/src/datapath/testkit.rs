@@ -233,6 +233,20 @@ pub fn send_and_answer(state: &MeshState, frame: &[u8]) -> (Sent, Delivered) {
     (wire.0.into_inner(), taps.0.into_inner())
 }
 
+/// Has `state` receive `batch` from `from` as one batch of a worker into `sink` (not flushed);
+/// returns how many packets were left as they came (not opened in place).
+pub fn receive_batch_into<S: FrameSink>(state: &MeshState, sink: &S, from: SocketAddr, batch: &[Vec<u8>]) -> usize {
+    let (topology, tables) = (state.topology(), state.sadb.load());
+    let ingress = Ingress::new(state, &topology, &tables, sink, 7, None);
+    let mut untouched = 0;
+    for packet in batch {
+        let mut buffer = packet.clone();
+        ingress.receive(&mut buffer, from);
+        untouched += usize::from(buffer == *packet);
+    }
+    untouched
+}
+
 /// What `state` delivers to its overlays for `packet` from `from`.
 pub fn receive(state: &MeshState, packet: &[u8], from: IpAddr) -> Vec<(OverlayId, Vec<u8>)> {
     receive_batch_at(state, &[(packet, from)], 7)
