@@ -10,7 +10,7 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{self, CopyingSink, Setup, TapRecord, DEFAULT};
-use super::{FrameSink, Ingress, TapSink};
+use super::{FrameSink, TapSink};
 use crate::offload::testutil::{build, FrameSpec};
 use crate::wire::tcp::flags;
 
