@@ -41,12 +41,6 @@ struct InterfaceAddresses {
     router: bool,
 }
 
-impl EspSender for EspOut {
-    fn send_esp(&self, packet: &[u8], peer: std::net::SocketAddr) -> io::Result<usize> {
-        self.send(packet, peer)
-    }
-}
-
 /// Announcements are far below any path's limit, so no "too big" answer to write into the
 /// overlay can arise; the control plane owns no TAP queue to write one to.
 struct NoTapQueue;

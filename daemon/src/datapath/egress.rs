@@ -379,12 +379,18 @@ struct Sealed<'s> {
 /// Where, in a buffer with the frame at `FRAME_OFFSET`, the ESP packet for an SA in `mode` on
 /// `path` starts: before [inner IP] | UDP | VXLAN.
 fn esp_start(mode: Mode, path: Path) -> usize {
+    FRAME_OFFSET - encapsulation_len(mode, path) - esp::PLAINTEXT_OFFSET
+}
+
+/// Bytes in front of the overlay frame in an ESP plaintext of a pair: UDP and VXLAN, behind the
+/// pair's IP header (without options) in tunnel mode.
+pub(super) fn encapsulation_len(mode: Mode, path: Path) -> usize {
     let inner_ip = match (mode, path) {
         (Mode::Transport, _) => 0,
         (Mode::Tunnel, Path::V4 { .. }) => ipv4::HEADER_LEN,
         (Mode::Tunnel, Path::V6 { .. }) => ipv6::HEADER_LEN,
     };
-    FRAME_OFFSET - vxlan::HEADER_LEN - udp::HEADER_LEN - inner_ip - esp::PLAINTEXT_OFFSET
+    inner_ip + udp::HEADER_LEN + vxlan::HEADER_LEN
 }
 
 fn log_send_error(error: &io::Error) {

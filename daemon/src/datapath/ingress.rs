@@ -20,6 +20,7 @@ use crate::sadb::manager::SaNotice;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{notice_due, OverlayId, Path, PeerId, Topology};
+use super::egress::encapsulation_len;
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::inband::{self, InbandHeader};
 use crate::wire::{ipv4, ipv6, udp, vxlan};
@@ -276,7 +277,9 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         };
         let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None, inner: None };
         // A segment that continues the previous one's super-frame is decrypted where it joins
-        // it; whatever else the plaintext is, the landing wipes it when dropped unjoined.
+        // it; whatever else the plaintext is, the landing wipes it when dropped unjoined. The
+        // encapsulation's length is only a guess (IPv4 options); the frame's place is checked
+        // once decrypted.
         let encap_len = encapsulation_len(sa.params.mode, peer.path);
         let mut landing = plaintext_len(packet.len()).and_then(|len| self.sink.landing(encap_len, len));
         let (next_header, payload_len) = match landing.as_mut() {
@@ -389,18 +392,6 @@ struct Examined {
 /// A drop of a frame; its inner addresses are read only now that it is dropped.
 fn in_frame(reason: DropReason, sequence: u64, vni: u32, frame: &[u8]) -> Dropped {
     Dropped { reason, sequence: Some(sequence), vni: Some(vni), inner: InnerAddresses::of_frame(frame) }
-}
-
-/// Bytes in front of the overlay frame in a plaintext of this pair: UDP and VXLAN, behind the
-/// pair's IP header (without options) in tunnel mode. Only a guess for a landing; the frame's
-/// place is checked once decrypted.
-fn encapsulation_len(mode: Mode, path: Path) -> usize {
-    let tunnel = match (mode, path) {
-        (Mode::Transport, _) => 0,
-        (Mode::Tunnel, Path::V4 { .. }) => ipv4::HEADER_LEN,
-        (Mode::Tunnel, Path::V6 { .. }) => ipv6::HEADER_LEN,
-    };
-    tunnel + udp::HEADER_LEN + vxlan::HEADER_LEN
 }
 
 impl<S: FrameSink> Ingress<'_, S> {

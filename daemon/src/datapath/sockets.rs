@@ -113,6 +113,13 @@ impl EspOut {
     }
 }
 
+/// The control plane's sends through the datapath (`Announcer`): one packet at a time.
+impl EspSender for EspOut {
+    fn send_esp(&self, packet: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.send(packet, peer)
+    }
+}
+
 /// How a worker reaches the underlay.
 pub enum Underlay {
     /// ESP in UDP: this worker's own socket, and the run of ESP packets waiting to go out in one

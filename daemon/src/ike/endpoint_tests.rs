@@ -1305,6 +1305,16 @@ fn mesh_address(i: usize) -> IpAddr {
 }
 
 impl Mesh {
+    /// `ikectl sa flush` on every node at once.
+    fn flush_everywhere(&mut self) {
+        let (now, peers) = (self.now, self.nodes.len() - 1);
+        for node in &mut self.nodes {
+            for peer in 0..peers {
+                node.endpoint.flush(peer, now);
+            }
+        }
+    }
+
     fn new(n: usize) -> Mesh {
         let now = Instant::now();
         let nodes = (0..n)
@@ -1404,12 +1414,7 @@ fn a_flush_on_every_node_at_once_negotiates_each_pair_once() {
     let mut mesh = Mesh::new(n);
     mesh.run_until_full(Duration::from_millis(20), 2000);
     mesh.init_requests = 0;
-    let now = mesh.now;
-    for node in &mut mesh.nodes {
-        for peer in 0..n - 1 {
-            node.endpoint.flush(peer, now);
-        }
-    }
+    mesh.flush_everywhere();
     mesh.run_until_full(Duration::from_millis(20), 2000);
     assert_eq!(mesh.init_requests, pairs, "the lower address of each pair initiated, the other waited");
     // The deleted IKE SAs are gone, not only outnumbered.
@@ -1428,12 +1433,7 @@ fn slow_answers_stretch_the_timeouts_instead_of_drawing_retransmissions() {
     let timeout = mesh.nodes[0].endpoint.cx.rtt.timeout();
     assert!(timeout >= Duration::from_millis(1200), "the measured round trips set the timeout: {timeout:?}");
     mesh.init_requests = 0;
-    let now = mesh.now;
-    for node in &mut mesh.nodes {
-        for peer in 0..n - 1 {
-            node.endpoint.flush(peer, now);
-        }
-    }
+    mesh.flush_everywhere();
     mesh.run_until_full(Duration::from_millis(1200), 500);
     assert!(mesh.init_requests <= pairs + pairs / 4, "{} IKE_SA_INIT requests for {pairs} pairs", mesh.init_requests);
     for (i, node) in mesh.nodes.iter().enumerate() {
