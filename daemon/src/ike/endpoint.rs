@@ -261,10 +261,7 @@ impl Endpoint {
         if !self.cx.is_member(peer) || self.sas.values().any(|sa| sa.peer == Some(peer) && sa.is_live()) {
             return;
         }
-        let waiting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
-        for spi in waiting {
-            self.forget(spi, now);
-        }
+        self.forget_connecting_with(peer, now);
         self.start_initiator(peer, now);
         // The new attempt's retransmissions and the forgotten one's deadline, in the timers.
         self.settle();
@@ -551,6 +548,9 @@ impl Endpoint {
             tracing::info!(peer = %address, remote = %sa.remote, nat = sa.nat_detected, "IKE SA established");
         }
         self.cx.events.push_back(Event::Established { peer });
+        // Our own IKE_SA_INIT to this peer, still unanswered (its meshd was not running when it
+        // left), is redundant now: retransmitted on, it ends in a false "no answer" 15 s later.
+        self.forget_connecting_with(peer, now);
         self.resolve_duplicates(peer, now);
         if !self.sas.get(&spi).is_some_and(IkeSa::is_established) {
             // It lost to a duplicate and is being deleted already: a Child SA installed now
@@ -640,10 +640,7 @@ impl Endpoint {
 
     /// Deletes every SA with `peer`, telling the peer where an IKE SA is up.
     fn delete_sas_with(&mut self, peer: PeerIndex, now: Instant) {
-        let connecting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
-        for spi in connecting {
-            self.forget(spi, now);
-        }
+        self.forget_connecting_with(peer, now);
         let spis: Vec<u64> = self.sas.iter().filter(|(_, sa)| sa.peer == Some(peer)).map(|(spi, _)| *spi).collect();
         for spi in spis {
             self.run(spi, now, |sa, cx| {
@@ -656,6 +653,14 @@ impl Endpoint {
                 sa.window.clear();
                 sa.start_deleting(cx, now).map(|()| Next::Stay)
             });
+        }
+    }
+
+    /// Ends our handshakes with `peer` whose IKE_SA_INIT is not answered yet, without a word.
+    fn forget_connecting_with(&mut self, peer: PeerIndex, now: Instant) {
+        let connecting: Vec<u64> = self.connecting.values().filter(|c| c.peer == peer).map(|c| c.our_spi).collect();
+        for spi in connecting {
+            self.forget(spi, now);
         }
     }
 
