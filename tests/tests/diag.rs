@@ -150,6 +150,34 @@ fn kernel_tracer_sees_a_netfilter_drop_of_the_peers_esp() {
     assert_eq!(n1.ikectl_json(&["drops"])["by_reason"].get("authentication"), None);
 }
 
+/// A ping across the overlay is no drop: each echo reply reaches `ping`'s raw socket, and the
+/// kernel then frees it with NO_SOCKET (no ICMP datagram socket wants it). Reported, it was
+/// noise in `ikectl drops --kernel` and woke the tracer's thread once per reply.
+#[test]
+fn echo_replies_taken_by_ping_are_no_kernel_drops() {
+    require_root();
+    let lab = Lab::new("dgpr", 2);
+    let mesh = MeshFile::builder(&lab).write();
+    let daemons = start_all(&lab, mesh.path());
+    let n1 = &daemons[0];
+    let before = n1.ikectl_json(&["drops", "--kernel"]);
+    assert!(before["kernel"]["unavailable"].is_null(), "n1 traces kernel drops: {before:#}\n{}", n1.log());
+    let ping = lab.node(0).ping(&lab.overlay_addr(1).to_string(), 10);
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    // And ICMPv6, to n2's link-local address on the overlay.
+    let addresses = lab.node(1).run_stdout(["ip", "-6", "-o", "addr", "show", "dev", OVERLAY_NAME, "scope", "link"]);
+    let link_local = addresses.split_whitespace().find_map(|word| word.strip_suffix("/64")).expect("n2's link-local address");
+    let ping = lab.node(0).ping(&format!("{link_local}%{OVERLAY_NAME}"), 10);
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    // A drop that was traced reaches the report within the tracer's next read.
+    std::thread::sleep(Duration::from_millis(500));
+    let kernel = &n1.ikectl_json(&["drops", "--kernel"])["kernel"];
+    let recent = kernel["recent"].as_array().expect("recent kernel drops");
+    let replies: Vec<&Value> = recent.iter().filter(|d| d["reason"] == "NO_SOCKET").collect();
+    assert!(replies.is_empty(), "echo replies reported as kernel drops: {replies:#?}");
+    assert_eq!(kernel["by_reason"].get("NO_SOCKET"), None, "{kernel:#}");
+}
+
 /// `name{labels} value` lines of an OpenMetrics text, as (name with labels, value).
 fn samples(text: &str) -> Vec<(String, f64)> {
     text.lines()
