@@ -166,7 +166,8 @@ fn echo_replies_taken_by_ping_are_no_kernel_drops() {
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
     // And ICMPv6, to n2's link-local address on the overlay.
     let addresses = lab.node(1).run_stdout(["ip", "-6", "-o", "addr", "show", "dev", OVERLAY_NAME, "scope", "link"]);
-    let link_local = addresses.split_whitespace().find_map(|word| word.strip_suffix("/64")).expect("n2's link-local address");
+    let link_local =
+        addresses.split_whitespace().find_map(|word| word.strip_suffix("/64")).expect("n2's link-local address");
     let ping = lab.node(0).ping(&format!("{link_local}%{OVERLAY_NAME}"), 10);
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
     // A drop that was traced reaches the report within the tracer's next read.
