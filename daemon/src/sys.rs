@@ -382,6 +382,10 @@ const TX_FRAME_DATA_OFFSET: usize = 32;
 /// Offsets in `struct tpacket2_hdr`.
 const TX_FRAME_STATUS: usize = 0;
 const TX_FRAME_LEN: usize = 4;
+/// `struct virtio_net_hdr` (PACKET_VNET_HDR), in front of each frame in its slot.
+const VNET_HEADER_LEN: usize = 10;
+/// Its `hdr_len`: how many bytes of the frame the kernel copies into the packet's own buffer.
+const VNET_HEADER_HDR_LEN: usize = 2;
 const PAGE_LEN: usize = 4096;
 
 /// An AF_PACKET socket bound to one interface with a PACKET_TX_RING (TPACKET_V2): the caller
@@ -389,6 +393,12 @@ const PAGE_LEN: usize = 4096;
 /// to the interface's queue. Not PACKET_QDISC_BYPASS: that path skips the taps too, and an
 /// operator's tcpdump on the underlay must see every ESP packet meshd sends. Protocol 0, so the
 /// socket never receives.
+///
+/// Each frame goes behind a virtio-net header whose `hdr_len` is the whole frame (no offloads
+/// asked): the kernel then copies the frame into the packet's own buffer at once instead of
+/// pointing the packet at the ring's pages, which it had to copy again (fresh pages each time)
+/// wherever the packet crossed into another network namespace (a veth) or was held, and which
+/// kept the slot busy until then.
 pub struct PacketTxRing {
     fd: std::os::fd::OwnedFd,
     map: std::ptr::NonNull<u8>,
@@ -410,6 +420,10 @@ impl PacketTxRing {
     /// on interface `interface_index`.
     pub fn open(interface_index: u32, max_frame_len: usize, frames: usize) -> io::Result<PacketTxRing> {
         use std::os::fd::{AsFd, FromRawFd};
+        if max_frame_len > usize::from(u16::MAX) {
+            // The virtio-net header's hdr_len could not cover such a frame.
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a TX ring frame is at most 65535 bytes"));
+        }
         // SAFETY: socket(2) with constant arguments; the descriptor it returns is owned below.
         let raw =
             unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
@@ -421,7 +435,9 @@ impl PacketTxRing {
         set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VERSION, TPACKET_V2)?;
         // A frame the driver refuses is skipped (its slot freed) instead of stopping the ring.
         set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_LOSS, 1)?;
-        let frame_size = (TX_FRAME_DATA_OFFSET + max_frame_len).next_power_of_two();
+        // Before the ring: it sizes the slots' headers.
+        set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)?;
+        let frame_size = (TX_FRAME_DATA_OFFSET + VNET_HEADER_LEN + max_frame_len).next_power_of_two();
         let block_size = frame_size.max(PAGE_LEN);
         let frames_per_block = block_size / frame_size;
         let block_count = frames.div_ceil(frames_per_block);
@@ -483,7 +499,7 @@ impl PacketTxRing {
 
     /// The largest frame a slot holds.
     pub fn max_frame_len(&self) -> usize {
-        self.frame_size - TX_FRAME_DATA_OFFSET
+        self.frame_size - TX_FRAME_DATA_OFFSET - VNET_HEADER_LEN
     }
 
     fn status(&self, slot: usize) -> &std::sync::atomic::AtomicU32 {
@@ -508,7 +524,7 @@ impl PacketTxRing {
         // `self` keeps the mapping alive and the slot exclusive.
         Some(unsafe {
             std::slice::from_raw_parts_mut(
-                self.map.as_ptr().add(self.head * self.frame_size + TX_FRAME_DATA_OFFSET),
+                self.map.as_ptr().add(self.head * self.frame_size + TX_FRAME_DATA_OFFSET + VNET_HEADER_LEN),
                 self.max_frame_len(),
             )
         })
@@ -517,9 +533,20 @@ impl PacketTxRing {
     /// Hands the slot `next_frame` gave, holding a frame of `len` bytes, to the kernel.
     pub fn commit(&mut self, len: usize) {
         let slot = self.head * self.frame_size;
+        let mut vnet_header = [0u8; VNET_HEADER_LEN];
+        // Little-endian (virtio 1.0); at most the slot's frame length, which fits in 16 bits.
+        vnet_header[VNET_HEADER_HDR_LEN..VNET_HEADER_HDR_LEN + 2].copy_from_slice(&(len as u16).to_le_bytes());
         // SAFETY: the slot is still AVAILABLE (only `next_frame` gave it out, and the kernel takes
-        // it only after the status store below); tp_len lies inside its header, 4-byte aligned.
-        unsafe { self.map.as_ptr().add(slot + TX_FRAME_LEN).cast::<u32>().write(len as u32) };
+        // it only after the status store below); tp_len lies inside its header, 4-byte aligned,
+        // and the virtio-net header right before the frame `next_frame` gave, inside the slot.
+        unsafe {
+            self.map.as_ptr().add(slot + TX_FRAME_LEN).cast::<u32>().write((VNET_HEADER_LEN + len) as u32);
+            std::ptr::copy_nonoverlapping(
+                vnet_header.as_ptr(),
+                self.map.as_ptr().add(slot + TX_FRAME_DATA_OFFSET),
+                VNET_HEADER_LEN,
+            );
+        }
         self.status(self.head).store(libc::TP_STATUS_SEND_REQUEST, std::sync::atomic::Ordering::Release);
         self.head = (self.head + 1) % self.frame_count;
         self.pending += 1;

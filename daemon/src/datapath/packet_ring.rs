@@ -373,17 +373,24 @@ mod tests {
                 link_mtu: 1500,
             };
             let mut sender = RingSender::default();
-            let spis = [0x5eed_0002u32, 0x5eed_0003];
-            for spi in spis {
-                assert_eq!(sender.push(&path, &esp_packet(spi)).unwrap(), Pushed::Queued);
+            // Two small packets and one as large as the link takes (a 1500-byte IP packet).
+            let full_size = |spi: u32| {
+                let mut packet = esp_packet(spi);
+                packet.resize(1500 - ipv4::HEADER_LEN, 0xa5);
+                packet
+            };
+            let packets = [esp_packet(0x5eed_0002), esp_packet(0x5eed_0003), full_size(0x5eed_0004)];
+            for packet in &packets {
+                assert_eq!(sender.push(&path, packet).unwrap(), Pushed::Queued);
             }
             sender.send().unwrap();
-            for spi in spis {
+            for packet in &packets {
+                let spi = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
                 let received = receive_spi(receiver.fd(), spi);
                 let mut ours = vec![0u8; link_header::LEN];
                 path.header.emit(&mut ours, received.len() - ipv4::HEADER_LEN);
                 assert_eq!(received[..ipv4::HEADER_LEN], ours[ethernet::HEADER_LEN..]);
-                assert_eq!(received[ipv4::HEADER_LEN..], esp_packet(spi)[..]);
+                assert_eq!(received[ipv4::HEADER_LEN..], packet[..]);
             }
 
             // The lookup, for an address that is not this namespace's own (those route over lo):
