@@ -100,9 +100,10 @@ impl PeerCounters {
         self.tx_packets.load(Ordering::Relaxed).saturating_sub(flooded)
     }
 
-    pub fn count_rx(&self, bytes: usize, now_ms: u64) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// Counts `packets` of `bytes` in all received at once (a run of them, summed by the datapath).
+    pub fn add_rx(&self, packets: u64, bytes: u64, now_ms: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.last_rx_ms.store(now_ms, Ordering::Relaxed);
     }
 }

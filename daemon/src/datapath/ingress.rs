@@ -21,6 +21,7 @@ use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
 use crate::topology::{notice_due, OverlayId, Path, PeerId, Topology};
 use super::egress::encapsulation_len;
+use super::tally::Tally;
 use crate::wire::ethernet::{self, EthernetAddress};
 use crate::wire::inband::{self, InbandHeader};
 use crate::wire::{ipv4, ipv6, udp, vxlan};
@@ -186,6 +187,14 @@ pub struct Ingress<'a, S: FrameSink> {
     /// The source MAC this batch last learned, with its overlay and peer: a batch is mostly one
     /// flow's segments, and learning the same entry again at the same time changes nothing.
     last_learned: Cell<Option<(OverlayId, EthernetAddress, PeerId)>>,
+    /// What this batch received, counted once per run of packets on one SA.
+    tally: Tally,
+}
+
+impl<S: FrameSink> Drop for Ingress<'_, S> {
+    fn drop(&mut self) {
+        self.tally.finish(self.now_ms);
+    }
 }
 
 /// Why a packet did not make it, with what was known when it was dropped.
@@ -211,7 +220,16 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         now_ms: u64,
         observing: Option<&'a Observing>,
     ) -> Self {
-        Ingress { state, topology, tables, sink, now_ms, observing, last_learned: Cell::new(None) }
+        Ingress {
+            state,
+            topology,
+            tables,
+            sink,
+            now_ms,
+            observing,
+            last_learned: Cell::new(None),
+            tally: Tally::default(),
+        }
     }
 
     /// Handles one ESP packet (SPI to ICV) that arrived from `source`.
@@ -311,8 +329,7 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         } else {
             self.deliver_in_packet(overlay, packet, frame, vni, sequence)?;
         }
-        sa.counters.count(frame_len, self.now_ms);
-        peer.counters.count_rx(frame_len, self.now_ms);
+        self.tally.count(&sa.counters, &peer.counters, frame_len, self.now_ms);
         Ok(())
     }
 

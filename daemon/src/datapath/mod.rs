@@ -9,6 +9,7 @@ mod ingress;
 pub mod link_header;
 pub mod packet_ring;
 mod sockets;
+mod tally;
 mod worker;
 
 #[cfg(any(test, fuzzing, feature = "internals"))]

@@ -272,5 +272,7 @@ fn receive_from_at(state: &MeshState, packets: &[(&[u8], SocketAddr)], now_ms: u
     for (packet, from) in packets {
         ingress.receive(&mut packet.to_vec(), *from);
     }
+    // The batch ends: its counts reach the shared counters.
+    drop(ingress);
     taps.0.into_inner()
 }

@@ -72,8 +72,13 @@ pub struct SaCounters {
 
 impl SaCounters {
     pub fn count(&self, bytes: usize, now_ms: u64) {
-        self.packets.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.add(1, bytes as u64, now_ms);
+    }
+
+    /// Counts `packets` of `bytes` in all at once (a run of them, summed by the datapath).
+    pub fn add(&self, packets: u64, bytes: u64, now_ms: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
     }
 
