@@ -5,6 +5,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+// The virtio-net header (PACKET_VNET_HDR) in front of each frame in a TX ring slot.
+use crate::offload::virtio_net::{VirtioNetHeader, HEADER_LEN as VNET_HEADER_LEN};
+
 fn set_int_option(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `fd` is a live descriptor borrowed for the call; the option value is a c_int on the
     // stack whose size is passed alongside, as setsockopt(2) requires for these options.
@@ -382,10 +385,6 @@ const TX_FRAME_DATA_OFFSET: usize = 32;
 /// Offsets in `struct tpacket2_hdr`.
 const TX_FRAME_STATUS: usize = 0;
 const TX_FRAME_LEN: usize = 4;
-/// `struct virtio_net_hdr` (PACKET_VNET_HDR), in front of each frame in its slot.
-const VNET_HEADER_LEN: usize = 10;
-/// Its `hdr_len`: how many bytes of the frame the kernel copies into the packet's own buffer.
-const VNET_HEADER_HDR_LEN: usize = 2;
 const PAGE_LEN: usize = 4096;
 
 /// An AF_PACKET socket bound to one interface with a PACKET_TX_RING (TPACKET_V2): the caller
@@ -534,8 +533,9 @@ impl PacketTxRing {
     pub fn commit(&mut self, len: usize) {
         let slot = self.head * self.frame_size;
         let mut vnet_header = [0u8; VNET_HEADER_LEN];
-        // Little-endian (virtio 1.0); at most the slot's frame length, which fits in 16 bits.
-        vnet_header[VNET_HEADER_HDR_LEN..VNET_HEADER_HDR_LEN + 2].copy_from_slice(&(len as u16).to_le_bytes());
+        // `hdr_len`: how much of the frame the kernel copies into the packet's own buffer (all of
+        // it; `open` keeps frames within 16 bits).
+        VirtioNetHeader { hdr_len: len as u16, ..VirtioNetHeader::NONE }.emit(&mut vnet_header);
         // SAFETY: the slot is still AVAILABLE (only `next_frame` gave it out, and the kernel takes
         // it only after the status store below); tp_len lies inside its header, 4-byte aligned,
         // and the virtio-net header right before the frame `next_frame` gave, inside the slot.

@@ -19,7 +19,7 @@ use crate::pmtu::InbandMessage;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
-use crate::topology::{notice_due, OverlayId, Path, PeerId, Topology};
+use crate::topology::{notice_due, OverlayId, Path, Peer, PeerId, Topology};
 use super::egress::encapsulation_len;
 use super::tally::Tally;
 use crate::wire::ethernet::{self, EthernetAddress};
@@ -285,15 +285,10 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let sequence = {
             let replay = sa.replay();
             let sequence = replay.infer_sequence(sequence_low, esn);
-            replay.check(sequence).map_err(|error| Dropped {
-                reason: replay_reason(error),
-                sequence: Some(sequence),
-                vni: None,
-                inner: None,
-            })?;
+            replay.check(sequence).map_err(|error| at_sequence(replay_reason(error), sequence))?;
             sequence
         };
-        let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None, inner: None };
+        let with_sequence = |reason| at_sequence(reason, sequence);
         // A segment that continues the previous one's super-frame is decrypted where it joins
         // it; whatever else the plaintext is, the landing wipes it when dropped unjoined. The
         // encapsulation's length is only a guess (IPv4 options); the frame's place is checked
@@ -314,7 +309,7 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
             Some(landing) => &landing.plaintext()[..payload_len],
             None => &packet[PLAINTEXT_OFFSET..PLAINTEXT_OFFSET + payload_len],
         };
-        let Some(Examined { overlay, frame, vni }) = self.examine(sa, peer.id, next_header, plaintext, sequence)? else {
+        let Some(Examined { overlay, frame, vni }) = self.examine(sa, peer, next_header, plaintext, sequence)? else {
             return Ok(());
         };
         let frame_len = frame.len();
@@ -338,17 +333,16 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
     fn examine(
         &self,
         sa: &InboundSa,
-        peer: PeerId,
+        peer: &Peer,
         next_header: u8,
         plaintext: &[u8],
         sequence: u64,
     ) -> Result<Option<Examined>, Dropped> {
-        let with_sequence = |reason: DropReason| Dropped { reason, sequence: Some(sequence), vni: None, inner: None };
+        let with_sequence = |reason| at_sequence(reason, sequence);
         if next_header == inband::NEXT_HEADER {
-            return self.inband(peer, plaintext).map(|()| None).map_err(with_sequence);
+            return self.inband(peer.id, plaintext).map(|()| None).map_err(with_sequence);
         }
-        let path = self.topology.peer(peer).path;
-        let udp_range = inner_udp(sa.params.mode, path, next_header, plaintext).map_err(with_sequence)?;
+        let udp_range = inner_udp(sa.params.mode, peer.path, next_header, plaintext).map_err(with_sequence)?;
         let (vni, frame_len) = {
             let udp = udp::Packet::new_checked(&plaintext[udp_range.clone()])
                 .map_err(|_| with_sequence(DropReason::Malformed))?;
@@ -364,17 +358,17 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let in_frame = |reason| in_frame(reason, sequence, vni, frame);
         let overlay = self.topology.overlay_by_vni(vni).ok_or_else(|| in_frame(DropReason::UnknownVni))?;
         let ethernet = ethernet::Frame::new_checked(frame).map_err(|_| in_frame(DropReason::Malformed))?;
-        let learned = Some((overlay, ethernet.source(), peer));
+        let learned = Some((overlay, ethernet.source(), peer.id));
         if self.last_learned.get() != learned {
             // A refused source MAC must not reach the local bridge either (it would learn it).
             self.topology
                 .fdb(overlay)
-                .learn(ethernet.source(), peer, self.now_ms)
+                .learn(ethernet.source(), peer.id, self.now_ms)
                 .map_err(|refused| in_frame(refused.drop_reason()))?;
             self.last_learned.set(learned);
         }
         if let Some(observing) = self.observing {
-            let spi = sa.params.spi;
+            let (peer, spi) = (peer.id, sa.params.spi);
             observing.frame(SeenFrame { direction: Direction::In, overlay, peer, spi, vni, frame }, self.now_ms);
         }
         Ok(Some(Examined { overlay, frame: frame_range, vni }))
@@ -406,9 +400,14 @@ struct Examined {
     vni: u32,
 }
 
+/// A drop of an authenticated packet (or one checked against the replay window).
+fn at_sequence(reason: DropReason, sequence: u64) -> Dropped {
+    Dropped { reason, sequence: Some(sequence), vni: None, inner: None }
+}
+
 /// A drop of a frame; its inner addresses are read only now that it is dropped.
 fn in_frame(reason: DropReason, sequence: u64, vni: u32, frame: &[u8]) -> Dropped {
-    Dropped { reason, sequence: Some(sequence), vni: Some(vni), inner: InnerAddresses::of_frame(frame) }
+    Dropped { vni: Some(vni), inner: InnerAddresses::of_frame(frame), ..at_sequence(reason, sequence) }
 }
 
 impl<S: FrameSink> Ingress<'_, S> {

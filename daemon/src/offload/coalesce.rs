@@ -561,9 +561,10 @@ impl<C: DerefMut<Target = Coalescer>> Landing<C> {
         // accepts() also wants the same header length, so the payload is where it belongs.
         // A refusal is not counted here: `push` finds it again.
         let verdict = slot.verdict(&held, frame, &segment, coalescer.verify_checksums);
-        if !verdict.joins || !coalescer.take(self.index, verdict) {
+        if !verdict.joins {
             return false;
         }
+        coalescer.take(self.index, verdict);
         let Coalescer { slots, under_landing, .. } = &mut *coalescer;
         slots[self.index].buf[at..at + self.prefix_len].copy_from_slice(&under_landing[..self.prefix_len]);
         self.joined = true;
