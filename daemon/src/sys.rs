@@ -38,6 +38,12 @@ pub fn forbid_fragmentation_v6(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
 }
 
+/// Lets the kernel write flow label 0 on this IPv6 socket's packets instead of one of its own
+/// hashes (IPV6_AUTOFLOWLABEL off), so that packets meshd writes itself can carry the same.
+pub fn disable_auto_flow_label(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, 0)
+}
+
 /// Sets the MTU of interface `name` (SIOCSIFMTU), e.g. to retune an overlay interface live.
 pub fn set_interface_mtu(name: &str, mtu: u16) -> io::Result<()> {
     let mut request = interface_request(name)?;

@@ -1,4 +1,4 @@
-//! Raw ESP (IPv4) out through an AF_PACKET TX ring instead of the raw IP socket: the kernel's
+//! Raw ESP out through an AF_PACKET TX ring instead of the raw IP socket: the kernel's
 //! raw IP output costs a full route and neighbour pass per packet and a syscall per batch of
 //! 64, the ring takes a whole batch per syscall straight to the interface's queue (not past it:
 //! captures on the underlay interface must see the ESP, see `sys::PacketTxRing`).
@@ -13,31 +13,30 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::link_header::{self, LinkHeaderV4};
+use super::link_header::{IpAddresses, LinkHeader};
 use crate::pmtu::route::{NextHop, RouteLookup};
 use crate::sys::PacketTxRing;
-use crate::wire::ethernet::EthernetAddress;
-use crate::wire::ipv4;
+use crate::wire::ethernet::{self, EthernetAddress};
 
 /// How often the next hops are read again: a route or neighbour change is followed within this.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Slots per worker's ring: several batches of 64 packets.
 const RING_FRAMES: usize = 256;
-/// The TTL the kernel gives raw IP packets when the sysctl cannot be read.
-const DEFAULT_TTL: u8 = 64;
+/// The TTL or hop limit the kernel gives raw IP packets when the sysctl cannot be read.
+const DEFAULT_HOP_LIMIT: u8 = 64;
 
 /// How raw ESP towards one peer leaves through a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkPath {
     pub interface_index: u32,
-    pub header: LinkHeaderV4,
+    pub header: LinkHeader,
     /// The largest IP packet the kernel would send on this path (its path MTU).
     pub mtu: usize,
     /// The interface's MTU: the ring's slots are sized for it.
@@ -46,17 +45,21 @@ pub struct LinkPath {
 
 impl LinkPath {
     /// The ring path from a kernel lookup, when the link is Ethernet and the neighbour usable.
-    fn from_next_hop(next_hop: &NextHop, source: Ipv4Addr, destination: Ipv4Addr, ttl: u8) -> Option<LinkPath> {
+    fn from_next_hop(next_hop: &NextHop, source: IpAddr, destination: IpAddr, hop_limit: u8) -> Option<LinkPath> {
         let interface = next_hop.local_mac?;
         let neighbour = next_hop.neighbour.filter(|neighbour| neighbour.is_usable())?;
+        let addresses = match (source, destination) {
+            (IpAddr::V4(source), IpAddr::V4(destination)) => IpAddresses::V4 { source, destination },
+            (IpAddr::V6(source), IpAddr::V6(destination)) => IpAddresses::V6 { source, destination },
+            _ => return None,
+        };
         Some(LinkPath {
             interface_index: next_hop.interface_index,
-            header: LinkHeaderV4 {
+            header: LinkHeader {
                 next_hop: EthernetAddress(neighbour.mac),
                 interface: EthernetAddress(interface),
-                source,
-                destination,
-                ttl,
+                addresses,
+                hop_limit,
             },
             mtu: next_hop.route.mtu(),
             link_mtu: next_hop.route.link_mtu as usize,
@@ -67,10 +70,10 @@ impl LinkPath {
 /// The next hops of the peers raw ESP went to, shared by the workers; `None` for a peer that
 /// must go through the raw socket for now.
 pub struct NextHops {
-    local: Ipv4Addr,
-    paths: ArcSwap<HashMap<Ipv4Addr, KnownPath>>,
+    local: IpAddr,
+    paths: ArcSwap<HashMap<IpAddr, KnownPath>>,
     /// Addresses asked for and not looked up yet; the refresher thread starts with the first.
-    wanted: Mutex<Option<Vec<Ipv4Addr>>>,
+    wanted: Mutex<Option<Vec<IpAddr>>>,
     /// Wakes the refresher for a new address.
     asked: Condvar,
 }
@@ -83,13 +86,13 @@ struct KnownPath {
 }
 
 impl NextHops {
-    pub fn new(local: Ipv4Addr) -> Arc<NextHops> {
+    pub fn new(local: IpAddr) -> Arc<NextHops> {
         Arc::new(NextHops { local, paths: ArcSwap::default(), wanted: Mutex::new(None), asked: Condvar::new() })
     }
 
     /// The ring path towards `destination`, if it has one. The first ask for an address queues
     /// it for the refresher (one lock per new address, not per packet).
-    pub fn path(self: &Arc<Self>, destination: Ipv4Addr) -> Option<LinkPath> {
+    pub fn path(self: &Arc<Self>, destination: IpAddr) -> Option<LinkPath> {
         if let Some(known) = self.paths.load().get(&destination) {
             // A load first: a store per packet would bounce the cache line between workers.
             if !known.used.load(Ordering::Relaxed) {
@@ -120,9 +123,9 @@ impl NextHops {
     /// Looks up again every address used since the last refresh, and every wanted one, and
     /// publishes the result whole; addresses no packet asked for are forgotten (the next packet
     /// to one goes through the raw socket and asks for it again).
-    fn refresh_once(&self, ttl: u8) {
+    fn refresh_once(&self) {
         let wanted = self.lock_wanted().as_mut().map(std::mem::take);
-        let mut addresses: Vec<Ipv4Addr> = self
+        let mut addresses: Vec<IpAddr> = self
             .paths
             .load()
             .iter()
@@ -147,8 +150,11 @@ impl NextHops {
             .into_iter()
             .map(|destination| {
                 let path = lookup.as_mut().and_then(|lookup| {
-                    match lookup.next_hop(IpAddr::V4(self.local), IpAddr::V4(destination)) {
-                        Ok(next_hop) => LinkPath::from_next_hop(&next_hop, self.local, destination, ttl),
+                    match lookup.next_hop(self.local, destination) {
+                        Ok(next_hop) => {
+                            let hop_limit = kernel_hop_limit(destination, &next_hop.route.interface)?;
+                            LinkPath::from_next_hop(&next_hop, self.local, destination, hop_limit)
+                        }
                         Err(error) => {
                             tracing::debug!(%error, %destination, "raw ESP next hop unknown; sending through the raw socket");
                             None
@@ -161,7 +167,7 @@ impl NextHops {
         self.paths.store(Arc::new(paths));
     }
 
-    fn lock_wanted(&self) -> MutexGuard<'_, Option<Vec<Ipv4Addr>>> {
+    fn lock_wanted(&self) -> MutexGuard<'_, Option<Vec<IpAddr>>> {
         self.wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -171,7 +177,7 @@ impl NextHops {
 /// `next_hops` is gone (it then holds the last reference).
 fn refresh(next_hops: Arc<NextHops>) {
     while Arc::strong_count(&next_hops) > 1 {
-        next_hops.refresh_once(default_ttl());
+        next_hops.refresh_once();
         let wanted = next_hops.lock_wanted();
         let waited = next_hops.asked.wait_timeout_while(wanted, REFRESH_INTERVAL, |wanted| {
             wanted.as_ref().is_none_or(|list| list.is_empty())
@@ -180,12 +186,26 @@ fn refresh(next_hops: Arc<NextHops>) {
     }
 }
 
-/// The TTL the kernel gives the raw socket's packets (net.ipv4.ip_default_ttl).
-fn default_ttl() -> u8 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(DEFAULT_TTL)
+/// The TTL (IPv4) or hop limit (IPv6) the kernel gives the raw socket's packets to
+/// `destination` through `interface`, from this network namespace's settings; `None` when the
+/// kernel's header cannot be matched, so the peer stays on the raw socket.
+fn kernel_hop_limit(destination: IpAddr, interface: &str) -> Option<u8> {
+    match destination {
+        IpAddr::V4(_) => Some(read_sysctl("ipv4/ip_default_ttl").unwrap_or(DEFAULT_HOP_LIMIT)),
+        IpAddr::V6(_) => {
+            // auto_flowlabels 2 forces the kernel's own flow label even on sockets that turned
+            // them off: the raw socket's packets would carry a label the ring's do not.
+            if read_sysctl::<u8>("ipv6/auto_flowlabels") == Some(2) {
+                return None;
+            }
+            Some(read_sysctl(&format!("ipv6/conf/{interface}/hop_limit")).unwrap_or(DEFAULT_HOP_LIMIT))
+        }
+    }
+}
+
+/// A value under /proc/sys/net (this network namespace's).
+fn read_sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
+    std::fs::read_to_string(format!("/proc/sys/net/{path}")).ok().and_then(|text| text.trim().parse().ok())
 }
 
 /// A worker's TX ring, opened on the interface of the first peer that has a ring path.
@@ -210,11 +230,12 @@ impl RingSender {
     /// interface. A full ring is sent first; still full, the packet is dropped as ENOBUFS (the
     /// kernel's own answer when a queue overflows), counted by the caller.
     pub fn push(&mut self, path: &LinkPath, esp: &[u8]) -> io::Result<Pushed> {
-        if ipv4::HEADER_LEN + esp.len() > path.mtu || self.unavailable {
+        if path.header.ip_header_len() + esp.len() > path.mtu || self.unavailable {
             return Ok(Pushed::NotTaken);
         }
         let Some(ring) = self.ring_for(path) else { return Ok(Pushed::NotTaken) };
-        if link_header::LEN + esp.len() > ring.max_frame_len() {
+        let header_len = path.header.frame_header_len();
+        if header_len + esp.len() > ring.max_frame_len() {
             return Ok(Pushed::NotTaken);
         }
         if ring.next_frame().is_none() {
@@ -222,8 +243,8 @@ impl RingSender {
         }
         let Some(frame) = ring.next_frame() else { return Err(io::Error::from_raw_os_error(libc::ENOBUFS)) };
         path.header.emit(frame, esp.len());
-        frame[link_header::LEN..link_header::LEN + esp.len()].copy_from_slice(esp);
-        ring.commit(link_header::LEN + esp.len());
+        frame[header_len..header_len + esp.len()].copy_from_slice(esp);
+        ring.commit(header_len + esp.len());
         Ok(Pushed::Queued)
     }
 
@@ -241,8 +262,7 @@ impl RingSender {
             if let Err(error) = self.send() {
                 tracing::debug!(%error, "sending the raw ESP ring before moving it failed");
             }
-            match PacketTxRing::open(path.interface_index, link_header::LEN - ipv4::HEADER_LEN + path.link_mtu, RING_FRAMES)
-            {
+            match PacketTxRing::open(path.interface_index, ethernet::HEADER_LEN + path.link_mtu, RING_FRAMES) {
                 Ok(ring) => self.ring = Some((path.interface_index, ring)),
                 Err(error) => {
                     tracing::info!(%error, "no AF_PACKET ring for raw ESP; sending through the raw socket");
@@ -258,20 +278,33 @@ impl RingSender {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::BorrowedFd;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::os::fd::{AsFd, BorrowedFd};
     use std::time::Instant;
 
+    use socket2::{Domain, Protocol, Socket, Type};
+
     use super::*;
+    use crate::datapath::link_header::MAX_LEN;
     use crate::datapath::sockets::RawEspSocket;
     use crate::pmtu::route::{Neighbour, UnderlayRoute};
     use crate::sys;
-    use crate::wire::ethernet;
+    use crate::wire::{ipv4, ipv6};
     use netlink_packet_route::neighbour::NeighbourState;
-
-    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
     fn require_root() {
         assert!(nix::unistd::geteuid().is_root(), "this test opens raw and packet sockets: run it as root");
+    }
+
+    /// Runs `test` on a thread of its own in a new network namespace (gone with the thread).
+    fn in_new_namespace(test: impl FnOnce() + Send + 'static) {
+        require_root();
+        std::thread::spawn(move || {
+            sys::enter_new_network_namespace().unwrap();
+            test();
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
 
     /// An ESP packet (SPI, sequence, payload) no other test sends.
@@ -282,46 +315,39 @@ mod tests {
         packet
     }
 
-    /// The next packet with this SPI the raw ESP socket receives, IP header included.
-    fn receive_spi(socket: BorrowedFd<'_>, spi: u32) -> Vec<u8> {
+    fn ip_header_len(packet: &[u8]) -> usize {
+        match packet[0] >> 4 {
+            4 => ipv4::HEADER_LEN,
+            _ => ipv6::HEADER_LEN,
+        }
+    }
+
+    /// The next packet whose ESP has this SPI, read from `socket` until 2 s have passed.
+    /// `ip_header` says whether the socket delivers the IP header in front of the ESP.
+    fn receive_spi(socket: BorrowedFd<'_>, spi: u32, ip_header: bool) -> Vec<u8> {
         let mut buf = [0u8; 2048];
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             match sys::recv_msg(socket, &mut buf) {
-                Ok(meta) if buf[ipv4::HEADER_LEN..ipv4::HEADER_LEN + 4] == spi.to_be_bytes() => {
-                    return buf[..meta.len].to_vec();
+                Ok(meta) => {
+                    let esp = if ip_header { ip_header_len(&buf) } else { 0 };
+                    if meta.len >= esp + 4 && buf[esp..esp + 4] == spi.to_be_bytes() {
+                        return buf[..meta.len].to_vec();
+                    }
                 }
-                Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
                 Err(error) => panic!("receiving ESP: {error}"),
             }
         }
-        panic!("no ESP with SPI {spi:#x} arrived on loopback within 2 s");
+        panic!("no ESP with SPI {spi:#x} arrived within 2 s");
     }
 
-    fn loopback_header() -> LinkHeaderV4 {
-        LinkHeaderV4 {
-            next_hop: EthernetAddress([0; 6]),
-            interface: EthernetAddress([0; 6]),
-            source: LOOPBACK,
-            destination: LOOPBACK,
-            ttl: default_ttl(),
-        }
-    }
-
-    #[test]
-    fn the_kernel_writes_the_same_ip_header_for_the_raw_socket() {
-        require_root();
-        let socket = RawEspSocket::new(IpAddr::V4(LOOPBACK)).unwrap();
-        let spi = 0x5eed_0001;
-        let packet = esp_packet(spi);
-        let to = socket2::SockAddr::from(std::net::SocketAddr::new(IpAddr::V4(LOOPBACK), 0));
-        sys::send_msg(socket.fd(), &to, &packet, None).unwrap();
-        let received = receive_spi(socket.fd(), spi);
-        let mut ours = vec![0u8; link_header::LEN];
-        loopback_header().emit(&mut ours, packet.len());
-        assert_eq!(received[..ipv4::HEADER_LEN], ours[ethernet::HEADER_LEN..], "IPv4 header: kernel vs ours");
-        assert_eq!(received[ipv4::HEADER_LEN..], packet[..]);
+    /// A packet socket that sees every IP packet of this namespace, IP header first.
+    fn capture() -> Socket {
+        let every_protocol = i32::from((libc::ETH_P_ALL as u16).to_be());
+        let socket = Socket::new(Domain::from(libc::AF_PACKET), Type::DGRAM, Some(Protocol::from(every_protocol))).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket
     }
 
     fn ip(args: &str) {
@@ -333,25 +359,68 @@ mod tests {
         std::fs::write(format!("/proc/sys/net/{path}"), value).unwrap_or_else(|error| panic!("{path}: {error}"));
     }
 
+    /// Our header for `esp_len` bytes of ESP, IP part only.
+    fn our_ip_header(header: &LinkHeader, esp_len: usize) -> Vec<u8> {
+        let mut ours = vec![0u8; MAX_LEN];
+        header.emit(&mut ours, esp_len);
+        ours[ethernet::HEADER_LEN..header.frame_header_len()].to_vec()
+    }
+
+    fn the_kernel_writes_the_same_ip_header_for_the_raw_socket(loopback: IpAddr, spi: u32) {
+        in_new_namespace(move || {
+            ip("link set lo up");
+            let captured = capture();
+            let socket = RawEspSocket::new(loopback).unwrap();
+            let packet = esp_packet(spi);
+            sys::send_msg(socket.fd(), &SocketAddr::new(loopback, 0).into(), &packet, None).unwrap();
+            let received = receive_spi(captured.as_fd(), spi, true);
+            let addresses = match loopback {
+                IpAddr::V4(address) => IpAddresses::V4 { source: address, destination: address },
+                IpAddr::V6(address) => IpAddresses::V6 { source: address, destination: address },
+            };
+            let header = LinkHeader {
+                next_hop: EthernetAddress([0; 6]),
+                interface: EthernetAddress([0; 6]),
+                addresses,
+                hop_limit: kernel_hop_limit(loopback, "lo").unwrap(),
+            };
+            let ip_header_len = header.ip_header_len();
+            assert_eq!(received[..ip_header_len], our_ip_header(&header, packet.len()), "IP header: kernel vs ours");
+            assert_eq!(received[ip_header_len..], packet[..]);
+        });
+    }
+
+    #[test]
+    fn the_kernel_writes_the_same_ipv4_header_for_the_raw_socket() {
+        the_kernel_writes_the_same_ip_header_for_the_raw_socket(IpAddr::V4(Ipv4Addr::LOCALHOST), 0x5eed_0001);
+    }
+
+    #[test]
+    fn the_kernel_writes_the_same_ipv6_header_for_the_raw_socket() {
+        // With automatic flow labels off on the raw socket (`RawEspSocket`): label 0 as ours.
+        the_kernel_writes_the_same_ip_header_for_the_raw_socket(IpAddr::V6(Ipv6Addr::LOCALHOST), 0x5eed_0011);
+    }
+
     /// In a network namespace of its own: frames from the ring on one end of a veth pair reach
     /// a raw ESP socket on the other end byte for byte (IP header and ESP), and the next-hop
-    /// lookup finds the path through the pair.
-    #[test]
-    fn ring_frames_arrive_as_sent() {
-        require_root();
-        std::thread::spawn(|| {
-            sys::enter_new_network_namespace().unwrap();
+    /// lookup finds the path through the pair. `addresses` are the two ends' and a third on
+    /// their link; `spi` the first of four SPIs no other test sends.
+    fn ring_frames_arrive_as_sent(addresses: [IpAddr; 3], spi: u32) {
+        in_new_namespace(move || {
+            let [source, destination, peer] = addresses;
+            let prefix_len = if source.is_ipv4() { 24 } else { 64 };
             ip("link add rre0 type veth peer name rre1");
-            ip("addr add 198.18.0.1/24 dev rre0");
-            ip("addr add 198.18.0.2/24 dev rre1");
+            // No duplicate address detection: the addresses are usable at once.
+            ip(&format!("addr add {source}/{prefix_len} dev rre0 nodad"));
+            ip(&format!("addr add {destination}/{prefix_len} dev rre1 nodad"));
             ip("link set rre0 up");
             ip("link set rre1 up");
             // Both ends are this namespace's: take packets from a local source on rre1.
             sysctl("ipv4/conf/rre1/accept_local", "1");
             sysctl("ipv4/conf/all/rp_filter", "0");
             sysctl("ipv4/conf/rre1/rp_filter", "0");
-            let (source, destination) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-            let receiver = RawEspSocket::new(IpAddr::V4(destination)).unwrap();
+            let receiver = RawEspSocket::new(destination).unwrap();
+            let captured = capture();
             let mac = |name: &str| {
                 // sysfs shows the host's links, not this namespace's: ask `ip`.
                 let output = std::process::Command::new("ip").args(["-o", "link", "show", name]).output().unwrap();
@@ -360,65 +429,111 @@ mod tests {
                 let at = words.iter().position(|word| *word == "link/ether").expect("an Ethernet link") + 1;
                 words[at].parse::<EthernetAddress>().unwrap()
             };
-            let path = LinkPath {
-                interface_index: nix::net::if_::if_nametoindex("rre0").unwrap(),
-                header: LinkHeaderV4 {
-                    next_hop: mac("rre1"),
-                    interface: mac("rre0"),
-                    source,
-                    destination,
-                    ttl: default_ttl(),
+            let interface_index = nix::net::if_::if_nametoindex("rre0").unwrap();
+            let hop_limit = kernel_hop_limit(destination, "rre0").unwrap();
+            let next_hop = |peer_mac: &str, state| NextHop {
+                interface_index,
+                local_mac: Some(mac("rre0").0),
+                neighbour: Some(Neighbour { mac: mac(peer_mac).0, state }),
+                route: UnderlayRoute {
+                    interface: "rre0".into(),
+                    gateway: None,
+                    source: None,
+                    link_mtu: 1500,
+                    route_mtu: None,
+                    mtu_expires: None,
                 },
-                mtu: 1500,
-                link_mtu: 1500,
             };
+            let path = LinkPath::from_next_hop(&next_hop("rre1", NeighbourState::Reachable), source, destination, hop_limit)
+                .unwrap();
             let mut sender = RingSender::default();
             // Two small packets and one as large as the link takes (a 1500-byte IP packet).
             let full_size = |spi: u32| {
                 let mut packet = esp_packet(spi);
-                packet.resize(1500 - ipv4::HEADER_LEN, 0xa5);
+                packet.resize(1500 - path.header.ip_header_len(), 0xa5);
                 packet
             };
-            let packets = [esp_packet(0x5eed_0002), esp_packet(0x5eed_0003), full_size(0x5eed_0004)];
+            let packets = [esp_packet(spi), esp_packet(spi + 1), full_size(spi + 2)];
             for packet in &packets {
                 assert_eq!(sender.push(&path, packet).unwrap(), Pushed::Queued);
             }
+            // One byte more than the path takes goes the kernel's way.
+            let mut too_large = full_size(spi + 3);
+            too_large.push(0);
+            assert_eq!(sender.push(&path, &too_large).unwrap(), Pushed::NotTaken);
             sender.send().unwrap();
             for packet in &packets {
                 let spi = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
-                let received = receive_spi(receiver.fd(), spi);
-                let mut ours = vec![0u8; link_header::LEN];
-                path.header.emit(&mut ours, received.len() - ipv4::HEADER_LEN);
-                assert_eq!(received[..ipv4::HEADER_LEN], ours[ethernet::HEADER_LEN..]);
-                assert_eq!(received[ipv4::HEADER_LEN..], packet[..]);
+                let on_the_wire = receive_spi(captured.as_fd(), spi, true);
+                let ip_header_len = path.header.ip_header_len();
+                assert_eq!(on_the_wire[..ip_header_len], our_ip_header(&path.header, packet.len()));
+                assert_eq!(on_the_wire[ip_header_len..], packet[..]);
+                // The receiving end took it: its raw ESP socket has it (IPv4 with the header).
+                let delivered = receive_spi(receiver.fd(), spi, receiver.delivers_ip_header());
+                assert!(delivered.ends_with(packet));
             }
 
             // The lookup, for an address that is not this namespace's own (those route over lo):
             // rre0's MAC and the neighbour's, while the kernel's entry is usable.
-            let peer = Ipv4Addr::new(198, 18, 0, 3);
             ip(&format!("neigh replace {peer} lladdr {} dev rre0 nud reachable", mac("rre1")));
             let next_hops = NextHops::new(source);
             // Held back from the refresher thread (the test refreshes by hand): under load the
             // thread looked the address up first, and the test's refresh then forgot it as unused.
             *next_hops.lock_wanted() = Some(Vec::new());
             assert_eq!(next_hops.path(peer), None, "not looked up yet");
-            next_hops.refresh_once(default_ttl());
-            let expected = LinkPath { header: LinkHeaderV4 { destination: peer, ..path.header }, ..path };
-            assert_eq!(next_hops.path(peer), Some(expected));
+            next_hops.refresh_once();
+            let expected = LinkPath::from_next_hop(&next_hop("rre1", NeighbourState::Reachable), source, peer, hop_limit);
+            assert_eq!(next_hops.path(peer), expected);
+            assert!(expected.is_some());
             ip(&format!("neigh replace {peer} lladdr {} dev rre0 nud stale", mac("rre1")));
-            next_hops.refresh_once(default_ttl());
+            next_hops.refresh_once();
             assert_eq!(next_hops.path(peer), None, "a STALE neighbour goes through the kernel");
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        });
+    }
+
+    #[test]
+    fn ipv4_ring_frames_arrive_as_sent() {
+        let address = |last| IpAddr::V4(Ipv4Addr::new(198, 18, 0, last));
+        ring_frames_arrive_as_sent([address(1), address(2), address(3)], 0x5eed_0002);
+    }
+
+    #[test]
+    fn ipv6_ring_frames_arrive_as_sent() {
+        let address = |last| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
+        ring_frames_arrive_as_sent([address(1), address(2), address(3)], 0x5eed_0012);
+    }
+
+    #[test]
+    fn hop_limits_are_the_kernels_and_forced_flow_labels_give_no_ring_path() {
+        in_new_namespace(|| {
+            ip("link set lo up");
+            assert_eq!(kernel_hop_limit(IpAddr::V6(Ipv6Addr::LOCALHOST), "lo"), Some(64));
+            sysctl("ipv6/conf/lo/hop_limit", "17");
+            assert_eq!(kernel_hop_limit(IpAddr::V6(Ipv6Addr::LOCALHOST), "lo"), Some(17), "the interface's own");
+            sysctl("ipv4/ip_default_ttl", "33");
+            assert_eq!(kernel_hop_limit(IpAddr::V4(Ipv4Addr::LOCALHOST), "lo"), Some(33));
+            sysctl("ipv6/auto_flowlabels", "2");
+            assert_eq!(kernel_hop_limit(IpAddr::V6(Ipv6Addr::LOCALHOST), "lo"), None, "the kernel's labels are forced");
+        });
     }
 
     #[test]
     fn packets_too_large_for_the_path_are_not_taken() {
-        let path = LinkPath { interface_index: 1, header: loopback_header(), mtu: 1400, link_mtu: 1500 };
+        let header = |addresses| LinkHeader {
+            next_hop: EthernetAddress([0; 6]),
+            interface: EthernetAddress([0; 6]),
+            addresses,
+            hop_limit: 64,
+        };
+        let v4 = IpAddresses::V4 { source: Ipv4Addr::LOCALHOST, destination: Ipv4Addr::LOCALHOST };
+        let v6 = IpAddresses::V6 { source: Ipv6Addr::LOCALHOST, destination: Ipv6Addr::LOCALHOST };
         let mut sender = RingSender::default();
-        // 1381 bytes of ESP make a 1401-byte IP packet: the raw socket refuses it with EMSGSIZE.
-        assert_eq!(sender.push(&path, &[0u8; 1381]).unwrap(), Pushed::NotTaken);
+        // 1381 bytes of ESP make a 1401-byte IPv4 packet, 1361 a 1401-byte IPv6 one: the raw
+        // socket refuses them with EMSGSIZE.
+        for (addresses, esp_len) in [(v4, 1381), (v6, 1361)] {
+            let path = LinkPath { interface_index: 1, header: header(addresses), mtu: 1400, link_mtu: 1500 };
+            assert_eq!(sender.push(&path, &vec![0u8; esp_len]).unwrap(), Pushed::NotTaken);
+        }
         assert!(sender.ring.is_none(), "no ring is opened for a packet that does not take it");
     }
 
@@ -428,8 +543,14 @@ mod tests {
         let loopback_index = nix::net::if_::if_nametoindex("lo").unwrap();
         let mut ring = PacketTxRing::open(loopback_index, 1514, 1).unwrap();
         let frame = {
-            let mut frame = vec![0u8; link_header::LEN];
-            loopback_header().emit(&mut frame, 0);
+            let header = LinkHeader {
+                next_hop: EthernetAddress([0; 6]),
+                interface: EthernetAddress([0; 6]),
+                addresses: IpAddresses::V4 { source: Ipv4Addr::LOCALHOST, destination: Ipv4Addr::LOCALHOST },
+                hop_limit: 64,
+            };
+            let mut frame = vec![0u8; header.frame_header_len()];
+            header.emit(&mut frame, 0);
             frame
         };
         // One 4 KiB block holds two 2 KiB slots; fill both without sending.
@@ -448,22 +569,22 @@ mod tests {
 
     #[test]
     fn only_addresses_used_since_the_last_refresh_are_looked_up_again() {
-        let next_hops = NextHops::new(LOOPBACK);
-        let (used, idle) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+        let next_hops = NextHops::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (used, idle) = (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         // Held back from the refresher thread: the test refreshes by hand.
         *next_hops.lock_wanted() = Some(vec![used, idle]);
-        next_hops.refresh_once(DEFAULT_TTL);
+        next_hops.refresh_once();
         let known = |next_hops: &NextHops| {
-            let mut addresses: Vec<Ipv4Addr> = next_hops.paths.load().keys().copied().collect();
+            let mut addresses: Vec<IpAddr> = next_hops.paths.load().keys().copied().collect();
             addresses.sort();
             addresses
         };
         assert_eq!(known(&next_hops), [used, idle], "both looked up once");
         // Loopback is no Ethernet link: known, without a ring path.
         assert_eq!(next_hops.path(used), None);
-        next_hops.refresh_once(DEFAULT_TTL);
+        next_hops.refresh_once();
         assert_eq!(known(&next_hops), [used], "the address no packet asked for is forgotten");
-        next_hops.refresh_once(DEFAULT_TTL);
+        next_hops.refresh_once();
         assert!(known(&next_hops).is_empty(), "nothing sent since: nothing to look up");
     }
 
@@ -483,10 +604,10 @@ mod tests {
             neighbour: Some(Neighbour { mac: [2, 0, 0, 0, 0, 2], state }),
             route: route.clone(),
         };
-        let peer = Ipv4Addr::new(198, 18, 0, 2);
-        let local = Ipv4Addr::new(198, 18, 0, 1);
-        let path =
-            LinkPath::from_next_hop(&next_hop(Some([2, 0, 0, 0, 0, 1]), NeighbourState::Reachable), local, peer, 64).unwrap();
+        let peer = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+        let local = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        let reachable = next_hop(Some([2, 0, 0, 0, 0, 1]), NeighbourState::Reachable);
+        let path = LinkPath::from_next_hop(&reachable, local, peer, 64).unwrap();
         assert_eq!(path.mtu, 1400);
         assert_eq!(path.link_mtu, 1500);
         assert_eq!(path.header.next_hop, EthernetAddress([2, 0, 0, 0, 0, 2]));
@@ -495,5 +616,7 @@ mod tests {
             assert_eq!(LinkPath::from_next_hop(&next_hop(Some([2, 0, 0, 0, 0, 1]), state), local, peer, 64), None);
         }
         assert_eq!(LinkPath::from_next_hop(&next_hop(None, NeighbourState::Reachable), local, peer, 64), None);
+        let v6_peer = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        assert_eq!(LinkPath::from_next_hop(&reachable, local, v6_peer, 64), None, "one family per header");
     }
 }

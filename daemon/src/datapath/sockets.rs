@@ -56,8 +56,8 @@ pub fn udp_socket(local: IpAddr) -> io::Result<UdpSocket> {
 }
 
 /// The raw ESP socket (IP protocol 50), bound to the node address. It receives all ESP (and
-/// keeps the kernel from answering ESP with ICMP protocol-unreachable); IPv4 ESP leaves through
-/// the workers' AF_PACKET rings where the next hop is known (`packet_ring`), else through it.
+/// keeps the kernel from answering ESP with ICMP protocol-unreachable); ESP leaves through the
+/// workers' AF_PACKET rings where the next hop is known (`packet_ring`), else through it.
 pub struct RawEspSocket {
     fd: OwnedFd,
     ipv4: bool,
@@ -78,10 +78,17 @@ impl RawEspSocket {
 
     /// The raw socket a running meshd handed over (`crate::upgrade`), bound to `local`.
     pub fn adopt(fd: OwnedFd, local: IpAddr) -> Self {
+        // The ring's IPv6 packets carry flow label 0 (`link_header`): so must the raw socket's,
+        // or a peer's packets would change label whenever they change way.
         let next_hops = match local {
-            IpAddr::V4(local) => Some(NextHops::new(local)),
-            // The IPv6 header (its flow label) is the kernel's: IPv6 stays on the raw socket.
-            IpAddr::V6(_) => None,
+            IpAddr::V6(_) => match sys::disable_auto_flow_label(fd.as_fd()) {
+                Ok(()) => Some(NextHops::new(local)),
+                Err(error) => {
+                    tracing::info!(%error, "cannot turn off automatic IPv6 flow labels; raw ESP stays on the raw socket");
+                    None
+                }
+            },
+            IpAddr::V4(_) => Some(NextHops::new(local)),
         };
         RawEspSocket { fd, ipv4: local.is_ipv4(), next_hops }
     }
@@ -339,8 +346,8 @@ const MMSG_QUEUE_BYTES: usize = 256 << 10;
 
 impl MmsgQueue {
     fn push(&mut self, socket: &RawEspSocket, packet: &[u8], destination: SocketAddr) -> io::Result<usize> {
-        if let (Some(next_hops), IpAddr::V4(peer)) = (&socket.next_hops, destination.ip()) {
-            if let Some(path) = next_hops.path(peer) {
+        if let Some(next_hops) = &socket.next_hops {
+            if let Some(path) = next_hops.path(destination.ip()) {
                 if self.ring.push(&path, packet)? == Pushed::Queued {
                     return Ok(packet.len());
                 }
