@@ -146,14 +146,19 @@ impl NextHops {
                 None
             }
         };
+        // Read once per interface and round, not per peer: hundreds of peers share one underlay.
+        let mut hop_limits: HashMap<String, Option<u8>> = HashMap::new();
         let paths = addresses
             .into_iter()
             .map(|destination| {
                 let path = lookup.as_mut().and_then(|lookup| {
                     match lookup.next_hop(self.local, destination) {
                         Ok(next_hop) => {
-                            let hop_limit = kernel_hop_limit(destination, &next_hop.route.interface)?;
-                            LinkPath::from_next_hop(&next_hop, self.local, destination, hop_limit)
+                            let interface = &next_hop.route.interface;
+                            let hop_limit = *hop_limits
+                                .entry(interface.clone())
+                                .or_insert_with(|| kernel_hop_limit(destination, interface));
+                            LinkPath::from_next_hop(&next_hop, self.local, destination, hop_limit?)
                         }
                         Err(error) => {
                             tracing::debug!(%error, %destination, "raw ESP next hop unknown; sending through the raw socket");
