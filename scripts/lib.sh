@@ -25,6 +25,8 @@ MESHD_BUILD_PACKAGES=(build-essential pkg-config clang bpftool libbpf-dev libelf
 
 # cargo-deb builds the Debian package; pinned, so that every machine builds the same package.
 MESHD_CARGO_DEB_VERSION=3.8.0
+# cargo-nextest runs the tests (.config/nextest.toml): test groups with priorities need 0.9.91.
+MESHD_CARGO_NEXTEST_MIN_VERSION=0.9.91
 
 meshd_require_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -63,6 +65,15 @@ meshd_install_cargo_fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         echo "==> installing cargo-fuzz"
         cargo install --locked cargo-fuzz >/dev/null
+    fi
+}
+
+meshd_install_cargo_nextest() {
+    local installed
+    installed=$(cargo nextest --version 2>/dev/null | awk 'NR == 1 {print $2}')
+    if [ -z "$installed" ] || [ "$(printf '%s\n%s\n' "$MESHD_CARGO_NEXTEST_MIN_VERSION" "$installed" | sort -V | head -n 1)" != "$MESHD_CARGO_NEXTEST_MIN_VERSION" ]; then
+        echo "==> installing cargo-nextest (found: ${installed:-none}, needed: $MESHD_CARGO_NEXTEST_MIN_VERSION or newer)"
+        cargo install --locked cargo-nextest >/dev/null
     fi
 }
 
