@@ -12,8 +12,7 @@ use meshd_lab::{require_root, start_all, Capture, Family, Lab, MeshFile, Meshd, 
 
 /// These tests measure recovery in seconds: they run one at a time, so that they do not slow
 /// each other's daemons down. This lock does it under `cargo test` (one process for the file);
-/// cargo-nextest runs each test in a process of its own, and the `timed` test group of
-/// .config/nextest.toml keeps them apart.
+/// cargo-nextest runs each test in a process of its own, and .config/nextest.toml runs these alone.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
