@@ -25,7 +25,7 @@ MESHD_BUILD_PACKAGES=(build-essential pkg-config clang bpftool libbpf-dev libelf
 
 # cargo-deb builds the Debian package; pinned, so that every machine builds the same package.
 MESHD_CARGO_DEB_VERSION=3.8.0
-# cargo-nextest runs the tests (.config/nextest.toml): test groups with priorities need 0.9.91.
+# cargo-nextest runs the tests (.config/nextest.toml): its test priorities need 0.9.91.
 MESHD_CARGO_NEXTEST_MIN_VERSION=0.9.91
 
 meshd_require_root() {
