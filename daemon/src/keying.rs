@@ -5,7 +5,8 @@
 //! The driver is generic over `IkeEngine`, the part of `ike::Endpoint` it uses, so that its tests
 //! run against a fake endpoint.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -36,9 +37,12 @@ use crate::wire::esp::{classify_udp_encap, UdpEncapKind, NON_ESP_MARKER_LEN};
 /// The endpoint hears of a peer's unknown SPIs, and of its SA running out, at most this often
 /// (each unknown SPI would otherwise queue another liveness check).
 const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
-/// After SAs with a peer come up, this node announces its overlay addresses at once and again
-/// this much later.
+/// After SAs with a peer come up, this node announces its overlay addresses to it twice, this
+/// far apart (`Announcements`).
 const ANNOUNCE_AGAIN: Duration = Duration::from_secs(1);
+/// How long an announcement to a peer whose exchange we answered waits for the answer to get
+/// there and the peer to install the SA it makes.
+const ANSWER_IN_FLIGHT: Duration = Duration::from_millis(200);
 /// Refused IKE messages are summed up in the log at most this often.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -490,10 +494,14 @@ impl<E: IkeEngine> Keying<E> {
             .collect()
     }
 
-    /// Sends the endpoint's datagrams and applies its events.
+    /// Applies the endpoint's events, then sends its datagrams: in that order, so that a
+    /// responder's new inbound SA is in the SADB before the answer that lets the initiator use
+    /// it leaves (the other way round, the initiator's first ESP could come back first and be
+    /// dropped for its unknown SPI).
     fn drain(&self, sockets: &IkeSockets, announcer: &Announcer) {
         let state = self.sas.state();
         let mut ike = self.lock();
+        ike.apply_events(&self.sas);
         while let Some(transmit) = ike.endpoint.poll_transmit() {
             let sent = match (transmit.source_port, &sockets.port_4500) {
                 (IKE_PORT, _) => sockets.port_500_send.send_to(&transmit.bytes, transmit.destination),
@@ -518,7 +526,6 @@ impl<E: IkeEngine> Keying<E> {
                 state.drops.record(DropReason::SendFailed, context);
             }
         }
-        ike.apply_events(&self.sas);
         let due = ike.announcements.take_due(Instant::now());
         drop(ike);
         if !due.is_empty() {
@@ -585,7 +592,7 @@ impl<E: IkeEngine> Ike<E> {
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
-            Event::InstallOutbound { peer: index, sa } => {
+            Event::InstallOutbound { peer: index, sa, peer_has_inbound } => {
                 let peer = self.peers[index];
                 let (params, key) = sa_params(state, peer, sa);
                 match Sealer::new(params.cipher, &key) {
@@ -595,7 +602,7 @@ impl<E: IkeEngine> Ike<E> {
                         } else {
                             // SAs with the peer again (a restart on either side): it learns our
                             // overlay MACs now rather than when its neighbour entries go stale.
-                            self.announcements.sas_up(peer, Instant::now());
+                            self.announcements.sas_up(peer, peer_has_inbound, Instant::now());
                         }
                     }
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
@@ -670,33 +677,42 @@ fn refusal_reason(refusal: Refusal) -> DropReason {
 }
 
 /// The peers to announce this node's overlay addresses to (`datapath::Announcer`): one whose
-/// SAs came up, at once and once more a moment later, in case the peer (as initiator) had not
-/// installed its inbound SA yet.
+/// SAs came up, twice, `ANNOUNCE_AGAIN` apart (one may be lost). The first goes out at once when
+/// the peer has its inbound SA already (it answered our exchange); when we answered, the peer
+/// installs it only once our answer arrives, and an announcement sent at once would come
+/// before it and be dropped there for its unknown SPI, so the first waits `ANSWER_IN_FLIGHT`.
 #[derive(Debug, Default)]
 struct Announcements {
     now: Vec<PeerId>,
-    /// In the order they are due (each is `ANNOUNCE_AGAIN` after its peer's SAs came up).
-    again: VecDeque<(Instant, PeerId)>,
+    /// By the time they are due.
+    later: BinaryHeap<Reverse<(Instant, PeerId)>>,
 }
 
 impl Announcements {
-    fn sas_up(&mut self, peer: PeerId, now: Instant) {
-        self.now.push(peer);
-        self.again.push_back((now + ANNOUNCE_AGAIN, peer));
+    fn sas_up(&mut self, peer: PeerId, peer_has_inbound: bool, now: Instant) {
+        let first = if peer_has_inbound {
+            self.now.push(peer);
+            now
+        } else {
+            let first = now + ANSWER_IN_FLIGHT;
+            self.later.push(Reverse((first, peer)));
+            first
+        };
+        self.later.push(Reverse((first + ANNOUNCE_AGAIN, peer)));
     }
 
-    /// When the next repeated announcement is due (the first ones go out when the events that
-    /// caused them are applied).
+    /// When the next delayed announcement is due (the ones for at once go out when the events
+    /// that caused them are applied).
     fn next_at(&self) -> Option<Instant> {
-        self.again.front().map(|(at, _)| *at)
+        self.later.peek().map(|Reverse((at, _))| *at)
     }
 
     /// The peers to announce to at `now`.
     fn take_due(&mut self, now: Instant) -> Vec<PeerId> {
         let mut due = std::mem::take(&mut self.now);
-        while let Some((_, peer)) = self.again.front().filter(|(at, _)| *at <= now) {
+        while let Some(Reverse((_, peer))) = self.later.peek().filter(|Reverse((at, _))| *at <= now) {
             due.push(*peer);
-            self.again.pop_front();
+            self.later.pop();
         }
         due
     }
@@ -865,6 +881,7 @@ mod tests {
 
     use super::*;
     use crate::datapath::testkit::{address, mesh_file, Setup, DEFAULT};
+    use crate::datapath::EspOut;
     use crate::esp::KeyMaterial;
     use crate::sadb::manager::SaNotice;
 
@@ -884,16 +901,24 @@ mod tests {
     #[derive(Default)]
     struct FakeEndpoint {
         events: VecDeque<Event>,
+        transmits: VecDeque<Transmit>,
         status: Vec<IkeSaStatus>,
         asked: Vec<Asked>,
         peers: usize,
+        /// For each datagram handed out: whether inbound SA `.1` was in the SADB of `.0` then.
+        watched_inbound: Option<(Arc<MeshState>, u32)>,
+        inbound_when_sent: Vec<bool>,
     }
 
     impl IkeEngine for FakeEndpoint {
         fn handle(&mut self, _: &[u8], _: SocketAddr, _: u16, _: Instant) {}
         fn handle_timeout(&mut self, _: Instant) {}
         fn poll_transmit(&mut self) -> Option<Transmit> {
-            None
+            let transmit = self.transmits.pop_front()?;
+            if let Some((state, spi)) = &self.watched_inbound {
+                self.inbound_when_sent.push(state.sadb.load().inbound(*spi).is_some());
+            }
+            Some(transmit)
         }
         fn poll_event(&mut self) -> Option<Event> {
             self.events.pop_front()
@@ -992,7 +1017,10 @@ mod tests {
         let state = keying.sas.state();
         happen(
             &keying,
-            [Event::InstallInbound { peer: 0, sa: keys(0x5001) }, Event::InstallOutbound { peer: 0, sa: keys(0x6001) }],
+            [
+                Event::InstallInbound { peer: 0, sa: keys(0x5001) },
+                Event::InstallOutbound { peer: 0, sa: keys(0x6001), peer_has_inbound: true },
+            ],
         );
         let tables = state.sadb.load();
         let inbound = tables.inbound(0x5001).unwrap();
@@ -1001,7 +1029,7 @@ mod tests {
         assert_eq!(tables.outbound(PeerId(0)).unwrap().params.spi, 0x6001);
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 0, "a first SA is no rekey");
         let due_now = keying.lock().announcements.take_due(Instant::now());
-        assert_eq!(due_now, [PeerId(0)], "a first SA is announced to its peer at once");
+        assert_eq!(due_now, [PeerId(0)], "a first SA we initiated is announced to its peer at once");
         let again = keying.lock().announcements.next_at().expect("and again later");
         assert!(keying.deadline().is_some_and(|at| at <= again), "the driver wakes for it");
         assert_eq!(keying.lock().announcements.take_due(again), [PeerId(0)]);
@@ -1009,7 +1037,7 @@ mod tests {
         happen(
             &keying,
             [
-                Event::InstallOutbound { peer: 0, sa: keys(0x6002) },
+                Event::InstallOutbound { peer: 0, sa: keys(0x6002), peer_has_inbound: true },
                 Event::RemoveOutbound { peer: 0, spi: 0x6001 },
                 Event::RemoveInbound { peer: 0, spi: 0x5001 },
             ],
@@ -1020,6 +1048,54 @@ mod tests {
         assert_eq!(keying.stats(PeerId(0)).unwrap().rekeys, 1);
         assert_eq!(keying.lock().announcements.take_due(Instant::now() + ANNOUNCE_AGAIN), [], "a rekey is not announced");
         assert_eq!(keying.stats(PeerId(1)), None, "n2 is manual");
+    }
+
+    /// A responder's answer to IKE_AUTH (or CREATE_CHILD_SA) tells the initiator that it may
+    /// send on the new Child SA. Sent before the inbound SA was in the SADB, the initiator's
+    /// first packets (its overlay announcement, in the lab) could arrive first and be dropped
+    /// as ESP for an unknown SPI.
+    #[tokio::test]
+    async fn a_responders_inbound_sa_is_installed_before_its_answer_leaves() {
+        let config = mesh_file(&Setup { nodes: 3, ..DEFAULT });
+        let topology = Topology::new(&config, "n0", address(&DEFAULT, 0)).unwrap();
+        let state = Arc::new(MeshState::new(topology));
+        let sas = Arc::new(SaManager::new(Arc::clone(&state)));
+        let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let answer = Transmit { destination: peer.local_addr().unwrap(), source_port: IKE_PORT, bytes: vec![7; 40] };
+        let endpoint = FakeEndpoint {
+            peers: 1,
+            events: [Event::InstallInbound { peer: 0, sa: keys(0x5001) }].into(),
+            transmits: [answer].into(),
+            watched_inbound: Some((Arc::clone(&state), 0x5001)),
+            ..FakeEndpoint::default()
+        };
+        let keying = Keying::with_endpoint(endpoint, vec![PeerId(0)], None, sas);
+        let socket = || StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let sockets = adopt(socket(), None, Some(socket())).unwrap();
+
+        keying.drain(&sockets, &Announcer::new(EspOut::Udp(Arc::new(socket()))));
+
+        assert_eq!(keying.lock().endpoint.inbound_when_sent, [true], "the SA was in the SADB when the answer left");
+        let mut received = [0u8; 64];
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(peer.recv_from(&mut received).unwrap().0, 40, "and the answer left");
+    }
+
+    /// Two announcements per peer whose SAs came up, a second apart: the first at once where
+    /// the peer answered our exchange, else once our answer had time to get there. The times of
+    /// peers coming up in turn interleave.
+    #[test]
+    fn announcements_wait_for_the_answer_where_we_answered() {
+        let mut announcements = Announcements::default();
+        let t0 = Instant::now();
+        announcements.sas_up(PeerId(1), false, t0);
+        announcements.sas_up(PeerId(2), true, t0 + Duration::from_millis(100));
+        assert_eq!(announcements.take_due(t0 + Duration::from_millis(100)), [PeerId(2)]);
+        assert_eq!(announcements.next_at(), Some(t0 + ANSWER_IN_FLIGHT));
+        assert_eq!(announcements.take_due(t0 + ANSWER_IN_FLIGHT), [PeerId(1)]);
+        assert_eq!(announcements.next_at(), Some(t0 + Duration::from_millis(100) + ANNOUNCE_AGAIN));
+        assert_eq!(announcements.take_due(t0 + ANSWER_IN_FLIGHT + ANNOUNCE_AGAIN), [PeerId(2), PeerId(1)]);
+        assert_eq!((announcements.next_at(), announcements.take_due(t0 + Duration::from_secs(60))), (None, vec![]));
     }
 
     #[test]
@@ -1058,7 +1134,7 @@ mod tests {
         assert_eq!(asked(&keying), vec![Asked::UnknownSpi(0)]);
 
         // Through the SA manager, which passes on notices about the current SA only.
-        happen(&keying, [Event::InstallOutbound { peer: 0, sa: keys(0x6001) }]);
+        happen(&keying, [Event::InstallOutbound { peer: 0, sa: keys(0x6001), peer_has_inbound: true }]);
         let manager = keying.sas.clone();
         manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6000 }, &keying);
         manager.handle_notice(SaNotice::SequenceRunningOut { peer: PeerId(0), spi: 0x6001 }, &keying);

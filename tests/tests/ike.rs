@@ -73,6 +73,14 @@ fn six_nodes_started_at_once_converge_to_fifteen_ike_sas() {
             assert_eq!(peer["keying"], "ike: established", "{}: {peer:#}", d.node());
         }
     }
+    // Each node announced its overlay address to each peer (twice, a second apart) only once
+    // the peer could open it: ESP that came before its SA was installed would show here as
+    // dropped for an unknown SPI (and set off a liveness check of the peer).
+    std::thread::sleep(Duration::from_secs(2));
+    for d in &daemons {
+        let drops = d.ikectl_json(&["drops"]);
+        assert!(drops["by_reason"].get("unknown_spi").is_none(), "{}: {drops:#}", d.node());
+    }
 }
 
 #[test]

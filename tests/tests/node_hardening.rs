@@ -126,7 +126,11 @@ fn a_node_killed_and_restarted_is_back_on_the_overlay_within_six_seconds_every_t
         let announced = capture.read(&["-Y", &format!("arp.isgratuitous && arp.src.proto_ipv4 == {target}")]);
         assert!(
             !announced.trim().is_empty(),
-            "round {round}: n1 saw no gratuitous ARP from n2 ({target}) on {n1_overlay}\n--- n2 ---\n{}",
+            "round {round}: n1 saw no gratuitous ARP from n2 ({target}) on {n1_overlay}; its ARP frames:\n{}\n\
+             n1's drops: {:#}\n--- n1 ---\n{}\n--- n2 ---\n{}",
+            capture.read(&[]),
+            daemons[0].ikectl_json(&["drops"]),
+            daemons[0].log(),
             daemons[1].log()
         );
     }

@@ -130,7 +130,7 @@ impl Children {
     pub(super) fn tick(&mut self, cx: &mut Context, peer: PeerIndex, now: Instant) -> Vec<u32> {
         for child in self.list.iter_mut() {
             if let Some((keys, _)) = child.pending_outbound.take_if(|(_, at)| now >= *at) {
-                cx.events.push_back(Event::InstallOutbound { peer, sa: keys });
+                cx.events.push_back(Event::InstallOutbound { peer, sa: keys, peer_has_inbound: false });
             }
         }
         let (expired, kept): (Vec<Child>, Vec<Child>) =
@@ -153,7 +153,8 @@ impl Children {
     fn release_pending(&mut self, cx: &mut Context, peer: PeerIndex) {
         for child in self.list.iter_mut() {
             if let Some((keys, _)) = child.pending_outbound.take() {
-                cx.events.push_back(Event::InstallOutbound { peer, sa: keys });
+                // Not known: in a collision, a DELETE can come before the peer had our answer.
+                cx.events.push_back(Event::InstallOutbound { peer, sa: keys, peer_has_inbound: false });
             }
         }
     }
@@ -253,7 +254,8 @@ impl IkeSa {
         let sends_now = match install {
             ChildInstall::Both { outbound_allowed } | ChildInstall::RekeyInitiator { outbound_allowed } => {
                 if outbound_allowed {
-                    cx.events.push_back(Event::InstallOutbound { peer, sa: outbound });
+                    let peer_has_inbound = initiator_of_exchange;
+                    cx.events.push_back(Event::InstallOutbound { peer, sa: outbound, peer_has_inbound });
                 }
                 outbound_allowed
             }

@@ -2,7 +2,7 @@
 //! handed to the other (or lost, or duplicated, as a test says), and the SADB each would have is
 //! modelled from the events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,10 @@ struct Node {
     failures: Vec<Failure>,
     refusals: Vec<Refusal>,
     established: usize,
+    /// Each outbound SA installed: its SPI and whether the peer had its inbound half by then.
+    outbound_installs: Vec<(u32, bool)>,
+    /// Every inbound SPI ever installed (a collision's loser may be gone again).
+    inbound_ever: HashSet<u32>,
 }
 
 impl Node {
@@ -72,6 +76,8 @@ impl Node {
             failures: Vec::new(),
             refusals: Vec::new(),
             established: 0,
+            outbound_installs: Vec::new(),
+            inbound_ever: HashSet::new(),
         }
     }
 
@@ -79,9 +85,13 @@ impl Node {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::InstallInbound { sa, .. } => {
+                    self.inbound_ever.insert(sa.spi);
                     assert!(self.inbound.insert(sa.spi, sa).is_none(), "inbound SPI installed twice");
                 }
-                Event::InstallOutbound { sa, .. } => self.outbound = Some(sa),
+                Event::InstallOutbound { sa, peer_has_inbound, .. } => {
+                    self.outbound_installs.push((sa.spi, peer_has_inbound));
+                    self.outbound = Some(sa);
+                }
                 Event::RemoveInbound { spi, .. } => {
                     self.inbound.remove(&spi);
                 }
@@ -129,6 +139,8 @@ impl Pair {
     /// Moves datagrams both ways until none is left; `fate` decides each one's fate.
     fn pump(&mut self, fate: &mut dyn FnMut(&Transmit) -> Fate) {
         for _ in 0..1000 {
+            self.a.apply_events();
+            self.b.apply_events();
             let mut moved = false;
             for from_a in [true, false] {
                 let (sender, receiver) = if from_a { (&mut self.a, &mut self.b) } else { (&mut self.b, &mut self.a) };
@@ -143,6 +155,15 @@ impl Pair {
                     };
                     for _ in 0..copies {
                         receiver.endpoint.handle(&transmit.bytes, from, transmit.destination.port(), self.now);
+                        // As the driver does: the SADB changes first, then the datagrams.
+                        let installed_before = receiver.outbound_installs.len();
+                        receiver.apply_events();
+                        for (spi, peer_has_inbound) in &receiver.outbound_installs[installed_before..] {
+                            assert!(
+                                !peer_has_inbound || sender.inbound_ever.contains(spi),
+                                "told that the peer has inbound SA {spi:#x}, which it has not installed"
+                            );
+                        }
                     }
                 }
             }
@@ -228,6 +249,9 @@ fn handshake_installs_one_child_sa_pair() {
         (Mode::Transport, true, "198.18.0.2:4500".parse().unwrap())
     );
     assert_eq!((pair.a.established, pair.b.established), (1, 1));
+    let (a_outbound, b_outbound) = (pair.a.outbound.as_ref().unwrap().spi, pair.b.outbound.as_ref().unwrap().spi);
+    assert_eq!(pair.a.outbound_installs, [(a_outbound, true)], "B answered after installing its inbound SA");
+    assert_eq!(pair.b.outbound_installs, [(b_outbound, false)], "A installs its inbound SA when B's answer arrives");
 }
 
 #[test]

@@ -176,7 +176,10 @@ pub enum Event {
     /// Start accepting ESP on this SA (before the peer may use it).
     InstallInbound { peer: PeerIndex, sa: ChildSaKeys },
     /// Send to the peer on this SA from now on (it replaces the previous outbound SA).
-    InstallOutbound { peer: PeerIndex, sa: ChildSaKeys },
+    /// `peer_has_inbound`: we initiated the exchange, so the peer installed its inbound half
+    /// before it answered; otherwise the peer installs it when our answer arrives, and what we
+    /// send at once may come before.
+    InstallOutbound { peer: PeerIndex, sa: ChildSaKeys, peer_has_inbound: bool },
     /// Stop accepting ESP on this inbound SPI.
     RemoveInbound { peer: PeerIndex, spi: u32 },
     /// The outbound SA with this SPI is gone (remove it if it is still the current one).
