@@ -38,8 +38,6 @@ pub const MOVE_HOLD_DOWN_MS: u64 = 2_000;
 /// Refresh the last-seen time at most this often, so that busy flows do not bounce the cache line.
 const REFRESH_GRANULARITY_MS: u64 = 1_000;
 
-/// Twice the entries, so that probe runs stay short.
-const SLOTS: usize = (2 * MAX_ENTRIES_PER_OVERLAY).next_power_of_two();
 const MAC_MASK: u64 = (1 << 48) - 1;
 const OWNER_SHIFT: u32 = 48;
 /// Owner field: peer index + 1, or `OWNER_LOCAL`; `OWNER_STATIC` marks configured entries.
@@ -123,21 +121,35 @@ impl PeerLearning {
     }
 }
 
+/// How much one table holds. meshd's are `FdbLimits::OVERLAY`; the fuzz target's are small, so
+/// that its inputs fill them and reach the quota and table-full refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbLimits {
+    /// MACs in the table, learned and static.
+    pub entries: usize,
+    /// Learned MACs per peer.
+    pub per_peer: usize,
+}
+
+impl FdbLimits {
+    pub const OVERLAY: FdbLimits = FdbLimits { entries: MAX_ENTRIES_PER_OVERLAY, per_peer: MAX_ENTRIES_PER_PEER };
+}
+
 /// The FDB of one overlay.
 #[derive(Debug)]
 pub struct Fdb {
+    /// Twice the entries or more, a power of two, so that probe runs stay short.
     slots: Box<[Slot]>,
+    /// `slots.len() - 1`: an index modulo the table.
+    wrap: usize,
+    limits: FdbLimits,
     hasher: RandomState,
     learners: Mutex<Learners>,
 }
 
 impl Default for Fdb {
     fn default() -> Self {
-        Fdb {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-            hasher: RandomState::new(),
-            learners: Mutex::default(),
-        }
+        Fdb::with_limits(FdbLimits::OVERLAY)
     }
 }
 
@@ -169,6 +181,17 @@ fn peer_of(owner: u64) -> Option<PeerId> {
 }
 
 impl Fdb {
+    pub fn with_limits(limits: FdbLimits) -> Fdb {
+        let slots = (2 * limits.entries.max(1)).next_power_of_two();
+        Fdb {
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            wrap: slots - 1,
+            limits,
+            hasher: RandomState::new(),
+            learners: Mutex::default(),
+        }
+    }
+
     /// The peer behind `mac`, if it was learned or configured.
     pub fn lookup(&self, mac: EthernetAddress) -> Option<PeerId> {
         self.find(mac).and_then(|(_, word)| peer_of(owner_of(word)))
@@ -198,11 +221,11 @@ impl Fdb {
             if now_ms.saturating_sub(current.last_seen_ms.load(Ordering::Relaxed)) < MOVE_HOLD_DOWN_MS {
                 return Err(LearnRefused::MoveHeldDown);
             }
-        } else if learners.entries >= MAX_ENTRIES_PER_OVERLAY {
+        } else if learners.entries >= self.limits.entries {
             return Err(LearnRefused::TableFull);
         }
         let budget = learners.peers.entry(peer).or_default();
-        if budget.entries >= MAX_ENTRIES_PER_PEER {
+        if budget.entries >= self.limits.per_peer {
             return Err(LearnRefused::PeerQuota);
         }
         if !budget.take_token(now_ms) {
@@ -307,7 +330,7 @@ impl Fdb {
     }
 
     fn home(&self, mac: EthernetAddress) -> usize {
-        self.hasher.hash_one(mac.0) as usize & (SLOTS - 1)
+        self.hasher.hash_one(mac.0) as usize & self.wrap
     }
 
     /// The slot holding `mac` and its word. A reader racing a removal may miss an entry that
@@ -315,7 +338,7 @@ impl Fdb {
     fn find(&self, mac: EthernetAddress) -> Option<(usize, u64)> {
         let wanted = mac_bits(mac);
         let mut index = self.home(mac);
-        for _ in 0..SLOTS {
+        for _ in 0..self.slots.len() {
             let word = self.slots[index].word.load(Ordering::Acquire);
             if word == EMPTY {
                 return None;
@@ -323,7 +346,7 @@ impl Fdb {
             if word & MAC_MASK == wanted {
                 return Some((index, word));
             }
-            index = (index + 1) & (SLOTS - 1);
+            index = (index + 1) & self.wrap;
         }
         None
     }
@@ -332,7 +355,7 @@ impl Fdb {
     fn insert(&self, word: u64, now_ms: u64) {
         let mut index = self.home(mac_of(word));
         while self.slots[index].word.load(Ordering::Relaxed) != EMPTY {
-            index = (index + 1) & (SLOTS - 1);
+            index = (index + 1) & self.wrap;
         }
         self.slots[index].last_seen_ms.store(now_ms, Ordering::Relaxed);
         self.slots[index].word.store(word, Ordering::Release);
@@ -345,7 +368,7 @@ impl Fdb {
     /// Removes every entry `doomed` picks, under the learners' lock.
     fn remove_at_where(&self, learners: &mut Learners, doomed: impl Fn(usize, u64) -> bool) {
         let mut index = 0;
-        while index < SLOTS {
+        while index < self.slots.len() {
             let word = self.slots[index].word.load(Ordering::Relaxed);
             if word != EMPTY && doomed(index, word) {
                 if let Some(peer) = peer_of(owner_of(word)).filter(|_| owner_of(word) & OWNER_STATIC == 0) {
@@ -365,15 +388,15 @@ impl Fdb {
     fn remove(&self, mut hole: usize) {
         let mut next = hole;
         loop {
-            next = (next + 1) & (SLOTS - 1);
+            next = (next + 1) & self.wrap;
             let word = self.slots[next].word.load(Ordering::Relaxed);
             if word == EMPTY {
                 break;
             }
             let home = self.home(mac_of(word));
             // The entry may move to the hole when its home is not cyclically in (hole, next].
-            let distance_to_hole = hole.wrapping_sub(home) & (SLOTS - 1);
-            let distance_to_next = next.wrapping_sub(home) & (SLOTS - 1);
+            let distance_to_hole = hole.wrapping_sub(home) & self.wrap;
+            let distance_to_next = next.wrapping_sub(home) & self.wrap;
             if distance_to_hole < distance_to_next {
                 let seen = self.slots[next].last_seen_ms.load(Ordering::Relaxed);
                 self.slots[hole].last_seen_ms.store(seen, Ordering::Relaxed);
@@ -451,6 +474,21 @@ mod tests {
         fdb.expire(now + AGEING_MS + 1);
         assert_eq!(fdb.entries(), vec![(A, PeerId(1), now + 1_000)]);
         assert_eq!(fdb.learn(mac(u32::MAX), PeerId(0), now + AGEING_MS + 2), Ok(()));
+    }
+
+    #[test]
+    fn a_small_table_refuses_past_its_limits_and_takes_again_after_a_forget() {
+        let fdb = Fdb::with_limits(FdbLimits { entries: 4, per_peer: 3 });
+        for n in 0..3 {
+            fdb.learn(mac(n), PeerId(0), 0).unwrap();
+        }
+        assert_eq!(fdb.learn(mac(3), PeerId(0), 0), Err(LearnRefused::PeerQuota));
+        assert_eq!(fdb.learn(mac(3), PeerId(1), 0), Ok(()));
+        assert_eq!(fdb.learn(mac(4), PeerId(1), 0), Err(LearnRefused::TableFull));
+        fdb.forget_peer(PeerId(0));
+        assert_eq!(fdb.learn(mac(4), PeerId(1), 0), Ok(()));
+        let peers: Vec<PeerId> = fdb.entries().into_iter().map(|(_, peer, _)| peer).collect();
+        assert_eq!(peers, [PeerId(1), PeerId(1)]);
     }
 
     #[test]
