@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::link_header::{IpAddresses, LinkHeader};
-use crate::pmtu::route::{NextHop, RouteLookup};
+use crate::pmtu::route::{NextHop, RouteLookup, UnderlayRoute};
 use crate::sys::PacketTxRing;
 use crate::wire::ethernet::{self, EthernetAddress};
 
@@ -155,10 +155,11 @@ impl NextHops {
                     match lookup.next_hop(self.local, destination) {
                         Ok(next_hop) => {
                             let interface = &next_hop.route.interface;
-                            let hop_limit = *hop_limits
+                            let interface_hop_limit = *hop_limits
                                 .entry(interface.clone())
                                 .or_insert_with(|| kernel_hop_limit(destination, interface));
-                            LinkPath::from_next_hop(&next_hop, self.local, destination, hop_limit?)
+                            let hop_limit = route_hop_limit(&next_hop.route, interface_hop_limit)?;
+                            LinkPath::from_next_hop(&next_hop, self.local, destination, hop_limit)
                         }
                         Err(error) => {
                             tracing::debug!(%error, %destination, "raw ESP next hop unknown; sending through the raw socket");
@@ -206,6 +207,13 @@ fn kernel_hop_limit(destination: IpAddr, interface: &str) -> Option<u8> {
             Some(read_sysctl(&format!("ipv6/conf/{interface}/hop_limit")).unwrap_or(DEFAULT_HOP_LIMIT))
         }
     }
+}
+
+/// The TTL or hop limit the kernel gives packets on `route`: the route's `hoplimit` metric,
+/// else the interface's (`kernel_hop_limit`, which is `None` when no header of ours can match
+/// the kernel's).
+fn route_hop_limit(route: &UnderlayRoute, interface_hop_limit: Option<u8>) -> Option<u8> {
+    interface_hop_limit.map(|hop_limit| route.hop_limit.unwrap_or(hop_limit))
 }
 
 /// A value under /proc/sys/net (this network namespace's).
@@ -292,7 +300,7 @@ mod tests {
     use super::*;
     use crate::datapath::link_header::MAX_LEN;
     use crate::datapath::sockets::RawEspSocket;
-    use crate::pmtu::route::{Neighbour, UnderlayRoute};
+    use crate::pmtu::route::Neighbour;
     use crate::sys;
     use crate::wire::{ipv4, ipv6};
     use netlink_packet_route::neighbour::NeighbourState;
@@ -406,6 +414,41 @@ mod tests {
         the_kernel_writes_the_same_ip_header_for_the_raw_socket(IpAddr::V6(Ipv6Addr::LOCALHOST), 0x5eed_0011);
     }
 
+    /// A route's `hoplimit` metric (set on `loopback`'s local route by `route`, which first
+    /// deletes the route the kernel made) is the TTL or hop limit the kernel writes into the raw
+    /// socket's packets, over the sysctl: the lookup reports it, and the ring's header takes it.
+    fn a_routes_hop_limit_is_the_one_the_kernel_writes(loopback: IpAddr, route: [&'static str; 2], spi: u32) {
+        in_new_namespace(move || {
+            ip("link set lo up");
+            route.into_iter().for_each(ip);
+            let captured = capture();
+            let socket = RawEspSocket::new(loopback).unwrap();
+            sys::send_msg(socket.fd(), &SocketAddr::new(loopback, 0).into(), &esp_packet(spi), None).unwrap();
+            let received = receive_spi(captured.as_fd(), spi, true);
+            let kernels = if loopback.is_ipv4() { received[8] } else { received[7] };
+            let next_hop = RouteLookup::open().unwrap().next_hop(loopback, loopback).unwrap();
+            assert_eq!(next_hop.route.hop_limit, Some(9), "{next_hop:?}");
+            let interface_hop_limit = kernel_hop_limit(loopback, "lo");
+            assert_eq!(interface_hop_limit, Some(64));
+            assert_eq!((route_hop_limit(&next_hop.route, interface_hop_limit), kernels), (Some(9), 9));
+        });
+    }
+
+    #[test]
+    fn a_routes_hop_limit_is_the_one_the_kernel_writes_ipv4() {
+        let route = [
+            "route del local 127.0.0.1 dev lo table local",
+            "route add local 127.0.0.1 dev lo table local src 127.0.0.1 hoplimit 9",
+        ];
+        a_routes_hop_limit_is_the_one_the_kernel_writes(IpAddr::V4(Ipv4Addr::LOCALHOST), route, 0x5eed_0021);
+    }
+
+    #[test]
+    fn a_routes_hop_limit_is_the_one_the_kernel_writes_ipv6() {
+        let route = ["-6 route del local ::1 dev lo table local", "-6 route add local ::1 dev lo table local hoplimit 9"];
+        a_routes_hop_limit_is_the_one_the_kernel_writes(IpAddr::V6(Ipv6Addr::LOCALHOST), route, 0x5eed_0031);
+    }
+
     /// In a network namespace of its own: frames from the ring on one end of a veth pair reach
     /// a raw ESP socket on the other end byte for byte (IP header and ESP), and the next-hop
     /// lookup finds the path through the pair. `addresses` are the two ends' and a third on
@@ -447,6 +490,7 @@ mod tests {
                     link_mtu: 1500,
                     route_mtu: None,
                     mtu_expires: None,
+                    hop_limit: None,
                 },
             };
             let path = LinkPath::from_next_hop(&next_hop("rre1", NeighbourState::Reachable), source, destination, hop_limit)
@@ -602,6 +646,7 @@ mod tests {
             link_mtu: 1500,
             route_mtu: Some(1400),
             mtu_expires: None,
+            hop_limit: None,
         };
         let next_hop = |local_mac, state| NextHop {
             interface_index: 3,

@@ -164,6 +164,7 @@ mod tests {
             link_mtu,
             route_mtu,
             mtu_expires: None,
+            hop_limit: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct UnderlayRoute {
     /// How long a path MTU learnt from ICMP still holds (the kernel then forgets it, and says
     /// so to no one): the route must be read again then.
     pub mtu_expires: Option<Duration>,
+    /// The route's own `hoplimit` metric: the kernel writes it as the TTL (hop limit) of the
+    /// packets the route carries, instead of the sysctl's.
+    pub hop_limit: Option<u8>,
 }
 
 impl UnderlayRoute {
@@ -85,6 +88,7 @@ struct RouteAnswer {
     source: Option<IpAddr>,
     route_mtu: Option<u32>,
     mtu_expires: Option<Duration>,
+    hop_limit: Option<u8>,
 }
 
 impl RouteAnswer {
@@ -97,6 +101,7 @@ impl RouteAnswer {
             link_mtu: link.mtu,
             route_mtu: self.route_mtu,
             mtu_expires: self.mtu_expires,
+            hop_limit: self.hop_limit,
         }
     }
 }
@@ -390,7 +395,14 @@ fn parse_route_answer(
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     };
-    let mut answer = RouteAnswer { interface_index: 0, gateway: None, source: None, route_mtu: None, mtu_expires: None };
+    let mut answer = RouteAnswer {
+        interface_index: 0,
+        gateway: None,
+        source: None,
+        route_mtu: None,
+        mtu_expires: None,
+        hop_limit: None,
+    };
     let mut interface_index = None;
     // The kernel names the source it would pick (RTA_PREFSRC) only when it differs from the one
     // the request gave (RTA_SRC, echoed back).
@@ -402,10 +414,14 @@ fn parse_route_answer(
             RouteAttribute::Source(source) => requested_source = address(source),
             RouteAttribute::PrefSource(source) => preferred_source = address(source),
             RouteAttribute::Metrics(metrics) => {
-                answer.route_mtu = metrics.iter().find_map(|metric| match metric {
-                    RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
-                    _ => None,
-                })
+                for metric in metrics {
+                    match metric {
+                        RouteMetric::Mtu(mtu) if *mtu != 0 => answer.route_mtu = Some(*mtu),
+                        // The kernel takes 1-255 only (and shows 255 for `hoplimit 0`).
+                        RouteMetric::Hoplimit(hop_limit) => answer.hop_limit = u8::try_from(*hop_limit).ok(),
+                        _ => {}
+                    }
+                }
             }
             // Signed in the kernel: negative once expired.
             RouteAttribute::CacheInfo(info) if (info.expires as i32) > 0 => {
@@ -529,8 +545,23 @@ mod tests {
                 source: Some(IpAddr::from([198, 18, 0, 1])),
                 route_mtu: Some(1300),
                 mtu_expires: None,
+                hop_limit: None,
             }
         );
+    }
+
+    #[test]
+    fn a_routes_hoplimit_metric_is_read() {
+        // The same answer with `hoplimit 9` where the mtu metric was (RTAX_HOPLIMIT is 10).
+        let mut with_hop_limit = ROUTE_V4.to_vec();
+        let metric_at = ROUTE_V4.iter().position(|byte| *byte == 0x14).unwrap() - 4;
+        assert_eq!(&with_hop_limit[metric_at..metric_at + 8], [0x08, 0x00, 0x02, 0x00, 0x14, 0x05, 0x00, 0x00]);
+        with_hop_limit[metric_at + 2] = 10;
+        with_hop_limit[metric_at + 4..metric_at + 8].copy_from_slice(&9u32.to_ne_bytes());
+        let answer = parse_route_answer(payload(&with_hop_limit), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!((answer.hop_limit, answer.route_mtu), (Some(9), None));
+        let answer = parse_route_answer(payload(ROUTE_V4), IpAddr::from([198, 19, 0, 7])).unwrap();
+        assert_eq!(answer.hop_limit, None, "no metric: the sysctl's");
     }
 
     #[test]
@@ -613,6 +644,7 @@ mod tests {
             link_mtu: 1400,
             route_mtu,
             mtu_expires: None,
+            hop_limit: None,
         };
         assert_eq!(route(None).mtu(), 1400);
         assert_eq!(route(Some(1300)).mtu(), 1300);
