@@ -10,7 +10,6 @@
 //! `MOVE_HOLD_DOWN_MS`, and never a static one. The probe start is a keyed hash, so chosen MACs
 //! cannot pile up in one probe run.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +120,14 @@ impl PeerLearning {
     }
 }
 
+/// The keyed hash that picks a MAC's first slot: random per table, so that no tenant can choose
+/// MACs that collide; under the fuzzer the same algorithm with a fixed key, so that a crash
+/// reproduces from its input.
+#[cfg(not(fuzzing))]
+type SlotHasher = std::collections::hash_map::RandomState;
+#[cfg(fuzzing)]
+type SlotHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 /// How much one table holds. meshd's are `FdbLimits::OVERLAY`; the fuzz target's are small, so
 /// that its inputs fill them and reach the quota and table-full refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +150,7 @@ pub struct Fdb {
     /// `slots.len() - 1`: an index modulo the table.
     wrap: usize,
     limits: FdbLimits,
-    hasher: RandomState,
+    hasher: SlotHasher,
     learners: Mutex<Learners>,
 }
 
@@ -187,7 +194,7 @@ impl Fdb {
             slots: (0..slots).map(|_| Slot::default()).collect(),
             wrap: slots - 1,
             limits,
-            hasher: RandomState::new(),
+            hasher: SlotHasher::default(),
             learners: Mutex::default(),
         }
     }
