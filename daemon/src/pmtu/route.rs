@@ -417,8 +417,10 @@ fn parse_route_answer(
                 for metric in metrics {
                     match metric {
                         RouteMetric::Mtu(mtu) if *mtu != 0 => answer.route_mtu = Some(*mtu),
-                        // The kernel takes 1-255 only (and shows 255 for `hoplimit 0`).
-                        RouteMetric::Hoplimit(hop_limit) => answer.hop_limit = u8::try_from(*hop_limit).ok(),
+                        // 1-255 (`ip route ... hoplimit 0` sets none); anything else is not one.
+                        RouteMetric::Hoplimit(hop_limit) => {
+                            answer.hop_limit = u8::try_from(*hop_limit).ok().filter(|hop_limit| *hop_limit != 0)
+                        }
                         _ => {}
                     }
                 }
@@ -560,6 +562,11 @@ mod tests {
         with_hop_limit[metric_at + 4..metric_at + 8].copy_from_slice(&9u32.to_ne_bytes());
         let answer = parse_route_answer(payload(&with_hop_limit), IpAddr::from([198, 19, 0, 7])).unwrap();
         assert_eq!((answer.hop_limit, answer.route_mtu), (Some(9), None));
+        for not_a_hop_limit in [0u32, 256] {
+            with_hop_limit[metric_at + 4..metric_at + 8].copy_from_slice(&not_a_hop_limit.to_ne_bytes());
+            let answer = parse_route_answer(payload(&with_hop_limit), IpAddr::from([198, 19, 0, 7])).unwrap();
+            assert_eq!(answer.hop_limit, None, "{not_a_hop_limit}: the sysctl's");
+        }
         let answer = parse_route_answer(payload(ROUTE_V4), IpAddr::from([198, 19, 0, 7])).unwrap();
         assert_eq!(answer.hop_limit, None, "no metric: the sysctl's");
     }
