@@ -41,6 +41,8 @@ use super::{IKE_PORT, NAT_T_PORT};
 const HANDED_OVER_QUIET: std::time::Duration = std::time::Duration::from_secs(3600);
 /// An IKE SA that heard from its peer within this long needs no liveness check to know it lives.
 const RECENTLY_HEARD: std::time::Duration = std::time::Duration::from_secs(2);
+/// At most this many rounds of due timers per `handle_timeout` (see there).
+const TIMEOUT_ROUNDS: usize = 4;
 
 pub struct Endpoint {
     cx: Context,
@@ -742,6 +744,20 @@ impl Endpoint {
     /// Does what is due at `now`: only the IKE SAs, attempts and retirements whose deadlines
     /// passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // What a due timer does can make another one due at once: an IKE SA that goes (a
+        // half-open one expiring, say) leaves the lower address's next attempt at `now` (the
+        // fuzz target `ike_endpoint` found it). Each round handles those
+        // too, so that the driver is never asked to wake again at once; a round only starts
+        // handshakes (their deadlines lie ahead) or forgets SAs, so few are ever needed.
+        for _ in 0..TIMEOUT_ROUNDS {
+            self.handle_due_timers(now);
+            if self.timers.next().is_none_or(|at| at > now) {
+                break;
+            }
+        }
+    }
+
+    fn handle_due_timers(&mut self, now: Instant) {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Sa(spi) => self.sa_due(spi, now),
