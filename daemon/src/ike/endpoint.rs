@@ -744,9 +744,9 @@ impl Endpoint {
     /// Does what is due at `now`: only the IKE SAs, attempts and retirements whose deadlines
     /// passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // What a due timer does can make another one due at once: an IKE SA that goes (a
-        // half-open one expiring, say) leaves the lower address's next attempt at `now` (the
-        // fuzz target `ike_endpoint` found it). Each round handles those
+        // What a due timer does can make another one due at once: the lower address's next
+        // attempt after an IKE SA with the peer went is `now` (`initiation_delay` is zero; the
+        // fuzz target `ike_endpoint` found it left due). Each round handles those
         // too, so that the driver is never asked to wake again at once; a round only starts
         // handshakes (their deadlines lie ahead) or forgets SAs, so few are ever needed.
         for _ in 0..TIMEOUT_ROUNDS {
