@@ -147,8 +147,6 @@ impl FdbLimits {
 pub struct Fdb {
     /// Twice the entries or more, a power of two, so that probe runs stay short.
     slots: Box<[Slot]>,
-    /// `slots.len() - 1`: an index modulo the table.
-    wrap: usize,
     limits: FdbLimits,
     hasher: SlotHasher,
     learners: Mutex<Learners>,
@@ -192,7 +190,6 @@ impl Fdb {
         let slots = (2 * limits.entries.max(1)).next_power_of_two();
         Fdb {
             slots: (0..slots).map(|_| Slot::default()).collect(),
-            wrap: slots - 1,
             limits,
             hasher: SlotHasher::default(),
             learners: Mutex::default(),
@@ -336,8 +333,13 @@ impl Fdb {
         entries
     }
 
+    /// An index modulo the table (its length is a power of two).
+    fn wrap(&self) -> usize {
+        self.slots.len() - 1
+    }
+
     fn home(&self, mac: EthernetAddress) -> usize {
-        self.hasher.hash_one(mac.0) as usize & self.wrap
+        self.hasher.hash_one(mac.0) as usize & self.wrap()
     }
 
     /// The slot holding `mac` and its word. A reader racing a removal may miss an entry that
@@ -353,7 +355,7 @@ impl Fdb {
             if word & MAC_MASK == wanted {
                 return Some((index, word));
             }
-            index = (index + 1) & self.wrap;
+            index = (index + 1) & self.wrap();
         }
         None
     }
@@ -362,7 +364,7 @@ impl Fdb {
     fn insert(&self, word: u64, now_ms: u64) {
         let mut index = self.home(mac_of(word));
         while self.slots[index].word.load(Ordering::Relaxed) != EMPTY {
-            index = (index + 1) & self.wrap;
+            index = (index + 1) & self.wrap();
         }
         self.slots[index].last_seen_ms.store(now_ms, Ordering::Relaxed);
         self.slots[index].word.store(word, Ordering::Release);
@@ -395,15 +397,15 @@ impl Fdb {
     fn remove(&self, mut hole: usize) {
         let mut next = hole;
         loop {
-            next = (next + 1) & self.wrap;
+            next = (next + 1) & self.wrap();
             let word = self.slots[next].word.load(Ordering::Relaxed);
             if word == EMPTY {
                 break;
             }
             let home = self.home(mac_of(word));
             // The entry may move to the hole when its home is not cyclically in (hole, next].
-            let distance_to_hole = hole.wrapping_sub(home) & self.wrap;
-            let distance_to_next = next.wrapping_sub(home) & self.wrap;
+            let distance_to_hole = hole.wrapping_sub(home) & self.wrap();
+            let distance_to_next = next.wrapping_sub(home) & self.wrap();
             if distance_to_hole < distance_to_next {
                 let seen = self.slots[next].last_seen_ms.load(Ordering::Relaxed);
                 self.slots[hole].last_seen_ms.store(seen, Ordering::Relaxed);

@@ -746,9 +746,9 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         // What a due timer does can make another one due at once: the lower address's next
         // attempt after an IKE SA with the peer went is `now` (`initiation_delay` is zero; the
-        // fuzz target `ike_endpoint` found it left due). Each round handles those
-        // too, so that the driver is never asked to wake again at once; a round only starts
-        // handshakes (their deadlines lie ahead) or forgets SAs, so few are ever needed.
+        // fuzz target `ike_endpoint` found it left due). Each round handles those too, so that
+        // the driver is never asked to wake again at once; a round only starts handshakes (their
+        // deadlines lie ahead) or forgets SAs, so few are ever needed.
         for _ in 0..TIMEOUT_ROUNDS {
             self.handle_due_timers(now);
             if self.timers.next().is_none_or(|at| at > now) {
