@@ -744,11 +744,11 @@ impl Endpoint {
     /// Does what is due at `now`: only the IKE SAs, attempts and retirements whose deadlines
     /// passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // What a due timer does can make another one due at once: the lower address's next
-        // attempt after an IKE SA with the peer went is `now` (`initiation_delay` is zero; the
-        // fuzz target `ike_endpoint` found it left due). Each round handles those too, so that
-        // the driver is never asked to wake again at once; a round only starts handshakes (their
-        // deadlines lie ahead) or forgets SAs, so few are ever needed.
+        // What a due timer does can make another one due at once: when the last live IKE SA
+        // with a peer goes, the next attempt may be `now` or already past (`initiation_delay`
+        // is zero for the lower address). Each round handles those too, so that the driver is
+        // never asked to wake again at once; a round only starts handshakes (their deadlines lie
+        // ahead) or forgets SAs, so few are ever needed.
         for _ in 0..TIMEOUT_ROUNDS {
             self.handle_due_timers(now);
             if self.timers.next().is_none_or(|at| at > now) {
@@ -916,16 +916,18 @@ impl Endpoint {
     }
 
     /// Removes IKE SA `spi`. If that leaves its peer without one, the next attempt follows the
-    /// rule of who initiates (the peer may have deleted it and be initiating already).
+    /// rule of who initiates (the peer may have deleted it and be initiating already). An IKE SA
+    /// that was being deleted moves no attempt: what started its deletion (a flush, a rekey, the
+    /// duplicate's twin) or a failure since has set the next one.
     fn forget(&mut self, spi: u64, now: Instant) {
-        let sa_peer = self.sas.remove(&spi).and_then(|sa| sa.peer);
+        let (sa_peer, was_live) = self.sas.remove(&spi).map_or((None, false), |sa| (sa.peer, sa.is_live()));
         let connecting_peer = self.connecting.remove(&spi).map(|c| c.peer);
         self.touched.insert(spi);
         self.gate.closed(spi);
         self.cx.spis_in_use.remove(&spi);
         let Some(peer) = sa_peer.or(connecting_peer) else { return };
         self.touched_peers.insert(peer);
-        if self.cx.is_member(peer) && !self.has_sa_with(peer) {
+        if (was_live || connecting_peer.is_some()) && self.cx.is_member(peer) && !self.has_sa_with(peer) {
             let delay = self.initiation_delay(peer);
             self.cx.peers[peer].next_attempt = now + delay;
         }

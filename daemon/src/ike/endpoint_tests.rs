@@ -1545,3 +1545,38 @@ fn an_unanswered_initiation_ends_quietly_when_the_peer_keys_the_pair() {
     assert!(pair.a.failures.is_empty(), "A reported {:?}", pair.a.failures);
     assert!(pair.a.endpoint.connecting.is_empty(), "A still initiates");
 }
+
+/// A peer that stops answering is tried again [`RECONNECT_INTERVAL`] after its IKE SA timed
+/// out. When the duplicate of a simultaneous initiation, on its way out with a DELETE no one
+/// answered, was given up in the same `handle_timeout` after the live IKE SA, forgetting it set
+/// the next attempt back to `initiation_delay` (zero for the lower address): the attempt was due
+/// at the very `now` of the call, so the driver had to wake again at once (found by the fuzz
+/// target `ike_endpoint`), and the peer was tried again without the wait.
+#[test]
+fn a_timed_out_peer_waits_for_its_retry_when_a_duplicate_ike_sa_goes_at_the_same_time() {
+    let mut pair = Pair::standard();
+    let start = pair.now;
+    pair.a.endpoint.connect(0, start);
+    pair.b.endpoint.connect(0, start);
+    // Both initiate; every DELETE is lost, so each side keeps its duplicate IKE SA.
+    pair.pump(&mut |t| if t.bytes[18] == exchange::INFORMATIONAL { Fate::Lose } else { Fate::Deliver });
+    let live = pair.a.endpoint.sas.values().filter(|sa| sa.is_live()).count();
+    assert_eq!((pair.a.endpoint.sas.len(), live), (2, 2), "A's IKE SAs: {:?}", pair.a.endpoint);
+    // Then B is gone. Just before A deletes the duplicate B did not delete, it asks its IKE SA
+    // for a Child SA rekey; neither request is answered. A's driver runs next only 40 s later
+    // (the node was paused): both requests time out in that one call, the live IKE SA's first,
+    // as its retransmissions started first.
+    let winner = pair.a.endpoint.sas.iter().find(|(_, sa)| sa.initiator).map(|(spi, _)| *spi).unwrap();
+    let inbound = pair.a.endpoint.sas[&winner].children.spis()[0].0;
+    pair.a.endpoint.queue(winner, Queued::RekeyChild(inbound), start + DUPLICATE_GRACE - Duration::from_millis(100));
+    let at = start + Duration::from_secs(40);
+    for step in [start + DUPLICATE_GRACE, at] {
+        pair.a.endpoint.handle_timeout(step);
+        while pair.a.endpoint.poll_transmit().is_some() {}
+        pair.a.apply_events();
+    }
+    assert!(pair.a.endpoint.sas.is_empty(), "A still has IKE SAs: {:?}", pair.a.endpoint);
+    assert!(pair.a.failures.contains(&Failure::Timeout), "A's failures: {:?}", pair.a.failures);
+    let next = pair.a.endpoint.poll_timeout().expect("a peer without an IKE SA has a next attempt");
+    assert!(next >= at + RECONNECT_INTERVAL, "A tries B again {:?} after the timeout", next - at);
+}
