@@ -608,6 +608,7 @@ impl<E: IkeEngine> Ike<E> {
                     Err(error) => tracing::error!(%error, "IKE Child SA key refused"),
                 }
             }
+            Event::ExpectInbound { peer, spi } => sas.expect_inbound(self.peers[peer], spi),
             Event::RemoveInbound { peer, spi } => {
                 tracing::debug!(peer = %sas.state().topology().peer_name(self.peers[peer]), spi = format_args!("{spi:#010x}"), "inbound Child SA retired");
                 sas.remove_inbound(spi);

@@ -7,6 +7,7 @@ use arc_swap::{ArcSwap, Guard};
 use crate::diag::observe::Observers;
 use crate::drops::Drops;
 use crate::pmtu::PathMtus;
+use crate::sadb::early::EarlyEsp;
 use crate::sadb::manager::SaNotices;
 use crate::sadb::Sadb;
 use crate::topology::{Clock, Topology};
@@ -18,6 +19,8 @@ pub struct MeshState {
     pub sadb: Sadb,
     /// Where the workers tell the SA manager about unknown SPIs and SAs running out.
     pub sa_notices: SaNotices,
+    /// ESP for SPIs this node offered and has not installed yet (`sadb::early`).
+    pub early_esp: EarlyEsp,
     pub drops: Drops,
     pub clock: Clock,
     pub pmtu: PathMtus,
@@ -31,6 +34,7 @@ impl MeshState {
         MeshState {
             sadb: Sadb::new(peers),
             sa_notices: SaNotices::default(),
+            early_esp: EarlyEsp::default(),
             drops: Drops::new(peers),
             clock: Clock::new(),
             pmtu: PathMtus::default(),

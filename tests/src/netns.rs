@@ -133,6 +133,17 @@ impl Netns {
         value[0]["address"].as_str().unwrap_or_else(|| panic!("no MAC on {iface}: {out}")).to_string()
     }
 
+    /// Packets counted by the `counter` statements of nftables table `table` ("inet meshd_test").
+    pub fn nft_counted(&self, table: &str) -> u64 {
+        let listing = self.run_stdout(["nft", "list", "table", table]);
+        let words: Vec<&str> = listing.split_whitespace().collect();
+        words
+            .windows(3)
+            .filter(|w| w[0] == "counter" && w[1] == "packets")
+            .filter_map(|w| w[2].parse::<u64>().ok())
+            .sum()
+    }
+
     /// Whether an interface of this name exists in the namespace.
     pub fn has_link(&self, iface: &str) -> bool {
         self.exec(["ip", "link", "show", "dev", iface]).status.success()

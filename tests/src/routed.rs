@@ -115,13 +115,7 @@ impl RoutedPair {
 
     /// How many ICMP errors the router's nftables rules dropped so far.
     pub fn dropped_icmp(&self) -> u64 {
-        let listing = self.router.run_stdout(["nft", "list table inet pmtu"]);
-        let words: Vec<&str> = listing.split_whitespace().collect();
-        words
-            .windows(3)
-            .filter(|w| w[0] == "counter" && w[1] == "packets")
-            .filter_map(|w| w[2].parse::<u64>().ok())
-            .sum()
+        self.router.nft_counted("inet pmtu")
     }
 
     fn wait_reachable(&self) {

@@ -148,6 +148,58 @@ fn a_wrong_psk_is_reported_as_authentication_failed() {
     assert!(!lab.node(0).ping("10.244.0.2", 1).status.success());
 }
 
+/// Drops the first IKE_AUTH answer (exchange type 35, Response flag set) that reaches `ns` on
+/// UDP 500 or 4500 (after the 4-byte non-ESP marker), from any one address; later ones pass.
+fn lose_the_first_ike_auth_answer(ns: &Netns) {
+    ns.run_ok(["nft", "add", "table", "inet", "lose_answer"]);
+    ns.run_ok(["nft", "add", "set", "inet", "lose_answer", "answered", "{ type ipv4_addr; flags dynamic; }"]);
+    ns.run_ok(["nft", "add", "chain", "inet", "lose_answer", "in", "{ type filter hook input priority 0; }"]);
+    ns.run_ok(["nft", "add", "rule", "inet", "lose_answer", "in", "ip", "saddr", "@answered", "accept"]);
+    // Offsets from the UDP header (@th): UDP 8 bytes, then on 4500 the marker (4 zero bytes),
+    // then IKE: exchange type at 18, flags at 19.
+    for (port, ike_bits) in [("500", 64), ("4500", 96)] {
+        let (exchange, flags) = (format!("@th,{},8", ike_bits + 144), format!("@th,{},8", ike_bits + 152));
+        let mut rule = vec!["nft", "add", "rule", "inet", "lose_answer", "in", "udp", "sport", port];
+        if port == "4500" {
+            rule.extend(["@th,64,32", "0"]);
+        }
+        rule.extend([&exchange[..], "35", &flags[..], "&", "0x20", "==", "0x20"]);
+        rule.extend(["add", "@answered", "{ ip saddr }", "counter", "drop"]);
+        ns.run_ok(rule);
+    }
+}
+
+/// A responder sends on its new SAs the moment it answers IKE_AUTH (its first announcement
+/// 200 ms later); here n1's first IKE_AUTH answer is lost, so until n1's retransmission half a
+/// second later n2 sends on an SA n1 has not installed. n1 keeps those packets and hands them on
+/// once the answer installs the SA: it counts no `unknown_spi`, and both of n2's announcements
+/// (gratuitous ARPs, 1 s apart) reach n1's overlay, where the first used to be dropped.
+#[test]
+fn esp_that_overtakes_a_lost_ike_auth_answer_is_kept_until_the_sa_is_in() {
+    require_root();
+    let lab = Lab::new("ikea", 2);
+    let mesh = MeshFile::builder(&lab).ike().write();
+    lose_the_first_ike_auth_answer(lab.node(0));
+    // "any": the overlay interface does not exist before meshd starts.
+    let mut capture = Capture::start_with_filter(lab.node(0), "any", Some("arp"));
+    let daemons = start_all(&lab, mesh.path());
+    wait_converged(&daemons, Duration::from_secs(15));
+    assert_eq!(lab.node(0).nft_counted("inet lose_answer"), 1, "n1 (the initiator) lost one IKE_AUTH answer");
+    // n2's second announcement comes a second after its first.
+    std::thread::sleep(Duration::from_secs(2));
+    let n2 = lab.overlay_addr(1).to_string();
+    let announced = capture.read(&["-Y", &format!("arp.isgratuitous && arp.src.proto_ipv4 == {n2}")]);
+    let drops = daemons[0].ikectl_json(&["drops"]);
+    assert!(
+        announced.lines().filter(|line| !line.trim().is_empty()).count() >= 2,
+        "n1 did not see both of n2's announcements:\n{}\nn1's drops: {drops:#}\n--- n1 ---\n{}",
+        capture.read(&[]),
+        daemons[0].log()
+    );
+    assert_eq!(drops["by_reason"]["unknown_spi"].as_u64().unwrap_or(0), 0, "{drops:#}");
+    ping_ok(lab.node(0), &n2, "after the lost answer");
+}
+
 #[test]
 fn flush_deletes_on_both_sides_and_traffic_is_back() {
     require_root();

@@ -289,13 +289,7 @@ fn hold_back_ike_sa_init(ns: &Netns) {
 
 /// Packets the rule of [`hold_back_ike_sa_init`] dropped.
 fn held_back(ns: &Netns) -> u64 {
-    let out = ns.run_stdout(["nft", "list", "chain", "inet", "interop", "out"]);
-    out.split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[0] == "packets")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(0)
+    ns.nft_counted("inet interop")
 }
 
 /// charon's current IKE SA (ESTABLISHED) and its INSTALLED child, with the IKE SPIs from the

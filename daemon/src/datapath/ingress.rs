@@ -16,6 +16,7 @@ use crate::esp::{plaintext_len, OpenError, ReplayError, PLAINTEXT_OFFSET};
 use crate::offload::{CoalesceConfig, Coalescer, Landing};
 use crate::tap::TapQueue;
 use crate::pmtu::InbandMessage;
+use crate::sadb::early::Hold;
 use crate::sadb::manager::SaNotice;
 use crate::sadb::{InboundSa, SaTables};
 use crate::state::MeshState;
@@ -249,6 +250,9 @@ impl<'a, S: FrameSink> Ingress<'a, S> {
         let spi = header.spi();
         let sequence_low = header.sequence_number();
         let Some(sa) = self.tables.inbound(spi) else {
+            if self.state.early_esp.hold(spi, packet, source, self.now_ms, &self.state.drops) == Hold::Kept {
+                return;
+            }
             let peer = peer_by_source();
             self.state.drops.record(DropReason::UnknownSpi, context(peer, Some(spi)));
             let gate = |peer: PeerId| &self.topology.peer(peer).counters.unknown_spi_noticed_ms;

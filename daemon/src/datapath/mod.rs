@@ -165,11 +165,20 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let (waker, woken) = UnixStream::pair().map_err(DaemonError::Thread)?;
         let woken = Arc::new(woken);
+        // ESP that came before its SA is handed to the first worker once the SA is installed.
+        let (early_waker, early_woken) = UnixStream::pair().map_err(DaemonError::Thread)?;
+        for socket in [&early_waker, &early_woken] {
+            socket.set_nonblocking(true).map_err(DaemonError::Thread)?;
+        }
+        state.early_esp.wake_through(Some(early_waker));
+        let mut early_woken = Some(early_woken);
         let mut workers = Vec::with_capacity(parts.len());
         for (index, parts) in parts.into_iter().enumerate() {
             let stop = stop.clone();
             let woken = woken.clone();
-            let worker = Worker { index, state: state.clone(), parts, ike: ike.clone(), tuning, stop, woken };
+            let early_esp_woken = early_woken.take();
+            let worker =
+                Worker { index, state: state.clone(), parts, ike: ike.clone(), tuning, stop, woken, early_esp_woken };
             let handle = std::thread::Builder::new()
                 .name(format!("meshd-worker-{index}"))
                 .spawn(move || worker.run())

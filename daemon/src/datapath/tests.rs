@@ -8,8 +8,8 @@ use mesh_config::control::DropReason;
 use mesh_config::{Cipher, Encap, Mode};
 
 use super::testkit::{
-    address, frame, mesh_file, node, node_of, receive, receive_batch_at, send, send_and_answer, spi, Setup, BROADCAST,
-    DEFAULT, MAC_A, MAC_B,
+    address, frame, mesh_file, node, node_of, receive, receive_batch_at, receive_from, send, send_and_answer, spi, Setup,
+    BROADCAST, DEFAULT, MAC_A, MAC_B,
 };
 use crate::sadb::manager::SaManager;
 use crate::state::MeshState;
@@ -164,6 +164,38 @@ fn broadcast_goes_to_every_peer_and_unicast_to_the_learned_one() {
     };
     assert_eq!(packets(0), (1, 0), "n1 got the broadcast only");
     assert_eq!(packets(1), (2, 1), "n2 the broadcast and the unicast frame");
+}
+
+#[test]
+fn esp_that_overtakes_the_install_of_an_offered_spi_is_delivered_once_the_sa_is_in() {
+    let (n0, n1) = (node(&DEFAULT, 0), node(&DEFAULT, 1));
+    let manager = SaManager::new(n1.clone());
+    // n1 offered spi(0, 1) in its IKE_AUTH request; n0 installed it and answered, and its
+    // first frame comes before n1 has handled the answer.
+    let installed = n1.sadb.load().inbound(spi(0, 1)).as_deref().cloned().unwrap();
+    let sa = installed.with_params(installed.params);
+    assert!(manager.remove_inbound(spi(0, 1)));
+    manager.expect_inbound(PeerId(0), spi(0, 1));
+    let early = send(&n0, &frame(MAC_B, MAC_A, 64)).remove(0).0;
+    assert!(receive(&n1, &early, address(&DEFAULT, 0)).is_empty(), "nothing opened before the install");
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 0, "kept, not dropped");
+    assert!(n1.early_esp.take_released().is_empty());
+
+    manager.install_inbound(sa).unwrap();
+    let released = n1.early_esp.take_released();
+    assert_eq!(released.len(), 1, "handed on at the install");
+    let delivered = receive_from(&n1, &[(&released[0].esp[..], released[0].source)]);
+    assert_eq!(delivered.len(), 1, "the frame reaches the overlay");
+    assert_eq!(delivered[0].1[..12], frame(MAC_B, MAC_A, 64)[..12]);
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 0);
+
+    // An SPI that was never offered is still a drop.
+    assert!(manager.remove_inbound(spi(0, 1)));
+    let late = send(&n0, &frame(MAC_B, MAC_A, 64)).remove(0).0;
+    let mut unoffered = late.clone();
+    unoffered[..4].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    assert!(receive(&n1, &unoffered, address(&DEFAULT, 0)).is_empty());
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 1);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! One datapath worker: owns one queue of every overlay TAP, its underlay socket and its packet
 //! buffers, and moves packets both ways until told to stop.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -80,6 +80,9 @@ pub struct Worker {
     /// Becomes readable when `stop` is set, so that an idle worker stops at once, not after
     /// its poll timeout (a handover pauses forwarding only as long as the slowest worker).
     pub woken: Arc<UnixStream>,
+    /// Becomes readable when ESP that came before its SA can be handled now
+    /// (`MeshState::early_esp`); one worker has it.
+    pub early_esp_woken: Option<UnixStream>,
 }
 
 /// How the workers run; set at start (`meshd run` options) and kept across reloads.
@@ -183,6 +186,10 @@ impl Worker {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
+        if let Some(early) = &self.early_esp_woken {
+            fds.push(PollFd::new(early.as_fd(), PollFlags::POLLIN));
+        }
+        let early_index = fds.len() - 1;
         let sink = TapSink::new(&self.parts.taps, self.tuning.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
@@ -262,6 +269,16 @@ impl Worker {
                     self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
                 }
             }
+            if let Some(early) = self.early_esp_woken.as_ref().filter(|_| fds[early_index].any() == Some(true)) {
+                drain(early);
+                let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
+                for mut packet in self.state.early_esp.take_released() {
+                    ingress.receive(&mut packet.esp, packet.source);
+                }
+                for _ in 0..sink.flush() {
+                    self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
+                }
+            }
         }
         tracing::debug!(worker = self.index, "datapath worker stopped");
     }
@@ -332,6 +349,12 @@ impl Worker {
         let peer = self.state.topology().peer_by_address(source.ip());
         self.state.drops.record(reason, DropContext { peer, outer_source: Some(source), ..DropContext::default() });
     }
+}
+
+/// Reads the wake-ups queued on a non-blocking socket.
+fn drain(mut socket: &UnixStream) {
+    let mut bytes = [0u8; 64];
+    while matches!(socket.read(&mut bytes), Ok(n) if n > 0) {}
 }
 
 /// False, so a read error ends the batch; WouldBlock is the normal end of one.

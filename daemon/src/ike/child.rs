@@ -352,7 +352,11 @@ impl IkeSa {
         payloads.push(Payload::TrafficSelectorInitiator(proposal::node_selector(cx.settings.local, port)));
         payloads.push(Payload::TrafficSelectorResponder(proposal::node_selector(cx.peer_address(peer), port)));
         let purpose = Purpose::RekeyChild { old_inbound_spi, new_inbound_spi, nonce };
-        self.send_request(cx, exchange::CREATE_CHILD_SA, &payloads, purpose, now)
+        self.send_request(cx, exchange::CREATE_CHILD_SA, &payloads, purpose, now)?;
+        // meshd answers a rekey but keeps sending on the old SA until our DELETE; another
+        // implementation may switch at once.
+        cx.events.push_back(Event::ExpectInbound { peer, spi: new_inbound_spi });
+        Ok(())
     }
 
     /// The answer to our Child SA rekey.

@@ -54,6 +54,9 @@ struct Node {
     outbound_installs: Vec<(u32, bool)>,
     /// Every inbound SPI ever installed (a collision's loser may be gone again).
     inbound_ever: HashSet<u32>,
+    /// Each inbound SPI announced as offered (`Event::ExpectInbound`), in order, and whether it
+    /// was installed already at the time.
+    expected: Vec<(u32, bool)>,
 }
 
 impl Node {
@@ -78,6 +81,7 @@ impl Node {
             established: 0,
             outbound_installs: Vec::new(),
             inbound_ever: HashSet::new(),
+            expected: Vec::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Node {
                     self.outbound_installs.push((sa.spi, peer_has_inbound));
                     self.outbound = Some(sa);
                 }
+                Event::ExpectInbound { spi, .. } => self.expected.push((spi, self.inbound_ever.contains(&spi))),
                 Event::RemoveInbound { spi, .. } => {
                     self.inbound.remove(&spi);
                 }
@@ -252,6 +257,22 @@ fn handshake_installs_one_child_sa_pair() {
     let (a_outbound, b_outbound) = (pair.a.outbound.as_ref().unwrap().spi, pair.b.outbound.as_ref().unwrap().spi);
     assert_eq!(pair.a.outbound_installs, [(a_outbound, true)], "B answered after installing its inbound SA");
     assert_eq!(pair.b.outbound_installs, [(b_outbound, false)], "A installs its inbound SA when B's answer arrives");
+}
+
+#[test]
+fn the_spis_a_node_offers_are_expected_before_they_are_installed() {
+    let mut pair = Pair::standard();
+    pair.run(Duration::from_secs(1));
+    let a_inbound: Vec<u32> = pair.a.inbound.keys().copied().collect();
+    assert_eq!(pair.a.expected, [(a_inbound[0], false)], "the initiator's IKE_AUTH offer, before B's answer");
+    assert_eq!(pair.b.expected, [], "a responder installs what it answers at once");
+    // A Child SA rekey A starts offers a new SPI too (the rekey point is at most 80% of 600 s).
+    pair.run(Duration::from_secs(500));
+    pair.assert_one_pair();
+    let rekeyer = if pair.a.expected.len() > 1 { &pair.a } else { &pair.b };
+    assert_eq!(rekeyer.expected.len(), 2, "one rekey offer: A {:?}, B {:?}", pair.a.expected, pair.b.expected);
+    let (spi, installed_then) = rekeyer.expected[1];
+    assert!(!installed_then && rekeyer.inbound.contains_key(&spi), "the rekey's new inbound SA is the one offered");
 }
 
 #[test]

@@ -333,7 +333,9 @@ impl IkeSa {
         payloads.push(Payload::SecurityAssociation(proposal::esp_offer(&cx.ciphers, inbound_spi, cx.settings.esn)));
         payloads.push(Payload::TrafficSelectorInitiator(proposal::node_selector(local, port)));
         payloads.push(Payload::TrafficSelectorResponder(proposal::node_selector(cx.peer_address(peer), port)));
-        self.send_request(cx, exchange::IKE_AUTH, &payloads, Purpose::Auth { inbound_spi }, now)
+        self.send_request(cx, exchange::IKE_AUTH, &payloads, Purpose::Auth { inbound_spi }, now)?;
+        cx.events.push_back(Event::ExpectInbound { peer, spi: inbound_spi });
+        Ok(())
     }
 
     /// Responder: checks the initiator's ID and AUTH; a failure is answered with

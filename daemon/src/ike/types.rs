@@ -180,6 +180,9 @@ pub enum Event {
     /// before it answered; otherwise the peer installs it when our answer arrives, and what we
     /// send at once may come before.
     InstallOutbound { peer: PeerIndex, sa: ChildSaKeys, peer_has_inbound: bool },
+    /// We offered the peer this inbound SPI; it may send on it before our side installs it
+    /// (its answer is still on the way): keep what comes for it until then.
+    ExpectInbound { peer: PeerIndex, spi: u32 },
     /// Stop accepting ESP on this inbound SPI.
     RemoveInbound { peer: PeerIndex, spi: u32 },
     /// The outbound SA with this SPI is gone (remove it if it is still the current one).

@@ -99,7 +99,15 @@ impl SaManager {
     }
 
     pub fn install_inbound(&self, sa: InboundSa) -> Result<(), SadbError> {
-        self.state.sadb.install_inbound(sa)
+        let spi = sa.params.spi;
+        self.state.sadb.install_inbound(sa)?;
+        self.state.early_esp.installed(spi, self.state.clock.now_ms(), &self.state.drops);
+        Ok(())
+    }
+
+    /// We offered the peer inbound SPI `spi`; ESP for it that comes before its install is kept.
+    pub fn expect_inbound(&self, peer: PeerId, spi: u32) {
+        self.state.early_esp.expect(spi, peer, self.state.clock.now_ms(), &self.state.drops);
     }
 
     /// Installs the outbound SA for its peer; returns the one it replaced.

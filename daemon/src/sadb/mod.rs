@@ -21,6 +21,7 @@ use crate::drops::ReasonCounters;
 use crate::esp::{Opener, ReplayWindow, Sealer};
 use crate::topology::PeerId;
 
+pub mod early;
 pub mod manager;
 mod slots;
 pub mod snapshot;

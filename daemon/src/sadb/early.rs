@@ -1,0 +1,285 @@
+//! ESP that arrives before its inbound SA: held, not dropped.
+//!
+//! A node that offers an inbound SPI (its IKE_AUTH request, or a Child SA rekey it starts)
+//! installs that SA only when the peer's answer arrives. The peer installs its half and may send
+//! on it the moment it answers, and its first packets (an announcement, a VM's frames, its
+//! kernel's multicast) can overtake the answer. They are kept here, a few per SPI for a few
+//! seconds, and handed to a worker once the SA is installed; nothing is opened before, so ESP
+//! from a peer whose answer never authenticates is never delivered. The SPI travels only inside
+//! the encrypted IKE exchange, so no one else can fill its place. A packet that comes too late,
+//! when its place is full, or for an SPI no one offered is an `unknown_spi` drop, as before.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard};
+
+use mesh_config::control::DropReason;
+
+use crate::drops::{DropContext, Drops};
+use crate::topology::PeerId;
+
+/// How long after its offer an SPI's early packets are kept: an IKE_AUTH answer lost once is
+/// retransmitted after 0.5 s and again 1 s later, so 5 s covers a few losses.
+pub const EXPECT_MS: u64 = 5_000;
+/// Packets kept per offered SPI; the first few are what matters (a TCP sender backs off).
+pub const PACKETS_PER_SPI: usize = 8;
+/// Offers outstanding at once (a node starts at most 16 handshakes at a time); more are not
+/// held for.
+pub const MAX_OFFERS: usize = 32;
+/// Larger packets are not kept (a jumbo frame's ESP fits).
+pub const MAX_PACKET_LEN: usize = 9_216;
+
+/// One packet kept, as the datapath received it (SPI to ICV) and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyPacket {
+    pub esp: Vec<u8>,
+    pub source: SocketAddr,
+}
+
+/// What the datapath does with ESP for an SPI it has no SA for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Kept until the SA is installed (or handed on at once: it just was).
+    Kept,
+    /// Nothing was offered with this SPI, its time is up, or its place is full: a drop.
+    Refused,
+}
+
+#[derive(Debug)]
+struct Offer {
+    peer: PeerId,
+    until_ms: u64,
+    /// Installed: packets that still come (a worker missed the SA a moment before) go straight
+    /// to `released`.
+    installed: bool,
+    packets: Vec<EarlyPacket>,
+}
+
+#[derive(Debug, Default)]
+struct Offers {
+    by_spi: HashMap<u32, Offer>,
+    /// Packets whose SA is installed, for a worker to take.
+    released: Vec<EarlyPacket>,
+}
+
+/// The offered SPIs and their early packets (`MeshState::early_esp`).
+#[derive(Debug, Default)]
+pub struct EarlyEsp {
+    offers: Mutex<Offers>,
+    /// Written to when packets are released, so that a sleeping worker takes them at once
+    /// (`Datapath` sets it; `None` while no workers run).
+    waker: Mutex<Option<UnixStream>>,
+}
+
+impl EarlyEsp {
+    /// The peer may use `spi` before our side installs it (we just offered it).
+    pub fn expect(&self, spi: u32, peer: PeerId, now_ms: u64, drops: &Drops) {
+        let mut offers = self.lock(now_ms, drops);
+        if offers.by_spi.len() >= MAX_OFFERS && !offers.by_spi.contains_key(&spi) {
+            tracing::debug!(spi = format_args!("{spi:#010x}"), "too many SPIs offered at once; early ESP for this one is not kept");
+            return;
+        }
+        let offer = Offer { peer, until_ms: now_ms + EXPECT_MS, installed: false, packets: Vec::new() };
+        offers.by_spi.insert(spi, offer);
+    }
+
+    /// ESP for `spi`, which has no inbound SA: kept if `spi` was offered and has room.
+    pub fn hold(&self, spi: u32, esp: &[u8], source: SocketAddr, now_ms: u64, drops: &Drops) -> Hold {
+        if esp.len() > MAX_PACKET_LEN {
+            return Hold::Refused;
+        }
+        let mut offers = self.lock(now_ms, drops);
+        let Offers { by_spi, released } = &mut *offers;
+        let Some(offer) = by_spi.get_mut(&spi) else { return Hold::Refused };
+        let packet = EarlyPacket { esp: esp.to_vec(), source };
+        if offer.installed {
+            if released.len() >= MAX_OFFERS * PACKETS_PER_SPI {
+                return Hold::Refused;
+            }
+            released.push(packet);
+            drop(offers);
+            self.wake();
+            return Hold::Kept;
+        }
+        if offer.packets.len() >= PACKETS_PER_SPI {
+            return Hold::Refused;
+        }
+        offer.packets.push(packet);
+        Hold::Kept
+    }
+
+    /// The inbound SA `spi` is installed: its early packets go to a worker.
+    pub fn installed(&self, spi: u32, now_ms: u64, drops: &Drops) {
+        let mut offers = self.lock(now_ms, drops);
+        let Offers { by_spi, released } = &mut *offers;
+        let Some(offer) = by_spi.get_mut(&spi) else { return };
+        offer.installed = true;
+        if offer.packets.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            spi = format_args!("{spi:#010x}"),
+            packets = offer.packets.len(),
+            "ESP that came before its SA was installed is handed on"
+        );
+        released.append(&mut offer.packets);
+        drop(offers);
+        self.wake();
+    }
+
+    /// The packets released since the last call, oldest first.
+    pub fn take_released(&self) -> Vec<EarlyPacket> {
+        std::mem::take(&mut self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).released)
+    }
+
+    /// Where wake-ups go from now on (the running `Datapath`'s; `None` when it stops).
+    pub fn wake_through(&self, waker: Option<UnixStream>) {
+        *self.waker_guard() = waker;
+    }
+
+    fn wake(&self) {
+        if let Some(mut waker) = self.waker_guard().as_ref() {
+            // A full socket already holds a wake-up.
+            if let Err(error) = waker.write(&[1]) {
+                if error.kind() != io::ErrorKind::WouldBlock {
+                    tracing::debug!(%error, "could not wake a worker for early ESP");
+                }
+            }
+        }
+    }
+
+    fn waker_guard(&self) -> MutexGuard<'_, Option<UnixStream>> {
+        self.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The offers, without those whose time is up; their packets are counted as the drops they
+    /// would have been.
+    fn lock(&self, now_ms: u64, drops: &Drops) -> MutexGuard<'_, Offers> {
+        let mut offers = self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        offers.by_spi.retain(|spi, offer| {
+            if offer.until_ms > now_ms {
+                return true;
+            }
+            for packet in &offer.packets {
+                let context = DropContext {
+                    peer: Some(offer.peer),
+                    spi: Some(*spi),
+                    outer_source: Some(packet.source),
+                    ..DropContext::default()
+                };
+                drops.record(DropReason::UnknownSpi, context);
+            }
+            false
+        });
+        offers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    const PEER: PeerId = PeerId(1);
+    const SPI: u32 = 0x1234_5678;
+
+    fn source() -> SocketAddr {
+        "198.18.0.2:4500".parse().unwrap()
+    }
+
+    fn unknown_spi(drops: &Drops) -> u64 {
+        drops.report(|id| id.0.to_string(), None).by_reason.get(&DropReason::UnknownSpi).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn packets_for_an_offered_spi_wait_for_its_install_and_are_handed_on_in_order() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        assert_eq!(early.hold(SPI, &[1], source(), 10, &drops), Hold::Refused, "nothing offered yet");
+        early.expect(SPI, PEER, 10, &drops);
+        assert_eq!(early.hold(SPI, &[2], source(), 20, &drops), Hold::Kept);
+        assert_eq!(early.hold(SPI, &[3], source(), 30, &drops), Hold::Kept);
+        assert_eq!(early.hold(SPI + 1, &[4], source(), 30, &drops), Hold::Refused, "another SPI");
+        assert_eq!(early.take_released(), [], "nothing before the install");
+        early.installed(SPI, 40, &drops);
+        let released: Vec<Vec<u8>> = early.take_released().into_iter().map(|p| p.esp).collect();
+        assert_eq!(released, [vec![2], vec![3]]);
+        assert_eq!(early.take_released(), [], "handed on once");
+        assert_eq!(unknown_spi(&drops), 0);
+    }
+
+    #[test]
+    fn a_packet_that_missed_the_sa_just_installed_is_handed_on_too() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        early.installed(SPI, 20, &drops);
+        assert_eq!(early.hold(SPI, &[5], source(), 21, &drops), Hold::Kept);
+        assert_eq!(early.take_released(), [EarlyPacket { esp: vec![5], source: source() }]);
+    }
+
+    #[test]
+    fn a_full_place_and_large_packets_are_refused() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        for n in 0..PACKETS_PER_SPI {
+            assert_eq!(early.hold(SPI, &[n as u8], source(), 11, &drops), Hold::Kept);
+        }
+        assert_eq!(early.hold(SPI, &[0xff], source(), 12, &drops), Hold::Refused);
+        early.expect(SPI + 1, PEER, 10, &drops);
+        assert_eq!(early.hold(SPI + 1, &vec![0; MAX_PACKET_LEN + 1], source(), 12, &drops), Hold::Refused);
+        assert_eq!(early.hold(SPI + 1, &vec![0; MAX_PACKET_LEN], source(), 12, &drops), Hold::Kept);
+    }
+
+    #[test]
+    fn packets_whose_sa_never_comes_count_as_unknown_spi_when_their_time_is_up() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        early.hold(SPI, &[1], source(), 11, &drops);
+        early.hold(SPI, &[2], source(), 12, &drops);
+        assert_eq!(unknown_spi(&drops), 0);
+        assert_eq!(early.hold(SPI, &[3], source(), 10 + EXPECT_MS, &drops), Hold::Refused, "time is up");
+        assert_eq!(unknown_spi(&drops), 2, "the two kept ones, counted once");
+        early.installed(SPI, 10 + EXPECT_MS + 1, &drops);
+        assert_eq!(early.take_released(), [], "an install after the time releases nothing");
+        assert_eq!(unknown_spi(&drops), 2);
+    }
+
+    #[test]
+    fn offers_beyond_the_limit_are_not_held_for() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        for spi in 0..MAX_OFFERS as u32 {
+            early.expect(spi, PEER, 10, &drops);
+        }
+        early.expect(SPI, PEER, 10, &drops);
+        assert_eq!(early.hold(SPI, &[1], source(), 11, &drops), Hold::Refused);
+        assert_eq!(early.hold(0, &[1], source(), 11, &drops), Hold::Kept);
+        // Once the old offers are gone there is room again.
+        early.expect(SPI, PEER, 10 + EXPECT_MS, &drops);
+        assert_eq!(early.hold(SPI, &[1], source(), 11 + EXPECT_MS, &drops), Hold::Kept);
+    }
+
+    #[test]
+    fn a_release_wakes_the_worker_and_taking_the_packets_quiets_it() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        let (waker, woken) = UnixStream::pair().unwrap();
+        waker.set_nonblocking(true).unwrap();
+        woken.set_nonblocking(true).unwrap();
+        early.wake_through(Some(waker));
+        early.expect(SPI, PEER, 10, &drops);
+        early.hold(SPI, &[1], source(), 11, &drops);
+        // Reads one wake-up, if there is one.
+        let woke = |mut socket: &UnixStream| {
+            let mut byte = [0u8; 1];
+            matches!(socket.read(&mut byte), Ok(1))
+        };
+        assert!(!woke(&woken), "holding wakes no one");
+        early.installed(SPI, 12, &drops);
+        assert!(woke(&woken), "the install wakes a worker");
+        assert_eq!(early.take_released().len(), 1);
+        early.wake_through(None);
+        early.expect(SPI + 1, PEER, 13, &drops);
+        early.installed(SPI + 1, 14, &drops);
+    }
+}
