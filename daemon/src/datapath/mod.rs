@@ -170,7 +170,7 @@ impl Datapath {
         for socket in [&early_waker, &early_woken] {
             socket.set_nonblocking(true).map_err(DaemonError::Thread)?;
         }
-        state.early_esp.wake_through(Some(early_waker));
+        state.early_esp.wake_through(early_waker);
         let mut early_woken = Some(early_woken);
         let mut workers = Vec::with_capacity(parts.len());
         for (index, parts) in parts.into_iter().enumerate() {

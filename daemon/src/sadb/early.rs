@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use mesh_config::control::DropReason;
@@ -68,6 +69,9 @@ struct Offers {
 #[derive(Debug, Default)]
 pub struct EarlyEsp {
     offers: Mutex<Offers>,
+    /// How many offers `offers` holds (as of its last change): a flood of ESP for random SPIs
+    /// takes no lock while nothing is offered, which is nearly always.
+    offered: AtomicUsize,
     /// Written to when packets are released, so that a sleeping worker takes them at once
     /// (`Datapath` sets it; `None` while no workers run).
     waker: Mutex<Option<UnixStream>>,
@@ -83,11 +87,12 @@ impl EarlyEsp {
         }
         let offer = Offer { peer, until_ms: now_ms + EXPECT_MS, installed: false, packets: Vec::new() };
         offers.by_spi.insert(spi, offer);
+        self.offered.store(offers.by_spi.len(), Ordering::Relaxed);
     }
 
     /// ESP for `spi`, which has no inbound SA: kept if `spi` was offered and has room.
     pub fn hold(&self, spi: u32, esp: &[u8], source: SocketAddr, now_ms: u64, drops: &Drops) -> Hold {
-        if esp.len() > MAX_PACKET_LEN {
+        if esp.len() > MAX_PACKET_LEN || self.offered.load(Ordering::Relaxed) == 0 {
             return Hold::Refused;
         }
         let mut offers = self.lock(now_ms, drops);
@@ -134,9 +139,13 @@ impl EarlyEsp {
         std::mem::take(&mut self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).released)
     }
 
-    /// Where wake-ups go from now on (the running `Datapath`'s; `None` when it stops).
-    pub fn wake_through(&self, waker: Option<UnixStream>) {
-        *self.waker_guard() = waker;
+    /// Where wake-ups go from now on (the running `Datapath`'s); packets released while no
+    /// worker ran (a reload's restart) wake the new one at once.
+    pub fn wake_through(&self, waker: UnixStream) {
+        *self.waker_guard() = Some(waker);
+        if !self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).released.is_empty() {
+            self.wake();
+        }
     }
 
     fn wake(&self) {
@@ -173,6 +182,7 @@ impl EarlyEsp {
             }
             false
         });
+        self.offered.store(offers.by_spi.len(), Ordering::Relaxed);
         offers
     }
 }
@@ -247,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn once_every_offer_is_over_nothing_is_held_and_no_lock_is_needed() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        assert_eq!(early.offered.load(Ordering::Relaxed), 0);
+        early.expect(SPI, PEER, 10, &drops);
+        assert_eq!(early.offered.load(Ordering::Relaxed), 1);
+        assert_eq!(early.hold(SPI + 1, &[1], source(), 10 + EXPECT_MS, &drops), Hold::Refused);
+        assert_eq!(early.offered.load(Ordering::Relaxed), 0, "the lapsed offer is gone");
+        assert_eq!(early.hold(SPI, &[1], source(), 10 + EXPECT_MS, &drops), Hold::Refused);
+    }
+
+    #[test]
     fn offers_beyond_the_limit_are_not_held_for() {
         let (early, drops) = (EarlyEsp::default(), Drops::new(4));
         for spi in 0..MAX_OFFERS as u32 {
@@ -266,20 +287,23 @@ mod tests {
         let (waker, woken) = UnixStream::pair().unwrap();
         waker.set_nonblocking(true).unwrap();
         woken.set_nonblocking(true).unwrap();
-        early.wake_through(Some(waker));
-        early.expect(SPI, PEER, 10, &drops);
-        early.hold(SPI, &[1], source(), 11, &drops);
         // Reads one wake-up, if there is one.
         let woke = |mut socket: &UnixStream| {
             let mut byte = [0u8; 1];
             matches!(socket.read(&mut byte), Ok(1))
         };
-        assert!(!woke(&woken), "holding wakes no one");
+        // Released while no worker ran (a reload restarts them): the next one is woken.
+        early.expect(SPI, PEER, 10, &drops);
+        early.hold(SPI, &[1], source(), 11, &drops);
         early.installed(SPI, 12, &drops);
+        early.wake_through(waker);
+        assert!(woke(&woken), "packets released while no worker ran wake the next one");
+        assert_eq!(early.take_released().len(), 1);
+        early.expect(SPI + 2, PEER, 10, &drops);
+        early.hold(SPI + 2, &[1], source(), 11, &drops);
+        assert!(!woke(&woken), "holding wakes no one");
+        early.installed(SPI + 2, 12, &drops);
         assert!(woke(&woken), "the install wakes a worker");
         assert_eq!(early.take_released().len(), 1);
-        early.wake_through(None);
-        early.expect(SPI + 1, PEER, 13, &drops);
-        early.installed(SPI + 1, 14, &drops);
     }
 }
