@@ -186,10 +186,10 @@ impl Worker {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
-        if let Some(early) = &self.early_esp_woken {
+        let early_index = self.early_esp_woken.as_ref().map(|early| {
             fds.push(PollFd::new(early.as_fd(), PollFlags::POLLIN));
-        }
-        let early_index = fds.len() - 1;
+            fds.len() - 1
+        });
         let sink = TapSink::new(&self.parts.taps, self.tuning.offload);
         // With offloads the TAP's virtio-net header is read just in front of the frame.
         let read_start = if self.tuning.offload { FRAME_OFFSET - virtio_net::HEADER_LEN } else { FRAME_OFFSET };
@@ -269,7 +269,8 @@ impl Worker {
                     self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
                 }
             }
-            if let Some(early) = self.early_esp_woken.as_ref().filter(|_| fds[early_index].any() == Some(true)) {
+            let early_ready = early_index.is_some_and(|index| fds[index].any() == Some(true));
+            if let Some(early) = self.early_esp_woken.as_ref().filter(|_| early_ready) {
                 drain(early);
                 let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
                 for mut packet in self.state.early_esp.take_released() {
