@@ -26,11 +26,16 @@ use crate::topology::PeerId;
 pub const EXPECT_MS: u64 = 5_000;
 /// Packets kept per offered SPI; the first few are what matters (a TCP sender backs off).
 pub const PACKETS_PER_SPI: usize = 8;
-/// Offers outstanding at once (a node starts at most 16 handshakes at a time); more are not
-/// held for.
-pub const MAX_OFFERS: usize = 32;
+/// How long an offer stays once its SA is installed, for a packet whose worker looked the SPI up
+/// a moment before the install.
+pub const INSTALLED_GRACE_MS: u64 = 1_000;
+/// Offers outstanding at once (a node runs at most 16 handshakes at a time, each offer lasting
+/// a round trip and the grace); more are not held for.
+pub const MAX_OFFERS: usize = 256;
 /// Larger packets are not kept (a jumbo frame's ESP fits).
 pub const MAX_PACKET_LEN: usize = 9_216;
+/// Bytes kept in all, whatever the offers.
+pub const MAX_BYTES: usize = 1 << 20;
 
 /// One packet kept, as the datapath received it (SPI to ICV) and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,8 @@ struct Offers {
     by_spi: HashMap<u32, Offer>,
     /// Packets whose SA is installed, for a worker to take.
     released: Vec<EarlyPacket>,
+    /// The ESP bytes of every packet kept, offered or released.
+    bytes: usize,
 }
 
 /// The offered SPIs and their early packets (`MeshState::early_esp`).
@@ -96,31 +103,30 @@ impl EarlyEsp {
             return Hold::Refused;
         }
         let mut offers = self.lock(now_ms, drops);
-        let Offers { by_spi, released } = &mut *offers;
+        let Offers { by_spi, released, bytes } = &mut *offers;
         let Some(offer) = by_spi.get_mut(&spi) else { return Hold::Refused };
-        let packet = EarlyPacket { esp: esp.to_vec(), source };
-        if offer.installed {
-            if released.len() >= MAX_OFFERS * PACKETS_PER_SPI {
-                return Hold::Refused;
-            }
-            released.push(packet);
-            drop(offers);
-            self.wake();
-            return Hold::Kept;
-        }
-        if offer.packets.len() >= PACKETS_PER_SPI {
+        if *bytes + esp.len() > MAX_BYTES || (!offer.installed && offer.packets.len() >= PACKETS_PER_SPI) {
             return Hold::Refused;
         }
-        offer.packets.push(packet);
+        *bytes += esp.len();
+        let packet = EarlyPacket { esp: esp.to_vec(), source };
+        if !offer.installed {
+            offer.packets.push(packet);
+            return Hold::Kept;
+        }
+        released.push(packet);
+        drop(offers);
+        self.wake();
         Hold::Kept
     }
 
     /// The inbound SA `spi` is installed: its early packets go to a worker.
     pub fn installed(&self, spi: u32, now_ms: u64, drops: &Drops) {
         let mut offers = self.lock(now_ms, drops);
-        let Offers { by_spi, released } = &mut *offers;
+        let Offers { by_spi, released, .. } = &mut *offers;
         let Some(offer) = by_spi.get_mut(&spi) else { return };
         offer.installed = true;
+        offer.until_ms = offer.until_ms.min(now_ms + INSTALLED_GRACE_MS);
         if offer.packets.is_empty() {
             return;
         }
@@ -136,7 +142,10 @@ impl EarlyEsp {
 
     /// The packets released since the last call, oldest first.
     pub fn take_released(&self) -> Vec<EarlyPacket> {
-        std::mem::take(&mut self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).released)
+        let mut offers = self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let released = std::mem::take(&mut offers.released);
+        offers.bytes -= released.iter().map(|packet| packet.esp.len()).sum::<usize>();
+        released
     }
 
     /// Where wake-ups go from now on (the running `Datapath`'s); packets released while no
@@ -167,11 +176,13 @@ impl EarlyEsp {
     /// would have been.
     fn lock(&self, now_ms: u64, drops: &Drops) -> MutexGuard<'_, Offers> {
         let mut offers = self.offers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        offers.by_spi.retain(|spi, offer| {
+        let Offers { by_spi, bytes, .. } = &mut *offers;
+        by_spi.retain(|spi, offer| {
             if offer.until_ms > now_ms {
                 return true;
             }
             for packet in &offer.packets {
+                *bytes -= packet.esp.len();
                 let context = DropContext {
                     peer: Some(offer.peer),
                     spi: Some(*spi),
@@ -227,6 +238,32 @@ mod tests {
         early.installed(SPI, 20, &drops);
         assert_eq!(early.hold(SPI, &[5], source(), 21, &drops), Hold::Kept);
         assert_eq!(early.take_released(), [EarlyPacket { esp: vec![5], source: source() }]);
+    }
+
+    #[test]
+    fn an_installed_offer_goes_after_its_grace_and_the_bytes_kept_are_bounded() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        early.installed(SPI, 20, &drops);
+        assert_eq!(early.hold(SPI, &[1], source(), 20 + INSTALLED_GRACE_MS - 1, &drops), Hold::Kept);
+        assert_eq!(early.hold(SPI, &[1], source(), 20 + INSTALLED_GRACE_MS, &drops), Hold::Refused, "grace over");
+        assert_eq!(early.take_released().len(), 1);
+        // Offers by the hundred, each with what fits: MAX_BYTES in all, no more.
+        let packet = vec![0u8; MAX_PACKET_LEN];
+        let mut kept = 0;
+        for spi in 0..MAX_OFFERS as u32 {
+            early.expect(spi, PEER, 30, &drops);
+            kept += (0..PACKETS_PER_SPI).filter(|_| early.hold(spi, &packet, source(), 31, &drops) == Hold::Kept).count();
+        }
+        assert_eq!(kept, MAX_BYTES / MAX_PACKET_LEN);
+        // What is handed on frees its bytes.
+        early.installed(0, 32, &drops);
+        assert_eq!(early.take_released().len(), PACKETS_PER_SPI);
+        assert_eq!(early.hold(200, &packet, source(), 34, &drops), Hold::Kept);
+        // So does an offer whose time is up (its packets counted as drops).
+        early.expect(SPI + 1, PEER, 33 + EXPECT_MS, &drops);
+        assert_eq!(early.hold(SPI + 1, &[1; 100], source(), 34 + EXPECT_MS, &drops), Hold::Kept);
+        assert_eq!(early.offers.lock().unwrap().bytes, 100);
     }
 
     #[test]
