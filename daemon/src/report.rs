@@ -90,6 +90,7 @@ pub fn peers(state: &MeshState, keying: &Keying) -> Vec<PeerInfo> {
                 rx_packets: counters.rx_packets.load(Ordering::Relaxed),
                 rx_bytes: counters.rx_bytes.load(Ordering::Relaxed),
                 last_rx_secs: clock.secs_since(counters.last_rx_ms.load(Ordering::Relaxed)),
+                early_esp_packets: counters.early_esp_packets.load(Ordering::Relaxed),
                 drops: state.drops.peer_total(peer.id),
                 send_errors: counters.send_errors.snapshot(),
                 keying: keying.state_of(peer.id).to_string(),

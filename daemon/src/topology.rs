@@ -63,6 +63,9 @@ pub struct PeerCounters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub last_rx_ms: AtomicU64,
+    /// ESP that came before its inbound SA was installed, kept and handed on once it was
+    /// (`sadb::early`).
+    pub early_esp_packets: AtomicU64,
     /// Packets to the peer (ESP, IKE, path-MTU messages) that the kernel refused to send.
     pub send_errors: crate::drops::SendErrors,
     /// When the datapath last told the SA manager of ESP for an unknown SPI from the peer, and of

@@ -396,6 +396,11 @@ pub struct PeerInfo {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub last_rx_secs: Option<u64>,
+    /// ESP from this peer that came before its inbound SA was installed (the peer's first
+    /// packets overtaking its IKE answer), kept and handed on once the SA was; counted in
+    /// `rx_packets` too when it opened.
+    #[serde(default)]
+    pub early_esp_packets: u64,
     pub drops: u64,
     /// Packets to this peer the kernel refused to send, by errno name (`ENOBUFS`, `EPERM`, ...).
     #[serde(default)]

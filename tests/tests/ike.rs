@@ -175,8 +175,9 @@ fn lose_the_first_ike_auth_answer(ns: &Netns) {
 /// A responder sends on its new SAs the moment it answers IKE_AUTH (its first announcement
 /// 200 ms later); here n1's first IKE_AUTH answer is lost, so until n1's retransmission half a
 /// second later n2 sends on an SA n1 has not installed. n1 keeps those packets and hands them on
-/// once the answer installs the SA: it counts no `unknown_spi`, and both of n2's announcements
-/// (gratuitous ARPs, 1 s apart) reach n1's overlay, where the first used to be dropped.
+/// once the answer installs the SA: it counts no `unknown_spi` but `early_esp_packets` for n2, and
+/// both of n2's announcements (gratuitous ARPs, 1 s apart) reach n1's overlay, where the first
+/// used to be dropped.
 #[test]
 fn esp_that_overtakes_a_lost_ike_auth_answer_is_kept_until_the_sa_is_in() {
     require_root();
@@ -200,6 +201,9 @@ fn esp_that_overtakes_a_lost_ike_auth_answer_is_kept_until_the_sa_is_in() {
         daemons[0].log()
     );
     assert_eq!(drops["by_reason"]["unknown_spi"].as_u64().unwrap_or(0), 0, "{drops:#}");
+    // What was kept shows per peer.
+    let peer = daemons[0].ikectl_json(&["peers"])[0].clone();
+    assert!(peer["early_esp_packets"].as_u64() >= Some(1), "n1's peer n2: {peer:#}");
     ping_ok(lab.node(0), &n2, "after the lost answer");
 }
 

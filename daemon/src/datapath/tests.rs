@@ -184,6 +184,7 @@ fn esp_that_overtakes_the_install_of_an_offered_spi_is_delivered_once_the_sa_is_
     manager.install_inbound(sa).unwrap();
     let released = n1.early_esp.take_released();
     assert_eq!(released.len(), 1, "handed on at the install");
+    assert_eq!(released[0].peer, PeerId(0), "the peer the SPI was offered to");
     let delivered = receive_from(&n1, &[(&released[0].esp[..], released[0].source)]);
     assert_eq!(delivered.len(), 1, "the frame reaches the overlay");
     assert_eq!(delivered[0].1[..12], frame(MAC_B, MAC_A, 64)[..12]);

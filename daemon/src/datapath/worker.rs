@@ -274,6 +274,7 @@ impl Worker {
                 drain(early);
                 let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
                 for mut packet in self.state.early_esp.take_released() {
+                    topology.peer(packet.peer).counters.early_esp_packets.fetch_add(1, Ordering::Relaxed);
                     ingress.receive(&mut packet.esp, packet.source);
                 }
                 for _ in 0..sink.flush() {

@@ -37,11 +37,13 @@ pub const MAX_PACKET_LEN: usize = 9_216;
 /// Bytes kept in all, whatever the offers.
 pub const MAX_BYTES: usize = 1 << 20;
 
-/// One packet kept, as the datapath received it (SPI to ICV) and where it came from.
+/// One packet kept, as the datapath received it (SPI to ICV), where it came from and the peer
+/// its SPI was offered to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EarlyPacket {
     pub esp: Vec<u8>,
     pub source: SocketAddr,
+    pub peer: PeerId,
 }
 
 /// What the datapath does with ESP for an SPI it has no SA for.
@@ -109,7 +111,7 @@ impl EarlyEsp {
             return Hold::Refused;
         }
         *bytes += esp.len();
-        let packet = EarlyPacket { esp: esp.to_vec(), source };
+        let packet = EarlyPacket { esp: esp.to_vec(), source, peer: offer.peer };
         if !offer.installed {
             offer.packets.push(packet);
             return Hold::Kept;
@@ -237,7 +239,7 @@ mod tests {
         early.expect(SPI, PEER, 10, &drops);
         early.installed(SPI, 20, &drops);
         assert_eq!(early.hold(SPI, &[5], source(), 21, &drops), Hold::Kept);
-        assert_eq!(early.take_released(), [EarlyPacket { esp: vec![5], source: source() }]);
+        assert_eq!(early.take_released(), [EarlyPacket { esp: vec![5], source: source(), peer: PEER }]);
     }
 
     #[test]
