@@ -82,7 +82,7 @@ pub struct EarlyEsp {
     /// takes no lock while nothing is offered, which is nearly always.
     offered: AtomicUsize,
     /// Written to when packets are released, so that a sleeping worker takes them at once
-    /// (`Datapath` sets it; `None` while no workers run).
+    /// (`Datapath` sets it; `None` until the first workers start).
     waker: Mutex<Option<UnixStream>>,
 }
 
@@ -95,7 +95,11 @@ impl EarlyEsp {
             return;
         }
         let offer = Offer { peer, until_ms: now_ms + EXPECT_MS, installed: false, packets: Vec::new() };
-        offers.by_spi.insert(spi, offer);
+        // The same SPI offered again (a new exchange): what the old offer kept goes as it would
+        // have at its end.
+        if let Some(old) = offers.by_spi.insert(spi, offer) {
+            offers.bytes -= discard(spi, &old, drops);
+        }
         self.offered.store(offers.by_spi.len(), Ordering::Relaxed);
     }
 
@@ -183,21 +187,23 @@ impl EarlyEsp {
             if offer.until_ms > now_ms {
                 return true;
             }
-            for packet in &offer.packets {
-                *bytes -= packet.esp.len();
-                let context = DropContext {
-                    peer: Some(offer.peer),
-                    spi: Some(*spi),
-                    outer_source: Some(packet.source),
-                    ..DropContext::default()
-                };
-                drops.record(DropReason::UnknownSpi, context);
-            }
+            *bytes -= discard(*spi, offer, drops);
             false
         });
         self.offered.store(offers.by_spi.len(), Ordering::Relaxed);
         offers
     }
+}
+
+/// Counts the packets `offer` kept as the `unknown_spi` drops they would have been; returns
+/// their bytes.
+fn discard(spi: u32, offer: &Offer, drops: &Drops) -> usize {
+    for packet in &offer.packets {
+        let context =
+            DropContext { peer: Some(offer.peer), spi: Some(spi), outer_source: Some(packet.source), ..DropContext::default() };
+        drops.record(DropReason::UnknownSpi, context);
+    }
+    offer.packets.iter().map(|packet| packet.esp.len()).sum()
 }
 
 #[cfg(test)]
@@ -304,6 +310,20 @@ mod tests {
         assert_eq!(early.hold(SPI + 1, &[1], source(), 10 + EXPECT_MS, &drops), Hold::Refused);
         assert_eq!(early.offered.load(Ordering::Relaxed), 0, "the lapsed offer is gone");
         assert_eq!(early.hold(SPI, &[1], source(), 10 + EXPECT_MS, &drops), Hold::Refused);
+    }
+
+    #[test]
+    fn an_spi_offered_again_starts_afresh_and_what_it_kept_is_counted() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        early.hold(SPI, &[1; 10], source(), 11, &drops);
+        early.expect(SPI, PEER, 12, &drops);
+        assert_eq!(unknown_spi(&drops), 1);
+        assert_eq!(early.offers.lock().unwrap().bytes, 0);
+        assert_eq!(early.hold(SPI, &[2; 10], source(), 13, &drops), Hold::Kept);
+        early.installed(SPI, 14, &drops);
+        assert_eq!(early.take_released(), [EarlyPacket { esp: vec![2; 10], source: source(), peer: PEER }]);
+        assert_eq!(early.offers.lock().unwrap().bytes, 0);
     }
 
     #[test]
