@@ -234,6 +234,7 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(sample(&s, "meshd_rekeys_total{peer=\"n2\"}"), Some(0.0), "{body}");
     assert!(sample(&s, "meshd_path_mtu{peer=\"n2\"}").is_some_and(|mtu| (1280.0..=1500.0).contains(&mtu)), "{body}");
     assert_eq!(sample(&s, "meshd_handshake_failures_total{peer=\"n2\"}"), Some(0.0), "{body}");
+    assert!(sample(&s, "meshd_early_esp_packets_total{peer=\"n2\"}").is_some(), "{body}");
     assert_eq!(sample(&s, "meshd_sa_notices_lost_total"), Some(0.0), "{body}");
 
     // A drop shows up by reason and peer: an IKE message n1 cannot parse, from n2's address.

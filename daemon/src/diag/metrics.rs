@@ -119,11 +119,14 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     let rekeys = Family::<PeerLabels, Counter>::default();
     let failures = Family::<PeerLabels, Counter>::default();
     let send_errors = Family::<DropLabels, Counter>::default();
+    let early_esp = Family::<PeerLabels, Counter>::default();
     for peer in &topology.peers {
         for (errno, count) in peer.counters.send_errors.snapshot() {
             send_errors.get_or_create(&DropLabels { reason: errno, peer: peer.name.clone() }).inc_by(count);
         }
         let counters = &peer.counters;
+        let early = counters.early_esp_packets.load(Ordering::Relaxed);
+        early_esp.get_or_create(&PeerLabels { peer: peer.name.clone() }).inc_by(early);
         for (direction, byte_count, packet_count) in
             [("tx", &counters.tx_bytes, &counters.tx_packets), ("rx", &counters.rx_bytes, &counters.rx_packets)]
         {
@@ -163,6 +166,11 @@ pub fn render(scraped: &Scraped) -> Result<String, std::fmt::Error> {
     );
     registry.register("rekeys", "Child SAs replaced by a rekey, per IKE peer", rekeys);
     registry.register("handshake_failures", "Failed IKE SA attempts, per IKE peer", failures);
+    registry.register(
+        "early_esp_packets",
+        "ESP from a peer that came before its inbound SA was installed, kept and handed on once it was",
+        early_esp,
+    );
     registry.register(
         "send_errors",
         "Packets to a peer the kernel refused to send, by errno (ENOBUFS: neighbour table full, docs/install.md)",
