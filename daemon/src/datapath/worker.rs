@@ -255,9 +255,7 @@ impl Worker {
                 self.state.drops.record(DropReason::SendFailed, DropContext::default());
                 tracing::debug!(%error, "sending a batch of ESP packets failed");
             }
-            for _ in 0..sink.flush() {
-                self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
-            }
+            self.flush_to_taps(&sink);
             if receive_fd.is_some() && fds[self.parts.taps.len()].any() == Some(true) {
                 let ingress = Ingress::new(&self.state, &topology, &tables, &sink, now_ms, observing.as_ref());
                 for _ in 0..reads {
@@ -265,9 +263,7 @@ impl Worker {
                         break;
                     }
                 }
-                for _ in 0..sink.flush() {
-                    self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
-                }
+                self.flush_to_taps(&sink);
             }
             let early_ready = early_index.is_some_and(|index| fds[index].any() == Some(true));
             if let Some(early) = self.early_esp_woken.as_ref().filter(|_| early_ready) {
@@ -277,12 +273,17 @@ impl Worker {
                     topology.peer(packet.peer).counters.early_esp_packets.fetch_add(1, Ordering::Relaxed);
                     ingress.receive(&mut packet.esp, packet.source);
                 }
-                for _ in 0..sink.flush() {
-                    self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
-                }
+                self.flush_to_taps(&sink);
             }
         }
         tracing::debug!(worker = self.index, "datapath worker stopped");
+    }
+
+    /// Writes the frames the sink holds to the TAPs; each failed write is a drop.
+    fn flush_to_taps(&self, sink: &TapSink<'_, TapQueue>) {
+        for _ in 0..sink.flush() {
+            self.state.drops.record(DropReason::TapWriteFailed, DropContext::default());
+        }
     }
 
     /// Reads and handles one underlay packet; false when there was none.
