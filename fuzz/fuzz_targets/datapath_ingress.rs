@@ -1,7 +1,9 @@
 #![no_main]
 
-//! The receive path of a node with real SAs, fed three ways: arbitrary bytes as they would arrive
-//! from the underlay (must be dropped with a reason, never panic); arbitrary plaintext sealed
+//! The receive path of a node with real SAs, fed four ways: arbitrary bytes as they would arrive
+//! from the underlay (must be dropped with a reason, never panic); the same with their SPI
+//! offered first, as an IKE_AUTH request offers it, so that ESP for an SPI without an SA is kept
+//! and handed back at the install exactly as it came (`sadb::early`); arbitrary plaintext sealed
 //! with the peer's real key, so the parsers behind authentication (inner IP, UDP, VXLAN,
 //! Ethernet) see arbitrary input too; and a batch of such packets received through the TAP
 //! sink with offloads, once decrypting segments into the coalescing slot and once opening each
@@ -96,6 +98,20 @@ fuzz_target!(|data: &[u8]| {
                 .filter_map(|plaintext| sealed(pair, plaintext))
                 .collect();
             assert_eq!(tap_writes(pair, &batch, true), tap_writes(pair, &batch, false), "the two receive paths differ");
+        }
+        2 => {
+            let Some(spi) = rest.get(..4).map(|spi| u32::from_be_bytes([spi[0], spi[1], spi[2], spi[3]])) else { return };
+            let (early, drops) = (&pair.receiver.early_esp, &pair.receiver.drops);
+            // The receive below happens at the testkit's clock (7 ms), so the offer is live.
+            early.expect(spi, PeerId(0), 7, drops);
+            receive(&pair.receiver, rest, from);
+            early.installed(spi, 7, drops);
+            for packet in early.take_released() {
+                assert_eq!(packet.esp, rest, "kept and handed back as it came");
+                assert_eq!(packet.peer, PeerId(0), "for the peer its SPI was offered to");
+            }
+            // The offer ends here, so that the other inputs' SPIs miss as they would.
+            early.expire(u64::MAX, drops);
         }
         _ => {
             receive(&pair.receiver, rest, from);

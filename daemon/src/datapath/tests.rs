@@ -200,6 +200,42 @@ fn esp_that_overtakes_the_install_of_an_offered_spi_is_delivered_once_the_sa_is_
 }
 
 #[test]
+fn a_running_datapath_counts_early_esp_whose_sa_never_came_about_a_second_after_its_time() {
+    use std::time::{Duration, Instant};
+
+    use super::sockets::Underlay;
+    use super::{Datapath, WorkerParts, WorkerTuning};
+    use crate::sadb::early::EXPECT_MS;
+
+    let (n0, n1) = (node(&DEFAULT, 0), node(&DEFAULT, 1));
+    let manager = SaManager::new(n1.clone());
+    // n1 offered spi(0, 1); n0's ESP for it comes, and the answer that would install it never.
+    assert!(manager.remove_inbound(spi(0, 1)));
+    manager.expect_inbound(PeerId(0), spi(0, 1));
+    let offered_at = Instant::now();
+    let early = send(&n0, &frame(MAC_B, MAC_A, 64)).remove(0).0;
+    assert!(receive(&n1, &early, address(&DEFAULT, 0)).is_empty());
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 0, "kept while the SA may still come");
+
+    // One worker with no TAP and a socket on loopback that nothing sends to: nothing but the
+    // clock can make it count the kept packet.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let parts = vec![WorkerParts { taps: Vec::new(), underlay: Underlay::udp(socket) }];
+    let tuning = WorkerTuning { offload: false, busy_poll: Duration::ZERO };
+    let datapath = Datapath::resume(n1.clone(), parts, None, tuning).unwrap();
+    let deadline = Duration::from_millis(EXPECT_MS + 5_000);
+    while drops(&n1, DropReason::UnknownSpi) == 0 && offered_at.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counted_after = offered_at.elapsed();
+    datapath.stop();
+    assert_eq!(drops(&n1, DropReason::UnknownSpi), 1, "counted once its time was up");
+    assert!(counted_after >= Duration::from_millis(EXPECT_MS), "not before its time: {counted_after:?}");
+    // A second after, with room for a loaded machine (before, nothing counted it at all).
+    assert!(counted_after < Duration::from_millis(EXPECT_MS + 3_000), "about a second after: {counted_after:?}");
+}
+
+#[test]
 fn replayed_tampered_and_misaddressed_packets_are_dropped_with_their_reason() {
     let (n0, n1) = (node(&DEFAULT, 0), node(&DEFAULT, 1));
     let sent = send(&n0, &frame(MAC_B, MAC_A, 64));

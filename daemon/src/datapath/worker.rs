@@ -33,6 +33,9 @@ const BATCH: usize = 64;
 /// How often a worker looks at the stop flag when idle: only in case the wake-up through
 /// `woken` failed, so an idle worker does not wake by the clock (issue 16's idle cost).
 const POLL_TIMEOUT_MS: u16 = 5_000;
+/// How often the first worker ends lapsed early-ESP offers while any SPI is offered (a few
+/// seconds around each handshake; never on an idle node).
+const EARLY_ESP_EXPIRY_MS: u16 = 1_000;
 /// A poll that took this long put the worker to sleep: a poll that finds a descriptor ready
 /// returns within a few microseconds.
 const SLEPT: Duration = Duration::from_micros(50);
@@ -81,7 +84,7 @@ pub struct Worker {
     /// its poll timeout (a handover pauses forwarding only as long as the slowest worker).
     pub woken: Arc<UnixStream>,
     /// Becomes readable when ESP that came before its SA can be handled now
-    /// (`MeshState::early_esp`); one worker has it.
+    /// (`MeshState::early_esp`); one worker has it, and that worker also ends lapsed offers.
     pub early_esp_woken: Option<UnixStream>,
 }
 
@@ -196,11 +199,25 @@ impl Worker {
         tracing::debug!(worker = self.index, "datapath worker started");
         let mut last_busy = Instant::now();
         let mut plan = ReadPlan::new();
+        let mut early_expiry_ms = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let busy_polling = last_busy.elapsed() < self.tuning.busy_poll;
-            let timeout = if busy_polling { PollTimeout::ZERO } else { PollTimeout::from(POLL_TIMEOUT_MS) };
+            let early_offered = early_index.is_some() && self.state.early_esp.is_offering();
+            let timeout = match (busy_polling, early_offered) {
+                (true, _) => PollTimeout::ZERO,
+                (false, true) => PollTimeout::from(EARLY_ESP_EXPIRY_MS),
+                (false, false) => PollTimeout::from(POLL_TIMEOUT_MS),
+            };
             let polled_at = Instant::now();
-            match poll(&mut fds, timeout) {
+            let polled = poll(&mut fds, timeout);
+            if early_offered {
+                let now_ms = self.state.clock.now_ms();
+                if now_ms >= early_expiry_ms {
+                    self.state.early_esp.expire(now_ms, &self.state.drops);
+                    early_expiry_ms = now_ms + u64::from(EARLY_ESP_EXPIRY_MS);
+                }
+            }
+            match polled {
                 Ok(0) if busy_polling => {
                     std::thread::yield_now();
                     continue;

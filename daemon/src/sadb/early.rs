@@ -105,7 +105,7 @@ impl EarlyEsp {
 
     /// ESP for `spi`, which has no inbound SA: kept if `spi` was offered and has room.
     pub fn hold(&self, spi: u32, esp: &[u8], source: SocketAddr, now_ms: u64, drops: &Drops) -> Hold {
-        if esp.len() > MAX_PACKET_LEN || self.offered.load(Ordering::Relaxed) == 0 {
+        if esp.len() > MAX_PACKET_LEN || !self.is_offering() {
             return Hold::Refused;
         }
         let mut offers = self.lock(now_ms, drops);
@@ -144,6 +144,21 @@ impl EarlyEsp {
         released.append(&mut offer.packets);
         drop(offers);
         self.wake();
+    }
+
+    /// Whether any SPI is offered now (or was, and no call has seen its time up since).
+    pub fn is_offering(&self) -> bool {
+        self.offered.load(Ordering::Relaxed) > 0
+    }
+
+    /// Ends the offers whose time is up and counts what they kept as `unknown_spi` drops. The
+    /// first worker calls it about once a second while anything is offered, so that packets
+    /// whose SA never came show in the drop counters a second after their 5 s, not only at the
+    /// next offer or the next ESP for an SPI without an SA.
+    pub fn expire(&self, now_ms: u64, drops: &Drops) {
+        if self.is_offering() {
+            drop(self.lock(now_ms, drops));
+        }
     }
 
     /// The packets released since the last call, oldest first.
@@ -299,6 +314,22 @@ mod tests {
         early.installed(SPI, 10 + EXPECT_MS + 1, &drops);
         assert_eq!(early.take_released(), [], "an install after the time releases nothing");
         assert_eq!(unknown_spi(&drops), 2);
+    }
+
+    #[test]
+    fn an_offer_whose_time_is_up_is_counted_by_expire_without_waiting_for_another_packet() {
+        let (early, drops) = (EarlyEsp::default(), Drops::new(4));
+        early.expect(SPI, PEER, 10, &drops);
+        early.hold(SPI, &[1; 10], source(), 11, &drops);
+        early.expire(10 + EXPECT_MS - 1, &drops);
+        assert_eq!(unknown_spi(&drops), 0, "still within its time");
+        assert!(early.is_offering());
+        early.expire(10 + EXPECT_MS, &drops);
+        assert_eq!(unknown_spi(&drops), 1, "counted at its end");
+        assert!(!early.is_offering(), "nothing left to expire");
+        assert_eq!(early.offers.lock().unwrap().bytes, 0, "its bytes freed");
+        early.expire(20 + EXPECT_MS, &drops);
+        assert_eq!(unknown_spi(&drops), 1, "once");
     }
 
     #[test]
