@@ -86,18 +86,24 @@ fn main() -> ExitCode {
     }
 
     let (peer_name, peer_overlay) = (lab.node_name(1), lab.overlay_addr(1).to_string());
-    let commands: [&[&str]; 6] = [
-        &["sa", "list"],
-        &["peers"],
-        &["fdb"],
-        &["status"],
-        &["ping", &peer_name, "--count", "3"],
-        &["trace", &peer_overlay],
+    let commands: [(&[&str], &str); 7] = [
+        (&["sa", "list"], ""),
+        (&["peers"], ""),
+        (&["fdb"], ""),
+        (&["status"], ""),
+        (
+            &["drops"],
+            "(a new mesh counts a few no_outbound_sa: the frames each kernel sends on a new overlay \
+             interface, ARP and IPv6 MLD and DAD, before the node's SAs are up; any other reason is \
+             worth a look: docs/diagnostics.md)\n",
+        ),
+        (&["ping", &peer_name, "--count", "3"], ""),
+        (&["trace", &peer_overlay], ""),
     ];
-    for command in commands {
+    for (command, note) in commands {
         section(&format!("ikectl {} on {}", command.join(" "), daemons[0].node()));
         let output = daemons[0].ikectl(command);
-        print!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        print!("{}{}{note}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     }
 
     if keep {
