@@ -18,6 +18,7 @@ use meshd::datapath::testkit::{address, node, receive, receive_batch_into, Copyi
 use meshd::datapath::TapSink;
 use meshd::esp::{trailer_len, PLAINTEXT_OFFSET};
 use meshd::state::MeshState;
+use meshd::wire::esp::Packet;
 use meshd::topology::PeerId;
 
 struct Pair {
@@ -100,7 +101,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(tap_writes(pair, &batch, true), tap_writes(pair, &batch, false), "the two receive paths differ");
         }
         2 => {
-            let Some(spi) = rest.get(..4).map(|spi| u32::from_be_bytes([spi[0], spi[1], spi[2], spi[3]])) else { return };
+            // Only what the receive path would look up by its SPI can be kept.
+            let Ok(header) = Packet::new_checked(rest) else { return };
+            let spi = header.spi();
             let (early, drops) = (&pair.receiver.early_esp, &pair.receiver.drops);
             // The receive below happens at the testkit's clock (7 ms), so the offer is live.
             early.expect(spi, PeerId(0), 7, drops);
